@@ -1,0 +1,41 @@
+"""Test settings: a real Redis (the machine's, or a throwaway one started here), mongomock for MongoDB.
+
+Each test run uses its own key prefix (HOTCACHE_TEST_PREFIX, inherited by child processes) and its
+own Redis database index, and deletes only its own keys when it ends.
+"""
+
+import os
+import uuid
+
+from fakeredis import FakeRedisConnection
+
+from config.settings.base import *  # noqa: F403
+from hotcache.testing import ensure_redis
+
+REDIS_URL = ensure_redis(os.environ.get("HOTCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"))
+os.environ["HOTCACHE_TEST_REDIS_URL"] = REDIS_URL
+TEST_KEY_PREFIX = os.environ.setdefault("HOTCACHE_TEST_PREFIX", f"hct-{uuid.uuid4().hex[:12]}")
+
+CACHES = {
+    "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL},
+    # In-process fakeredis for fast unit tests (not for proving Redis semantics).
+    "fake": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://fake-redis-tests:6379/0",
+        "OPTIONS": {"CONNECTION_POOL_KWARGS": {"connection_class": FakeRedisConnection}},
+    },
+}
+
+HOTCACHE = {
+    "REDIS_ALIAS": "default",
+    "KEY_PREFIX": TEST_KEY_PREFIX,
+    "MONGO_URL": "mongomock://hotcache_test",
+}
+
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; not what production uses
+DEBUG = False
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = True  # tests that need a real worker start one (tests/test_worker*.py)
+CELERY_TASK_DEFAULT_QUEUE = f"{TEST_KEY_PREFIX}-celery"

@@ -1,0 +1,485 @@
+"""The only module that talks to pymongo (or the in-process stand-in). Every MongoDB call hotcache makes is here.
+
+``HOTCACHE['MONGO_URL']`` picks the driver:
+
+* ``mongodb://`` / ``mongodb+srv://``: a real server through pymongo. One MongoClient per process,
+  created lazily and again after fork (gunicorn, Celery prefork), with a small ``maxPoolSize``, a
+  ``waitQueueTimeoutMS`` so an exhausted pool fails fast, and a ConnectionPoolListener counting
+  open, checked-out, peak and failed check-outs.
+* ``mongomock://<database>``: mongomock in this process (tests, the embedded default). It keeps
+  no data across processes, ignores pool options and fires no pool events; calls to it are
+  serialised because it is not thread-safe.
+
+Features use collection(name, feature=...) and the small set of operations below, all of which real
+MongoDB supports with the documented semantics. Driver errors become hotcache errors here:
+network/selection/pool timeouts -> MongoUnavailable, E11000 -> DuplicateKey, other write errors ->
+MongoWriteError. Each call counts one MongoDB operation for its feature (metering).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pymongo
+from pymongo import monitoring
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteError,
+)
+
+from hotcache import metering
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import DuplicateKey, MongoUnavailable, MongoWriteError
+
+__all__ = [
+    "ASCENDING",
+    "DESCENDING",
+    "BulkResult",
+    "Collection",
+    "Insert",
+    "PoolStats",
+    "Update",
+    "collection",
+    "database_name",
+    "inject_failures",
+    "ping",
+    "pool_stats",
+    "reset",
+    "url_scheme",
+]
+
+T = TypeVar("T")
+ASCENDING, DESCENDING = pymongo.ASCENDING, pymongo.DESCENDING
+_DUPLICATE_KEY = 11000
+SCHEMES = ("mongodb", "mongodb+srv", "mongomock")
+
+
+# --- pool monitoring -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PoolStats:
+    open: int = 0  # connections created and not closed
+    checked_out: int = 0
+    peak_checked_out: int = 0
+    peak_open: int = 0
+    failed_checkouts: int = 0
+    max_pool_size: int = 0
+    monitored: bool = True  # False for the stand-in, which has no pool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+class _PoolListener(monitoring.ConnectionPoolListener):
+    def __init__(self, stats: PoolStats) -> None:
+        self.stats = stats
+        self._lock = threading.Lock()
+
+    def connection_created(self, event: Any) -> None:
+        with self._lock:
+            self.stats.open += 1
+            self.stats.peak_open = max(self.stats.peak_open, self.stats.open)
+
+    def connection_closed(self, event: Any) -> None:
+        with self._lock:
+            self.stats.open = max(0, self.stats.open - 1)
+
+    def connection_checked_out(self, event: Any) -> None:
+        with self._lock:
+            self.stats.checked_out += 1
+            self.stats.peak_checked_out = max(self.stats.peak_checked_out, self.stats.checked_out)
+
+    def connection_checked_in(self, event: Any) -> None:
+        with self._lock:
+            self.stats.checked_out = max(0, self.stats.checked_out - 1)
+
+    def connection_check_out_failed(self, event: Any) -> None:
+        with self._lock:
+            self.stats.failed_checkouts += 1
+
+    # The remaining events carry nothing the reports use.
+    def pool_created(self, event: Any) -> None: ...
+    def pool_ready(self, event: Any) -> None: ...
+    def pool_cleared(self, event: Any) -> None: ...
+    def pool_closed(self, event: Any) -> None: ...
+    def connection_ready(self, event: Any) -> None: ...
+    def connection_check_out_started(self, event: Any) -> None: ...
+
+
+# --- the client, per process ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _State:
+    pid: int
+    url: str
+    client: Any
+    stats: PoolStats
+    lock: threading.RLock | None  # set for the in-process stand-in only
+
+
+_state_lock = threading.Lock()
+_state: _State | None = None
+_failures = threading.Event()  # set: every operation fails as if the network were down (fault injection)
+
+
+def url_scheme(url: str | None) -> str:
+    return urlsplit(url or "").scheme
+
+
+def database_name() -> str:
+    configured = hotcache_settings.MONGO_DATABASE
+    if configured:
+        return str(configured)
+    url = str(hotcache_settings.MONGO_URL or "")
+    parts = urlsplit(url)
+    name = (parts.netloc if parts.scheme == "mongomock" else parts.path.lstrip("/")).split("?")[0]
+    return name or "hotcache"
+
+
+def _make_state(url: str) -> _State:
+    scheme = url_scheme(url)
+    if scheme == "mongomock":
+        import mongomock
+
+        _patch_mongomock_bulk()
+        stats = PoolStats(monitored=False, max_pool_size=0)
+        return _State(os.getpid(), url, mongomock.MongoClient(tz_aware=True), stats, threading.RLock())
+    if scheme not in ("mongodb", "mongodb+srv"):
+        msg = f"HOTCACHE['MONGO_URL'] must start with mongodb://, mongodb+srv:// or mongomock://, not {scheme!r}"
+        raise MongoUnavailable(msg)
+    stats = PoolStats(max_pool_size=int(hotcache_settings.MONGO_MAX_POOL_SIZE))
+    client = pymongo.MongoClient(
+        url,
+        maxPoolSize=int(hotcache_settings.MONGO_MAX_POOL_SIZE),
+        waitQueueTimeoutMS=int(hotcache_settings.MONGO_WAIT_QUEUE_TIMEOUT_MS),
+        serverSelectionTimeoutMS=int(hotcache_settings.MONGO_SERVER_SELECTION_TIMEOUT_MS),
+        connectTimeoutMS=int(hotcache_settings.MONGO_CONNECT_TIMEOUT_MS),
+        socketTimeoutMS=int(hotcache_settings.MONGO_SOCKET_TIMEOUT_MS),
+        event_listeners=[_PoolListener(stats)],
+        appname="hotcache",
+        tz_aware=True,
+        connect=False,  # no sockets until first use: safe to create before a fork
+    )
+    return _State(os.getpid(), url, client, stats, None)
+
+
+def _current() -> _State:
+    global _state
+    url = str(hotcache_settings.MONGO_URL or "")
+    if not url:
+        msg = "HOTCACHE['MONGO_URL'] is not set; hotcache keeps durable data in MongoDB"
+        raise MongoUnavailable(msg)
+    state = _state
+    if state is not None and state.pid == os.getpid() and state.url == url:
+        return state
+    with _state_lock:
+        state = _state
+        if state is None or state.pid != os.getpid() or state.url != url:
+            # A client inherited through fork is never reused (pymongo clients are not fork-safe);
+            # it is dropped without close(), which would touch the parent's sockets.
+            if state is not None and state.pid == os.getpid():
+                state.client.close()
+            state = _make_state(url)
+            _state = state
+    return state
+
+
+def reset() -> None:
+    """Close this process's client (settings changed; tests)."""
+    global _state
+    with _state_lock:
+        if _state is not None and _state.pid == os.getpid():
+            _state.client.close()
+        _state = None
+    _failures.clear()
+    _indexed.clear()
+
+
+def pool_stats() -> PoolStats:
+    try:
+        return _current().stats
+    except MongoUnavailable:
+        return PoolStats(monitored=False)
+
+
+@contextlib.contextmanager
+def inject_failures() -> Iterator[None]:
+    """Make every MongoDB operation in this process fail like a lost network, until the block exits."""
+    _failures.set()
+    try:
+        yield
+    finally:
+        _failures.clear()
+
+
+def set_failing(failing: bool) -> None:
+    """Switch fault injection on or off (for long-running load tests driving it from outside)."""
+    if failing:
+        _failures.set()
+    else:
+        _failures.clear()
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """An update_one for bulk(): filter, update document, upsert."""
+
+    filter: Mapping[str, Any]
+    update: Mapping[str, Any]
+    upsert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    document: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class BulkResult:
+    matched: int = 0
+    modified: int = 0
+    upserted: int = 0
+    inserted: int = 0
+    duplicates: list[int] = field(default_factory=list)  # indexes of operations that hit E11000
+
+
+def _run(feature: str, op: Callable[[], T]) -> T:
+    state = _current()
+    metering.mongo_op(feature)
+    try:
+        if _failures.is_set():
+            raise pymongo.errors.AutoReconnect("hotcache fault injection: MongoDB unreachable")
+        if state.lock is not None:
+            with state.lock:
+                return op()
+        return op()
+    except DuplicateKeyError as exc:
+        raise DuplicateKey(str(exc), code=_DUPLICATE_KEY) from exc
+    except (ConnectionFailure, ExecutionTimeout) as exc:
+        metering.event(feature, "mongo_error")
+        raise MongoUnavailable(f"mongodb call for {feature} failed: {exc}") from exc
+    except (WriteError, OperationFailure) as exc:
+        if getattr(exc, "code", None) == _DUPLICATE_KEY:
+            raise DuplicateKey(str(exc), code=_DUPLICATE_KEY) from exc
+        raise MongoWriteError(str(exc), code=getattr(exc, "code", None)) from exc
+    except PyMongoError as exc:
+        metering.event(feature, "mongo_error")
+        raise MongoUnavailable(f"mongodb call for {feature} failed: {exc}") from exc
+
+
+class Collection:
+    """A MongoDB collection as hotcache uses it: a few operations, each counted and error-mapped."""
+
+    def __init__(self, name: str, feature: str) -> None:
+        self.name = name
+        self.feature = feature
+
+    def _raw(self) -> Any:
+        return _current().client[database_name()][self.name]
+
+    def insert_one(self, document: Mapping[str, Any]) -> Any:
+        return _run(self.feature, lambda: self._raw().insert_one(dict(document)).inserted_id)
+
+    def find_one(self, filter: Mapping[str, Any], projection: Mapping[str, Any] | None = None) -> dict | None:
+        return _run(self.feature, lambda: self._raw().find_one(dict(filter), projection))
+
+    def find(
+        self,
+        filter: Mapping[str, Any],
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int = 0,
+        projection: Mapping[str, Any] | None = None,
+    ) -> list[dict]:
+        def op() -> list[dict]:
+            cursor = self._raw().find(dict(filter), projection)
+            if sort:
+                cursor = cursor.sort(list(sort))
+            if limit:
+                cursor = cursor.limit(limit)
+            return list(cursor)
+
+        return _run(self.feature, op)
+
+    def count(self, filter: Mapping[str, Any]) -> int:
+        return _run(self.feature, lambda: self._raw().count_documents(dict(filter)))
+
+    def aggregate(self, pipeline: Sequence[Mapping[str, Any]]) -> list[dict]:
+        return _run(self.feature, lambda: list(self._raw().aggregate([dict(s) for s in pipeline])))
+
+    def update_one(self, filter: Mapping[str, Any], update: Mapping[str, Any], *, upsert: bool = False) -> int:
+        """Returns the number of documents matched (1 for an upsert that inserted)."""
+
+        def op() -> int:
+            result = self._raw().update_one(dict(filter), dict(update), upsert=upsert)
+            return result.matched_count + (1 if result.upserted_id is not None else 0)
+
+        return _run(self.feature, op)
+
+    def find_one_and_update(
+        self,
+        filter: Mapping[str, Any],
+        update: Mapping[str, Any],
+        *,
+        upsert: bool = False,
+        return_new: bool = True,
+        projection: Mapping[str, Any] | None = None,
+        sort: Sequence[tuple[str, int]] | None = None,
+    ) -> dict | None:
+        document = pymongo.ReturnDocument.AFTER if return_new else pymongo.ReturnDocument.BEFORE
+        return _run(
+            self.feature,
+            lambda: self._raw().find_one_and_update(
+                dict(filter), dict(update), projection=projection, sort=list(sort) if sort else None,
+                upsert=upsert, return_document=document,
+            ),
+        )
+
+    def find_one_and_delete(self, filter: Mapping[str, Any]) -> dict | None:
+        return _run(self.feature, lambda: self._raw().find_one_and_delete(dict(filter)))
+
+    def delete_one(self, filter: Mapping[str, Any]) -> int:
+        return _run(self.feature, lambda: self._raw().delete_one(dict(filter)).deleted_count)
+
+    def delete_many(self, filter: Mapping[str, Any]) -> int:
+        return _run(self.feature, lambda: self._raw().delete_many(dict(filter)).deleted_count)
+
+    def bulk(self, operations: Sequence[Update | Insert], *, ordered: bool = False) -> BulkResult:
+        """One bulk_write (pymongo splits it into server batches). E11000 errors are reported, not raised."""
+        if not operations:
+            return BulkResult()
+        requests = [
+            pymongo.UpdateOne(dict(o.filter), dict(o.update), upsert=o.upsert)
+            if isinstance(o, Update)
+            else pymongo.InsertOne(dict(o.document))
+            for o in operations
+        ]
+
+        def op() -> BulkResult:
+            try:
+                r = self._raw().bulk_write(requests, ordered=ordered)
+                return BulkResult(r.matched_count, r.modified_count, r.upserted_count, r.inserted_count)
+            except BulkWriteError as exc:
+                details = exc.details
+                errors = details.get("writeErrors", [])
+                others = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
+                if others or details.get("writeConcernErrors"):
+                    first = others[0] if others else details["writeConcernErrors"][0]
+                    raise MongoWriteError(str(first.get("errmsg")), code=first.get("code")) from exc
+                return BulkResult(
+                    details.get("nMatched", 0),
+                    details.get("nModified", 0),
+                    details.get("nUpserted", 0),
+                    details.get("nInserted", 0),
+                    sorted(e["index"] for e in errors),
+                )
+
+        return _run(self.feature, op)
+
+    def create_index(
+        self,
+        keys: Sequence[tuple[str, int]],
+        *,
+        unique: bool = False,
+        expire_after_seconds: int | None = None,
+        name: str | None = None,
+    ) -> str:
+        options: dict[str, Any] = {"unique": unique}
+        if expire_after_seconds is not None:
+            options["expireAfterSeconds"] = expire_after_seconds
+        if name:
+            options["name"] = name
+        return _run(self.feature, lambda: self._raw().create_index(list(keys), **options))
+
+    def index_information(self) -> dict[str, Any]:
+        return _run(self.feature, lambda: self._raw().index_information())
+
+
+_collections: dict[tuple[str, str], Collection] = {}
+_indexed: set[tuple[str, str, str]] = set()
+
+
+def collection(name: str, *, feature: str) -> Collection:
+    coll = _collections.get((name, feature))
+    if coll is None:
+        coll = _collections.setdefault((name, feature), Collection(name, feature))
+    return coll
+
+
+def ensure_indexes(name: str, *, feature: str, create: Callable[[Collection], None]) -> Collection:
+    """Run ``create`` (index creation) once per process, database and collection; return the collection."""
+    coll = collection(name, feature=feature)
+    marker = (str(hotcache_settings.MONGO_URL), database_name(), name)
+    if marker not in _indexed:
+        create(coll)
+        _indexed.add(marker)
+    return coll
+
+
+def ping() -> float:
+    """Round-trip time of a ping in seconds; raises MongoUnavailable."""
+    import time
+
+    state = _current()
+    start = time.perf_counter()
+    _run("status", lambda: state.client.admin.command("ping"))
+    return time.perf_counter() - start
+
+
+def server_status_connections() -> dict[str, int] | None:
+    """The server's own connection counts (serverStatus.connections), or None where not available."""
+    state = _current()
+    if state.lock is not None:
+        return None
+    try:
+        status = _run("status", lambda: state.client.admin.command("serverStatus"))
+    except (MongoUnavailable, MongoWriteError):
+        return None
+    conns = status.get("connections") or {}
+    return {k: int(v) for k, v in conns.items() if isinstance(v, int | float)}
+
+
+@functools.cache
+def _patch_mongomock_bulk() -> None:
+    """mongomock 4.3 + pymongo >= 4.11: bulk_write passes ``sort=`` that mongomock rejects (mongomock#912)."""
+    from mongomock.collection import BulkOperationBuilder
+
+    def drop_sort(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
+            if sort:
+                msg = "sort in bulk updates is not supported by mongomock"
+                raise NotImplementedError(msg)
+            return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("add_update", "add_replace"):
+        setattr(BulkOperationBuilder, name, drop_sort(getattr(BulkOperationBuilder, name)))
+
+
+def drop_demo_database(name: str) -> None:
+    """Drop the demo's own database (and only a database whose name ends in '_demo')."""
+    if not name.endswith("_demo"):
+        msg = f"refusing to drop {name!r}: only the demo's own *_demo database may be dropped"
+        raise ValueError(msg)
+    state = _current()
+    _run("demo", lambda: state.client.drop_database(name))
+    _indexed.difference_update({m for m in _indexed if m[1] == name})

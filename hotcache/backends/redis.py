@@ -1,0 +1,165 @@
+"""hotcache's Redis access: one client per process, short timeouts, the health gate, metering, Lua scripts.
+
+The client is built from the django-redis alias ``HOTCACHE['REDIS_ALIAS']``: same server, database,
+credentials, TLS and connection class (so fakeredis works for the embedded default), in a pool of its
+own so hotcache's calls keep their short timeouts (REDIS_SOCKET_TIMEOUT / REDIS_CONNECT_TIMEOUT)
+while the host's cache keeps its own, and so every command hotcache sends is counted.
+
+Features never touch redis-py errors: call() runs a function against the client and turns every
+failure (error, timeout, gate open) into RedisUnavailable, which the feature maps to its fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from hotcache import metering
+from hotcache.backends.health import redis_gate
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import RedisUnavailable
+
+__all__ = ["Script", "call", "get_client", "reset", "server_info"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("hotcache.redis")
+_SERVER_STATE_ERRORS = {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS"}
+_LUA_DIR = Path(__file__).with_name("lua")
+_lock = threading.Lock()
+_clients: dict[tuple[str, int], redis.Redis] = {}
+
+
+@cache
+def _metered_class(base: type) -> type:
+    """A subclass of the alias's connection class that counts commands and round trips as they are sent."""
+
+    class Metered(base):  # type: ignore[misc, valid-type]
+        def send_command(self, *args: Any, **kwargs: Any) -> None:
+            metering.meter.commands(1, 1)
+            super().send_command(*args, **kwargs)
+
+        def pack_commands(self, commands: Any) -> Any:
+            commands = list(commands)
+            metering.meter.commands(len(commands), 1)
+            return super().pack_commands(commands)
+
+    Metered.__name__ = Metered.__qualname__ = f"Metered{base.__name__}"
+    return Metered
+
+
+def _build_client() -> redis.Redis:
+    from django_redis import get_redis_connection
+
+    alias = hotcache_settings.REDIS_ALIAS
+    host_client = get_redis_connection(alias)
+    source = host_client.connection_pool
+    kwargs = dict(source.connection_kwargs)
+    kwargs["socket_timeout"] = float(hotcache_settings.REDIS_SOCKET_TIMEOUT)
+    kwargs["socket_connect_timeout"] = float(hotcache_settings.REDIS_CONNECT_TIMEOUT)
+    # One attempt per call: the health gate decides about retries, not the socket layer.
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    kwargs["retry_on_timeout"] = False
+    pool = redis.ConnectionPool(
+        connection_class=_metered_class(source.connection_class),
+        max_connections=getattr(source, "max_connections", None) or 50,
+        **kwargs,
+    )
+    return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+def get_client() -> redis.Redis:
+    """hotcache's client for this process (rebuilt after fork and when settings change)."""
+    key = (str(hotcache_settings.REDIS_ALIAS), os.getpid())
+    client = _clients.get(key)
+    if client is None:
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _build_client()
+                _clients.clear()
+                _clients[key] = client
+    return client
+
+
+def reset() -> None:
+    """Drop the client and reset the gate (settings changed, or a test wants a clean process state)."""
+    with _lock:
+        for client in _clients.values():
+            try:
+                client.connection_pool.disconnect()
+            except RedisError:
+                pass
+        _clients.clear()
+    redis_gate.reset()
+
+
+def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
+    """Run ``fn(client)`` for ``feature`` through the health gate; raise RedisUnavailable on any failure.
+
+    Commands sent by ``fn`` are metered under ``feature``. At most one attempt is made.
+    """
+    if not redis_gate.allow():
+        metering.event(feature, "gate_rejected")
+        raise RedisUnavailable("redis health gate is open", gate_open=True)
+    try:
+        with metering.feature(feature):
+            result = fn(get_client())
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        refused = isinstance(exc, RedisConnectionError) and not isinstance(exc, RedisTimeoutError)
+        redis_gate.failure(exc, immediate=refused)
+        metering.event(feature, "redis_error")
+        raise RedisUnavailable(f"redis call for {feature} failed: {exc}") from exc
+    except RedisError as exc:
+        # The server answered with an error. Overload and failover states (OOM, READONLY replica, BUSY
+        # script, LOADING...) mean Redis cannot serve anyone: they count against the gate. Anything
+        # else (WRONGTYPE, an unknown command) is specific to this call: the caller falls back, the gate stays.
+        if str(exc).split(" ", 1)[0].upper() in _SERVER_STATE_ERRORS:
+            redis_gate.failure(exc)
+        else:
+            log.error("hotcache: redis rejected a %s call: %s", feature, exc)
+        metering.event(feature, "redis_error")
+        raise RedisUnavailable(f"redis refused the call for {feature}: {exc}") from exc
+    redis_gate.success()
+    metering.meter.maybe_flush()
+    return result
+
+
+class Script:
+    """A Lua script from hotcache/backends/lua/<name>.lua, run with EVALSHA (EVAL once on NOSCRIPT)."""
+
+    _cache: dict[str, tuple[str, str]] = {}
+
+    def __init__(self, name: str) -> None:
+        cached = self._cache.get(name)
+        if cached is None:
+            body = (_LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+            cached = (body, hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest())
+            self._cache[name] = cached
+        self.name = name
+        self.body, self.sha = cached
+
+    def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # First use on this server (or after SCRIPT FLUSH / failover): EVAL also caches it server-side.
+            return client.eval(self.body, len(keys), *keys, *args)
+
+
+def server_info(section: str = "memory") -> dict[str, Any]:
+    """INFO <section> through the gate (feature 'status')."""
+    return call("status", lambda r: r.info(section))

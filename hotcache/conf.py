@@ -1,0 +1,123 @@
+"""hotcache's settings: one ``HOTCACHE`` dict in the host's settings, defaults here.
+
+Example::
+
+    HOTCACHE = {
+        "REDIS_ALIAS": "default",            # a django-redis cache in CACHES
+        "KEY_PREFIX": "hc",
+        "MONGO_URL": "mongodb+srv://user:pass@cluster0.example.net/app",
+        "REDIS_DAILY_COMMAND_BUDGET": 10_000,
+        "RATELIMIT_RULES": [
+            {"name": "login-burst", "rate": "5/10s", "key": "ip",
+             "path": "/accounts/login/", "methods": ["POST"]},
+        ],
+    }
+
+Values are read on every access (never bound at import), so ``override_settings(HOTCACHE=...)``
+works in tests. Every key is documented in README.md ("Settings").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+
+__all__ = ["DEFAULTS", "FEATURES", "HotcacheSettings", "hotcache_settings"]
+
+# The features hotcache ships; HOTCACHE["FEATURES"] may name a subset.
+FEATURES = ("ratelimit", "users", "mfa", "apikeys", "workbench", "analytics")
+
+DEFAULTS: dict[str, Any] = {
+    # --- Redis (foundation) ---
+    "REDIS_ALIAS": "default",  # django-redis alias whose server, credentials and TLS hotcache uses
+    "KEY_PREFIX": "hc",  # every hotcache key starts with "<KEY_PREFIX>:"
+    "REDIS_SOCKET_TIMEOUT": 0.1,  # seconds; a sick Redis costs at most this per call
+    "REDIS_CONNECT_TIMEOUT": 0.1,  # seconds
+    "HEALTH_FAILURE_THRESHOLD": 3,  # consecutive timeouts that open the gate (a refused connection opens it at once)
+    "HEALTH_COOLDOWN": 5.0,  # seconds the gate stays open before one probe
+    "REDIS_DAILY_COMMAND_BUDGET": 10_000,  # commands per UTC day (Upstash free tier)
+    "REDIS_MEMORY_LIMIT": 256 * 1024 * 1024,  # bytes (Upstash free tier)
+    "METER_FLUSH_EVERY": 500,  # commands buffered in-process before the meter is written (one command)
+    "FEATURES": None,  # None = all of FEATURES; or a list naming the enabled ones
+    # --- MongoDB (foundation) ---
+    "MONGO_URL": None,  # mongodb://, mongodb+srv://, or mongomock://<db> (tests, embedded default)
+    "MONGO_DATABASE": None,  # default: the database in MONGO_URL's path, else "hotcache"
+    "MONGO_MAX_POOL_SIZE": 10,  # pymongo maxPoolSize per process
+    "MONGO_WAIT_QUEUE_TIMEOUT_MS": 2000,  # an exhausted pool fails fast instead of hanging
+    "MONGO_SERVER_SELECTION_TIMEOUT_MS": 2000,
+    "MONGO_CONNECT_TIMEOUT_MS": 2000,
+    "MONGO_SOCKET_TIMEOUT_MS": 5000,
+    "MONGO_SERVER_CONNECTION_LIMIT": 500,  # the server's connection limit (Atlas M0: 500), for reports
+
+    # --- Rate limiting (issue 3) ---
+    "RATELIMIT_RULES": [],
+    "RATELIMIT_STATUS_CODE": 429,
+    "RATELIMIT_DEFAULT_POLICY": "local",  # outage policy: open | closed | local
+    "RATELIMIT_LEGACY_HEADERS": False,  # also send X-RateLimit-Limit/Remaining/Reset
+    "RATELIMIT_DENY_CACHE_SIZE": 10_000,  # process-local cache of known denials
+    "TRUSTED_PROXIES": [],  # CIDRs whose X-Forwarded-For / Forwarded are believed
+    "IPV6_PREFIX": 64,
+    "IPV4_PREFIX": 32,
+
+    # --- Cached users (issue 4) ---
+    "USER_CACHE_TTL": 300,
+    "USER_LOADER": "hotcache.users.DjangoUserLoader",
+
+    # --- MFA codes (issue 5) ---
+    "MFA_CODE_TTL": 300,
+    "MFA_DIGITS": 6,
+    "MFA_MAX_ATTEMPTS": 5,
+    "MFA_USER_FAILURE_LIMIT": 10,
+    "MFA_USER_FAILURE_WINDOW": 900,
+    "MFA_RESEND_COOLDOWN": 30,
+    "MFA_HOURLY_SEND_CAP": 5,
+
+    # --- API keys (issue 6) ---
+    "APIKEY_USAGE_RETENTION_DAYS": 30,
+    "APIKEY_CACHE_TTL": 300,
+
+    # --- Workbench sessions (issue 7) ---
+    "WORKBENCH_IDLE_TIMEOUT": 3600,
+    "WORKBENCH_MAX_STATE_BYTES": 1_000_000,
+
+    # --- Analytics (issue 8) ---
+    "ANALYTICS_RETENTION_HOURS": 168,
+
+    # --- Reports (issue 9) ---
+}
+
+
+class HotcacheSettings:
+    """Attribute access to HOTCACHE with defaults; reads django.conf.settings on every access."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            msg = f"hotcache has no setting {name!r}; known settings are listed in hotcache.conf.DEFAULTS"
+            raise AttributeError(msg)
+        return self.user_settings.get(name, DEFAULTS[name])
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(django_settings, "HOTCACHE", None) or {}
+        return value if isinstance(value, dict) else {}
+
+    def enabled(self, feature: str) -> bool:
+        """Whether a feature is enabled by HOTCACHE['FEATURES'] (None enables all)."""
+        features = self.FEATURES
+        return True if features is None else feature in features
+
+
+hotcache_settings = HotcacheSettings()
+
+
+def _reset_backends(*, setting: str, **kwargs: Any) -> None:
+    # Clients are built from settings; drop them when a test overrides the settings they came from.
+    if setting in ("HOTCACHE", "CACHES"):
+        from hotcache.backends import reset_all
+
+        reset_all()
+
+
+setting_changed.connect(_reset_backends, dispatch_uid="hotcache.conf.reset_backends")

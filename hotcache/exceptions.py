@@ -1,0 +1,60 @@
+"""hotcache's errors, one root. Expected outcomes (a denied request, a wrong code) are results, not raises.
+
+    HotcacheError
+    ├── BackendUnavailable            a store did not answer; callers fall back or fail as their policy says
+    │   ├── RedisUnavailable          error, timeout, or the health gate is open
+    │   └── MongoUnavailable          network error, server selection or pool wait timeout
+    ├── MongoWriteError               MongoDB refused a write for a reason other than a duplicate key
+    │   └── DuplicateKey              E11000: the document already exists (idempotent replays expect it)
+    └── InvalidName (also ValueError) a user-supplied name or id that hotcache will not turn into a key
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "DuplicateKey",
+    "HotcacheError",
+    "InvalidName",
+    "MongoUnavailable",
+    "MongoWriteError",
+    "RedisUnavailable",
+]
+
+
+class HotcacheError(Exception):
+    """Root of every error hotcache raises."""
+
+
+class BackendUnavailable(HotcacheError):
+    """A backing store did not answer in time; the caller decides how to degrade."""
+
+    backend = "backend"
+
+    def __init__(self, message: str = "", *, gate_open: bool = False) -> None:
+        super().__init__(message or f"{self.backend} is unavailable")
+        self.gate_open = gate_open
+
+
+class RedisUnavailable(BackendUnavailable):
+    backend = "redis"
+
+
+class MongoUnavailable(BackendUnavailable):
+    backend = "mongodb"
+
+
+class MongoWriteError(HotcacheError):
+    """MongoDB rejected a write (not a connectivity problem: retrying will not help)."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DuplicateKey(MongoWriteError):
+    """A unique index already holds this key (MongoDB error 11000)."""
+
+
+class InvalidName(HotcacheError, ValueError):
+    """A user-supplied name, id or purpose that fails validation; the message says which and why."""

@@ -1,0 +1,109 @@
+"""manage.py hotcache_check: can hotcache reach its stores? Redis ping, latency and Lua; MongoDB ping; pool settings."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from hotcache.backends import mongo
+from hotcache.backends import redis as redis_backend
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import BackendUnavailable, MongoWriteError
+
+
+def check_connections(samples: int = 5) -> dict[str, Any]:
+    """Probe Redis and MongoDB; returns a report dict with 'ok' and, per store, 'ok', figures and 'error'."""
+    alias = hotcache_settings.REDIS_ALIAS
+    location = settings.CACHES.get(alias, {}).get("LOCATION", "?")
+    report: dict[str, Any] = {"redis": {"alias": alias, "location": _redact(str(location))}}
+    # A fresh client and gate: the check must try, not trust a cached "down".
+    redis_backend.reset()
+    try:
+        timings = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            redis_backend.call("status", lambda r: r.ping())
+            timings.append((time.perf_counter() - start) * 1000)
+        lua = redis_backend.call("status", lambda r: r.eval("return redis.call('TIME')[1]", 0))
+        try:
+            version = redis_backend.server_info("server").get("redis_version", "?")
+        except BackendUnavailable:  # a server without INFO (fakeredis) still serves hotcache
+            version = "?"
+        report["redis"].update(
+            ok=True,
+            rtt_ms_median=round(statistics.median(timings), 3),
+            rtt_ms_max=round(max(timings), 3),
+            lua=bool(lua),
+            version=version,
+            socket_timeout_s=hotcache_settings.REDIS_SOCKET_TIMEOUT,
+        )
+    except BackendUnavailable as exc:
+        report["redis"].update(
+            ok=False,
+            error=f"Redis at {_redact(str(location))} is unreachable ({exc.__cause__ or exc}). "
+            f"It comes from CACHES[{alias!r}]['LOCATION'], the alias named by HOTCACHE['REDIS_ALIAS'].",
+        )
+    url = hotcache_settings.MONGO_URL
+    report["mongodb"] = {
+        "url": _redact(str(url)),
+        "database": mongo.database_name(),
+        "max_pool_size": hotcache_settings.MONGO_MAX_POOL_SIZE,
+        "wait_queue_timeout_ms": hotcache_settings.MONGO_WAIT_QUEUE_TIMEOUT_MS,
+        "server_selection_timeout_ms": hotcache_settings.MONGO_SERVER_SELECTION_TIMEOUT_MS,
+    }
+    try:
+        rtt = mongo.ping()
+        report["mongodb"].update(ok=True, rtt_ms=round(rtt * 1000, 3), driver=mongo.url_scheme(str(url)))
+    except (BackendUnavailable, MongoWriteError) as exc:
+        report["mongodb"].update(
+            ok=False,
+            error=f"MongoDB at {_redact(str(url))} is unreachable ({exc}). It comes from HOTCACHE['MONGO_URL'].",
+        )
+    report["ok"] = bool(report["redis"]["ok"] and report["mongodb"]["ok"])
+    return report
+
+
+def _redact(url: str) -> str:
+    """Hide the password in a URL."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+class Command(BaseCommand):
+    help = "Check hotcache's connections: Redis ping, round-trip latency and Lua support; MongoDB ping; pool settings."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        report = check_connections()
+        if options["json"]:
+            self.stdout.write(json.dumps(report, indent=2))
+        else:
+            r, m = report["redis"], report["mongodb"]
+            if r["ok"]:
+                self.stdout.write(
+                    f"Redis    OK   {r['location']}  v{r['version']}  rtt {r['rtt_ms_median']} ms "
+                    f"(max {r['rtt_ms_max']})  lua {'yes' if r['lua'] else 'NO'}"
+                )
+            else:
+                self.stdout.write(f"Redis    FAIL {r['error']}")
+            if m["ok"]:
+                self.stdout.write(
+                    f"MongoDB  OK   {m['url']} db={m['database']}  rtt {m['rtt_ms']} ms  "
+                    f"maxPoolSize={m['max_pool_size']} waitQueueTimeoutMS={m['wait_queue_timeout_ms']}"
+                )
+            else:
+                self.stdout.write(f"MongoDB  FAIL {m['error']}")
+        if not report["ok"]:
+            failed = [name for name in ("redis", "mongodb") if not report[name]["ok"]]
+            raise CommandError(f"hotcache cannot reach: {', '.join(failed)}")

@@ -1,0 +1,237 @@
+"""Command metering: how many Redis commands (and MongoDB operations) hotcache spends, per feature and UTC day.
+
+Counting happens on hotcache's own Redis connections (every command the wire carries, handshakes
+included), attributed to the feature running the call. Counts are buffered in-process and written
+with a single command per flush (one EVALSHA holding every field), after METER_FLUSH_EVERY
+commands, or at most once a minute when at least 100 are buffered, so metering costs well under 1%
+extra commands. The daily hash ``<prefix>:meter:<YYYYMMDD>`` keeps fields:
+
+    cmd:<feature>   Redis commands          rt:<feature>    Redis round trips
+    mongo:<feature> MongoDB operations      ev:<feature>:<name>  feature events (hits, denials, fallbacks)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import contextvars
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from hotcache import clock
+
+__all__ = [
+    "DayUsage",
+    "current_feature",
+    "event",
+    "feature",
+    "flush",
+    "meter",
+    "mongo_op",
+    "snapshot",
+    "usage",
+]
+
+log = logging.getLogger("hotcache.metering")
+
+_feature: contextvars.ContextVar[str] = contextvars.ContextVar("hotcache_feature", default="other")
+_METER_TTL = 40 * 86400  # a little over the 30 days the reports show
+_TIME_FLUSH_SECONDS = 60.0
+_TIME_FLUSH_MINIMUM = 100  # a time-based flush only when it costs <= 1% of what it reports
+
+
+def current_feature() -> str:
+    return _feature.get()
+
+
+@contextlib.contextmanager
+def feature(name: str) -> Iterator[None]:
+    """Attribute the Redis commands sent inside this block to ``name``."""
+    token = _feature.set(name)
+    try:
+        yield
+    finally:
+        _feature.reset(token)
+
+
+def _day() -> str:
+    return clock.utcnow().strftime("%Y%m%d")
+
+
+class Meter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: Counter[tuple[str, str]] = Counter()
+        self._pending_commands = 0
+        self._totals: Counter[str] = Counter()
+        self._last_flush = clock.monotonic()
+        self._flushing = threading.local()
+
+    # -- recording (hot path: a dict update under a lock) --
+    def commands(self, n: int, round_trips: int = 1) -> None:
+        name = _feature.get()
+        day = _day()
+        with self._lock:
+            self._pending[(day, f"cmd:{name}")] += n
+            self._pending[(day, f"rt:{name}")] += round_trips
+            self._totals[f"cmd:{name}"] += n
+            self._totals[f"rt:{name}"] += round_trips
+            self._pending_commands += n
+
+    def add(self, fld: str, n: int = 1) -> None:
+        day = _day()
+        with self._lock:
+            self._pending[(day, fld)] += n
+            self._totals[fld] += n
+
+    def snapshot(self) -> Counter[str]:
+        """Totals recorded by this process since start (or reset); for demos, benchmarks and tests."""
+        with self._lock:
+            return Counter(self._totals)
+
+    def pending(self) -> Counter[tuple[str, str]]:
+        with self._lock:
+            return Counter(self._pending)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._totals.clear()
+            self._pending_commands = 0
+            self._last_flush = clock.monotonic()
+
+    # -- flushing --
+    def maybe_flush(self) -> None:
+        from hotcache.conf import hotcache_settings
+
+        if getattr(self._flushing, "active", False):
+            return
+        every = int(hotcache_settings.METER_FLUSH_EVERY)
+        due = self._pending_commands >= every or (
+            self._pending_commands >= _TIME_FLUSH_MINIMUM
+            and clock.monotonic() - self._last_flush >= _TIME_FLUSH_SECONDS
+        )
+        if due:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Write buffered counts to Redis in one command. False (counts kept) if Redis is unavailable."""
+        from hotcache import keys
+        from hotcache.backends import redis as redis_backend
+        from hotcache.exceptions import RedisUnavailable
+
+        if getattr(self._flushing, "active", False):
+            return False
+        with self._lock:
+            batch = self._pending
+            self._pending = Counter()
+            self._pending_commands = 0
+            self._last_flush = clock.monotonic()
+        if not batch:
+            return True
+        by_day: dict[str, list[str]] = {}
+        for (day, fld), n in batch.items():
+            by_day.setdefault(day, []).extend((fld, str(n)))
+        script = redis_backend.Script("meter_flush")
+        day_keys = [keys.tagged("meter", "usage", day) for day in by_day]
+        args: list[str] = [str(_METER_TTL)]
+        for day in by_day:
+            args.append(str(len(by_day[day]) // 2))
+            args.extend(by_day[day])
+        self._flushing.active = True
+        try:
+            redis_backend.call("meter", lambda r: script(r, day_keys, args))
+        except RedisUnavailable:
+            with self._lock:
+                self._pending.update(batch)
+                self._pending_commands += sum(n for (_, f), n in batch.items() if f.startswith("cmd:"))
+            return False
+        finally:
+            self._flushing.active = False
+        return True
+
+
+meter = Meter()
+
+
+def event(feature_name: str, name: str, n: int = 1) -> None:
+    """Count a feature event (a cache hit, a denial, a fallback) for the reports."""
+    meter.add(f"ev:{feature_name}:{name}", n)
+
+
+def mongo_op(feature_name: str, n: int = 1) -> None:
+    meter.add(f"mongo:{feature_name}", n)
+
+
+def snapshot() -> Counter[str]:
+    return meter.snapshot()
+
+
+def flush() -> bool:
+    return meter.flush()
+
+
+@dataclass(slots=True)
+class DayUsage:
+    day: str  # YYYYMMDD
+    fields: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def commands(self) -> int:
+        return sum(n for f, n in self.fields.items() if f.startswith("cmd:"))
+
+    def by_prefix(self, prefix: str) -> dict[str, int]:
+        """{'ratelimit': 12, ...} for fields named '<prefix>:<feature>'."""
+        out: dict[str, int] = {}
+        for f, n in self.fields.items():
+            if f.startswith(prefix + ":"):
+                out[f[len(prefix) + 1 :]] = out.get(f[len(prefix) + 1 :], 0) + n
+        return out
+
+
+def usage(days: int = 30) -> list[DayUsage]:
+    """The last ``days`` UTC days, newest first, from Redis plus this process's unflushed counts.
+
+    One Redis round trip (a pipeline of HGETALL). If Redis is unavailable, only local counts are shown.
+    """
+    import datetime as dt
+
+    from hotcache import keys
+    from hotcache.backends import redis as redis_backend
+    from hotcache.exceptions import RedisUnavailable
+
+    today = clock.utcnow().date()
+    day_names = [(today - dt.timedelta(days=i)).strftime("%Y%m%d") for i in range(days)]
+    result = {d: DayUsage(d) for d in day_names}
+
+    def read(r):  # type: ignore[no-untyped-def]
+        pipe = r.pipeline(transaction=False)
+        for d in day_names:
+            pipe.hgetall(keys.tagged("meter", "usage", d))
+        return pipe.execute()
+
+    try:
+        rows = redis_backend.call("meter", read)
+    except RedisUnavailable:
+        rows = [{} for _ in day_names]
+    for d, row in zip(day_names, rows, strict=True):
+        for k, v in row.items():
+            fld = k.decode() if isinstance(k, bytes) else k
+            result[d].fields[fld] += int(v)
+    for (d, fld), n in meter.pending().items():
+        if d in result:
+            result[d].fields[fld] += n
+    return [result[d] for d in day_names]
+
+
+def _flush_at_exit() -> None:
+    try:
+        meter.flush()
+    except Exception:
+        log.debug("hotcache: meter flush at exit failed", exc_info=True)
+
+
+atexit.register(_flush_at_exit)

@@ -1,0 +1,12 @@
+"""hotcache's URLs; include them in the host project: ``path("hotcache/", include("hotcache.urls"))``."""
+
+from __future__ import annotations
+
+from django.urls import path  # noqa: F401 - used by the feature routes below
+
+app_name = "hotcache"
+
+urlpatterns: list = [
+    # --- Analytics (issue 8) ---
+    # --- Reports (issue 9) ---
+]

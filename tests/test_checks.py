@@ -1,0 +1,79 @@
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from hotcache.checks import check_foundation
+
+
+def ids(settings_obj=None):
+    return sorted(m.id for m in check_foundation())
+
+
+def test_valid_test_settings_pass():
+    assert ids() == []
+
+
+def test_alias_missing_from_caches(hotcache_config):
+    hotcache_config(REDIS_ALIAS="nope")
+    assert "hotcache.E002" in ids()
+
+
+def test_alias_that_is_not_django_redis(settings, hotcache_config):
+    settings.CACHES = {**settings.CACHES, "loc": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    hotcache_config(REDIS_ALIAS="loc")
+    messages = check_foundation()
+    e003 = [m for m in messages if m.id == "hotcache.E003"]
+    assert e003 and "REDIS_ALIAS" in e003[0].msg
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("REDIS_SOCKET_TIMEOUT", "fast"), ("HEALTH_COOLDOWN", -1), ("REDIS_DAILY_COMMAND_BUDGET", 1.5),
+     ("MONGO_MAX_POOL_SIZE", 0), ("HEALTH_FAILURE_THRESHOLD", True)],
+)
+def test_unparsable_values_name_the_setting(hotcache_config, name, value):
+    hotcache_config(**{name: value})
+    messages = [m for m in check_foundation() if m.id == "hotcache.E004"]
+    assert len(messages) == 1 and name in messages[0].msg
+
+
+def test_bad_key_prefix(hotcache_config):
+    hotcache_config(KEY_PREFIX="a:b")
+    assert "hotcache.E005" in ids()
+
+
+def test_unknown_feature(hotcache_config):
+    hotcache_config(FEATURES=["ratelimit", "teleport"])
+    assert "hotcache.E006" in ids()
+
+
+def test_mongo_url_missing_where_a_feature_needs_it(hotcache_config):
+    hotcache_config(MONGO_URL=None)
+    messages = [m for m in check_foundation() if m.id == "hotcache.E007"]
+    assert messages and "MONGO_URL" in messages[0].msg
+
+
+def test_mongo_url_not_needed_when_only_redis_features_are_on(hotcache_config):
+    hotcache_config(MONGO_URL=None, FEATURES=["ratelimit", "users"])
+    assert ids() == []
+
+
+def test_mongo_url_with_wrong_scheme(hotcache_config):
+    hotcache_config(MONGO_URL="postgres://db/x")
+    assert "hotcache.E008" in ids()
+
+
+def test_typo_in_setting_name_is_a_warning(hotcache_config):
+    hotcache_config(REDIS_ALAIS="x")
+    assert "hotcache.W001" in ids()
+
+
+def test_not_a_dict(settings):
+    settings.HOTCACHE = ["x"]
+    assert ids() == ["hotcache.E001"]
+
+
+def test_manage_py_check_reports_errors(hotcache_config):
+    hotcache_config(REDIS_ALIAS="nope")
+    with pytest.raises(SystemCheckError, match=r"hotcache\.E002"):
+        call_command("check")

@@ -1,0 +1,28 @@
+import pytest
+from django.test import override_settings
+
+from hotcache.conf import DEFAULTS, hotcache_settings
+
+
+def test_defaults_apply_when_host_sets_nothing(settings):
+    settings.HOTCACHE = {}
+    assert hotcache_settings.REDIS_ALIAS == "default"
+    assert hotcache_settings.REDIS_DAILY_COMMAND_BUDGET == 10_000
+    assert hotcache_settings.USER_CACHE_TTL == 300
+
+
+def test_override_settings_is_seen_without_reload():
+    with override_settings(HOTCACHE={"REDIS_DAILY_COMMAND_BUDGET": 5}):
+        assert hotcache_settings.REDIS_DAILY_COMMAND_BUDGET == 5
+    assert hotcache_settings.REDIS_DAILY_COMMAND_BUDGET == DEFAULTS["REDIS_DAILY_COMMAND_BUDGET"]
+
+
+def test_unknown_setting_names_where_to_look():
+    with pytest.raises(AttributeError, match=r"hotcache\.conf\.DEFAULTS"):
+        hotcache_settings.NO_SUCH_SETTING  # noqa: B018
+
+
+def test_features_subset(settings):
+    settings.HOTCACHE = {"FEATURES": ["ratelimit"]}
+    assert hotcache_settings.enabled("ratelimit")
+    assert not hotcache_settings.enabled("mfa")

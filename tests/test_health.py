@@ -1,0 +1,112 @@
+"""The health gate: a dead Redis costs each process at most one attempt per cool-down, and recovery is automatic."""
+
+import threading
+
+import pytest
+import redis.connection
+
+from hotcache.backends import redis as redis_backend
+from hotcache.backends.health import CLOSED, OPEN, HealthGate, redis_gate
+from hotcache.exceptions import RedisUnavailable
+
+
+@pytest.fixture
+def connect_attempts(monkeypatch):
+    attempts = []
+    original = redis.connection.AbstractConnection.connect
+
+    def counting(self, *args, **kwargs):
+        attempts.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "connect", counting)
+    return attempts
+
+
+def ping():
+    return redis_backend.call("test", lambda r: r.ping())
+
+
+def test_refused_connection_opens_gate_at_once(redis_down, clock, connect_attempts):
+    for _ in range(50):
+        with pytest.raises(RedisUnavailable):
+            ping()
+    assert len(connect_attempts) == 1
+    assert redis_gate.state == OPEN
+    snap = redis_gate.snapshot()
+    assert snap.opens == 1 and snap.rejected == 49
+
+
+def test_one_probe_per_cooldown(redis_down, clock, connect_attempts, hotcache_config):
+    hotcache_config(HEALTH_COOLDOWN=5.0)
+    for cooldown in range(3):
+        for _ in range(20):
+            with pytest.raises(RedisUnavailable):
+                ping()
+        assert len(connect_attempts) == cooldown + 1
+        clock.advance(5.0)
+
+
+def test_gate_returns_to_redis_by_itself(redis_proxy, clock, hotcache_config):
+    hotcache_config(HEALTH_COOLDOWN=5.0)
+    assert ping()
+    redis_proxy.down()
+    with pytest.raises(RedisUnavailable):
+        ping()
+    assert redis_gate.state == OPEN
+    redis_proxy.up()
+    with pytest.raises(RedisUnavailable):  # still inside the cool-down: not even tried
+        ping()
+    clock.advance(5.0)
+    assert ping() is True
+    assert redis_gate.state == CLOSED
+    assert redis_gate.snapshot().recoveries == 1
+
+
+def test_timeouts_open_the_gate_after_threshold(settings, clock, hotcache_config):
+    """A server that accepts but never answers: each call costs one socket timeout, until the gate opens."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    port = server.getsockname()[1]
+    try:
+        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"],
+                                                          "LOCATION": f"redis://127.0.0.1:{port}/0"}}
+        hotcache_config(REDIS_SOCKET_TIMEOUT=0.05, REDIS_CONNECT_TIMEOUT=0.05, HEALTH_FAILURE_THRESHOLD=3)
+        errors = []
+        for _ in range(10):
+            with pytest.raises(RedisUnavailable) as info:
+                ping()
+            errors.append(info.value.gate_open)
+        assert errors == [False, False, False] + [True] * 7
+    finally:
+        server.close()
+
+
+def test_only_one_caller_probes_after_cooldown(clock):
+    gate = HealthGate("unit")
+    gate.failure(ConnectionError("down"), immediate=True)
+    clock.advance(10)
+    allowed = []
+    barrier = threading.Barrier(8)
+
+    def attempt():
+        barrier.wait()
+        allowed.append(gate.allow())
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert allowed.count(True) == 1
+
+
+def test_transitions_are_logged_once(redis_down, clock, caplog):
+    with caplog.at_level("ERROR", logger="hotcache.health"):
+        for _ in range(10):
+            with pytest.raises(RedisUnavailable):
+                ping()
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1

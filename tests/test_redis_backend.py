@@ -1,0 +1,91 @@
+"""hotcache's Redis client: errors mapped, commands metered exactly, Lua scripts loaded once."""
+
+import uuid
+
+import pytest
+
+from hotcache import metering
+from hotcache.backends import redis as redis_backend
+from hotcache.exceptions import RedisUnavailable
+from hotcache.testing import count_redis
+
+
+def test_client_uses_the_alias_server_with_hotcache_timeouts(redis_url, hotcache_config):
+    hotcache_config(REDIS_SOCKET_TIMEOUT=0.07)
+    client = redis_backend.get_client()
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 0.07
+    assert str(kwargs["port"]) in redis_url
+    assert redis_backend.call("t", lambda r: r.ping()) is True
+
+
+def test_commands_and_round_trips_are_counted_per_feature():
+    redis_backend.call("warm", lambda r: r.ping())  # connection handshake happens here
+    with count_redis() as c:
+        redis_backend.call("alpha", lambda r: r.ping())
+
+        def pipe(r):
+            p = r.pipeline(transaction=False)
+            p.ping()
+            p.ping()
+            p.ping()
+            return p.execute()
+
+        redis_backend.call("beta", pipe)
+    assert c.by_feature == {"alpha": 1, "beta": 3}
+    assert c.commands == 4 and c.round_trips == 2
+
+
+def test_script_loads_once_and_retries_on_noscript(tmp_path, monkeypatch, raw_redis):
+    body = f"-- {uuid.uuid4()}\nreturn ARGV[1]"
+    monkeypatch.setattr(redis_backend, "_LUA_DIR", tmp_path)
+    (tmp_path / "echo_test.lua").write_text(body)
+    redis_backend.Script._cache.pop("echo_test", None)
+    script = redis_backend.Script("echo_test")
+    assert not raw_redis.script_exists(script.sha)[0]
+    redis_backend.call("warm", lambda r: r.ping())
+    with count_redis() as first:
+        assert redis_backend.call("t", lambda r: script(r, [], ["x"])) == b"x"
+    with count_redis() as second:
+        assert redis_backend.call("t", lambda r: script(r, [], ["y"])) == b"y"
+    assert (first.commands, first.round_trips) == (2, 2)  # EVALSHA -> NOSCRIPT, then EVAL
+    assert (second.commands, second.round_trips) == (1, 1)
+
+
+def test_wrong_type_errors_fall_back_without_opening_the_gate(key_prefix):
+    key = f"{key_prefix}:t:list"
+    redis_backend.call("t", lambda r: r.rpush(key, "a"))
+    with pytest.raises(RedisUnavailable):
+        redis_backend.call("t", lambda r: r.incr(key))
+    assert redis_backend.call("t", lambda r: r.delete(key)) == 1
+
+
+def test_meter_flush_writes_one_command_and_survives_in_redis(raw_redis, key_prefix):
+    for _ in range(10):
+        redis_backend.call("alpha", lambda r: r.ping())
+    metering.event("alpha", "hit", 3)
+    with count_redis() as c:
+        assert metering.flush() is True
+    assert c.commands == 1
+    day = metering.usage(days=1)[0]
+    assert day.by_prefix("cmd")["alpha"] >= 10
+    assert day.fields["ev:alpha:hit"] == 3
+    [meter_key] = list(raw_redis.scan_iter(match=f"{key_prefix}:{{meter:usage}}:*"))
+    assert raw_redis.ttl(meter_key) > 0
+
+
+def test_metering_costs_under_one_percent(hotcache_config):
+    hotcache_config(METER_FLUSH_EVERY=500)
+    redis_backend.call("warm", lambda r: r.ping())
+    with count_redis() as c:
+        for _ in range(3000):
+            redis_backend.call("alpha", lambda r: r.ping())
+    meter_commands = c.by_feature.get("meter", 0)
+    assert meter_commands >= 1  # it did flush
+    assert meter_commands / c.commands <= 0.01
+
+
+def test_flush_keeps_counts_when_redis_is_down(redis_down):
+    metering.event("alpha", "hit", 2)
+    assert metering.flush() is False
+    assert metering.meter.pending()  # nothing lost; written on the next successful flush
