@@ -117,3 +117,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             client.unlink(*batch[i : i + 500])
     except redis_py.RedisError:
         pass
+
+
+@pytest.fixture
+def celery_worker(settings: Any) -> Iterator[Any]:
+    """A real Celery worker (solo pool, in a thread of this process) consuming from the Redis broker.
+
+    In-process so it shares the MongoDB stand-in with the test; messages still travel through Redis.
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    from config.celery_app import app
+
+    app.conf.task_always_eager = False
+    try:
+        with start_worker(
+            app, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+        ) as worker:
+            yield worker
+    finally:
+        app.conf.task_always_eager = True

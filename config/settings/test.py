@@ -37,5 +37,9 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; n
 DEBUG = False
 
 CELERY_BROKER_URL = REDIS_URL
-CELERY_TASK_ALWAYS_EAGER = True  # tests that need a real worker start one (tests/test_worker*.py)
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = True  # tests that need a real worker use the celery_worker fixture
 CELERY_TASK_DEFAULT_QUEUE = f"{TEST_KEY_PREFIX}-celery"
+# Broker and result keys live under this run's prefix too, so the run cleans up after itself.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{TEST_KEY_PREFIX}:celery:"}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"global_keyprefix": f"{TEST_KEY_PREFIX}:celery:"}
