@@ -134,6 +134,8 @@ class _State:
 _state_lock = threading.Lock()
 _state: _State | None = None
 _failures = threading.Event()  # set: every operation fails as if the network were down (fault injection)
+# End-to-end runs inject MongoDB failures into other processes (gunicorn, Celery) by creating this file.
+_FAULT_FILE = os.environ.get("HOTCACHE_MONGO_FAULT_FILE") or None
 
 
 def url_scheme(url: str | None) -> str:
@@ -264,7 +266,7 @@ def _run(feature: str, op: Callable[[], T]) -> T:
     state = _current()
     metering.mongo_op(feature)
     try:
-        if _failures.is_set():
+        if _failures.is_set() or (_FAULT_FILE is not None and os.path.exists(_FAULT_FILE)):
             raise pymongo.errors.AutoReconnect("hotcache fault injection: MongoDB unreachable")
         if state.lock is not None:
             with state.lock:
