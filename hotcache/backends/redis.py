@@ -73,6 +73,8 @@ def _build_client() -> redis.Redis:
     # One attempt per call: the health gate decides about retries, not the socket layer.
     kwargs["retry"] = Retry(NoBackoff(), 0)
     kwargs["retry_on_timeout"] = False
+    # Named connections: CLIENT LIST shows which connections (and commands) are hotcache's.
+    kwargs.setdefault("client_name", "hotcache")
     pool = redis.ConnectionPool(
         connection_class=_metered_class(source.connection_class),
         max_connections=getattr(source, "max_connections", None) or 50,
