@@ -10,4 +10,7 @@ urlpatterns = [
     path("me/", views.whoami, name="demo-whoami"),
     path("admin/", admin.site.urls),
     path("hotcache/", include("hotcache.urls")),
+    # users
+    path("users/me/", views.user_profile, name="demo-user-profile"),
+    path("users/me/async/", views.user_profile_async, name="demo-user-profile-async"),
 ]
