@@ -13,4 +13,6 @@ urlpatterns = [
     # users
     path("users/me/", views.user_profile, name="demo-user-profile"),
     path("users/me/async/", views.user_profile_async, name="demo-user-profile-async"),
+    path("users/rename/", views.user_rename, name="demo-user-rename"),
+    path("users/deactivate/", views.user_deactivate, name="demo-user-deactivate"),
 ]
