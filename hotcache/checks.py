@@ -189,6 +189,56 @@ def _settings_module() -> str:
 
 # --- Cached users (E020-E029) ---
 
+
+@register(Tags.compatibility)
+def check_users(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.utils.module_loading import import_string
+
+    if not hotcache_settings.enabled("users"):
+        return []
+    errors = number_setting_errors(("USER_CACHE_TTL",), integer=True)
+    path = hotcache_settings.USER_LOADER
+    try:
+        loader = import_string(path) if isinstance(path, str) else None
+    except ImportError as exc:
+        loader = None
+        reason = str(exc)
+    else:
+        reason = "not a dotted path" if loader is None else ""
+    from hotcache.users import CachedAuthenticationMiddleware, UserLoader
+
+    if loader is None:
+        errors.append(
+            Error(
+                f"{_setting('USER_LOADER')}={path!r} cannot be imported ({reason}).",
+                hint="Use 'hotcache.users.DjangoUserLoader' (default), 'hotcache.users.MongoUserLoader', "
+                "or the dotted path of your own hotcache.users.UserLoader subclass.",
+                id="hotcache.E020",
+            )
+        )
+    elif not (isinstance(loader, type) and issubclass(loader, UserLoader)):
+        errors.append(
+            Error(
+                f"{_setting('USER_LOADER')}={path!r} is not a hotcache.users.UserLoader subclass.",
+                hint="Subclass hotcache.users.UserLoader (load, handles, rebuild) or use DjangoUserLoader.",
+                id="hotcache.E021",
+            )
+        )
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    ours = [m for m in middleware if m.endswith(CachedAuthenticationMiddleware.__name__)]
+    if ours and "django.contrib.auth.middleware.AuthenticationMiddleware" in middleware:
+        errors.append(
+            Warning(
+                "MIDDLEWARE has both Django's AuthenticationMiddleware and hotcache's CachedAuthenticationMiddleware "
+                f"(configured by {_setting('USER_LOADER')}); the later one wins and the other loads users for nothing.",
+                hint="Replace 'django.contrib.auth.middleware.AuthenticationMiddleware' with "
+                "'hotcache.middleware.CachedAuthenticationMiddleware'.",
+                id="hotcache.W020",
+            )
+        )
+    return errors
+
+
 # --- MFA codes (E030-E039) ---
 
 # --- API keys (E040-E049) ---

@@ -62,8 +62,8 @@ DEFAULTS: dict[str, Any] = {
     "IPV4_PREFIX": 32,
 
     # --- Cached users (issue 4) ---
-    "USER_CACHE_TTL": 300,
-    "USER_LOADER": "hotcache.users.DjangoUserLoader",
+    "USER_CACHE_TTL": 300,  # seconds a cached user lives; also bounds out-of-band writes (no signals)
+    "USER_LOADER": "hotcache.users.DjangoUserLoader",  # or "hotcache.users.MongoUserLoader", or your subclass
 
     # --- MFA codes (issue 5) ---
     "MFA_CODE_TTL": 300,

@@ -7,5 +7,8 @@ __all__: list[str] = []
 # --- Rate limiting (issue 3) ---
 
 # --- Cached users (issue 4) ---
+from hotcache.users import CachedAuthenticationMiddleware
+
+__all__ += ["CachedAuthenticationMiddleware"]
 
 # --- Analytics (issue 8) ---

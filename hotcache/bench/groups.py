@@ -15,6 +15,8 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     groups: dict[str, Callable[[], dict[str, list[Arm]]]] = {"foundation": foundation.arms}
     # --- Rate limiting (issue 3) ---
     # --- Cached users (issue 4) ---
+    from hotcache.bench import users as users_bench
+    groups["users"] = users_bench.arms
     # --- MFA codes (issue 5) ---
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---

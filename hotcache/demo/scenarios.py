@@ -21,6 +21,8 @@ def all_scenarios() -> list[Scenario]:
     scenarios = [pages()]
     # --- Rate limiting (issue 3) ---
     # --- Cached users (issue 4) ---
+    from hotcache.demo import users as users_demo
+    scenarios.append(users_demo.scenario())
     # --- MFA codes (issue 5) ---
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---

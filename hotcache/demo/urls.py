@@ -10,4 +10,9 @@ urlpatterns = [
     path("me/", views.whoami, name="demo-whoami"),
     path("admin/", admin.site.urls),
     path("hotcache/", include("hotcache.urls")),
+    # users
+    path("users/me/", views.user_profile, name="demo-user-profile"),
+    path("users/me/async/", views.user_profile_async, name="demo-user-profile-async"),
+    path("users/rename/", views.user_rename, name="demo-user-rename"),
+    path("users/deactivate/", views.user_deactivate, name="demo-user-deactivate"),
 ]

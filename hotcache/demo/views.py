@@ -12,3 +12,54 @@ def home(request: HttpRequest) -> HttpResponse:
 def whoami(request: HttpRequest) -> JsonResponse:
     user = request.user
     return JsonResponse({"authenticated": bool(user.is_authenticated), "username": user.get_username()})
+
+
+# --- Cached users (issue 4) ---
+from django.views.decorators.csrf import csrf_exempt  # noqa: E402
+from django.views.decorators.http import require_POST  # noqa: E402
+
+
+def user_profile(request: HttpRequest) -> JsonResponse:
+    """What a page typically reads from request.user (no permission lookups: those are per-request queries)."""
+    user = request.user
+    if not user.is_authenticated:
+        return JsonResponse({"authenticated": False}, status=401)
+    return JsonResponse(
+        {
+            "authenticated": True,
+            "id": user.pk,
+            "username": user.get_username(),
+            "first_name": getattr(user, "first_name", ""),
+            "is_staff": bool(getattr(user, "is_staff", False)),
+        }
+    )
+
+
+async def user_profile_async(request: HttpRequest) -> JsonResponse:
+    user = await request.auser()
+    return JsonResponse({"authenticated": bool(user.is_authenticated), "username": user.get_username()})
+
+
+@csrf_exempt
+@require_POST
+def user_rename(request: HttpRequest) -> JsonResponse:
+    """A user edits their profile (a save() mid-run: the cached entry must not outlive it)."""
+    user = request.user
+    if not user.is_authenticated:
+        return JsonResponse({"authenticated": False}, status=401)
+    head, _, _ = user.first_name.partition("-")
+    user.first_name = f"v{int(head[1:] or 0) + 1}-{user.pk}"
+    user.save(update_fields=["first_name"])
+    return JsonResponse({"first_name": user.first_name})
+
+
+@csrf_exempt
+@require_POST
+def user_deactivate(request: HttpRequest) -> JsonResponse:
+    """An account is closed: its sessions must be rejected from the next request on."""
+    user = request.user
+    if not user.is_authenticated:
+        return JsonResponse({"authenticated": False}, status=401)
+    user.is_active = False
+    user.save()
+    return JsonResponse({"is_active": False})
