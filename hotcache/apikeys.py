@@ -16,8 +16,13 @@ Redis down: the record is read from MongoDB (one indexed query) and the use is c
 conditional ``$inc`` (``fallback + redis < limit``), so limits stay enforced. The day's total is
 ``fallback`` (counted on MongoDB) plus ``redis`` (Redis's counter, copied by sync_usage()). When
 Redis answers again the MongoDB count is pushed into a per-day ``base`` key the script adds to its
-counter, so both stores' counts combine. Tolerance: during an outage MongoDB knows Redis's count
-only as of the last sync_usage(), so up to the uses counted on Redis since then can be allowed again.
+counter, so both stores' counts combine (in the process that counted on MongoDB at its next check, in
+every process at the next sync_usage()). A key revoked while Redis is unreachable is refused at once
+on MongoDB; its cached record is overwritten by the revoking process's next check or by the next
+sync_usage(), whichever comes first (at worst after APIKEY_CACHE_TTL).
+
+Tolerance: during an outage MongoDB knows Redis's count only as of the last sync_usage(), so up to
+the uses counted on Redis since then can be allowed again.
 If Redis itself loses its data, uses it counted since the last sync are forgotten for the limit.
 Both Redis and MongoDB down: check() raises MongoUnavailable; require_api_key answers 503 (fail closed).
 """
@@ -489,6 +494,8 @@ def _reconcile() -> None:
     """Redis answers again: write deferred tombstones and push MongoDB-counted uses into the day's base keys."""
     with _pending_lock:
         bases, revokes = set(_pending_bases), set(_pending_revokes)
+    # Probe first (no network while the health gate is open): no MongoDB read is spent while Redis is still down.
+    redis_backend.call(FEATURE, lambda r: r.ping())
     if revokes:
         ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
 
@@ -545,20 +552,26 @@ def sync_usage(days: int = 2) -> SyncResult:
     oldest = dt.datetime.combine(day_list[-1], dt.time(), tzinfo=dt.UTC)
     docs = _keys_coll().find(
         {"$or": [{"revoked_at": None}, {"revoked_at": {"$gte": oldest}}]},
-        projection={"key_id": 1, "key_sha256": 1},
+        projection={"key_id": 1, "key_sha256": 1, "revoked_at": 1},
     )
     if not docs:
         return SyncResult(0, days, 0, 0, True)
+    # Keys revoked in the window get their tombstone (again): a revocation made while this process could
+    # not reach Redis reaches every process here at the latest.
+    revoked = [_tag(d["key_sha256"]) for d in docs if d.get("revoked_at") is not None]
+    tomb_ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
 
     def read(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
+        for tag in revoked:
+            pipe.set(_meta_key(tag), "revoked", ex=tomb_ttl)
         for d in docs:
             for day in day_list:
                 pipe.get(_use_key(_tag(d["key_sha256"]), day))
         return pipe.execute()
 
     try:
-        values = iter(redis_backend.call(FEATURE, read))
+        values = iter(redis_backend.call(FEATURE, read)[len(revoked) :])
     except RedisUnavailable:
         log.warning("hotcache apikeys: redis unavailable; usage sync skipped")
         return SyncResult(len(docs), days, 0, 0, False)

@@ -10,4 +10,7 @@ urlpatterns = [
     path("me/", views.whoami, name="demo-whoami"),
     path("admin/", admin.site.urls),
     path("hotcache/", include("hotcache.urls")),
+    # apikeys
+    path("api/usage/", views.api_usage, name="demo-api-usage"),
+    path("api/usage-async/", views.api_usage_async, name="demo-api-usage-async"),
 ]
