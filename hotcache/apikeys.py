@@ -465,7 +465,10 @@ def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
     inc = {"$inc": {"fallback": 1}, "$set": {"updated_at": now}}
     total = {"$add": [{"$ifNull": ["$fallback", 0]}, {"$ifNull": ["$redis", 0]}]}
     if limit is None:
-        after = coll.find_one_and_update(where, {**inc, "$setOnInsert": {"redis": 0}}, upsert=True)
+        try:
+            after = coll.find_one_and_update(where, {**inc, "$setOnInsert": {"redis": 0}}, upsert=True)
+        except DuplicateKey:  # two first uses of the day raced to insert; the document exists now
+            after = coll.find_one_and_update(where, inc)
     else:
         under = {**where, "$expr": {"$lt": [total, limit]}}
         after = coll.find_one_and_update(under, inc)
@@ -486,7 +489,7 @@ def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
                 return _usage(False, key_id, doc["owner"], used, limit, now)
     with _pending_lock:
         _pending_bases.add((key_id, _tag(digest), day))
-    used = int(after.get("fallback", 0)) + int(after.get("redis", 0) or 0)
+    used = int((after or {}).get("fallback", 0)) + int((after or {}).get("redis", 0) or 0)
     return _usage(True, key_id, doc["owner"], used, limit, now)
 
 
