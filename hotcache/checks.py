@@ -243,6 +243,38 @@ def check_users(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 # --- API keys (E040-E049) ---
 
+
+@register(Tags.compatibility)
+def check_apikeys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    if not hotcache_settings.enabled("apikeys"):
+        return []
+    errors = number_setting_errors(
+        ("APIKEY_USAGE_RETENTION_DAYS", "APIKEY_CACHE_TTL", "APIKEY_INVALID_CACHE_TTL"), integer=True
+    )
+    days = hotcache_settings.APIKEY_USAGE_RETENTION_DAYS
+    if isinstance(days, int) and not isinstance(days, bool) and days == 1:
+        errors.append(
+            Error(
+                f"{_setting('APIKEY_USAGE_RETENTION_DAYS')}=1: yesterday's counters would expire before the "
+                "first usage sync after midnight copies them to MongoDB.",
+                hint="Use 2 or more (default 30).",
+                id="hotcache.E040",
+            )
+        )
+    header = hotcache_settings.APIKEY_HEADER
+    if not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-]{0,63}", header) or (
+        header.lower() == "authorization"
+    ):
+        errors.append(
+            Error(
+                f"{_setting('APIKEY_HEADER')}={header!r} is not a usable HTTP header name.",
+                hint="Use letters, digits and '-' (default 'X-Api-Key'); "
+                "'Authorization: Api-Key <key>' is always read as well.",
+                id="hotcache.E041",
+            )
+        )
+    return errors
+
 # --- Workbench (E050-E059) ---
 
 # --- Analytics (E060-E069) ---

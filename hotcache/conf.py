@@ -75,8 +75,10 @@ DEFAULTS: dict[str, Any] = {
     "MFA_HOURLY_SEND_CAP": 5,
 
     # --- API keys (issue 6) ---
-    "APIKEY_USAGE_RETENTION_DAYS": 30,
-    "APIKEY_CACHE_TTL": 300,
+    "APIKEY_USAGE_RETENTION_DAYS": 30,  # days a per-key daily counter lives in Redis (MongoDB keeps the history)
+    "APIKEY_CACHE_TTL": 300,  # seconds a key record stays cached in Redis (revocation does not wait for it)
+    "APIKEY_INVALID_CACHE_TTL": 60,  # seconds an unknown key is remembered, so floods of made-up keys skip MongoDB
+    "APIKEY_HEADER": "X-Api-Key",  # header read when Authorization carries no "Api-Key <key>"
 
     # --- Workbench sessions (issue 7) ---
     "WORKBENCH_IDLE_TIMEOUT": 3600,

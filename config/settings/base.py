@@ -101,6 +101,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = 15 * 60
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {
+    # --- API keys (issue 6) ---
+    "hotcache-sync-apikey-usage": {"task": "hotcache.tasks.sync_apikey_usage", "schedule": 600.0},
+
     # --- Analytics (issue 8) ---
     # --- Workbench (issue 7) ---
 }

@@ -19,6 +19,8 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     groups["users"] = users_bench.arms
     # --- MFA codes (issue 5) ---
     # --- API keys (issue 6) ---
+    from hotcache.bench import apikeys as apikeys_bench
+    groups["apikeys"] = apikeys_bench.arms
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---
     return groups

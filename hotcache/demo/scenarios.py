@@ -25,6 +25,8 @@ def all_scenarios() -> list[Scenario]:
     scenarios.append(users_demo.scenario())
     # --- MFA codes (issue 5) ---
     # --- API keys (issue 6) ---
+    from hotcache.demo import apikeys as apikeys_demo
+    scenarios.append(apikeys_demo.scenario())
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---
     return scenarios

@@ -15,4 +15,7 @@ urlpatterns = [
     path("users/me/async/", views.user_profile_async, name="demo-user-profile-async"),
     path("users/rename/", views.user_rename, name="demo-user-rename"),
     path("users/deactivate/", views.user_deactivate, name="demo-user-deactivate"),
+    # apikeys
+    path("api/usage/", views.api_usage, name="demo-api-usage"),
+    path("api/usage-async/", views.api_usage_async, name="demo-api-usage-async"),
 ]

@@ -63,3 +63,18 @@ def user_deactivate(request: HttpRequest) -> JsonResponse:
     user.is_active = False
     user.save()
     return JsonResponse({"is_active": False})
+# --- API keys (issue 6) ---
+from hotcache.apikeys import require_api_key  # noqa: E402 - kept inside the feature's block
+
+
+@require_api_key
+def api_usage(request: HttpRequest) -> JsonResponse:
+    usage = request.api_key  # type: ignore[attr-defined]
+    return JsonResponse({"key_id": usage.key_id, "owner": usage.owner, "used_today": usage.used_today,
+                         "remaining": usage.remaining})
+
+
+@require_api_key
+async def api_usage_async(request: HttpRequest) -> JsonResponse:
+    usage = request.api_key  # type: ignore[attr-defined]
+    return JsonResponse({"key_id": usage.key_id, "used_today": usage.used_today})

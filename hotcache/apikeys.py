@@ -1,0 +1,682 @@
+"""API keys: hashed at rest, validated and counted in one Redis round trip, daily limits exact under concurrency.
+
+A key is ``<prefix>.<secret>``: 8 characters of public prefix (shown in lists and logs) and 43
+characters (256 bits) of secret from ``secrets``. Only its SHA-256 is stored: a fast hash is right for
+a machine-made 256-bit secret (nobody can guess it, so a slow KDF would only make each check a CPU
+cost an attacker can trigger). Key records live in MongoDB (``api_keys``, unique index on
+``key_sha256``); Redis caches them under the digest and keeps a counter per key per UTC day.
+
+Warm path: one Lua script reads the cached record, checks revocation and expiry, compares today's
+count with the limit and INCRs only when under it: 1 round trip, 0 MongoDB operations, and with N
+concurrent calls against a limit L exactly L are allowed. Cold path: one indexed MongoDB query, then
+the same script caches the record and counts. Revocation writes a tombstone over the cached record
+that a concurrent cold load cannot overwrite, so it holds on the next call in every process.
+
+Redis down: the record is read from MongoDB (one indexed query) and the use is counted there with a
+conditional ``$inc`` (``fallback + redis < limit``), so limits stay enforced. The day's total is
+``fallback`` (counted on MongoDB) plus ``redis`` (Redis's counter, copied by sync_usage()). When
+Redis answers again the MongoDB count is pushed into a per-day ``base`` key the script adds to its
+counter, so both stores' counts combine (in the process that counted on MongoDB at its next check, in
+every process at the next sync_usage()). A key revoked while Redis is unreachable is refused at once
+on MongoDB; its cached record is overwritten by the revoking process's next check or by the next
+sync_usage(), whichever comes first (at worst after APIKEY_CACHE_TTL).
+
+Tolerance: during an outage MongoDB knows Redis's count only as of the last sync_usage(), so up to
+the uses counted on Redis since then can be allowed again.
+If Redis itself loses its data, uses it counted since the last sync are forgotten for the limit.
+Both Redis and MongoDB down: check() raises MongoUnavailable; require_api_key answers 503 (fail closed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import math
+import re
+import secrets
+import string
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from hotcache import clock, keys, metering
+from hotcache.backends import mongo
+from hotcache.backends import redis as redis_backend
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import BackendUnavailable, DuplicateKey, HotcacheError, RedisUnavailable
+
+__all__ = [
+    "InvalidKey",
+    "KeyInfo",
+    "KeyNotFound",
+    "NewKey",
+    "SyncResult",
+    "Usage",
+    "check",
+    "create",
+    "get",
+    "list_keys",
+    "require_api_key",
+    "revoke",
+    "sync_usage",
+    "usage",
+]
+
+log = logging.getLogger("hotcache.apikeys")
+
+FEATURE = "apikeys"
+KEYS_COLLECTION = "api_keys"
+USAGE_COLLECTION = "api_key_usage"
+_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+_PREFIX_LEN = 8
+_SECRET_BYTES = 32  # 256 bits; token_urlsafe gives 43 characters
+_KEY_RE = re.compile(r"[a-z0-9]{8}\.[A-Za-z0-9_\-]{43}", re.ASCII)
+_MAX_HEADER = 200  # longer header values are rejected before any parsing
+_CHECK = redis_backend.Script("apikey_check")
+_BASE = redis_backend.Script("apikey_base")
+
+
+class InvalidKey(HotcacheError, ValueError):
+    """The API key is malformed, unknown, revoked or expired (the message never says which; the log does)."""
+
+    def __init__(self) -> None:
+        super().__init__("invalid API key")
+
+
+class KeyNotFound(HotcacheError, LookupError):
+    """No API key has this key_id."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewKey:
+    key_id: str
+    raw_key: str  # shown once; hotcache keeps only its SHA-256
+
+    def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
+        return f"NewKey(key_id={self.key_id!r}, raw_key='{self.raw_key[:_PREFIX_LEN]}.***')"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    allowed: bool
+    key_id: str
+    owner: str
+    used_today: int  # uses counted today, including this one when allowed
+    limit: int | None
+    remaining: int | None
+    reset_at: dt.datetime  # next UTC midnight: when the daily count starts again
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key_id: str
+    prefix: str
+    owner: str
+    name: str
+    daily_limit: int | None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    used_today: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncResult:
+    keys: int  # key records considered
+    days: int
+    written: int  # (key, day) totals written to MongoDB
+    bases_pushed: int  # MongoDB-counted totals pushed back into Redis
+    redis_available: bool
+
+
+# --- stores --------------------------------------------------------------------------------------
+
+
+def _create_key_indexes(coll: mongo.Collection) -> None:
+    coll.create_index([("key_sha256", mongo.ASCENDING)], unique=True, name="key_sha256_unique")
+    coll.create_index([("owner", mongo.ASCENDING)], name="owner")
+
+
+def _create_usage_indexes(coll: mongo.Collection) -> None:
+    coll.create_index([("key_id", mongo.ASCENDING), ("day", mongo.ASCENDING)], unique=True, name="key_day")
+    coll.create_index([("day", mongo.ASCENDING)], name="day")
+
+
+def _keys_coll() -> mongo.Collection:
+    return mongo.ensure_indexes(KEYS_COLLECTION, feature=FEATURE, create=_create_key_indexes)
+
+
+def _usage_coll() -> mongo.Collection:
+    return mongo.ensure_indexes(USAGE_COLLECTION, feature=FEATURE, create=_create_usage_indexes)
+
+
+def _digest(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode("ascii")).hexdigest()
+
+
+def _tag(digest: str) -> str:
+    # 128 bits of the digest name the key's Redis keys; the full digest is compared in the record.
+    return digest[:32]
+
+
+def _meta_key(tag: str) -> str:
+    return keys.tagged(FEATURE, tag, "meta")
+
+
+def _use_key(tag: str, day: dt.date) -> str:
+    return keys.tagged(FEATURE, tag, "use", day.strftime("%Y%m%d"))
+
+
+def _base_key(tag: str, day: dt.date) -> str:
+    return keys.tagged(FEATURE, tag, "base", day.strftime("%Y%m%d"))
+
+
+def _counter_ttl() -> int:
+    return int(hotcache_settings.APIKEY_USAGE_RETENTION_DAYS) * 86400
+
+
+def _day_name(day: dt.date) -> str:
+    return day.isoformat()
+
+
+def _next_midnight(now: dt.datetime) -> dt.datetime:
+    return dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def _record_json(doc: dict[str, Any]) -> str:
+    exp = doc.get("expires_at")
+    return json.dumps(
+        {
+            "id": doc["key_id"],
+            "owner": doc["owner"],
+            "limit": doc.get("daily_limit"),
+            "exp": exp.timestamp() if exp else None,
+            "h": doc["key_sha256"],
+        },
+        separators=(",", ":"),
+    )
+
+
+def _info(doc: dict[str, Any], used_today: int) -> KeyInfo:
+    return KeyInfo(
+        key_id=doc["key_id"],
+        prefix=doc["prefix"],
+        owner=doc["owner"],
+        name=doc.get("name", ""),
+        daily_limit=doc.get("daily_limit"),
+        created_at=doc["created_at"],
+        expires_at=doc.get("expires_at"),
+        revoked_at=doc.get("revoked_at"),
+        used_today=used_today,
+    )
+
+
+# --- create / revoke / read ----------------------------------------------------------------------
+
+
+def create(
+    owner: str | int,
+    name: str = "",
+    daily_limit: int | None = None,
+    expires_at: dt.datetime | None = None,
+) -> NewKey:
+    """Make a key for ``owner``; the raw key is in the result only (store it now: it cannot be shown again)."""
+    if daily_limit is not None and (
+        not isinstance(daily_limit, int) or isinstance(daily_limit, bool) or daily_limit < 1
+    ):
+        msg = f"daily_limit must be a positive whole number or None, not {daily_limit!r}"
+        raise ValueError(msg)
+    if expires_at is not None and (not isinstance(expires_at, dt.datetime) or expires_at.tzinfo is None):
+        msg = "expires_at must be a timezone-aware datetime (UTC) or None"
+        raise ValueError(msg)
+    owner_text = str(owner)
+    if not owner_text or len(owner_text) > 256:
+        msg = "owner must be a non-empty string of at most 256 characters"
+        raise ValueError(msg)
+    coll = _keys_coll()
+    for _ in range(5):  # a prefix collision (1 in 2.8e12 per pair) just draws again
+        prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_LEN))
+        raw_key = f"{prefix}.{secrets.token_urlsafe(_SECRET_BYTES)}"
+        key_id = f"ak_{secrets.token_hex(8)}"
+        doc = {
+            "_id": key_id,
+            "key_id": key_id,
+            "prefix": prefix,
+            "key_sha256": _digest(raw_key),
+            "owner": owner_text,
+            "name": str(name)[:200],
+            "daily_limit": daily_limit,
+            "created_at": clock.utcnow(),
+            "expires_at": expires_at.astimezone(dt.UTC) if expires_at else None,
+            "revoked_at": None,
+        }
+        try:
+            coll.insert_one(doc)
+        except DuplicateKey:
+            continue
+        metering.event(FEATURE, "created")
+        log.info("hotcache apikeys: created key %s (prefix %s) for owner %s", key_id, prefix, owner_text)
+        return NewKey(key_id=key_id, raw_key=raw_key)
+    msg = "could not draw a unique API key id"
+    raise HotcacheError(msg)
+
+
+def revoke(key_id: str) -> bool:
+    """Revoke a key for good; effective on the next call in every process. False if it was already revoked."""
+    coll = _keys_coll()
+    doc = coll.find_one({"key_id": str(key_id)})
+    if doc is None:
+        raise KeyNotFound(f"no API key with id {str(key_id)[:80]!r}")
+    newly = coll.update_one({"key_id": doc["key_id"], "revoked_at": None}, {"$set": {"revoked_at": clock.utcnow()}})
+    tag = _tag(doc["key_sha256"])
+    ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
+    try:
+        # Overwrite (not just delete) the cached record: a cold load that read MongoDB before the update
+        # above cannot cache the key as valid again while this tombstone lives (the script refuses).
+        redis_backend.call(FEATURE, lambda r: r.set(_meta_key(tag), "revoked", ex=ttl))
+    except RedisUnavailable:
+        # The cached record outlives this call only as long as Redis is unreachable for us; make the
+        # next successful check in this process write the tombstone first.
+        with _pending_lock:
+            _pending_revokes.add(tag)
+        log.warning("hotcache apikeys: redis unavailable while revoking %s; tombstone deferred", doc["key_id"])
+    if newly:
+        metering.event(FEATURE, "revoked")
+        log.info("hotcache apikeys: revoked key %s (prefix %s)", doc["key_id"], doc["prefix"])
+    return bool(newly)
+
+
+def get(key_id: str) -> KeyInfo | None:
+    docs = _keys_coll().find({"key_id": str(key_id)}, limit=1)
+    if not docs:
+        return None
+    return _with_usage(docs)[0]
+
+
+def list_keys(owner: str | int | None = None) -> list[KeyInfo]:
+    """Every key of ``owner`` (all keys when None), newest first, with today's use."""
+    query = {} if owner is None else {"owner": str(owner)}
+    docs = _keys_coll().find(query, sort=[("created_at", mongo.DESCENDING)])
+    return _with_usage(docs)
+
+
+def _with_usage(docs: list[dict[str, Any]]) -> list[KeyInfo]:
+    if not docs:
+        return []
+    today = clock.utcnow().date()
+    totals = _totals([(d["key_id"], _tag(d["key_sha256"])) for d in docs], [today])
+    return [_info(d, totals.get((d["key_id"], today), 0)) for d in docs]
+
+
+def _totals(key_tags: list[tuple[str, str]], days: list[dt.date]) -> dict[tuple[str, dt.date], int]:
+    """Use per (key_id, day): MongoDB's fallback count plus the larger of Redis's live and synced counter."""
+    ids = [k for k, _ in key_tags]
+    docs = _usage_coll().find(
+        {"key_id": {"$in": ids}, "day": {"$in": [_day_name(d) for d in days]}},
+        projection={"key_id": 1, "day": 1, "fallback": 1, "redis": 1},
+    )
+    stored = {(d["key_id"], dt.date.fromisoformat(d["day"])): d for d in docs}
+    live: dict[tuple[str, dt.date], int] = {}
+
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for _, tag in key_tags:
+            for day in days:
+                pipe.get(_use_key(tag, day))
+        return pipe.execute()
+
+    try:
+        values = iter(redis_backend.call(FEATURE, read))
+        for key_id, _ in key_tags:
+            for day in days:
+                live[(key_id, day)] = int(next(values) or 0)
+    except RedisUnavailable:
+        pass
+    out: dict[tuple[str, dt.date], int] = {}
+    for key_id, _ in key_tags:
+        for day in days:
+            doc = stored.get((key_id, day), {})
+            redis_count = max(int(doc.get("redis", 0) or 0), live.get((key_id, day), 0))
+            out[(key_id, day)] = int(doc.get("fallback", 0) or 0) + redis_count
+    return out
+
+
+def usage(key_id: str, days: int = 30) -> list[tuple[dt.date, int]]:
+    """Uses per UTC day for the last ``days`` days, newest first (MongoDB history merged with live Redis counters)."""
+    if not isinstance(days, int) or days < 1:
+        msg = "days must be a positive whole number"
+        raise ValueError(msg)
+    doc = _keys_coll().find_one({"key_id": str(key_id)}, projection={"key_id": 1, "key_sha256": 1})
+    if doc is None:
+        raise KeyNotFound(f"no API key with id {str(key_id)[:80]!r}")
+    today = clock.utcnow().date()
+    day_list = [today - dt.timedelta(days=i) for i in range(days)]
+    totals = _totals([(doc["key_id"], _tag(doc["key_sha256"]))], day_list)
+    return [(d, totals[(doc["key_id"], d)]) for d in day_list]
+
+
+# --- check ---------------------------------------------------------------------------------------
+
+_pending_lock = threading.Lock()
+_pending_bases: set[tuple[str, str, dt.date]] = set()  # (key_id, tag, day) counted on MongoDB by this process
+_pending_revokes: set[str] = set()  # tags whose tombstone could not be written
+
+
+def _reset_state() -> None:
+    """Forget this process's pending reconciliation (tests; a fresh process starts empty)."""
+    with _pending_lock:
+        _pending_bases.clear()
+        _pending_revokes.clear()
+
+
+def _invalid(reason: str, prefix: str) -> InvalidKey:
+    metering.event(FEATURE, "invalid")
+    log.info("hotcache apikeys: rejected key (prefix %s): %s", prefix or "-", reason)
+    return InvalidKey()
+
+
+def _parse(raw_key: object) -> tuple[str, str]:
+    """(digest, prefix) of a well-formed key, else InvalidKey (nothing of a malformed key is logged)."""
+    if not isinstance(raw_key, str) or len(raw_key) > _MAX_HEADER or not _KEY_RE.fullmatch(raw_key):
+        raise _invalid("malformed", "")
+    return _digest(raw_key), raw_key[:_PREFIX_LEN]
+
+
+def check(raw_key: str) -> Usage:
+    """Validate ``raw_key`` and count one use; Usage.allowed is False once today's limit is used up.
+
+    Raises InvalidKey (malformed, unknown, revoked or expired) and, with both stores down, MongoUnavailable.
+    """
+    digest, prefix = _parse(raw_key)
+    tag = _tag(digest)
+    now = clock.utcnow()
+    today = now.date()
+    try:
+        if _pending_bases or _pending_revokes:
+            _reconcile()
+        reply = _run_check(tag, today, now, fill="")
+        if reply[0] == "miss":
+            reply = _run_check(tag, today, now, fill=_load_record(digest, prefix))
+    except RedisUnavailable:
+        metering.event(FEATURE, "fallback")
+        return _check_on_mongo(digest, prefix, now)
+    status = reply[0]
+    if status in ("revoked", "unknown", "expired"):
+        raise _invalid(status, prefix)
+    record = json.loads(reply[2])
+    if not hmac.compare_digest(str(record.get("h", "")), digest):
+        raise _invalid("unknown", prefix)
+    return _usage(status == "ok", record["id"], record["owner"], int(reply[1]), record.get("limit"), now)
+
+
+def _run_check(tag: str, today: dt.date, now: dt.datetime, *, fill: str) -> list[str]:
+    ttl = int(hotcache_settings.APIKEY_CACHE_TTL)
+    if fill == "unknown":
+        ttl = int(hotcache_settings.APIKEY_INVALID_CACHE_TTL)
+    args = [repr(now.timestamp()), str(_counter_ttl()), fill, str(ttl)]
+    reply = redis_backend.call(
+        FEATURE, lambda r: _CHECK(r, [_meta_key(tag), _use_key(tag, today), _base_key(tag, today)], args)
+    )
+    return [v.decode() if isinstance(v, bytes) else v for v in reply]
+
+
+def _load_record(digest: str, prefix: str) -> str:
+    """The value to cache for this digest: the record's JSON, or 'revoked' / 'unknown' (one indexed query)."""
+    doc = _keys_coll().find_one({"key_sha256": digest})
+    if doc is None or not hmac.compare_digest(doc["key_sha256"], digest):
+        return "unknown"
+    if doc.get("revoked_at") is not None:
+        return "revoked"
+    return _record_json(doc)
+
+
+def _usage(allowed: bool, key_id: str, owner: str, used: int, limit: int | None, now: dt.datetime) -> Usage:
+    metering.event(FEATURE, "allowed" if allowed else "over_limit")
+    return Usage(
+        allowed=allowed,
+        key_id=key_id,
+        owner=owner,
+        used_today=used,
+        limit=limit,
+        remaining=None if limit is None else max(0, limit - used),
+        reset_at=_next_midnight(now),
+    )
+
+
+def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
+    """Redis is down: one indexed query for the record, then a conditional $inc of today's MongoDB count."""
+    doc = _keys_coll().find_one({"key_sha256": digest})
+    if doc is None or not hmac.compare_digest(doc["key_sha256"], digest):
+        raise _invalid("unknown", prefix)
+    if doc.get("revoked_at") is not None:
+        raise _invalid("revoked", prefix)
+    expires = doc.get("expires_at")
+    if expires is not None and now >= expires:
+        raise _invalid("expired", prefix)
+    key_id, limit = doc["key_id"], doc.get("daily_limit")
+    day = now.date()
+    coll = _usage_coll()
+    where = {"key_id": key_id, "day": _day_name(day)}
+    inc = {"$inc": {"fallback": 1}, "$set": {"updated_at": now}}
+    total = {"$add": [{"$ifNull": ["$fallback", 0]}, {"$ifNull": ["$redis", 0]}]}
+    if limit is None:
+        try:
+            after = coll.find_one_and_update(where, {**inc, "$setOnInsert": {"redis": 0}}, upsert=True)
+        except DuplicateKey:  # two first uses of the day raced to insert; the document exists now
+            after = coll.find_one_and_update(where, inc)
+    else:
+        under = {**where, "$expr": {"$lt": [total, limit]}}
+        after = coll.find_one_and_update(under, inc)
+        if after is None:
+            # No document for today yet, or the limit is used up: create it if missing, then try once more.
+            try:
+                current = coll.find_one_and_update(
+                    where, {"$setOnInsert": {"fallback": 0, "redis": 0}}, upsert=True
+                )
+            except DuplicateKey:  # a concurrent upsert created it first
+                current = coll.find_one(where)
+            used = int((current or {}).get("fallback", 0)) + int((current or {}).get("redis", 0))
+            if used < limit:
+                after = coll.find_one_and_update(under, inc)
+            if after is None:
+                with _pending_lock:
+                    _pending_bases.add((key_id, _tag(digest), day))
+                return _usage(False, key_id, doc["owner"], used, limit, now)
+    with _pending_lock:
+        _pending_bases.add((key_id, _tag(digest), day))
+    used = int((after or {}).get("fallback", 0)) + int((after or {}).get("redis", 0) or 0)
+    return _usage(True, key_id, doc["owner"], used, limit, now)
+
+
+def _reconcile() -> None:
+    """Redis answers again: write deferred tombstones and push MongoDB-counted uses into the day's base keys."""
+    with _pending_lock:
+        bases, revokes = set(_pending_bases), set(_pending_revokes)
+    # Probe first (no network while the health gate is open): no MongoDB read is spent while Redis is still down.
+    redis_backend.call(FEATURE, lambda r: r.ping())
+    if revokes:
+        ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
+
+        def tombstones(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for tag in revokes:
+                pipe.set(_meta_key(tag), "revoked", ex=ttl)
+            pipe.execute()
+
+        redis_backend.call(FEATURE, tombstones)
+        with _pending_lock:
+            _pending_revokes.difference_update(revokes)
+    if bases:
+        try:
+            docs = _usage_coll().find(
+                {"key_id": {"$in": sorted({k for k, _, _ in bases})},
+                 "day": {"$in": sorted({_day_name(d) for _, _, d in bases})}},
+                projection={"key_id": 1, "day": 1, "fallback": 1},
+            )
+        except BackendUnavailable:
+            return  # retried on the next check
+        counts = {(d["key_id"], d["day"]): int(d.get("fallback", 0) or 0) for d in docs}
+        _push_bases([(tag, day, counts.get((key_id, _day_name(day)), 0)) for key_id, tag, day in bases])
+        with _pending_lock:
+            _pending_bases.difference_update(bases)
+
+
+def _push_bases(items: list[tuple[str, dt.date, int]]) -> int:
+    items = [(tag, day, n) for tag, day, n in items if n > 0]
+    if not items:
+        return 0
+    ttl = str(_counter_ttl())
+
+    def push(r: Any) -> int:
+        # One script call per key: each key lives in its own hash slot.
+        return sum(int(_BASE(r, [_base_key(tag, day)], [str(n), ttl])) for tag, day, n in items)
+
+    return redis_backend.call(FEATURE, push)
+
+
+# --- sync ----------------------------------------------------------------------------------------
+
+
+def sync_usage(days: int = 2) -> SyncResult:
+    """Copy Redis's per-day counters of the last ``days`` UTC days into MongoDB (``api_key_usage``).
+
+    Idempotent: each (key, day) document gets ``$max`` of the Redis counter, so running it twice (or
+    from two workers at once) writes the same totals. Also pushes today's MongoDB-counted uses back
+    into Redis (see the module docstring). Cost: 1 MongoDB query for the keys, 1 Redis round trip of
+    ``keys x days`` GETs, 1 bulk write, and 1 query plus a script call per key used during an outage.
+    """
+    now = clock.utcnow()
+    day_list = [now.date() - dt.timedelta(days=i) for i in range(days)]
+    oldest = dt.datetime.combine(day_list[-1], dt.time(), tzinfo=dt.UTC)
+    docs = _keys_coll().find(
+        {"$or": [{"revoked_at": None}, {"revoked_at": {"$gte": oldest}}]},
+        projection={"key_id": 1, "key_sha256": 1, "revoked_at": 1},
+    )
+    if not docs:
+        return SyncResult(0, days, 0, 0, True)
+    # Keys revoked in the window get their tombstone (again): a revocation made while this process could
+    # not reach Redis reaches every process here at the latest.
+    revoked = [_tag(d["key_sha256"]) for d in docs if d.get("revoked_at") is not None]
+    tomb_ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
+
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for tag in revoked:
+            pipe.set(_meta_key(tag), "revoked", ex=tomb_ttl)
+        for d in docs:
+            for day in day_list:
+                pipe.get(_use_key(_tag(d["key_sha256"]), day))
+        return pipe.execute()
+
+    try:
+        values = iter(redis_backend.call(FEATURE, read)[len(revoked) :])
+    except RedisUnavailable:
+        log.warning("hotcache apikeys: redis unavailable; usage sync skipped")
+        return SyncResult(len(docs), days, 0, 0, False)
+    ops: list[mongo.Update | mongo.Insert] = []
+    for d in docs:
+        for day in day_list:
+            n = int(next(values) or 0)
+            if n:
+                ops.append(
+                    mongo.Update(
+                        {"key_id": d["key_id"], "day": _day_name(day)},
+                        {"$max": {"redis": n}, "$setOnInsert": {"fallback": 0}, "$set": {"synced_at": now}},
+                        upsert=True,
+                    )
+                )
+    coll = _usage_coll()
+    coll.bulk(ops)
+    # Uses counted on MongoDB today (while Redis was down) go back into Redis's base for the limit.
+    tags = {d["key_id"]: _tag(d["key_sha256"]) for d in docs}
+    fallback_docs = coll.find(
+        {"day": _day_name(day_list[0]), "fallback": {"$gt": 0}}, projection={"key_id": 1, "fallback": 1}
+    )
+    pushed = 0
+    items = [(tags[f["key_id"]], day_list[0], int(f["fallback"])) for f in fallback_docs if f["key_id"] in tags]
+    if items:
+        try:
+            pushed = _push_bases(items)
+        except RedisUnavailable:
+            pass
+    return SyncResult(len(docs), days, len(ops), pushed, True)
+
+
+# --- the view decorator --------------------------------------------------------------------------
+
+
+def _header_key(request: Any) -> str | None:
+    """The raw key from ``Authorization: Api-Key <key>`` or the APIKEY_HEADER header; None when absent."""
+    meta = request.META
+    auth = meta.get("HTTP_AUTHORIZATION", "")
+    if isinstance(auth, str) and auth[:8].lower() == "api-key ":
+        return auth[8:]
+    header = str(hotcache_settings.APIKEY_HEADER)
+    value = meta.get("HTTP_" + header.upper().replace("-", "_"))
+    return value if isinstance(value, str) else None
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    from django.http import JsonResponse
+
+    response = JsonResponse(body, status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def _authorize(request: Any) -> Any:
+    """None when the request may proceed (request.api_key set), else the 401/429/503 response."""
+    raw = _header_key(request)
+    if raw is None or raw == "":
+        metering.event(FEATURE, "invalid")
+        return _json(401, {"error": "api_key_required"}, {"WWW-Authenticate": "Api-Key"})
+    try:
+        result = check(raw)
+    except InvalidKey:
+        return _json(401, {"error": "invalid_api_key"}, {"WWW-Authenticate": "Api-Key"})
+    except BackendUnavailable:
+        retry = max(1, math.ceil(float(hotcache_settings.HEALTH_COOLDOWN)))
+        log.error("hotcache apikeys: redis and mongodb unavailable; request refused (fail closed)")
+        return _json(503, {"error": "api_keys_unavailable"}, {"Retry-After": str(retry)})
+    request.api_key = result
+    if not result.allowed:
+        retry = max(1, math.ceil((result.reset_at - clock.utcnow()).total_seconds()))
+        return _json(
+            429,
+            {"error": "daily_limit_exceeded", "limit": result.limit, "reset_at": result.reset_at.isoformat()},
+            {"Retry-After": str(retry)},
+        )
+    return None
+
+
+def require_api_key(view: Callable[..., Any]) -> Callable[..., Any]:
+    """View decorator (sync and async): 401 without a valid key, 429 over the daily limit; sets request.api_key."""
+    from asgiref.sync import iscoroutinefunction
+
+    if iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+            from asgiref.sync import sync_to_async
+
+            denied = await sync_to_async(_authorize, thread_sensitive=False)(request)
+            if denied is not None:
+                return denied
+            return await view(request, *args, **kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(view)
+    def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+        denied = _authorize(request)
+        if denied is not None:
+            return denied
+        return view(request, *args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,37 @@
+-- Validate an API key and count one use in one step (hotcache.apikeys.check).
+-- KEYS[1] <prefix>:{apikeys:<digest>}:meta          cached key record (JSON), or 'revoked' / 'unknown'
+-- KEYS[2] <prefix>:{apikeys:<digest>}:use:<YYYYMMDD> today's counter (this Redis's share of the day)
+-- KEYS[3] <prefix>:{apikeys:<digest>}:base:<YYYYMMDD> uses counted on MongoDB while Redis was down
+-- ARGV[1] now (epoch seconds, app clock: the same clock that names the day)
+-- ARGV[2] counter TTL seconds (APIKEY_USAGE_RETENTION_DAYS days)
+-- ARGV[3] record to cache first ('' = none: the warm path); ARGV[4] its TTL seconds
+-- Returns {status, used, record}: status is miss | revoked | unknown | expired | over | ok.
+local meta = redis.call('GET', KEYS[1])
+if ARGV[3] ~= '' then
+  -- A revocation tombstone wins over a record read from MongoDB before the revocation landed.
+  if meta ~= 'revoked' then
+    redis.call('SET', KEYS[1], ARGV[3], 'EX', tonumber(ARGV[4]))
+    meta = ARGV[3]
+  end
+end
+if not meta then
+  return {'miss', 0, ''}
+end
+if meta == 'revoked' or meta == 'unknown' then
+  return {meta, 0, ''}
+end
+local m = cjson.decode(meta)
+local now = tonumber(ARGV[1])
+if type(m.exp) == 'number' and now >= m.exp then
+  return {'expired', 0, ''}
+end
+local base = tonumber(redis.call('GET', KEYS[3]) or '0')
+local used = tonumber(redis.call('GET', KEYS[2]) or '0') + base
+if type(m.limit) == 'number' and used >= m.limit then
+  return {'over', used, meta}
+end
+local n = redis.call('INCR', KEYS[2])
+if n == 1 then
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+end
+return {'ok', n + base, meta}

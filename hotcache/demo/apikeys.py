@@ -1,0 +1,90 @@
+"""API keys in the demo: calls with several keys (some run past their daily limit, one revoked, some made up)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hotcache import apikeys
+from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
+
+__all__ = ["scenario"]
+
+NAME = "apikeys"
+_PATH = "/api/usage/"
+# label -> (share of the API calls, daily limit as a share of the expected API calls; None = unlimited)
+_KEYS: dict[str, tuple[float, float | None]] = {
+    "acme (unlimited)": (0.35, None),
+    "startup": (0.25, 0.10),
+    "hobby": (0.15, 0.03),
+    "trial": (0.10, 0.01),
+    "revoked": (0.05, None),
+    "made-up key": (0.05, None),
+    "malformed header": (0.05, None),
+}
+
+
+def _setup(ctx: DemoContext) -> None:
+    expected = max(1, ctx.total_requests // 2)  # the runner mixes this scenario with the others
+    data: dict[str, Any] = {"keys": {}, "statuses": {label: Counter() for label in _KEYS}}
+    for label, (_, share) in _KEYS.items():
+        if label in ("made-up key", "malformed header"):
+            continue
+        limit = None if share is None else max(2, int(expected * share))
+        new = apikeys.create(f"demo-{label.split()[0]}", name=label, daily_limit=limit)
+        data["keys"][label] = new
+    apikeys.revoke(data["keys"]["revoked"].key_id)
+    ctx.data[NAME] = data
+
+
+def _request(ctx: DemoContext, i: int) -> DemoRequest:
+    labels = list(_KEYS)
+    label = ctx.rng.choices(labels, weights=[_KEYS[k][0] for k in labels])[0]
+    new = ctx.data[NAME]["keys"].get(label)
+    if label == "made-up key":
+        headers = {"HTTP_X_API_KEY": "zzzzzzzz." + "".join(ctx.rng.choices("ABCDEFGH", k=43))}
+    elif label == "malformed header":
+        headers = {"HTTP_AUTHORIZATION": ctx.rng.choice(["Api-Key ", "Api-Key  x", "Api-Key " + "k" * 10_240])}
+    elif ctx.rng.random() < 0.5:
+        headers = {"HTTP_AUTHORIZATION": f"Api-Key {new.raw_key}"}
+    else:
+        headers = {"HTTP_X_API_KEY": new.raw_key}
+    return DemoRequest("GET", _PATH, headers=headers, tag=label)
+
+
+def _on_response(ctx: DemoContext, req: DemoRequest, resp: DemoResponse) -> None:
+    ctx.data[NAME]["statuses"][req.tag][resp.status] += 1
+
+
+def _finish(ctx: DemoContext) -> dict[str, Any]:
+    result = apikeys.sync_usage()
+    return {"usage sync": f"{result.written} (key, day) totals written, redis available: {result.redis_available}"}
+
+
+def _report(ctx: DemoContext) -> dict[str, Any]:
+    data = ctx.data[NAME]
+    used = {k.key_id: k for k in apikeys.list_keys()}
+    figures: dict[str, Any] = {}
+    for label in _KEYS:
+        statuses = data["statuses"][label]
+        seen = ", ".join(f"{code}: {n}" for code, n in sorted(statuses.items())) or "no calls"
+        new = data["keys"].get(label)
+        if new is None:
+            figures[label] = seen
+            continue
+        info = used[new.key_id]
+        limit = "no limit" if info.daily_limit is None else f"limit {info.daily_limit}"
+        figures[f"{label} [{info.prefix}]"] = f"used today {info.used_today} ({limit}); HTTP {seen}"
+    return figures
+
+
+def scenario() -> Scenario:
+    return Scenario(
+        name=NAME,
+        make_request=_request,
+        weight=1.0,
+        setup=_setup,
+        on_response=_on_response,
+        finish=_finish,
+        report=_report,
+    )

@@ -1,0 +1,241 @@
+"""API keys on the real Redis: hashed at rest, one round trip per warm check, exact limits, revocation, sync."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from hotcache import apikeys
+from hotcache.backends import mongo
+from hotcache.testing import count_redis
+
+
+@pytest.fixture(autouse=True)
+def _fresh_apikeys_state():
+    apikeys._reset_state()
+    yield
+    apikeys._reset_state()
+
+
+def _all_mongo_docs():
+    docs = []
+    for name in (apikeys.KEYS_COLLECTION, apikeys.USAGE_COLLECTION):
+        docs += mongo.collection(name, feature="test").find({})
+    return docs
+
+
+def test_created_key_has_prefix_dot_secret_with_at_least_128_bits():
+    new = apikeys.create("alice", name="ci")
+    prefix, secret = new.raw_key.split(".")
+    assert len(prefix) == 8 and len(secret) >= 43  # 43 urlsafe characters = 256 bits
+    assert new.raw_key not in repr(new)
+    info = apikeys.get(new.key_id)
+    assert info.prefix == prefix and info.owner == "alice" and info.name == "ci" and info.revoked_at is None
+
+
+def test_only_the_sha256_is_stored_and_no_store_holds_the_raw_key(raw_redis, key_prefix):
+    new = apikeys.create("alice", daily_limit=5)
+    apikeys.check(new.raw_key)
+    apikeys.sync_usage()
+    secret = new.raw_key.split(".")[1]
+    for doc in _all_mongo_docs():
+        assert secret not in repr(doc) and new.raw_key not in repr(doc)
+    redis_keys = list(raw_redis.scan_iter(match=f"{key_prefix}:*"))
+    assert redis_keys
+    for k in redis_keys:
+        kind = raw_redis.type(k).decode()
+        value = raw_redis.get(k) if kind == "string" else repr(raw_redis.hgetall(k))
+        assert secret.encode() not in k and secret.encode() not in (value or b"")
+
+
+def test_warm_check_is_one_round_trip_and_no_mongo_operation():
+    new = apikeys.create("alice", daily_limit=10)
+    apikeys.check(new.raw_key)  # cold: loads the record, caches it, counts
+    with count_redis() as c:
+        usage = apikeys.check(new.raw_key)
+    assert usage.allowed and usage.used_today == 2 and usage.remaining == 8
+    assert (c.commands, c.round_trips, c.mongo_ops) == (1, 1, 0)
+
+
+def test_cold_check_is_one_indexed_mongo_query():
+    apikeys.check(apikeys.create("warm-up").raw_key)  # connection handshake and script load
+    new = apikeys.create("alice")
+    with count_redis() as c:
+        usage = apikeys.check(new.raw_key)
+    assert usage.allowed and usage.limit is None and usage.remaining is None
+    assert c.mongo_ops == 1 and c.round_trips == 2
+
+
+def test_usage_reports_owner_limit_and_next_utc_midnight(clock):
+    new = apikeys.create("bob", daily_limit=3)
+    usage = apikeys.check(new.raw_key)
+    now = dt.datetime.fromtimestamp(clock.time(), tz=dt.UTC)
+    assert (usage.key_id, usage.owner, usage.limit, usage.used_today) == (new.key_id, "bob", 3, 1)
+    assert usage.reset_at == dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def test_300_concurrent_checks_against_a_limit_of_100_allow_exactly_100(raw_redis):
+    new = apikeys.create("alice", daily_limit=100)
+    apikeys.check(new.raw_key)  # warm the record; this is use 1
+    barrier = threading.Barrier(30)
+
+    def burst(_):
+        barrier.wait()
+        return [apikeys.check(new.raw_key).allowed for _ in range(10)]
+
+    with ThreadPoolExecutor(30) as pool:
+        results = [a for batch in pool.map(burst, range(30)) for a in batch]
+    assert len(results) == 300
+    assert sum(results) == 99  # plus the warming call: exactly 100
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 100
+
+
+def test_over_limit_is_a_result_not_an_error_and_does_not_count():
+    new = apikeys.create("alice", daily_limit=2)
+    assert [apikeys.check(new.raw_key).allowed for _ in range(4)] == [True, True, False, False]
+    denied = apikeys.check(new.raw_key)
+    assert denied.used_today == 2 and denied.remaining == 0
+
+
+def test_revoked_key_fails_on_the_next_call():
+    new = apikeys.create("alice")
+    apikeys.check(new.raw_key)
+    assert apikeys.revoke(new.key_id) is True
+    with pytest.raises(apikeys.InvalidKey):
+        apikeys.check(new.raw_key)
+    assert apikeys.revoke(new.key_id) is False
+    assert apikeys.get(new.key_id).revoked_at is not None
+
+
+def test_revocation_survives_a_concurrent_recache_of_the_old_record():
+    """A cold load that read MongoDB before the revocation cannot cache the key as valid again."""
+    new = apikeys.create("alice")
+    digest, prefix = apikeys._parse(new.raw_key)
+    stale = apikeys._load_record(digest, prefix)  # read before the revocation lands
+    apikeys.revoke(new.key_id)
+    now = apikeys.clock.utcnow()
+    reply = apikeys._run_check(apikeys._tag(digest), now.date(), now, fill=stale)
+    assert reply[0] == "revoked"
+    with pytest.raises(apikeys.InvalidKey):
+        apikeys.check(new.raw_key)
+
+
+def test_expired_key_fails_on_the_next_call(clock):
+    now = dt.datetime.fromtimestamp(clock.time(), tz=dt.UTC)
+    new = apikeys.create("alice", expires_at=now + dt.timedelta(seconds=30))
+    assert apikeys.check(new.raw_key).allowed
+    clock.advance(31)
+    with pytest.raises(apikeys.InvalidKey):
+        apikeys.check(new.raw_key)
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "short", "abcdefgh." + "a" * 42, "ABCDEFGH." + "a" * 43, "x" * 10_000, "abcdefgh.é" + "a" * 42, None]
+)
+def test_malformed_keys_are_invalid_without_touching_a_store(raw):
+    with count_redis() as c, pytest.raises(apikeys.InvalidKey) as info:
+        apikeys.check(raw)
+    assert str(info.value) == "invalid API key"
+    assert (c.commands, c.mongo_ops) == (0, 0)
+
+
+def test_unknown_and_revoked_and_expired_keys_raise_the_same_message(clock, caplog):
+    caplog.set_level("INFO", logger="hotcache.apikeys")
+    now = dt.datetime.fromtimestamp(clock.time(), tz=dt.UTC)
+    revoked = apikeys.create("a")
+    apikeys.revoke(revoked.key_id)
+    expired = apikeys.create("a", expires_at=now - dt.timedelta(seconds=1))
+    unknown = "abcdefgh." + "A" * 43
+    messages = set()
+    for raw in (revoked.raw_key, expired.raw_key, unknown):
+        with pytest.raises(apikeys.InvalidKey) as info:
+            apikeys.check(raw)
+        messages.add(str(info.value))
+    assert messages == {"invalid API key"}
+    logged = caplog.text
+    assert "revoked" in logged and "expired" in logged and "unknown" in logged
+    for raw in (revoked.raw_key, expired.raw_key, unknown):
+        assert raw.split(".")[1] not in logged and raw.split(".")[0] in logged
+
+
+def test_unknown_key_is_remembered_briefly_so_repeats_skip_mongo(raw_redis):
+    unknown = "abcdefgh." + "B" * 43
+    with pytest.raises(apikeys.InvalidKey):
+        apikeys.check(unknown)
+    with count_redis() as c, pytest.raises(apikeys.InvalidKey):
+        apikeys.check(unknown)
+    assert (c.round_trips, c.mongo_ops) == (1, 0)
+
+
+def test_counters_and_cached_records_have_ttls(raw_redis, key_prefix, hotcache_config):
+    hotcache_config(APIKEY_USAGE_RETENTION_DAYS=7, APIKEY_CACHE_TTL=120)
+    new = apikeys.create("alice", daily_limit=10)
+    apikeys.check(new.raw_key)
+    tag = apikeys._tag(apikeys._digest(new.raw_key))
+    found = list(raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:{tag}}}:*"))
+    assert len(found) == 2
+    ttls = {k.decode().rsplit(":", 2)[-2] if b":use:" in k else "meta": raw_redis.ttl(k) for k in found}
+    assert 0 < ttls["use"] <= 7 * 86400 and ttls["use"] > 6 * 86400
+    assert 0 < ttls["meta"] <= 120
+
+
+def test_counters_are_per_utc_day(clock):
+    new = apikeys.create("alice", daily_limit=1)
+    assert apikeys.check(new.raw_key).allowed
+    assert not apikeys.check(new.raw_key).allowed
+    clock.advance(86400)
+    assert apikeys.check(new.raw_key).allowed
+    history = apikeys.usage(new.key_id, days=3)
+    assert [n for _, n in history] == [1, 1, 0]
+    assert history[0][0] - history[1][0] == dt.timedelta(days=1)
+
+
+def test_sync_usage_is_idempotent_and_history_outlives_redis(raw_redis, key_prefix):
+    a = apikeys.create("alice")
+    b = apikeys.create("bob", daily_limit=2)
+    for _ in range(3):
+        apikeys.check(a.raw_key)
+        apikeys.check(b.raw_key)
+    first = apikeys.sync_usage()
+    docs1 = sorted((d["key_id"], d["day"], d["redis"], d["fallback"]) for d in _usage_docs())
+    second = apikeys.sync_usage()
+    docs2 = sorted((d["key_id"], d["day"], d["redis"], d["fallback"]) for d in _usage_docs())
+    assert first.written == second.written == 2
+    assert docs1 == docs2 and {d[2] for d in docs1} == {2, 3}
+    # Redis loses the counters (expiry): the history still has the day.
+    tag = apikeys._tag(apikeys._digest(a.raw_key))
+    for k in raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:{tag}}}:*"):
+        raw_redis.delete(k)
+    assert apikeys.usage(a.key_id, days=1)[0][1] == 3
+
+
+def _usage_docs():
+    return mongo.collection(apikeys.USAGE_COLLECTION, feature="test").find({})
+
+
+def test_list_keys_by_owner_and_all(clock):
+    a = apikeys.create("alice")
+    clock.advance(1)
+    b = apikeys.create("bob")
+    apikeys.check(b.raw_key)
+    assert [k.key_id for k in apikeys.list_keys("alice")] == [a.key_id]
+    listed = apikeys.list_keys()
+    assert [k.key_id for k in listed] == [b.key_id, a.key_id]
+    assert [k.used_today for k in listed] == [1, 0]
+
+
+def test_create_rejects_bad_limits():
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ValueError):
+            apikeys.create("alice", daily_limit=bad)
+
+
+def test_revoke_and_usage_of_an_unknown_id_raise_key_not_found():
+    with pytest.raises(apikeys.KeyNotFound):
+        apikeys.revoke("ak_nope")
+    with pytest.raises(apikeys.KeyNotFound):
+        apikeys.usage("ak_nope")
+    assert apikeys.get("ak_nope") is None
