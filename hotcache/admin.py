@@ -195,10 +195,20 @@ def bar_chart(chart: reports.Chart) -> dict[str, Any]:
 
 
 def _gauge(limit: reports.Limit) -> dict[str, Any]:
+    from django.template.defaultfilters import filesizeformat
+
     pct = limit.percent
+
+    def fmt(v: int | None) -> str:
+        if v is None:
+            return "unknown"
+        return str(filesizeformat(v)) if limit.setting == "REDIS_MEMORY_LIMIT" else f"{v:,}"
+
     return {
         "limit": limit,
-        "fill": 0 if pct is None else min(100.0, pct),
+        "fill_px": f"{0 if pct is None else min(100.0, pct) * 2:.1f}",  # of a 200 px track
+        "value_text": fmt(limit.value),
+        "limit_text": fmt(limit.limit),
         "color": {"ok": "#5b8a3a", "warning": "#e0a800", "exceeded": "#ba2121"}.get(limit.level, "#999"),
     }
 

@@ -436,9 +436,9 @@ def _memory(warn: float, redis_ok: bool) -> Limit:
             info = redis_backend.server_info("memory")
             used = int(info["used_memory"]) if "used_memory" in info else None
             note = "" if used is not None else "INFO memory has no used_memory"
-        except RedisUnavailable as exc:
+        except RedisUnavailable:
             # A server without INFO (fakeredis, some proxies) still serves hotcache; memory is just unknown.
-            note = "Redis unavailable" if redis_gate.state != CLOSED else f"INFO memory not supported ({exc})"
+            note = "Redis unavailable" if redis_gate.state != CLOSED else "INFO memory not supported by this server"
     return Limit("Redis memory", used, limit, "REDIS_MEMORY_LIMIT", warn, note=note)
 
 
