@@ -124,17 +124,26 @@ def feature_view(request: HttpRequest, feature: str, site: AdminSite | None = No
     ctx.update(
         summary=summary,
         chart=bar_chart(events_chart) if shown else None,
-        sections=[{"section": s, "chart": bar_chart(s.chart) if s.chart else None} for s in summary.sections],
+        sections=[
+            {"section": s, "chart": bar_chart(s.chart, time_series=False) if s.chart else None}
+            for s in summary.sections
+        ],
         per_day_rows=[(d, [counts.get(e, 0) for e in summary.events]) for d, counts in summary.per_day],
     )
     return TemplateResponse(request, "admin/hotcache/feature.html", ctx)
 
 
-def bar_chart(chart: reports.Chart) -> dict[str, Any]:
-    """Geometry for an inline SVG stacked bar chart (the template draws it; no JavaScript, no CDN)."""
+def bar_chart(chart: reports.Chart, *, time_series: bool = True) -> dict[str, Any]:
+    """Geometry for an inline SVG stacked bar chart (the template draws it; no JavaScript, no CDN).
+
+    ``time_series``: labels are days, oldest first; the table beside the chart lists them newest first.
+    """
     n = max(1, len(chart.labels))
     totals = [sum(values[i] for _, values in chart.series) for i in range(len(chart.labels))]
-    top = max([*totals, chart.limit or 0, 1])
+    peak = max([*totals, 0])
+    # The budget line is drawn when it is on a readable scale; far above the bars it would flatten them.
+    show_limit = bool(chart.limit) and chart.limit <= max(peak, 1) * 4
+    top = max(peak, chart.limit if show_limit and chart.limit else 0, 1) * 1.1
     plot_w, plot_h = _W - _PAD_L - 8, _H - _PAD_B - _PAD_T
     slot = plot_w / n
     bar_w = max(1.0, slot * 0.7)
@@ -180,8 +189,14 @@ def bar_chart(chart: reports.Chart) -> dict[str, Any]:
         "bars": bars,
         "xlabels": xlabels,
         "ticks": ticks,
-        "limit_y": round(y_of(chart.limit), 1) if chart.limit else None,
+        "limit_y": round(y_of(chart.limit), 1) if show_limit and chart.limit else None,
         "limit_label": f"{chart.limit_label} {chart.limit:,}" if chart.limit else "",
+        "limit_note": (
+            f"{chart.limit_label} {chart.limit:,} is off the scale: the busiest day used "
+            f"{100.0 * peak / chart.limit:.1f}% of it"
+            if chart.limit and not show_limit
+            else ""
+        ),
         "legend": [
             {"name": name, "color": _PALETTE[k % len(_PALETTE)], "total": sum(values)}
             for k, (name, values) in enumerate(chart.series)
@@ -189,7 +204,7 @@ def bar_chart(chart: reports.Chart) -> dict[str, Any]:
         "table_head": [name for name, _ in chart.series],
         "table": [
             (label, [values[i] for _, values in chart.series], totals[i]) for i, label in enumerate(chart.labels)
-        ][::-1],  # newest first in the table
+        ][:: -1 if time_series else 1],
         "empty": not any(totals),
     }
 
