@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hotcache.demo import reports  # reports (issue 9)
 from hotcache.demo.runner import DemoContext, DemoRequest, Scenario
 
 __all__ = ["all_scenarios", "pages"]
@@ -25,4 +26,7 @@ def all_scenarios() -> list[Scenario]:
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---
+
+    # --- Reports (issue 9) ---
+    scenarios.append(reports.scenario())
     return scenarios
