@@ -88,6 +88,9 @@ DEFAULTS: dict[str, Any] = {
     "ANALYTICS_RETENTION_HOURS": 168,
 
     # --- Reports (issue 9) ---
+    "REPORTS_DAYS": 30,  # days the admin reports and hotcache_status show (1-40; the meter keeps 40)
+    "REPORTS_WARNING_PERCENT": 80,  # share of a budget or limit at which the reports warn
+    "REPORTS_PERMISSION": None,  # "app_label.codename" staff also need to see the reports; None: any staff
 }
 
 

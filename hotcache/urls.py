@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from django.urls import path  # noqa: F401 - used by the feature routes below
 
+from hotcache.admin import report_urls  # reports (issue 9): staff-only admin pages under reports/
+
 app_name = "hotcache"
 
 urlpatterns: list = [
     # --- Analytics (issue 8) ---
     # --- Reports (issue 9) ---
+    *report_urls(),  # /hotcache/reports/ and /hotcache/reports/<feature>/ (admin.site.admin_view)
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hotcache.bench import foundation
+from hotcache.bench import reports as reports_bench  # reports (issue 9)
 from hotcache.bench.runner import Arm
 
 __all__ = ["all_groups"]
@@ -23,4 +24,7 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     groups["apikeys"] = apikeys_bench.arms
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---
+
+    # --- Reports (issue 9) ---
+    groups["reports"] = reports_bench.arms
     return groups

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hotcache.demo import reports  # reports (issue 9)
 from hotcache.demo.runner import DemoContext, DemoRequest, Scenario
 
 __all__ = ["all_scenarios", "pages"]
@@ -29,4 +30,7 @@ def all_scenarios() -> list[Scenario]:
     scenarios.append(apikeys_demo.scenario())
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---
+
+    # --- Reports (issue 9) ---
+    scenarios.append(reports.scenario())
     return scenarios

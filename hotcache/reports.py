@@ -1,0 +1,702 @@
+"""Usage reports as pure figures (no HTTP): Redis commands against the daily budget, Redis memory, MongoDB
+connections, the health gate and fallbacks, and what each feature did, from the daily meter.
+
+The admin pages (hotcache/admin.py) and ``manage.py hotcache_status`` only render what is computed here.
+Cost is bounded whatever the traffic: overview() is one Redis round trip for the meter (a pipeline of one
+HGETALL per day), one INFO memory and at most one MongoDB serverStatus; feature_summary() is the same meter
+pipeline plus whatever its detail sections cost (each one a fixed number of operations; no KEYS, no scans).
+
+Extension point: a feature adds MongoDB-backed detail to its page by registering a function that returns
+Sections (tables, optionally with a chart), in its own marked block at the end of this module::
+
+    @register_detail("analytics")
+    def _analytics_detail(days: int) -> list[Section]:
+        from hotcache import analytics
+        ...
+        return [Section("Top paths", ["Path", "Views"], rows, chart=Chart(...))]
+
+A detail function that raises BackendUnavailable shows as a note on its section, not as an error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hotcache import clock, metering
+from hotcache.backends import mongo
+from hotcache.backends import redis as redis_backend
+from hotcache.backends.health import CLOSED, GateState, redis_gate
+from hotcache.conf import FEATURES, hotcache_settings
+from hotcache.exceptions import BackendUnavailable, MongoWriteError, RedisUnavailable
+
+__all__ = [
+    "FEATURE_EVENTS",
+    "FEATURE_TITLES",
+    "MAX_DAYS",
+    "Chart",
+    "DayRow",
+    "FeatureSummary",
+    "FeatureUsage",
+    "Figure",
+    "Limit",
+    "MongoConnections",
+    "Overview",
+    "Section",
+    "feature_summary",
+    "overview",
+    "register_detail",
+    "report_days",
+]
+
+log = logging.getLogger("hotcache.reports")
+
+MAX_DAYS = 40  # the meter keeps each day's hash 40 days (metering._METER_TTL)
+
+FEATURE_TITLES: dict[str, str] = {
+    "ratelimit": "Rate limiting",
+    "users": "User cache",
+    "mfa": "MFA codes",
+    "apikeys": "API keys",
+    "workbench": "Workbench sessions",
+    "analytics": "Analytics",
+}
+
+# The events each feature records (hotcache BRIEF), in display order. Others seen in the meter follow.
+FEATURE_EVENTS: dict[str, tuple[str, ...]] = {
+    "ratelimit": ("allowed", "denied", "denied_local", "degraded_open", "degraded_closed", "degraded_local"),
+    "users": ("hit", "miss", "fallback", "invalidated"),
+    "mfa": ("issued", "verified", "failed", "burned", "expired", "unavailable", "fallback", "resend_blocked"),
+    "apikeys": ("allowed", "over_limit", "invalid", "fallback", "created", "revoked"),
+    "workbench": ("saved", "loaded", "conflict", "ended", "persisted", "fallback"),
+    "analytics": ("tracked", "fallback", "dropped", "synced_counters", "rejected"),
+}
+
+
+# --- result types --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A figure against its limit. ``value`` None means unknown (the source did not answer or lacks it)."""
+
+    name: str
+    value: int | None
+    limit: int
+    setting: str  # the HOTCACHE key the limit comes from
+    warning_percent: float = 80.0
+    note: str = ""
+
+    @property
+    def percent(self) -> float | None:
+        if self.value is None or self.limit <= 0:
+            return None
+        return round(100.0 * self.value / self.limit, 1)
+
+    @property
+    def exceeded(self) -> bool:
+        return self.value is not None and self.value > self.limit
+
+    @property
+    def level(self) -> str:
+        """ok | warning | exceeded | unknown."""
+        if self.value is None:
+            return "unknown"
+        if self.exceeded:
+            return "exceeded"
+        pct = self.percent
+        return "warning" if pct is not None and pct >= self.warning_percent else "ok"
+
+    def message(self) -> str:
+        return (
+            f"{self.name}: {self.value:,} > {self.limit:,} (HOTCACHE[{self.setting!r}])"
+            if self.value is not None
+            else f"{self.name}: unknown"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "limit": self.limit,
+            "setting": self.setting,
+            "percent": self.percent,
+            "level": self.level,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DayRow:
+    """One UTC day of the meter."""
+
+    day: dt.date
+    commands: int
+    round_trips: int
+    commands_by_feature: dict[str, int]
+    mongo_by_feature: dict[str, int]
+    fallbacks: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureUsage:
+    """One consumer of Redis (a feature, or hotcache's own meter/status) over the period."""
+
+    feature: str
+    title: str
+    enabled: bool
+    shipped: bool  # one of hotcache's features (False: the meter, status probes, the host's "other")
+    commands_today: int
+    commands: int
+    round_trips: int
+    mongo_ops: int
+    fallbacks: int
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class MongoConnections:
+    pool: mongo.PoolStats
+    pool_limit: Limit  # open connections of this process against MONGO_MAX_POOL_SIZE
+    server_limit: Limit  # connections against MONGO_SERVER_CONNECTION_LIMIT
+    server_source: str  # "serverStatus" (the whole server) | "this process" | "unknown"
+    server_status: dict[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    generated_at: dt.datetime
+    redis_available: bool
+    redis_note: str
+    days: list[DayRow]  # newest first
+    commands_today: Limit
+    features: list[FeatureUsage]
+    memory: Limit
+    mongo: MongoConnections
+    gate: GateState
+    fallbacks_today: dict[str, int]
+    fallbacks: dict[str, int]  # over the period, per feature
+
+    @property
+    def limits(self) -> list[Limit]:
+        return [self.commands_today, self.memory, self.mongo.pool_limit, self.mongo.server_limit]
+
+    @property
+    def exceeded(self) -> list[Limit]:
+        return [limit for limit in self.limits if limit.exceeded]
+
+    @property
+    def warnings(self) -> list[str]:
+        out = [f"{lim.name} at {lim.percent}% of its limit" for lim in self.limits if lim.level == "warning"]
+        if self.mongo.pool.failed_checkouts:
+            out.append(
+                f"{self.mongo.pool.failed_checkouts} MongoDB connection check-outs failed in this process "
+                "(pool exhausted or server unreachable; see HOTCACHE['MONGO_MAX_POOL_SIZE'])"
+            )
+        if self.gate.state != CLOSED:
+            out.append(f"Redis health gate is {self.gate.state}: features are using their fallbacks")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "generated_at": self.generated_at.isoformat(),
+            "redis_available": self.redis_available,
+            "redis_note": self.redis_note,
+            "commands_today": self.commands_today.as_dict(),
+            "memory": self.memory.as_dict(),
+            "mongo": {
+                "pool": self.mongo.pool.as_dict(),
+                "pool_limit": self.mongo.pool_limit.as_dict(),
+                "server_limit": self.mongo.server_limit.as_dict(),
+                "server_source": self.mongo.server_source,
+                "server_status": self.mongo.server_status,
+            },
+            "gate": asdict(self.gate),
+            "fallbacks_today": self.fallbacks_today,
+            "fallbacks": self.fallbacks,
+            "features": [asdict(f) for f in self.features],
+            "days": [
+                {
+                    "day": d.day.isoformat(),
+                    "commands": d.commands,
+                    "round_trips": d.round_trips,
+                    "commands_by_feature": d.commands_by_feature,
+                    "mongo_by_feature": d.mongo_by_feature,
+                    "fallbacks": d.fallbacks,
+                }
+                for d in self.days
+            ],
+            "exceeded": [lim.message() for lim in self.exceeded],
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """Data for one chart: x labels (oldest first) and one or more series stacked per x."""
+
+    title: str
+    labels: list[str]
+    series: list[tuple[str, list[int]]]
+    limit: int | None = None  # drawn as a line (a budget)
+    limit_label: str = ""
+
+
+@dataclass(slots=True)
+class Section:
+    """A titled table (and optional chart) on a report page. ``rows`` empty shows ``empty``."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    chart: Chart | None = None
+    note: str = ""
+    empty: str = "No data yet."
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A headline number: label, value (already formatted where it is a ratio), and what it means."""
+
+    label: str
+    value: Any
+    help: str = ""
+
+
+@dataclass(slots=True)
+class FeatureSummary:
+    feature: str
+    title: str
+    enabled: bool
+    days: int
+    redis_available: bool
+    redis_note: str
+    events: list[str]  # the columns of the per-day table
+    per_day: list[tuple[dt.date, dict[str, int]]]  # newest first
+    totals: dict[str, int]
+    today: dict[str, int]
+    commands: int
+    mongo_ops: int
+    figures: list[Figure]
+    sections: list[Section]
+
+    @property
+    def has_data(self) -> bool:
+        return any(self.totals.values()) or self.commands > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "title": self.title,
+            "enabled": self.enabled,
+            "days": self.days,
+            "redis_available": self.redis_available,
+            "totals": self.totals,
+            "today": self.today,
+            "commands": self.commands,
+            "mongo_ops": self.mongo_ops,
+            "figures": [asdict(f) for f in self.figures],
+            "per_day": [{"day": d.isoformat(), **counts} for d, counts in self.per_day],
+            "sections": [
+                {"title": s.title, "columns": s.columns, "rows": s.rows, "note": s.note} for s in self.sections
+            ],
+        }
+
+
+# --- reading the meter ---------------------------------------------------------------------------
+
+
+def report_days(days: int | None = None) -> int:
+    """The number of days to show: ``days`` or HOTCACHE['REPORTS_DAYS'], clamped to 1..MAX_DAYS."""
+    value = hotcache_settings.REPORTS_DAYS if days is None else days
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        value = 30
+    return max(1, min(MAX_DAYS, value))
+
+
+def _read_meter(days: int) -> tuple[list[metering.DayUsage], bool, str]:
+    """metering.usage(days) (one pipeline) and whether Redis answered it.
+
+    usage() falls back to this process's unflushed counts when Redis is unavailable; the meter's own
+    error events (counted under the feature "meter") tell the two apart without another round trip.
+    """
+    watched = ("ev:meter:redis_error", "ev:meter:gate_rejected")
+    before = metering.snapshot()
+    rows = metering.usage(days)
+    after = metering.snapshot()
+    failed = any(after[k] > before[k] for k in watched)
+    if failed or redis_gate.state != CLOSED:
+        return rows, False, "Redis is unavailable: figures are this process's unflushed counts only."
+    return rows, True, ""
+
+
+def _day(name: str) -> dt.date:
+    return dt.datetime.strptime(name, "%Y%m%d").replace(tzinfo=dt.UTC).date()
+
+
+def _enabled_features() -> list[str]:
+    return [f for f in FEATURES if hotcache_settings.enabled(f)]
+
+
+def _fallbacks(fields: Counter[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, n in fields.items():
+        if name.startswith("ev:") and name.endswith(":fallback") and n:
+            feat = name[3:].rsplit(":", 1)[0]
+            out[feat] = out.get(feat, 0) + n
+    return out
+
+
+# --- overview ------------------------------------------------------------------------------------
+
+
+def overview(days: int | None = None) -> Overview:
+    """Redis commands today and per day against the budget, per feature; memory; MongoDB connections; gate."""
+    n_days = report_days(days)
+    warn = _warning_percent()
+    rows, redis_ok, redis_note = _read_meter(n_days)
+    today = rows[0]
+    day_rows = [
+        DayRow(
+            day=_day(u.day),
+            commands=u.commands,
+            round_trips=sum(u.by_prefix("rt").values()),
+            commands_by_feature=u.by_prefix("cmd"),
+            mongo_by_feature=u.by_prefix("mongo"),
+            fallbacks=sum(_fallbacks(u.fields).values()),
+        )
+        for u in rows
+    ]
+    period: Counter[str] = Counter()
+    for u in rows:
+        period.update(u.fields)
+
+    enabled = set(_enabled_features())
+    seen = {f.split(":", 2)[1] for f in period if f.count(":") >= 1 and f.split(":", 1)[0] in ("cmd", "mongo", "ev")}
+    names = [f for f in FEATURES if f in enabled or f in seen] + sorted(seen - set(FEATURES))
+    fallbacks = _fallbacks(period)
+    features = [
+        FeatureUsage(
+            feature=f,
+            title=FEATURE_TITLES.get(f, f),
+            enabled=f in enabled,
+            shipped=f in FEATURES,
+            commands_today=today.fields.get(f"cmd:{f}", 0),
+            commands=period.get(f"cmd:{f}", 0),
+            round_trips=period.get(f"rt:{f}", 0),
+            mongo_ops=period.get(f"mongo:{f}", 0),
+            fallbacks=fallbacks.get(f, 0),
+            events=sum(n for k, n in period.items() if k.startswith(f"ev:{f}:")),
+        )
+        for f in names
+    ]
+
+    budget = Limit(
+        "Redis commands today",
+        today.commands,
+        int(hotcache_settings.REDIS_DAILY_COMMAND_BUDGET),
+        "REDIS_DAILY_COMMAND_BUDGET",
+        warn,
+        note="" if redis_ok else "Redis unavailable: this process's unflushed counts only",
+    )
+    return Overview(
+        generated_at=clock.utcnow(),
+        redis_available=redis_ok,
+        redis_note=redis_note,
+        days=day_rows,
+        commands_today=budget,
+        features=features,
+        memory=_memory(warn, redis_ok),
+        mongo=_mongo(warn),
+        gate=redis_gate.snapshot(),
+        fallbacks_today=_fallbacks(today.fields),
+        fallbacks=fallbacks,
+    )
+
+
+def _warning_percent() -> float:
+    value = hotcache_settings.REPORTS_WARNING_PERCENT
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 80.0
+
+
+def _memory(warn: float, redis_ok: bool) -> Limit:
+    limit = int(hotcache_settings.REDIS_MEMORY_LIMIT)
+    used: int | None = None
+    note = ""
+    if not redis_ok:
+        note = "Redis unavailable"
+    else:
+        try:
+            info = redis_backend.server_info("memory")
+            used = int(info["used_memory"]) if "used_memory" in info else None
+            note = "" if used is not None else "INFO memory has no used_memory"
+        except RedisUnavailable:
+            # A server without INFO (fakeredis, some proxies) still serves hotcache; memory is just unknown.
+            note = "Redis unavailable" if redis_gate.state != CLOSED else "INFO memory not supported by this server"
+    return Limit("Redis memory", used, limit, "REDIS_MEMORY_LIMIT", warn, note=note)
+
+
+def _mongo(warn: float) -> MongoConnections:
+    pool = mongo.pool_stats()
+    max_pool = int(hotcache_settings.MONGO_MAX_POOL_SIZE)
+    server_cap = int(hotcache_settings.MONGO_SERVER_CONNECTION_LIMIT)
+    status: dict[str, int] | None
+    try:
+        status = mongo.server_status_connections()
+    except (BackendUnavailable, MongoWriteError):
+        status = None
+    pool_value = pool.open if pool.monitored else None
+    pool_note = (
+        f"peak {pool.peak_open} open, {pool.checked_out} checked out (peak {pool.peak_checked_out}), "
+        f"{pool.failed_checkouts} failed check-outs"
+        if pool.monitored
+        else "not monitored (the in-process stand-in has no pool)"
+    )
+    if status and "current" in status:
+        server_value: int | None = status["current"]
+        source = "serverStatus"
+        server_note = f"whole server: {status.get('available', '?')} more available per serverStatus"
+    elif pool.monitored:
+        server_value, source = pool.open, "this process"
+        server_note = "serverStatus not permitted or not available: this process's connections only"
+    else:
+        server_value, source, server_note = None, "unknown", "no pool figures from the in-process stand-in"
+    return MongoConnections(
+        pool=pool,
+        pool_limit=Limit("MongoDB pool (this process)", pool_value, max_pool, "MONGO_MAX_POOL_SIZE", warn, pool_note),
+        server_limit=Limit(
+            "MongoDB server connections", server_value, server_cap, "MONGO_SERVER_CONNECTION_LIMIT", warn, server_note
+        ),
+        server_source=source,
+        server_status=status,
+    )
+
+
+# --- per-feature pages ---------------------------------------------------------------------------
+
+DetailFunction = Callable[[int], list[Section]]
+_DETAILS: dict[str, list[DetailFunction]] = {}
+
+
+def register_detail(feature: str) -> Callable[[DetailFunction], DetailFunction]:
+    """Decorator: ``fn(days) -> [Section, ...]`` adds sections to ``feature``'s report page.
+
+    The function must cost a bounded number of operations (aggregated documents, capped reads) and may
+    raise BackendUnavailable, which the page shows as a note on a section titled after the function.
+    """
+    if feature not in FEATURES:
+        msg = f"unknown feature {feature!r}; expected one of {FEATURES}"
+        raise ValueError(msg)
+
+    def decorate(fn: DetailFunction) -> DetailFunction:
+        if fn not in _DETAILS.setdefault(feature, []):
+            _DETAILS[feature].append(fn)
+        return fn
+
+    return decorate
+
+
+def feature_summary(feature: str, days: int | None = None) -> FeatureSummary:
+    """Per-day event counts for ``feature`` from the meter, derived figures, and its detail sections."""
+    if feature not in FEATURES:
+        msg = f"unknown feature {feature!r}; expected one of {FEATURES}"
+        raise ValueError(msg)
+    n_days = report_days(days)
+    rows, redis_ok, redis_note = _read_meter(n_days)
+    prefix = f"ev:{feature}:"
+    per_day: list[tuple[dt.date, dict[str, int]]] = []
+    totals: Counter[str] = Counter()
+    commands = mongo_ops = 0
+    for u in rows:
+        counts = {k[len(prefix) :]: n for k, n in u.fields.items() if k.startswith(prefix) and n}
+        per_day.append((_day(u.day), counts))
+        totals.update(counts)
+        commands += u.fields.get(f"cmd:{feature}", 0)
+        mongo_ops += u.fields.get(f"mongo:{feature}", 0)
+    known = FEATURE_EVENTS[feature]
+    # Per-rule events (allowed:<rule>) go to their own section, not the per-day columns.
+    extra = sorted(e for e in totals if e not in known and ":" not in e)
+    events = list(known) + extra
+    summary = FeatureSummary(
+        feature=feature,
+        title=FEATURE_TITLES[feature],
+        enabled=hotcache_settings.enabled(feature),
+        days=n_days,
+        redis_available=redis_ok,
+        redis_note=redis_note,
+        events=events,
+        per_day=[(d, {e: c.get(e, 0) for e in events}) for d, c in per_day],
+        totals={e: totals.get(e, 0) for e in events},
+        today={e: per_day[0][1].get(e, 0) for e in events},
+        commands=commands,
+        mongo_ops=mongo_ops,
+        figures=[],
+        sections=[],
+    )
+    derive = _DERIVED.get(feature)
+    if derive is not None:
+        derive(summary, totals)
+    for fn in _DETAILS.get(feature, []):
+        try:
+            summary.sections.extend(fn(n_days))
+        except BackendUnavailable as exc:
+            title = (fn.__doc__ or fn.__name__).strip().splitlines()[0]
+            summary.sections.append(Section(title, [], note=f"{exc.backend} unavailable: {exc}"))
+            log.warning("hotcache: report detail %s for %s unavailable: %s", fn.__name__, feature, exc)
+    return summary
+
+
+def _ratio(part: int, whole: int) -> str:
+    return "n/a" if whole <= 0 else f"{100.0 * part / whole:.1f}%"
+
+
+def _derive_ratelimit(s: FeatureSummary, totals: Counter[str]) -> None:
+    allowed, denied = totals["allowed"], totals["denied"]
+    s.figures += [
+        Figure("Requests checked", allowed + denied, "allowed + denied"),
+        Figure("Allowed", allowed),
+        Figure("Denied", denied, "answered 429 (or the configured status)"),
+        Figure("Denied from the local deny cache", totals["denied_local"], "no Redis command spent"),
+        Figure("Denial rate", _ratio(denied, allowed + denied)),
+        Figure(
+            "Degraded decisions",
+            totals["degraded_open"] + totals["degraded_closed"] + totals["degraded_local"],
+            "decided by the outage policy while Redis was unavailable",
+        ),
+    ]
+    rules = sorted({e.split(":", 1)[1] for e in totals if e.startswith(("allowed:", "denied:"))})
+    rows = [
+        [
+            rule,
+            totals[f"allowed:{rule}"],
+            totals[f"denied:{rule}"],
+            _ratio(totals[f"denied:{rule}"], totals[f"allowed:{rule}"] + totals[f"denied:{rule}"]),
+        ]
+        for rule in rules
+    ]
+    chart = (
+        Chart(
+            "Allowed and denied per rule",
+            rules,
+            [("allowed", [r[1] for r in rows]), ("denied", [r[2] for r in rows])],
+        )
+        if rows
+        else None
+    )
+    s.sections.append(
+        Section("Per rule", ["Rule", "Allowed", "Denied", "Denial rate"], rows, chart=chart,
+                empty="No rule has been checked yet.")
+    )
+
+
+def _derive_users(s: FeatureSummary, totals: Counter[str]) -> None:
+    hit, miss = totals["hit"], totals["miss"]
+    s.figures += [
+        Figure("Cache hit ratio", _ratio(hit, hit + miss), "hits / (hits + misses)"),
+        Figure("Database queries avoided", hit, "each hit is a user lookup the database did not serve"),
+        Figure("Misses (loaded from the database)", miss),
+        Figure("Fallbacks (Redis unavailable)", totals["fallback"]),
+        Figure("Invalidations", totals["invalidated"]),
+    ]
+
+
+def _derive_mfa(s: FeatureSummary, totals: Counter[str]) -> None:
+    verified, failed = totals["verified"], totals["failed"]
+    s.figures += [
+        Figure("Codes issued", totals["issued"]),
+        Figure("Verified", verified),
+        Figure("Failed attempts", failed),
+        Figure("Verification success rate", _ratio(verified, verified + failed), "verified / (verified + failed)"),
+        Figure("Codes burned (too many attempts)", totals["burned"]),
+        Figure("Expired", totals["expired"]),
+        Figure("Resends blocked", totals["resend_blocked"]),
+        Figure("Fallbacks (MongoDB path)", totals["fallback"]),
+    ]
+
+
+def _derive_apikeys(s: FeatureSummary, totals: Counter[str]) -> None:
+    allowed, over = totals["allowed"], totals["over_limit"]
+    s.figures += [
+        Figure("Requests allowed", allowed),
+        Figure("Over their limit", over),
+        Figure("Over-limit share", _ratio(over, allowed + over)),
+        Figure("Invalid keys presented", totals["invalid"]),
+        Figure("Keys created", totals["created"]),
+        Figure("Keys revoked", totals["revoked"]),
+        Figure("Fallbacks", totals["fallback"]),
+    ]
+
+
+def _derive_workbench(s: FeatureSummary, totals: Counter[str]) -> None:
+    s.figures += [
+        Figure("Saves", totals["saved"]),
+        Figure("Loads", totals["loaded"]),
+        Figure("Conflicts", totals["conflict"], "a save lost to a newer version"),
+        Figure("Sessions ended", totals["ended"]),
+        Figure("Sessions persisted to MongoDB", totals["persisted"]),
+        Figure("Fallbacks", totals["fallback"]),
+    ]
+
+
+def _derive_analytics(s: FeatureSummary, totals: Counter[str]) -> None:
+    tracked = totals["tracked"]
+    s.figures += [
+        Figure("Events tracked", tracked),
+        Figure("Counters synced to MongoDB", totals["synced_counters"]),
+        Figure("Dropped", totals["dropped"], "lost while both stores were unavailable"),
+        Figure("Drop rate", _ratio(totals["dropped"], tracked + totals["dropped"])),
+        Figure("Rejected", totals["rejected"], "invalid event names or properties"),
+        Figure("Fallbacks (direct to MongoDB)", totals["fallback"]),
+    ]
+
+
+_DERIVED: dict[str, Callable[[FeatureSummary, Counter[str]], None]] = {
+    "ratelimit": _derive_ratelimit,
+    "users": _derive_users,
+    "mfa": _derive_mfa,
+    "apikeys": _derive_apikeys,
+    "workbench": _derive_workbench,
+    "analytics": _derive_analytics,
+}
+
+
+# --- feature detail sections (MongoDB-backed), one marked block per feature ----------------------
+# Each block registers functions with @register_detail("<feature>"); see the module docstring.
+
+# --- Rate limiting (issue 3) ---
+
+# --- Cached users (issue 4) ---
+
+# --- MFA codes (issue 5) ---
+
+# --- API keys (issue 6) ---
+# After the merge: per-key usage per day, keys near or over their limit, revoked and expired keys,
+# from apikeys.list_keys() (bounded: one MongoDB find with a limit).
+
+# --- Workbench (issue 7) ---
+
+
+@register_detail("workbench")
+def _workbench_history(days: int) -> list[Section]:
+    """Persisted sessions in MongoDB"""
+    # One count on the history collection: bounded whatever the traffic.
+    total = mongo.collection("workbench_history", feature="reports").count({})
+    return [
+        Section(
+            "Persisted sessions in MongoDB",
+            ["Collection", "Documents"],
+            [["workbench_history", total]],
+            note="Ended sessions that reached MongoDB history (all time).",
+        )
+    ]
+
+
+# --- Analytics (issue 8) ---
+# After the merge: events per hour and per day (Chart), top events, top paths, distinct visitors for the
+# chosen range, from analytics.report(...) (aggregated hourly documents: a fixed number of queries).

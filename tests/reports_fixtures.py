@@ -1,0 +1,24 @@
+"""Fixtures for the report tests: each test starts with empty daily meter hashes in the shared test Redis."""
+
+import datetime as dt
+
+import pytest
+
+from hotcache import clock, keys, reports
+
+
+@pytest.fixture(autouse=True)
+def empty_meter_hashes(raw_redis):
+    """Delete this run's meter hashes (by name, no scan) so one test's workload is not another's."""
+
+    def clear():
+        today = clock.utcnow().date()
+        names = [
+            keys.tagged("meter", "usage", (today - dt.timedelta(days=i)).strftime("%Y%m%d"))
+            for i in range(reports.MAX_DAYS + 1)
+        ]
+        raw_redis.delete(*names)
+
+    clear()
+    yield
+    clear()
