@@ -7,18 +7,22 @@ import pytest
 from hotcache import clock, keys, reports
 
 
+def clear_meter_hashes(raw_redis):
+    """Delete this run's meter hashes (by name, no scan) and the unflushed counts of this process."""
+    from hotcache import metering
+
+    today = clock.utcnow().date()
+    names = [
+        keys.tagged("meter", "usage", (today - dt.timedelta(days=i)).strftime("%Y%m%d"))
+        for i in range(reports.MAX_DAYS + 1)
+    ]
+    raw_redis.delete(*names)
+    metering.meter.reset()
+
+
 @pytest.fixture(autouse=True)
 def empty_meter_hashes(raw_redis):
-    """Delete this run's meter hashes (by name, no scan) so one test's workload is not another's."""
-
-    def clear():
-        today = clock.utcnow().date()
-        names = [
-            keys.tagged("meter", "usage", (today - dt.timedelta(days=i)).strftime("%Y%m%d"))
-            for i in range(reports.MAX_DAYS + 1)
-        ]
-        raw_redis.delete(*names)
-
-    clear()
+    """Each report test starts and ends with empty meters, so one test's workload is not another's."""
+    clear_meter_hashes(raw_redis)
     yield
-    clear()
+    clear_meter_hashes(raw_redis)

@@ -1,7 +1,6 @@
 """hotcache.reports: the figures behind the admin pages and hotcache_status, after a known workload."""
 
 import pytest
-from reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 from hotcache import metering, reports
 from hotcache.backends import mongo
@@ -9,6 +8,7 @@ from hotcache.backends import redis as redis_backend
 from hotcache.checks import check_reports
 from hotcache.exceptions import MongoUnavailable
 from hotcache.testing import count_redis, mongo_down
+from tests.reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 
 def warm():

@@ -5,12 +5,12 @@ import re
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
-from reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 from hotcache import metering
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import FEATURES
 from hotcache.testing import count_redis
+from tests.reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.django_db
 

@@ -6,11 +6,11 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 from hotcache import metering
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
+from tests.reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 
 def workload(n=3):

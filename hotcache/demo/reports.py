@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotcache import reports
+from hotcache import metering, reports
 from hotcache.conf import FEATURES
 from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache.testing import count_redis
@@ -44,6 +44,7 @@ def _on_response(ctx: DemoContext, req: DemoRequest, resp: DemoResponse) -> None
 
 
 def _report(ctx: DemoContext) -> dict[str, Any]:
+    metering.flush()  # so a meter flush falling due does not count as the overview's cost
     with count_redis() as cost:
         ov = reports.overview()
     return {
@@ -64,5 +65,11 @@ def _report(ctx: DemoContext) -> dict[str, Any]:
 
 def scenario() -> Scenario:
     return Scenario(
-        name="reports", make_request=_request, weight=0.02, setup=_setup, on_response=_on_response, report=_report
+        name="reports",
+        make_request=_request,
+        weight=0.0,
+        every=25,  # a staff member glances at the reports now and then, whatever the traffic mix
+        setup=_setup,
+        on_response=_on_response,
+        report=_report,
     )

@@ -70,6 +70,7 @@ class Scenario:
     name: str
     make_request: Callable[[DemoContext, int], DemoRequest]
     weight: float = 1.0
+    every: int | None = None  # also (or only, with weight 0) every Nth request, deterministically
     settings: dict[str, Any] = field(default_factory=dict)  # merged into HOTCACHE
     middleware: list[str] = field(default_factory=list)  # dotted paths inserted into MIDDLEWARE
     replaces_middleware: dict[str, str] = field(default_factory=dict)  # old dotted path -> new one
@@ -180,10 +181,12 @@ def _run(
     handler = WSGIHandler()
     factory = RequestFactory()
     weights = [sc.weight for sc in scenarios]
+    periodic = [sc for sc in scenarios if sc.every]
     before = metering.snapshot()
     start = time.perf_counter()
     for i in range(requests):
-        sc = ctx.rng.choices(scenarios, weights=weights)[0]
+        due = [p for p in periodic if (i + 1) % p.every == 0]  # type: ignore[operator]
+        sc = due[0] if due else ctx.rng.choices(scenarios, weights=weights)[0]
         req = sc.make_request(ctx, i)
         req.scenario = sc.name
         resp = _send(handler, factory, req)
