@@ -357,13 +357,16 @@ def _verify_on_mongo(
         "a": {"$lt": conf["max_attempts"]},
     }
     if newer_than_ms is not None:
-        live["issued_at"] = {"$gt": _at(newer_than_ms)}
+        # Redis answered: only a code issued after the Redis record counts. Normally MongoDB holds
+        # none, so this one read is all a Redis miss or wrong guess costs.
+        newer = {"_id": doc_id, "issued_at": {"$gt": _at(newer_than_ms)}, "expires_at": {"$gt": now}}
+        if coll.find_one(newer, {"_id": 1}) is None:
+            return None
+        live["issued_at"] = newer["issued_at"]
     uncapped = {"$or": [{"fails": {"$lt": conf["fail_limit"]}}, {"fails_reset_at": {"$lte": now}}, {"fails": None}]}
     # Count the attempt and read the digest in one atomic step.
     doc = coll.find_one_and_update({**live, **uncapped}, {"$inc": {"a": 1}}, return_new=True)
     if doc is None:
-        if newer_than_ms is not None:
-            return None
         return _mongo_refusal(coll.find_one({"_id": doc_id}), now, conf)
     if hmac.compare_digest(str(doc.get("d", "")), digest):
         # Consume: only one caller can move this exact code from live to used.
