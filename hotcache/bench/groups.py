@@ -16,6 +16,9 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     # --- Rate limiting (issue 3) ---
     # --- Cached users (issue 4) ---
     # --- MFA codes (issue 5) ---
+    from hotcache.bench import mfa as mfa_bench
+
+    groups["mfa"] = mfa_bench.arms
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---

@@ -22,6 +22,9 @@ def all_scenarios() -> list[Scenario]:
     # --- Rate limiting (issue 3) ---
     # --- Cached users (issue 4) ---
     # --- MFA codes (issue 5) ---
+    from hotcache.demo.mfa import mfa_logins
+
+    scenarios.append(mfa_logins())
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---

@@ -10,4 +10,7 @@ urlpatterns = [
     path("me/", views.whoami, name="demo-whoami"),
     path("admin/", admin.site.urls),
     path("hotcache/", include("hotcache.urls")),
+    # mfa
+    path("mfa/issue/", views.mfa_issue, name="demo-mfa-issue"),
+    path("mfa/verify/", views.mfa_verify, name="demo-mfa-verify"),
 ]
