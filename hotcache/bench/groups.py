@@ -19,6 +19,9 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     from hotcache.bench import users as users_bench
     groups["users"] = users_bench.arms
     # --- MFA codes (issue 5) ---
+    from hotcache.bench import mfa as mfa_bench
+
+    groups["mfa"] = mfa_bench.arms
     # --- API keys (issue 6) ---
     from hotcache.bench import apikeys as apikeys_bench
     groups["apikeys"] = apikeys_bench.arms

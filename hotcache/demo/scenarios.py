@@ -25,6 +25,9 @@ def all_scenarios() -> list[Scenario]:
     from hotcache.demo import users as users_demo
     scenarios.append(users_demo.scenario())
     # --- MFA codes (issue 5) ---
+    from hotcache.demo.mfa import mfa_logins
+
+    scenarios.append(mfa_logins())
     # --- API keys (issue 6) ---
     from hotcache.demo import apikeys as apikeys_demo
     scenarios.append(apikeys_demo.scenario())

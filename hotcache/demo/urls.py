@@ -18,4 +18,7 @@ urlpatterns = [
     # apikeys
     path("api/usage/", views.api_usage, name="demo-api-usage"),
     path("api/usage-async/", views.api_usage_async, name="demo-api-usage-async"),
+    # mfa
+    path("mfa/issue/", views.mfa_issue, name="demo-mfa-issue"),
+    path("mfa/verify/", views.mfa_verify, name="demo-mfa-verify"),
 ]

@@ -1,0 +1,206 @@
+"""MFA on the real Redis: round trips, TTLs, nothing recoverable at rest, and behaviour across outages."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotcache import keys, mfa
+from hotcache.backends import mongo
+from hotcache.conf import hotcache_settings
+from hotcache.mfa import Reason
+from hotcache.testing import count_redis, mongo_down
+
+
+@pytest.fixture(autouse=True)
+def _no_mfa_keys_from_earlier_tests(raw_redis, key_prefix):
+    stale = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*", count=1000))
+    if stale:
+        raw_redis.delete(*stale)
+
+
+def wrong(code):
+    return f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"
+
+
+def warm():
+    from hotcache.backends import redis as redis_backend
+
+    redis_backend.call("bench", lambda r: r.ping())
+
+
+def test_issue_and_verify_take_one_round_trip_each_and_no_mongodb():
+    warm()
+    with count_redis() as issued:
+        code = mfa.issue("alice")
+    with count_redis() as verified:
+        assert mfa.verify("alice", code)
+    for counted in (issued, verified):
+        assert counted.round_trips == 1 and counted.commands == 1 and counted.by_feature["mfa"] == 1
+        assert counted.mongo_ops == 0
+
+
+def test_a_wrong_guess_is_one_round_trip_plus_one_mongodb_read():
+    code = mfa.issue("alice")
+    warm()
+    mfa._collection()  # index creation, once per process
+    with count_redis() as counted:
+        assert mfa.verify("alice", wrong(code)).reason is Reason.INVALID
+    assert counted.round_trips == 1 and counted.mongo_ops == 1  # the outage check (module docstring)
+
+
+def test_code_record_expires_with_the_code_ttl(raw_redis, hotcache_config):
+    hotcache_config(MFA_CODE_TTL=120)
+    mfa.issue("alice")
+    key = keys.tagged("mfa", "alice", "login", "code")
+    assert 119_000 < raw_redis.pttl(key) <= 120_000
+    for name in ("cool", "sends"):
+        assert raw_redis.pttl(keys.tagged("mfa", "alice", "login", name)) > 0
+
+
+def test_every_key_mfa_writes_has_a_ttl(raw_redis, key_prefix):
+    code = mfa.issue("alice")
+    mfa.verify("alice", wrong(code))
+    mfa.verify("alice", code)
+    written = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*"))
+    assert len(written) == 4
+    assert all(raw_redis.pttl(k) > 0 for k in written)
+
+
+def test_server_side_expiry_ends_the_code(raw_redis):
+    code = mfa.issue("alice")
+    # An expiry time in the past: the server expires the key at once (no sleeping for a TTL to run out).
+    assert raw_redis.pexpireat(keys.tagged("mfa", "alice", "login", "code"), 1)
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
+
+
+def _everything_stored(raw_redis, key_prefix):
+    """Every key name and value under this run's prefix, and every MongoDB document, as text."""
+    blobs = []
+    for key in raw_redis.scan_iter(match=f"{key_prefix}:*", count=1000):
+        blobs.append(key)
+        kind = raw_redis.type(key)
+        if kind == b"string":
+            blobs.append(raw_redis.get(key) or b"")
+        elif kind == b"hash":
+            for f, v in raw_redis.hgetall(key).items():
+                blobs += [f, v]
+        elif kind == b"list":
+            blobs += raw_redis.lrange(key, 0, -1)
+        elif kind == b"set":
+            blobs += list(raw_redis.smembers(key))
+        elif kind == b"zset":
+            blobs += [m for m, _ in raw_redis.zrange(key, 0, -1, withscores=True)]
+    db = mongo._current().client[mongo.database_name()]
+    for name in db.list_collection_names():
+        blobs += [repr(doc).encode() for doc in db[name].find()]
+    return [b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in blobs]
+
+
+def test_nothing_stored_reveals_a_live_code(raw_redis, key_prefix, redis_proxy, clock, hotcache_config):
+    hotcache_config(MFA_DIGITS=10)  # 10 digits: no chance that a timestamp happens to contain a code
+    live = [mfa.issue(f"user{i}") for i in range(5)]
+    tried = mfa.issue("tried")
+    mfa.verify("tried", wrong(tried))
+    used = mfa.issue("used")
+    mfa.verify("used", used)
+    redis_proxy.down()
+    live += [mfa.issue(f"outage{i}") for i in range(3)]
+    mfa.verify("outage0", wrong(live[-3]))
+    redis_proxy.up()
+    clock.advance(hotcache_settings.HEALTH_COOLDOWN)
+    live.append(tried)
+    stored = _everything_stored(raw_redis, key_prefix)
+    assert any("{mfa:" in s for s in stored) and any("mfa_codes" in s or "outage" in s for s in stored)
+    for code in [*live, used]:
+        assert not any(code in s for s in stored), "a code is stored in plaintext"
+
+
+# --- across Redis outages ------------------------------------------------------------------------
+
+
+def recover(proxy, clock):
+    proxy.up()
+    clock.advance(hotcache_settings.HEALTH_COOLDOWN)  # let the health gate probe again
+
+
+def test_code_issued_before_an_outage_verifies_after_redis_returns(redis_proxy, clock):
+    code = mfa.issue("alice")
+    redis_proxy.down()
+    during = mfa.verify("alice", code)
+    assert not during and during.store == "mongodb"  # MongoDB cannot see a code held in Redis
+    recover(redis_proxy, clock)
+    after = mfa.verify("alice", code)
+    assert after and after.store == "redis"
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
+
+
+def test_code_issued_during_an_outage_verifies_once_after_redis_returns(redis_proxy, clock):
+    redis_proxy.down()
+    code = mfa.issue("alice")
+    recover(redis_proxy, clock)
+    with count_redis() as counted:
+        result = mfa.verify("alice", code)
+    assert result and result.store == "mongodb" and counted.round_trips >= 1  # Redis was asked first
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
+
+
+def test_wrong_guesses_during_an_outage_still_burn_the_code_after_it(redis_proxy, clock):
+    redis_proxy.down()
+    code = mfa.issue("alice")
+    for _ in range(4):
+        assert mfa.verify("alice", wrong(code)).reason is Reason.INVALID
+    recover(redis_proxy, clock)
+    assert mfa.verify("alice", wrong(code)).reason is Reason.TOO_MANY_ATTEMPTS
+    assert mfa.verify("alice", code).reason is Reason.TOO_MANY_ATTEMPTS
+
+
+def test_a_code_issued_during_an_outage_supersedes_the_redis_one(redis_proxy, clock):
+    old = mfa.issue("alice")
+    redis_proxy.down()
+    clock.advance(40)
+    new = mfa.issue("alice")
+    recover(redis_proxy, clock)
+    assert mfa.verify("alice", new)
+    assert not mfa.verify("alice", old)  # the older Redis code was removed when the newer one succeeded
+
+
+def test_a_code_issued_after_the_outage_supersedes_the_mongodb_one(redis_proxy, clock):
+    redis_proxy.down()
+    old = mfa.issue("alice")
+    recover(redis_proxy, clock)
+    clock.advance(40)
+    new = mfa.issue("alice")
+    if new == old:
+        pytest.skip("the two random codes collided (one chance in a million)")
+    assert mfa.verify("alice", old).reason is Reason.INVALID
+    assert mfa.verify("alice", new)
+    assert not mfa.verify("alice", old)
+
+
+def test_a_replayed_mongodb_code_fails_after_a_newer_redis_code_was_used(redis_proxy, clock):
+    redis_proxy.down()
+    old = mfa.issue("alice")
+    recover(redis_proxy, clock)
+    clock.advance(40)
+    assert mfa.verify("alice", mfa.issue("alice"))
+    assert not mfa.verify("alice", old)  # the Redis tombstone is newer than the MongoDB code
+
+
+def test_both_stores_down_verify_fails_closed(redis_down):
+    with mongo_down(), count_redis() as counted:
+        result = mfa.verify("alice", "123456")
+    assert not result and result.reason is Reason.UNAVAILABLE
+    assert counted.events["mfa:unavailable"] == 1
+
+
+def test_both_stores_down_issue_raises_a_hotcache_error(redis_down):
+    with mongo_down(), pytest.raises(mfa.MfaUnavailable) as exc:
+        mfa.issue("alice")
+    assert "Redis and MongoDB" in str(exc.value)
+
+
+def test_mongodb_down_does_not_matter_while_redis_is_up():
+    with mongo_down():
+        code = mfa.issue("alice")
+        assert mfa.verify("alice", wrong(code)).reason is Reason.INVALID
+        assert mfa.verify("alice", code)
