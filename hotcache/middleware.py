@@ -5,6 +5,9 @@ from __future__ import annotations
 __all__: list[str] = []
 
 # --- Rate limiting (issue 3) ---
+from hotcache.ratelimit_middleware import RateLimitMiddleware
+
+__all__ += ["RateLimitMiddleware"]
 
 # --- Cached users (issue 4) ---
 
