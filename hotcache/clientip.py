@@ -152,5 +152,18 @@ def _prefix(value: Any, top: int, default: int) -> int:
 
 def client_bucket(request: Any) -> str | None:
     """client_ip() grouped into its bucket, or None when REMOTE_ADDR itself is unusable."""
+    meta = getattr(request, "META", None) or {}
+    if not hotcache_settings.TRUSTED_PROXIES:
+        # The common case (no proxies): the bucket depends on REMOTE_ADDR alone; parse each address once.
+        remote = meta.get("REMOTE_ADDR")
+        if not isinstance(remote, str):
+            return None
+        return _bucket_of(remote, hotcache_settings.IPV4_PREFIX, hotcache_settings.IPV6_PREFIX)
     addr = client_ip(request)
+    return None if addr is None else bucket(addr)
+
+
+@lru_cache(maxsize=4096)
+def _bucket_of(remote: str, v4: Any, v6: Any) -> str | None:
+    addr = parse_address(remote)
     return None if addr is None else bucket(addr)

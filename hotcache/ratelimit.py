@@ -196,7 +196,13 @@ class Decision:
 
 def limit_keys(limit: Limit) -> list[str]:
     """The two counters of a rule+identifier (even and odd windows), sharing one hash tag."""
-    return [keys.tagged(_FEATURE, limit.identity, "0"), keys.tagged(_FEATURE, limit.identity, "1")]
+    return list(_keys_for(keys.prefix(), limit.identity))
+
+
+@functools.lru_cache(maxsize=4096)
+def _keys_for(prefix: str, identity: str) -> tuple[str, str]:
+    # Cached per (prefix, identity): hashing the tag is the costliest step of building a request's keys.
+    return keys.tagged(_FEATURE, identity, "0"), keys.tagged(_FEATURE, identity, "1")
 
 
 # -- process-local state --------------------------------------------------------------------------

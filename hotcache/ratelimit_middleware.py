@@ -249,10 +249,16 @@ def check_request(request: HttpRequest) -> Decision:
         return names
 
     limits: list[Limit] = []
+    seen: dict[str, str | None] = {}  # a built-in key (ip, user...) is resolved once per request
     for rule in rules:
         if not rule.matches_path(request, url_names):
             continue
-        ident = key_value(rule.key, request, rule.name)
+        if isinstance(rule.key, str):
+            if rule.key not in seen:
+                seen[rule.key] = key_value(rule.key, request, rule.name)
+            ident = seen[rule.key]
+        else:
+            ident = key_value(rule.key, request, rule.name)
         if not ident:
             continue
         limits.append(Limit(rule.name, ident, rule.limit, rule.window, rule.policy or "", rule.cost, rule.headers))

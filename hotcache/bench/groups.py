@@ -14,6 +14,7 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     """Feature name -> a function returning {group title: arms}. Groups are built only when selected."""
     groups: dict[str, Callable[[], dict[str, list[Arm]]]] = {"foundation": foundation.arms}
     # --- Rate limiting (issue 3) ---
+    groups["ratelimit"] = __import__("hotcache.bench.ratelimit", fromlist=["arms"]).arms
     # --- Cached users (issue 4) ---
     # --- MFA codes (issue 5) ---
     # --- API keys (issue 6) ---
