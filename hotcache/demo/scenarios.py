@@ -20,6 +20,7 @@ def pages() -> Scenario:
 def all_scenarios() -> list[Scenario]:
     scenarios = [pages()]
     # --- Rate limiting (issue 3) ---
+    scenarios.append(__import__("hotcache.demo.ratelimit", fromlist=["scenario"]).scenario())
     # --- Cached users (issue 4) ---
     # --- MFA codes (issue 5) ---
     # --- API keys (issue 6) ---

@@ -10,4 +10,7 @@ urlpatterns = [
     path("me/", views.whoami, name="demo-whoami"),
     path("admin/", admin.site.urls),
     path("hotcache/", include("hotcache.urls")),
+    # ratelimit
+    path("rl/login/", views.ratelimit_login, name="demo-rl-login"),
+    path("rl/api/", views.ratelimit_api, name="demo-rl-api"),
 ]
