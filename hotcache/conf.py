@@ -52,13 +52,14 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_SERVER_CONNECTION_LIMIT": 500,  # the server's connection limit (Atlas M0: 500), for reports
 
     # --- Rate limiting (issue 3) ---
-    "RATELIMIT_RULES": [],
-    "RATELIMIT_STATUS_CODE": 429,
+    "RATELIMIT_RULES": [],  # list of rule dicts, see README "Rate limiting"
+    "RATELIMIT_STATUS_CODE": 429,  # status of a denied request (403 for django-ratelimit's behaviour)
     "RATELIMIT_DEFAULT_POLICY": "local",  # outage policy: open | closed | local
     "RATELIMIT_LEGACY_HEADERS": False,  # also send X-RateLimit-Limit/Remaining/Reset
     "RATELIMIT_DENY_CACHE_SIZE": 10_000,  # process-local cache of known denials
     "TRUSTED_PROXIES": [],  # CIDRs whose X-Forwarded-For / Forwarded are believed
-    "IPV6_PREFIX": 64,
+    "TRUSTED_PROXY_HEADER": "x-forwarded-for",  # which header your proxies append: x-forwarded-for | forwarded
+    "IPV6_PREFIX": 64,  # IPv6 clients are grouped by this network prefix
     "IPV4_PREFIX": 32,
 
     # --- Cached users (issue 4) ---

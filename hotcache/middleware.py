@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
-
-# --- Rate limiting (issue 3) ---
-
-# --- Cached users (issue 4) ---
+from hotcache.ratelimit_middleware import RateLimitMiddleware
 from hotcache.users import CachedAuthenticationMiddleware
 
-__all__ += ["CachedAuthenticationMiddleware"]
+__all__ = ["CachedAuthenticationMiddleware", "RateLimitMiddleware"]
 
 # --- Analytics (issue 8) ---

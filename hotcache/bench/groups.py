@@ -15,6 +15,7 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     """Feature name -> a function returning {group title: arms}. Groups are built only when selected."""
     groups: dict[str, Callable[[], dict[str, list[Arm]]]] = {"foundation": foundation.arms}
     # --- Rate limiting (issue 3) ---
+    groups["ratelimit"] = __import__("hotcache.bench.ratelimit", fromlist=["arms"]).arms
     # --- Cached users (issue 4) ---
     from hotcache.bench import users as users_bench
     groups["users"] = users_bench.arms

@@ -21,6 +21,7 @@ def pages() -> Scenario:
 def all_scenarios() -> list[Scenario]:
     scenarios = [pages()]
     # --- Rate limiting (issue 3) ---
+    scenarios.append(__import__("hotcache.demo.ratelimit", fromlist=["scenario"]).scenario())
     # --- Cached users (issue 4) ---
     from hotcache.demo import users as users_demo
     scenarios.append(users_demo.scenario())

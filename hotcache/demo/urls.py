@@ -21,4 +21,7 @@ urlpatterns = [
     # mfa
     path("mfa/issue/", views.mfa_issue, name="demo-mfa-issue"),
     path("mfa/verify/", views.mfa_verify, name="demo-mfa-verify"),
+    # ratelimit
+    path("rl/login/", views.ratelimit_login, name="demo-rl-login"),
+    path("rl/api/", views.ratelimit_api, name="demo-rl-api"),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -15,7 +16,6 @@ def whoami(request: HttpRequest) -> JsonResponse:
 
 
 # --- Cached users (issue 4) ---
-from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 from django.views.decorators.http import require_POST  # noqa: E402
 
 
@@ -124,3 +124,14 @@ def mfa_verify(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": str(exc)}, status=400)
     status = {"ok": 200, "too_many_attempts": 429, "unavailable": 503}.get(result.reason.value, 401)
     return JsonResponse({"ok": result.ok, "reason": result.reason.value, "store": result.store}, status=status)
+# --- Rate limiting (issue 3) ---
+@csrf_exempt
+def ratelimit_login(request: HttpRequest) -> JsonResponse:
+    """A stand-in login endpoint; RateLimitMiddleware's rules guard it."""
+    rules = getattr(request, "ratelimit", None)
+    return JsonResponse({"ok": True, "rules": [r.name for r in rules.results] if rules else []})
+
+
+def ratelimit_api(request: HttpRequest) -> JsonResponse:
+    rules = getattr(request, "ratelimit", None)
+    return JsonResponse({"items": [], "rules": [r.name for r in rules.results] if rules else []})

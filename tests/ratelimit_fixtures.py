@@ -1,0 +1,28 @@
+"""Helpers for the rate limiting tests: a child-process worker (spawn) and the autouse reset."""
+
+from __future__ import annotations
+
+import os
+
+
+def child_hammer(args):
+    """In a spawned process: wait at the barrier, then try `attempts` requests; return how many were admitted.
+
+    ``skew`` shifts this process's clock (hotcache.clock) by that many seconds.
+    """
+    barrier, ident, limit, window, attempts, skew, out = args
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+    import time
+
+    import django
+
+    django.setup()
+    from hotcache.ratelimit import Limit, evaluate
+    from hotcache.testing import frozen_clock
+
+    lim = Limit("mp", ident, limit, window)
+    with frozen_clock(time.time() + skew):
+        evaluate([Limit("warm", ident, 10**6, window)])  # connect before the barrier
+        barrier.wait()
+        admitted = sum(1 for _ in range(attempts) if evaluate([lim]).allowed)
+    out.put(admitted)
