@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from celery import shared_task  # noqa: F401 - used by the feature tasks below
+from celery import shared_task
+
 
 # --- Workbench (issue 7) ---
+@shared_task(name="hotcache.tasks.persist_workbench_sessions", ignore_result=False)
+def persist_workbench_sessions() -> dict:
+    """Move ended and abandoned workbench sessions into MongoDB history (safe to overlap and to rerun)."""
+    from hotcache import workbench
+
+    return workbench.persist().as_dict()
 
 # --- Analytics (issue 8) ---
