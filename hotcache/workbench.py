@@ -516,15 +516,23 @@ def _history_record(
 
 
 def _write_history(records: list[dict[str, Any]]) -> set[int]:
-    """One bulk write. Returns the indexes of records already there: a record that is not newer than the
-    stored one matches nothing, upserts on the existing _id and fails with E11000 (already persisted)."""
+    """Write history records in bulk; return the indexes of records that were already there.
+
+    First one unordered bulk insert (the common case: new records, one round trip). Records whose _id
+    exists (E11000: a replay, another worker, or a session persisted earlier at an older version) get a
+    second bulk of rank-guarded upserts: a newer version replaces the stored one; a record that is not
+    newer matches nothing, upserts on the existing _id and fails with E11000 again: already persisted.
+    """
     if not records:
         return set()
-    ops = [
-        mongo.Update({"_id": rec["_id"], "rank": {"$lt": rec["rank"]}}, {"$set": rec}, upsert=True)
-        for rec in records
-    ]
-    return set(_history().bulk(ops, ordered=False).duplicates)
+    coll = _history()
+    first = coll.bulk([mongo.Insert(rec) for rec in records], ordered=False)
+    if not first.duplicates:
+        return set()
+    again = [records[i] for i in first.duplicates]
+    ops = [mongo.Update({"_id": rec["_id"], "rank": {"$lt": rec["rank"]}}, {"$set": rec}, upsert=True) for rec in again]
+    second = coll.bulk(ops, ordered=False)
+    return {first.duplicates[i] for i in second.duplicates}
 
 
 def _claim(run_id: str, limit: int) -> list[str]:

@@ -18,5 +18,6 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     # --- MFA codes (issue 5) ---
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---
+    groups["workbench"] = __import__("hotcache.bench.workbench", fromlist=["arms"]).arms
     # --- Analytics (issue 8) ---
     return groups
