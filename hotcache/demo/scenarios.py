@@ -24,5 +24,6 @@ def all_scenarios() -> list[Scenario]:
     # --- MFA codes (issue 5) ---
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---
+    scenarios.append(__import__("hotcache.demo.workbench", fromlist=["scenario"]).scenario())
     # --- Analytics (issue 8) ---
     return scenarios
