@@ -241,3 +241,25 @@ def test_during_an_outage_a_versioned_save_of_a_redis_only_session_conflicts_ins
     with pytest.raises(workbench.Conflict):
         workbench.save("s1", {"draft": "v2"}, expected_version=1)
     redis_proxy.up()
+
+
+def test_end_after_an_outage_ends_the_mongodb_copy(redis_proxy, clock):
+    redis_proxy.down()
+    workbench.save("s1", {"n": 1})
+    redis_proxy.up()
+    clock.advance(10)
+    assert workbench.end("s1") is True
+    assert workbench.load("s1") is None
+    assert [e.session_id for e in workbench.history()] == ["s1"]
+
+
+def test_feature_events_are_metered():
+    with count_redis() as c:
+        workbench.save("s1", {"n": 1})
+        workbench.load("s1")
+        with pytest.raises(workbench.Conflict):
+            workbench.save("s1", {}, expected_version=5)
+        workbench.end("s1")
+        workbench.persist()
+    for name in ("saved", "loaded", "conflict", "ended", "persisted"):
+        assert c.events[f"workbench:{name}"] == 1, name
