@@ -41,7 +41,9 @@ writes the history record directly. When Redis is back, a load (or a save with e
 misses in Redis but finds the session in ``workbench_active`` moves it into Redis and continues from its
 version; persist() also sweeps ``workbench_active`` for idle sessions. Limits, by design (MongoDB load is
 what this feature removes): saves are not written through, so a session saved to Redis before an outage
-is not visible during it (load returns None for it until Redis is back; nothing is lost). A blind save
+is not visible during it (load returns None for it until Redis is back; nothing is lost). With both
+Redis and MongoDB down, save/load/end raise BackendUnavailable. A load that misses in Redis costs one
+MongoDB read (the outage-copy check). A blind save
 (no expected_version) of an id that Redis does not know starts a new incarnation even if
 ``workbench_active`` holds one from the outage; both reach history.
 """
@@ -122,7 +124,7 @@ class HistoryEntry:
     owner: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
-    closed_at: dt.datetime  # when it ended, or when it was last seen (abandoned)
+    closed_at: dt.datetime  # when it ended; for an abandoned session, its last update (last seen on the fallback)
     reason: str  # "ended" | "idle"
 
 
