@@ -394,6 +394,89 @@ def check_apikeys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return errors
 
 # --- Workbench (E050-E059) ---
+_WORKBENCH_NUMBERS = (
+    "WORKBENCH_IDLE_TIMEOUT",
+    "WORKBENCH_MAX_STATE_BYTES",
+    "WORKBENCH_PERSIST_IDLE_AFTER",
+    "WORKBENCH_PERSIST_INTERVAL",
+    "WORKBENCH_CLAIM_TIMEOUT",
+    "WORKBENCH_ENDED_TTL",
+    "WORKBENCH_PERSIST_BATCH",
+)
+_WORKBENCH_TASK = "hotcache.tasks.persist_workbench_sessions"
+_MONGO_DOCUMENT_LIMIT = 16 * 1024 * 1024
+
+
+def _schedule_seconds(schedule: Any) -> float | None:
+    if isinstance(schedule, int | float) and not isinstance(schedule, bool):
+        return float(schedule)
+    if hasattr(schedule, "total_seconds"):
+        return float(schedule.total_seconds())
+    run_every = getattr(schedule, "run_every", None)  # celery.schedules.schedule
+    return float(run_every.total_seconds()) if run_every is not None else None
+
+
+@register(Tags.compatibility)
+def check_workbench(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    if not hotcache_settings.enabled("workbench"):
+        return []
+    errors = number_setting_errors(_WORKBENCH_NUMBERS, integer=True)
+    if errors:
+        return errors
+    idle = hotcache_settings.WORKBENCH_IDLE_TIMEOUT
+    after = hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER
+    every = hotcache_settings.WORKBENCH_PERSIST_INTERVAL
+    claim = hotcache_settings.WORKBENCH_CLAIM_TIMEOUT
+    if after + every + claim >= idle:
+        errors.append(
+            Error(
+                f"{_setting('WORKBENCH_PERSIST_IDLE_AFTER')}={after} + {_setting('WORKBENCH_PERSIST_INTERVAL')}"
+                f"={every} + {_setting('WORKBENCH_CLAIM_TIMEOUT')}={claim} is not below "
+                f"{_setting('WORKBENCH_IDLE_TIMEOUT')}={idle}: an abandoned session could expire in Redis "
+                "before the persister moves it to history.",
+                hint="Lower WORKBENCH_PERSIST_IDLE_AFTER (default 2700) or raise WORKBENCH_IDLE_TIMEOUT "
+                "(default 3600) so that the sum stays below it.",
+                id="hotcache.E051",
+            )
+        )
+    size = hotcache_settings.WORKBENCH_MAX_STATE_BYTES
+    if size > _MONGO_DOCUMENT_LIMIT - 64 * 1024:
+        errors.append(
+            Error(
+                f"{_setting('WORKBENCH_MAX_STATE_BYTES')}={size} does not fit in a MongoDB document (16 MiB) "
+                "with the history record's other fields.",
+                hint="Keep it under 16,000,000 (default 1,000,000); large states also cost Redis memory.",
+                id="hotcache.E052",
+            )
+        )
+    ended_ttl = hotcache_settings.WORKBENCH_ENDED_TTL
+    if ended_ttl <= every + claim:
+        errors.append(
+            Error(
+                f"{_setting('WORKBENCH_ENDED_TTL')}={ended_ttl} is not above {_setting('WORKBENCH_PERSIST_INTERVAL')}"
+                f" + {_setting('WORKBENCH_CLAIM_TIMEOUT')} ({every + claim}): an ended session could expire "
+                "before the persister (or its recovery run) writes it to history.",
+                hint="Use at least a few persister intervals; the default 86400 also rides out a MongoDB outage "
+                "of up to a day.",
+                id="hotcache.E053",
+            )
+        )
+    beat = getattr(settings, "CELERY_BEAT_SCHEDULE", None) or {}
+    for name, entry in beat.items():
+        if not isinstance(entry, dict) or entry.get("task") != _WORKBENCH_TASK:
+            continue
+        seconds = _schedule_seconds(entry.get("schedule"))
+        if seconds is not None and seconds > every:
+            errors.append(
+                Error(
+                    f"CELERY_BEAT_SCHEDULE[{name!r}] runs {_WORKBENCH_TASK} every {seconds:g} s, less often than "
+                    f"{_setting('WORKBENCH_PERSIST_INTERVAL')}={every} assumed by the idle timeouts.",
+                    hint="Schedule it at least every WORKBENCH_PERSIST_INTERVAL seconds, or raise that setting "
+                    "(and keep hotcache.E051 satisfied).",
+                    id="hotcache.E054",
+                )
+            )
+    return errors
 
 # --- Analytics (E060-E069) ---
 

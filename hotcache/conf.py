@@ -82,8 +82,13 @@ DEFAULTS: dict[str, Any] = {
     "APIKEY_HEADER": "X-Api-Key",  # header read when Authorization carries no "Api-Key <key>"
 
     # --- Workbench sessions (issue 7) ---
-    "WORKBENCH_IDLE_TIMEOUT": 3600,
-    "WORKBENCH_MAX_STATE_BYTES": 1_000_000,
+    "WORKBENCH_IDLE_TIMEOUT": 3600,  # seconds; a session's Redis lifetime, renewed by every save and load
+    "WORKBENCH_MAX_STATE_BYTES": 1_000_000,  # largest state, as UTF-8 JSON
+    "WORKBENCH_PERSIST_IDLE_AFTER": 2700,  # seconds unused before the persister moves a session to history
+    "WORKBENCH_PERSIST_INTERVAL": 300,  # seconds between persister runs (the beat schedule uses this)
+    "WORKBENCH_CLAIM_TIMEOUT": 300,  # seconds before a crashed persister's claims are taken over
+    "WORKBENCH_ENDED_TTL": 86_400,  # seconds an ended session waits in Redis for the persister (MongoDB outages)
+    "WORKBENCH_PERSIST_BATCH": 1000,  # sessions per claim and per MongoDB bulk write
 
     # --- Analytics (issue 8) ---
     "ANALYTICS_RETENTION_HOURS": 168,

@@ -19,4 +19,12 @@ def sync_apikey_usage(days: int = 2) -> dict:
 
 # --- Workbench (issue 7) ---
 
+
+@shared_task(name="hotcache.tasks.persist_workbench_sessions", ignore_result=False)
+def persist_workbench_sessions() -> dict:
+    """Move ended and abandoned workbench sessions into MongoDB history (safe to overlap and to rerun)."""
+    from hotcache import workbench
+
+    return workbench.persist().as_dict()
+
 # --- Analytics (issue 8) ---

@@ -106,6 +106,11 @@ CELERY_BEAT_SCHEDULE: dict = {
 
     # --- Analytics (issue 8) ---
     # --- Workbench (issue 7) ---
+    # Must not run less often than HOTCACHE['WORKBENCH_PERSIST_INTERVAL'] (check hotcache.E054).
+    "hotcache-persist-workbench-sessions": {
+        "task": "hotcache.tasks.persist_workbench_sessions",
+        "schedule": float(HOTCACHE.get("WORKBENCH_PERSIST_INTERVAL", 300)),
+    },
 }
 
 LOGGING = {

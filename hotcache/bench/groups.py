@@ -27,6 +27,7 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     from hotcache.bench import apikeys as apikeys_bench
     groups["apikeys"] = apikeys_bench.arms
     # --- Workbench (issue 7) ---
+    groups["workbench"] = __import__("hotcache.bench.workbench", fromlist=["arms"]).arms
     # --- Analytics (issue 8) ---
 
     # --- Reports (issue 9) ---

@@ -33,6 +33,7 @@ def all_scenarios() -> list[Scenario]:
     from hotcache.demo import apikeys as apikeys_demo
     scenarios.append(apikeys_demo.scenario())
     # --- Workbench (issue 7) ---
+    scenarios.append(__import__("hotcache.demo.workbench", fromlist=["scenario"]).scenario())
     # --- Analytics (issue 8) ---
 
     # --- Reports (issue 9) ---

@@ -24,4 +24,9 @@ urlpatterns = [
     # ratelimit
     path("rl/login/", views.ratelimit_login, name="demo-rl-login"),
     path("rl/api/", views.ratelimit_api, name="demo-rl-api"),
+    # workbench
+    path("workbench/<str:session_id>/", views.workbench_load, name="demo-workbench-load"),
+    path("workbench/<str:session_id>/save", views.workbench_save, name="demo-workbench-save"),
+    path("workbench/<str:session_id>/edit", views.workbench_edit, name="demo-workbench-edit"),
+    path("workbench/<str:session_id>/end", views.workbench_end, name="demo-workbench-end"),
 ]
