@@ -9,3 +9,6 @@ __all__: list[str] = []
 # --- Cached users (issue 4) ---
 
 # --- Analytics (issue 8) ---
+from hotcache.analytics import AnalyticsMiddleware
+
+__all__ += ["AnalyticsMiddleware"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from django.urls import path  # noqa: F401 - used by the feature routes below
+from django.urls import include, path
 
 app_name = "hotcache"
 
 urlpatterns: list = [
     # --- Analytics (issue 8) ---
+    # POST analytics/track, URL name "hotcache:analytics-track" (what a RATELIMIT_RULES entry targets).
+    path("analytics/", include("hotcache.analytics")),
     # --- Reports (issue 9) ---
 ]

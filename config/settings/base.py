@@ -9,6 +9,8 @@ mongomock for MongoDB ("embedded defaults"). Set REDIS_URL and MONGO_URL to use 
 import os
 from pathlib import Path
 
+from celery.schedules import crontab
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-hotcache-demo-key-change-me-0123456789abcdef")
@@ -102,6 +104,10 @@ CELERY_TASK_TIME_LIMIT = 15 * 60
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {
     # --- Analytics (issue 8) ---
+    "hotcache-sync-analytics": {
+        "task": "hotcache.tasks.sync_analytics",
+        "schedule": crontab(minute=5),  # hourly, after ANALYTICS_SYNC_GRACE (300 s) has closed the last hour
+    },
     # --- Workbench (issue 7) ---
 }
 
