@@ -322,6 +322,8 @@ class _FallbackBuffer:
     def _offer(self, key: tuple[str, str, str], n: int) -> bool:
         with self._lock:
             if key in self._counts or len(self._counts) < int(hotcache_settings.ANALYTICS_FALLBACK_BUFFER_SIZE):
+                if not self._counts and self._inflight is None:
+                    self._last_flush = clock.monotonic()  # the interval runs from the first buffered event
                 self._counts[key] = self._counts.get(key, 0) + n
                 return True
             return False
@@ -362,9 +364,9 @@ class _FallbackBuffer:
                 return 0
             flush_id, counts = inflight
             ops = [_counter_op(flush_id, h, e, p, n) for (h, e, p), n in counts.items()]
-            coll = _hourly_collection()
             stats = _WriteStats()
             try:
+                coll = _hourly_collection()
                 for i in range(0, len(ops), MAX_CHUNK):
                     _bulk(coll, ops[i : i + MAX_CHUNK], stats)
             except (BackendUnavailable, MongoWriteError) as exc:
@@ -423,7 +425,10 @@ class SyncResult:
 
 
 def _checkpoint(step: str) -> None:
-    """Named points of the sync (before_claim, after_claim, after_chunk, before_release); tests inject crashes."""
+    """Named points of the sync (before_claim, after_claim, before_apply, after_chunk, before_release).
+
+    Tests replace it to inject a crash or hold two runs at the same point; it does nothing in production.
+    """
 
 
 def sync(
@@ -550,6 +555,7 @@ def _sync_counters(
             ops.append((batch, _counter_op(batch, hour, event, path, n)))
             state["events"] += n
     total = len(ops)
+    _checkpoint("before_apply")
     last_op_of: dict[str, int] = {}
     for i, (batch, _) in enumerate(ops):
         last_op_of[batch] = i

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hotcache import analytics
+from hotcache.conf import hotcache_settings
 
 
 class Command(BaseCommand):
@@ -25,8 +26,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        chunk = min(analytics.MAX_CHUNK, int(hotcache_settings.ANALYTICS_SYNC_CHUNK))
+
         def progress(done: int, total: int) -> None:
-            if total > analytics.MAX_CHUNK:
+            if total > chunk:  # a backlog of several bulk writes: show each one
                 self.stdout.write(f"  {done}/{total} counters written")
 
         result = analytics.sync(
