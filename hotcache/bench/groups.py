@@ -10,6 +10,12 @@ from hotcache.bench.runner import Arm
 __all__ = ["all_groups"]
 
 
+def _analytics_arms() -> dict[str, list[Arm]]:  # Analytics (issue 8): imported when selected
+    from hotcache.bench import analytics
+
+    return analytics.arms()
+
+
 def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     """Feature name -> a function returning {group title: arms}. Groups are built only when selected."""
     groups: dict[str, Callable[[], dict[str, list[Arm]]]] = {"foundation": foundation.arms}
@@ -19,4 +25,5 @@ def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---
+    groups["analytics"] = _analytics_arms
     return groups

@@ -25,4 +25,5 @@ def all_scenarios() -> list[Scenario]:
     # --- API keys (issue 6) ---
     # --- Workbench (issue 7) ---
     # --- Analytics (issue 8) ---
+    scenarios.append(__import__("hotcache.demo.analytics", fromlist=["scenario"]).scenario())
     return scenarios
