@@ -260,12 +260,17 @@ def _visitors_collection() -> mongo.Collection:
     return mongo.ensure_indexes(VISITORS, feature=FEATURE, create=_visitors_indexes)
 
 
-def _counter_op(batch: str, hour: str, event: str, path: str, n: int) -> mongo.Update:
+def _counter_op(batch: str, hour: str, event: str, path: str, n: int, *, ids: str = "batches") -> mongo.Update:
+    """``$inc`` guarded by the batch id: a replay matches nothing (or hits E11000 on ``_id``).
+
+    Sync batches are remembered in ``batches``, outage-buffer flushes in ``flushes``, so a long outage's
+    many flushes cannot push a pending sync batch out of the window that makes its replay harmless.
+    """
     return mongo.Update(
-        {"_id": f"{hour}|{event}|{path}", "batches": {"$ne": batch}},
+        {"_id": f"{hour}|{event}|{path}", ids: {"$ne": batch}},
         {
             "$inc": {"count": n},
-            "$push": {"batches": {"$each": [batch], "$slice": -_KEEP_BATCH_IDS}},
+            "$push": {ids: {"$each": [batch], "$slice": -_KEEP_BATCH_IDS}},
             "$setOnInsert": {"hour": _label_to_hour(hour), "event": event, "path": path},
         },
         upsert=True,
@@ -363,7 +368,7 @@ class _FallbackBuffer:
             if inflight is None:
                 return 0
             flush_id, counts = inflight
-            ops = [_counter_op(flush_id, h, e, p, n) for (h, e, p), n in counts.items()]
+            ops = [_counter_op(flush_id, h, e, p, n, ids="flushes") for (h, e, p), n in counts.items()]
             stats = _WriteStats()
             try:
                 coll = _hourly_collection()

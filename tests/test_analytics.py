@@ -275,3 +275,15 @@ def test_checks_name_the_analytics_setting(hotcache_config, values, check_id, se
 
 def test_default_settings_pass_the_analytics_checks():
     assert not [m for m in run_checks() if m.id.startswith("hotcache.E06")]
+
+
+def test_outage_flushes_do_not_evict_sync_batch_ids(redis_down, hotcache_config, clock):
+    """Many buffer flushes to one document keep their own id window, so a pending sync batch stays recognisable."""
+    coll = analytics._hourly_collection()
+    hour = hc_clock.utcnow().strftime("%Y%m%d%H")
+    coll.bulk([analytics._counter_op("sync-batch", hour, "signup", "/a", 1)])
+    for _ in range(60):
+        analytics.track("signup", path="/a")
+        analytics.flush_fallback()
+    assert coll.bulk([analytics._counter_op("sync-batch", hour, "signup", "/a", 1)]).duplicates == [0]
+    assert hourly_total() == 61
