@@ -91,7 +91,18 @@ DEFAULTS: dict[str, Any] = {
     "WORKBENCH_PERSIST_BATCH": 1000,  # sessions per claim and per MongoDB bulk write
 
     # --- Analytics (issue 8) ---
-    "ANALYTICS_RETENTION_HOURS": 168,
+    "ANALYTICS_RETENTION_HOURS": 168,  # TTL of Redis counters, pending batches and HLLs: the sync must run within it
+    "ANALYTICS_MAX_COUNTERS_PER_HOUR": 5000,  # (event, path) counters per hour before "(other)" takes new paths
+    "ANALYTICS_MAX_EVENTS_PER_DAY": 200,  # distinct event names per day with their own visitor HLL
+    "ANALYTICS_MAX_PATH_LENGTH": 200,  # characters of a normalised path that are kept
+    "ANALYTICS_SYNC_GRACE": 300,  # seconds after an hour ends before the sync claims it
+    "ANALYTICS_SYNC_CHUNK": 1000,  # counters per MongoDB bulk write (at most 1000)
+    "ANALYTICS_SYNC_LOCK_TIMEOUT": 900,  # seconds; saves duplicate work only (0 disables the lock)
+    "ANALYTICS_FALLBACK_BUFFER_SIZE": 1000,  # counters buffered in-process while Redis is down
+    "ANALYTICS_FALLBACK_FLUSH_INTERVAL": 2.0,  # seconds between bulk flushes of that buffer to MongoDB
+    "ANALYTICS_TRACK_MAX_BODY": 4096,  # bytes accepted by POST /hotcache/analytics/track
+    "ANALYTICS_MIDDLEWARE_INCLUDE": ["/"],  # path prefixes AnalyticsMiddleware tracks
+    "ANALYTICS_MIDDLEWARE_EXCLUDE": ["/static/", "/media/", "/admin/", "/hotcache/", "/favicon.ico"],
 
     # --- Reports (issue 9) ---
     "REPORTS_DAYS": 30,  # days the admin reports and hotcache_status show (1-40; the meter keeps 40)

@@ -8,3 +8,6 @@ from hotcache.users import CachedAuthenticationMiddleware
 __all__ = ["CachedAuthenticationMiddleware", "RateLimitMiddleware"]
 
 # --- Analytics (issue 8) ---
+from hotcache.analytics import AnalyticsMiddleware
+
+__all__ += ["AnalyticsMiddleware"]

@@ -28,3 +28,11 @@ def persist_workbench_sessions() -> dict:
     return workbench.persist().as_dict()
 
 # --- Analytics (issue 8) ---
+
+
+@shared_task(name="hotcache.tasks.sync_analytics", ignore_result=False)
+def sync_analytics(include_current_hour: bool = False) -> dict:
+    """Move analytics counters to MongoDB exactly once; safe to run twice or redelivered (claim/apply/release)."""
+    from hotcache import analytics
+
+    return analytics.sync(include_current_hour=include_current_hour).as_dict()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import path  # noqa: F401 - used by the feature routes below
+from django.urls import include, path
 
 from hotcache.admin import report_urls  # reports (issue 9): staff-only admin pages under reports/
 
@@ -10,6 +10,8 @@ app_name = "hotcache"
 
 urlpatterns: list = [
     # --- Analytics (issue 8) ---
+    # POST analytics/track, URL name "hotcache:analytics-track" (what a RATELIMIT_RULES entry targets).
+    path("analytics/", include("hotcache.analytics")),
     # --- Reports (issue 9) ---
     *report_urls(),  # /hotcache/reports/ and /hotcache/reports/<feature>/ (admin.site.admin_view)
 ]

@@ -9,6 +9,8 @@ mongomock for MongoDB ("embedded defaults"). Set REDIS_URL and MONGO_URL to use 
 import os
 from pathlib import Path
 
+from celery.schedules import crontab
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-hotcache-demo-key-change-me-0123456789abcdef")
@@ -105,6 +107,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "hotcache-sync-apikey-usage": {"task": "hotcache.tasks.sync_apikey_usage", "schedule": 600.0},
 
     # --- Analytics (issue 8) ---
+    "hotcache-sync-analytics": {
+        "task": "hotcache.tasks.sync_analytics",
+        "schedule": crontab(minute=5),  # hourly, after ANALYTICS_SYNC_GRACE (300 s) has closed the last hour
+    },
     # --- Workbench (issue 7) ---
     # Must not run less often than HOTCACHE['WORKBENCH_PERSIST_INTERVAL'] (check hotcache.E054).
     "hotcache-persist-workbench-sessions": {

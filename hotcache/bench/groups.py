@@ -1,35 +1,22 @@
-"""The benchmark groups, one module per feature. A feature adds its module and one line in all_groups()."""
+"""The benchmark groups, one module per feature (hotcache/bench/<feature>.py with an arms() function)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 
-from hotcache.bench import foundation
-from hotcache.bench import reports as reports_bench  # reports (issue 9)
 from hotcache.bench.runner import Arm
 
-__all__ = ["all_groups"]
+__all__ = ["FEATURES", "all_groups"]
+
+FEATURES = ("foundation", "ratelimit", "users", "mfa", "apikeys", "workbench", "analytics", "reports")
+
+
+def _lazy(feature: str) -> Callable[[], dict[str, list[Arm]]]:
+    # Imported only when selected: some arms pull in anchors (django-ratelimit) or build large fixtures.
+    return lambda: import_module(f"hotcache.bench.{feature}").arms()
 
 
 def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
     """Feature name -> a function returning {group title: arms}. Groups are built only when selected."""
-    groups: dict[str, Callable[[], dict[str, list[Arm]]]] = {"foundation": foundation.arms}
-    # --- Rate limiting (issue 3) ---
-    groups["ratelimit"] = __import__("hotcache.bench.ratelimit", fromlist=["arms"]).arms
-    # --- Cached users (issue 4) ---
-    from hotcache.bench import users as users_bench
-    groups["users"] = users_bench.arms
-    # --- MFA codes (issue 5) ---
-    from hotcache.bench import mfa as mfa_bench
-
-    groups["mfa"] = mfa_bench.arms
-    # --- API keys (issue 6) ---
-    from hotcache.bench import apikeys as apikeys_bench
-    groups["apikeys"] = apikeys_bench.arms
-    # --- Workbench (issue 7) ---
-    groups["workbench"] = __import__("hotcache.bench.workbench", fromlist=["arms"]).arms
-    # --- Analytics (issue 8) ---
-
-    # --- Reports (issue 9) ---
-    groups["reports"] = reports_bench.arms
-    return groups
+    return {feature: _lazy(feature) for feature in FEATURES}

@@ -1,8 +1,8 @@
-"""The demo's scenarios, one per feature. A feature adds its own module and one line in all_scenarios()."""
+"""The demo's scenarios: anonymous page views here, and one module per feature (hotcache/demo/<feature>.py)."""
 
 from __future__ import annotations
 
-from hotcache.demo import reports  # reports (issue 9)
+from hotcache.demo import analytics, apikeys, mfa, ratelimit, reports, users, workbench
 from hotcache.demo.runner import DemoContext, DemoRequest, Scenario
 
 __all__ = ["all_scenarios", "pages"]
@@ -19,23 +19,13 @@ def pages() -> Scenario:
 
 
 def all_scenarios() -> list[Scenario]:
-    scenarios = [pages()]
-    # --- Rate limiting (issue 3) ---
-    scenarios.append(__import__("hotcache.demo.ratelimit", fromlist=["scenario"]).scenario())
-    # --- Cached users (issue 4) ---
-    from hotcache.demo import users as users_demo
-    scenarios.append(users_demo.scenario())
-    # --- MFA codes (issue 5) ---
-    from hotcache.demo.mfa import mfa_logins
-
-    scenarios.append(mfa_logins())
-    # --- API keys (issue 6) ---
-    from hotcache.demo import apikeys as apikeys_demo
-    scenarios.append(apikeys_demo.scenario())
-    # --- Workbench (issue 7) ---
-    scenarios.append(__import__("hotcache.demo.workbench", fromlist=["scenario"]).scenario())
-    # --- Analytics (issue 8) ---
-
-    # --- Reports (issue 9) ---
-    scenarios.append(reports.scenario())
-    return scenarios
+    return [
+        pages(),
+        ratelimit.scenario(),
+        users.scenario(),
+        mfa.mfa_logins(),
+        apikeys.scenario(),
+        workbench.scenario(),
+        analytics.scenario(),
+        reports.scenario(),
+    ]

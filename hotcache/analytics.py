@@ -1,0 +1,913 @@
+"""Analytics: event counters in Redis, moved to MongoDB exactly once by the sync.
+
+``track()`` costs one Redis round trip (one Lua script) and no MongoDB operation while Redis is
+healthy: it increments ``<event>\\t<path>`` in the hash of the current UTC hour and adds the
+visitor to the day's HyperLogLog of that event.
+
+``sync()`` moves closed hours to MongoDB ``analytics_hourly`` with a claim / apply / release protocol:
+
+1. claim: one Lua script RENAMEs each live hour hash to ``pending:<batch id>`` and adds the batch id
+   to the pending set (a claim is never orphaned);
+2. apply: bulk upserts of ``{_id, batches: {$ne: batch}}`` with ``$inc`` and ``$push batches``, so a
+   replayed batch changes nothing; E11000 on replay means the document exists and is re-issued as a
+   plain update, which applies (a racing insert by another batch) or matches nothing (already applied);
+3. release: DEL the pending key and SREM it only after MongoDB acknowledged every write of the batch.
+
+Every run first re-applies whatever is still pending, so a crash at any step, MongoDB being down, two
+syncs at once or a redelivered task leave MongoDB totals equal to the events tracked. The lock only
+saves work. Distinct visitors per event and day go to ``analytics_visitors`` with ``$max`` of PFCOUNT.
+
+Redis down: events go through a bounded in-process buffer flushed to MongoDB in bulk (``$inc`` on
+the hourly document, guarded by a flush id so a retried flush is applied once). Exactly once while
+the process lives; what the buffer held is lost if the process dies; events that do not fit are
+dropped, counted (metering event ``dropped``) and logged. Distinct visitors are not counted meanwhile.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote
+
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.urls import path as _route
+from django.views.decorators.csrf import csrf_exempt
+
+from hotcache import clock, keys, metering
+from hotcache.backends import mongo
+from hotcache.backends import redis as redis_backend
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import BackendUnavailable, InvalidName, MongoWriteError, RedisUnavailable
+
+__all__ = [
+    "EVENT_PATTERN",
+    "OVERFLOW",
+    "AnalyticsMiddleware",
+    "AnalyticsReport",
+    "SyncResult",
+    "flush_fallback",
+    "normalize_path",
+    "report",
+    "sync",
+    "track",
+    "track_view",
+    "validate_event",
+]
+
+log = logging.getLogger("hotcache.analytics")
+
+FEATURE = "analytics"
+EVENT_PATTERN = r"[a-z0-9_.\-]{1,64}"  # documented: lower-case letters, digits, _ . -; 1 to 64 characters
+OVERFLOW = "(other)"  # path (and event) that collects what the cardinality caps turn away; never a valid name
+HOURLY = "analytics_hourly"
+VISITORS = "analytics_visitors"
+MAX_CHUNK = 1000  # counters per MongoDB bulk call (one round trip)
+_OVERFLOW_SLACK = 100  # extra "<event>\t(other)" fields an hour may hold past the cap
+_KEEP_BATCH_IDS = 50  # batch ids remembered per document; a document sees one batch per claim of its hour
+_SEP = "\t"  # field separator: never in an event name, and normalize_path() percent-encodes it
+_MAX_COUNT = 1_000_000
+_HOUR_FMT = "%Y%m%d%H"
+_DAY_FMT = "%Y%m%d"
+
+_TRACK = redis_backend.Script("analytics_track")
+_CLAIM = redis_backend.Script("analytics_claim")
+_UNLOCK = redis_backend.Script("analytics_unlock")
+
+
+# --- names and keys ------------------------------------------------------------------------------
+
+
+def validate_event(event: object) -> str:
+    """The event name if it matches EVENT_PATTERN, else InvalidName (no ':', '*', spaces, newlines...)."""
+    return keys.validate_name(event, what="event", pattern=EVENT_PATTERN)
+
+
+_SLASHES = re.compile(r"/{2,}")
+_CUT_ESCAPE = re.compile(r"%[0-9A-Fa-f]?$")
+
+
+def normalize_path(path: object) -> str:
+    """A URL path as counted: no query or fragment, percent-encoded, single slashes, length-capped.
+
+    ``None`` (no path) is ``""``. Anything else that is not a string raises InvalidName.
+    """
+    if path is None:
+        return ""
+    if not isinstance(path, str):
+        msg = f"path must be a string, not {type(path).__name__}"
+        raise InvalidName(msg)
+    text = path.split("?", 1)[0].split("#", 1)[0]
+    # Spaces, control characters, tabs and non-ASCII become %XX; existing escapes are kept.
+    text = quote(text, safe="/-._~!$&'()*+,;=:@%")
+    text = "/" + _SLASHES.sub("/", text).lstrip("/")
+    limit = int(hotcache_settings.ANALYTICS_MAX_PATH_LENGTH)
+    if len(text) > limit:
+        text = _CUT_ESCAPE.sub("", text[:limit])
+    return text
+
+
+def _key(*parts: object) -> str:
+    # One hash tag for every analytics key: the track and claim scripts touch several of them at once.
+    return keys.tagged(FEATURE, "a", *parts)
+
+
+def _hour_key(hour: str) -> str:
+    return _key("h", hour)
+
+
+def _pending_key(batch: str) -> str:
+    return _key("p", batch)
+
+
+def _hll_key(day: str, event: str) -> str:
+    return _key("v", day, event)
+
+
+def _index_keys() -> tuple[str, str, str, str]:
+    """(hour index, pending set, day index, lock)."""
+    return _key("hours"), _key("pending"), _key("days"), _key("lock")
+
+
+def _hour_start(ts: float) -> int:
+    return int(ts // 3600 * 3600)
+
+
+def _label_to_hour(label: str) -> dt.datetime:
+    return dt.datetime.strptime(label, _HOUR_FMT).replace(tzinfo=dt.UTC)
+
+
+def _label_to_day(label: str) -> dt.datetime:
+    return dt.datetime.strptime(label, _DAY_FMT).replace(tzinfo=dt.UTC)
+
+
+def _batch_hour(batch: str) -> str:
+    return batch.split("-", 1)[0]
+
+
+def _visitor_digest(user_id: object, visitor_id: object) -> str:
+    if user_id is not None:
+        raw = f"u:{user_id}"
+    elif visitor_id is not None and visitor_id != "":
+        raw = f"v:{visitor_id}"
+    else:
+        return ""
+    # Constant size and no raw identifiers sent to Redis (HyperLogLog keeps only hashes anyway).
+    return hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def _field(event: str, path: str) -> str:
+    return f"{event}{_SEP}{path}"
+
+
+def _split_field(field: str) -> tuple[str, str]:
+    event, _, path = field.partition(_SEP)
+    return event, path
+
+
+# --- track ---------------------------------------------------------------------------------------
+
+
+def track(
+    event: str,
+    *,
+    path: str | None = None,
+    user_id: object = None,
+    visitor_id: str | None = None,
+    count: int = 1,
+) -> str:
+    """Count ``count`` occurrences of ``event`` on ``path`` in the current UTC hour; add the visitor to the day's
+    distinct visitors (``user_id`` wins over ``visitor_id``). Returns "redis", "fallback" or "dropped".
+
+    Raises InvalidName for a bad event name or path type, ValueError for a bad count; never for an outage.
+    """
+    event = validate_event(event)
+    norm = normalize_path(path)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= _MAX_COUNT:
+        msg = f"count must be an integer from 1 to {_MAX_COUNT}, not {count!r}"
+        raise ValueError(msg)
+    now = clock.time()
+    hour_start = _hour_start(now)
+    day_start = int(now // 86400 * 86400)
+    when = dt.datetime.fromtimestamp(hour_start, tz=dt.UTC)
+    hour, day = when.strftime(_HOUR_FMT), when.strftime(_DAY_FMT)
+    hours_key, _, days_key, _ = _index_keys()
+    script_keys = [
+        _hour_key(hour),
+        hours_key,
+        _hll_key(day, event),
+        _hll_key(day, OVERFLOW),
+        _key("ev", day),
+        days_key,
+    ]
+    args = [
+        _field(event, norm),
+        _field(event, OVERFLOW),
+        _field(OVERFLOW, OVERFLOW),
+        count,
+        int(hotcache_settings.ANALYTICS_MAX_COUNTERS_PER_HOUR),
+        _OVERFLOW_SLACK,
+        int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600,
+        hour,
+        hour_start,
+        _visitor_digest(user_id, visitor_id),
+        event,
+        int(hotcache_settings.ANALYTICS_MAX_EVENTS_PER_DAY),
+        day,
+        day_start,
+    ]
+    try:
+        level, visitor_overflow = redis_backend.call(FEATURE, lambda r: _TRACK(r, script_keys, args))
+    except RedisUnavailable:
+        return _fallback.add((hour, event, norm), count)
+    metering.event(FEATURE, "tracked", count)
+    if level:
+        metering.event(FEATURE, "overflow")
+    if visitor_overflow:
+        metering.event(FEATURE, "visitor_overflow")
+    if _fallback.has_data():
+        # Leftovers of an outage reach MongoDB on the next due flush (the only MongoDB work after recovery).
+        _fallback.flush_if_due()
+    return "redis"
+
+
+# --- MongoDB writes ------------------------------------------------------------------------------
+
+
+def _hourly_indexes(coll: mongo.Collection) -> None:
+    # The report's range queries: all events by hour, or one event by hour.
+    coll.create_index([("hour", mongo.ASCENDING), ("event", mongo.ASCENDING)], name="hour_event")
+    coll.create_index([("event", mongo.ASCENDING), ("hour", mongo.ASCENDING)], name="event_hour")
+
+
+def _visitors_indexes(coll: mongo.Collection) -> None:
+    coll.create_index([("day", mongo.ASCENDING)], name="day")
+
+
+def _hourly_collection() -> mongo.Collection:
+    return mongo.ensure_indexes(HOURLY, feature=FEATURE, create=_hourly_indexes)
+
+
+def _visitors_collection() -> mongo.Collection:
+    return mongo.ensure_indexes(VISITORS, feature=FEATURE, create=_visitors_indexes)
+
+
+def _counter_op(batch: str, hour: str, event: str, path: str, n: int, *, ids: str = "batches") -> mongo.Update:
+    """``$inc`` guarded by the batch id: a replay matches nothing (or hits E11000 on ``_id``).
+
+    Sync batches are remembered in ``batches``, outage-buffer flushes in ``flushes``, so a long outage's
+    many flushes cannot push a pending sync batch out of the window that makes its replay harmless.
+    """
+    return mongo.Update(
+        {"_id": f"{hour}|{event}|{path}", ids: {"$ne": batch}},
+        {
+            "$inc": {"count": n},
+            "$push": {ids: {"$each": [batch], "$slice": -_KEEP_BATCH_IDS}},
+            "$setOnInsert": {"hour": _label_to_hour(hour), "event": event, "path": path},
+        },
+        upsert=True,
+    )
+
+
+@dataclass(slots=True)
+class _WriteStats:
+    round_trips: int = 0
+    applied: int = 0
+
+
+def _bulk(coll: mongo.Collection, ops: list[mongo.Update], stats: _WriteStats) -> None:
+    """One bulk call (plus one more only if some upserts hit E11000). Raises on an unacknowledged write."""
+    result = coll.bulk(ops, ordered=False)
+    stats.round_trips += 1
+    stats.applied += result.modified + result.upserted
+    if result.duplicates:
+        # E11000 proves the document exists. As a plain update the op either applies (another batch
+        # inserted the document first) or matches nothing (this batch is already in ``batches``).
+        retry = [mongo.Update(ops[i].filter, ops[i].update, upsert=False) for i in result.duplicates]
+        again = coll.bulk(retry, ordered=False)
+        stats.round_trips += 1
+        stats.applied += again.modified
+
+
+# --- Redis-down fallback -------------------------------------------------------------------------
+
+
+class _FallbackBuffer:
+    """Bounded in-process counters for the Redis outage path, flushed to MongoDB in bulk.
+
+    ``_counts`` takes new events; a flush moves them to ``_inflight`` under a fresh flush id, and an
+    unacknowledged flush is retried with the same id (so it is applied once). Memory: at most
+    2 x ANALYTICS_FALLBACK_BUFFER_SIZE counters.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._inflight: tuple[str, dict[tuple[str, str, str], int]] | None = None
+        self._last_flush = clock.monotonic()
+
+    def has_data(self) -> bool:
+        return bool(self._counts) or self._inflight is not None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts = {}
+            self._inflight = None
+            self._last_flush = clock.monotonic()
+
+    def _offer(self, key: tuple[str, str, str], n: int) -> bool:
+        with self._lock:
+            if key in self._counts or len(self._counts) < int(hotcache_settings.ANALYTICS_FALLBACK_BUFFER_SIZE):
+                if not self._counts and self._inflight is None:
+                    self._last_flush = clock.monotonic()  # the interval runs from the first buffered event
+                self._counts[key] = self._counts.get(key, 0) + n
+                return True
+            return False
+
+    def add(self, key: tuple[str, str, str], n: int) -> str:
+        accepted = self._offer(key, n)
+        if not accepted:
+            self.flush()  # make room if MongoDB takes it
+            accepted = self._offer(key, n)
+        if not accepted:
+            metering.event(FEATURE, "dropped", n)
+            log.warning("hotcache analytics: Redis and the fallback are full; dropped %d %s event(s)", n, key[1])
+            return "dropped"
+        metering.event(FEATURE, "fallback", n)
+        self.flush_if_due()
+        return "fallback"
+
+    def flush_if_due(self) -> int:
+        with self._lock:
+            size = len(self._counts) + (len(self._inflight[1]) if self._inflight else 0)
+            due = size >= int(hotcache_settings.ANALYTICS_FALLBACK_BUFFER_SIZE) or (
+                clock.monotonic() - self._last_flush >= float(hotcache_settings.ANALYTICS_FALLBACK_FLUSH_INTERVAL)
+            )
+        return self.flush() if due else 0
+
+    def flush(self) -> int:
+        """Write the buffered counters to MongoDB; returns how many were acknowledged (0 if MongoDB failed)."""
+        if not self._flush_lock.acquire(blocking=False):
+            return 0  # another thread is flushing
+        try:
+            with self._lock:
+                self._last_flush = clock.monotonic()
+                if self._inflight is None and self._counts:
+                    self._inflight = (f"f{uuid.uuid4().hex}", self._counts)
+                    self._counts = {}
+                inflight = self._inflight
+            if inflight is None:
+                return 0
+            flush_id, counts = inflight
+            ops = [_counter_op(flush_id, h, e, p, n, ids="flushes") for (h, e, p), n in counts.items()]
+            stats = _WriteStats()
+            try:
+                coll = _hourly_collection()
+                for i in range(0, len(ops), MAX_CHUNK):
+                    _bulk(coll, ops[i : i + MAX_CHUNK], stats)
+            except (BackendUnavailable, MongoWriteError) as exc:
+                log.warning(
+                    "hotcache analytics: fallback flush of %d counters failed, kept for retry: %s", len(ops), exc
+                )
+                return 0
+            with self._lock:
+                self._inflight = None
+            metering.event(FEATURE, "fallback_flushed", len(ops))
+            return len(ops)
+        finally:
+            self._flush_lock.release()
+
+
+_fallback = _FallbackBuffer()
+
+
+def flush_fallback() -> int:
+    """Flush this process's Redis-outage buffer to MongoDB now; returns counters written."""
+    return _fallback.flush()
+
+
+def _flush_at_exit() -> None:
+    try:
+        if _fallback.has_data():
+            _fallback.flush()
+    except Exception:
+        log.warning("hotcache analytics: fallback flush at exit failed", exc_info=True)
+
+
+atexit.register(_flush_at_exit)
+
+
+# --- sync ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    dry_run: bool
+    hours_claimed: int  # live hour hashes claimed by this run
+    batches: int  # batches applied and released (claimed now or recovered)
+    recovered: int  # of those, batches left pending by an earlier run
+    counters: int  # (hour, event, path) counters written
+    events: int  # sum of their counts
+    applied: int  # counters that changed MongoDB (the rest were replays of applied batches)
+    mongo_round_trips: int
+    visitor_counts: int  # (event, day) distinct-visitor counts written
+    days_closed: int  # closed days whose HyperLogLogs were removed from Redis
+    pending_left: int  # batches still pending (an error stopped the run)
+    locked_out: bool = False  # another sync held the lock; nothing done
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _checkpoint(step: str) -> None:
+    """Named points of the sync (before_claim, after_claim, before_apply, after_chunk, before_release).
+
+    Tests replace it to inject a crash or hold two runs at the same point; it does nothing in production.
+    """
+
+
+def sync(
+    include_current_hour: bool = False,
+    dry_run: bool = False,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> SyncResult:
+    """Move counters of closed hours (and leftovers of earlier runs) into MongoDB exactly once.
+
+    ``progress(done, total)`` is called after each MongoDB bulk write. Outages end the run early with
+    ``error`` set and the claimed batches left pending for the next run; nothing is lost or doubled.
+    """
+    if not dry_run and _fallback.has_data():
+        _fallback.flush()  # this process's outage buffer, if any (best effort; it keeps what fails)
+    state: dict[str, Any] = {
+        "dry_run": dry_run,
+        "hours_claimed": 0,
+        "batches": 0,
+        "recovered": 0,
+        "counters": 0,
+        "events": 0,
+        "applied": 0,
+        "mongo_round_trips": 0,
+        "visitor_counts": 0,
+        "days_closed": 0,
+        "pending_left": 0,
+    }
+    token = uuid.uuid4().hex
+    locked = False
+    try:
+        if dry_run:
+            _dry_run(state, include_current_hour)
+            return SyncResult(**state)
+        locked = _lock(token)
+        if not locked:
+            return SyncResult(**state, locked_out=True)
+        _sync_counters(state, include_current_hour, progress)
+        _sync_visitors(state)
+    except (BackendUnavailable, MongoWriteError) as exc:
+        log.warning("hotcache analytics: sync stopped, pending batches stay for the next run: %s", exc)
+        state["error"] = f"{type(exc).__name__}: {exc}"
+        state["pending_left"] = _pending_count()
+    finally:
+        if locked:
+            _unlock(token)
+    if state["counters"]:
+        metering.event(FEATURE, "synced_counters", state["counters"])
+    return SyncResult(**state)
+
+
+def _lock(token: str) -> bool:
+    timeout = int(hotcache_settings.ANALYTICS_SYNC_LOCK_TIMEOUT)
+    if timeout <= 0:
+        return True  # lock disabled: the protocol alone keeps the totals exact
+    lock_key = _index_keys()[3]
+    return bool(redis_backend.call(FEATURE, lambda r: r.set(lock_key, token, nx=True, px=timeout * 1000)))
+
+
+def _unlock(token: str) -> None:
+    if int(hotcache_settings.ANALYTICS_SYNC_LOCK_TIMEOUT) <= 0:
+        return
+    lock_key = _index_keys()[3]
+    try:
+        redis_backend.call(FEATURE, lambda r: _UNLOCK(r, [lock_key], [token]))
+    except RedisUnavailable:
+        log.warning("hotcache analytics: could not release the sync lock; it expires by itself")
+
+
+def _pending_count() -> int:
+    pending_key = _index_keys()[1]
+    try:
+        return int(redis_backend.call(FEATURE, lambda r: r.scard(pending_key)))
+    except RedisUnavailable:
+        return -1
+
+
+def _claimable_hours(include_current_hour: bool) -> list[str]:
+    hours_key = _index_keys()[0]
+    if include_current_hour:
+        cutoff: float | str = "+inf"
+    else:
+        cutoff = clock.time() - 3600 - float(hotcache_settings.ANALYTICS_SYNC_GRACE)
+    raw = redis_backend.call(FEATURE, lambda r: r.zrangebyscore(hours_key, "-inf", cutoff, start=0, num=10_000))
+    return [h.decode() if isinstance(h, bytes) else str(h) for h in raw]
+
+
+def _decode_hash(raw: dict) -> dict[str, int]:
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
+def _sync_counters(
+    state: dict[str, Any], include_current_hour: bool, progress: Callable[[int, int], None] | None
+) -> None:
+    hours_key, pending_set, _, _ = _index_keys()
+    ttl = int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600
+    _checkpoint("before_claim")
+    hours = _claimable_hours(include_current_hour)
+    before = set(_members(redis_backend.call(FEATURE, lambda r: r.smembers(pending_set))))
+    claim_keys = [hours_key, pending_set]
+    claim_args: list[Any] = [ttl]
+    for hour in hours:
+        batch = f"{hour}-{uuid.uuid4().hex[:16]}"
+        claim_keys += [_hour_key(hour), _pending_key(batch)]
+        claim_args += [hour, batch]
+    pending = sorted(_members(redis_backend.call(FEATURE, lambda r: _CLAIM(r, claim_keys, claim_args))))
+    state["hours_claimed"] = len(set(pending) - before)
+    _checkpoint("after_claim")
+
+    chunk_size = min(MAX_CHUNK, int(hotcache_settings.ANALYTICS_SYNC_CHUNK))
+    coll = _hourly_collection()
+    stats = _WriteStats()
+    # Read each pending batch (one round trip each) and write counters in chunks that may span batches,
+    # so many small hours still cost one MongoDB round trip per chunk_size counters.
+    batches: dict[str, dict[str, int]] = {}
+    for batch in pending:
+        raw = redis_backend.call(FEATURE, lambda r, b=batch: r.hgetall(_pending_key(b)))
+        batches[batch] = _decode_hash(raw)
+    ops: list[tuple[str, mongo.Update]] = []
+    for batch, fields in batches.items():
+        hour = _batch_hour(batch)
+        for field, n in fields.items():
+            event, path = _split_field(field)
+            ops.append((batch, _counter_op(batch, hour, event, path, n)))
+            state["events"] += n
+    total = len(ops)
+    _checkpoint("before_apply")
+    last_op_of: dict[str, int] = {}
+    for i, (batch, _) in enumerate(ops):
+        last_op_of[batch] = i
+    empty = [b for b in pending if b not in last_op_of]  # expired or empty pending keys: nothing to apply
+    released = _release(empty) if empty else 0
+    for start in range(0, total, chunk_size):
+        chunk = ops[start : start + chunk_size]
+        _bulk(coll, [op for _, op in chunk], stats)
+        state["mongo_round_trips"] = stats.round_trips
+        state["counters"] = start + len(chunk)
+        state["applied"] = stats.applied
+        _checkpoint("after_chunk")
+        end = start + len(chunk) - 1
+        done = [b for b, last in last_op_of.items() if start <= last <= end]
+        if done:
+            _checkpoint("before_release")
+            released += _release(done)
+        if progress:
+            progress(start + len(chunk), total)
+    state["batches"] = released
+    state["recovered"] = len(before & set(pending))
+
+
+def _members(raw: Iterable[Any]) -> list[str]:
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
+
+
+def _release(batches: list[str]) -> int:
+    """DEL the pending keys and SREM them from the pending set, atomically (MULTI): only after MongoDB acked."""
+    pending_set = _index_keys()[1]
+
+    def run(r: Any) -> Any:
+        pipe = r.pipeline(transaction=True)
+        pipe.delete(*[_pending_key(b) for b in batches])
+        pipe.srem(pending_set, *batches)
+        return pipe.execute()
+
+    redis_backend.call(FEATURE, run)
+    return len(batches)
+
+
+def _day_counts(days: list[str]) -> dict[tuple[str, str], int]:
+    """{(day, event): PFCOUNT} for the given days, in two pipelined round trips."""
+    if not days:
+        return {}
+
+    def members(r: Any) -> Any:
+        pipe = r.pipeline(transaction=False)
+        for d in days:
+            pipe.smembers(_key("ev", d))
+        return pipe.execute()
+
+    per_day = redis_backend.call(FEATURE, members)
+    pairs = [(d, e) for d, evs in zip(days, per_day, strict=True) for e in sorted(_members(evs))]
+    if not pairs:
+        return {}
+
+    def counts(r: Any) -> Any:
+        pipe = r.pipeline(transaction=False)
+        for d, e in pairs:
+            pipe.pfcount(_hll_key(d, e))
+        return pipe.execute()
+
+    return dict(zip(pairs, (int(n) for n in redis_backend.call(FEATURE, counts)), strict=True))
+
+
+def _sync_visitors(state: dict[str, Any]) -> None:
+    days_key = _index_keys()[2]
+    days = _members(redis_backend.call(FEATURE, lambda r: r.zrange(days_key, 0, -1)))
+    counts = _day_counts(days)
+    if counts:
+        ops = [
+            mongo.Update(
+                {"_id": f"{d}|{e}"},
+                # $max: replays and racing syncs only ever raise the count to what Redis said.
+                {"$max": {"count": n}, "$setOnInsert": {"day": _label_to_day(d), "event": e}},
+                upsert=True,
+            )
+            for (d, e), n in counts.items()
+        ]
+        coll = _visitors_collection()
+        stats = _WriteStats()
+        for i in range(0, len(ops), MAX_CHUNK):
+            _bulk(coll, ops[i : i + MAX_CHUNK], stats)
+        state["mongo_round_trips"] += stats.round_trips
+        state["visitor_counts"] = len(ops)
+    # A day is over (no event can reach it) once its end plus the grace has passed: drop its HLLs.
+    cutoff = clock.time() - 86400 - float(hotcache_settings.ANALYTICS_SYNC_GRACE)
+    closed = [d for d in days if _label_to_day(d).timestamp() <= cutoff]
+    if closed:
+
+        def drop(r: Any) -> Any:
+            pipe = r.pipeline(transaction=True)
+            for d in closed:
+                events = [e for (day, e) in counts if day == d]
+                pipe.delete(_key("ev", d), *[_hll_key(d, e) for e in events])
+            pipe.zrem(days_key, *closed)
+            return pipe.execute()
+
+        redis_backend.call(FEATURE, drop)
+        state["days_closed"] = len(closed)
+
+
+def _dry_run(state: dict[str, Any], include_current_hour: bool) -> None:
+    """What a sync would move now: closed live hours plus pending batches, read only."""
+    pending_set, days_key = _index_keys()[1], _index_keys()[2]
+    hours = _claimable_hours(include_current_hour)
+    pending = _members(redis_backend.call(FEATURE, lambda r: r.smembers(pending_set)))
+
+    def read(r: Any) -> Any:
+        pipe = r.pipeline(transaction=False)
+        for h in hours:
+            pipe.hgetall(_hour_key(h))
+        for b in pending:
+            pipe.hgetall(_pending_key(b))
+        return pipe.execute()
+
+    rows = redis_backend.call(FEATURE, read) if hours or pending else []
+    for raw in rows:
+        fields = _decode_hash(raw)
+        state["counters"] += len(fields)
+        state["events"] += sum(fields.values())
+    state["hours_claimed"] = sum(1 for raw in rows[: len(hours)] if raw)
+    state["batches"] = len(pending)
+    state["recovered"] = len(pending)
+    days = _members(redis_backend.call(FEATURE, lambda r: r.zrange(days_key, 0, -1)))
+    state["visitor_counts"] = len(_day_counts(days))
+    state["pending_left"] = len(pending)
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsReport:
+    hourly: list[tuple[dt.datetime, int]]  # UTC hour start, total count
+    daily: list[tuple[dt.date, int]]
+    top_events: list[tuple[str, int]]  # descending, at most 20
+    top_paths: list[tuple[str, int]]  # descending, at most 20
+    visitors: list[tuple[str, dt.date, int]]  # event, day, distinct visitors
+    unsynced: int  # counts still only in Redis (included in the totals above)
+
+
+_TOP = 20
+
+
+def _as_utc(value: dt.datetime | dt.date) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+
+
+def report(start: dt.datetime | dt.date, end: dt.datetime | dt.date, event: str | None = None) -> AnalyticsReport:
+    """Counts for hours in [start, end): MongoDB (4 queries) plus unsynced Redis counters (3 round trips).
+
+    A batch the sync has written but not yet released can be counted twice for that moment.
+    """
+    lo, hi = _as_utc(start), _as_utc(end)
+    if event is not None:
+        event = validate_event(event)
+    match: dict[str, Any] = {"hour": {"$gte": lo, "$lt": hi}}
+    if event is not None:
+        match["event"] = event
+    coll = _hourly_collection()
+    hourly: dict[dt.datetime, int] = {}
+    by_event: dict[str, int] = {}
+    by_path: dict[str, int] = {}
+    visitors: dict[tuple[str, str], int] = {}
+    unsynced = 0
+    try:
+        for row in coll.aggregate([{"$match": match}, {"$group": {"_id": "$hour", "n": {"$sum": "$count"}}}]):
+            hourly[_as_utc(row["_id"])] = int(row["n"])
+        for name, target in (("event", by_event), ("path", by_path)):
+            rows = coll.aggregate(
+                [
+                    {"$match": match},
+                    {"$group": {"_id": f"${name}", "n": {"$sum": "$count"}}},
+                    {"$sort": {"n": -1}},
+                    {"$limit": 5 * _TOP},  # headroom for Redis-only counts to move an entry into the top 20
+                ]
+            )
+            target.update({str(r["_id"]): int(r["n"]) for r in rows})
+        vmatch: dict[str, Any] = {"day": {"$gte": _as_utc(lo.date()), "$lt": hi}}
+        if event is not None:
+            vmatch["event"] = event
+        for doc in _visitors_collection().find(vmatch):
+            visitors[(_as_utc(doc["day"]).strftime(_DAY_FMT), doc["event"])] = int(doc["count"])
+    except BackendUnavailable as exc:
+        log.warning("hotcache analytics: report without MongoDB figures: %s", exc)
+    try:
+        unsynced = _add_redis(lo, hi, event, hourly, by_event, by_path, visitors)
+    except RedisUnavailable as exc:
+        log.warning("hotcache analytics: report without unsynced Redis counters: %s", exc)
+    daily: dict[dt.date, int] = {}
+    for hour, n in hourly.items():
+        daily[hour.date()] = daily.get(hour.date(), 0) + n
+
+    def top(d: dict[str, int]) -> list[tuple[str, int]]:
+        return sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:_TOP]
+
+    return AnalyticsReport(
+        hourly=sorted(hourly.items()),
+        daily=sorted(daily.items()),
+        top_events=top(by_event),
+        top_paths=top(by_path),
+        visitors=sorted((e, _label_to_day(d).date(), n) for (d, e), n in visitors.items()),
+        unsynced=unsynced,
+    )
+
+
+def _add_redis(
+    lo: dt.datetime,
+    hi: dt.datetime,
+    event: str | None,
+    hourly: dict[dt.datetime, int],
+    by_event: dict[str, int],
+    by_path: dict[str, int],
+    visitors: dict[tuple[str, str], int],
+) -> int:
+    hours_key, pending_set, days_key, _ = _index_keys()
+
+    def indexes(r: Any) -> Any:
+        pipe = r.pipeline(transaction=False)
+        pipe.zrangebyscore(hours_key, lo.timestamp(), f"({hi.timestamp()}")
+        pipe.smembers(pending_set)
+        pipe.zrangebyscore(days_key, _as_utc(lo.date()).timestamp(), f"({hi.timestamp()}")
+        return pipe.execute()
+
+    raw_hours, raw_pending, raw_days = redis_backend.call(FEATURE, indexes)
+    hours = _members(raw_hours)
+    pending = [b for b in _members(raw_pending) if lo <= _label_to_hour(_batch_hour(b)) < hi]
+    days = _members(raw_days)
+
+    def hashes(r: Any) -> Any:
+        pipe = r.pipeline(transaction=False)
+        for h in hours:
+            pipe.hgetall(_hour_key(h))
+        for b in pending:
+            pipe.hgetall(_pending_key(b))
+        return pipe.execute()
+
+    rows = redis_backend.call(FEATURE, hashes) if hours or pending else []
+    unsynced = 0
+    for label, raw in zip([*hours, *(_batch_hour(b) for b in pending)], rows, strict=True):
+        hour = _label_to_hour(label)
+        for field, n in _decode_hash(raw).items():
+            ev, path = _split_field(field)
+            if event is not None and ev != event:
+                continue
+            unsynced += n
+            hourly[hour] = hourly.get(hour, 0) + n
+            by_event[ev] = by_event.get(ev, 0) + n
+            by_path[path] = by_path.get(path, 0) + n
+    for (d, e), n in _day_counts(days).items():
+        if event is None or e == event:
+            visitors[(d, e)] = max(n, visitors.get((d, e), 0))
+    return unsynced
+
+
+# --- HTTP endpoint -------------------------------------------------------------------------------
+
+
+def _bad(field: str, message: str) -> JsonResponse:
+    metering.event(FEATURE, "rejected")
+    return JsonResponse({"error": message, "field": field}, status=400)
+
+
+@csrf_exempt
+def track_view(request: HttpRequest) -> HttpResponse:
+    """POST /hotcache/analytics/track with JSON {"event", "path", "visitor_id"}: 204, or 400 naming the field.
+
+    CSRF-exempt on purpose: browsers send it with navigator.sendBeacon (no CSRF header, often no cookie),
+    it changes no user's state and carries no credentials, and a forged request can only add a counter,
+    which anyone could do by calling it directly. Limit it with the rate-limit feature: target the URL
+    name ``hotcache:analytics-track`` in RATELIMIT_RULES.
+    """
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    cap = int(hotcache_settings.ANALYTICS_TRACK_MAX_BODY)
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _bad("body", "Content-Length is not a number")
+    if declared > cap:
+        return _bad("body", f"body is larger than {cap} bytes")
+    body = request.read(cap + 1)  # never more than the cap is read, whatever the header said
+    if len(body) > cap:
+        return _bad("body", f"body is larger than {cap} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return _bad("body", "body is not valid JSON")
+    if not isinstance(data, dict):
+        return _bad("body", "body must be a JSON object")
+    event = data.get("event")
+    if event is None:
+        return _bad("event", "event is required")
+    if not isinstance(event, str):
+        return _bad("event", "event must be a string")
+    try:
+        validate_event(event)
+    except InvalidName:
+        return _bad("event", f"event must match {EVENT_PATTERN}")
+    path = data.get("path")
+    if path is not None and not isinstance(path, str):
+        return _bad("path", "path must be a string")
+    visitor_id = data.get("visitor_id")
+    if visitor_id is not None and (not isinstance(visitor_id, str) or len(visitor_id) > 128):
+        return _bad("visitor_id", "visitor_id must be a string of at most 128 characters")
+    user = getattr(request, "user", None)
+    user_id = user.pk if user is not None and user.is_authenticated else None
+    track(event, path=path, user_id=user_id, visitor_id=visitor_id)
+    return HttpResponse(status=204)
+
+
+# --- middleware ----------------------------------------------------------------------------------
+
+
+def _matches(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path.startswith(p) for p in prefixes)
+
+
+class AnalyticsMiddleware:
+    """Tracks ``page_view`` for successful GET responses on paths in ANALYTICS_MIDDLEWARE_INCLUDE and not in
+    ANALYTICS_MIDDLEWARE_EXCLUDE (prefixes). Visitor: the user, else the session, else a digest of IP and
+    User-Agent (never stored raw). One Redis round trip per tracked page view; nothing for the rest.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.method == "GET" and 200 <= response.status_code < 300:
+            path = request.path_info
+            if _matches(path, hotcache_settings.ANALYTICS_MIDDLEWARE_INCLUDE) and not _matches(
+                path, hotcache_settings.ANALYTICS_MIDDLEWARE_EXCLUDE
+            ):
+                user = getattr(request, "user", None)
+                user_id = user.pk if user is not None and user.is_authenticated else None
+                session = getattr(request, "session", None)
+                visitor = getattr(session, "session_key", None) or (
+                    f"{request.META.get('REMOTE_ADDR', '')}|{request.META.get('HTTP_USER_AGENT', '')}"
+                )
+                track("page_view", path=path, user_id=user_id, visitor_id=visitor)
+        return response
+
+
+# Included by hotcache.urls under "analytics/": POST /hotcache/analytics/track.
+urlpatterns = [_route("track", track_view, name="analytics-track")]

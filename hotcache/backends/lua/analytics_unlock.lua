@@ -1,0 +1,5 @@
+-- Release the sync lock only if this run still holds it (compare-and-delete).
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
