@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
+from hotcache.analytics import AnalyticsMiddleware
 from hotcache.ratelimit_middleware import RateLimitMiddleware
 from hotcache.users import CachedAuthenticationMiddleware
 
-__all__ = ["CachedAuthenticationMiddleware", "RateLimitMiddleware"]
-
-# --- Analytics (issue 8) ---
-from hotcache.analytics import AnalyticsMiddleware
-
-__all__ += ["AnalyticsMiddleware"]
+__all__ = ["AnalyticsMiddleware", "CachedAuthenticationMiddleware", "RateLimitMiddleware"]

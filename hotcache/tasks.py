@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
+__all__ = ["persist_workbench_sessions", "sync_analytics", "sync_apikey_usage"]
+
 # --- API keys (issue 6) ---
 
 
