@@ -192,10 +192,11 @@ class DayUsage:
         return out
 
 
-def usage(days: int = 30) -> list[DayUsage]:
+def usage(days: int = 30, *, feature: str = "reports") -> list[DayUsage]:
     """The last ``days`` UTC days, newest first, from Redis plus this process's unflushed counts.
 
-    One Redis round trip (a pipeline of HGETALL). If Redis is unavailable, only local counts are shown.
+    One Redis round trip (a pipeline of HGETALL, metered under ``feature``: reading the meter is the
+    reports' cost, not the meter's). If Redis is unavailable, only local counts are shown.
     """
     import datetime as dt
 
@@ -214,7 +215,7 @@ def usage(days: int = 30) -> list[DayUsage]:
         return pipe.execute()
 
     try:
-        rows = redis_backend.call("meter", read)
+        rows = redis_backend.call(feature, read)
     except RedisUnavailable:
         rows = [{} for _ in day_names]
     for d, row in zip(day_names, rows, strict=True):

@@ -148,7 +148,7 @@ def test_overview_costs_one_meter_round_trip_and_one_info():
     with count_redis() as c:
         reports.overview(days=30)
     assert c.round_trips == 2
-    assert c.by_feature["meter"] == 30 and c.by_feature["status"] == 1
+    assert c.by_feature["reports"] == 30 and c.by_feature["status"] == 1
     assert c.mongo_ops == 0
 
 

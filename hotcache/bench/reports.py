@@ -17,13 +17,6 @@ def _seed() -> None:
     metering.flush()
 
 
-def _meter_reads() -> dict[str, int]:
-    # The runner leaves out the feature "meter" (flush overhead), but the report's own meter read runs under
-    # it: count it here so the table shows the whole cost.
-    snap = metering.snapshot()
-    return {"meter cmds": snap["cmd:meter"], "meter RT": snap["rt:meter"]}
-
-
 def arms() -> dict[str, list[Arm]]:
     return {
         "reports: figures for one page": [
@@ -31,14 +24,12 @@ def arms() -> dict[str, list[Arm]]:
                 "overview(30 days): meter pipeline + INFO memory",
                 lambda i: reports.overview(30),
                 setup=_seed,
-                counts=_meter_reads,
             ),
-            Arm("overview(7 days)", lambda i: reports.overview(7), setup=_seed, counts=_meter_reads),
+            Arm("overview(7 days)", lambda i: reports.overview(7), setup=_seed),
             Arm(
                 "feature_summary('ratelimit', 30)",
                 lambda i: reports.feature_summary("ratelimit", 30),
                 setup=_seed,
-                counts=_meter_reads,
             ),
         ]
     }

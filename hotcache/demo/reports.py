@@ -68,7 +68,7 @@ def scenario() -> Scenario:
         name="reports",
         make_request=_request,
         weight=0.0,
-        every=25,  # a staff member glances at the reports now and then, whatever the traffic mix
+        every=100,  # a staff member glances at the reports now and then, whatever the traffic mix
         setup=_setup,
         on_response=_on_response,
         report=_report,
