@@ -39,12 +39,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, ValidationError
 from django.db import models, router
 from django.http import HttpRequest
 from django.utils.crypto import salted_hmac
-from django.utils.deprecation import MiddlewareMixin
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
@@ -490,8 +490,11 @@ async def _arequest_user(request: HttpRequest) -> Any:
     return request._acached_user
 
 
-class CachedAuthenticationMiddleware(MiddlewareMixin):
-    """Drop-in for django.contrib.auth.middleware.AuthenticationMiddleware; sync and async capable."""
+class CachedAuthenticationMiddleware(AuthenticationMiddleware):
+    """Drop-in for django.contrib.auth.middleware.AuthenticationMiddleware; sync and async capable.
+
+    A subclass of Django's, so checks that require it (admin.E408) accept this one in its place.
+    """
 
     def process_request(self, request: HttpRequest) -> None:
         if not hasattr(request, "session"):

@@ -489,3 +489,15 @@ def test_ttl_that_is_not_a_number_is_e004(hotcache_config):
 def test_both_auth_middlewares_is_w020(settings):
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, DJANGO_AUTH_MW]
     assert _check_ids() == ["hotcache.W020"]
+
+
+def test_replacing_djangos_middleware_satisfies_the_admin_check(settings):
+    """admin.E408 asks for AuthenticationMiddleware (or a subclass): the drop-in must pass it."""
+    from django.contrib.admin.checks import check_dependencies
+
+    settings.MIDDLEWARE = [
+        "hotcache.middleware.CachedAuthenticationMiddleware" if m.endswith(".AuthenticationMiddleware") else m
+        for m in settings.MIDDLEWARE
+    ]
+    assert "hotcache.middleware.CachedAuthenticationMiddleware" in settings.MIDDLEWARE
+    assert "admin.E408" not in [m.id for m in check_dependencies()]
