@@ -39,3 +39,29 @@ CELERY_BEAT_SCHEDULE = {
     name: {**entry, "schedule": float(os.environ.get("HOTCACHE_E2E_BEAT_SECONDS", "5"))}
     for name, entry in CELERY_BEAT_SCHEDULE.items()  # noqa: F405
 }
+
+# The demo URLconf has the feature endpoints the load generator drives.
+ROOT_URLCONF = "hotcache.demo.urls"
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "hotcache.middleware.CachedAuthenticationMiddleware",
+    "hotcache.middleware.RateLimitMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+HOTCACHE.update(
+    RATELIMIT_RULES=[
+        # The load generator's "greedy" clients exceed this; its "polite" ones stay under half of it.
+        {"name": "e2e-api", "rate": "40/5s", "key": "header:x-client", "path": "/rl/api/", "headers": True},
+    ],
+    # Short timings so a run of a minute sees abandoned sessions persisted and syncs recovered.
+    WORKBENCH_PERSIST_IDLE_AFTER=4,
+    WORKBENCH_PERSIST_INTERVAL=5,
+    WORKBENCH_CLAIM_TIMEOUT=10,
+    ANALYTICS_SYNC_LOCK_TIMEOUT=5,
+    ANALYTICS_SYNC_GRACE=0,
+)
+# The worker loads the harness's hook (kill the worker mid-sync on cue) only in end-to-end runs.
+CELERY_IMPORTS = ["tests.e2e.worker_hooks"] if os.environ.get("HOTCACHE_E2E_WORKDIR") else []

@@ -80,6 +80,7 @@ class Cluster:
             DJANGO_DB_PATH=str(self.workdir / "db.sqlite3"),
             HOTCACHE_MONGO_FAULT_FILE=str(self.fault_file),
             HOTCACHE_E2E_COOLDOWN=str(self.cooldown),
+            HOTCACHE_E2E_WORKDIR=str(self.workdir),
             PYTHONPATH=str(ROOT),
             PYTHONUNBUFFERED="1",
         )

@@ -28,6 +28,7 @@ class Http:
             raise ValueError(msg)
         self.host, self.port, self.timeout = parts.hostname, parts.port or 80, timeout
         self.conn: http.client.HTTPConnection | None = None
+        self.retries = 0  # requests re-sent after a connection error (the first may or may not have arrived)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -44,6 +45,7 @@ class Http:
                 self.conn = None
                 if attempt:
                     raise
+                self.retries += 1
         raise AssertionError("unreachable")
 
 
@@ -74,13 +76,15 @@ def run(base_url: str, fixtures: dict[str, Any], *, duration: float, max_request
     lock = threading.Lock()
     deadline = time.monotonic() + duration
     budget = [max_requests]
-    shared: dict[str, Any] = {}
+    shared: dict[str, Any] = {"phase": phase}
     workloads = build_workloads(fixtures, shared)
     weights = [w.weight for w in workloads]
+    clients: list[Http] = []
 
     def worker(i: int) -> None:
         rng = random.Random(seed * 1000 + i)
         client = Http(base_url)
+        clients.append(client)
         while time.monotonic() < deadline:
             with lock:
                 if budget[0] <= 0:
@@ -103,7 +107,8 @@ def run(base_url: str, fixtures: dict[str, Any], *, duration: float, max_request
     for t in pool:
         t.join()
     phase.stop()
-    return {"records": records, "workloads": {w.name: w.summary() for w in workloads}}
+    return {"records": records, "workloads": {w.name: w.summary() for w in workloads},
+            "retries": sum(c.retries for c in clients)}
 
 
 def main() -> None:

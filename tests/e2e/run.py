@@ -143,7 +143,17 @@ def run_e2e(workdir: Path, *, duration: float = 45.0, threads: int = 8, log: Any
         result.facts["mongo_peak_connections_total"] = sampler.peak_total
         result.facts["mongo_peak_connections_per_process"] = dict(sampler.peak_per_pid)
         _summarise(load, result)
-        scenario.check(cluster, load, result, log)
+        # Sessions left open become "abandoned" once idle past WORKBENCH_PERSIST_IDLE_AFTER (4 s here).
+        time.sleep(5)
+        final_path = workdir / "final.json"
+        final_run = subprocess.run([PY, "-m", "tests.e2e.final_state", "--out", str(final_path)], cwd=ROOT,
+                                   env=cluster.env(), capture_output=True, text=True, timeout=300, check=False)
+        if final_run.returncode != 0:
+            msg = f"final state failed: {final_run.stderr[-3000:]}"
+            raise RuntimeError(msg)
+        final = json.loads(final_path.read_text())
+        result.facts["final"] = final
+        scenario.check(cluster, load, final, result, log)
     return result
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.cluster import Cluster
+from tests.e2e.cluster import PY, ROOT, Cluster, wait_until
 
 
 def _at(started: float, offset: float) -> None:
@@ -60,29 +61,104 @@ def _wait_back_on_redis(cluster: Cluster, timeout: float) -> float | None:
 
 
 def kill_worker_mid_sync(cluster: Cluster, result: Any, log: Any) -> None:
-    """SIGKILL the Celery worker while it runs a sync, then start a fresh one (the message is redelivered)."""
-    log("e2e: killing the Celery worker")
+    """SIGKILL the Celery worker while an analytics sync holds a claimed batch already written to MongoDB
+    but not yet released in Redis; start a fresh worker, which gets the redelivered task (acks_late)."""
+    cue = cluster.workdir / "kill-mid-sync"
+    holding = cluster.workdir / "sync-holding"
+    cue.touch()
+    sent = subprocess.run(
+        [PY, "-m", "celery", "-A", "config", "call", "hotcache.tasks.sync_analytics",
+         "--kwargs", '{"include_current_hour": true}'],
+        cwd=ROOT, env=cluster.env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+    if sent.returncode != 0:
+        msg = f"could not send the sync task: {sent.stderr[-1000:]}"
+        raise RuntimeError(msg)
+    wait_until(holding.exists, 60, "the worker to reach the sync's release step")
+    log("e2e: worker holds a written, unreleased batch; killing it")
     cluster.kill_worker("worker")
+    cue.unlink()
     cluster.start_worker("worker2")
-    result.facts["worker_killed"] = True
+    result.facts["worker_killed_at"] = "after the MongoDB write, before the Redis release"
 
 
-def check(cluster: Cluster, load: dict[str, Any], result: Any, log: Any) -> None:
+def check(cluster: Cluster, load: dict[str, Any], final: dict[str, Any], result: Any, log: Any) -> None:
     from tests.e2e.run import Check
 
     records = load["records"]
+    w = load["workloads"]
+    add = result.checks.append
+
     server_errors = [r for r in records if r[2] >= 500 or r[2] == 0]
-    result.checks.append(Check("no 5xx or dropped connection at any time", not server_errors,
-                               f"{len(server_errors)} of {len(records)} requests"))
+    add(Check("no 5xx or dropped connection at any time", not server_errors,
+              f"{len(server_errors)} of {len(records)} requests"
+              + (f"; first: {server_errors[0]}" if server_errors else "")))
+
+    limited = [r for r in records if r[2] == 429]
+    unexpected = [r for r in limited if r[0] not in ("ratelimit", "apikeys")
+                  or (r[0] == "ratelimit" and r[4] != "greedy")]
+    polite = w["ratelimit"]["polite"]
+    add(Check("429s only for clients over their limits", not unexpected and limited != [],
+              f"{len(limited)} 429s: greedy {w['ratelimit']['greedy'].get('429', 0)}, "
+              f"polite {polite.get('429', 0)} (of {sum(polite.values())}), over-limit API keys "
+              f"{sum(w['apikeys']['limited'].values())}; unexpected {len(unexpected)}"))
+
+    sent = w["analytics"]["accepted"]
+    stored = {e: n for e, n in final["analytics"]["totals"].items() if e.startswith("e2e_")}
+    diff = {e: stored.get(e, 0) - n for e, n in sent.items() if stored.get(e, 0) != n}
+    add(Check("analytics totals in MongoDB equal the events accepted (2xx)", stored == sent,
+              f"accepted {sum(sent.values())}, in MongoDB {sum(stored.values())} {diff or ''}"
+              f"(client re-sends after connection errors: {load.get('retries', 0)}; "
+              f"unsynced left {final['analytics']['unsynced']}, {final['analytics']['sync_runs']} final sync runs)"))
+
+    allowed = w["apikeys"]["allowed"]
+    usage = final["apikeys"]["usage_today"]
+    mismatched = {k: (n, usage.get(k)) for k, n in allowed.items() if usage.get(k) != n}
+    add(Check("API key usage totals equal the allowed calls", not mismatched,
+              f"{sum(allowed.values())} allowed calls; mismatches {mismatched or 'none'}"))
+    overruns = []
+    for key in load_fixtures(cluster)["api_keys"]:
+        if key["limit"] is None:
+            continue
+        over = allowed.get(key["key_id"], 0) - key["limit"]
+        tolerance = w["apikeys"]["allowed_in_outage"].get(key["key_id"], 0)
+        overruns.append(f"{key['name']}: {allowed.get(key['key_id'], 0)}/{key['limit']}")
+        if over > tolerance:
+            overruns.append("EXCEEDED beyond the outage tolerance")
+    add(Check("no API key past its daily limit beyond the outage tolerance",
+              not any("EXCEEDED" in o for o in overruns), "; ".join(overruns)))
+
+    wb = w["workbench"]
+    history = final["workbench"]["history"]
+    closed = set(wb["ended"]) | set(wb["abandoned"])
+    missing = sorted(closed - set(history))
+    doubled = sorted(s for s, n in history.items() if n > 1)
+    add(Check("every ended or abandoned workbench session in history exactly once", not missing and not doubled,
+              f"{len(wb['ended'])} ended + {len(set(wb['abandoned']))} abandoned; missing {len(missing)}, "
+              f"twice {len(doubled)}" + (f" (e.g. {missing[:3]})" if missing else "")))
+
+    add(Check("no MFA code verified twice", w["mfa"]["verified_twice"] == 0 and w["mfa"]["verified"] > 0,
+              f"{w['mfa']['issued']} issued, {w['mfa']['verified']} verified, "
+              f"{w['mfa']['verified_twice']} verified twice"))
+    add(Check("every authenticated request saw its own user", w["users"]["wrong_user"] == 0,
+              f"{w['users']['wrong_user']} wrong"))
+
     back = result.facts.get("back_on_redis_seconds")
-    result.checks.append(Check(
-        "hotcache back on Redis within the gate's cool-down after Redis returns",
-        back is not None and back <= cluster.cooldown + 1.0,
-        f"{back}s (cool-down {cluster.cooldown}s)",
-    ))
+    add(Check("hotcache back on Redis within the gate's cool-down after Redis returns",
+              back is not None and back <= cluster.cooldown + 1.0, f"{back}s (cool-down {cluster.cooldown}s)"))
+    healthy, down = result.latency.get("healthy", {}), result.latency.get("redis_down", {})
+    added = down.get("p50", 0) - healthy.get("p50", 0)
+    add(Check("added p50 latency during the Redis outage bounded by the Redis timeout (100 ms)",
+              added <= 100.0,
+              f"healthy p50 {healthy.get('p50', 0):.1f} ms, Redis down p50 {down.get('p50', 0):.1f} ms"))
     peak = result.facts.get("mongo_peak_connections_per_process", {})
     worst = max(peak.values(), default=0)
-    result.checks.append(Check(
-        "MongoDB connections per process within maxPoolSize (5) + monitor sockets",
-        worst <= 5 + 2, f"peak per process {worst}, peak total {result.facts.get('mongo_peak_connections_total')} "
-        f"of the server limit 500"))
+    add(Check("MongoDB connections per process within maxPoolSize (5) + 2 monitor sockets", worst <= 7,
+              f"peak per process {worst}, peak total {result.facts.get('mongo_peak_connections_total')} "
+              "of the server limit 500"))
+
+
+def load_fixtures(cluster: Cluster) -> dict[str, Any]:
+    import json
+
+    return json.loads((cluster.workdir / "fixtures.json").read_text())
