@@ -728,6 +728,11 @@ def _key_label(info: Any) -> str:
     return f"{info.prefix} {info.name}".strip()
 
 
+def _busiest(days: list[tuple[dt.date, int]]) -> str:
+    day, n = max(days, key=lambda dn: (dn[1], dn[0]))
+    return day.isoformat() if n else ""
+
+
 @register_detail("apikeys")
 def _apikeys_detail(days: int) -> list[Section]:
     """API keys in MongoDB"""
@@ -803,7 +808,7 @@ def _apikeys_detail(days: int) -> list[Section]:
     series = [(_key_label(k), [n for _, n in per_key[k.key_id]][::-1]) for k in charted]
     daily_rows = [
         [_key_label(k), k.owner, sum(n for _, n in per_key[k.key_id]),
-         max(per_key[k.key_id], key=lambda dn: (dn[1], dn[0]))[0].isoformat()]
+         _busiest(per_key[k.key_id])]
         for k in charted
     ]
     sections.append(
@@ -896,10 +901,8 @@ def _analytics_detail(days: int, event: str | None = None) -> list[Section]:
     first_hour = max(start, end - dt.timedelta(hours=ANALYTICS_HOURS))
     n_hours = int((end - first_hour).total_seconds() // 3600)
     hours = [first_hour + dt.timedelta(hours=i) for i in range(n_hours)]
-    hour_rows = [[h.strftime("%Y-%m-%d %H:00"), hourly.get(h, 0)] for h in reversed(hours)]
     daily = dict(rep.daily)
     day_list = [start.date() + dt.timedelta(days=i) for i in range(days)]
-    day_rows = [[d.isoformat(), daily.get(d, 0)] for d in reversed(day_list)]
     visitors = sorted(rep.visitors, key=lambda v: (-v[1].toordinal(), v[0]))
     visitor_note = (
         f"Showing {ANALYTICS_VISITOR_ROWS} of {len(visitors)} rows (newest days first)."
@@ -909,17 +912,15 @@ def _analytics_detail(days: int, event: str | None = None) -> list[Section]:
     redis_down = redis_gate.state != CLOSED
     return [
         Section(
-            f"Events per hour{of}, last {n_hours} hours",
-            ["Hour (UTC)", "Events"],
-            hour_rows if any(r[1] for r in hour_rows) else [],
-            chart=Chart(f"Events per hour{of}", [h.strftime("%d %H:00") for h in hours],
+            f"Events per hour{of}, last {n_hours} hours (UTC)",
+            ["Hour (UTC)", "Events"],  # the chart's own table lists them
+            chart=Chart(f"Events per hour{of}", [h.strftime("%m-%d %H:00") for h in hours],
                         [("events", [hourly.get(h, 0) for h in hours])], time_series=True),
             empty=f"No events in the last {n_hours} hours.",
         ),
         Section(
-            f"Events per day{of}, last {days} days",
+            f"Events per day{of}, last {days} days (UTC)",
             ["Day (UTC)", "Events"],
-            day_rows if any(r[1] for r in day_rows) else [],
             chart=Chart(f"Events per day{of}", [d.strftime("%m-%d") for d in day_list],
                         [("events", [daily.get(d, 0) for d in day_list])], time_series=True),
             empty=f"No events in the last {days} days.",
