@@ -112,7 +112,10 @@ def feature_view(request: HttpRequest, feature: str, site: AdminSite | None = No
     if not may_view_reports(request, site):
         raise PermissionDenied
     days = _days_param(request)
-    summary = reports.feature_summary(feature, days)
+    # Filters are strings checked by the detail function (a bad one is ignored with a note, never a 500).
+    accepted = reports.detail_filters(feature)
+    filters = {name: request.GET[name][:200] for name in accepted if request.GET.get(name)}
+    summary = reports.feature_summary(feature, days, filters)
     oldest_first = list(reversed(summary.per_day))
     shown = [e for e in summary.events if summary.totals.get(e)]
     events_chart = reports.Chart(
@@ -125,10 +128,11 @@ def feature_view(request: HttpRequest, feature: str, site: AdminSite | None = No
         summary=summary,
         chart=bar_chart(events_chart) if shown else None,
         sections=[
-            {"section": s, "chart": bar_chart(s.chart, time_series=False) if s.chart else None}
+            {"section": s, "chart": bar_chart(s.chart, time_series=s.chart.time_series) if s.chart else None}
             for s in summary.sections
         ],
         per_day_rows=[(d, [counts.get(e, 0) for e in summary.events]) for d, counts in summary.per_day],
+        filter_fields=[{"name": n, "value": summary.filters.get(n, "")} for n in accepted],
     )
     return TemplateResponse(request, "admin/hotcache/feature.html", ctx)
 

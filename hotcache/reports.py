@@ -32,7 +32,7 @@ from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import CLOSED, GateState, redis_gate
 from hotcache.conf import FEATURES, hotcache_settings
-from hotcache.exceptions import BackendUnavailable, MongoWriteError, RedisUnavailable
+from hotcache.exceptions import BackendUnavailable, HotcacheError, MongoWriteError, RedisUnavailable
 
 __all__ = [
     "FEATURE_EVENTS",
@@ -43,6 +43,7 @@ __all__ = [
     "FeatureSummary",
     "FeatureUsage",
     "Figure",
+    "InvalidFilter",
     "Limit",
     "MongoConnections",
     "Overview",
@@ -244,6 +245,7 @@ class Chart:
     series: list[tuple[str, list[int]]]
     limit: int | None = None  # drawn as a line (a budget)
     limit_label: str = ""
+    time_series: bool = False  # labels are times, oldest first (the table beside it lists them newest first)
 
 
 @dataclass(slots=True)
@@ -283,6 +285,8 @@ class FeatureSummary:
     mongo_ops: int
     figures: list[Figure]
     sections: list[Section]
+    filters: dict[str, str] = field(default_factory=dict)  # the detail filters applied (e.g. analytics event)
+    notes: list[str] = field(default_factory=list)  # e.g. a filter that was ignored, and why
 
     @property
     def has_data(self) -> bool:
@@ -300,6 +304,8 @@ class FeatureSummary:
             "commands": self.commands,
             "mongo_ops": self.mongo_ops,
             "figures": [asdict(f) for f in self.figures],
+            "filters": self.filters,
+            "notes": self.notes,
             "per_day": [{"day": d.isoformat(), **counts} for d, counts in self.per_day],
             "sections": [
                 {"title": s.title, "columns": s.columns, "rows": s.rows, "note": s.note} for s in self.sections
@@ -480,15 +486,26 @@ def _mongo(warn: float) -> MongoConnections:
 
 # --- per-feature pages ---------------------------------------------------------------------------
 
-DetailFunction = Callable[[int], list[Section]]
+DetailFunction = Callable[..., list[Section]]
 _DETAILS: dict[str, list[DetailFunction]] = {}
+_DETAIL_FILTERS: dict[DetailFunction, tuple[str, ...]] = {}
 
 
-def register_detail(feature: str) -> Callable[[DetailFunction], DetailFunction]:
-    """Decorator: ``fn(days) -> [Section, ...]`` adds sections to ``feature``'s report page.
+class InvalidFilter(HotcacheError, ValueError):
+    """A report filter (``?event=``) a detail function cannot use; the page ignores it and says why."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def register_detail(feature: str, *, filters: tuple[str, ...] = ()) -> Callable[[DetailFunction], DetailFunction]:
+    """Decorator: ``fn(days, **filters) -> [Section, ...]`` adds sections to ``feature``'s report page.
 
     The function must cost a bounded number of operations (aggregated documents, capped reads) and may
     raise BackendUnavailable, which the page shows as a note on a section titled after the function.
+    ``filters`` names the keyword arguments it accepts from the page's query string (strings, unvalidated:
+    the function validates them and raises InvalidFilter, after which it is called again without them).
     """
     if feature not in FEATURES:
         msg = f"unknown feature {feature!r}; expected one of {FEATURES}"
@@ -497,13 +514,36 @@ def register_detail(feature: str) -> Callable[[DetailFunction], DetailFunction]:
     def decorate(fn: DetailFunction) -> DetailFunction:
         if fn not in _DETAILS.setdefault(feature, []):
             _DETAILS[feature].append(fn)
+        _DETAIL_FILTERS[fn] = tuple(filters)
         return fn
 
     return decorate
 
 
-def feature_summary(feature: str, days: int | None = None) -> FeatureSummary:
-    """Per-day event counts for ``feature`` from the meter, derived figures, and its detail sections."""
+def detail_filters(feature: str) -> list[str]:
+    """The query-string filters ``feature``'s page accepts (from its registered detail functions)."""
+    return sorted({name for fn in _DETAILS.get(feature, []) for name in _DETAIL_FILTERS.get(fn, ())})
+
+
+def _run_detail(fn: DetailFunction, days: int, filters: dict[str, str], summary: FeatureSummary) -> list[Section]:
+    kwargs = {k: filters[k] for k in _DETAIL_FILTERS.get(fn, ()) if filters.get(k)}
+    if kwargs:
+        try:
+            out = fn(days, **kwargs)
+        except InvalidFilter as exc:
+            summary.notes.append(f"Ignored the {exc.name} filter: {exc}")
+            summary.filters.pop(exc.name, None)
+        else:
+            summary.filters.update(kwargs)
+            return out
+    return fn(days)
+
+
+def feature_summary(feature: str, days: int | None = None, filters: dict[str, str] | None = None) -> FeatureSummary:
+    """Per-day event counts for ``feature`` from the meter, derived figures, and its detail sections.
+
+    ``filters`` (e.g. ``{"event": "signup"}`` for analytics) go to the detail functions that declare them.
+    """
     if feature not in FEATURES:
         msg = f"unknown feature {feature!r}; expected one of {FEATURES}"
         raise ValueError(msg)
@@ -544,7 +584,7 @@ def feature_summary(feature: str, days: int | None = None) -> FeatureSummary:
         derive(summary, totals)
     for fn in _DETAILS.get(feature, []):
         try:
-            summary.sections.extend(fn(n_days))
+            summary.sections.extend(_run_detail(fn, n_days, dict(filters or {}), summary))
         except BackendUnavailable as exc:
             title = (fn.__doc__ or fn.__name__).strip().splitlines()[0]
             summary.sections.append(Section(title, [], note=f"{exc.backend} unavailable: {exc}"))
@@ -676,10 +716,143 @@ _DERIVED: dict[str, Callable[[FeatureSummary, Counter[str]], None]] = {
 # --- MFA codes (issue 5) ---
 
 # --- API keys (issue 6) ---
-# After the merge: per-key usage per day, keys near or over their limit, revoked and expired keys,
-# from apikeys.list_keys() (bounded: one MongoDB find with a limit).
+# Cost: apikeys.list_keys() (2 MongoDB queries, 1 Redis round trip of one GET per key: grows with the
+# number of keys, never with traffic) and apikeys.usage_many() for the APIKEYS_DAILY busiest keys
+# (2 MongoDB queries, 1 Redis round trip of APIKEYS_DAILY x days GETs).
+
+APIKEYS_SHOWN = 50  # keys listed (the most used today)
+APIKEYS_DAILY = 8  # keys charted per day (one colour each)
+
+
+def _key_label(info: Any) -> str:
+    return f"{info.prefix} {info.name}".strip()
+
+
+def _busiest(days: list[tuple[dt.date, int]]) -> str:
+    day, n = max(days, key=lambda dn: (dn[1], dn[0]))
+    return day.isoformat() if n else ""
+
+
+@register_detail("apikeys")
+def _apikeys_detail(days: int) -> list[Section]:
+    """API keys in MongoDB"""
+    from hotcache import apikeys
+
+    infos = apikeys.list_keys()
+    now = clock.utcnow()
+    warn = _warning_percent()
+
+    def status(k: Any) -> str:
+        if k.revoked_at is not None:
+            return "revoked"
+        if k.expires_at is not None and k.expires_at <= now:
+            return "expired"
+        if k.daily_limit and k.used_today >= k.daily_limit:
+            return "at limit"
+        if k.daily_limit and 100.0 * k.used_today / k.daily_limit >= warn:
+            return "near limit"
+        return "active"
+
+    ranked = sorted(infos, key=lambda k: (-k.used_today, -k.created_at.timestamp(), k.key_id))
+    shown = ranked[:APIKEYS_SHOWN]
+    cap_note = (
+        f"Showing {len(shown)} of {len(infos)} keys (the most used today)." if len(infos) > len(shown) else ""
+    )
+    rows = [
+        [
+            k.prefix,
+            k.name,
+            k.owner,
+            f"{k.daily_limit:,}" if k.daily_limit else "none",
+            k.used_today,
+            _ratio(k.used_today, k.daily_limit) if k.daily_limit else "",
+            status(k),
+        ]
+        for k in shown
+    ]
+    near = [k for k in ranked if status(k) in ("at limit", "near limit")][:APIKEYS_SHOWN]
+    gone = sorted(
+        (k for k in infos if status(k) in ("revoked", "expired")),
+        key=lambda k: k.revoked_at or k.expires_at or now,
+        reverse=True,
+    )[:APIKEYS_SHOWN]
+    sections = [
+        Section(
+            "Keys by use today",
+            ["Key", "Name", "Owner", "Daily limit", "Used today", "Of limit", "Status"],
+            rows,
+            note=cap_note,
+            empty="No API keys yet.",
+        ),
+        Section(
+            "Near or at their daily limit today",
+            ["Key", "Name", "Owner", "Used today", "Daily limit", "Of limit", "Status"],
+            [[k.prefix, k.name, k.owner, k.used_today, k.daily_limit, _ratio(k.used_today, k.daily_limit or 0),
+              status(k)] for k in near],
+            note=f"Active keys at {warn:g}% (HOTCACHE['REPORTS_WARNING_PERCENT']) of their daily limit or more; "
+            "requests refused over the limit are counted as over_limit above.",
+            empty="No key is near its daily limit.",
+        ),
+        Section(
+            "Revoked and expired keys",
+            ["Key", "Name", "Owner", "Status", "Since (UTC)"],
+            [[k.prefix, k.name, k.owner, status(k),
+              (k.revoked_at or k.expires_at).strftime("%Y-%m-%d %H:%M")] for k in gone],
+            empty="No revoked or expired keys.",
+        ),
+    ]
+    busiest = shown[:APIKEYS_DAILY]
+    per_key = apikeys.usage_many([k.key_id for k in busiest], days) if busiest else {}
+    charted = [k for k in busiest if k.key_id in per_key]
+    day_list = [d for d, _ in per_key[charted[0].key_id]][::-1] if charted else []
+    series = [(_key_label(k), [n for _, n in per_key[k.key_id]][::-1]) for k in charted]
+    daily_rows = [
+        [_key_label(k), k.owner, sum(n for _, n in per_key[k.key_id]),
+         _busiest(per_key[k.key_id])]
+        for k in charted
+    ]
+    sections.append(
+        Section(
+            f"Uses per day, last {days} days",
+            ["Key", "Owner", f"Uses in {days} days", "Busiest day"],
+            daily_rows,
+            chart=Chart(
+                f"Uses per day of the {len(charted)} keys most used today",
+                [d.strftime("%m-%d") for d in day_list],
+                series,
+                time_series=True,
+            )
+            if charted
+            else None,
+            note=f"The {APIKEYS_DAILY} keys most used today; the table beside the chart has each key's count per day."
+            if charted
+            else "",
+            empty="No API keys yet.",
+        )
+    )
+    return sections
 
 # --- Workbench (issue 7) ---
+
+
+@register_detail("workbench")
+def _workbench_sessions(days: int) -> list[Section]:
+    """Sessions in Redis now"""
+    from hotcache import workbench
+
+    c = workbench.counts()  # one Redis round trip of 4 O(1)/O(log n) commands
+    return [
+        Section(
+            "Sessions in Redis now",
+            ["Sessions", "Count"],
+            [
+                ["active (hot or waiting to be persisted)", c.active],
+                ["idle longer than WORKBENCH_PERSIST_IDLE_AFTER", c.idle],
+                ["ended, queued for history", c.ended],
+                ["claimed by a persister run", c.claimed],
+            ],
+        )
+    ]
 
 
 @register_detail("workbench")
@@ -698,5 +871,82 @@ def _workbench_history(days: int) -> list[Section]:
 
 
 # --- Analytics (issue 8) ---
-# After the merge: events per hour and per day (Chart), top events, top paths, distinct visitors for the
-# chosen range, from analytics.report(...) (aggregated hourly documents: a fixed number of queries).
+# One analytics.report() for the page's range: 4 MongoDB queries on aggregated hourly documents plus
+# at most 4 Redis round trips over the unsynced hours (bounded by ANALYTICS_RETENTION_HOURS and the
+# per-hour/per-day cardinality caps, not by traffic).
+
+ANALYTICS_HOURS = 48  # hours in the per-hour chart (the last 48, or fewer when the range is shorter)
+ANALYTICS_VISITOR_ROWS = 200  # rows of the distinct visitors table
+
+
+@register_detail("analytics", filters=("event",))
+def _analytics_detail(days: int, event: str | None = None) -> list[Section]:
+    """Analytics events from MongoDB and unsynced Redis counters"""
+    from hotcache import analytics
+    from hotcache.exceptions import InvalidName
+
+    if event is not None:
+        try:
+            event = analytics.validate_event(event)
+        except InvalidName as exc:
+            msg = f"event names match {analytics.EVENT_PATTERN} ({str(event)[:70]!r} does not)"
+            raise InvalidFilter("event", msg) from exc
+    now = clock.utcnow()
+    end = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    start = dt.datetime.combine(now.date() - dt.timedelta(days=days - 1), dt.time(), tzinfo=dt.UTC)
+    rep = analytics.report(start, end, event)
+    of = f" ({event})" if event else ""
+
+    hourly = dict(rep.hourly)
+    first_hour = max(start, end - dt.timedelta(hours=ANALYTICS_HOURS))
+    n_hours = int((end - first_hour).total_seconds() // 3600)
+    hours = [first_hour + dt.timedelta(hours=i) for i in range(n_hours)]
+    daily = dict(rep.daily)
+    day_list = [start.date() + dt.timedelta(days=i) for i in range(days)]
+    visitors = sorted(rep.visitors, key=lambda v: (-v[1].toordinal(), v[0]))
+    visitor_note = (
+        f"Showing {ANALYTICS_VISITOR_ROWS} of {len(visitors)} rows (newest days first)."
+        if len(visitors) > ANALYTICS_VISITOR_ROWS
+        else ""
+    )
+    redis_down = redis_gate.state != CLOSED
+    return [
+        Section(
+            f"Events per hour{of}, last {n_hours} hours (UTC)",
+            ["Hour (UTC)", "Events"],  # the chart's own table lists them
+            chart=Chart(f"Events per hour{of}", [h.strftime("%m-%d %H:00") for h in hours],
+                        [("events", [hourly.get(h, 0) for h in hours])], time_series=True),
+            empty=f"No events in the last {n_hours} hours.",
+        ),
+        Section(
+            f"Events per day{of}, last {days} days (UTC)",
+            ["Day (UTC)", "Events"],
+            chart=Chart(f"Events per day{of}", [d.strftime("%m-%d") for d in day_list],
+                        [("events", [daily.get(d, 0) for d in day_list])], time_series=True),
+            empty=f"No events in the last {days} days.",
+        ),
+        Section(
+            "Top events",
+            ["Event", "Count"],
+            [[e, n] for e, n in rep.top_events],
+            chart=Chart("Top events", [e for e, _ in rep.top_events[:10]],
+                        [("count", [n for _, n in rep.top_events[:10]])]) if rep.top_events else None,
+            empty="No events in this range.",
+        ),
+        Section("Top paths", ["Path", "Count"], [[p or "(none)", n] for p, n in rep.top_paths],
+                empty="No paths in this range."),
+        Section(
+            "Distinct visitors per event and day",
+            ["Day (UTC)", "Event", "Visitors"],
+            [[d.isoformat(), e, n] for e, d, n in visitors[:ANALYTICS_VISITOR_ROWS]],
+            note=visitor_note or "HyperLogLog estimates (about 0.8% error); not counted while Redis is down.",
+            empty="No visitors counted in this range.",
+        ),
+        Section(
+            "Not yet synced to MongoDB",
+            ["Counts", "Events"],
+            [["still only in Redis (included above)", rep.unsynced]],
+            note="Redis is unavailable: unsynced counts are unknown and not included above." if redis_down else
+            "The sync (hotcache.tasks.sync_analytics, hourly) moves closed hours to MongoDB.",
+        ),
+    ]

@@ -10,6 +10,7 @@ from hotcache import metering
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import FEATURES
 from hotcache.testing import count_redis
+from tests.analytics_fixtures import _empty_fallback_buffer  # noqa: F401 - autouse (no analytics keys left over)
 from tests.reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.django_db
@@ -162,9 +163,14 @@ def test_page_cost_is_bounded(staff_client, django_assert_max_num_queries, page)
     staff_client.get(url(page))  # warm: sessions, content types
     with count_redis() as c, django_assert_max_num_queries(4):
         assert staff_client.get(url(page)).status_code == 200
-    assert c.round_trips <= 2  # the meter pipeline and, on the overview, INFO memory
-    assert c.commands <= 31
-    assert c.mongo_ops <= 1  # the workbench page counts its history collection
+    # (round trips, commands, MongoDB ops) with this workload: the meter pipeline (31 HGETALLs incl. its
+    # handshake) plus, on the overview, INFO memory; workbench: 4 ZCARD/ZCOUNTs + a history count;
+    # analytics: report() (index pipeline; nothing unsynced) + 4 MongoDB reads; apikeys: no keys, 1 find.
+    bounds = {"workbench": (2, 35, 1), "analytics": (2, 34, 4), "apikeys": (1, 31, 1)}
+    rt, commands, mongo_ops = bounds.get(page[1] if isinstance(page, tuple) else page, (2, 31, 0))
+    assert c.round_trips <= rt
+    assert c.commands <= commands
+    assert c.mongo_ops <= mongo_ops
 
 
 def test_page_cost_does_not_grow_with_traffic(staff_client):

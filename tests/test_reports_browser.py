@@ -1,16 +1,18 @@
 """A real headless Chromium logs into the admin with the login form, opens every report page, checks the figures
 and saves screenshots under artifacts/ (their paths are printed)."""
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 
-from hotcache import metering
+from hotcache import analytics, apikeys, metering
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import FEATURES
 from hotcache.testing import frozen_clock
+from tests.analytics_fixtures import _empty_fallback_buffer  # noqa: F401 - autouse (no analytics keys left over)
 from tests.reports_fixtures import clear_meter_hashes, empty_meter_hashes  # noqa: F401 - autouse
 
 CHROMIUM = "/usr/bin/chromium"
@@ -54,6 +56,26 @@ def workload():
     assert metering.flush()
 
 
+def feature_workload():
+    """Analytics: page_view 7 (5 synced to MongoDB, 2 only in Redis), signup 3. API keys: alice at her limit of 5
+    (one more refused), bob at 8 of 10, carol revoked. Returns alice's key prefix."""
+    for uid in (1, 2, 3):
+        analytics.track("signup", path="/join", user_id=uid)
+    analytics.track("page_view", path="/", visitor_id="a", count=5)
+    assert not analytics.sync(include_current_hour=True).error
+    analytics.track("page_view", path="/pricing", visitor_id="b", count=2)
+    alice = apikeys.create("alice", "web", daily_limit=5)
+    bob = apikeys.create("bob", "cli", daily_limit=10)
+    carol = apikeys.create("carol", "old")
+    for _ in range(6):
+        apikeys.check(alice.raw_key)
+    for _ in range(8):
+        apikeys.check(bob.raw_key)
+    apikeys.revoke(carol.key_id)
+    assert metering.flush()
+    return apikeys.get(alice.key_id).prefix
+
+
 @pytest.mark.slow
 def test_admin_reports_in_a_real_browser(live_server, transactional_db, monkeypatch, raw_redis):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements/test.txt")
@@ -62,6 +84,7 @@ def test_admin_reports_in_a_real_browser(live_server, transactional_db, monkeypa
     clear_meter_hashes(raw_redis)  # creating the user is itself metered (the user cache invalidates it)
     history()
     workload()
+    alice_prefix = feature_workload()
     # Playwright's sync API runs an asyncio loop in this thread; Django then refuses ORM calls from it
     # (SynchronousOnlyOperation) during fixture teardown (transactional_db's flush). The ORM work here is
     # plain synchronous code, so the guard is lifted for this test only.
@@ -92,15 +115,20 @@ def test_admin_reports_in_a_real_browser(live_server, transactional_db, monkeypa
                 "ratelimit": ["Denial rate", "20.0%", "login-burst", "37.5%"],
                 "users": ["Cache hit ratio", "93.6%", "Database queries avoided", "950"],  # 95+855 hits, 5+60 misses
                 "mfa": ["Codes issued", "Verification success rate", "71.4%"],
-                "apikeys": ["No api keys activity"],
-                "workbench": ["Persisted sessions in MongoDB", "workbench_history"],
-                "analytics": ["No analytics activity"],
+                "apikeys": ["Keys by use today", "near or at their daily limit today", "revoked and expired keys"],
+                "workbench": ["Persisted sessions in MongoDB", "workbench_history", "Sessions in Redis now"],
+                "analytics": ["Events per hour", "Top events", "Top paths", "Distinct visitors"],
             }
             for feature in FEATURES:
                 page.goto(f"{live_server.url}/hotcache/reports/{feature}/")
                 body = page.locator("#content").inner_text().lower()  # card titles are upper-cased by CSS
                 for fragment in expected[feature]:
                     assert fragment.lower() in body, (feature, fragment)
+                if feature == "analytics":
+                    assert re.search(r"page_view\s+7\b", body)  # top events: MongoDB 5 + Redis 2
+                if feature == "apikeys":
+                    alice_row = page.locator("tr", has_text=alice_prefix).first.inner_text().split()
+                    assert alice_row[:7] == [alice_prefix, "web", "alice", "5", "5", "100.0%", "at"], alice_row
                 shots.append(ARTIFACTS / f"reports-{feature}.png")
                 page.screenshot(path=str(shots[-1]), full_page=True)
 
