@@ -534,7 +534,8 @@ def _replace_tombstone(coll: mongo.Collection, session_id: str, text: str, owner
         return None
     doc = _fresh_doc(session_id, text, owner, clock.utcnow(), tomb)
     fields = {k: v for k, v in doc.items() if k != "_id"}
-    matched = coll.update_one({"_id": session_id, "ended": True, "token": tomb["token"]}, {"$set": fields})
+    update = {"$set": fields, "$unset": {"ended": "", "from_redis": ""}}
+    matched = coll.update_one({"_id": session_id, "ended": True, "token": tomb["token"]}, update)
     return 1 if matched else None
 
 
