@@ -36,16 +36,42 @@ The check hotcache.E051 keeps PERSIST_IDLE_AFTER + PERSIST_INTERVAL + CLAIM_TIME
 so an abandoned session reaches history before Redis would expire it.
 
 Redis down (policy: degrade to MongoDB, never fail): save/load/end work on the ``workbench_active``
-collection with the same versions and conflicts (find_one_and_update filtered on the version). end() there
-writes the history record directly. When Redis is back, a load (or a save with expected_version) that
-misses in Redis but finds the session in ``workbench_active`` moves it into Redis and continues from its
-version; persist() also sweeps ``workbench_active`` for idle sessions. Limits, by design (MongoDB load is
-what this feature removes): saves are not written through, so a session saved to Redis before an outage
-is not visible during it (load returns None for it until Redis is back; nothing is lost). With both
-Redis and MongoDB down, save/load/end raise BackendUnavailable. A load that misses in Redis costs one
-MongoDB read (the outage-copy check). A blind save
-(no expected_version) of an id that Redis does not know starts a new incarnation even if
-``workbench_active`` holds one from the outage; both reach history.
+collection with the same versions and conflicts (find_one_and_update filtered on the version).
+
+Durable saves (WORKBENCH_DURABLE_SAVES, default True): every successful Redis save also writes the session
+to ``workbench_active`` with ONE conditional upsert, filtered on ``version < new`` (or a durable copy of
+another incarnation); E11000 from the upsert means a newer version is already there. So a session saved
+on Redis is loadable and savable (same version) on MongoDB during a later outage. Loads stay one Redis
+round trip and no MongoDB op. MongoDB down during a save: the save succeeds on Redis (log once, event
+``durable_save_failed``); in that double-failure window a later Redis outage does not see the newest
+version. Document ``origin``: "redis" (durable copy; Redis is authoritative), "fallback" (written during an
+outage; may be newer than Redis), "fork" (an outage incarnation under an id Redis holds another one of).
+
+Recovery rule (Redis returns still holding v5 while MongoDB has the outage's v6): a process that wrote on
+MongoDB during the outage raises a *fence* in Redis (``fence`` key, random value) with its next workbench
+call. While the fence is up, load/save/end of a session not yet checked under that fence value (hash
+field ``k``) first compare it with its MongoDB document (one read) and fix Redis with ``wb_reconcile``:
+a newer version of the SAME incarnation replaces Redis's copy; an older one, or another incarnation, never
+does; a tombstone (below) drops the incarnation it names. The persister reconciles all "fallback" documents
+first in every run and then lowers the fence (compare-and-delete, so a fence raised again stays). Limits:
+between Redis's return and the first call of a process that wrote during the outage (or the next persister
+run, if that process died), another process can read the older Redis copy; a partial partition (Redis down
+for some processes only) can fork versions -- no design without consensus avoids that.
+
+end() removes the durable copy (one MongoDB op per end; the persister's idle sweep is the backstop if it
+fails); the persister removes the copies of sessions it persisted as idle in one delete per batch. end()
+during an outage writes history directly and, when Redis may hold that incarnation, leaves a tombstone
+(``ended``) so Redis's copy is dropped instead of served when it returns; a new incarnation saved over a
+tombstone remembers it (``gone_token``). History stays exactly once: its _id is ``<id>:<token>`` and
+rank-guarded, so a leftover copy swept later is a no-op. The idle sweep skips documents whose incarnation
+Redis holds (loads do not touch MongoDB, so their ``last_seen`` is old) and touches them.
+
+With durable saves off: a session saved to Redis before an outage is not visible during it (load returns
+None until Redis is back; nothing is lost). A load that misses in Redis costs one MongoDB read (the
+outage-copy check) either way; a miss that finds a copy moves it into Redis and continues from its version.
+With both Redis and MongoDB down, save/load/end raise BackendUnavailable. A blind save (no
+expected_version) of an id that Redis does not know starts a new incarnation even if ``workbench_active``
+holds one from the outage (a "fork"); both reach history.
 """
 
 from __future__ import annotations
