@@ -476,6 +476,16 @@ def check_workbench(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                     id="hotcache.E054",
                 )
             )
+    durable = hotcache_settings.WORKBENCH_DURABLE_SAVES
+    if not isinstance(durable, bool):
+        errors.append(
+            Error(
+                f"{_setting('WORKBENCH_DURABLE_SAVES')}={durable!r} is not True or False.",
+                hint="Use True (default: every save is also copied to MongoDB workbench_active, so sessions stay "
+                "loadable during a Redis outage) or False (Redis only; one MongoDB write less per save).",
+                id="hotcache.E055",
+            )
+        )
     return errors
 
 # --- Analytics (E060-E069) ---

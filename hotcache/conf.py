@@ -89,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "WORKBENCH_CLAIM_TIMEOUT": 300,  # seconds before a crashed persister's claims are taken over
     "WORKBENCH_ENDED_TTL": 86_400,  # seconds an ended session waits in Redis for the persister (MongoDB outages)
     "WORKBENCH_PERSIST_BATCH": 1000,  # sessions per claim and per MongoDB bulk write
+    "WORKBENCH_DURABLE_SAVES": True,  # copy every Redis save to MongoDB workbench_active (visible in a Redis outage)
 
     # --- Analytics (issue 8) ---
     "ANALYTICS_RETENTION_HOURS": 168,  # TTL of Redis counters, pending batches and HLLs: the sync must run within it

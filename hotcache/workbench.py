@@ -36,16 +36,42 @@ The check hotcache.E051 keeps PERSIST_IDLE_AFTER + PERSIST_INTERVAL + CLAIM_TIME
 so an abandoned session reaches history before Redis would expire it.
 
 Redis down (policy: degrade to MongoDB, never fail): save/load/end work on the ``workbench_active``
-collection with the same versions and conflicts (find_one_and_update filtered on the version). end() there
-writes the history record directly. When Redis is back, a load (or a save with expected_version) that
-misses in Redis but finds the session in ``workbench_active`` moves it into Redis and continues from its
-version; persist() also sweeps ``workbench_active`` for idle sessions. Limits, by design (MongoDB load is
-what this feature removes): saves are not written through, so a session saved to Redis before an outage
-is not visible during it (load returns None for it until Redis is back; nothing is lost). With both
-Redis and MongoDB down, save/load/end raise BackendUnavailable. A load that misses in Redis costs one
-MongoDB read (the outage-copy check). A blind save
-(no expected_version) of an id that Redis does not know starts a new incarnation even if
-``workbench_active`` holds one from the outage; both reach history.
+collection with the same versions and conflicts (find_one_and_update filtered on the version).
+
+Durable saves (WORKBENCH_DURABLE_SAVES, default True): every successful Redis save also writes the session
+to ``workbench_active`` with ONE conditional upsert, filtered on ``version < new`` (or a durable copy of
+another incarnation); E11000 from the upsert means a newer version is already there. So a session saved
+on Redis is loadable and savable (same version) on MongoDB during a later outage. Loads stay one Redis
+round trip and no MongoDB op. MongoDB down during a save: the save succeeds on Redis (log once, event
+``durable_save_failed``); in that double-failure window a later Redis outage does not see the newest
+version. Document ``origin``: "redis" (durable copy; Redis is authoritative), "fallback" (written during an
+outage; may be newer than Redis), "fork" (an outage incarnation under an id Redis holds another one of).
+
+Recovery rule (Redis returns still holding v5 while MongoDB has the outage's v6): a process that wrote on
+MongoDB during the outage raises a *fence* in Redis (``fence`` key, random value) with its next workbench
+call. While the fence is up, load/save/end of a session not yet checked under that fence value (hash
+field ``k``) first compare it with its MongoDB document (one read) and fix Redis with ``wb_reconcile``:
+a newer version of the SAME incarnation replaces Redis's copy; an older one, or another incarnation, never
+does; a tombstone (below) drops the incarnation it names. The persister reconciles all "fallback" documents
+first in every run and then lowers the fence (compare-and-delete, so a fence raised again stays). Limits:
+between Redis's return and the first call of a process that wrote during the outage (or the next persister
+run, if that process died), another process can read the older Redis copy; a partial partition (Redis down
+for some processes only) can fork versions -- no design without consensus avoids that.
+
+end() removes the durable copy (one MongoDB op per end; the persister's idle sweep is the backstop if it
+fails); the persister removes the copies of sessions it persisted as idle in one delete per batch. end()
+during an outage writes history directly and, when Redis may hold that incarnation, leaves a tombstone
+(``ended``) so Redis's copy is dropped instead of served when it returns; a new incarnation saved over a
+tombstone remembers it (``gone_token``). History stays exactly once: its _id is ``<id>:<token>`` and
+rank-guarded, so a leftover copy swept later is a no-op. The idle sweep skips documents whose incarnation
+Redis holds (loads do not touch MongoDB, so their ``last_seen`` is old) and touches them.
+
+With durable saves off: a session saved to Redis before an outage is not visible during it (load returns
+None until Redis is back; nothing is lost). A load that misses in Redis costs one MongoDB read (the
+outage-copy check) either way; a miss that finds a copy moves it into Redis and continues from its version.
+With both Redis and MongoDB down, save/load/end raise BackendUnavailable. A blind save (no
+expected_version) of an id that Redis does not know starts a new incarnation even if ``workbench_active``
+holds one from the outage (a "fork"); both reach history.
 """
 
 from __future__ import annotations
@@ -54,6 +80,7 @@ import datetime as dt
 import json
 import logging
 import secrets
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,6 +123,13 @@ _END = redis_backend.Script("wb_end")
 _CLAIM = redis_backend.Script("wb_claim")
 _ACK = redis_backend.Script("wb_ack")
 _RELEASE = redis_backend.Script("wb_release")
+_RECONCILE = redis_backend.Script("wb_reconcile")
+_UNFENCE = redis_backend.Script("wb_unfence")
+
+# workbench_active "origin": "redis" = a durable copy of a Redis save (Redis is authoritative);
+# "fallback" = written on MongoDB during a Redis outage (may be newer than Redis: reconcile it);
+# "fork" = an outage incarnation that Redis holds a different incarnation for (goes to history when idle).
+_REDIS, _FALLBACK, _FORK = "redis", "fallback", "fork"
 
 
 class Conflict(HotcacheError):
@@ -139,6 +173,7 @@ class PersistResult:
     missing: int = 0  # claimed but gone from Redis (expired before any persister ran)
     recovered: int = 0  # stale claims of an earlier run taken over
     from_fallback: int = 0  # sessions swept from workbench_active
+    reconciled: int = 0  # outage copies compared with Redis after an outage (see "recovery")
     batches: int = 0  # MongoDB bulk writes
     dry_run: bool = False
     pending: dict[str, int] = field(default_factory=dict)  # dry run: what would be moved
@@ -179,6 +214,38 @@ def _claims_key() -> str:
 
 def _owners_key() -> str:
     return keys.tagged(FEATURE, "s", "owners")
+
+
+def _fence_key() -> str:
+    return keys.tagged(FEATURE, "s", "fence")
+
+
+# --- the recovery fence ----------------------------------------------------------------------------
+# A process that wrote to workbench_active because Redis was unreachable raises the fence in Redis with
+# its next successful workbench call. While the fence is up, every session is compared with its MongoDB
+# copy once (marked with the fence value) before Redis serves or changes it.
+
+_fence_lock = threading.Lock()
+_fence_pending: str | None = None
+_durable_failed_logged = False
+
+
+def _raise_fence_later() -> None:
+    global _fence_pending
+    with _fence_lock:
+        _fence_pending = secrets.token_hex(8)
+
+
+def _fence_args() -> tuple[str, int]:
+    return _fence_pending or "", int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
+
+
+def _fence_sent(value: str) -> None:
+    global _fence_pending
+    if value:
+        with _fence_lock:
+            if _fence_pending == value:
+                _fence_pending = None
 
 
 def _check_id(session_id: object) -> str:
@@ -276,17 +343,83 @@ def save(
 def _redis_save(session_id: str, text: str, owner: str | None, expected: int | None, *, retry: bool = True) -> int:
     now = clock.time()
     ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
+    fence, fence_ttl = _fence_args()
     args = [text, "" if expected is None else str(expected), owner or "", repr(now), ttl, _token(), session_id]
-    keys_ = [_data_key(session_id), _index_key()]
-    version, extra = redis_backend.call(FEATURE, lambda r: _SAVE(r, keys_, args))
-    if version == -1:
-        current = int(extra)
+    args += [fence, fence_ttl]
+    keys_ = [_data_key(session_id), _index_key(), _fence_key()]
+    out = redis_backend.call(FEATURE, lambda r: _SAVE(r, keys_, args))
+    _fence_sent(fence)
+    version = int(out[0])
+    if version == -2 and retry:
+        # A recovery fence is up and this session was not compared with its MongoDB copy yet.
+        _reconcile(session_id)
+        return _redis_save(session_id, text, owner, expected, retry=False)
+    if version < 0:
+        current = int(out[1])
         if current == 0 and expected and retry and _migrate(session_id) is not None:
             # The session lives in workbench_active (saved there during a Redis outage): continue from it.
             return _redis_save(session_id, text, owner, expected, retry=False)
+        if version == -2:
+            msg = f"workbench session {session_id!r}: recovery check did not settle"
+            raise RedisUnavailable(msg)
         metering.event(FEATURE, "conflict")
         raise Conflict(session_id, int(expected or 0), current)
-    return int(version)
+    if hotcache_settings.WORKBENCH_DURABLE_SAVES:
+        _durable_write(
+            session_id,
+            text=text,
+            version=version,
+            token=_text(out[2]),
+            owner=_text(out[4]) if out[4] else None,
+            created=_ts(out[3]),
+            updated=_ts(repr(now)),
+        )
+    return version
+
+
+def _durable_write(
+    session_id: str,
+    *,
+    text: str,
+    version: int,
+    token: str,
+    owner: str | None,
+    created: dt.datetime,
+    updated: dt.datetime,
+) -> None:
+    """Copy a Redis save to workbench_active: ONE conditional upsert that never replaces a newer version.
+
+    The filter matches the session's document only if it holds an older version (or a durable copy of
+    another incarnation, which has left Redis: ended or persisted). Otherwise the upsert tries to insert
+    on the existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do.
+    """
+    global _durable_failed_logged
+    doc = {
+        "state": text,
+        "version": version,
+        "token": token,
+        "owner": owner,
+        "created_at": created,
+        "updated_at": updated,
+        "last_seen": updated,
+        "origin": _REDIS,
+        "from_redis": True,
+    }
+    flt = {"_id": session_id, "$or": [{"version": {"$lt": version}}, {"token": {"$ne": token}, "origin": _REDIS}]}
+    try:
+        _active().update_one(flt, {"$set": doc}, upsert=True)
+    except DuplicateKey:
+        pass  # a newer version is already there
+    except BackendUnavailable:
+        metering.event(FEATURE, "durable_save_failed")
+        if not _durable_failed_logged:
+            _durable_failed_logged = True
+            log.warning(
+                "hotcache.workbench: MongoDB unavailable for durable saves; sessions stay in Redis only "
+                "(not visible during a Redis outage) until it is back"
+            )
+        return
+    _durable_failed_logged = False
 
 
 def load(session_id: str) -> Session | None:
@@ -294,22 +427,30 @@ def load(session_id: str) -> Session | None:
     session_id = _check_id(session_id)
     now = clock.time()
     ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
-    keys_ = [_data_key(session_id), _index_key()]
+    keys_ = [_data_key(session_id), _index_key(), _fence_key()]
+    fence, fence_ttl = _fence_args()
     try:
-        row = redis_backend.call(FEATURE, lambda r: _LOAD(r, keys_, [repr(now), ttl, session_id]))
+        row = redis_backend.call(FEATURE, lambda r: _LOAD(r, keys_, [repr(now), ttl, session_id, fence, fence_ttl]))
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
         session = _mongo_load(session_id)
     else:
-        # A Redis miss may be a session that lived on MongoDB during an outage: bring it back.
-        session = _redis_row(session_id, row) if row else _migrate(session_id)
+        _fence_sent(fence)
+        if not row:
+            # A Redis miss may be a session that lived on MongoDB during an outage: bring it back.
+            session = _migrate(session_id)
+        elif int(row[6]):
+            # After an outage: MongoDB may hold a newer version saved while Redis was away.
+            session = _reconcile(session_id, _redis_row(session_id, row), _text(row[3]))
+        else:
+            session = _redis_row(session_id, row)
     if session is not None:
         metering.event(FEATURE, "loaded")
     return session
 
 
 def _redis_row(session_id: str, row: list[Any]) -> Session:
-    state, version, owner, _, created, updated = row
+    state, version, owner, _, created, updated = row[:6]
     owner_text = _text(owner) if owner else ""
     return Session(
         session_id=session_id,
@@ -326,12 +467,21 @@ def end(session_id: str) -> bool:
     session_id = _check_id(session_id)
     now = clock.time()
     token = _token()
-    keys_ = [_data_key(session_id), _index_key(), _ended_queue(), _ended_key(session_id, token)]
+    keys_ = [_data_key(session_id), _index_key(), _ended_queue(), _ended_key(session_id, token), _fence_key()]
     args = [repr(now), int(hotcache_settings.WORKBENCH_ENDED_TTL), f"{session_id}:{token}", session_id]
     try:
-        version = redis_backend.call(FEATURE, lambda r: _END(r, keys_, args))
-        ended = bool(version)
-        if not ended:
+        for attempt in range(2):
+            fence, fence_ttl = _fence_args()
+            out = redis_backend.call(FEATURE, lambda r, f=fence, t=fence_ttl: _END(r, keys_, [*args, f, t]))
+            _fence_sent(fence)
+            if int(out[0]) != -2 or attempt:
+                break
+            _reconcile(session_id)
+        version = int(out[0])
+        ended = version > 0
+        if ended:
+            _drop_durable_copy(session_id, _text(out[1]), version)
+        else:
             # Saved on MongoDB during an outage and not yet loaded since: end it there.
             ended = _mongo_end(session_id)
     except RedisUnavailable:
@@ -411,52 +561,96 @@ def _mongo_doc_session(doc: Mapping[str, Any]) -> Session:
     )
 
 
+_LIVE = {"ended": {"$ne": True}}  # tombstones (ended on MongoDB during an outage) are not sessions
+
+
+def _fresh_doc(session_id: str, text: str, owner: str | None, now: dt.datetime, tomb: Mapping[str, Any] | None) -> dict:
+    doc = {
+        "_id": session_id,
+        "version": 1,
+        "token": _token(),
+        "owner": owner,
+        "created_at": now,
+        "state": text,
+        "updated_at": now,
+        "last_seen": now,
+        "origin": _FALLBACK,
+    }
+    if tomb is not None:
+        # Keep what the tombstone says: Redis may still hold the ended incarnation (dropped on reconcile).
+        doc["gone_token"], doc["gone_version"] = tomb["token"], int(tomb["version"])
+    return doc
+
+
+def _replace_tombstone(coll: mongo.Collection, session_id: str, text: str, owner: str | None) -> int | None:
+    """Start a new incarnation over a tombstone; 1 on success, None if the document is not a tombstone."""
+    tomb = coll.find_one({"_id": session_id})
+    if tomb is None or not tomb.get("ended"):
+        return None
+    doc = _fresh_doc(session_id, text, owner, clock.utcnow(), tomb)
+    fields = {k: v for k, v in doc.items() if k != "_id"}
+    update = {"$set": fields, "$unset": {"ended": "", "from_redis": ""}}
+    matched = coll.update_one({"_id": session_id, "ended": True, "token": tomb["token"]}, update)
+    return 1 if matched else None
+
+
 def _mongo_save(session_id: str, text: str, owner: str | None, expected: int | None) -> int:
     coll = _active()
     now = clock.utcnow()
-    fields: dict[str, Any] = {"state": text, "updated_at": now, "last_seen": now}
+    # Written while Redis is unreachable: Redis may hold an older copy when it returns (see "recovery").
+    fields: dict[str, Any] = {"state": text, "updated_at": now, "last_seen": now, "origin": _FALLBACK}
     if expected == 0:
-        doc = {"_id": session_id, "version": 1, "token": _token(), "owner": owner, "created_at": now, **fields}
         try:
-            coll.insert_one(doc)
+            coll.insert_one(_fresh_doc(session_id, text, owner, now, None))
         except DuplicateKey:
-            current = coll.find_one({"_id": session_id}, {"version": 1})
+            if _replace_tombstone(coll, session_id, text, owner):
+                _raise_fence_later()
+                return 1
+            current = coll.find_one({"_id": session_id, **_LIVE}, {"version": 1})
             metering.event(FEATURE, "conflict")
             raise Conflict(session_id, 0, int(current["version"]) if current else 0) from None
+        _raise_fence_later()
         return 1
     if owner is not None:
         fields["owner"] = owner
     update: dict[str, Any] = {"$set": fields, "$inc": {"version": 1}}
     if expected is not None:
-        doc = coll.find_one_and_update({"_id": session_id, "version": expected}, update)
+        doc = coll.find_one_and_update({"_id": session_id, "version": expected, **_LIVE}, update)
         if doc is None:
-            current = coll.find_one({"_id": session_id}, {"version": 1})
+            current = coll.find_one({"_id": session_id, **_LIVE}, {"version": 1})
             metering.event(FEATURE, "conflict")
             raise Conflict(session_id, expected, int(current["version"]) if current else 0)
+        _raise_fence_later()
         return int(doc["version"])
     insert_only = {"token": _token(), "created_at": now}
     if owner is None:
         insert_only["owner"] = None
     update["$setOnInsert"] = insert_only
-    for _ in range(2):
+    for _ in range(3):
         try:
-            doc = coll.find_one_and_update({"_id": session_id}, update, upsert=True)
+            doc = coll.find_one_and_update({"_id": session_id, **_LIVE}, update, upsert=True)
         except DuplicateKey:
-            continue  # two first saves raced on the upsert; the second attempt updates the winner's document
+            # Two first saves raced on the upsert (the next attempt updates the winner's document), or the
+            # id holds a tombstone: start a new incarnation over it.
+            if _replace_tombstone(coll, session_id, text, owner):
+                _raise_fence_later()
+                return 1
+            continue
         assert doc is not None
+        _raise_fence_later()
         return int(doc["version"])
     msg = f"workbench session {session_id!r}: concurrent creation did not settle"
     raise MongoUnavailable(msg)
 
 
 def _mongo_load(session_id: str) -> Session | None:
-    doc = _active().find_one_and_update({"_id": session_id}, {"$set": {"last_seen": clock.utcnow()}})
+    doc = _active().find_one_and_update({"_id": session_id, **_LIVE}, {"$set": {"last_seen": clock.utcnow()}})
     return _mongo_doc_session(doc) if doc else None
 
 
 def _mongo_end(session_id: str) -> bool:
     coll = _active()
-    doc = coll.find_one({"_id": session_id})
+    doc = coll.find_one({"_id": session_id, **_LIVE})
     if doc is None:
         return False
     now = clock.utcnow()
@@ -473,46 +667,132 @@ def _mongo_end(session_id: str) -> bool:
     )
     _write_history([record])
     # Only the version written to history leaves; a save in between keeps the session active.
-    coll.delete_one({"_id": session_id, "version": doc["version"]})
+    current = {"_id": session_id, "version": doc["version"], "token": doc["token"]}
+    if doc.get("from_redis") or doc.get("gone_token"):
+        # Redis may still hold this incarnation (a durable copy), or an older one: leave a tombstone so
+        # that the recovery drops it there instead of bringing an ended session back.
+        tomb = {"ended": True, "origin": _FALLBACK, "state": "{}", "last_seen": now}
+        if coll.update_one(current, {"$set": tomb, "$unset": {"gone_token": "", "gone_version": ""}}):
+            _raise_fence_later()
+    else:
+        coll.delete_one(current)
     return True
 
 
-def _migrate(session_id: str) -> Session | None:
-    """Move a session saved on MongoDB during a Redis outage back into Redis; None if there is none."""
+def _drop_durable_copy(session_id: str, token: str, version: int) -> None:
+    """After end() in Redis: remove the durable copy (one MongoDB op per end; the persister is the backstop)."""
+    if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
+        return
     try:
-        doc = _active().find_one({"_id": session_id})
+        _active().delete_one({"_id": session_id, "token": token, "version": {"$lte": version}, "origin": _REDIS})
     except BackendUnavailable:
-        log.warning("hotcache.workbench: MongoDB unavailable while checking %s for an outage copy", session_id)
-        return None
-    if doc is None:
-        return None
-    session = _mongo_doc_session(doc)
+        log.warning("hotcache.workbench: ended %s; its durable copy stays until the persister removes it", session_id)
+
+
+def _migrate(session_id: str) -> Session | None:
+    """A Redis miss: bring a session kept on MongoDB (outage or durable copy) back into Redis; None if none."""
+    return _reconcile(session_id, None, None)
+
+
+def _reconcile_args(action: str, fence: str, doc: Mapping[str, Any], session_id: str) -> list[Any]:
     now = clock.time()
-    args = [
-        doc["state"],
-        session.version,
-        session.owner or "",
-        doc["token"],
-        repr(session.created_at.timestamp()),
-        repr(session.updated_at.timestamp()),
+    return [
+        action,
+        fence,
+        doc.get("token", ""),
+        int(doc.get("version", 0)),
+        doc.get("state", "{}"),
+        doc.get("owner") or "",
+        repr(_ts(doc["created_at"]).timestamp()) if "created_at" in doc else "0",
+        repr(_ts(doc["updated_at"]).timestamp()) if "updated_at" in doc else "0",
         repr(now),
         int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT),
         session_id,
     ]
-    keys_ = [_data_key(session_id), _index_key()]
+
+
+def _plan(doc: Mapping[str, Any] | None, token: str | None, version: int) -> list[tuple[str, Mapping[str, Any]]]:
+    """The recovery rule: which Redis actions bring Redis in line with the MongoDB document.
+
+    - a tombstone of the incarnation Redis holds (same token, version at least Redis's): drop it in Redis;
+    - a document that remembers an ended incarnation (gone_token) Redis still holds: drop that first;
+    - an outage ("fallback") or durable document of the same incarnation with a NEWER version, or any
+      document when Redis has none: put it into Redis (the Lua re-checks both conditions atomically);
+    - otherwise Redis is current (it is never overwritten by an older version or another incarnation).
+    """
+    if doc is None:
+        return [("mark", {})]
+    if doc.get("ended"):
+        return [("drop", doc)]
+    actions: list[tuple[str, Mapping[str, Any]]] = []
+    if doc.get("gone_token") and token == doc["gone_token"]:
+        actions.append(("drop", {"token": doc["gone_token"], "version": doc["gone_version"]}))
+        token = None
+    if token is None or (token == doc["token"] and int(doc["version"]) > version):
+        actions.append(("put", doc))
+    else:
+        actions.append(("mark", {}))
+    return actions
+
+
+def _reconcile(session_id: str, current: Session | None = None, token: str | None = None) -> Session | None:
+    """Compare one session's Redis copy (``current``, or a miss) with workbench_active and fix Redis.
+
+    One MongoDB read and one Redis round trip (two when a stale ended incarnation is dropped first).
+    Returns the session as Redis now holds it.
+    """
     try:
-        imported = redis_backend.call(FEATURE, lambda r: _IMPORT(r, keys_, args))
-    except RedisUnavailable:
-        return session
-    if not imported:
-        # Redis got a session under this id meanwhile; the MongoDB copy stays for the sweeper (history).
-        row = redis_backend.call(FEATURE, lambda r: _LOAD(r, keys_, [repr(now), args[7], session_id]))
-        return _redis_row(session_id, row) if row else None
-    try:
-        _active().delete_one({"_id": session_id, "version": session.version})
+        doc = _active().find_one({"_id": session_id})
     except BackendUnavailable:
-        log.warning("hotcache.workbench: migrated %s to Redis; its MongoDB copy stays for the sweeper", session_id)
-    return session
+        log.warning("hotcache.workbench: MongoDB unavailable while checking %s for an outage copy", session_id)
+        return current
+    if doc is None and current is None:
+        return None
+    fence = _current_fence()
+    keys_ = [_data_key(session_id), _index_key()]
+    version = current.version if current is not None else 0
+    changed = False
+    for action, src in _plan(doc, token if current is not None else None, version):
+        args = _reconcile_args(action, fence, src, session_id)
+        try:
+            changed = bool(redis_backend.call(FEATURE, lambda r, a=args: _RECONCILE(r, keys_, a))) or changed
+        except RedisUnavailable:
+            return current if doc is None or doc.get("ended") else _mongo_doc_session(doc)
+    if doc is not None:
+        _settle(doc, keys_)
+    if not changed and current is not None:
+        return current
+    now = clock.time()
+    load_args = [repr(now), int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT), session_id, "", 1]
+    row = redis_backend.call(FEATURE, lambda r: _LOAD(r, [*keys_, _fence_key()], load_args))
+    return _redis_row(session_id, row) if row else None
+
+
+def _current_fence() -> str:
+    try:
+        value = redis_backend.call(FEATURE, lambda r: r.get(_fence_key()))
+    except RedisUnavailable:
+        return ""
+    return _text(value) if value else ""
+
+
+def _settle(doc: Mapping[str, Any], keys_: list[str]) -> None:
+    """After Redis took (or refused) the MongoDB copy: it is no longer an outage copy."""
+    flt = {"_id": doc["_id"], "version": doc["version"], "token": doc["token"], "origin": doc.get("origin")}
+    try:
+        if doc.get("ended"):
+            _active().delete_one(flt)
+        elif doc.get("origin") == _FALLBACK:
+            row = redis_backend.call(FEATURE, lambda r: r.hmget(keys_[0], "g", "v"))
+            same = row[0] is not None and _text(row[0]) == doc["token"] and int(row[1]) >= int(doc["version"])
+            if same and not hotcache_settings.WORKBENCH_DURABLE_SAVES:
+                _active().delete_one(flt)  # Redis has it: without durable saves MongoDB keeps no copy
+            else:
+                origin = _REDIS if same else _FORK
+                unset = {"gone_token": "", "gone_version": ""}
+                _active().update_one(flt, {"$set": {"origin": origin, "from_redis": same}, "$unset": unset})
+    except (BackendUnavailable, RedisUnavailable):
+        log.warning("hotcache.workbench: could not settle the outage copy of %s; the persister will", doc["_id"])
 
 
 # --- persisting --------------------------------------------------------------------------------------
@@ -629,15 +909,41 @@ def _record_for(c: _Claimed) -> dict[str, Any]:
     )
 
 
-def _ack(run_id: str, claimed: list[_Claimed]) -> tuple[int, int]:
+def _ack(run_id: str, claimed: list[_Claimed]) -> tuple[int, int, list[int]]:
     keys_ = [_index_key(), _claims_key(), _owners_key()]
     args: list[Any] = [run_id]
     for c in claimed:
         keys_.append(c.key)
         row = c.row or {}
         args += [c.member, c.kind, c.session_id, row.get("v", ""), row.get("g", "")]
-    acked, kept = redis_backend.call(FEATURE, lambda r: _ACK(r, keys_, args))
-    return int(acked), int(kept)
+    acked, kept, done = redis_backend.call(FEATURE, lambda r: _ACK(r, keys_, args))
+    return int(acked), int(kept), [int(i) - 1 for i in done]
+
+
+def _drop_durable_copies(claimed: list[_Claimed], positions: list[int]) -> None:
+    """Remove the durable copies of sessions that left Redis for history (one MongoDB op per batch).
+
+    Only a durable copy ("redis" origin) of that incarnation at that version or older: an outage copy
+    that is newer stays for the recovery. If this fails, the idle sweep removes them later (history is
+    keyed, so nothing is written twice).
+    """
+    if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
+        return
+    # Ended sessions: end() removed their copy already (one op per end); only idle ones are left here.
+    gone = [claimed[i] for i in positions if claimed[i].row is not None and claimed[i].kind == "i"]
+    if not gone:
+        return
+    flt = {
+        "$or": [
+            {"_id": c.session_id, "token": c.row["g"], "version": {"$lte": int(c.row["v"])}, "origin": _REDIS}
+            for c in gone
+            if c.row is not None
+        ]
+    }
+    try:
+        _active().delete_many(flt)
+    except BackendUnavailable:
+        log.warning("hotcache.workbench: durable copies of %d persisted sessions stay for the sweep", len(gone))
 
 
 def _release(run_id: str, members: list[str]) -> None:
@@ -659,10 +965,11 @@ def _persist_batch(run_id: str, result: PersistResult, limit: int) -> int:
         records = [_record_for(c) for c in present]
         duplicates = _write_history(records)
         result.batches += 1
-        _acked, kept = _ack(run_id, claimed)
+        _acked, kept, done = _ack(run_id, claimed)
     except BaseException:
         _release(run_id, members)
         raise
+    _drop_durable_copies(claimed, done)
     result.missing += len(claimed) - len(present)
     result.kept += kept
     for i, c in enumerate(present):
@@ -680,9 +987,20 @@ def _sweep_active(result: PersistResult, limit: int, max_batches: int) -> None:
     coll = _active()
     cutoff = clock.utcnow() - dt.timedelta(seconds=float(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER))
     for _ in range(max_batches):
-        docs = coll.find({"last_seen": {"$lt": cutoff}}, sort=[("last_seen", mongo.ASCENDING)], limit=limit)
-        if not docs:
+        found = coll.find({"last_seen": {"$lt": cutoff}, **_LIVE}, sort=[("last_seen", mongo.ASCENDING)], limit=limit)
+        if not found:
             return
+        # A document whose incarnation Redis holds is Redis's to persist (its durable copy, or an outage
+        # copy already brought back): skip it, and touch it so the next batch moves on.
+        live = _live_in_redis(found)
+        docs = [d for d in found if d["_id"] not in live]
+        if live:
+            touch = {"$set": {"last_seen": clock.utcnow()}}
+            coll.bulk([mongo.Update({"_id": i}, touch, upsert=False) for i in sorted(live)], ordered=False)
+        if not docs:
+            if len(found) < limit:
+                return
+            continue
         records = [
             _history_record(
                 session_id=d["_id"],
@@ -705,8 +1023,69 @@ def _sweep_active(result: PersistResult, limit: int, max_batches: int) -> None:
         coll.delete_many(
             {"$or": [{"_id": d["_id"], "version": d["version"], "last_seen": d["last_seen"]} for d in docs]}
         )
-        if len(docs) < limit:
+        if len(found) < limit:
             return
+
+
+def _live_in_redis(docs: list[dict]) -> set[str]:
+    """Ids whose document's incarnation (token) Redis holds now (one pipeline). Redis down: durable copies
+    count as live (they are Redis's; the next run decides), outage copies as not."""
+
+    def run(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for d in docs:
+            pipe.hget(_data_key(d["_id"]), "g")
+        return pipe.execute()
+
+    try:
+        tokens = redis_backend.call(FEATURE, run)
+    except RedisUnavailable:
+        return {d["_id"] for d in docs if d.get("origin") == _REDIS}
+    return {d["_id"] for d, g in zip(docs, tokens, strict=True) if g is not None and _text(g) == d["token"]}
+
+
+def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> None:
+    """Recovery after a Redis outage: bring every outage copy (and tombstone) in workbench_active in line with
+    Redis, then lower the fence if nobody raised it again meanwhile. Per batch: one MongoDB read, one Redis
+    pipeline, and the settle writes."""
+    coll = _active()
+    fence = _current_fence()
+    for _ in range(max_batches):
+        docs = coll.find({"origin": _FALLBACK}, sort=[("last_seen", mongo.ASCENDING)], limit=limit)
+        if not docs:
+            break
+
+        def tokens(r: Any, batch: list[dict] = docs) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for d in batch:
+                pipe.hmget(_data_key(d["_id"]), "g", "v")
+            return pipe.execute()
+
+        rows = redis_backend.call(FEATURE, tokens)
+        plans = []
+        for d, (g, v) in zip(docs, rows, strict=True):
+            token = _text(g) if g is not None else None
+            plans.append((d, _plan(d, token, int(v) if v is not None else 0)))
+
+        def apply(r: Any, batch: list = plans) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for d, actions in batch:
+                for action, src in actions:
+                    # EVAL (not EVALSHA) in a pipeline: no NOSCRIPT round trip to handle; a rare recovery path.
+                    ks = [_data_key(d["_id"]), _index_key()]
+                    pipe.eval(_RECONCILE.body, len(ks), *ks, *_reconcile_args(action, fence, src, d["_id"]))
+            return pipe.execute()
+
+        redis_backend.call(FEATURE, apply)
+        for d, _actions in plans:
+            _settle(d, [_data_key(d["_id"]), _index_key()])
+        result.reconciled += len(docs)
+        if len(docs) < limit:
+            break
+    else:
+        return  # more left: keep the fence up for the next run
+    if fence:
+        redis_backend.call(FEATURE, lambda r: _UNFENCE(r, [_fence_key()], [fence]))
 
 
 def persist(*, dry_run: bool = False, limit: int | None = None) -> PersistResult:
@@ -724,6 +1103,8 @@ def persist(*, dry_run: bool = False, limit: int | None = None) -> PersistResult
     run_id = uuid.uuid4().hex
     before_claims = _stale_claims()
     try:
+        # Outage copies first: an idle Redis session must not be persisted over a newer outage version.
+        _reconcile_active(result, batch, max_batches=max(1, (limit or 10**9) // batch + 1))
         while remaining is None or remaining > 0:
             size = batch if remaining is None else min(batch, remaining)
             n = _persist_batch(run_id, result, size)

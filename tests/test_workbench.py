@@ -40,7 +40,8 @@ def test_save_and_load_take_one_round_trip_each():
     warm()
     with count_redis() as c:
         version = workbench.save("s1", {"doc": [1, 2]}, owner="alice")
-    assert version == 1 and c.round_trips == 1 and c.commands == 1 and c.mongo_ops == 0
+    # Durable saves (the default): plus ONE MongoDB operation, the conditional upsert.
+    assert version == 1 and c.round_trips == 1 and c.commands == 1 and c.mongo_ops == 1
     with count_redis() as c:
         session = workbench.load("s1")
     assert c.round_trips == 1 and c.commands == 1 and c.mongo_ops == 0
@@ -198,11 +199,14 @@ def test_with_redis_down_end_writes_history_directly(redis_down):
     assert active_docs() == []
 
 
-def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(redis_proxy, clock, settings):
+def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(
+    redis_proxy, clock, settings, hotcache_config
+):
+    hotcache_config(WORKBENCH_DURABLE_SAVES=False)  # the durable-save variant is in test_workbench_durable.py
     workbench.save("s1", {"n": 1})
     redis_proxy.down()
     session = workbench.load("s1")
-    assert session is None  # saved only to Redis, which cannot be reached: not visible (see module docstring)
+    assert session is None  # durable saves off: only Redis has it, which cannot be reached: not visible
     assert workbench.save("s2", {"n": 1}, owner="bob") == 1  # goes to MongoDB
     assert workbench.save("s2", {"n": 2}, expected_version=1) == 2
     redis_proxy.up()
@@ -215,7 +219,10 @@ def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(redis
     assert workbench.save("s2", {"n": 3}, expected_version=2) == 3
 
 
-def test_save_with_expected_version_after_an_outage_continues_from_the_mongodb_copy(redis_proxy, clock):
+def test_save_with_expected_version_after_an_outage_continues_from_the_mongodb_copy(
+    redis_proxy, clock, hotcache_config
+):
+    hotcache_config(WORKBENCH_DURABLE_SAVES=False)  # without durable saves, MongoDB keeps no copy once migrated
     redis_proxy.down()
     workbench.save("s1", {"n": 1})
     redis_proxy.up()
@@ -235,7 +242,10 @@ def test_redis_taken_away_between_a_save_and_a_load_returns_the_saved_state(redi
     assert workbench.load("s1").state == {"draft": "v1"}  # back: migrated into Redis
 
 
-def test_during_an_outage_a_versioned_save_of_a_redis_only_session_conflicts_instead_of_forking(redis_proxy):
+def test_during_an_outage_a_versioned_save_of_a_redis_only_session_conflicts_instead_of_forking(
+    redis_proxy, hotcache_config
+):
+    hotcache_config(WORKBENCH_DURABLE_SAVES=False)  # with durable saves the session is on MongoDB: no conflict
     workbench.save("s1", {"draft": "v1"})
     redis_proxy.down()
     with pytest.raises(workbench.Conflict):

@@ -81,10 +81,28 @@ def arms() -> dict[str, list[Arm]]:
         sid = f"bench-v{i % 100}"
         versions[sid] = workbench.save(sid, _STATE, expected_version=versions[sid])
 
+    def save_redis_only(i: int) -> None:
+        # WORKBENCH_DURABLE_SAVES=False for this call only (the runner interleaves arms).
+        prior = hotcache_settings.WORKBENCH_DURABLE_SAVES
+        _set_durable(False)
+        try:
+            workbench.save(f"bench-r{i % 100}", _STATE)
+        finally:
+            _set_durable(prior)
+
     return {
         "workbench: save and load (1.2 KB state)": [
-            Arm("save (blind)", lambda i: workbench.save(f"bench-b{i % 100}", _STATE), setup=setup),
-            Arm("save with expected_version", save_versioned),
+            Arm("save (blind), durable", lambda i: workbench.save(f"bench-b{i % 100}", _STATE), setup=setup),
+            Arm("save (blind), durable off", save_redis_only),
+            Arm("save with expected_version, durable", save_versioned),
             Arm("load", lambda i: workbench.load(f"bench-v{i % 100}")),
         ]
     }
+
+
+def _set_durable(value: bool) -> None:
+    from django.conf import settings
+
+    config = dict(getattr(settings, "HOTCACHE", {}) or {})
+    config["WORKBENCH_DURABLE_SAVES"] = value
+    settings.HOTCACHE = config

@@ -5,8 +5,9 @@
 -- a session edited or read after the claim stays hot and is persisted again later.
 -- KEYS: 1 index, 2 claims ZSET, 3 owners HASH, then one data key per member (4..)
 -- ARGV: 1 run id, then per member: member, kind ('e'/'i'), session id, version, token
--- Returns {acked, kept}
+-- Returns {acked, kept, positions (1-based, among the members) of the acked members}
 local acked, kept = 0, 0
+local done = {}
 for i = 4, #KEYS do
   local a = 2 + (i - 4) * 5
   local m, kind, id, v, g = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -14,11 +15,13 @@ for i = 4, #KEYS do
     if kind == 'e' then
       redis.call('DEL', KEYS[i])
       acked = acked + 1
+      done[#done + 1] = i - 3
     else
       local row = redis.call('HMGET', KEYS[i], 'v', 'g')
       if row[1] == v and row[2] == g and not redis.call('ZSCORE', KEYS[1], id) then
         redis.call('DEL', KEYS[i])
         acked = acked + 1
+        done[#done + 1] = i - 3
       else
         kept = kept + 1
       end
@@ -27,4 +30,4 @@ for i = 4, #KEYS do
     redis.call('HDEL', KEYS[3], m)
   end
 end
-return {acked, kept}
+return {acked, kept, done}

@@ -1,0 +1,263 @@
+"""Durable saves (WORKBENCH_DURABLE_SAVES): a session saved on Redis stays loadable from MongoDB during a later
+Redis outage, and the newest version wins when Redis returns (real Redis + the MongoDB stand-in)."""
+
+import threading
+from collections import Counter
+
+import pytest
+
+from hotcache import workbench
+from hotcache.backends import mongo
+from hotcache.checks import check_workbench
+from hotcache.conf import hotcache_settings
+from hotcache.testing import count_redis, mongo_down
+
+
+@pytest.fixture(autouse=True)
+def _clean_workbench_keys(raw_redis, key_prefix):
+    for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
+        raw_redis.unlink(key)
+
+
+def active(session_id):
+    return mongo.collection(workbench.ACTIVE, feature="test").find_one({"_id": session_id})
+
+
+def history_ids():
+    return Counter(d["session_id"] for d in mongo.collection(workbench.HISTORY, feature="test").find({}))
+
+
+def back(redis_proxy, clock):
+    redis_proxy.up()
+    clock.advance(float(hotcache_settings.HEALTH_COOLDOWN) + 1)
+
+
+def test_a_redis_save_is_copied_to_workbench_active_in_one_operation():
+    workbench.save("warm", {})
+    with count_redis() as c:
+        workbench.save("s1", {"n": 1}, owner="alice")
+        workbench.save("s1", {"n": 2})
+    assert c.mongo_ops == 2 and c.round_trips == 2
+    doc = active("s1")
+    assert (doc["version"], doc["owner"], doc["state"], doc["origin"]) == (2, "alice", '{"n":2}', "redis")
+
+
+def test_loads_cost_no_mongodb_operation_while_redis_is_healthy():
+    workbench.save("s1", {"n": 1})
+    workbench.load("s1")
+    with count_redis() as c:
+        assert workbench.load("s1").version == 1
+    assert c.round_trips == 1 and c.mongo_ops == 0
+
+
+def test_redis_taken_away_between_a_save_and_a_load_returns_the_saved_state(redis_proxy):
+    workbench.save("s1", {"draft": "v1"}, owner="alice")
+    workbench.save("s1", {"draft": "v2"}, expected_version=1)
+    redis_proxy.down()
+    session = workbench.load("s1")
+    assert session.state == {"draft": "v2"} and session.version == 2 and session.owner == "alice"
+
+
+def test_during_the_outage_a_versioned_save_continues_from_the_durable_copy(redis_proxy):
+    workbench.save("s1", {"n": 1})
+    redis_proxy.down()
+    assert workbench.save("s1", {"n": 2}, expected_version=1) == 2
+    with pytest.raises(workbench.Conflict):
+        workbench.save("s1", {"n": "stale"}, expected_version=1)
+    assert workbench.load("s1").state == {"n": 2}
+
+
+def test_when_redis_returns_the_newer_outage_version_wins_over_the_older_redis_copy(redis_proxy, clock, raw_redis):
+    for n in range(1, 6):
+        workbench.save("s1", {"n": n})  # Redis and MongoDB: v5
+    redis_proxy.down()
+    assert workbench.save("s1", {"n": 6}, expected_version=5) == 6  # MongoDB only: v6
+    back(redis_proxy, clock)
+    session = workbench.load("s1")
+    assert session.state == {"n": 6} and session.version == 6
+    assert workbench.save("s1", {"n": 7}, expected_version=6) == 7
+    assert workbench.load("s1").version == 7 and active("s1")["version"] == 7
+
+
+def test_after_an_outage_a_versioned_save_is_checked_before_it_lands_on_the_older_copy(redis_proxy, clock):
+    workbench.save("s1", {"n": 1})
+    redis_proxy.down()
+    workbench.save("s1", {"n": 2}, expected_version=1)
+    back(redis_proxy, clock)
+    # The client holds v2 from the outage; Redis still has v1: the save continues from v2, no Conflict.
+    assert workbench.save("s1", {"n": 3}, expected_version=2) == 3
+    with pytest.raises(workbench.Conflict):
+        workbench.save("s1", {"n": "stale"}, expected_version=1)
+
+
+def test_after_an_outage_a_blind_save_does_not_overwrite_the_outage_version(redis_proxy, clock):
+    workbench.save("s1", {"n": 1})
+    redis_proxy.down()
+    workbench.save("s1", {"n": 2})
+    back(redis_proxy, clock)
+    assert workbench.save("s1", {"n": 3}) == 3  # based on the outage v2, not Redis's v1
+
+
+def test_a_process_that_never_saw_the_outage_is_fenced_by_the_process_that_did(redis_proxy, clock):
+    workbench.save("s1", {"n": 1})
+    workbench.save("s2", {"n": 1})
+    redis_proxy.down()
+    workbench.save("s1", {"n": 2}, expected_version=1)
+    back(redis_proxy, clock)
+    workbench.load("s2")  # raises the fence (this process wrote on MongoDB during the outage)
+    workbench._fence_pending = None  # another process: it knows nothing of the outage
+    assert workbench.load("s1").version == 2
+
+
+def test_the_persister_reconciles_outage_copies_and_lowers_the_fence(redis_proxy, clock, raw_redis, key_prefix):
+    workbench.save("s1", {"n": 1})
+    redis_proxy.down()
+    workbench.save("s1", {"n": 2}, expected_version=1)
+    back(redis_proxy, clock)
+    workbench.load("other")  # raises the fence
+    assert raw_redis.exists(f"{key_prefix}:{{workbench:s}}:fence")
+    result = workbench.persist()
+    assert result.reconciled == 1 and result.errors == []
+    assert not raw_redis.exists(f"{key_prefix}:{{workbench:s}}:fence")
+    assert raw_redis.hget(f"{key_prefix}:{{workbench:s}}:d:s1", "v") == b"2"
+    with count_redis() as c:
+        assert workbench.load("s1").state == {"n": 2}
+    assert c.mongo_ops == 0 and c.round_trips == 1
+    assert active("s1")["origin"] == "redis"
+
+
+def test_a_session_ended_during_the_outage_is_not_brought_back_by_redis(redis_proxy, clock):
+    workbench.save("s1", {"n": 1}, owner="alice")
+    redis_proxy.down()
+    assert workbench.end("s1") is True
+    assert workbench.load("s1") is None
+    back(redis_proxy, clock)
+    assert workbench.load("s1") is None  # the old Redis copy was dropped, not served
+    workbench.persist()
+    assert history_ids() == Counter({"s1": 1})
+    assert active("s1") is None
+
+
+def test_a_new_session_over_an_outage_tombstone_still_drops_the_old_redis_copy(redis_proxy, clock):
+    workbench.save("s1", {"old": True})
+    redis_proxy.down()
+    workbench.end("s1")
+    assert workbench.save("s1", {"new": True}) == 1
+    back(redis_proxy, clock)
+    session = workbench.load("s1")
+    assert session.state == {"new": True} and session.version == 1
+
+
+def test_concurrent_versioned_saves_lose_no_update_and_the_durable_copy_ends_at_the_last_version():
+    workbench.save("counter", {"n": 0})
+    threads_n, per_thread = 4, 15
+    barrier = threading.Barrier(threads_n)
+    errors = []
+
+    def worker():
+        try:
+            barrier.wait()
+            for _ in range(per_thread):
+                while True:
+                    current = workbench.load("counter")
+                    try:
+                        workbench.save("counter", {"n": current.state["n"] + 1}, expected_version=current.version)
+                        break
+                    except workbench.Conflict:
+                        pass
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    final = workbench.load("counter")
+    assert final.state["n"] == threads_n * per_thread
+    doc = active("counter")
+    assert doc["version"] == final.version and doc["state"] == f'{{"n":{threads_n * per_thread}}}'
+
+
+def test_an_older_version_never_overwrites_a_newer_durable_copy():
+    workbench.save("s1", {"n": 1})
+    workbench.save("s1", {"n": 2})
+    # A slow request's copy of v1 arriving late (same incarnation): the guarded upsert leaves v2.
+    doc = active("s1")
+    workbench._durable_write(
+        "s1",
+        text='{"n":1}',
+        version=1,
+        token=doc["token"],
+        owner=None,
+        created=doc["created_at"],
+        updated=doc["updated_at"],
+    )
+    assert active("s1")["version"] == 2 and active("s1")["state"] == '{"n":2}'
+
+
+def test_mongodb_down_during_a_healthy_save_the_save_succeeds_and_is_counted():
+    workbench.save("s1", {"n": 1})
+    with mongo_down(), count_redis() as c:
+        assert workbench.save("s1", {"n": 2}) == 2
+        assert workbench.save("s1", {"n": 3}) == 3
+    assert c.events["workbench:durable_save_failed"] == 2
+    assert workbench.load("s1").version == 3
+    assert active("s1")["version"] == 1  # stale until the next save; Redis holds v3
+    workbench.save("s1", {"n": 4})
+    assert active("s1")["version"] == 4
+
+
+def test_with_durable_saves_off_nothing_is_written_to_mongodb(hotcache_config, redis_proxy):
+    hotcache_config(WORKBENCH_DURABLE_SAVES=False)
+    with count_redis() as c:
+        workbench.save("s1", {"n": 1})
+    assert c.mongo_ops == 0 and active("s1") is None
+    redis_proxy.down()
+    assert workbench.load("s1") is None
+
+
+def test_ended_and_idle_sessions_reach_history_once_and_leave_workbench_active(clock):
+    workbench.save("ended", {"n": 1})
+    workbench.end("ended")
+    assert active("ended") is None  # end() removes the durable copy
+    workbench.save("idle", {"n": 1})
+    clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
+    first = workbench.persist()
+    assert (first.ended, first.idle) == (1, 1)
+    assert active("idle") is None  # removed in the persister's batch step
+    again = workbench.persist()
+    assert again.persisted == 0
+    assert history_ids() == Counter({"ended": 1, "idle": 1})
+
+
+def test_a_leftover_durable_copy_of_an_ended_session_is_swept_without_a_second_record(clock):
+    workbench.save("s1", {"n": 1})
+    with mongo_down():
+        workbench.end("s1")  # the copy's delete fails: it stays behind
+    assert active("s1") is not None
+    workbench.persist()
+    clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
+    result = workbench.persist()
+    assert result.already == 1 and result.from_fallback == 0
+    assert active("s1") is None and history_ids() == Counter({"s1": 1})
+    # It never blocked the id either.
+    assert workbench.save("s1", {"new": True}) == 1 and active("s1")["version"] == 1
+
+
+def test_a_long_lived_session_is_not_swept_while_redis_holds_it(clock):
+    workbench.save("s1", {"n": 1})
+    for _ in range(3):
+        clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER - 10)
+        workbench.load("s1")  # loads do not touch MongoDB: its copy looks idle there
+        assert workbench.persist().persisted == 0
+    assert history_ids() == Counter() and active("s1")["version"] == 1
+
+
+def test_durable_saves_setting_must_be_a_bool(hotcache_config):
+    hotcache_config(WORKBENCH_DURABLE_SAVES="yes")
+    [message] = check_workbench()
+    assert message.id == "hotcache.E055" and "WORKBENCH_DURABLE_SAVES" in message.msg and message.hint
+
+
