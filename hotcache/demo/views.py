@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from hotcache import workbench
+from hotcache.apikeys import require_api_key
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -16,9 +22,6 @@ def whoami(request: HttpRequest) -> JsonResponse:
 
 
 # --- Cached users (issue 4) ---
-from django.views.decorators.http import require_POST  # noqa: E402
-
-
 def user_profile(request: HttpRequest) -> JsonResponse:
     """What a page typically reads from request.user (no permission lookups: those are per-request queries)."""
     user = request.user
@@ -63,10 +66,9 @@ def user_deactivate(request: HttpRequest) -> JsonResponse:
     user.is_active = False
     user.save()
     return JsonResponse({"is_active": False})
+
+
 # --- API keys (issue 6) ---
-from hotcache.apikeys import require_api_key  # noqa: E402 - kept inside the feature's block
-
-
 @require_api_key
 def api_usage(request: HttpRequest) -> JsonResponse:
     usage = request.api_key  # type: ignore[attr-defined]
@@ -78,12 +80,13 @@ def api_usage(request: HttpRequest) -> JsonResponse:
 async def api_usage_async(request: HttpRequest) -> JsonResponse:
     usage = request.api_key  # type: ignore[attr-defined]
     return JsonResponse({"key_id": usage.key_id, "used_today": usage.used_today})
+
+
 # --- MFA codes (issue 5) ---
 # A login's second step. A real view sends the code by email or SMS; the demo hands it back in the
 # response ("delivered") so the scenario can play the user typing it.
 
 
-from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 
 
 def _mfa_user(request: HttpRequest) -> str:
@@ -124,6 +127,8 @@ def mfa_verify(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": str(exc)}, status=400)
     status = {"ok": 200, "too_many_attempts": 429, "unavailable": 503}.get(result.reason.value, 401)
     return JsonResponse({"ok": result.ok, "reason": result.reason.value, "store": result.store}, status=status)
+
+
 # --- Rate limiting (issue 3) ---
 @csrf_exempt
 def ratelimit_login(request: HttpRequest) -> JsonResponse:
@@ -135,15 +140,13 @@ def ratelimit_login(request: HttpRequest) -> JsonResponse:
 def ratelimit_api(request: HttpRequest) -> JsonResponse:
     rules = getattr(request, "ratelimit", None)
     return JsonResponse({"items": [], "rules": [r.name for r in rules.results] if rules else []})
+
+
 # --- Workbench (issue 7) ---------------------------------------------------------------------------
 # A JSON API over hotcache.workbench: open/save, edit (server-side read-modify-write with versions), load, end.
 
-import json  # noqa: E402
 
-from django.views.decorators.csrf import csrf_exempt  # noqa: E402
-from django.views.decorators.http import require_GET, require_POST  # noqa: E402
 
-from hotcache import workbench  # noqa: E402
 
 
 def _workbench_body(request: HttpRequest) -> dict:

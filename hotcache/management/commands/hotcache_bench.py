@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from django.conf import settings
@@ -14,14 +15,15 @@ from hotcache.bench.groups import all_groups
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import BackendUnavailable
 
-BENCH_PREFIX = "hcbench"
+# Per run, so two benchmarks on one Redis never read or delete each other's keys.
+BENCH_PREFIX = f"hcbench-{os.getpid()}"
 
 
 class Command(BaseCommand):
     help = (
         "Benchmark hotcache against its anchors. Arms of a group run interleaved in this process; reports "
         "latency p50/p99 (µs), spread of round medians, and Redis commands / round trips / MongoDB operations "
-        "per operation. Writes only under key prefix 'hcbench' and deletes it afterwards."
+        "per operation. Writes only under its own key prefix 'hcbench-<pid>' and deletes it afterwards."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
