@@ -664,11 +664,10 @@ def _sync_visitors(state: dict[str, Any]) -> None:
         state["days_closed"] = len(closed)
 
 
-def _dry_run(state: dict[str, Any], include_current_hour: bool) -> None:
-    """What a sync would move now: closed live hours plus pending batches, read only."""
-    pending_set, days_key = _index_keys()[1], _index_keys()[2]
-    hours = _claimable_hours(include_current_hour)
-    pending = _members(redis_backend.call(FEATURE, lambda r: r.smembers(pending_set)))
+def _read_counters(hours: list[str], pending: list[str]) -> list[Any]:
+    """The live hour hashes, then the pending batch hashes, in one pipelined round trip (none if both are empty)."""
+    if not hours and not pending:
+        return []
 
     def read(r: Any) -> Any:
         pipe = r.pipeline(transaction=False)
@@ -678,7 +677,16 @@ def _dry_run(state: dict[str, Any], include_current_hour: bool) -> None:
             pipe.hgetall(_pending_key(b))
         return pipe.execute()
 
-    rows = redis_backend.call(FEATURE, read) if hours or pending else []
+    return redis_backend.call(FEATURE, read)
+
+
+def _dry_run(state: dict[str, Any], include_current_hour: bool) -> None:
+    """What a sync would move now: closed live hours plus pending batches, read only."""
+    pending_set, days_key = _index_keys()[1], _index_keys()[2]
+    hours = _claimable_hours(include_current_hour)
+    pending = _members(redis_backend.call(FEATURE, lambda r: r.smembers(pending_set)))
+
+    rows = _read_counters(hours, pending)
     for raw in rows:
         fields = _decode_hash(raw)
         state["counters"] += len(fields)
@@ -794,15 +802,7 @@ def _add_redis(
     pending = [b for b in _members(raw_pending) if lo <= _label_to_hour(_batch_hour(b)) < hi]
     days = _members(raw_days)
 
-    def hashes(r: Any) -> Any:
-        pipe = r.pipeline(transaction=False)
-        for h in hours:
-            pipe.hgetall(_hour_key(h))
-        for b in pending:
-            pipe.hgetall(_pending_key(b))
-        return pipe.execute()
-
-    rows = redis_backend.call(FEATURE, hashes) if hours or pending else []
+    rows = _read_counters(hours, pending)
     unsynced = 0
     for label, raw in zip([*hours, *(_batch_hour(b) for b in pending)], rows, strict=True):
         hour = _label_to_hour(label)
