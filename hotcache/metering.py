@@ -97,6 +97,8 @@ class Meter:
             return Counter(self._pending)
 
     def reset(self) -> None:
+        with _past_lock:
+            _past_days.clear()
         with self._lock:
             self._pending.clear()
             self._totals.clear()
@@ -192,11 +194,19 @@ class DayUsage:
         return out
 
 
+# Past days' meters barely change (only a process flushing across midnight adds to yesterday), so report
+# pages read them once per PAST_DAYS_CACHE_SECONDS per process: a page then costs one HGETALL, not 30.
+PAST_DAYS_CACHE_SECONDS = 300.0
+_past_lock = threading.Lock()
+_past_days: dict[tuple[str, str], tuple[float, Counter[str]]] = {}
+
+
 def usage(days: int = 30, *, feature: str = "reports") -> list[DayUsage]:
     """The last ``days`` UTC days, newest first, from Redis plus this process's unflushed counts.
 
     One Redis round trip (a pipeline of HGETALL, metered under ``feature``: reading the meter is the
-    reports' cost, not the meter's). If Redis is unavailable, only local counts are shown.
+    reports' cost, not the meter's). Today is always read; past days come from a per-process cache of
+    PAST_DAYS_CACHE_SECONDS when it has them. If Redis is unavailable, only local counts are shown.
     """
     import datetime as dt
 
@@ -207,21 +217,31 @@ def usage(days: int = 30, *, feature: str = "reports") -> list[DayUsage]:
     today = clock.utcnow().date()
     day_names = [(today - dt.timedelta(days=i)).strftime("%Y%m%d") for i in range(days)]
     result = {d: DayUsage(d) for d in day_names}
+    prefix, now = keys.prefix(), clock.monotonic()
+    with _past_lock:
+        cached = {d: c for d in day_names[1:] if (hit := _past_days.get((prefix, d))) and hit[0] > now
+                  for c in (hit[1],)}
+    to_read = [d for d in day_names if d not in cached]
 
     def read(r):  # type: ignore[no-untyped-def]
         pipe = r.pipeline(transaction=False)
-        for d in day_names:
+        for d in to_read:
             pipe.hgetall(keys.tagged("meter", "usage", d))
         return pipe.execute()
 
     try:
         rows = redis_backend.call(feature, read)
     except RedisUnavailable:
-        rows = [{} for _ in day_names]
-    for d, row in zip(day_names, rows, strict=True):
+        rows, to_read = [], []
+    for d, row in zip(to_read, rows, strict=True):
         for k, v in row.items():
             fld = k.decode() if isinstance(k, bytes) else k
             result[d].fields[fld] += int(v)
+    with _past_lock:
+        for d in to_read[1:]:  # to_read[0] is today, never cached
+            _past_days[(prefix, d)] = (now + PAST_DAYS_CACHE_SECONDS, Counter(result[d].fields))
+    for d, fields in cached.items():
+        result[d].fields.update(fields)
     for (d, fld), n in meter.pending().items():
         if d in result:
             result[d].fields[fld] += n

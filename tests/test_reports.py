@@ -83,7 +83,8 @@ def test_commands_over_budget_are_exceeded(hotcache_config):
 def test_budget_warning_at_the_configured_percentage(hotcache_config):
     workload()
     used = reports.overview().commands_today.value
-    hotcache_config(REDIS_DAILY_COMMAND_BUDGET=used + 60, REPORTS_WARNING_PERCENT=50)
+    # Between half and all of the budget used (the second overview adds a few commands of its own).
+    hotcache_config(REDIS_DAILY_COMMAND_BUDGET=int(used * 1.5), REPORTS_WARNING_PERCENT=50)
     ov = reports.overview()
     assert ov.commands_today.level == "warning"
     assert any("Redis commands today" in w for w in ov.warnings)
@@ -150,10 +151,23 @@ def test_overview_costs_one_meter_round_trip_and_one_info():
     assert c.round_trips == 2
     assert c.by_feature["reports"] == 30 and c.by_feature["status"] == 1
     assert c.mongo_ops == 0
+    with count_redis() as again:  # past days come from the per-process cache: only today is read
+        reports.overview(days=30)
+    assert again.round_trips == 2 and again.by_feature["reports"] == 1
+
+
+def test_cached_past_days_expire(clock):
+    warm()
+    reports.overview(days=30)
+    clock.advance(metering.PAST_DAYS_CACHE_SECONDS + 1)
+    with count_redis() as c:
+        reports.overview(days=30)
+    assert c.by_feature["reports"] == 30
 
 
 def test_overview_cost_does_not_grow_with_traffic():
     warm()
+    reports.overview()  # fills the past-days cache, so both measured calls are warm
     with count_redis() as before:
         reports.overview()
     for i in range(200):
