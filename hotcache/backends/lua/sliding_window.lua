@@ -1,7 +1,6 @@
 -- Sliding-window counter for every rule of one request, all-or-nothing, on Redis server time.
 --
--- KEYS: two per rule, in rule order: the counter of the even windows, then of the odd windows
---       (window id = floor(now_ms / window_ms)). Keys of a rule share one hash tag.
+-- KEYS: one per rule, in rule order: a hash holding the rule+identifier's two most recent windows.
 -- ARGV[1]: 1 = count this request if every rule allows it, 0 = peek only.
 -- ARGV[2 + 3*(i-1) ..]: limit, window_ms, cost for rule i.
 -- Returns {allowed, remaining, reset_ms, count} per rule (flat). allowed is 1/0; remaining is what is
@@ -9,32 +8,19 @@
 -- allowed, how long until the current window ends; count is the weighted estimate (including this
 -- request's cost when it is allowed or would be over).
 --
--- Why two parity keys and no window id in the key name: the names are declared in KEYS (so the script
--- is valid on Redis Cluster) without the client computing a window id from its own, possibly skewed,
--- clock. A counter written in window w expires at exactly (w + 2) * window (PXAT), so it is read as
--- "current" during w and "previous" during w + 1. Its owner window is recovered from its PTTL, which
--- guards against lazy expiry: a key whose expiry instant passed a few microseconds ago may still be
--- visible inside a script (Redis freezes key-expiry time at script start, TIME is not frozen).
+-- Layout: field "w" is the window id of the last write (window id = floor(now_ms / window_ms), from
+-- TIME, so clients' clocks never matter); field "0"/"1" is the count of the even/odd window. Invariant
+-- after every write in window w: field w%2 holds w's count and field (w-1)%2 holds w-1's count (0 when
+-- w-1 saw no write). Reading is one HMGET; a write is one HINCRBY, or, for the first write of a window,
+-- one HSET of all three fields plus PEXPIREAT (w + 2) * window: the hash lives as long as its newest
+-- window can still be the "previous" one, and never longer. Because the owner window is stored, a hash
+-- that is past its expiry instant but still visible (lazy expiry; Redis freezes key expiry at script
+-- start while TIME moves on) is recognised as stale by its "w" and rewritten, never misread. Storage is
+-- three small fields per rule+identifier, whatever the limit.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local increment = ARGV[1] == '1'
-local n = #KEYS / 2
-
-local function count_in(key, window, want)
-  local v = redis.call('GET', key)
-  if not v then
-    return 0, false
-  end
-  local pttl = redis.call('PTTL', key)
-  if pttl < 0 then
-    return 0, true -- no TTL (should not happen): treat as stale and overwrite
-  end
-  local owner = math.floor((now + pttl) / window + 0.5) - 2
-  if owner == want then
-    return tonumber(v), false
-  end
-  return 0, true
-end
+local n = #KEYS
 
 local plan = {}
 local out = {}
@@ -46,22 +32,32 @@ for i = 1, n do
   local cost = tonumber(ARGV[base + 2])
   local w = math.floor(now / window)
   local elapsed = now - w * window
-  local cur_key = KEYS[2 * (i - 1) + 1 + (w % 2)]
-  local prev_key = KEYS[2 * (i - 1) + 1 + ((w + 1) % 2)]
-  local cur, cur_stale = count_in(cur_key, window, w)
-  local prev = count_in(prev_key, window, w - 1)
+  local h = redis.call('HMGET', KEYS[i], 'w', '0', '1')
+  local stored = tonumber(h[1])
+  local cur, prev, fresh = 0, 0, true
+  if stored then
+    if stored >= w then
+      -- this window (or, should the server clock ever step back, a later one: keep its counts, never
+      -- forget admissions)
+      cur = tonumber(h[2 + (stored % 2)]) or 0
+      prev = tonumber(h[2 + ((stored + 1) % 2)]) or 0
+      fresh = false
+      w = stored
+    elseif stored == w - 1 then
+      prev = tonumber(h[2 + (stored % 2)]) or 0
+    end
+  end
   -- weighted estimate, in integers scaled by window: prev * (window - elapsed) + cur * window
   local scaled = prev * (window - elapsed) + (cur + cost) * window
   local ok = scaled <= limit * window
   local estimate = math.floor((prev * (window - elapsed)) / window) + cur
   local remaining, reset, count
+  count = estimate + cost
   if ok then
-    count = estimate + cost
     remaining = math.max(0, limit - count)
     reset = window - elapsed
   else
     all_ok = false
-    count = estimate + cost
     remaining = math.max(0, limit - estimate)
     if cost > limit then
       reset = window -- can never fit; retry after a window
@@ -77,7 +73,7 @@ for i = 1, n do
       if reset < 1 then reset = 1 end
     end
   end
-  plan[i] = {cur_key, cur, cur_stale, cost, (w + 2) * window}
+  plan[i] = {fresh, w, cur, prev, cost, window}
   out[#out + 1] = ok and 1 or 0
   out[#out + 1] = remaining
   out[#out + 1] = reset
@@ -87,11 +83,13 @@ end
 if increment and all_ok then
   for i = 1, n do
     local p = plan[i]
-    if p[2] > 0 then
-      redis.call('INCRBY', p[1], p[4])
+    local w = p[2]
+    if p[1] then
+      -- first write in this window: both count fields and the owner, then the expiry
+      redis.call('HSET', KEYS[i], 'w', w, tostring(w % 2), p[5], tostring((w + 1) % 2), p[4])
+      redis.call('PEXPIREAT', KEYS[i], (w + 2) * p[6])
     else
-      -- first write in this window (or a stale counter from two windows ago): fresh value and expiry
-      redis.call('SET', p[1], p[4], 'PXAT', p[5])
+      redis.call('HINCRBY', KEYS[i], tostring(w % 2), p[5])
     end
   end
 end
