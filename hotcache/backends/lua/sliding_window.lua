@@ -17,79 +17,83 @@
 -- that is past its expiry instant but still visible (lazy expiry; Redis freezes key expiry at script
 -- start while TIME moves on) is recognised as stale by its "w" and rewritten, never misread. Storage is
 -- three small fields per rule+identifier, whatever the limit.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local increment = ARGV[1] == '1'
+local call, tonumber, floor = redis.call, tonumber, math.floor
+local t = call('TIME')
+local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local n = #KEYS
+local FIELD = {[0] = '0', [1] = '1'}
 
-local plan = {}
+local plan = {} -- per rule: first write of the window?, window id, prev count, cost, window_ms
 local out = {}
 local all_ok = true
+local a, o = 2, 0
 for i = 1, n do
-  local base = 2 + (i - 1) * 3
-  local limit = tonumber(ARGV[base])
-  local window = tonumber(ARGV[base + 1])
-  local cost = tonumber(ARGV[base + 2])
-  local w = math.floor(now / window)
+  local limit, window, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local w = floor(now / window)
   local elapsed = now - w * window
-  local h = redis.call('HMGET', KEYS[i], 'w', '0', '1')
+  local h = call('HMGET', KEYS[i], 'w', '0', '1')
   local stored = tonumber(h[1])
   local cur, prev, fresh = 0, 0, true
   if stored then
     if stored >= w then
       -- this window (or, should the server clock ever step back, a later one: keep its counts, never
       -- forget admissions)
-      cur = tonumber(h[2 + (stored % 2)]) or 0
-      prev = tonumber(h[2 + ((stored + 1) % 2)]) or 0
+      local par = stored % 2
+      cur = tonumber(h[2 + par]) or 0
+      prev = tonumber(h[3 - par]) or 0
       fresh = false
       w = stored
     elseif stored == w - 1 then
-      prev = tonumber(h[2 + (stored % 2)]) or 0
+      prev = tonumber(h[2 + stored % 2]) or 0
     end
   end
   -- weighted estimate, in integers scaled by window: prev * (window - elapsed) + cur * window
-  local scaled = prev * (window - elapsed) + (cur + cost) * window
-  local ok = scaled <= limit * window
-  local estimate = math.floor((prev * (window - elapsed)) / window) + cur
-  local remaining, reset, count
-  count = estimate + cost
+  local weighted = prev * (window - elapsed)
+  local ok = weighted + (cur + cost) * window <= limit * window
+  local estimate = floor(weighted / window) + cur
+  local count = estimate + cost
+  local remaining, reset
   if ok then
-    remaining = math.max(0, limit - count)
+    remaining = limit - count
+    if remaining < 0 then remaining = 0 end
     reset = window - elapsed
   else
     all_ok = false
-    remaining = math.max(0, limit - estimate)
+    remaining = limit - estimate
+    if remaining < 0 then remaining = 0 end
     if cost > limit then
       reset = window -- can never fit; retry after a window
     elseif cur + cost <= limit then
       -- fits once the previous window's weight has decayed enough, inside this window
       -- need prev * (window - e) <= (limit - cost - cur) * window
-      local e = window - math.floor(((limit - cost - cur) * window) / prev)
-      reset = math.max(1, e - elapsed)
+      local e = window - floor(((limit - cost - cur) * window) / prev)
+      reset = e - elapsed
+      if reset < 1 then reset = 1 end
     else
       -- fits only in the next window, once this window's count (then previous) has decayed
-      local e2 = window - math.floor(((limit - cost) * window) / cur)
-      reset = (window - elapsed) + math.max(0, e2)
+      local e2 = window - floor(((limit - cost) * window) / cur)
+      if e2 < 0 then e2 = 0 end
+      reset = (window - elapsed) + e2
       if reset < 1 then reset = 1 end
     end
   end
-  plan[i] = {fresh, w, cur, prev, cost, window}
-  out[#out + 1] = ok and 1 or 0
-  out[#out + 1] = remaining
-  out[#out + 1] = reset
-  out[#out + 1] = count
+  local p = 5 * (i - 1)
+  plan[p + 1], plan[p + 2], plan[p + 3], plan[p + 4], plan[p + 5] = fresh, w, prev, cost, window
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4] = ok and 1 or 0, remaining, reset, count
+  o = o + 4
 end
 
-if increment and all_ok then
+if all_ok and ARGV[1] == '1' then
   for i = 1, n do
-    local p = plan[i]
-    local w = p[2]
-    if p[1] then
+    local p = 5 * (i - 1)
+    local w = plan[p + 2]
+    if plan[p + 1] then
       -- first write in this window: both count fields and the owner, then the expiry
-      redis.call('HSET', KEYS[i], 'w', w, tostring(w % 2), p[5], tostring((w + 1) % 2), p[4])
-      redis.call('PEXPIREAT', KEYS[i], (w + 2) * p[6])
+      call('HSET', KEYS[i], 'w', w, FIELD[w % 2], plan[p + 4], FIELD[(w + 1) % 2], plan[p + 3])
+      call('PEXPIREAT', KEYS[i], (w + 2) * plan[p + 5])
     else
-      redis.call('HINCRBY', KEYS[i], tostring(w % 2), p[5])
+      call('HINCRBY', KEYS[i], FIELD[w % 2], plan[p + 4])
     end
   end
 end
