@@ -195,14 +195,19 @@ class Decision:
 
 
 def limit_keys(limit: Limit) -> list[str]:
-    """The Redis key of a rule+identifier: one hash (window id, even and odd window counts)."""
-    return [_key_for(keys.prefix(), limit.identity)]
+    """The Redis key of a rule+identifier: one hash (window id, even and odd window counts).
+
+    The hash tag is the identifier alone, so every rule keyed on the same identifier (a burst and a
+    sustained limit per IP) lands in one Redis Cluster slot and one EVALSHA can serve them there too.
+    """
+    return [_key_for(keys.prefix(), limit.identifier, limit.name, limit.window)]
 
 
 @functools.lru_cache(maxsize=4096)
-def _key_for(prefix: str, identity: str) -> str:
-    # Cached per (prefix, identity): hashing the tag is the costliest step of building a request's keys.
-    return keys.tagged(_FEATURE, identity)
+def _key_for(prefix: str, identifier: str, name: str, window: int) -> str:
+    # Cached: hashing the parts is the costliest step of building a request's keys. Rule name and
+    # window are in the key (a changed window gets fresh counters; a changed limit keeps the counts).
+    return keys.tagged(_FEATURE, identifier, name, window)
 
 
 class _Snapshot:
@@ -401,7 +406,7 @@ def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailab
             return _denied_locally(limits, cached, increment)
 
     prefix = settings_snapshot().key_prefix
-    redis_keys = [_key_for(prefix, lim.identity) for lim in limits]
+    redis_keys = [_key_for(prefix, lim.identifier, lim.name, lim.window) for lim in limits]
     args: list[int] = [1 if increment else 0]
     for lim in limits:
         args += (lim.limit, lim.window * 1000, lim.cost)

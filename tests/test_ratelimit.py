@@ -288,3 +288,13 @@ def test_a_window_ahead_of_the_server_clock_keeps_its_counts(raw_redis):
     raw_redis.pexpire(key, 60_000)
     assert [evaluate([lim]).allowed for _ in range(2)] == [True, False]
     assert int(raw_redis.hget(key, str((w + 1) % 2))) == 5
+
+
+def test_rules_on_one_identifier_share_a_cluster_slot():
+    who = ident()
+    tags = {limit_keys(Limit(n, who, 5, w))[0].split("}")[0] for n, w in (("burst", 10), ("sustained", 3600))}
+    assert len(tags) == 1  # one hash tag: one slot, so one EVALSHA also works on Redis Cluster
+    assert limit_keys(Limit("burst", who, 5, 10)) != limit_keys(Limit("sustained", who, 5, 10))
+    assert limit_keys(Limit("burst", who, 5, 10)) != limit_keys(Limit("burst", who, 5, 60))
+    tag = limit_keys(Limit("burst", "a:b}{c", 5, 10))[0].split("{", 1)[1].split("}")[0]
+    assert tag.startswith("ratelimit:~") and len(tag) == len("ratelimit:~") + 32  # hostile input is digested
