@@ -20,6 +20,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings as django_settings
+
 from hotcache.conf import hotcache_settings
 
 __all__ = ["MAX_HOPS", "bucket", "client_bucket", "client_ip", "parse_address", "trusted_networks"]
@@ -150,15 +152,30 @@ def _prefix(value: Any, top: int, default: int) -> int:
     return default
 
 
+_fast: tuple[Any, bool, Any, Any] | None = None
+
+
+def _fast_settings() -> tuple[Any, bool, Any, Any]:
+    """(HOTCACHE dict, proxies configured?, IPV4_PREFIX, IPV6_PREFIX), re-read when HOTCACHE is a new object."""
+    global _fast
+    source = getattr(django_settings, "HOTCACHE", None)
+    fast = _fast
+    if fast is None or fast[0] is not source:
+        fast = _fast = (source, bool(hotcache_settings.TRUSTED_PROXIES), hotcache_settings.IPV4_PREFIX,
+                        hotcache_settings.IPV6_PREFIX)
+    return fast
+
+
 def client_bucket(request: Any) -> str | None:
     """client_ip() grouped into its bucket, or None when REMOTE_ADDR itself is unusable."""
     meta = getattr(request, "META", None) or {}
-    if not hotcache_settings.TRUSTED_PROXIES:
+    _, proxies, v4, v6 = _fast_settings()
+    if not proxies:
         # The common case (no proxies): the bucket depends on REMOTE_ADDR alone; parse each address once.
         remote = meta.get("REMOTE_ADDR")
         if not isinstance(remote, str):
             return None
-        return _bucket_of(remote, hotcache_settings.IPV4_PREFIX, hotcache_settings.IPV6_PREFIX)
+        return _bucket_of(remote, v4, v6)
     addr = client_ip(request)
     return None if addr is None else bucket(addr)
 

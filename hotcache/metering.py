@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import datetime as dt
 import logging
 import threading
 from collections import Counter
@@ -57,8 +58,19 @@ def feature(name: str) -> Iterator[None]:
         _feature.reset(token)
 
 
+_day_cache: tuple[int, str] = (-1, "")
+
+
 def _day() -> str:
-    return clock.utcnow().strftime("%Y%m%d")
+    # Called for every metered command and event: format the date once per UTC day, not per call
+    # (POSIX time has exactly 86400 s per UTC day, so floor(t / 86400) names the day).
+    global _day_cache
+    t = clock.time()
+    number = int(t // 86400)
+    cached = _day_cache
+    if cached[0] != number:
+        cached = _day_cache = (number, dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y%m%d"))
+    return cached[1]
 
 
 class Meter:

@@ -195,14 +195,53 @@ class Decision:
 
 
 def limit_keys(limit: Limit) -> list[str]:
-    """The two counters of a rule+identifier (even and odd windows), sharing one hash tag."""
-    return list(_keys_for(keys.prefix(), limit.identity))
+    """The Redis key of a rule+identifier: one hash (window id, even and odd window counts).
+
+    The hash tag is the identifier alone, so every rule keyed on the same identifier (a burst and a
+    sustained limit per IP) lands in one Redis Cluster slot and one EVALSHA can serve them there too.
+    """
+    return [_key_for(keys.prefix(), limit.identifier, limit.name, limit.window)]
 
 
 @functools.lru_cache(maxsize=4096)
-def _keys_for(prefix: str, identity: str) -> tuple[str, str]:
-    # Cached per (prefix, identity): hashing the tag is the costliest step of building a request's keys.
-    return keys.tagged(_FEATURE, identity, "0"), keys.tagged(_FEATURE, identity, "1")
+def _key_for(prefix: str, identifier: str, name: str, window: int) -> str:
+    # Cached: hashing the parts is the costliest step of building a request's keys. Rule name and
+    # window are in the key (a changed window gets fresh counters; a changed limit keeps the counts).
+    return keys.tagged(_FEATURE, identifier, name, window)
+
+
+class _Snapshot:
+    """The settings the per-request path reads, taken once per HOTCACHE dict.
+
+    ``hotcache_settings`` reads django settings on every access (right for override_settings, but
+    about a microsecond each). This keeps the values of one HOTCACHE dict object and is rebuilt when
+    that object changes (override_settings and ``settings.HOTCACHE = ...`` assign a new dict; the
+    snapshot holds a reference to its source, so the identity check cannot be fooled by id reuse).
+    """
+
+    __slots__ = ("deny_cache_size", "key_prefix", "legacy_headers", "source", "status_code")
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.key_prefix = keys.prefix()
+        size = hotcache_settings.RATELIMIT_DENY_CACHE_SIZE
+        self.deny_cache_size = size if isinstance(size, int) and not isinstance(size, bool) else 10_000
+        self.legacy_headers = bool(hotcache_settings.RATELIMIT_LEGACY_HEADERS)
+        status = hotcache_settings.RATELIMIT_STATUS_CODE
+        self.status_code = status if isinstance(status, int) and 400 <= status <= 599 else 429
+
+
+_snapshot_cache: _Snapshot | None = None
+
+
+def settings_snapshot() -> _Snapshot:
+    """This request's view of the rate-limit settings (one attribute read when HOTCACHE is unchanged)."""
+    global _snapshot_cache
+    source = getattr(django_settings, "HOTCACHE", None)
+    snap = _snapshot_cache
+    if snap is None or snap.source is not source:
+        snap = _snapshot_cache = _Snapshot(source)
+    return snap
 
 
 # -- process-local state --------------------------------------------------------------------------
@@ -231,8 +270,7 @@ class _DenyCache:
             return until - now
 
     def put(self, limit: Limit, until: float) -> None:
-        size = hotcache_settings.RATELIMIT_DENY_CACHE_SIZE
-        size = size if isinstance(size, int) and not isinstance(size, bool) else 10_000
+        size = settings_snapshot().deny_cache_size
         if size <= 0:
             return
         with self._lock:
@@ -243,6 +281,11 @@ class _DenyCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __bool__(self) -> bool:
+        # Read without the lock: a denial stored concurrently may be missed, and the request then asks
+        # Redis, which decides anyway. The cache only ever refuses, so a miss can never wrongly admit.
+        return bool(self._items)
 
     def clear(self) -> None:
         with self._lock:
@@ -314,9 +357,10 @@ _degraded_mode = False
 
 def reset_local_state() -> None:
     """Forget the deny cache, the local limiter and the degraded flag (tests; settings changed)."""
-    global _degraded_mode
+    global _degraded_mode, _snapshot_cache
     _deny_cache.clear()
     _local.clear()
+    _snapshot_cache = None
     with _state_lock:
         _degraded_mode = False
 
@@ -356,39 +400,35 @@ def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailab
     if not limits:
         return Decision(True)
     now = clock.monotonic()
-    cached = [_deny_cache.get(lim, now) for lim in limits]
-    if any(c is not None for c in cached):
-        results = tuple(
-            RuleResult(lim.name, False, lim.limit, 0, c, lim.window, lim.limit + lim.cost, "deny_cache", lim.headers)
-            if c is not None
-            else RuleResult(lim.name, True, lim.limit, 0, 0.0, lim.window, 0, "skipped", lim.headers)
-            for lim, c in zip(limits, cached, strict=True)
-        )
-        if increment:
-            metering.event(_FEATURE, "denied_local")
-            _count(results, allowed=False)
-        return Decision(False, results)
+    if _deny_cache:
+        cached = [_deny_cache.get(lim, now) for lim in limits]
+        if any(c is not None for c in cached):
+            return _denied_locally(limits, cached, increment)
 
-    redis_keys: list[str] = []
+    prefix = settings_snapshot().key_prefix
+    redis_keys = [_key_for(prefix, lim.identifier, lim.name, lim.window) for lim in limits]
     args: list[int] = [1 if increment else 0]
     for lim in limits:
-        redis_keys.extend(limit_keys(lim))
-        args.extend((lim.limit, lim.window * 1000, lim.cost))
+        args += (lim.limit, lim.window * 1000, lim.cost)
     try:
         raw = redis_backend.call(_FEATURE, lambda r: _SCRIPT(r, redis_keys, args))
     except RedisUnavailable as exc:
         if raise_unavailable:
             raise
         return _degraded(limits, increment, str(exc))
-    _transition(False)
+    if _degraded_mode:
+        _transition(False)
     out: list[RuleResult] = []
-    for i, lim in enumerate(limits):
-        ok, remaining, reset_ms, count = (int(v) for v in raw[4 * i : 4 * i + 4])
+    allowed = True
+    i = 0
+    for lim in limits:
+        ok = raw[i] == 1
+        allowed = allowed and ok
         out.append(
-            RuleResult(lim.name, bool(ok), lim.limit, remaining, reset_ms / 1000, lim.window, count, "redis",
-                       lim.headers)
+            RuleResult(lim.name, ok, lim.limit, int(raw[i + 1]), int(raw[i + 2]) / 1000, lim.window,
+                       int(raw[i + 3]), "redis", lim.headers)
         )
-    allowed = all(r.allowed for r in out)
+        i += 4
     if not allowed:
         for lim, res in zip(limits, out, strict=True):
             if not res.allowed and lim.cost <= lim.limit:
@@ -398,6 +438,19 @@ def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailab
     if increment:
         _count(results, allowed=allowed)
     return Decision(allowed, results)
+
+
+def _denied_locally(limits: Sequence[Limit], cached: list[float | None], increment: bool) -> Decision:
+    results = tuple(
+        RuleResult(lim.name, False, lim.limit, 0, c, lim.window, lim.limit + lim.cost, "deny_cache", lim.headers)
+        if c is not None
+        else RuleResult(lim.name, True, lim.limit, 0, 0.0, lim.window, 0, "skipped", lim.headers)
+        for lim, c in zip(limits, cached, strict=True)
+    )
+    if increment:
+        metering.event(_FEATURE, "denied_local")
+        _count(results, allowed=False)
+    return Decision(False, results)
 
 
 def _count(results: Sequence[RuleResult], *, allowed: bool) -> None:

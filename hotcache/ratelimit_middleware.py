@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
@@ -46,6 +47,7 @@ from hotcache.ratelimit import (
     key_value,
     parse_rate,
     reset_local_state,
+    settings_snapshot,
 )
 
 __all__ = ["NAME_PATTERN", "RULE_FIELDS", "CompiledRule", "RateLimitMiddleware", "check_request",
@@ -178,16 +180,25 @@ def _key_ok(key: Any) -> bool:
 
 
 _cache_lock = threading.Lock()
-_compiled: tuple[Any, tuple[CompiledRule, ...]] | None = None
+_compiled: tuple[Any, Any, tuple[CompiledRule, ...]] | None = None
 
 
 def compiled_rules() -> tuple[CompiledRule, ...]:
-    """RATELIMIT_RULES compiled once per settings value; invalid rules are skipped (and logged; see checks)."""
+    """RATELIMIT_RULES compiled once per settings value; invalid rules are skipped (and logged; see checks).
+
+    Cached on the identity of the HOTCACHE dict and of its rules list (one attribute read per request);
+    override_settings / assigning a new HOTCACHE also clears it through setting_changed.
+    """
     global _compiled
-    raw = hotcache_settings.RATELIMIT_RULES or []
+    source = getattr(django_settings, "HOTCACHE", None)
     cached = _compiled
-    if cached is not None and cached[0] is raw:
-        return cached[1]
+    if cached is not None and cached[0] is source:
+        return cached[2]
+    raw = hotcache_settings.RATELIMIT_RULES or []
+    if cached is not None and cached[1] is raw:
+        with _cache_lock:
+            _compiled = (source, raw, cached[2])
+        return cached[2]
     out: list[CompiledRule] = []
     seen: set[str] = set()
     for i, rule in enumerate(raw if isinstance(raw, list | tuple) else []):
@@ -219,7 +230,7 @@ def compiled_rules() -> tuple[CompiledRule, ...]:
         )
     result = tuple(out)
     with _cache_lock:
-        _compiled = (raw, result)
+        _compiled = (source, raw, result)
     return result
 
 
@@ -268,8 +279,7 @@ def check_request(request: HttpRequest) -> Decision:
 
 
 def _denied_response(decision: Decision) -> HttpResponse:
-    status = hotcache_settings.RATELIMIT_STATUS_CODE
-    status = status if isinstance(status, int) and 400 <= status <= 599 else 429
+    status = settings_snapshot().status_code
     retry = decision.retry_after
     first = decision.denied[0].name if decision.denied else None
     response = JsonResponse({"detail": "Too many requests.", "rule": first, "retry_after": retry}, status=status)
@@ -284,7 +294,7 @@ def add_headers(response: HttpResponse, decision: Decision) -> None:
         return
     response["RateLimit-Policy"] = ", ".join(f'"{r.name}";q={r.limit};w={r.window}' for r in shown)
     response["RateLimit"] = ", ".join(f'"{r.name}";r={r.remaining};t={math.ceil(r.reset)}' for r in shown)
-    if hotcache_settings.RATELIMIT_LEGACY_HEADERS:
+    if settings_snapshot().legacy_headers:
         tightest = min(shown, key=lambda r: (r.remaining, -r.reset))
         response["X-RateLimit-Limit"] = str(tightest.limit)
         response["X-RateLimit-Remaining"] = str(tightest.remaining)

@@ -1,7 +1,6 @@
 -- Sliding-window counter for every rule of one request, all-or-nothing, on Redis server time.
 --
--- KEYS: two per rule, in rule order: the counter of the even windows, then of the odd windows
---       (window id = floor(now_ms / window_ms)). Keys of a rule share one hash tag.
+-- KEYS: one per rule, in rule order: a hash holding the rule+identifier's two most recent windows.
 -- ARGV[1]: 1 = count this request if every rule allows it, 0 = peek only.
 -- ARGV[2 + 3*(i-1) ..]: limit, window_ms, cost for rule i.
 -- Returns {allowed, remaining, reset_ms, count} per rule (flat). allowed is 1/0; remaining is what is
@@ -9,89 +8,92 @@
 -- allowed, how long until the current window ends; count is the weighted estimate (including this
 -- request's cost when it is allowed or would be over).
 --
--- Why two parity keys and no window id in the key name: the names are declared in KEYS (so the script
--- is valid on Redis Cluster) without the client computing a window id from its own, possibly skewed,
--- clock. A counter written in window w expires at exactly (w + 2) * window (PXAT), so it is read as
--- "current" during w and "previous" during w + 1. Its owner window is recovered from its PTTL, which
--- guards against lazy expiry: a key whose expiry instant passed a few microseconds ago may still be
--- visible inside a script (Redis freezes key-expiry time at script start, TIME is not frozen).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local increment = ARGV[1] == '1'
-local n = #KEYS / 2
+-- Layout: field "w" is the window id of the last write (window id = floor(now_ms / window_ms), from
+-- TIME, so clients' clocks never matter); field "0"/"1" is the count of the even/odd window. Invariant
+-- after every write in window w: field w%2 holds w's count and field (w-1)%2 holds w-1's count (0 when
+-- w-1 saw no write). Reading is one HMGET; a write is one HINCRBY, or, for the first write of a window,
+-- one HSET of all three fields plus PEXPIREAT (w + 2) * window: the hash lives as long as its newest
+-- window can still be the "previous" one, and never longer. Because the owner window is stored, a hash
+-- that is past its expiry instant but still visible (lazy expiry; Redis freezes key expiry at script
+-- start while TIME moves on) is recognised as stale by its "w" and rewritten, never misread. Storage is
+-- three small fields per rule+identifier, whatever the limit.
+local call, tonumber, floor = redis.call, tonumber, math.floor
+local t = call('TIME')
+local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+local n = #KEYS
+local FIELD = {[0] = '0', [1] = '1'}
 
-local function count_in(key, window, want)
-  local v = redis.call('GET', key)
-  if not v then
-    return 0, false
-  end
-  local pttl = redis.call('PTTL', key)
-  if pttl < 0 then
-    return 0, true -- no TTL (should not happen): treat as stale and overwrite
-  end
-  local owner = math.floor((now + pttl) / window + 0.5) - 2
-  if owner == want then
-    return tonumber(v), false
-  end
-  return 0, true
-end
-
-local plan = {}
+local plan = {} -- per rule: first write of the window?, window id, prev count, cost, window_ms
 local out = {}
 local all_ok = true
+local a, o = 2, 0
 for i = 1, n do
-  local base = 2 + (i - 1) * 3
-  local limit = tonumber(ARGV[base])
-  local window = tonumber(ARGV[base + 1])
-  local cost = tonumber(ARGV[base + 2])
-  local w = math.floor(now / window)
+  local limit, window, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local w = floor(now / window)
   local elapsed = now - w * window
-  local cur_key = KEYS[2 * (i - 1) + 1 + (w % 2)]
-  local prev_key = KEYS[2 * (i - 1) + 1 + ((w + 1) % 2)]
-  local cur, cur_stale = count_in(cur_key, window, w)
-  local prev = count_in(prev_key, window, w - 1)
+  local h = call('HMGET', KEYS[i], 'w', '0', '1')
+  local stored = tonumber(h[1])
+  local cur, prev, fresh = 0, 0, true
+  if stored then
+    if stored >= w then
+      -- this window (or, should the server clock ever step back, a later one: keep its counts, never
+      -- forget admissions)
+      local par = stored % 2
+      cur = tonumber(h[2 + par]) or 0
+      prev = tonumber(h[3 - par]) or 0
+      fresh = false
+      w = stored
+    elseif stored == w - 1 then
+      prev = tonumber(h[2 + stored % 2]) or 0
+    end
+  end
   -- weighted estimate, in integers scaled by window: prev * (window - elapsed) + cur * window
-  local scaled = prev * (window - elapsed) + (cur + cost) * window
-  local ok = scaled <= limit * window
-  local estimate = math.floor((prev * (window - elapsed)) / window) + cur
-  local remaining, reset, count
+  local weighted = prev * (window - elapsed)
+  local ok = weighted + (cur + cost) * window <= limit * window
+  local estimate = floor(weighted / window) + cur
+  local count = estimate + cost
+  local remaining, reset
   if ok then
-    count = estimate + cost
-    remaining = math.max(0, limit - count)
+    remaining = limit - count
+    if remaining < 0 then remaining = 0 end
     reset = window - elapsed
   else
     all_ok = false
-    count = estimate + cost
-    remaining = math.max(0, limit - estimate)
+    remaining = limit - estimate
+    if remaining < 0 then remaining = 0 end
     if cost > limit then
       reset = window -- can never fit; retry after a window
     elseif cur + cost <= limit then
       -- fits once the previous window's weight has decayed enough, inside this window
       -- need prev * (window - e) <= (limit - cost - cur) * window
-      local e = window - math.floor(((limit - cost - cur) * window) / prev)
-      reset = math.max(1, e - elapsed)
+      local e = window - floor(((limit - cost - cur) * window) / prev)
+      reset = e - elapsed
+      if reset < 1 then reset = 1 end
     else
       -- fits only in the next window, once this window's count (then previous) has decayed
-      local e2 = window - math.floor(((limit - cost) * window) / cur)
-      reset = (window - elapsed) + math.max(0, e2)
+      local e2 = window - floor(((limit - cost) * window) / cur)
+      if e2 < 0 then e2 = 0 end
+      reset = (window - elapsed) + e2
       if reset < 1 then reset = 1 end
     end
   end
-  plan[i] = {cur_key, cur, cur_stale, cost, (w + 2) * window}
-  out[#out + 1] = ok and 1 or 0
-  out[#out + 1] = remaining
-  out[#out + 1] = reset
-  out[#out + 1] = count
+  local p = 5 * (i - 1)
+  plan[p + 1], plan[p + 2], plan[p + 3], plan[p + 4], plan[p + 5] = fresh, w, prev, cost, window
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4] = ok and 1 or 0, remaining, reset, count
+  o = o + 4
 end
 
-if increment and all_ok then
+if all_ok and ARGV[1] == '1' then
   for i = 1, n do
-    local p = plan[i]
-    if p[2] > 0 then
-      redis.call('INCRBY', p[1], p[4])
+    local p = 5 * (i - 1)
+    local w = plan[p + 2]
+    if plan[p + 1] then
+      -- first write in this window: both count fields and the owner, then the expiry
+      call('HSET', KEYS[i], 'w', w, FIELD[w % 2], plan[p + 4], FIELD[(w + 1) % 2], plan[p + 3])
+      call('PEXPIREAT', KEYS[i], (w + 2) * plan[p + 5])
     else
-      -- first write in this window (or a stale counter from two windows ago): fresh value and expiry
-      redis.call('SET', p[1], p[4], 'PXAT', p[5])
+      call('HINCRBY', KEYS[i], FIELD[w % 2], plan[p + 4])
     end
   end
 end
