@@ -62,7 +62,7 @@ def arms() -> dict[str, list[Arm]]:
         "BACKEND": "django_redis.cache.RedisCache",
         # A distinct URL (same server and db) so django-redis builds a pool of its own with the counting class.
         "LOCATION": location + ("&" if "?" in location else "?") + "health_check_interval=0",
-        "KEY_PREFIX": "hcbench",
+        "KEY_PREFIX": hotcache_settings.KEY_PREFIX,  # the bench run's own prefix: deleted after the run
         "OPTIONS": {"CONNECTION_POOL_KWARGS": {"connection_class": CountingConnection}},
     }
     hot = {
