@@ -25,6 +25,24 @@ Tolerance: during an outage MongoDB knows Redis's count only as of the last sync
 the uses counted on Redis since then can be allowed again.
 If Redis itself loses its data, uses it counted since the last sync are forgotten for the limit.
 Both Redis and MongoDB down: check() raises MongoUnavailable; require_api_key answers 503 (fail closed).
+
+Sync cost: sync_usage() must not read every key's counters (10,000 keys x 2 days every 10 minutes would be
+~2.9 million commands a day against a budget of 10,000). Redis keeps a per-UTC-day index of the keys used that
+day, ``{apikeys:touched}:<YYYYMMDD>`` (a set of ``<key_id>:<tag>``, TTL as the counters), and the sync reads
+only the index and the counters it names: its cost grows with the keys used in its window, not with all keys.
+The index is written when the check script creates the day's counter (INCR returned 1), so once per key per
+day; every other check is still the single script call. The index cannot share a key's hash tag (it holds
+many keys), so on Redis Cluster the script may not touch it: the script reports "first use today" and the
+caller sends SADD + EXPIRE in a second round trip, on that one call a day only. Rejected alternatives: one
+index per tag slot (keys sharded into S buckets, each bucket's index in the bucket's slot) lets the script
+write it but makes every sync read S x days sets whether used or not, and would move every existing key;
+touching an undeclared key in the script breaks on Cluster. Trade-off of the second round trip: if it fails
+(Redis unreachable) the entry is kept in-process and written by the next successful check or reconcile; if
+the process dies between the two round trips, that key-day stays out of the index, so its Redis count
+reaches the MongoDB history only if the key is also counted on MongoDB (usage() and list_keys() read the
+live counter directly, so they stay right within retention). A past day's index is deleted by the first
+successful sync at least _CLOSE_GRACE after that day ended (its counters no longer change), so a steady
+state sync reads today's index and the counters of today's keys only.
 """
 
 from __future__ import annotations
@@ -80,6 +98,9 @@ _KEY_RE = re.compile(r"[a-z0-9]{8}\.[A-Za-z0-9_\-]{43}", re.ASCII)
 _MAX_HEADER = 200  # longer header values are rejected before any parsing
 _CHECK = redis_backend.Script("apikey_check")
 _BASE = redis_backend.Script("apikey_base")
+_CLOSE_GRACE = 3600  # seconds after a UTC day ends before the sync deletes that day's touched index
+_SYNC_CHUNK = 2000  # GETs per pipeline in sync_usage()
+_SSCAN_COUNT = 1000
 
 
 class InvalidKey(HotcacheError, ValueError):
@@ -141,6 +162,8 @@ class SyncResult:
 def _create_key_indexes(coll: mongo.Collection) -> None:
     coll.create_index([("key_sha256", mongo.ASCENDING)], unique=True, name="key_sha256_unique")
     coll.create_index([("owner", mongo.ASCENDING)], name="owner")
+    # sync_usage() re-sends tombstones for keys revoked in its window: a range query on this index.
+    coll.create_index([("revoked_at", mongo.ASCENDING)], name="revoked_at")
 
 
 def _create_usage_indexes(coll: mongo.Collection) -> None:
@@ -175,6 +198,11 @@ def _use_key(tag: str, day: dt.date) -> str:
 
 def _base_key(tag: str, day: dt.date) -> str:
     return keys.tagged(FEATURE, tag, "base", day.strftime("%Y%m%d"))
+
+
+def _touched_key(day: dt.date) -> str:
+    # One set per UTC day of the keys counted on Redis that day (members "<key_id>:<tag>"); its own slot.
+    return keys.tagged(FEATURE, "touched", day.strftime("%Y%m%d"))
 
 
 def _counter_ttl() -> int:
@@ -299,10 +327,16 @@ def get(key_id: str) -> KeyInfo | None:
     return _with_usage(docs)[0]
 
 
-def list_keys(owner: str | int | None = None) -> list[KeyInfo]:
-    """Every key of ``owner`` (all keys when None), newest first, with today's use."""
+def list_keys(owner: str | int | None = None, limit: int | None = None) -> list[KeyInfo]:
+    """Keys of ``owner`` (all keys when None), newest first, with today's use; at most ``limit`` when given.
+
+    Cost: 2 MongoDB queries and 1 Redis round trip of one GET per listed key (``limit`` bounds it).
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        msg = f"limit must be a positive whole number or None, not {limit!r}"
+        raise ValueError(msg)
     query = {} if owner is None else {"owner": str(owner)}
-    docs = _keys_coll().find(query, sort=[("created_at", mongo.DESCENDING)])
+    docs = _keys_coll().find(query, sort=[("created_at", mongo.DESCENDING)], limit=limit or 0)
     return _with_usage(docs)
 
 
@@ -387,6 +421,7 @@ def usage_many(key_ids: list[str], days: int = 30) -> dict[str, list[tuple[dt.da
 _pending_lock = threading.Lock()
 _pending_bases: set[tuple[str, str, dt.date]] = set()  # (key_id, tag, day) counted on MongoDB by this process
 _pending_revokes: set[str] = set()  # tags whose tombstone could not be written
+_pending_touched: set[tuple[dt.date, str]] = set()  # (day, member) whose touched-index SADD failed
 
 
 def _reset_state() -> None:
@@ -394,6 +429,7 @@ def _reset_state() -> None:
     with _pending_lock:
         _pending_bases.clear()
         _pending_revokes.clear()
+        _pending_touched.clear()
 
 
 def _invalid(reason: str, prefix: str) -> InvalidKey:
@@ -419,7 +455,7 @@ def check(raw_key: str) -> Usage:
     now = clock.utcnow()
     today = now.date()
     try:
-        if _pending_bases or _pending_revokes:
+        if _pending_bases or _pending_revokes or _pending_touched:
             _reconcile()
         reply = _run_check(tag, today, now, fill="")
         if reply[0] == "miss":
@@ -433,6 +469,8 @@ def check(raw_key: str) -> Usage:
     record = json.loads(reply[2])
     if not hmac.compare_digest(str(record.get("h", "")), digest):
         raise _invalid("unknown", prefix)
+    if status == "ok" and str(reply[3]) == "1":
+        _mark_touched(today, f"{record['id']}:{tag}")
     return _usage(status == "ok", record["id"], record["owner"], int(reply[1]), record.get("limit"), now)
 
 
@@ -445,6 +483,24 @@ def _run_check(tag: str, today: dt.date, now: dt.datetime, *, fill: str) -> list
         FEATURE, lambda r: _CHECK(r, [_meta_key(tag), _use_key(tag, today), _base_key(tag, today)], args)
     )
     return [v.decode() if isinstance(v, bytes) else v for v in reply]
+
+
+def _mark_touched(day: dt.date, member: str) -> None:
+    """Add a key to the day's touched index (first use of the day only: see the module docstring)."""
+    ttl = _counter_ttl()
+
+    def add(r: Any) -> None:
+        pipe = r.pipeline(transaction=False)
+        pipe.sadd(_touched_key(day), member)
+        pipe.expire(_touched_key(day), ttl)
+        pipe.execute()
+
+    try:
+        redis_backend.call(FEATURE, add)
+    except RedisUnavailable:  # the use is counted already: never fall back (that would count it twice)
+        with _pending_lock:
+            _pending_touched.add((day, member))
+        log.warning("hotcache apikeys: redis unavailable while indexing today's use; retried on the next check")
 
 
 def _load_record(digest: str, prefix: str) -> str:
@@ -518,21 +574,26 @@ def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
 def _reconcile() -> None:
     """Redis answers again: write deferred tombstones and push MongoDB-counted uses into the day's base keys."""
     with _pending_lock:
-        bases, revokes = set(_pending_bases), set(_pending_revokes)
+        bases, revokes, touched = set(_pending_bases), set(_pending_revokes), set(_pending_touched)
     # Probe first (no network while the health gate is open): no MongoDB read is spent while Redis is still down.
     redis_backend.call(FEATURE, lambda r: r.ping())
-    if revokes:
+    if revokes or touched:
         ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
+        counter_ttl = _counter_ttl()
 
         def tombstones(r: Any) -> None:
             pipe = r.pipeline(transaction=False)
             for tag in revokes:
                 pipe.set(_meta_key(tag), "revoked", ex=ttl)
+            for day, member in touched:
+                pipe.sadd(_touched_key(day), member)
+                pipe.expire(_touched_key(day), counter_ttl)
             pipe.execute()
 
         redis_backend.call(FEATURE, tombstones)
         with _pending_lock:
             _pending_revokes.difference_update(revokes)
+            _pending_touched.difference_update(touched)
     if bases:
         try:
             docs = _usage_coll().find(
@@ -569,56 +630,68 @@ def sync_usage(days: int = 2) -> SyncResult:
 
     Idempotent: each (key, day) document gets ``$max`` of the Redis counter, so running it twice (or
     from two workers at once) writes the same totals. Also pushes today's MongoDB-counted uses back
-    into Redis (see the module docstring). Cost: 1 MongoDB query for the keys, 1 Redis round trip of
-    ``keys x days`` GETs, 1 bulk write, and 1 query plus a script call per key used during an outage.
+    into Redis and re-sends the tombstones of keys revoked in the window (see the module docstring).
+
+    Cost grows with the keys USED in the window, never with all keys: MongoDB: 1 indexed query for the
+    keys revoked in the window, 1 bulk write (when anything was counted), 1 query for today's
+    MongoDB-counted uses, and 1 ``$in`` query on those keys when there are any. Redis: 1 round trip of
+    the tombstones and one SSCAN per day (more pages only for days with over ~1,000 keys), 1 round trip of
+    one GET per (used key, day) (per 2,000), then, when a past day's index is closed, 1 DEL round trip;
+    plus 1 script call per key counted on MongoDB today.
     """
+    if not isinstance(days, int) or days < 1:
+        msg = "days must be a positive whole number"
+        raise ValueError(msg)
     now = clock.utcnow()
     day_list = [now.date() - dt.timedelta(days=i) for i in range(days)]
     oldest = dt.datetime.combine(day_list[-1], dt.time(), tzinfo=dt.UTC)
-    docs = _keys_coll().find(
-        {"$or": [{"revoked_at": None}, {"revoked_at": {"$gte": oldest}}]},
-        projection={"key_id": 1, "key_sha256": 1, "revoked_at": 1},
-    )
-    if not docs:
-        return SyncResult(0, days, 0, 0, True)
-    # Keys revoked in the window get their tombstone (again): a revocation made while this process could
-    # not reach Redis reaches every process here at the latest.
-    revoked = [_tag(d["key_sha256"]) for d in docs if d.get("revoked_at") is not None]
-    tomb_ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
-
-    def read(r: Any) -> list[Any]:
-        pipe = r.pipeline(transaction=False)
-        for tag in revoked:
-            pipe.set(_meta_key(tag), "revoked", ex=tomb_ttl)
-        for d in docs:
-            for day in day_list:
-                pipe.get(_use_key(_tag(d["key_sha256"]), day))
-        return pipe.execute()
-
+    # Keys revoked in the window get their tombstone (again): a revocation made while some process could
+    # not reach Redis reaches every process here at the latest (indexed range query, revoked keys only).
+    revoked = [
+        _tag(d["key_sha256"])
+        for d in _keys_coll().find({"revoked_at": {"$gte": oldest}}, projection={"key_sha256": 1})
+    ]
     try:
-        values = iter(redis_backend.call(FEATURE, read)[len(revoked) :])
+        touched = redis_backend.call(FEATURE, lambda r: _read_touched(r, revoked, day_list))
+        pairs = [(member, day) for day in day_list for member in sorted(touched[day])]
+        values = redis_backend.call(FEATURE, lambda r: _read_counters(r, pairs)) if pairs else []
     except RedisUnavailable:
         log.warning("hotcache apikeys: redis unavailable; usage sync skipped")
-        return SyncResult(len(docs), days, 0, 0, False)
+        return SyncResult(0, days, 0, 0, False)
+    tags: dict[str, str] = {}
     ops: list[mongo.Update | mongo.Insert] = []
-    for d in docs:
-        for day in day_list:
-            n = int(next(values) or 0)
-            if n:
-                ops.append(
-                    mongo.Update(
-                        {"key_id": d["key_id"], "day": _day_name(day)},
-                        {"$max": {"redis": n}, "$setOnInsert": {"fallback": 0}, "$set": {"synced_at": now}},
-                        upsert=True,
-                    )
+    for (member, day), value in zip(pairs, values, strict=True):
+        key_id, _, tag = member.partition(":")
+        tags[key_id] = tag
+        n = int(value or 0)
+        if n:
+            ops.append(
+                mongo.Update(
+                    {"key_id": key_id, "day": _day_name(day)},
+                    {"$max": {"redis": n}, "$setOnInsert": {"fallback": 0}, "$set": {"synced_at": now}},
+                    upsert=True,
                 )
+            )
     coll = _usage_coll()
-    coll.bulk(ops)
-    # Uses counted on MongoDB today (while Redis was down) go back into Redis's base for the limit.
-    tags = {d["key_id"]: _tag(d["key_sha256"]) for d in docs}
+    if ops:
+        coll.bulk(ops)
+    # The write is done: a past day's index whose day ended over _CLOSE_GRACE ago will not change again.
+    grace = dt.timedelta(seconds=_CLOSE_GRACE)
+    closed = [d for d in day_list[1:] if touched[d] and now >= _next_midnight_of(d) + grace]
+    if closed:
+        try:
+            redis_backend.call(FEATURE, lambda r: r.delete(*[_touched_key(d) for d in closed]))
+        except RedisUnavailable:
+            pass  # read again by the next sync: idempotent
+    # Uses counted on MongoDB today (while Redis was down) go back into Redis's base for the limit. Such a
+    # key may be in no touched index (never counted on Redis today), so its tag comes from its record.
     fallback_docs = coll.find(
         {"day": _day_name(day_list[0]), "fallback": {"$gt": 0}}, projection={"key_id": 1, "fallback": 1}
     )
+    missing = sorted({f["key_id"] for f in fallback_docs} - tags.keys())
+    if missing:
+        for d in _keys_coll().find({"_id": {"$in": missing}}, projection={"key_id": 1, "key_sha256": 1}):
+            tags[d["key_id"]] = _tag(d["key_sha256"])
     pushed = 0
     items = [(tags[f["key_id"]], day_list[0], int(f["fallback"])) for f in fallback_docs if f["key_id"] in tags]
     if items:
@@ -626,7 +699,40 @@ def sync_usage(days: int = 2) -> SyncResult:
             pushed = _push_bases(items)
         except RedisUnavailable:
             pass
-    return SyncResult(len(docs), days, len(ops), pushed, True)
+    return SyncResult(len({m for m, _ in pairs} | set(missing)), days, len(ops), pushed, True)
+
+
+def _next_midnight_of(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def _read_touched(r: Any, revoked: list[str], day_list: list[dt.date]) -> dict[dt.date, set[str]]:
+    """Write the tombstones and read each day's touched index (one round trip unless a set is large)."""
+    tomb_ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
+    pipe = r.pipeline(transaction=False)
+    for tag in revoked:
+        pipe.set(_meta_key(tag), "revoked", ex=tomb_ttl)
+    for day in day_list:
+        pipe.sscan(_touched_key(day), 0, count=_SSCAN_COUNT)
+    replies = pipe.execute()[len(revoked) :]
+    out: dict[dt.date, set[str]] = {}
+    for day, (cursor, members) in zip(day_list, replies, strict=True):
+        found = {m.decode() if isinstance(m, bytes) else m for m in members}
+        while int(cursor):  # large sets only: SSCAN may return a member twice, the set absorbs it
+            cursor, members = r.sscan(_touched_key(day), cursor, count=_SSCAN_COUNT)
+            found.update(m.decode() if isinstance(m, bytes) else m for m in members)
+        out[day] = found
+    return out
+
+
+def _read_counters(r: Any, pairs: list[tuple[str, dt.date]]) -> list[Any]:
+    values: list[Any] = []
+    for i in range(0, len(pairs), _SYNC_CHUNK):
+        pipe = r.pipeline(transaction=False)
+        for member, day in pairs[i : i + _SYNC_CHUNK]:
+            pipe.get(_use_key(member.partition(":")[2], day))
+        values += pipe.execute()
+    return values
 
 
 # --- the view decorator --------------------------------------------------------------------------

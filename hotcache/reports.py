@@ -716,11 +716,12 @@ _DERIVED: dict[str, Callable[[FeatureSummary, Counter[str]], None]] = {
 # --- MFA codes (issue 5) ---
 
 # --- API keys (issue 6) ---
-# Cost: apikeys.list_keys() (2 MongoDB queries, 1 Redis round trip of one GET per key: grows with the
-# number of keys, never with traffic) and apikeys.usage_many() for the APIKEYS_DAILY busiest keys
-# (2 MongoDB queries, 1 Redis round trip of APIKEYS_DAILY x days GETs).
+# Cost: apikeys.list_keys(limit=APIKEYS_READ) (2 MongoDB queries, 1 Redis round trip of one GET per key
+# read: at most APIKEYS_READ, never growing with traffic) and apikeys.usage_many() for the APIKEYS_DAILY
+# busiest keys (2 MongoDB queries, 1 Redis round trip of APIKEYS_DAILY x days GETs).
 
 APIKEYS_SHOWN = 50  # keys listed (the most used today)
+APIKEYS_READ = 1000  # keys read for the page, newest first: bounds its Redis GETs
 APIKEYS_DAILY = 8  # keys charted per day (one colour each)
 
 
@@ -738,7 +739,7 @@ def _apikeys_detail(days: int) -> list[Section]:
     """API keys in MongoDB"""
     from hotcache import apikeys
 
-    infos = apikeys.list_keys()
+    infos = apikeys.list_keys(limit=APIKEYS_READ)
     now = clock.utcnow()
     warn = _warning_percent()
 
@@ -755,9 +756,12 @@ def _apikeys_detail(days: int) -> list[Section]:
 
     ranked = sorted(infos, key=lambda k: (-k.used_today, -k.created_at.timestamp(), k.key_id))
     shown = ranked[:APIKEYS_SHOWN]
-    cap_note = (
-        f"Showing {len(shown)} of {len(infos)} keys (the most used today)." if len(infos) > len(shown) else ""
-    )
+    if len(infos) >= APIKEYS_READ:
+        cap_note = f"Showing {len(shown)} of the {APIKEYS_READ:,} newest keys (the most used today among them)."
+    elif len(infos) > len(shown):
+        cap_note = f"Showing {len(shown)} of {len(infos)} keys (the most used today)."
+    else:
+        cap_note = ""
     rows = [
         [
             k.prefix,

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from hotcache import apikeys
 from hotcache.apikeys_drf import ApiKeyAuthentication, HasApiKey
 from hotcache.testing import mongo_down
+from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 
 
 class _Things(APIView):

@@ -14,6 +14,7 @@ from django.test import Client
 
 from hotcache import apikeys
 from hotcache.testing import mongo_down
+from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 
 
 @pytest.fixture(autouse=True)

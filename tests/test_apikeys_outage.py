@@ -12,6 +12,7 @@ from hotcache import apikeys
 from hotcache.backends import mongo
 from hotcache.exceptions import MongoUnavailable
 from hotcache.testing import count_redis, mongo_down
+from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 
 
 @pytest.fixture(autouse=True)

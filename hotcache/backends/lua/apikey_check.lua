@@ -5,7 +5,9 @@
 -- ARGV[1] now (epoch seconds, app clock: the same clock that names the day)
 -- ARGV[2] counter TTL seconds (APIKEY_USAGE_RETENTION_DAYS days)
 -- ARGV[3] record to cache first ('' = none: the warm path); ARGV[4] its TTL seconds
--- Returns {status, used, record}: status is miss | revoked | unknown | expired | over | ok.
+-- Returns {status, used, record, first}: status is miss | revoked | unknown | expired | over | ok; first is 1
+-- when this call created the day's counter (the caller then adds the key to the day's touched index, which
+-- lives in another hash slot and so cannot be written here on Redis Cluster), else 0.
 local meta = redis.call('GET', KEYS[1])
 if ARGV[3] ~= '' then
   -- A revocation tombstone wins over a record read from MongoDB before the revocation landed.
@@ -15,23 +17,25 @@ if ARGV[3] ~= '' then
   end
 end
 if not meta then
-  return {'miss', 0, ''}
+  return {'miss', 0, '', 0}
 end
 if meta == 'revoked' or meta == 'unknown' then
-  return {meta, 0, ''}
+  return {meta, 0, '', 0}
 end
 local m = cjson.decode(meta)
 local now = tonumber(ARGV[1])
 if type(m.exp) == 'number' and now >= m.exp then
-  return {'expired', 0, ''}
+  return {'expired', 0, '', 0}
 end
 local base = tonumber(redis.call('GET', KEYS[3]) or '0')
 local used = tonumber(redis.call('GET', KEYS[2]) or '0') + base
 if type(m.limit) == 'number' and used >= m.limit then
-  return {'over', used, meta}
+  return {'over', used, meta, 0}
 end
 local n = redis.call('INCR', KEYS[2])
+local first = 0
 if n == 1 then
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+  first = 1
 end
-return {'ok', n + base, meta}
+return {'ok', n + base, meta, first}
