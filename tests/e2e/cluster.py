@@ -111,7 +111,7 @@ class Cluster:
             binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.redis_dir),
             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
         ])
-        wait_until(self._redis_ping, 10, "redis-server to answer")
+        wait_until(self._redis_ping, 30, "redis-server to answer")
 
     def _redis_ping(self) -> bool:
         try:
@@ -156,7 +156,7 @@ class Cluster:
             gunicorn, "config.wsgi:application", "--workers", str(self.web_workers), "--bind",
             f"127.0.0.1:{self.web_port}", "--timeout", "60", "--graceful-timeout", "5", "--log-level", "warning",
         ])
-        wait_until(self._web_up, 30, "gunicorn to serve")
+        wait_until(self._web_up, 90, "gunicorn to serve")
 
     def _web_up(self) -> bool:
         try:
