@@ -80,7 +80,7 @@ def arms() -> dict[str, list[Arm]]:
         ],
         "mfa: verify a code": [
             Arm("before: MongoDB find_one + delete_one (get-then-delete)", naive_verify, setup=naive_preload),
-            Arm("hotcache mfa.verify, right code (one Lua verify-and-consume)", hot_verify, setup=preload),
+            Arm("hotcache mfa.verify, right code (Lua verify-and-consume + marker GET)", hot_verify, setup=preload),
             Arm("hotcache mfa.verify, wrong code (Lua + marker GET, no MongoDB)", hot_verify_wrong),
         ],
     }
