@@ -22,18 +22,51 @@ only collects garbage: every read filters on ``expires_at``.
 Across the two stores. A code lives in exactly one store: the one that was reachable when it was
 issued. Each store consumes its own codes atomically, so **a code succeeds at most once**, whatever
 the interleaving with outages. verify() asks Redis first; Redis's answer is final when it is ``ok``
-or the user's failure cap. Otherwise (no record, a wrong guess, a tombstone) it asks MongoDB for a
-live code issued *after* the Redis record (issue times are app-clock milliseconds in both stores),
-so a code issued on MongoDB during an outage verifies after Redis returns, a code that was issued on
-Redis before an outage verifies once Redis is back, and an older MongoDB code superseded by a newer
-Redis one (or by a tombstone of one) is refused. When a newer MongoDB code succeeds, the older Redis
-record is deleted. Limit: while Redis is down, MongoDB cannot see or delete a code held in Redis, so
-such a code reports ``expired_or_missing`` (the user can ask for a new code, which is issued on
-MongoDB); if the user later submits the older Redis code first, it is accepted once and the newer
-MongoDB code then remains usable once: two codes the user received, each single use. Resend
-cooldown, hourly cap and failure counts are kept per store: a transition can at most double them.
-When neither store answers, verify() returns ``unavailable`` (fail closed) and issue() raises
-MfaUnavailable.
+or the user's failure cap, and also (no MongoDB operation at all) when no outage happened within a
+code's lifetime: see the outage marker below. Otherwise (no record, a wrong guess, a tombstone) it
+asks MongoDB for a live code issued *after* the Redis record (issue times are app-clock
+milliseconds in both stores), so a code issued on MongoDB during an outage verifies after Redis
+returns, a code that was issued on Redis before an outage verifies once Redis is back, and an older
+MongoDB code superseded by a newer Redis one (or by a tombstone of one) is refused. When a newer
+MongoDB code succeeds, the older Redis record is deleted. Limit: while Redis is down, MongoDB cannot
+see or delete a code held in Redis, so such a code reports ``expired_or_missing`` (the user can ask
+for a new code, which is issued on MongoDB); if the user later submits the older Redis code first,
+it is accepted once and the newer MongoDB code then remains usable once: two codes the user
+received, each single use. Resend cooldown, hourly cap and failure counts are kept per store: a
+transition can at most double them. When neither store answers, verify() returns ``unavailable``
+(fail closed) and issue() raises MfaUnavailable.
+
+The outage marker keeps MongoDB off the healthy path. MongoDB can only hold a live code if a code
+was issued there (Redis unavailable to that process) less than MFA_CODE_TTL ago. So:
+- Each process remembers that it *saw an outage*: an mfa call that fell back to MongoDB, or the
+  Redis health gate opening since its last mfa call (any feature's failure opens it). It also keeps
+  "MongoDB may hold live codes until T" in memory (fallback time + MFA_CODE_TTL), which it knows
+  without Redis.
+- Its first mfa call that reaches Redis afterwards publishes T = now + MFA_CODE_TTL to the marker
+  ``<prefix>:mfa:mongo_live_until`` (mfa_mark.lua: max semantics, so a smaller T never lowers it;
+  the key expires shortly after T). Every code issued on MongoDB by *any* process before that moment
+  has expired by T, so a process that saw the outage also covers the codes of one that issued on
+  MongoDB and died before Redis returned.
+- verify() pipelines its script with a GET of the marker (or with the publishing script): still one
+  round trip, two commands. On a Redis miss it consults MongoDB only while max(marker, in-process T)
+  is in the future. No outage within MFA_CODE_TTL: a right code, a wrong code, an expired code and a
+  replay cost one round trip and zero MongoDB operations, so wrong codes for many users cannot push
+  load onto MongoDB. After an outage, each miss costs one MongoDB read (as before) for at most
+  MFA_CODE_TTL (plus the time to the publishing call) after Redis returns. issue() sends one command,
+  two (pipelined, one round trip) on the call that publishes.
+The marker is one key outside the users' hash tags, read in the same pipeline rather than the same
+script, so every command still touches one slot.
+
+Residual gap (fail closed): a code issued on MongoDB is not verifiable after Redis returns if no
+live process that saw the outage reaches Redis within the code's lifetime, i.e. the issuing process
+died before Redis returned and the outage was its alone (a network partition between that process
+and Redis; a shared Redis outage is seen by every process that serves an mfa request or any hotcache
+call meanwhile). Likewise if the marker is evicted (an ``allkeys-*`` maxmemory policy) before T and
+the issuing process is gone. Such a code reports ``expired_or_missing`` and the user asks for a new
+one; it never verifies wrongly. A code issued on MongoDB by a process whose gate was still open after
+the publishing process recovered is covered by the issuing process's own publish, or by the marker
+until T if that process died. The comparison uses app clocks: clock skew between processes shifts
+the window by the skew.
 """
 
 from __future__ import annotations
@@ -45,14 +78,17 @@ import logging
 import math
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from django.utils.crypto import salted_hmac
+from redis.exceptions import NoScriptError
 
 from hotcache import clock, keys, metering
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
+from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import (
     BackendUnavailable,
@@ -73,6 +109,8 @@ _HOUR_MS = 3_600_000
 _PURPOSE_PATTERN = r"[A-Za-z0-9_.\-]{1,32}"
 _ISSUE = redis_backend.Script("mfa_issue")
 _VERIFY = redis_backend.Script("mfa_verify")
+_MARK = redis_backend.Script("mfa_mark")
+_MARKER_MARGIN_MS = 1000  # the marker key outlives T by this much (its value, not its TTL, decides)
 
 
 class Reason(enum.StrEnum):
@@ -175,6 +213,100 @@ def _settings() -> dict[str, int]:
     }
 
 
+# --- "MongoDB may hold live codes until T" ------------------------------------------------------
+
+
+class _OutageState:
+    """What this process knows about codes MongoDB may hold (module docstring, "The outage marker").
+
+    ``until_ms``: MongoDB may hold live codes until then (app-clock ms), known without Redis.
+    ``owed``: this process saw an outage (an mfa fallback, or the Redis gate opening for any feature)
+    and has not yet published the marker to Redis since. ``generation`` tells a publish that raced a
+    newer outage from one that covers it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.until_ms = 0
+            self.owed = False
+            self.generation = 0
+            self.gate_opens = redis_gate.snapshot().opens
+
+    def saw_outage(self, now_ms: int, ttl_ms: int) -> None:
+        """An mfa call fell back to MongoDB: a code may have been issued there until now."""
+        with self._lock:
+            self.until_ms = max(self.until_ms, now_ms + ttl_ms)
+            self.owed = True
+            self.generation += 1
+
+    def to_publish(self) -> tuple[int, bool]:
+        """(generation, whether the marker is owed); notices a gate that opened since the last call."""
+        opens = redis_gate.snapshot().opens
+        if opens != self.gate_opens:
+            with self._lock:
+                if opens != self.gate_opens:
+                    self.gate_opens = opens
+                    self.owed = True
+                    self.generation += 1
+        return self.generation, self.owed
+
+    def published(self, generation: int, until_ms: int) -> None:
+        with self._lock:
+            self.until_ms = max(self.until_ms, until_ms)
+            if generation == self.generation:
+                self.owed = False
+
+
+_STATE = _OutageState()
+
+
+def _reset_process_state() -> None:
+    """Forget this process's outage knowledge (tests: behave like a process that never saw an outage)."""
+    _STATE.reset()
+
+
+def _marker_key() -> str:
+    # No hash tag: the marker is one key for every user, read in the same pipeline (not the same script)
+    # as a user's keys, so each command still touches one slot.
+    return keys.build(FEATURE, "mongo_live_until")
+
+
+def _run_with_marker(
+    r: Any,
+    script: redis_backend.Script,
+    script_keys: list[str],
+    args: list[Any],
+    marker: str,
+    publish_ms: int | None,
+    now_ms: int,
+) -> tuple[Any, int]:
+    """``script`` and the marker in one pipeline (one round trip): MARK when ``publish_ms``, else GET.
+
+    Returns the script's result and the marker's value (0 when absent).
+    """
+    pipe = r.pipeline(transaction=False)
+    pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+    steps: list[tuple[redis_backend.Script, list[str], list[Any]]] = [(script, script_keys, args)]
+    if publish_ms is None:
+        pipe.get(marker)
+    else:
+        mark_args = [publish_ms, max(1, publish_ms - now_ms) + _MARKER_MARGIN_MS]
+        pipe.evalsha(_MARK.sha, 1, marker, *mark_args)
+        steps.append((_MARK, [marker], mark_args))
+    out = pipe.execute(raise_on_error=False)
+    for i, (s, k, a) in enumerate(steps):
+        if isinstance(out[i], NoScriptError):  # first use on this server: EVAL also caches it
+            out[i] = r.eval(s.body, len(k), *k, *a)
+    for value in out:
+        if isinstance(value, Exception):
+            raise value
+    return out[0], int(out[1] or 0)
+
+
 # --- issue ---------------------------------------------------------------------------------------
 
 
@@ -190,17 +322,23 @@ def issue(user_id: str | int, purpose: str = "login") -> str:
     digest = _digest(user, purpose, code)
     now_ms = _now_ms()
     k = _redis_keys(user, purpose)
+    issue_keys = [k["code"], k["cool"], k["sends"]]
+    issue_args = [digest, now_ms, conf["ttl_ms"], conf["cooldown_ms"], conf["cap"], _HOUR_MS]
+    generation, owed = _STATE.to_publish()
+    publish_ms = now_ms + conf["ttl_ms"] if owed else None
+
+    def run(r: Any) -> Any:
+        if publish_ms is None:
+            return _ISSUE(r, issue_keys, issue_args)  # the healthy path: one command
+        out, marker = _run_with_marker(r, _ISSUE, issue_keys, issue_args, _marker_key(), publish_ms, now_ms)
+        _STATE.published(generation, marker)
+        return out
+
     try:
-        out = redis_backend.call(
-            FEATURE,
-            lambda r: _ISSUE(
-                r,
-                [k["code"], k["cool"], k["sends"]],
-                [digest, now_ms, conf["ttl_ms"], conf["cooldown_ms"], conf["cap"], _HOUR_MS],
-            ),
-        )
+        out = redis_backend.call(FEATURE, run)
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
+        _STATE.saw_outage(now_ms, conf["ttl_ms"])
         try:
             _issue_on_mongo(user, purpose, digest, now_ms, conf)
         except (MongoUnavailable, MongoWriteError) as exc:
@@ -293,17 +431,23 @@ def verify(user_id: str | int, code: str, purpose: str = "login") -> VerifyResul
         return _record(VerifyResult(False, Reason.INVALID))  # cannot be a code: no store is touched
     digest = _digest(user, purpose, code)
     k = _redis_keys(user, purpose)
+    now_ms = _now_ms()
+    verify_keys = [k["code"], k["fails"]]
+    verify_args = [digest, conf["max_attempts"], conf["fail_limit"], conf["window_ms"]]
+    generation, owed = _STATE.to_publish()
+    publish_ms = now_ms + conf["ttl_ms"] if owed else None
+
+    def run(r: Any) -> tuple[Any, int]:
+        out, marker = _run_with_marker(r, _VERIFY, verify_keys, verify_args, _marker_key(), publish_ms, now_ms)
+        if publish_ms is not None:
+            _STATE.published(generation, marker)
+        return out, marker
+
     try:
-        out = redis_backend.call(
-            FEATURE,
-            lambda r: _VERIFY(
-                r,
-                [k["code"], k["fails"]],
-                [digest, conf["max_attempts"], conf["fail_limit"], conf["window_ms"]],
-            ),
-        )
+        out, marker = redis_backend.call(FEATURE, run)
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
+        _STATE.saw_outage(now_ms, conf["ttl_ms"])
         try:
             result = _verify_on_mongo(user, purpose, digest, conf, newer_than_ms=None)
         except (MongoUnavailable, MongoWriteError) as exc:
@@ -324,8 +468,12 @@ def verify(user_id: str | int, code: str, purpose: str = "login") -> VerifyResul
         store="redis",
         burned=status == "burned_now",
     )
-    # Redis holds no usable code for this guess: a newer code may have been issued on MongoDB
-    # during an outage (see the module docstring).
+    if max(marker, _STATE.until_ms) <= now_ms:
+        # No outage within a code's lifetime (no marker in Redis, none known here): MongoDB holds no
+        # live code, so Redis's answer is final and MongoDB is not touched.
+        return _record(redis_result)
+    # Redis holds no usable code for this guess and an outage happened within a code's lifetime: a
+    # newer code may have been issued on MongoDB meanwhile (see the module docstring).
     try:
         newer = _verify_on_mongo(user, purpose, digest, conf, newer_than_ms=int(iat) if iat else 0)
     except (MongoUnavailable, MongoWriteError) as exc:

@@ -46,10 +46,11 @@ class MongoStore:
 
 @pytest.fixture(autouse=True)
 def _no_mfa_keys_from_earlier_tests(raw_redis, key_prefix):
-    """The run's key prefix is shared by every test: start each with no mfa keys."""
+    """The run's key prefix is shared by every test: start each with no mfa keys, no outage marker and no
+    outage remembered by this process."""
     stale = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*", count=1000))
-    if stale:
-        raw_redis.delete(*stale)
+    raw_redis.delete(*stale, mfa._marker_key())
+    mfa._reset_process_state()
 
 
 @pytest.fixture(params=["redis", "mongodb"])

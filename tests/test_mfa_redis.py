@@ -14,8 +14,8 @@ from hotcache.testing import count_redis, mongo_down
 @pytest.fixture(autouse=True)
 def _no_mfa_keys_from_earlier_tests(raw_redis, key_prefix):
     stale = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*", count=1000))
-    if stale:
-        raw_redis.delete(*stale)
+    raw_redis.delete(*stale, mfa._marker_key())
+    mfa._reset_process_state()  # no outage remembered from an earlier test
 
 
 def wrong(code):
@@ -34,18 +34,50 @@ def test_issue_and_verify_take_one_round_trip_each_and_no_mongodb():
         code = mfa.issue("alice")
     with count_redis() as verified:
         assert mfa.verify("alice", code)
-    for counted in (issued, verified):
-        assert counted.round_trips == 1 and counted.commands == 1 and counted.by_feature["mfa"] == 1
-        assert counted.mongo_ops == 0
+    assert issued.round_trips == 1 and issued.commands == 1 and issued.by_feature["mfa"] == 1
+    # verify: the Lua script and a GET of the outage marker, pipelined (module docstring)
+    assert verified.round_trips == 1 and verified.commands == 2 and verified.by_feature["mfa"] == 2
+    assert issued.mongo_ops == 0 and verified.mongo_ops == 0
 
 
-def test_a_wrong_guess_is_one_round_trip_plus_one_mongodb_read():
-    code = mfa.issue("alice")
+def healthy_verify_cost(user, code):
     warm()
-    mfa._collection()  # index creation, once per process
+    mfa._collection()  # index creation, once per process (not part of the cost)
     with count_redis() as counted:
-        assert mfa.verify("alice", wrong(code)).reason is Reason.INVALID
-    assert counted.round_trips == 1 and counted.mongo_ops == 1  # the outage check (module docstring)
+        result = mfa.verify(user, code)
+    return result, counted
+
+
+def test_a_wrong_guess_costs_one_round_trip_and_no_mongodb():
+    code = mfa.issue("alice")
+    result, counted = healthy_verify_cost("alice", wrong(code))
+    assert result.reason is Reason.INVALID
+    assert (counted.round_trips, counted.commands, counted.mongo_ops) == (1, 2, 0)
+
+
+def test_an_expired_code_costs_one_round_trip_and_no_mongodb(raw_redis):
+    code = mfa.issue("alice")
+    assert raw_redis.pexpireat(keys.tagged("mfa", "alice", "login", "code"), 1)
+    result, counted = healthy_verify_cost("alice", code)
+    assert result.reason is Reason.EXPIRED_OR_MISSING
+    assert (counted.round_trips, counted.commands, counted.mongo_ops) == (1, 2, 0)
+
+
+def test_a_replay_costs_one_round_trip_and_no_mongodb():
+    code = mfa.issue("alice")
+    assert mfa.verify("alice", code)
+    result, counted = healthy_verify_cost("alice", code)
+    assert result.reason is Reason.EXPIRED_OR_MISSING
+    assert (counted.round_trips, counted.commands, counted.mongo_ops) == (1, 2, 0)
+
+
+def test_guesses_for_users_without_a_code_cost_no_mongodb():
+    warm()
+    mfa._collection()
+    with count_redis() as counted:
+        for i in range(20):  # the amplification attempt: wrong codes for many users
+            assert mfa.verify(f"user{i}", "123456").reason is Reason.EXPIRED_OR_MISSING
+    assert (counted.round_trips, counted.mongo_ops) == (20, 0)
 
 
 def test_code_record_expires_with_the_code_ttl(raw_redis, hotcache_config):
@@ -184,6 +216,139 @@ def test_a_replayed_mongodb_code_fails_after_a_newer_redis_code_was_used(redis_p
     clock.advance(40)
     assert mfa.verify("alice", mfa.issue("alice"))
     assert not mfa.verify("alice", old)  # the Redis tombstone is newer than the MongoDB code
+
+
+# --- the outage marker: MongoDB is consulted on a Redis miss only while it may hold a live code -----
+
+
+def marker(raw_redis):
+    value = raw_redis.get(mfa._marker_key())
+    return int(value) if value else 0
+
+
+def now_ms(clock):
+    return int(clock.time() * 1000)
+
+
+def test_the_first_call_after_an_outage_publishes_the_marker_in_its_round_trip(redis_proxy, clock, raw_redis):
+    redis_proxy.down()
+    mfa.issue("alice")
+    recover(redis_proxy, clock)
+    warm()
+    with count_redis() as first:
+        mfa.issue("bob")
+    assert (first.round_trips, first.commands) == (1, 2)  # the issue script and the marker script, pipelined
+    assert marker(raw_redis) == now_ms(clock) + hotcache_settings.MFA_CODE_TTL * 1000
+    assert raw_redis.pttl(mfa._marker_key()) > 0
+    with count_redis() as second:
+        mfa.issue("carol")
+    assert (second.round_trips, second.commands) == (1, 1)  # published once
+
+
+def test_the_marker_only_moves_forward(raw_redis):
+    from hotcache.backends import redis as redis_backend
+
+    key = mfa._marker_key()
+
+    def mark(until):
+        return int(redis_backend.call("mfa", lambda r: mfa._MARK(r, [key], [until, 60_000])))
+
+    assert mark(2000) == 2000
+    assert mark(1000) == 2000
+    assert mark(3000) == 3000
+    assert 0 < raw_redis.pttl(key) <= 60_000
+
+
+def test_scripts_unknown_to_the_server_are_sent_once_inside_the_pipeline(redis_proxy, clock, monkeypatch):
+    redis_proxy.down()
+    code = mfa.issue("alice")
+    recover(redis_proxy, clock)
+    # As after SCRIPT FLUSH or a failover: EVALSHA answers NOSCRIPT, the script body follows (EVAL).
+    monkeypatch.setattr(mfa._VERIFY, "sha", "0" * 40)
+    monkeypatch.setattr(mfa._MARK, "sha", "1" * 40)
+    assert mfa.verify("alice", code).store == "mongodb"  # the pipeline carried VERIFY and MARK
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
+
+
+def test_another_process_verifies_an_outage_code_through_the_marker(redis_proxy, clock):
+    redis_proxy.down()
+    code = mfa.issue("alice")
+    recover(redis_proxy, clock)
+    mfa.issue("bob")  # this process's first mfa call after the outage publishes the marker
+    mfa._reset_process_state()  # from here on: a process that never saw the outage
+    result = mfa.verify("alice", code)
+    assert result and result.store == "mongodb"
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
+
+
+def test_the_issuing_process_knows_without_the_marker(redis_proxy, clock, raw_redis):
+    redis_proxy.down()
+    code = mfa.issue("alice")
+    recover(redis_proxy, clock)
+    mfa.issue("bob")
+    raw_redis.delete(mfa._marker_key())  # evicted, say
+    assert mfa.verify("alice", code).store == "mongodb"
+
+
+def test_a_process_that_saw_the_outage_publishes_for_one_that_died(redis_proxy, clock):
+    redis_proxy.down()
+    code = mfa.issue("alice")  # process A issues on MongoDB...
+    mfa._reset_process_state()  # ...and dies before Redis returns
+    assert mfa.verify("bob", "123456").store == "mongodb"  # process B serves a request during the outage
+    recover(redis_proxy, clock)
+    mfa.verify("bob", "123456")  # B's first mfa call after the outage publishes the marker
+    mfa._reset_process_state()  # process C never saw the outage
+    assert mfa.verify("alice", code)
+
+
+def test_a_gate_opened_by_another_feature_also_makes_the_process_publish(redis_proxy, clock):
+    from hotcache.backends import redis as redis_backend
+    from hotcache.exceptions import RedisUnavailable
+
+    redis_proxy.down()
+    with pytest.raises(RedisUnavailable):
+        redis_backend.call("users", lambda r: r.ping())  # this process's only contact with the outage
+    # Meanwhile a process that then died issued a code on MongoDB (what its fallback writes):
+    code = "424242"
+    conf = mfa._settings()
+    mfa._issue_on_mongo("alice", "login", mfa._digest("alice", "login", code), now_ms(clock), conf)
+    recover(redis_proxy, clock)
+    mfa.issue("bob")  # the gate opened since this process's last mfa call: publish
+    mfa._reset_process_state()
+    assert mfa.verify("alice", code)
+
+
+def test_without_any_witness_an_outage_code_fails_closed(redis_proxy, clock):
+    redis_proxy.down()
+    code = mfa.issue("alice")
+    mfa._reset_process_state()  # the only process that saw the outage died before Redis returned
+    recover(redis_proxy, clock)
+    warm()
+    mfa._collection()
+    with count_redis() as counted:
+        result = mfa.verify("alice", code)
+    assert not result and result.reason is Reason.EXPIRED_OR_MISSING and result.store == "redis"
+    assert counted.mongo_ops == 0  # the residual gap (module docstring): the user asks for a new code
+
+
+def test_misses_stop_consulting_mongodb_once_outage_codes_have_expired(redis_proxy, clock):
+    redis_proxy.down()
+    mfa.issue("alice")
+    recover(redis_proxy, clock)
+    code = mfa.issue("bob")  # publishes T = now + MFA_CODE_TTL
+    warm()
+    mfa._collection()
+    with count_redis() as during:
+        assert mfa.verify("bob", wrong(code)).reason is Reason.INVALID
+    assert (during.round_trips, during.mongo_ops) == (1, 1)  # MongoDB may still hold a live code
+    clock.advance(hotcache_settings.MFA_CODE_TTL)  # T: every code issued on MongoDB has expired
+    later = mfa.issue("carol")
+    for forget in (False, True):  # this process, and one that only knows the marker
+        if forget:
+            mfa._reset_process_state()
+        with count_redis() as after:
+            assert mfa.verify("carol", wrong(later)).reason is Reason.INVALID
+        assert (after.round_trips, after.mongo_ops) == (1, 0)
 
 
 def test_both_stores_down_verify_fails_closed(redis_down):

@@ -1,4 +1,4 @@
-"""MFA arms: hotcache's issue/verify (one Lua round trip each) against the seed's MongoDB-only "before".
+"""MFA arms: hotcache's issue/verify (one round trip each) against the seed's MongoDB-only "before".
 
 The baseline is what the migration plan started from: the plaintext code in a MongoDB document,
 verified with a read and then a delete (get-then-delete: two operations, and racy).
@@ -65,8 +65,8 @@ def arms() -> dict[str, list[Arm]]:
         if not pending:
             preload()
         user, code = pending[-1]
-        # A wrong guess for a user with a live code: counted in Redis, then one MongoDB read
-        # (is there a newer code issued during an outage?). Uses up the code's attempts: drop it then.
+        # A wrong guess for a user with a live code: counted in Redis; no outage within the code's
+        # lifetime, so MongoDB is not asked. Uses up the code's attempts: drop it then.
         guess = f"{(int(code) + 1 + i % 7) % 10**6:06d}"
         result = mfa.verify(user, guess)
         if result.attempts_left in (None, 0, 1):
@@ -80,7 +80,7 @@ def arms() -> dict[str, list[Arm]]:
         ],
         "mfa: verify a code": [
             Arm("before: MongoDB find_one + delete_one (get-then-delete)", naive_verify, setup=naive_preload),
-            Arm("hotcache mfa.verify, right code (one Lua verify-and-consume)", hot_verify, setup=preload),
-            Arm("hotcache mfa.verify, wrong code (Lua + one MongoDB read)", hot_verify_wrong),
+            Arm("hotcache mfa.verify, right code (Lua verify-and-consume + marker GET)", hot_verify, setup=preload),
+            Arm("hotcache mfa.verify, wrong code (Lua + marker GET, no MongoDB)", hot_verify_wrong),
         ],
     }
