@@ -31,9 +31,11 @@ class BackendUnavailable(HotcacheError):
 
     backend = "backend"
 
-    def __init__(self, message: str = "", *, gate_open: bool = False) -> None:
+    def __init__(self, message: str = "", *, gate_open: bool = False, maybe_applied: bool = False) -> None:
         super().__init__(message or f"{self.backend} is unavailable")
         self.gate_open = gate_open
+        # True when the request reached the store and only the reply was lost: it may have been applied.
+        self.maybe_applied = maybe_applied
 
 
 class RedisUnavailable(BackendUnavailable):

@@ -40,6 +40,7 @@ log = logging.getLogger("hotcache.redis")
 _SERVER_STATE_ERRORS = {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS"}
 _LUA_DIR = Path(__file__).with_name("lua")
 _lock = threading.Lock()
+_wire = threading.local()  # .sent: the current call's last command reached the socket
 _clients: dict[tuple[str, int], redis.Redis] = {}
 
 
@@ -48,6 +49,12 @@ def _metered_class(base: type) -> type:
     """A subclass of the alias's connection class that counts commands and round trips as they are sent."""
 
     class Metered(base):  # type: ignore[misc, valid-type]
+        def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+            # Once bytes are on the wire, a failure to read the reply leaves the outcome unknown.
+            _wire.sent = False
+            super().send_packed_command(*args, **kwargs)
+            _wire.sent = True
+
         def send_command(self, *args: Any, **kwargs: Any) -> None:
             metering.meter.commands(1, 1)
             super().send_command(*args, **kwargs)
@@ -112,11 +119,15 @@ def reset() -> None:
 def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     """Run ``fn(client)`` for ``feature`` through the health gate; raise RedisUnavailable on any failure.
 
-    Commands sent by ``fn`` are metered under ``feature``. At most one attempt is made.
+    Commands sent by ``fn`` are metered under ``feature``. At most one attempt is made. When the
+    connection failed after a command was sent (reply lost, read timeout), the error says
+    ``maybe_applied=True``: Redis may have run it. Callers whose fallback would apply the same change
+    again (counters) use that to avoid counting twice.
     """
     if not redis_gate.allow():
         metering.event(feature, "gate_rejected")
         raise RedisUnavailable("redis health gate is open", gate_open=True)
+    _wire.sent = False
     try:
         with metering.feature(feature):
             result = fn(get_client())
@@ -124,7 +135,8 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
         refused = isinstance(exc, RedisConnectionError) and not isinstance(exc, RedisTimeoutError)
         redis_gate.failure(exc, immediate=refused)
         metering.event(feature, "redis_error")
-        raise RedisUnavailable(f"redis call for {feature} failed: {exc}") from exc
+        maybe_applied = bool(getattr(_wire, "sent", False))
+        raise RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied) from exc
     except RedisError as exc:
         # The server answered with an error. Overload and failover states (OOM, READONLY replica, BUSY
         # script, LOADING...) mean Redis cannot serve anyone: they count against the gate. Anything
