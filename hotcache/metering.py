@@ -21,17 +21,20 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from hotcache import clock
 
 __all__ = [
     "DayUsage",
+    "MeterRead",
     "current_feature",
     "event",
     "feature",
     "flush",
     "meter",
     "mongo_op",
+    "read",
     "snapshot",
     "usage",
 ]
@@ -144,17 +147,21 @@ class Meter:
             self._pending = Counter()
             self._pending_commands = 0
             self._last_flush = clock.monotonic()
-        if not batch:
+        pool = _pool_report()
+        if not batch and pool is None:
             return True
         by_day: dict[str, list[str]] = {}
         for (day, fld), n in batch.items():
             by_day.setdefault(day, []).extend((fld, str(n)))
         script = redis_backend.Script("meter_flush")
         day_keys = [keys.tagged("meter", "usage", day) for day in by_day]
-        args: list[str] = [str(_METER_TTL)]
+        args: list[str] = [str(_METER_TTL), str(len(by_day))]
         for day in by_day:
             args.append(str(len(by_day[day]) // 2))
             args.extend(by_day[day])
+        if pool is not None:
+            day_keys.append(keys.tagged("meter", "usage", "pools"))
+            args.extend(pool)
         self._flushing.active = True
         try:
             redis_backend.call("meter", lambda r: script(r, day_keys, args))
@@ -169,6 +176,56 @@ class Meter:
 
 
 meter = Meter()
+
+
+def _pool_report() -> tuple[str, str] | None:
+    """(field, JSON) of this process's MongoDB pool for the deployment-wide view, if it has a pool."""
+    import json
+    import os
+    import socket
+
+    from hotcache.backends import mongo
+
+    stats = mongo.local_pool_stats()
+    if stats is None:
+        return None
+    figures = {k: v for k, v in stats.as_dict().items() if k != "monitored"}
+    figures["at"] = round(clock.time(), 1)
+    return f"{socket.gethostname()}:{os.getpid()}", json.dumps(figures, separators=(",", ":"))
+
+
+POOL_REPORT_FRESH_SECONDS = 600.0
+
+
+def _fresh_pools(raw: dict[Any, Any], key: str, feature: str) -> dict[str, dict[str, Any]]:
+    """Published pool figures of processes heard from within POOL_REPORT_FRESH_SECONDS; entries silent
+    for a day (dead processes) are deleted, so the hash stays as small as the deployment."""
+    import json
+
+    from hotcache.backends import redis as redis_backend
+    from hotcache.exceptions import RedisUnavailable
+
+    now = clock.time()
+    fresh: dict[str, dict[str, Any]] = {}
+    gone: list[str] = []
+    for k, v in raw.items():
+        name = k.decode() if isinstance(k, bytes) else k
+        try:
+            figures = json.loads(v)
+            age = now - float(figures.get("at", 0))
+        except (ValueError, TypeError, AttributeError):
+            gone.append(name)
+            continue
+        if age <= POOL_REPORT_FRESH_SECONDS:
+            fresh[name] = figures
+        elif age > 86400:
+            gone.append(name)
+    if gone:
+        try:
+            redis_backend.call(feature, lambda r: r.hdel(key, *gone))
+        except RedisUnavailable:
+            pass
+    return fresh
 
 
 def event(feature_name: str, name: str, n: int = 1) -> None:
@@ -213,8 +270,20 @@ _past_lock = threading.Lock()
 _past_days: dict[tuple[str, str], tuple[float, Counter[str]]] = {}
 
 
+@dataclass(slots=True)
+class MeterRead:
+    days: list[DayUsage]  # newest first
+    pools: dict[str, dict[str, Any]]  # host:pid -> that process's last published MongoDB pool figures
+
+
 def usage(days: int = 30, *, feature: str = "reports") -> list[DayUsage]:
-    """The last ``days`` UTC days, newest first, from Redis plus this process's unflushed counts.
+    """The last ``days`` UTC days, newest first (see read())."""
+    return read(days, feature=feature).days
+
+
+def read(days: int = 30, *, feature: str = "reports") -> MeterRead:
+    """The last ``days`` UTC days, newest first, from Redis plus this process's unflushed counts, and the
+    MongoDB pools hotcache's processes published (fresh ones only).
 
     One Redis round trip (a pipeline of HGETALL, metered under ``feature``: reading the meter is the
     reports' cost, not the meter's). Today is always read; past days come from a per-process cache of
@@ -235,16 +304,19 @@ def usage(days: int = 30, *, feature: str = "reports") -> list[DayUsage]:
                   for c in (hit[1],)}
     to_read = [d for d in day_names if d not in cached]
 
-    def read(r):  # type: ignore[no-untyped-def]
+    pools_key = keys.tagged("meter", "usage", "pools")
+
+    def fetch(r):  # type: ignore[no-untyped-def]
         pipe = r.pipeline(transaction=False)
         for d in to_read:
             pipe.hgetall(keys.tagged("meter", "usage", d))
+        pipe.hgetall(pools_key)
         return pipe.execute()
 
     try:
-        rows = redis_backend.call(feature, read)
+        *rows, raw_pools = redis_backend.call(feature, fetch)
     except RedisUnavailable:
-        rows, to_read = [], []
+        rows, to_read, raw_pools = [], [], {}
     for d, row in zip(to_read, rows, strict=True):
         for k, v in row.items():
             fld = k.decode() if isinstance(k, bytes) else k
@@ -254,10 +326,11 @@ def usage(days: int = 30, *, feature: str = "reports") -> list[DayUsage]:
             _past_days[(prefix, d)] = (now + PAST_DAYS_CACHE_SECONDS, Counter(result[d].fields))
     for d, fields in cached.items():
         result[d].fields.update(fields)
+    pools = _fresh_pools(raw_pools, pools_key, feature)
     for (d, fld), n in meter.pending().items():
         if d in result:
             result[d].fields[fld] += n
-    return [result[d] for d in day_names]
+    return MeterRead([result[d] for d in day_names], pools)
 
 
 def _flush_at_exit() -> None:

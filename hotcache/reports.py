@@ -326,20 +326,21 @@ def report_days(days: int | None = None) -> int:
     return max(1, min(MAX_DAYS, value))
 
 
-def _read_meter(days: int) -> tuple[list[metering.DayUsage], bool, str]:
-    """metering.usage(days) (one pipeline) and whether Redis answered it.
+def _read_meter(days: int) -> tuple[metering.MeterRead, bool, str]:
+    """metering.read(days) (one pipeline: the daily meters and the MongoDB pools processes published) and
+    whether Redis answered it.
 
-    usage() falls back to this process's unflushed counts when Redis is unavailable; the meter's own
-    error events (counted under the feature "meter") tell the two apart without another round trip.
+    read() falls back to this process's unflushed counts when Redis is unavailable; its error events
+    (counted under the feature "reports") tell the two apart without another round trip.
     """
-    watched = ("ev:meter:redis_error", "ev:meter:gate_rejected")
+    watched = ("ev:reports:redis_error", "ev:reports:gate_rejected")
     before = metering.snapshot()
-    rows = metering.usage(days)
+    meter = metering.read(days)
     after = metering.snapshot()
     failed = any(after[k] > before[k] for k in watched)
     if failed or redis_gate.state != CLOSED:
-        return rows, False, "Redis is unavailable: figures are this process's unflushed counts only."
-    return rows, True, ""
+        return meter, False, "Redis is unavailable: figures are this process's unflushed counts only."
+    return meter, True, ""
 
 
 def _day(name: str) -> dt.date:
@@ -366,7 +367,8 @@ def overview(days: int | None = None) -> Overview:
     """Redis commands today and per day against the budget, per feature; memory; MongoDB connections; gate."""
     n_days = report_days(days)
     warn = _warning_percent()
-    rows, redis_ok, redis_note = _read_meter(n_days)
+    meter, redis_ok, redis_note = _read_meter(n_days)
+    rows = meter.days
     today = rows[0]
     day_rows = [
         DayRow(
@@ -419,7 +421,7 @@ def overview(days: int | None = None) -> Overview:
         commands_today=budget,
         features=features,
         memory=_memory(warn, redis_ok),
-        mongo=_mongo(warn),
+        mongo=_mongo(warn, meter.pools),
         gate=redis_gate.snapshot(),
         fallbacks_today=_fallbacks(today.fields),
         fallbacks=fallbacks,
@@ -448,7 +450,18 @@ def _memory(warn: float, redis_ok: bool) -> Limit:
     return Limit("Redis memory", used, limit, "REDIS_MEMORY_LIMIT", warn, note=note)
 
 
-def _mongo(warn: float) -> MongoConnections:
+def _deployment_pools(pool: mongo.PoolStats, published: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each live process's published pool figures, with this process's own replaced by its current ones."""
+    import os
+    import socket
+
+    published = dict(published)
+    if pool.monitored:
+        published[f"{socket.gethostname()}:{os.getpid()}"] = pool.as_dict()
+    return published
+
+
+def _mongo(warn: float, published_pools: dict[str, dict[str, Any]]) -> MongoConnections:
     pool = mongo.pool_stats()
     max_pool = int(hotcache_settings.MONGO_MAX_POOL_SIZE)
     server_cap = int(hotcache_settings.MONGO_SERVER_CONNECTION_LIMIT)
@@ -464,10 +477,20 @@ def _mongo(warn: float) -> MongoConnections:
         if pool.monitored
         else "not monitored (the in-process stand-in has no pool)"
     )
+    deployment = _deployment_pools(pool, published_pools)
     if status and "current" in status:
         server_value: int | None = status["current"]
         source = "serverStatus"
         server_note = f"whole server: {status.get('available', '?')} more available per serverStatus"
+    elif deployment:
+        server_value = sum(int(p.get("open", 0)) for p in deployment.values())
+        source = "this process" if len(deployment) == 1 and pool.monitored else f"{len(deployment)} processes"
+        peak = sum(int(p.get("peak_open", 0)) for p in deployment.values())
+        server_note = (
+            f"sum of the pools hotcache's processes published (each at its last meter flush, within "
+            f"{int(metering.POOL_REPORT_FRESH_SECONDS // 60)} minutes); peaks add up to {peak}; "
+            "serverStatus not permitted or not available"
+        )
     elif pool.monitored:
         server_value, source = pool.open, "this process"
         server_note = "serverStatus not permitted or not available: this process's connections only"
@@ -548,7 +571,8 @@ def feature_summary(feature: str, days: int | None = None, filters: dict[str, st
         msg = f"unknown feature {feature!r}; expected one of {FEATURES}"
         raise ValueError(msg)
     n_days = report_days(days)
-    rows, redis_ok, redis_note = _read_meter(n_days)
+    meter, redis_ok, redis_note = _read_meter(n_days)
+    rows = meter.days
     prefix = f"ev:{feature}:"
     per_day: list[tuple[dt.date, dict[str, int]]] = []
     totals: Counter[str] = Counter()

@@ -16,7 +16,7 @@ def clear_meter_hashes(raw_redis):
         keys.tagged("meter", "usage", (today - dt.timedelta(days=i)).strftime("%Y%m%d"))
         for i in range(reports.MAX_DAYS + 1)
     ]
-    raw_redis.delete(*names)
+    raw_redis.delete(*names, keys.tagged("meter", "usage", "pools"))
     metering.meter.reset()
 
 

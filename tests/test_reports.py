@@ -149,11 +149,12 @@ def test_overview_costs_one_meter_round_trip_and_one_info():
     with count_redis() as c:
         reports.overview(days=30)
     assert c.round_trips == 2
-    assert c.by_feature["reports"] == 30 and c.by_feature["status"] == 1
+    # 30 daily meters + the published MongoDB pools in one pipeline, and INFO memory
+    assert c.by_feature["reports"] == 31 and c.by_feature["status"] == 1
     assert c.mongo_ops == 0
     with count_redis() as again:  # past days come from the per-process cache: only today is read
         reports.overview(days=30)
-    assert again.round_trips == 2 and again.by_feature["reports"] == 1
+    assert again.round_trips == 2 and again.by_feature["reports"] == 2
 
 
 def test_cached_past_days_expire(clock):
@@ -162,7 +163,7 @@ def test_cached_past_days_expire(clock):
     clock.advance(metering.PAST_DAYS_CACHE_SECONDS + 1)
     with count_redis() as c:
         reports.overview(days=30)
-    assert c.by_feature["reports"] == 30
+    assert c.by_feature["reports"] == 31
 
 
 def test_overview_cost_does_not_grow_with_traffic():
@@ -273,3 +274,37 @@ def test_report_settings_checks_name_the_setting(hotcache_config, name, value, c
 
 def test_default_report_settings_pass_the_checks():
     assert check_reports() == []
+
+
+def test_mongodb_connections_of_the_whole_deployment_from_published_pools(raw_redis, key_prefix):
+    """Without serverStatus, the server figure is the sum of the pools hotcache's processes published."""
+    import json
+    import time
+
+    from hotcache import keys
+
+    key = keys.tagged("meter", "usage", "pools")
+    now = time.time()
+    raw_redis.hset(key, mapping={
+        "web-1:101": json.dumps({"open": 4, "peak_open": 5, "at": now - 30}),
+        "web-2:202": json.dumps({"open": 3, "peak_open": 3, "at": now - 60}),
+        "worker:303": json.dumps({"open": 9, "peak_open": 9, "at": now - 3600}),  # silent: not counted
+        "gone:404": json.dumps({"open": 2, "at": now - 2 * 86400}),  # dead a day: deleted
+    })
+    try:
+        ov = reports.overview()
+        assert ov.mongo.server_limit.value == 7
+        assert ov.mongo.server_source == "2 processes"
+        assert not raw_redis.hexists(key, "gone:404") and raw_redis.hexists(key, "worker:303")
+    finally:
+        raw_redis.delete(key)
+
+
+def test_a_meter_flush_publishes_this_processs_pool(monkeypatch, raw_redis):
+    from hotcache.backends import mongo
+
+    monkeypatch.setattr(mongo, "local_pool_stats", lambda: mongo.PoolStats(open=2, peak_open=3, max_pool_size=10))
+    redis_backend.call("warm", lambda r: r.ping())
+    assert metering.flush()
+    published = metering.read(1).pools
+    assert len(published) == 1 and next(iter(published.values()))["open"] == 2

@@ -54,6 +54,7 @@ __all__ = [
     "collection",
     "database_name",
     "inject_failures",
+    "local_pool_stats",
     "ping",
     "pool_stats",
     "reset",
@@ -216,6 +217,14 @@ def pool_stats() -> PoolStats:
         return _current().stats
     except MongoUnavailable:
         return PoolStats(monitored=False)
+
+
+def local_pool_stats() -> PoolStats | None:
+    """This process's pool figures if it has a monitored client already (never creates one)."""
+    state = _state
+    if state is None or state.pid != os.getpid() or not state.stats.monitored:
+        return None
+    return state.stats
 
 
 @contextlib.contextmanager
