@@ -13,7 +13,7 @@ the same script caches the record and counts. Revocation writes a tombstone over
 that a concurrent cold load cannot overwrite, so it holds on the next call in every process.
 
 Redis down: the record is read from MongoDB (one indexed query) and the use is counted there with a
-conditional ``$inc`` (``fallback + redis < limit``), so limits stay enforced. The day's total is
+conditional ``$inc`` (``fallback + redis + doubt < limit``), so limits stay enforced. The day's total is
 ``fallback`` (counted on MongoDB) plus ``redis`` (Redis's counter, copied by sync_usage()). When
 Redis answers again the MongoDB count is pushed into a per-day ``base`` key the script adds to its
 counter, so both stores' counts combine (in the process that counted on MongoDB at its next check, in
@@ -23,6 +23,29 @@ sync_usage(), whichever comes first (at worst after APIKEY_CACHE_TTL).
 
 Tolerance: during an outage MongoDB knows Redis's count only as of the last sync_usage(), so up to
 the uses counted on Redis since then can be allowed again.
+
+Lost replies, exactly once: a check script may reach Redis and be applied while its reply is lost
+(RedisUnavailable.maybe_applied: Redis stopped between doing and answering, a dropped connection, a read
+timeout). Counting it on MongoDB as well would count one use twice. So every check carries a sequence
+number (per process, increasing) and the script records, when it INCRs, ``writer -> "<seq>:<time>"`` in
+the key's token hash ``{apikeys:<tag>}:tok`` (writer = process nonce:thread id; same hash tag, so
+Cluster-safe; TTL _TOKEN_TTL, refreshed by each check; when a new writer's field makes the hash exceed 32
+fields, fields silent for longer than the TTL are pruned: memory is one field per key per writer active in
+the last day). Such a request is decided on MongoDB without counting it there (_check_in_doubt): the key
+is validated and, with a limit, one use is reserved by a conditional ``$inc`` of the day document's
+``doubt`` field (``fallback + redis + doubt < limit``), which every fallback sees for the limit and no
+total includes. The doubt (writer, seq, key, day, allowed or refused) is kept in process memory and
+settled before this process's next check script, by whichever thread runs it (apikey_resolve.lua,
+atomic and idempotent, so its own lost reply is harmless): counted by Redis and allowed -> nothing;
+not counted and allowed -> INCR now (no limit check: the request was served); counted by Redis but
+refused (over the limit, invalid key, MongoDB down too) -> DECR. It then stores the sequence, so the
+lost script arriving late is refused as stale. The writer's field cannot have moved on meanwhile:
+each writer resolves before its next check. The reservation is then taken back (retried by later checks
+if MongoDB fails). Limit bound: doubts add nothing to the fallback's tolerance above (they are reserved
+where the fallback decides). Left open: a doubt lives in memory until Redis answers; a process exiting
+first leaves an allowed use that Redis did not apply uncounted (at most one per thread) and its
+reservation in place (refuses one use more that day); a doubt resolved after _TOKEN_TTL (the field
+expired) is treated as not applied.
 If Redis itself loses its data, uses it counted since the last sync are forgotten for the limit.
 Both Redis and MongoDB down: check() raises MongoUnavailable; require_api_key answers 503 (fail closed).
 
