@@ -13,7 +13,7 @@ the same script caches the record and counts. Revocation writes a tombstone over
 that a concurrent cold load cannot overwrite, so it holds on the next call in every process.
 
 Redis down: the record is read from MongoDB (one indexed query) and the use is counted there with a
-conditional ``$inc`` (``fallback + redis < limit``), so limits stay enforced. The day's total is
+conditional ``$inc`` (``fallback + redis + doubt < limit``), so limits stay enforced. The day's total is
 ``fallback`` (counted on MongoDB) plus ``redis`` (Redis's counter, copied by sync_usage()). When
 Redis answers again the MongoDB count is pushed into a per-day ``base`` key the script adds to its
 counter, so both stores' counts combine (in the process that counted on MongoDB at its next check, in
@@ -23,6 +23,29 @@ sync_usage(), whichever comes first (at worst after APIKEY_CACHE_TTL).
 
 Tolerance: during an outage MongoDB knows Redis's count only as of the last sync_usage(), so up to
 the uses counted on Redis since then can be allowed again.
+
+Lost replies, exactly once: a check script may reach Redis and be applied while its reply is lost
+(RedisUnavailable.maybe_applied: Redis stopped between doing and answering, a dropped connection, a read
+timeout). Counting it on MongoDB as well would count one use twice. So every check carries a sequence
+number (per process, increasing) and the script records, when it INCRs, ``writer -> "<seq>:<time>"`` in
+the key's token hash ``{apikeys:<tag>}:tok`` (writer = process nonce:thread id; same hash tag, so
+Cluster-safe; TTL _TOKEN_TTL, refreshed by each check; when a new writer's field makes the hash exceed 32
+fields, fields silent for longer than the TTL are pruned: memory is one field per key per writer active in
+the last day). Such a request is decided on MongoDB without counting it there (_check_in_doubt): the key
+is validated and, with a limit, one use is reserved by a conditional ``$inc`` of the day document's
+``doubt`` field (``fallback + redis + doubt < limit``), which every fallback sees for the limit and no
+total includes. The doubt (writer, seq, key, day, allowed or refused) is kept in process memory and
+settled before this process's next check script, by whichever thread runs it (apikey_resolve.lua,
+atomic and idempotent, so its own lost reply is harmless): counted by Redis and allowed -> nothing;
+not counted and allowed -> INCR now (no limit check: the request was served); counted by Redis but
+refused (over the limit, invalid key, MongoDB down too) -> DECR. It then stores the sequence, so the
+lost script arriving late is refused as stale. The writer's field cannot have moved on meanwhile:
+each writer resolves before its next check. The reservation is then taken back (retried by later checks
+if MongoDB fails). Limit bound: doubts add nothing to the fallback's tolerance above (they are reserved
+where the fallback decides). Left open: a doubt lives in memory until Redis answers; a process exiting
+first leaves an allowed use that Redis did not apply uncounted (at most one per thread) and its
+reservation in place (refuses one use more that day); a doubt resolved after _TOKEN_TTL (the field
+expired) is treated as not applied.
 If Redis itself loses its data, uses it counted since the last sync are forgotten for the limit.
 Both Redis and MongoDB down: check() raises MongoUnavailable; require_api_key answers 503 (fail closed).
 
@@ -52,9 +75,11 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import string
@@ -98,6 +123,8 @@ _KEY_RE = re.compile(r"[a-z0-9]{8}\.[A-Za-z0-9_\-]{43}", re.ASCII)
 _MAX_HEADER = 200  # longer header values are rejected before any parsing
 _CHECK = redis_backend.Script("apikey_check")
 _BASE = redis_backend.Script("apikey_base")
+_RESOLVE = redis_backend.Script("apikey_resolve")
+_TOKEN_TTL = 86400  # seconds a writer's last-counted sequence stays in a key's token hash after its last check
 _CLOSE_GRACE = 3600  # seconds after a UTC day ends before the sync deletes that day's touched index
 _SYNC_CHUNK = 2000  # GETs per pipeline in sync_usage()
 _SSCAN_COUNT = 1000
@@ -198,6 +225,11 @@ def _use_key(tag: str, day: dt.date) -> str:
 
 def _base_key(tag: str, day: dt.date) -> str:
     return keys.tagged(FEATURE, tag, "base", day.strftime("%Y%m%d"))
+
+
+def _token_key(tag: str) -> str:
+    # writer -> "<seq>:<time>[:u]": the last check each writer (process nonce:thread) counted on this key.
+    return keys.tagged(FEATURE, tag, "tok")
 
 
 def _touched_key(day: dt.date) -> str:
@@ -424,12 +456,49 @@ _pending_revokes: set[str] = set()  # tags whose tombstone could not be written
 _pending_touched: set[tuple[dt.date, str]] = set()  # (day, member) whose touched-index SADD failed
 
 
+@dataclasses.dataclass(slots=True, eq=False)
+class _Doubt:
+    """A check whose script reached Redis but whose reply was lost: Redis may or may not have counted it."""
+
+    writer: str
+    seq: int
+    tag: str
+    day: dt.date
+    key_id: str = ""
+    allowed: bool = False  # what the request was answered (decided on MongoDB, not counted there)
+    held: bool = False  # reserved in the usage document's "doubt" field until resolved
+
+
+_doubts: dict[str, _Doubt] = {}  # writer -> its unresolved check (at most one: resolved before its next check)
+_pending_unhold: dict[tuple[str, dt.date], int] = {}  # (key_id, day) -> "doubt" reservations to take back
+_seq = itertools.count(1)  # check sequence numbers: grow per process, so per writer
+_nonce = secrets.token_hex(4)  # names this process in writer ids (a reused pid must not inherit sequences)
+
+
+def _after_fork() -> None:
+    global _seq, _nonce
+    _seq = itertools.count(1)
+    _nonce = secrets.token_hex(4)
+    with _pending_lock:
+        _doubts.clear()  # the parent's doubts: the parent resolves them
+        _pending_unhold.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _writer() -> str:
+    return f"{_nonce}:{threading.get_ident()}"
+
+
 def _reset_state() -> None:
     """Forget this process's pending reconciliation (tests; a fresh process starts empty)."""
     with _pending_lock:
         _pending_bases.clear()
         _pending_revokes.clear()
         _pending_touched.clear()
+        _doubts.clear()
+        _pending_unhold.clear()
 
 
 def _invalid(reason: str, prefix: str) -> InvalidKey:
@@ -454,16 +523,27 @@ def check(raw_key: str) -> Usage:
     tag = _tag(digest)
     now = clock.utcnow()
     today = now.date()
+    writer, seq = _writer(), next(_seq)
     try:
-        if _pending_bases or _pending_revokes or _pending_touched:
-            _reconcile()
-        reply = _run_check(tag, today, now, fill="")
-        if reply[0] == "miss":
-            reply = _run_check(tag, today, now, fill=_load_record(digest, prefix))
-    except RedisUnavailable:
+        if _doubts or _pending_bases or _pending_revokes or _pending_touched or _pending_unhold:
+            _reconcile()  # resolves this writer's check in doubt (if any) before this check can write
+    except RedisUnavailable:  # nothing of this check was sent
         metering.event(FEATURE, "fallback")
         return _check_on_mongo(digest, prefix, now)
+    try:
+        reply = _run_check(tag, today, now, fill="", writer=writer, seq=seq)
+        if reply[0] == "miss":
+            reply = _run_check(tag, today, now, fill=_load_record(digest, prefix), writer=writer, seq=seq)
+    except RedisUnavailable as exc:
+        metering.event(FEATURE, "fallback")
+        if exc.maybe_applied:
+            # The script reached Redis, the reply did not come back: decide on MongoDB, count nowhere yet.
+            return _check_in_doubt(digest, prefix, now, _Doubt(writer, seq, tag, today))
+        return _check_on_mongo(digest, prefix, now)
     status = reply[0]
+    if status == "stale":  # cannot happen: each sequence number is sent once (and resolved before the next)
+        log.error("hotcache apikeys: check refused as stale by redis; counted on MongoDB")
+        return _check_on_mongo(digest, prefix, now)
     if status in ("revoked", "unknown", "expired"):
         raise _invalid(status, prefix)
     record = json.loads(reply[2])
@@ -474,14 +554,17 @@ def check(raw_key: str) -> Usage:
     return _usage(status == "ok", record["id"], record["owner"], int(reply[1]), record.get("limit"), now)
 
 
-def _run_check(tag: str, today: dt.date, now: dt.datetime, *, fill: str) -> list[str]:
+def _run_check(
+    tag: str, today: dt.date, now: dt.datetime, *, fill: str, writer: str | None = None, seq: int | None = None
+) -> list[str]:
+    writer = writer or _writer()
+    seq = seq if seq is not None else next(_seq)
     ttl = int(hotcache_settings.APIKEY_CACHE_TTL)
     if fill == "unknown":
         ttl = int(hotcache_settings.APIKEY_INVALID_CACHE_TTL)
-    args = [repr(now.timestamp()), str(_counter_ttl()), fill, str(ttl)]
-    reply = redis_backend.call(
-        FEATURE, lambda r: _CHECK(r, [_meta_key(tag), _use_key(tag, today), _base_key(tag, today)], args)
-    )
+    args = [repr(now.timestamp()), str(_counter_ttl()), fill, str(ttl), writer, str(seq), str(_TOKEN_TTL)]
+    keys_ = [_meta_key(tag), _use_key(tag, today), _base_key(tag, today), _token_key(tag)]
+    reply = redis_backend.call(FEATURE, lambda r: _CHECK(r, keys_, args))
     return [v.decode() if isinstance(v, bytes) else v for v in reply]
 
 
@@ -541,7 +624,7 @@ def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
     coll = _usage_coll()
     where = {"key_id": key_id, "day": _day_name(day)}
     inc = {"$inc": {"fallback": 1}, "$set": {"updated_at": now}}
-    total = {"$add": [{"$ifNull": ["$fallback", 0]}, {"$ifNull": ["$redis", 0]}]}
+    total = _known_total()
     if limit is None:
         try:
             after = coll.find_one_and_update(where, {**inc, "$setOnInsert": {"redis": 0}}, upsert=True)
@@ -558,7 +641,7 @@ def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
                 )
             except DuplicateKey:  # a concurrent upsert created it first
                 current = coll.find_one(where)
-            used = int((current or {}).get("fallback", 0)) + int((current or {}).get("redis", 0))
+            used = _used(current)
             if used < limit:
                 after = coll.find_one_and_update(under, inc)
             if after is None:
@@ -567,16 +650,82 @@ def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
                 return _usage(False, key_id, doc["owner"], used, limit, now)
     with _pending_lock:
         _pending_bases.add((key_id, _tag(digest), day))
-    used = int((after or {}).get("fallback", 0)) + int((after or {}).get("redis", 0) or 0)
-    return _usage(True, key_id, doc["owner"], used, limit, now)
+    return _usage(True, key_id, doc["owner"], _used(after), limit, now)
+
+
+def _known_total() -> dict[str, Any]:
+    """MongoDB's view of today's count for the limit: its own count, Redis's as of the last sync, doubts held."""
+    return {"$add": [{"$ifNull": [f"${f}", 0]} for f in ("fallback", "redis", "doubt")]}
+
+
+def _used(doc: dict[str, Any] | None) -> int:
+    return sum(int((doc or {}).get(f, 0) or 0) for f in ("fallback", "redis", "doubt"))
+
+
+def _check_in_doubt(digest: str, prefix: str, now: dt.datetime, doubt: _Doubt) -> Usage:
+    """The check script may have counted this use on Redis: answer from MongoDB without counting it there.
+
+    With a limit, a use is reserved in the day's usage document (``doubt`` field, a conditional ``$inc``
+    like the fallback's) so concurrent fallbacks see it; the reservation is taken back once the doubt is
+    resolved on Redis (where the use is then counted exactly once). The doubt is registered whatever the
+    outcome: a refused request (over the limit, invalid key, MongoDB down) whose use Redis did count is
+    taken back from the Redis counter at resolution.
+    """
+    try:
+        doc = _keys_coll().find_one({"key_sha256": digest})
+        if doc is None or not hmac.compare_digest(doc["key_sha256"], digest):
+            raise _invalid("unknown", prefix)
+        if doc.get("revoked_at") is not None:
+            raise _invalid("revoked", prefix)
+        expires = doc.get("expires_at")
+        if expires is not None and now >= expires:
+            raise _invalid("expired", prefix)
+        doubt.key_id = key_id = doc["key_id"]
+        limit = doc.get("daily_limit")
+        coll = _usage_coll()
+        where = {"key_id": key_id, "day": _day_name(doubt.day)}
+        if limit is None:
+            doubt.allowed = True
+            return _usage(True, key_id, doc["owner"], _used(coll.find_one(where)) + 1, None, now)
+        reserve = {"$inc": {"doubt": 1}, "$set": {"updated_at": now}}
+        under = {**where, "$expr": {"$lt": [_known_total(), limit]}}
+        after = coll.find_one_and_update(under, reserve)
+        if after is None:
+            try:
+                current = coll.find_one_and_update(
+                    where, {"$setOnInsert": {"fallback": 0, "redis": 0}}, upsert=True
+                )
+            except DuplicateKey:
+                current = coll.find_one(where)
+            if _used(current) < limit:
+                after = coll.find_one_and_update(under, reserve)
+            if after is None:
+                return _usage(False, key_id, doc["owner"], _used(current), limit, now)
+        doubt.allowed = doubt.held = True
+        return _usage(True, key_id, doc["owner"], _used(after), limit, now)
+    finally:
+        # Registered only once decided: another thread may resolve it from now on.
+        log.warning("hotcache apikeys: reply of a check lost; %s from MongoDB, resolved when redis answers",
+                    "allowed" if doubt.allowed else "refused")
+        with _pending_lock:
+            _doubts[doubt.writer] = doubt
 
 
 def _reconcile() -> None:
     """Redis answers again: write deferred tombstones and push MongoDB-counted uses into the day's base keys."""
     with _pending_lock:
+        doubts = list(_doubts.values())
+    if doubts:
+        # Before any other write: settle the checks whose reply was lost (also the probe: the gate decides).
+        redis_backend.call(FEATURE, lambda r: _resolve_doubts(r, doubts))
+    else:
+        # Probe first (no network while the health gate is open): no MongoDB read is spent while Redis is down.
+        redis_backend.call(FEATURE, lambda r: r.ping())
+    with _pending_lock:
         bases, revokes, touched = set(_pending_bases), set(_pending_revokes), set(_pending_touched)
-    # Probe first (no network while the health gate is open): no MongoDB read is spent while Redis is still down.
-    redis_backend.call(FEATURE, lambda r: r.ping())
+        unhold = dict(_pending_unhold)
+    if unhold:
+        _unhold(unhold)
     if revokes or touched:
         ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
         counter_ttl = _counter_ttl()
@@ -607,6 +756,46 @@ def _reconcile() -> None:
         _push_bases([(tag, day, counts.get((key_id, _day_name(day)), 0)) for key_id, tag, day in bases])
         with _pending_lock:
             _pending_bases.difference_update(bases)
+
+
+def _resolve_doubts(r: Any, doubts: list[_Doubt]) -> None:
+    """Run the resolve script for each doubt (idempotent), recording each outcome as soon as Redis gave it."""
+    now = str(int(clock.time()))
+    counter_ttl, token_ttl = str(_counter_ttl()), str(_TOKEN_TTL)
+    for d in doubts:
+        args = [d.writer, str(d.seq), "1" if d.allowed else "0", counter_ttl, now, token_ttl]
+        outcome, first = (
+            v.decode() if isinstance(v, bytes) else v
+            for v in _RESOLVE(r, [_use_key(d.tag, d.day), _token_key(d.tag)], args)
+        )
+        with _pending_lock:
+            if _doubts.get(d.writer) is d:
+                del _doubts[d.writer]
+                if d.held:
+                    k = (d.key_id, d.day)
+                    _pending_unhold[k] = _pending_unhold.get(k, 0) + 1
+                if str(first) == "1":
+                    _pending_touched.add((d.day, f"{d.key_id}:{d.tag}"))
+        log.info("hotcache apikeys: check in doubt resolved (%s): %s", d.key_id or "-", outcome)
+
+
+def _unhold(unhold: dict[tuple[str, dt.date], int]) -> None:
+    """Take back the ``doubt`` reservations of resolved checks (their uses are on Redis now, or were refused)."""
+    ops: list[mongo.Update | mongo.Insert] = [
+        mongo.Update({"key_id": key_id, "day": _day_name(day)}, {"$inc": {"doubt": -n}})
+        for (key_id, day), n in unhold.items()
+    ]
+    try:
+        _usage_coll().bulk(ops)
+    except BackendUnavailable:
+        return  # retried on the next check
+    with _pending_lock:
+        for k, n in unhold.items():
+            left = _pending_unhold.get(k, 0) - n
+            if left > 0:
+                _pending_unhold[k] = left
+            else:
+                _pending_unhold.pop(k, None)
 
 
 def _push_bases(items: list[tuple[str, dt.date, int]]) -> int:

@@ -184,10 +184,12 @@ def test_counters_and_cached_records_have_ttls(raw_redis, key_prefix, hotcache_c
     apikeys.check(new.raw_key)
     tag = apikeys._tag(apikeys._digest(new.raw_key))
     found = list(raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:{tag}}}:*"))
-    assert len(found) == 2
-    ttls = {k.decode().rsplit(":", 2)[-2] if b":use:" in k else "meta": raw_redis.ttl(k) for k in found}
+    assert len(found) == 3  # record, today's counter, the writers' last-counted sequence (token hash)
+    ttls = {k.decode().rsplit(":", 2)[-2] if b":use:" in k else k.decode().rsplit(":", 1)[-1]: raw_redis.ttl(k)
+            for k in found}
     assert 0 < ttls["use"] <= 7 * 86400 and ttls["use"] > 6 * 86400
     assert 0 < ttls["meta"] <= 120
+    assert 0 < ttls["tok"] <= apikeys._TOKEN_TTL
 
 
 def test_counters_are_per_utc_day(clock):
