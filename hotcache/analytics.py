@@ -21,6 +21,17 @@ Redis down: events go through a bounded in-process buffer flushed to MongoDB in 
 the hourly document, guarded by a flush id so a retried flush is applied once). Exactly once while
 the process lives; what the buffer held is lost if the process dies; events that do not fit are
 dropped, counted (metering event ``dropped``) and logged. Distinct visitors are not counted meanwhile.
+
+Reply lost (Redis got the script, then the connection failed: ``RedisUnavailable.maybe_applied``): the
+event may already be counted, so it does not go to the buffer. Each track script also records its call's
+token under the writer's key (``w:<process nonce>-<thread>``, TTL ANALYTICS_RETENTION_HOURS: one short
+string per writer). The event is kept as the thread's doubt (at most one per thread); the thread's next
+track first settles it in one script call that applies it only if the writer's key does not hold its
+token (nothing else from that thread ran since, so the token is there exactly when it was applied). While
+Redis still does not answer, new events take the buffer and the doubt waits. Metering: ``in_doubt``,
+``in_doubt_applied``, ``in_doubt_replayed``. Caveat: a process (or thread) that ends with a doubt and no
+later call that reaches Redis loses that event (at most one per thread per failure; logged; an exit
+handler tries once more); a doubt older than ANALYTICS_RETENTION_HOURS is not counted (``in_doubt_expired``).
 """
 
 from __future__ import annotations
@@ -28,8 +39,10 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
+import os
 import re
 import threading
 import uuid
@@ -176,6 +189,71 @@ def _split_field(field: str) -> tuple[str, str]:
 # --- track ---------------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Doubt:
+    """A track call whose script reached Redis but whose reply was lost: applied or not, unknown yet."""
+
+    keys: list[str]
+    args: list[Any]  # the call's arguments, token included (ARGV 15)
+    count: int
+    event: str
+    at: float  # clock.time() of the call
+    thread: threading.Thread
+
+
+# Writers: one per thread of this process ("<process nonce>-<thread ident>"). Each track script records
+# its token under the writer's key; at most one doubt per writer. Only the writer's own thread (or, at
+# exit, the exiting thread for dead threads) resolves it, before the writer sends anything else.
+_process_nonce = uuid.uuid4().hex[:12]
+_tokens = itertools.count(1)  # unique in this process; the nonce in the writer key makes it unique overall
+_doubts: dict[str, _Doubt] = {}
+
+
+def _writer() -> str:
+    return f"{_process_nonce}-{threading.get_ident()}"
+
+
+def _forget_parent_state() -> None:
+    # A forked child is a new writer; the parent's doubts are the parent's to resolve.
+    global _process_nonce
+    _process_nonce = uuid.uuid4().hex[:12]
+    _doubts.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_state)
+
+
+def _resolve(writer: str, doubt: _Doubt) -> bool:
+    """Settle ``writer``'s doubt in one script call; False if Redis still does not answer (the doubt stays).
+
+    The script applies the doubt's counters only if the writer's key does not hold its token: nothing else
+    from this writer ran since, so the key holds the token exactly when the lost call was applied.
+    """
+    if clock.time() - doubt.at >= int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600:
+        # The token's key has expired with the counters of that time: applied or not can no longer be told.
+        _doubts.pop(writer, None)
+        metering.event(FEATURE, "in_doubt_expired", doubt.count)
+        log.warning("hotcache analytics: %d %s event(s) in doubt for too long; not counted", doubt.count, doubt.event)
+        return True
+    args = [*doubt.args[:-1], "1"]
+    try:
+        _, _, skipped = redis_backend.call(FEATURE, lambda r: _TRACK(r, doubt.keys, args))
+    except RedisUnavailable:
+        return False  # a lost reply again changes nothing: same token, same question next time
+    _doubts.pop(writer, None)
+    metering.event(FEATURE, "tracked", doubt.count)
+    metering.event(FEATURE, "in_doubt_applied" if skipped else "in_doubt_replayed", doubt.count)
+    return True
+
+
+def _resolve_doubts_at_exit() -> None:
+    """Best effort at interpreter exit: settle the doubts of this thread and of threads that have ended."""
+    me = threading.current_thread()
+    for writer, doubt in list(_doubts.items()):
+        if (doubt.thread is me or not doubt.thread.is_alive()) and not _resolve(writer, doubt):
+            log.warning("hotcache analytics: exit with %d %s event(s) in doubt; not counted", doubt.count, doubt.event)
+
+
 def track(
     event: str,
     *,
@@ -185,7 +263,8 @@ def track(
     count: int = 1,
 ) -> str:
     """Count ``count`` occurrences of ``event`` on ``path`` in the current UTC hour; add the visitor to the day's
-    distinct visitors (``user_id`` wins over ``visitor_id``). Returns "redis", "fallback" or "dropped".
+    distinct visitors (``user_id`` wins over ``visitor_id``). Returns "redis", "fallback", "dropped", or
+    "in_doubt" (the reply was lost after Redis got the script: settled by this thread's next call).
 
     Raises InvalidName for a bad event name or path type, ValueError for a bad count; never for an outage.
     """
@@ -224,9 +303,23 @@ def track(
         day,
         day_start,
     ]
+    writer = _writer()
+    doubt = _doubts.get(writer) if _doubts else None
+    if doubt is not None and not _resolve(writer, doubt):
+        # Redis still does not answer: this event takes the outage path; the doubt waits for the next call.
+        return _fallback.add((hour, event, norm), count)
+    script_keys.append(_key("w", writer))
+    args += [str(next(_tokens)), "0"]
     try:
-        level, visitor_overflow = redis_backend.call(FEATURE, lambda r: _TRACK(r, script_keys, args))
-    except RedisUnavailable:
+        level, visitor_overflow, _ = redis_backend.call(FEATURE, lambda r: _TRACK(r, script_keys, args))
+    except RedisUnavailable as exc:
+        if exc.maybe_applied:
+            # The script reached Redis and only the reply was lost: it may have been counted. The buffer
+            # would count it again, so it waits as this thread's doubt (see the module docstring).
+            _doubts[writer] = _Doubt(script_keys, args, count, event, now, threading.current_thread())
+            metering.event(FEATURE, "in_doubt", count)
+            log.warning("hotcache analytics: reply to a track call lost; %d %s event(s) in doubt", count, event)
+            return "in_doubt"
         return _fallback.add((hour, event, norm), count)
     metering.event(FEATURE, "tracked", count)
     if level:
@@ -397,6 +490,8 @@ def flush_fallback() -> int:
 
 def _flush_at_exit() -> None:
     try:
+        if _doubts:
+            _resolve_doubts_at_exit()
         if _fallback.has_data():
             _fallback.flush()
     except Exception:

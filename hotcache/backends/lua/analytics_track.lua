@@ -1,11 +1,16 @@
 -- Count one analytics event: the hour counter (event, path) and the day's distinct visitors, in one call.
 -- KEYS[1] live hour hash  KEYS[2] hour index (zset)  KEYS[3] HLL of the event's day  KEYS[4] HLL of the
--- day's overflow event  KEYS[5] set of the day's events  KEYS[6] day index (zset)
+-- day's overflow event  KEYS[5] set of the day's events  KEYS[6] day index (zset)  KEYS[7] the writer's
+-- last applied token (one string per writer: process nonce and thread)
 -- ARGV: 1 field "<event>\t<path>", 2 overflow field "<event>\t(other)", 3 global overflow "(other)\t(other)",
 --       4 count, 5 counter cap, 6 overflow slack, 7 ttl, 8 hour label, 9 hour start (epoch),
---       10 visitor digest ('' = none), 11 event, 12 events-per-day cap, 13 day label, 14 day start (epoch)
--- Returns {counter overflow level 0|1|2, visitor overflow 0|1}.
+--       10 visitor digest ('' = none), 11 event, 12 events-per-day cap, 13 day label, 14 day start (epoch),
+--       15 this call's token, 16 '1' = resolving an in-doubt call: apply only if KEYS[7] does not hold the token
+-- Returns {counter overflow level 0|1|2, visitor overflow 0|1, 1 if skipped as already applied else 0}.
 local ttl = tonumber(ARGV[7])
+if ARGV[16] == '1' and redis.call('GET', KEYS[7]) == ARGV[15] then
+  return {0, 0, 1}
+end
 local field = ARGV[1]
 local level = 0
 -- Cardinality cap: a new (event, path) beyond the cap goes to the event's "(other)" path; past a small
@@ -43,4 +48,6 @@ if ARGV[10] ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[14], ARGV[13])
   redis.call('EXPIRE', KEYS[6], ttl)
 end
-return {level, vover}
+-- Exactly once at the reply-lost edge: the writer's token says whether this call was applied.
+redis.call('SET', KEYS[7], ARGV[15], 'EX', ttl)
+return {level, vover, 0}
