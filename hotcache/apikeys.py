@@ -609,8 +609,8 @@ def _usage(allowed: bool, key_id: str, owner: str, used: int, limit: int | None,
     )
 
 
-def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
-    """Redis is down: one indexed query for the record, then a conditional $inc of today's MongoDB count."""
+def _valid_record_on_mongo(digest: str, prefix: str, now: dt.datetime) -> dict[str, Any]:
+    """The key's record by its indexed digest (one query); InvalidKey if unknown, revoked or expired."""
     doc = _keys_coll().find_one({"key_sha256": digest})
     if doc is None or not hmac.compare_digest(doc["key_sha256"], digest):
         raise _invalid("unknown", prefix)
@@ -619,6 +619,12 @@ def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
     expires = doc.get("expires_at")
     if expires is not None and now >= expires:
         raise _invalid("expired", prefix)
+    return doc
+
+
+def _check_on_mongo(digest: str, prefix: str, now: dt.datetime) -> Usage:
+    """Redis is down: one indexed query for the record, then a conditional $inc of today's MongoDB count."""
+    doc = _valid_record_on_mongo(digest, prefix, now)
     key_id, limit = doc["key_id"], doc.get("daily_limit")
     day = now.date()
     coll = _usage_coll()
@@ -672,14 +678,7 @@ def _check_in_doubt(digest: str, prefix: str, now: dt.datetime, doubt: _Doubt) -
     taken back from the Redis counter at resolution.
     """
     try:
-        doc = _keys_coll().find_one({"key_sha256": digest})
-        if doc is None or not hmac.compare_digest(doc["key_sha256"], digest):
-            raise _invalid("unknown", prefix)
-        if doc.get("revoked_at") is not None:
-            raise _invalid("revoked", prefix)
-        expires = doc.get("expires_at")
-        if expires is not None and now >= expires:
-            raise _invalid("expired", prefix)
+        doc = _valid_record_on_mongo(digest, prefix, now)
         doubt.key_id = key_id = doc["key_id"]
         limit = doc.get("daily_limit")
         coll = _usage_coll()
