@@ -66,6 +66,18 @@ tombstone remembers it (``gone_token``). History stays exactly once: its _id is 
 rank-guarded, so a leftover copy swept later is a no-op. The idle sweep skips documents whose incarnation
 Redis holds (loads do not touch MongoDB, so their ``last_seen`` is old) and touches them.
 
+Lost replies (Redis ran a command but died before answering: ``RedisUnavailable.maybe_applied``): save()
+picks the incarnation token of a session it may create in Python and sends it to wb_save; the MongoDB
+fallback reuses it. So a creation that Redis applied and whose reply was lost is the SAME incarnation in
+both stores (never a second one): the outage edits continue on MongoDB, the recovery rule above keeps the
+newer version, and history gets one record (``<id>:<token>``, rank-guarded). Such a fallback document is
+marked ``from_redis`` (Redis may hold it), so an end() during the outage leaves a tombstone that drops
+Redis's copy. end() with a lost reply ends the session from its MongoDB copy like any outage end (history
+now, tombstone for Redis's copy in case the end did not run there; if it did, its ended record lands on the
+same history _id). With no MongoDB copy the outcome is unknown and end() answers True: the session reaches
+history exactly once either way, as "ended" if Redis ran the end, else as "idle" once abandoned (until then
+it stays loadable). Nothing is lost and nothing is recorded twice in either case.
+
 With durable saves off: a session saved to Redis before an outage is not visible during it (load returns
 None until Redis is back; nothing is lost). A load that misses in Redis costs one MongoDB read (the
 outage-copy check) either way; a miss that finds a copy moves it into Redis and continues from its version.
@@ -468,7 +480,11 @@ def _redis_row(session_id: str, row: list[Any]) -> Session:
 
 
 def end(session_id: str) -> bool:
-    """End the session: it leaves the hot store at once and is queued for history. False if there was none."""
+    """End the session: it leaves the hot store at once and is queued for history. False if there was none.
+
+    If Redis's reply is lost and MongoDB holds no copy, True (the outcome is unknown; the session reaches
+    history once either way: see "Lost replies" in the module docstring).
+    """
     session_id = _check_id(session_id)
     now = clock.time()
     token = _token()
