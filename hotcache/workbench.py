@@ -66,6 +66,18 @@ tombstone remembers it (``gone_token``). History stays exactly once: its _id is 
 rank-guarded, so a leftover copy swept later is a no-op. The idle sweep skips documents whose incarnation
 Redis holds (loads do not touch MongoDB, so their ``last_seen`` is old) and touches them.
 
+Lost replies (Redis ran a command but died before answering: ``RedisUnavailable.maybe_applied``): save()
+picks the incarnation token of a session it may create in Python and sends it to wb_save; the MongoDB
+fallback reuses it. So a creation that Redis applied and whose reply was lost is the SAME incarnation in
+both stores (never a second one): the outage edits continue on MongoDB, the recovery rule above keeps the
+newer version, and history gets one record (``<id>:<token>``, rank-guarded). Such a fallback document is
+marked ``from_redis`` (Redis may hold it), so an end() during the outage leaves a tombstone that drops
+Redis's copy. end() with a lost reply ends the session from its MongoDB copy like any outage end (history
+now, tombstone for Redis's copy in case the end did not run there; if it did, its ended record lands on the
+same history _id). With no MongoDB copy the outcome is unknown and end() answers True: the session reaches
+history exactly once either way, as "ended" if Redis ran the end, else as "idle" once abandoned (until then
+it stays loadable). Nothing is lost and nothing is recorded twice in either case.
+
 With durable saves off: a session saved to Redis before an outage is not visible during it (load returns
 None until Redis is back; nothing is lost). A load that misses in Redis costs one MongoDB read (the
 outage-copy check) either way; a miss that finds a copy moves it into Redis and continues from its version.
@@ -331,20 +343,25 @@ def save(
         msg = f"expected_version must be a whole number >= 0, not {expected_version!r}"
         raise ValueError(msg)
     text = _encode_state(state)
+    # The incarnation token of a session this save creates, chosen here: if Redis ran the save but its reply
+    # was lost, the fallback creates the SAME incarnation on MongoDB, and the two stores hold one session.
+    token = _token()
     try:
-        version = _redis_save(session_id, text, owner, expected_version)
-    except RedisUnavailable:
+        version = _redis_save(session_id, text, owner, expected_version, token)
+    except RedisUnavailable as exc:
         metering.event(FEATURE, "fallback")
-        version = _mongo_save(session_id, text, owner, expected_version)
+        version = _mongo_save(session_id, text, owner, expected_version, token, in_redis=exc.maybe_applied)
     metering.event(FEATURE, "saved")
     return version
 
 
-def _redis_save(session_id: str, text: str, owner: str | None, expected: int | None, *, retry: bool = True) -> int:
+def _redis_save(
+    session_id: str, text: str, owner: str | None, expected: int | None, token: str, *, retry: bool = True
+) -> int:
     now = clock.time()
     ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
     fence, fence_ttl = _fence_args()
-    args = [text, "" if expected is None else str(expected), owner or "", repr(now), ttl, _token(), session_id]
+    args = [text, "" if expected is None else str(expected), owner or "", repr(now), ttl, token, session_id]
     args += [fence, fence_ttl]
     keys_ = [_data_key(session_id), _index_key(), _fence_key()]
     out = redis_backend.call(FEATURE, lambda r: _SAVE(r, keys_, args))
@@ -353,12 +370,12 @@ def _redis_save(session_id: str, text: str, owner: str | None, expected: int | N
     if version == -2 and retry:
         # A recovery fence is up and this session was not compared with its MongoDB copy yet.
         _reconcile(session_id)
-        return _redis_save(session_id, text, owner, expected, retry=False)
+        return _redis_save(session_id, text, owner, expected, token, retry=False)
     if version < 0:
         current = int(out[1])
         if current == 0 and expected and retry and _migrate(session_id) is not None:
             # The session lives in workbench_active (saved there during a Redis outage): continue from it.
-            return _redis_save(session_id, text, owner, expected, retry=False)
+            return _redis_save(session_id, text, owner, expected, token, retry=False)
         if version == -2:
             msg = f"workbench session {session_id!r}: recovery check did not settle"
             raise RedisUnavailable(msg)
@@ -463,7 +480,11 @@ def _redis_row(session_id: str, row: list[Any]) -> Session:
 
 
 def end(session_id: str) -> bool:
-    """End the session: it leaves the hot store at once and is queued for history. False if there was none."""
+    """End the session: it leaves the hot store at once and is queued for history. False if there was none.
+
+    If Redis's reply is lost and MongoDB holds no copy, True (the outcome is unknown; the session reaches
+    history once either way: see "Lost replies" in the module docstring).
+    """
     session_id = _check_id(session_id)
     now = clock.time()
     token = _token()
@@ -484,9 +505,13 @@ def end(session_id: str) -> bool:
         else:
             # Saved on MongoDB during an outage and not yet loaded since: end it there.
             ended = _mongo_end(session_id)
-    except RedisUnavailable:
+    except RedisUnavailable as exc:
         metering.event(FEATURE, "fallback")
-        ended = _mongo_end(session_id)
+        # Reply lost (maybe_applied): Redis may or may not have ended it. _mongo_end writes history from the
+        # MongoDB copy (same incarnation token, so Redis's ended record, if any, lands on the same _id) and
+        # leaves a tombstone that drops Redis's copy if the end did not run there. Without a MongoDB copy the
+        # outcome is unknown: answer True; the session reaches history once either way (as ended, or as idle).
+        ended = _mongo_end(session_id) or exc.maybe_applied
     if ended:
         metering.event(FEATURE, "ended")
     return ended
@@ -564,11 +589,19 @@ def _mongo_doc_session(doc: Mapping[str, Any]) -> Session:
 _LIVE = {"ended": {"$ne": True}}  # tombstones (ended on MongoDB during an outage) are not sessions
 
 
-def _fresh_doc(session_id: str, text: str, owner: str | None, now: dt.datetime, tomb: Mapping[str, Any] | None) -> dict:
-    doc = {
+def _fresh_doc(
+    session_id: str,
+    text: str,
+    owner: str | None,
+    now: dt.datetime,
+    tomb: Mapping[str, Any] | None,
+    token: str,
+    in_redis: bool,
+) -> dict:
+    doc: dict[str, Any] = {
         "_id": session_id,
         "version": 1,
-        "token": _token(),
+        "token": token,
         "owner": owner,
         "created_at": now,
         "state": text,
@@ -579,31 +612,41 @@ def _fresh_doc(session_id: str, text: str, owner: str | None, now: dt.datetime, 
     if tomb is not None:
         # Keep what the tombstone says: Redis may still hold the ended incarnation (dropped on reconcile).
         doc["gone_token"], doc["gone_version"] = tomb["token"], int(tomb["version"])
+    if in_redis:
+        # Redis may have run this very creation (its reply was lost): it may hold this incarnation (same
+        # token), so an end() on MongoDB leaves a tombstone that drops Redis's copy when it returns.
+        doc["from_redis"] = True
     return doc
 
 
-def _replace_tombstone(coll: mongo.Collection, session_id: str, text: str, owner: str | None) -> int | None:
+def _replace_tombstone(
+    coll: mongo.Collection, session_id: str, text: str, owner: str | None, token: str, in_redis: bool
+) -> int | None:
     """Start a new incarnation over a tombstone; 1 on success, None if the document is not a tombstone."""
     tomb = coll.find_one({"_id": session_id})
     if tomb is None or not tomb.get("ended"):
         return None
-    doc = _fresh_doc(session_id, text, owner, clock.utcnow(), tomb)
+    doc = _fresh_doc(session_id, text, owner, clock.utcnow(), tomb, token, in_redis)
     fields = {k: v for k, v in doc.items() if k != "_id"}
-    update = {"$set": fields, "$unset": {"ended": "", "from_redis": ""}}
+    update = {"$set": fields, "$unset": {"ended": ""} if in_redis else {"ended": "", "from_redis": ""}}
     matched = coll.update_one({"_id": session_id, "ended": True, "token": tomb["token"]}, update)
     return 1 if matched else None
 
 
-def _mongo_save(session_id: str, text: str, owner: str | None, expected: int | None) -> int:
+def _mongo_save(
+    session_id: str, text: str, owner: str | None, expected: int | None, token: str, *, in_redis: bool = False
+) -> int:
+    """The save on workbench_active (Redis unreachable). ``token``: the incarnation token a creation uses, the
+    one the Redis attempt sent; ``in_redis``: that attempt may have been applied (its reply was lost)."""
     coll = _active()
     now = clock.utcnow()
     # Written while Redis is unreachable: Redis may hold an older copy when it returns (see "recovery").
     fields: dict[str, Any] = {"state": text, "updated_at": now, "last_seen": now, "origin": _FALLBACK}
     if expected == 0:
         try:
-            coll.insert_one(_fresh_doc(session_id, text, owner, now, None))
+            coll.insert_one(_fresh_doc(session_id, text, owner, now, None, token, in_redis))
         except DuplicateKey:
-            if _replace_tombstone(coll, session_id, text, owner):
+            if _replace_tombstone(coll, session_id, text, owner, token, in_redis):
                 _raise_fence_later()
                 return 1
             current = coll.find_one({"_id": session_id, **_LIVE}, {"version": 1})
@@ -622,9 +665,11 @@ def _mongo_save(session_id: str, text: str, owner: str | None, expected: int | N
             raise Conflict(session_id, expected, int(current["version"]) if current else 0)
         _raise_fence_later()
         return int(doc["version"])
-    insert_only = {"token": _token(), "created_at": now}
+    insert_only: dict[str, Any] = {"token": token, "created_at": now}
     if owner is None:
         insert_only["owner"] = None
+    if in_redis:
+        insert_only["from_redis"] = True  # as in _fresh_doc: Redis may hold this incarnation
     update["$setOnInsert"] = insert_only
     for _ in range(3):
         try:
@@ -632,7 +677,7 @@ def _mongo_save(session_id: str, text: str, owner: str | None, expected: int | N
         except DuplicateKey:
             # Two first saves raced on the upsert (the next attempt updates the winner's document), or the
             # id holds a tombstone: start a new incarnation over it.
-            if _replace_tombstone(coll, session_id, text, owner):
+            if _replace_tombstone(coll, session_id, text, owner, token, in_redis):
                 _raise_fence_later()
                 return 1
             continue
