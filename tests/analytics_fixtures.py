@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import threading
 
 import pytest
 import redis as redis_py
 
 from hotcache import analytics, metering
 from hotcache.backends import mongo
+from tests.support.lost_reply import LostReplyProxy  # noqa: F401 - shared by the analytics tests
 
 GRACE = 300
 
@@ -70,92 +70,3 @@ def close_hours(clock, hours=1):
 
 def analytics_keys(raw_redis, key_prefix):
     return sorted(k.decode() for k in raw_redis.scan_iter(match=f"{key_prefix}:{{analytics:*", count=1000))
-
-
-class LostReplyProxy:
-    """A TCP proxy to the real Redis that loses the reply of chosen commands, like a Redis (or network) dying
-    between receiving a command and answering it.
-
-    ``arm("apply", "drop", ...)``: each of the next commands containing ``needle`` (one per mode, in order of
-    arrival) is either forwarded so Redis applies it ("apply") or never forwarded ("drop"); either way the
-    client's connection is then closed without a reply. With ``together=k`` the k armed commands wait for
-    each other (a barrier), so k calls from different threads are in flight at once. Everything else is relayed.
-    """
-
-    def __init__(self, upstream_url: str) -> None:
-        import socket
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(upstream_url)
-        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
-        self._server = socket.socket()
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(16)
-        self.url = f"redis://127.0.0.1:{self._server.getsockname()[1]}{parts.path or '/0'}"
-        self._lock = threading.Lock()
-        self._needle = b""
-        self._modes: list[str] = []
-        self._barrier: threading.Barrier | None = None
-        self.lost: list[str] = []  # modes used so far, in order
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def arm(self, needle: bytes, *modes: str, together: int = 1) -> None:
-        with self._lock:
-            self._needle, self._modes = needle, list(modes)
-            self._barrier = threading.Barrier(together) if together > 1 else None
-
-    def close(self) -> None:
-        self._server.close()
-
-    def _take(self, data: bytes) -> str | None:
-        with self._lock:
-            if self._modes and self._needle and self._needle in data:
-                mode = self._modes.pop(0)
-                self.lost.append(mode)
-                return mode
-        return None
-
-    def _accept(self) -> None:
-        import socket
-
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._upstream)
-            muted = threading.Event()  # set: replies from Redis are swallowed
-            swallowed = threading.Event()
-            threading.Thread(target=self._replies, args=(upstream, client, muted, swallowed), daemon=True).start()
-            threading.Thread(target=self._requests, args=(client, upstream, muted, swallowed), daemon=True).start()
-
-    def _replies(self, upstream, client, muted, swallowed) -> None:
-        try:
-            while data := upstream.recv(65536):
-                if muted.is_set():
-                    swallowed.set()
-                    continue
-                client.sendall(data)
-        except OSError:
-            pass
-
-    def _requests(self, client, upstream, muted, swallowed) -> None:
-        import socket
-
-        with client, upstream:
-            try:
-                while data := client.recv(65536):
-                    mode = self._take(data)
-                    if mode is None:
-                        upstream.sendall(data)
-                        continue
-                    if self._barrier is not None:
-                        self._barrier.wait(timeout=10)
-                    if mode == "apply":
-                        muted.set()
-                        upstream.sendall(data)
-                        swallowed.wait(timeout=10)  # Redis answered: it has run the command
-                    client.shutdown(socket.SHUT_RDWR)
-                    return
-            except OSError:
-                return

@@ -8,10 +8,8 @@ after sending: RedisUnavailable(maybe_applied=True).
 
 from __future__ import annotations
 
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,84 +19,17 @@ from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import MongoUnavailable
 from hotcache.testing import count_redis, mongo_down
 from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
+from tests.support.lost_reply import LostReplyProxy
 
 COOLDOWN = 6  # past HEALTH_COOLDOWN (5 s): the gate lets the next call probe Redis
 
 
-class LosingProxy:
-    """Relays to Redis; ``arm(mode, times)`` makes the next ``times`` check scripts lose their reply."""
+class LosingProxy(LostReplyProxy):
+    """``arm(mode, times)``: the next ``times`` check scripts lose their reply ("apply": Redis runs them;
+    "drop": they never reach Redis)."""
 
-    def __init__(self, upstream_url: str) -> None:
-        up = urlsplit(upstream_url)
-        self._upstream = (up.hostname, up.port)
-        self.db = up.path
-        self._lock = threading.Lock()
-        self._mode = ""
-        self._left = 0
-        self.faults = 0
-        self._server = socket.socket()
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def arm(self, mode: str, times: int = 1) -> None:
-        with self._lock:
-            self._mode, self._left = mode, times
-
-    def _take(self, data: bytes) -> str:
-        with self._lock:
-            if self._left and apikeys._CHECK.sha.encode() in data:
-                self._left -= 1
-                self.faults += 1
-                return self._mode
-        return ""
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._upstream)
-            kill = threading.Event()
-            threading.Thread(target=self._up, args=(client, upstream, kill), daemon=True).start()
-            threading.Thread(target=self._down, args=(client, upstream, kill), daemon=True).start()
-
-    def _up(self, client: socket.socket, upstream: socket.socket, kill: threading.Event) -> None:
-        try:
-            while data := client.recv(65536):
-                fault = self._take(data)
-                if fault == "drop":  # never reaches Redis
-                    break
-                if fault == "apply":
-                    kill.set()  # Redis runs it; _down closes the client instead of relaying the reply
-                upstream.sendall(data)
-        except OSError:
-            pass
-        _close(client, upstream)
-
-    def _down(self, client: socket.socket, upstream: socket.socket, kill: threading.Event) -> None:
-        try:
-            while data := upstream.recv(65536):
-                if kill.is_set():
-                    break
-                client.sendall(data)
-        except OSError:
-            pass
-        _close(client, upstream)
-
-    def close(self) -> None:
-        self._server.close()
-
-
-def _close(*socks: socket.socket) -> None:
-    for s in socks:
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        s.close()
+    def arm(self, mode: str, times: int = 1) -> None:  # type: ignore[override]
+        super().arm(apikeys._CHECK.sha.encode(), *([mode] * times if mode else []))
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +43,7 @@ def _fresh_apikeys_state():
 def losing(settings, redis_url):
     proxy = LosingProxy(redis_url)
     caches = dict(settings.CACHES)
-    caches["default"] = {**caches["default"], "LOCATION": f"redis://127.0.0.1:{proxy.port}{proxy.db}"}
+    caches["default"] = {**caches["default"], "LOCATION": proxy.url}
     settings.CACHES = caches
     yield proxy
     proxy.close()

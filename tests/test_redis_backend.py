@@ -8,6 +8,7 @@ from hotcache import metering
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 from hotcache.testing import count_redis
+from tests.support.lost_reply import LostReplyProxy
 
 
 def test_client_uses_the_alias_server_with_hotcache_timeouts(redis_url, hotcache_config):
@@ -91,50 +92,18 @@ def test_flush_keeps_counts_when_redis_is_down(redis_down):
     assert metering.meter.pending()  # nothing lost; written on the next successful flush
 
 
-def _applies_then_dies_on(command: bytes, upstream_url: str):
-    """A proxy to the real Redis that forwards ``command``, lets Redis apply it, and then closes the
-    client's connection without the reply: a Redis (or network) dying between doing and answering."""
-    import socket
-    import threading
-    from urllib.parse import urlsplit
-
-    up = urlsplit(upstream_url)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-
-    def serve():
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            with client, socket.create_connection((up.hostname, up.port)) as redis_sock:
-                while data := client.recv(65536):
-                    redis_sock.sendall(data)
-                    reply = redis_sock.recv(65536)  # one command at a time: redis-py waits for each reply
-                    if command in data:
-                        break  # applied by Redis; the reply never reaches the client
-                    client.sendall(reply)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server
-
-
 def test_a_lost_reply_is_reported_as_maybe_applied(settings, hotcache_config, redis_url, raw_redis, key_prefix):
-    server = _applies_then_dies_on(b"INCR", redis_url)
+    proxy = LostReplyProxy(redis_url)
+    proxy.arm(b"INCR", "apply")  # Redis runs it; the reply never comes back
     key = f"{key_prefix}:t:maybe"
     try:
-        port = server.getsockname()[1]
-        db = redis_url.rsplit("/", 1)[1]
-        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"],
-                                                          "LOCATION": f"redis://127.0.0.1:{port}/{db}"}}
+        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": proxy.url}}
         with pytest.raises(RedisUnavailable) as info:
             redis_backend.call("t", lambda r: r.incr(key))
         assert info.value.maybe_applied is True
         assert raw_redis.get(key) == b"1"  # it was applied: a fallback must not count it again
     finally:
-        server.close()
+        proxy.close()
         raw_redis.delete(key)
 
 

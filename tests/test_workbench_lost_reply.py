@@ -11,7 +11,7 @@ from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis
-from tests.analytics_fixtures import LostReplyProxy
+from tests.support.lost_reply import LostReplyProxy
 
 
 @pytest.fixture(autouse=True)
