@@ -33,7 +33,8 @@ def collect() -> dict:
     today = dt.datetime.now(dt.UTC)
     report = analytics.report(today - dt.timedelta(days=1), today + dt.timedelta(hours=1))
     apikeys.sync_usage()
-    usage = {k.key_id: apikeys.usage(k.key_id, days=1)[0][1] for k in apikeys.list_keys()}
+    # Two days, so a run that crosses UTC midnight still adds up.
+    usage = {k.key_id: sum(n for _, n in apikeys.usage(k.key_id, days=2)) for k in apikeys.list_keys()}
     persists = _until_quiet(workbench.persist, lambda r: r.persisted == 0 and not r.errors)
     history = collections.Counter(
         d["session_id"] for d in mongo.collection("workbench_history", feature="e2e").find(
