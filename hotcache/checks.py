@@ -124,7 +124,7 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             errors.append(
                 Warning(
                     f"{_setting(name)}={value!r} seconds: every request may wait this long on a sick Redis.",
-                    hint="Keep hotcache's Redis timeouts well under 1 second (default 0.1).",
+                    hint="Keep hotcache's Redis timeouts well under 1 second (default 0.05).",
                     id="hotcache.W002",
                 )
             )

@@ -30,7 +30,7 @@ HOTCACHE = {
     "REDIS_ALIAS": "default",
     "KEY_PREFIX": TEST_KEY_PREFIX,
     "MONGO_URL": "mongomock://hotcache_test",
-    # Generous for tests: a loaded 2-core machine can stall a reply past the production default (0.1 s),
+    # Generous for tests: a loaded 2-core machine can stall a reply past the production default (0.05 s),
     # and a timeout sends a call to its fallback, which tests of the Redis path do not expect. Tests of
     # timeouts set their own values.
     "REDIS_SOCKET_TIMEOUT": 2.0,
