@@ -1,6 +1,5 @@
 """Workbench sessions on the real Redis: versions, lifetimes, validation, and the MongoDB fallback."""
 
-import threading
 
 import pytest
 
@@ -8,6 +7,7 @@ from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.testing import count_redis
+from tests.support.concurrency import increment_concurrently
 
 
 @pytest.fixture(autouse=True)
@@ -86,30 +86,7 @@ def test_load_and_save_renew_the_idle_lifetime(clock, raw_redis, key_prefix):
 def test_concurrent_read_modify_write_with_expected_version_loses_no_update():
     workbench.save("counter", {"n": 0})
     threads_n, per_thread = 6, 25
-    barrier = threading.Barrier(threads_n)
-    conflicts = []
-    errors = []
-
-    def worker():
-        try:
-            barrier.wait()
-            for _ in range(per_thread):
-                while True:
-                    current = workbench.load("counter")
-                    try:
-                        workbench.save("counter", {"n": current.state["n"] + 1}, expected_version=current.version)
-                        break
-                    except workbench.Conflict:
-                        conflicts.append(1)
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    increment_concurrently("counter", threads_n, per_thread)
     final = workbench.load("counter")
     assert final.state["n"] == threads_n * per_thread
     assert final.version == threads_n * per_thread + 1

@@ -1,7 +1,6 @@
 """Durable saves (WORKBENCH_DURABLE_SAVES): a session saved on Redis stays loadable from MongoDB during a later
 Redis outage, and the newest version wins when Redis returns (real Redis + the MongoDB stand-in)."""
 
-import threading
 from collections import Counter
 
 import pytest
@@ -11,6 +10,7 @@ from hotcache.backends import mongo
 from hotcache.checks import check_workbench
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis, mongo_down
+from tests.support.concurrency import increment_concurrently
 
 
 @pytest.fixture(autouse=True)
@@ -151,29 +151,7 @@ def test_a_new_session_over_an_outage_tombstone_still_drops_the_old_redis_copy(r
 def test_concurrent_versioned_saves_lose_no_update_and_the_durable_copy_ends_at_the_last_version():
     workbench.save("counter", {"n": 0})
     threads_n, per_thread = 4, 15
-    barrier = threading.Barrier(threads_n)
-    errors = []
-
-    def worker():
-        try:
-            barrier.wait()
-            for _ in range(per_thread):
-                while True:
-                    current = workbench.load("counter")
-                    try:
-                        workbench.save("counter", {"n": current.state["n"] + 1}, expected_version=current.version)
-                        break
-                    except workbench.Conflict:
-                        pass
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    increment_concurrently("counter", threads_n, per_thread)
     final = workbench.load("counter")
     assert final.state["n"] == threads_n * per_thread
     doc = active("counter")
