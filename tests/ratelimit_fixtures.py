@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 
 def child_hammer(args):
     """In a spawned process: wait at the barrier, then try `attempts` requests; return how many were admitted.
@@ -26,3 +28,18 @@ def child_hammer(args):
         barrier.wait()
         admitted = sum(1 for _ in range(attempts) if evaluate([lim]).allowed)
     out.put(admitted)
+
+
+MIDDLEWARE = "hotcache.middleware.RateLimitMiddleware"
+
+
+@pytest.fixture
+def ratelimit_middleware(settings):
+    """Fresh process-local limiter state, the test URLconf, and RateLimitMiddleware at the end of the stack."""
+    from hotcache import ratelimit as rl
+
+    rl.reset_local_state()
+    settings.ROOT_URLCONF = "tests.ratelimit_urls"
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, MIDDLEWARE]
+    yield
+    rl.reset_local_state()

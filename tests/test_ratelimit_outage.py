@@ -9,17 +9,10 @@ from django.test import Client
 from hotcache import ratelimit as rl
 from hotcache.ratelimit import Limit, evaluate
 from hotcache.testing import count_redis
+from tests.ratelimit_fixtures import ratelimit_middleware  # noqa: F401 - fixture
 
-MW = "hotcache.middleware.RateLimitMiddleware"
-
-
-@pytest.fixture(autouse=True)
-def _fresh(settings):
-    rl.reset_local_state()
-    settings.ROOT_URLCONF = "tests.ratelimit_urls"
-    settings.MIDDLEWARE = [*settings.MIDDLEWARE, MW]
-    yield
-    rl.reset_local_state()
+# Every test here runs through RateLimitMiddleware with fresh limiter state (tests.ratelimit_fixtures).
+pytestmark = pytest.mark.usefixtures("ratelimit_middleware")
 
 
 def ident():
