@@ -70,3 +70,20 @@ def close_hours(clock, hours=1):
 
 def analytics_keys(raw_redis, key_prefix):
     return sorted(k.decode() for k in raw_redis.scan_iter(match=f"{key_prefix}:{{analytics:*", count=1000))
+
+
+def lose_ack_of_bulk_call(monkeypatch, nth):
+    """MongoDB applies the ``nth`` bulk write but its acknowledgement never arrives (MongoUnavailable)."""
+    from hotcache.exceptions import MongoUnavailable
+
+    real_bulk = mongo.Collection.bulk
+    calls = []
+
+    def bulk_then_lose_ack(self, ops, ordered=False):
+        result = real_bulk(self, ops, ordered=ordered)
+        calls.append(1)
+        if len(calls) == nth:
+            raise MongoUnavailable("acknowledgement lost after the write")
+        return result
+
+    monkeypatch.setattr(mongo.Collection, "bulk", bulk_then_lose_ack)

@@ -8,10 +8,15 @@ from django.core.checks import run_checks
 
 from hotcache import analytics
 from hotcache import clock as hc_clock
-from hotcache.backends import mongo
-from hotcache.exceptions import InvalidName, MongoUnavailable
+from hotcache.exceptions import InvalidName
 from hotcache.testing import count_redis, mongo_down
-from tests.analytics_fixtures import _empty_fallback_buffer, analytics_keys, close_hours, hourly_total  # noqa: F401
+from tests.analytics_fixtures import (  # noqa: F401
+    _empty_fallback_buffer,
+    analytics_keys,
+    close_hours,
+    hourly_total,
+    lose_ack_of_bulk_call,
+)
 
 
 def _warm():
@@ -160,17 +165,7 @@ def test_events_that_do_not_fit_are_dropped_counted_and_logged(redis_down, hotca
 
 def test_a_fallback_flush_whose_ack_was_lost_is_applied_once(redis_down, monkeypatch, clock):
     analytics.track("signup", path="/a", count=5)
-    real_bulk = mongo.Collection.bulk
-    calls = []
-
-    def bulk_then_lose_ack(self, ops, ordered=False):
-        result = real_bulk(self, ops, ordered=ordered)
-        calls.append(1)
-        if len(calls) == 1:
-            raise MongoUnavailable("ack lost")
-        return result
-
-    monkeypatch.setattr(mongo.Collection, "bulk", bulk_then_lose_ack)
+    lose_ack_of_bulk_call(monkeypatch, nth=1)
     assert analytics.flush_fallback() == 0  # applied, but the caller could not know
     monkeypatch.undo()
     assert analytics.flush_fallback() == 1  # same flush id: the replay changes nothing

@@ -9,13 +9,13 @@ from django.core.management.base import CommandError
 
 from hotcache import analytics, tasks
 from hotcache.backends import mongo
-from hotcache.exceptions import MongoUnavailable
 from hotcache.testing import count_redis, mongo_down
 from tests.analytics_fixtures import (  # noqa: F401
     _empty_fallback_buffer,
     close_hours,
     hourly_docs,
     hourly_total,
+    lose_ack_of_bulk_call,
 )
 
 
@@ -99,17 +99,7 @@ def test_a_crash_after_claim_leaves_the_batch_pending_for_the_next_run(clock, mo
 def test_a_bulk_write_whose_ack_is_lost_is_not_applied_twice(clock, small_chunks, monkeypatch):
     """MongoDB applied a chunk but the reply never came back: the rerun's replay of that chunk changes nothing."""
     n = _track_backlog(clock)
-    real_bulk = mongo.Collection.bulk
-    calls = []
-
-    def bulk_then_lose_ack(self, ops, ordered=False):
-        result = real_bulk(self, ops, ordered=ordered)
-        calls.append(1)
-        if len(calls) == 2:
-            raise MongoUnavailable("connection reset after the write")
-        return result
-
-    monkeypatch.setattr(mongo.Collection, "bulk", bulk_then_lose_ack)
+    lose_ack_of_bulk_call(monkeypatch, nth=2)
     assert analytics.sync().error
     monkeypatch.undo()
     result = analytics.sync()
