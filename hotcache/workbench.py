@@ -165,13 +165,9 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    session_id: str
-    state: dict[str, Any]
-    version: int
-    owner: str | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
+class HistoryEntry(Session):
+    """A session as it was persisted to MongoDB history."""
+
     closed_at: dt.datetime  # when it ended; for an abandoned session, its last update (last seen on the fallback)
     reason: str  # "ended" | "idle"
 
