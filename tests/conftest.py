@@ -79,6 +79,18 @@ def redis_proxy(settings: Any) -> Iterator[RedisProxy]:
     proxy.down()
 
 
+@pytest.fixture
+def lost_reply_proxy(settings: Any, redis_url: str) -> Iterator[Any]:
+    """hotcache talks to the real Redis through a LostReplyProxy: ``arm(needle, "apply" | "drop", ...)``
+    makes chosen commands lose their reply (see tests/support/lost_reply.py)."""
+    from tests.support.lost_reply import LostReplyProxy
+
+    proxy = LostReplyProxy(redis_url)
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": proxy.url}}
+    yield proxy
+    proxy.close()
+
+
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -13,15 +13,6 @@ from hotcache.testing import count_redis
 from tests.analytics_fixtures import LostReplyProxy, _empty_fallback_buffer, close_hours, hourly_total  # noqa: F401
 
 
-@pytest.fixture
-def lost_reply_proxy(settings, redis_url):
-    """hotcache's Redis alias goes through a LostReplyProxy (see its docstring)."""
-    proxy = LostReplyProxy(redis_url)
-    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": proxy.url}}
-    yield proxy
-    proxy.close()
-
-
 def _hour_total(raw_redis, key_prefix):
     hour = hc_clock.utcnow().strftime("%Y%m%d%H")
     return sum(int(v) for v in raw_redis.hgetall(f"{key_prefix}:{{analytics:a}}:h:{hour}").values())

@@ -11,22 +11,12 @@ from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis
-from tests.support.lost_reply import LostReplyProxy
 
 
 @pytest.fixture(autouse=True)
 def _clean_workbench_keys(raw_redis, key_prefix):
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
-
-
-@pytest.fixture
-def lost_reply_proxy(settings, redis_url):
-    """hotcache's Redis alias goes through a LostReplyProxy (see its docstring)."""
-    proxy = LostReplyProxy(redis_url)
-    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": proxy.url}}
-    yield proxy
-    proxy.close()
 
 
 def active(session_id):
