@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from hotcache.demo import views as demo_views
+from config.demo import views as demo_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -19,7 +19,7 @@ from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 
 @pytest.fixture(autouse=True)
 def _fresh_apikeys_state(settings):
-    settings.ROOT_URLCONF = "hotcache.demo.urls"
+    settings.ROOT_URLCONF = "config.demo.urls"
     apikeys._reset_state()
     yield
     apikeys._reset_state()
@@ -52,7 +52,7 @@ def test_async_view_is_protected_too(client):
 def test_async_wrapper_is_a_coroutine_function():
     from asgiref.sync import iscoroutinefunction
 
-    from hotcache.demo import views
+    from config.demo import views
 
     assert iscoroutinefunction(views.api_usage_async)
     request = __import__("django.test", fromlist=["RequestFactory"]).RequestFactory().get("/")

@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "hotcache",
+    "config.demo",  # the demo and benchmark commands (host project only; not shipped in the wheel)
 ]
 
 MIDDLEWARE = [

@@ -41,7 +41,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # The demo URLconf has the feature endpoints the load generator drives.
-ROOT_URLCONF = "hotcache.demo.urls"
+ROOT_URLCONF = "config.demo.urls"
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache import analytics, metering
 from hotcache.backends import mongo
-from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 
 __all__ = ["scenario"]
 

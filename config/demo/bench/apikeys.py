@@ -9,9 +9,9 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import RequestFactory
 
+from config.demo.bench.runner import Arm
 from hotcache import apikeys, clock
 from hotcache.backends import mongo
-from hotcache.bench.runner import Arm
 
 __all__ = ["arms"]
 

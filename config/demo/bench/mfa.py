@@ -10,9 +10,9 @@ import secrets
 from collections import deque
 from typing import Any
 
+from config.demo.bench.runner import Arm
 from hotcache import mfa
 from hotcache.backends import mongo
-from hotcache.bench.runner import Arm
 
 __all__ = ["arms"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache import metering, reports
 from hotcache.conf import FEATURES
-from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache.testing import count_redis
 
 __all__ = ["scenario"]

@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory
 from django.test.utils import override_settings
 
-from hotcache.bench.runner import Arm
+from config.demo.bench.runner import Arm
 from hotcache.conf import hotcache_settings
 
 __all__ = ["CountingConnection", "arms"]

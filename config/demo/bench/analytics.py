@@ -16,10 +16,10 @@ from unittest import mock
 
 from django.test import RequestFactory
 
+from config.demo.bench.runner import Arm
 from hotcache import analytics, metering
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
-from hotcache.bench.runner import Arm
 
 __all__ = ["arms"]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from hotcache.demo.report import format_report
-from hotcache.demo.runner import run_demo
-from hotcache.demo.scenarios import all_scenarios
+from config.demo.report import format_report
+from config.demo.runner import run_demo
+from config.demo.scenarios import all_scenarios
 
 
 class Command(BaseCommand):

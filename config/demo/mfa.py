@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 
 __all__ = ["mfa_logins"]
 

@@ -7,8 +7,8 @@ import json
 from collections import Counter
 from typing import Any
 
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache import metering
-from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 
 __all__ = ["scenario"]
 

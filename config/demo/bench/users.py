@@ -15,8 +15,8 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory
 
+from config.demo.bench.runner import Arm
 from hotcache import users
-from hotcache.bench.runner import Arm
 
 __all__ = ["arms"]
 

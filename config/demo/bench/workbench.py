@@ -12,9 +12,9 @@ import sys
 import time
 from typing import Any
 
+from config.demo.bench.runner import Arm
 from hotcache import workbench
 from hotcache.backends import redis as redis_backend
-from hotcache.bench.runner import Arm
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache import apikeys
-from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 
 __all__ = ["scenario"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from config.demo.bench.runner import Arm
 from hotcache.backends import redis as redis_backend
-from hotcache.bench.runner import Arm
 
 __all__ = ["arms"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotcache.demo.runner import DemoResult
+from config.demo.runner import DemoResult
 
 __all__ = ["format_report"]
 

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from hotcache.demo import views
+from config.demo import views
 
 urlpatterns = [
     path("", views.home, name="demo-home"),

@@ -8,10 +8,10 @@ import json
 import time
 from typing import Any
 
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
-from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache.exceptions import BackendUnavailable
 from hotcache.testing import frozen_clock
 

@@ -1,9 +1,9 @@
-"""The demo's scenarios: anonymous page views here, and one module per feature (hotcache/demo/<feature>.py)."""
+"""The demo's scenarios: anonymous page views here, and one module per feature (config/demo/<feature>.py)."""
 
 from __future__ import annotations
 
-from hotcache.demo import analytics, apikeys, mfa, ratelimit, reports, users, workbench
-from hotcache.demo.runner import DemoContext, DemoRequest, Scenario
+from config.demo import analytics, apikeys, mfa, ratelimit, reports, users, workbench
+from config.demo.runner import DemoContext, DemoRequest, Scenario
 
 __all__ = ["all_scenarios", "pages"]
 

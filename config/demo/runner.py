@@ -1,6 +1,6 @@
 """The demo: realistic traffic through Django's WSGI handler (the real middleware stack), then the syncs, then a report.
 
-Each feature contributes a Scenario (hotcache/demo/scenarios.py lists them). The runner
+Each feature contributes a Scenario (config/demo/scenarios.py lists them). The runner
 merges their settings and middleware, interleaves their requests by weight with a seeded RNG,
 measures Redis commands and MongoDB operations during the traffic phase (the request path) and
 during the sync phase separately, and asks each scenario for its part of the report.
@@ -164,7 +164,7 @@ def run_demo(
         hot.update(sc.settings)
     hot["KEY_PREFIX"] = DEMO_PREFIX
     hot["MONGO_DATABASE"] = DEMO_DATABASE
-    with override_settings(HOTCACHE=hot, MIDDLEWARE=_middleware(scenarios), ROOT_URLCONF="hotcache.demo.urls"):
+    with override_settings(HOTCACHE=hot, MIDDLEWARE=_middleware(scenarios), ROOT_URLCONF="config.demo.urls"):
         return _run(scenarios, requests=requests, seed=seed, progress=progress)
 
 

@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.test.utils import override_settings
 
+from config.demo.bench.groups import all_groups
 from hotcache.backends import redis as redis_backend
-from hotcache.bench.groups import all_groups
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import BackendUnavailable
 
@@ -51,7 +51,7 @@ class Command(BaseCommand):
             except BackendUnavailable as exc:
                 raise CommandError(f"Redis is unreachable: {exc}") from exc
             try:
-                from hotcache.bench.runner import run_group
+                from config.demo.bench.runner import run_group
 
                 for feature in selected:
                     for title, arms in groups[feature]().items():

@@ -11,8 +11,8 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
 
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache import metering
-from hotcache.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 
 __all__ = ["scenario"]
 

@@ -1,11 +1,11 @@
-"""The benchmark groups, one module per feature (hotcache/bench/<feature>.py with an arms() function)."""
+"""The benchmark groups, one module per feature (config/demo/bench/<feature>.py with an arms() function)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import import_module
 
-from hotcache.bench.runner import Arm
+from config.demo.bench.runner import Arm
 
 __all__ = ["FEATURES", "all_groups"]
 
@@ -14,7 +14,7 @@ FEATURES = ("foundation", "ratelimit", "users", "mfa", "apikeys", "workbench", "
 
 def _lazy(feature: str) -> Callable[[], dict[str, list[Arm]]]:
     # Imported only when selected: some arms pull in anchors (django-ratelimit) or build large fixtures.
-    return lambda: import_module(f"hotcache.bench.{feature}").arms()
+    return lambda: import_module(f"config.demo.bench.{feature}").arms()
 
 
 def all_groups() -> dict[str, Callable[[], dict[str, list[Arm]]]]:
