@@ -1,0 +1,303 @@
+"""The lost-reply and recovery protocol, written once; design and state diagram in docs/design/lost-replies.md.
+
+Redis may apply a command whose reply never comes back (``RedisUnavailable.maybe_applied``). A feature
+that must count exactly once names each call with a *writer* (this process and thread) so a later
+call can ask Redis whether the lost one ran, keeps the call *in doubt* until it is settled, and keeps
+the writes it owes Redis after an outage (*deferred writes*) until Redis takes them. A process that
+wrote to MongoDB because Redis was unreachable owes Redis an *outage notice* (MFA's "MongoDB may hold
+live codes until T", the workbench fence) with its next successful call. Bulk writes that meet a
+duplicate key are retried once as the feature says. Each feature declares only what is specific to
+it: how to settle its doubt and what to replay.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from hotcache.backends import mongo
+
+__all__ = [
+    "Deferred",
+    "DeferredCounts",
+    "InDoubt",
+    "OutageNotice",
+    "RetriedBulk",
+    "bulk_retrying_duplicates",
+    "process_nonce",
+    "writer",
+]
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+# --- writer identity --------------------------------------------------------------------------------
+
+_nonce = secrets.token_hex(6)
+
+
+def process_nonce() -> str:
+    """A random name for this process, new in every forked child (a reused pid never inherits state)."""
+    return _nonce
+
+
+def writer() -> str:
+    """``<process nonce>:<thread ident>``: one writer per thread, unique across processes and forks."""
+    return f"{_nonce}:{threading.get_ident()}"
+
+
+# Every registry below forgets the parent's state in a forked child: the parent settles its own doubts
+# and replays its own deferred writes; the child starts as a new writer with nothing owed.
+_registries: weakref.WeakSet[_ForkLocal] = weakref.WeakSet()
+
+
+class _ForkLocal:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        _registries.add(self)
+
+    def _forget(self) -> None:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        """Forget everything (tests; a forked child)."""
+        with self._lock:
+            self._forget()
+
+
+def _after_fork_in_child() -> None:
+    global _nonce
+    _nonce = secrets.token_hex(6)
+    for registry in list(_registries):
+        registry._lock = threading.Lock()  # a lock held by another thread at fork time stays held in the child
+        registry._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --- calls in doubt ---------------------------------------------------------------------------------
+
+
+class InDoubt(_ForkLocal, Generic[T]):
+    """Calls whose reply was lost, at most one per writer, until the feature settles them.
+
+    A writer settles its own doubt before it sends anything else, so "did the lost call run?" has one
+    answer in Redis (the feature's token under the writer). Entries are compared by identity on
+    removal, so a doubt registered again meanwhile is never dropped by a stale settle.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: dict[str, T] = {}
+
+    def _forget(self) -> None:
+        self._items.clear()
+
+    def add(self, writer_id: str, doubt: T) -> None:
+        with self._lock:
+            self._items[writer_id] = doubt
+
+    def get(self, writer_id: str) -> T | None:
+        with self._lock:
+            return self._items.get(writer_id)
+
+    def settled(self, writer_id: str, doubt: T) -> bool:
+        """Remove ``doubt`` if it is still the one registered for ``writer_id``; True when it was."""
+        with self._lock:
+            if self._items.get(writer_id) is doubt:
+                del self._items[writer_id]
+                return True
+            return False
+
+    def items(self) -> list[tuple[str, T]]:
+        with self._lock:
+            return list(self._items.items())
+
+    def values(self) -> list[T]:
+        with self._lock:
+            return list(self._items.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# --- deferred writes --------------------------------------------------------------------------------
+
+
+class Deferred(_ForkLocal, Generic[K]):
+    """Writes this process owes Redis after an outage (an invalidation, a tombstone), replayed when it answers.
+
+    ``snapshot()`` then ``done(items)``: an item added again while a replay runs stays owed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: set[K] = set()
+
+    def _forget(self) -> None:
+        self._items.clear()
+
+    def add(self, *items: K) -> None:
+        with self._lock:
+            self._items.update(items)
+
+    def update(self, items: Iterable[K]) -> None:
+        with self._lock:
+            self._items.update(items)
+
+    def snapshot(self) -> set[K]:
+        with self._lock:
+            return set(self._items)
+
+    def done(self, items: Iterable[K]) -> None:
+        with self._lock:
+            self._items.difference_update(items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+
+class DeferredCounts(_ForkLocal, Generic[K]):
+    """Like Deferred, for amounts owed per key (e.g. reservations to take back); ``done`` subtracts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counts: dict[K, int] = {}
+
+    def _forget(self) -> None:
+        self._counts.clear()
+
+    def add(self, key: K, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + n
+
+    def snapshot(self) -> dict[K, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def done(self, counts: Mapping[K, int]) -> None:
+        with self._lock:
+            for key, n in counts.items():
+                left = self._counts.get(key, 0) - n
+                if left > 0:
+                    self._counts[key] = left
+                else:
+                    self._counts.pop(key, None)
+
+    def __bool__(self) -> bool:
+        return bool(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+# --- outage notices ---------------------------------------------------------------------------------
+
+
+class OutageNotice(_ForkLocal):
+    """A notice this process owes Redis after it wrote to MongoDB because Redis was unreachable.
+
+    ``owe(value)`` records the outage (a new generation); the feature sends ``owed()``'s value with its
+    next call that reaches Redis and then calls ``sent(generation)``, which clears the debt only if no
+    newer outage happened meanwhile. ``value`` is the feature's: a fence token, a "live until" time.
+    Optionally a gate-watcher (``gate_opens``: a callable giving how often the Redis gate has opened)
+    makes any gate opening seen by this process owe a notice too.
+    """
+
+    def __init__(self, gate_opens: Callable[[], int] | None = None) -> None:
+        super().__init__()
+        self._gate_opens = gate_opens
+        self._forget()
+
+    def _forget(self) -> None:
+        self.generation = 0
+        self.value: object = None
+        self.is_owed = False
+        self._seen_opens = self._gate_opens() if self._gate_opens is not None else 0
+
+    def owe(self, value: object = None) -> int:
+        with self._lock:
+            self.generation += 1
+            self.is_owed = True
+            self.value = value
+            return self.generation
+
+    def owed(self) -> tuple[int, bool, object]:
+        """(generation, whether a notice is owed, its value); notices a gate that opened since the last call."""
+        if self._gate_opens is not None:
+            opens = self._gate_opens()
+            if opens != self._seen_opens:
+                with self._lock:
+                    if opens != self._seen_opens:
+                        self._seen_opens = opens
+                        self.generation += 1
+                        self.is_owed = True
+        return self.generation, self.is_owed, self.value
+
+    def sent(self, generation: int) -> bool:
+        """The notice of ``generation`` reached Redis; True if that settled the debt."""
+        with self._lock:
+            if generation == self.generation and self.is_owed:
+                self.is_owed = False
+                self.value = None
+                return True
+            return False
+
+
+# --- bulk writes that meet a duplicate key ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RetriedBulk:
+    """What a bulk write and its one retry of duplicate-key rows did."""
+
+    first: mongo.BulkResult
+    second: mongo.BulkResult | None = None
+    still_duplicate: set[int] = field(default_factory=set)  # indexes into the original ops
+
+    @property
+    def round_trips(self) -> int:
+        return 1 if self.second is None else 2
+
+    @property
+    def applied(self) -> int:
+        total = self.first.modified + self.first.upserted + self.first.inserted
+        if self.second is not None:
+            total += self.second.modified + self.second.upserted + self.second.inserted
+        return total
+
+
+def bulk_retrying_duplicates(
+    coll: mongo.Collection,
+    ops: Sequence[mongo.Update | mongo.Insert],
+    retry: Callable[[mongo.Update | mongo.Insert], mongo.Update | mongo.Insert],
+) -> RetriedBulk:
+    """One unordered bulk; rows that hit E11000 are retried once in a second bulk, as ``retry`` rewrites them.
+
+    E11000 proves the document exists: ``retry`` turns an upsert into a plain or guarded update. A row
+    whose retry hits E11000 again is in ``still_duplicate`` (the feature decides what that means: usually
+    "already written"). Raises BackendUnavailable / MongoWriteError like Collection.bulk.
+    """
+    if not ops:
+        return RetriedBulk(mongo.BulkResult())
+    first = coll.bulk(list(ops), ordered=False)
+    if not first.duplicates:
+        return RetriedBulk(first)
+    again = [retry(ops[i]) for i in first.duplicates]
+    second = coll.bulk(again, ordered=False)
+    return RetriedBulk(first, second, {first.duplicates[i] for i in second.duplicates})

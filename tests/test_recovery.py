@@ -1,0 +1,120 @@
+"""The lost-reply and recovery protocol's shared machinery (hotcache.recovery)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from hotcache import recovery
+from hotcache.backends import mongo
+
+
+def test_writer_names_this_process_and_thread() -> None:
+    seen: list[str] = []
+    t = threading.Thread(target=lambda: seen.append(recovery.writer()))
+    t.start()
+    t.join()
+    assert recovery.writer().startswith(recovery.process_nonce() + ":")
+    assert seen[0] != recovery.writer()
+    assert seen[0].split(":")[0] == recovery.process_nonce()
+
+
+def test_a_forked_child_is_a_new_writer_that_owes_nothing() -> None:
+    doubts: recovery.InDoubt[str] = recovery.InDoubt()
+    owed: recovery.Deferred[str] = recovery.Deferred()
+    notice = recovery.OutageNotice()
+    doubts.add(recovery.writer(), "lost call")
+    owed.add("user:1")
+    notice.owe("fence-token")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports what it inherited
+        os.close(read)
+        report = f"{recovery.process_nonce()}|{len(doubts)}|{len(owed)}|{notice.owed()[1]}"
+        os.write(write, report.encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 200).decode()
+    os.waitpid(pid, 0)
+    nonce, n_doubts, n_owed, is_owed = child.split("|")
+    assert nonce != recovery.process_nonce()
+    assert (n_doubts, n_owed, is_owed) == ("0", "0", "False")
+    assert len(doubts) == 1 and "user:1" in owed and notice.owed()[1]  # the parent keeps its own
+
+
+def test_a_stale_settle_never_drops_a_newer_doubt() -> None:
+    doubts: recovery.InDoubt[object] = recovery.InDoubt()
+    first, second = object(), object()
+    doubts.add("w", first)
+    doubts.add("w", second)
+    assert not doubts.settled("w", first)
+    assert doubts.get("w") is second
+    assert doubts.settled("w", second)
+    assert not doubts
+
+
+def test_deferred_writes_added_during_a_replay_stay_owed() -> None:
+    owed: recovery.Deferred[str] = recovery.Deferred()
+    owed.add("a", "b")
+    replaying = owed.snapshot()
+    owed.add("c")
+    owed.done(replaying)
+    assert owed.snapshot() == {"c"}
+
+
+def test_deferred_counts_subtract_what_was_replayed() -> None:
+    owed: recovery.DeferredCounts[str] = recovery.DeferredCounts()
+    owed.add("k", 2)
+    replaying = owed.snapshot()
+    owed.add("k")
+    owed.done(replaying)
+    assert owed.snapshot() == {"k": 1}
+    owed.done({"k": 1})
+    assert not owed
+
+
+def test_an_outage_notice_sent_for_an_older_outage_keeps_the_newer_one_owed() -> None:
+    notice = recovery.OutageNotice()
+    generation = notice.owe("t1")
+    newer = notice.owe("t2")
+    assert not notice.sent(generation)
+    assert notice.owed() == (newer, True, "t2")
+    assert notice.sent(newer)
+    assert notice.owed()[1] is False
+
+
+def test_an_outage_notice_is_owed_when_the_gate_opened() -> None:
+    opens = [0]
+    notice = recovery.OutageNotice(gate_opens=lambda: opens[0])
+    assert notice.owed()[1] is False
+    opens[0] = 1
+    generation, is_owed, _ = notice.owed()
+    assert is_owed
+    assert notice.sent(generation)
+    assert notice.owed()[1] is False
+
+
+def test_bulk_retries_duplicate_rows_once_as_the_feature_rewrites_them() -> None:
+    coll = mongo.collection("recovery_test", feature="tests")
+    coll.create_index([("k", 1)], unique=True)
+    coll.bulk([mongo.Insert({"k": "a", "n": 1})])
+    ops = [
+        mongo.Update({"k": "a", "n": {"$lt": 0}}, {"$inc": {"n": 1}}, upsert=True),  # E11000: "a" exists
+        mongo.Update({"k": "b"}, {"$inc": {"n": 1}}, upsert=True),
+    ]
+
+    def as_plain_update(op: mongo.Update | mongo.Insert) -> mongo.Update | mongo.Insert:
+        assert isinstance(op, mongo.Update)
+        return mongo.Update({"k": op.filter["k"]}, op.update, upsert=False)
+
+    result = recovery.bulk_retrying_duplicates(coll, ops, as_plain_update)
+    assert result.round_trips == 2
+    assert result.applied == 2
+    assert result.still_duplicate == set()
+    assert {d["k"]: d["n"] for d in coll.find({})} == {"a": 2, "b": 1}
+
+
+def test_bulk_without_duplicates_is_one_round_trip() -> None:
+    coll = mongo.collection("recovery_test2", feature="tests")
+    result = recovery.bulk_retrying_duplicates(coll, [mongo.Insert({"k": 1})], lambda op: op)
+    assert (result.round_trips, result.applied, result.still_duplicate) == (1, 1, set())
