@@ -9,6 +9,9 @@ class HotcacheConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from hotcache import checks, signals  # noqa: F401 - registers system checks
+        """Register the system checks, install the meter's Redis store, connect the signal receivers."""
+        from hotcache import checks, signals  # noqa: F401 - importing checks registers them
+        from hotcache.backends import meter_store
 
+        meter_store.install()
         signals.connect_signals()

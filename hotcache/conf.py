@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.core.signals import setting_changed
 
 __all__ = ["DEFAULTS", "FEATURES", "HotcacheSettings", "hotcache_settings"]
 
@@ -133,14 +132,3 @@ class HotcacheSettings:
 
 
 hotcache_settings = HotcacheSettings()
-
-
-def _reset_backends(*, setting: str, **kwargs: Any) -> None:
-    # Clients are built from settings; drop them when a test overrides the settings they came from.
-    if setting in ("HOTCACHE", "CACHES"):
-        from hotcache.backends import reset_all
-
-        reset_all()
-
-
-setting_changed.connect(_reset_backends, dispatch_uid="hotcache.conf.reset_backends")

@@ -1,13 +1,25 @@
-"""Signal receivers, wired explicitly from HotcacheConfig.ready()."""
+"""Signal receivers, wired explicitly from HotcacheConfig.ready() (none is connected at import time)."""
 
 from __future__ import annotations
 
-__all__ = ["connect_signals"]
+from typing import Any
+
+from django.core.signals import setting_changed
+
+__all__ = ["connect_signals", "settings_changed"]
+
+
+def settings_changed(*, setting: str, **kwargs: Any) -> None:
+    """The one reload hook: clients, gate and caches are built from settings; drop them when those change."""
+    if setting in ("HOTCACHE", "CACHES"):
+        from hotcache.backends import reset_all
+
+        reset_all()
 
 
 def connect_signals() -> None:
     """Connect every receiver hotcache needs. Idempotent (dispatch_uid on each)."""
-    # --- Cached users (issue 4) ---
+    setting_changed.connect(settings_changed, dispatch_uid="hotcache.signals.settings_changed")
     from hotcache import users
 
     users.connect()

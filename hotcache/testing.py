@@ -5,6 +5,7 @@
 * ``frozen_clock()``: move hotcache's clock without sleeping.
 * ``mongo_down()``: every MongoDB operation fails like a lost network inside the block.
 * ``ensure_redis()``: a Redis URL that answers: the given one, or a throwaway redis-server started here.
+* ``reset()``: forget everything hotcache keeps in this process, as a freshly started process would.
 """
 
 from __future__ import annotations
@@ -25,7 +26,19 @@ from urllib.parse import urlsplit
 from hotcache import metering
 from hotcache.backends import mongo
 
-__all__ = ["RedisCount", "RedisProxy", "count_redis", "ensure_redis", "frozen_clock", "mongo_down"]
+__all__ = ["RedisCount", "RedisProxy", "count_redis", "ensure_redis", "frozen_clock", "mongo_down", "reset"]
+
+
+def reset() -> None:
+    """Forget everything hotcache keeps in this process: clients, health gate, meter counts and caches,
+    the tampering log. Use it between tests (an autouse fixture) so each starts like a fresh process."""
+    from hotcache import signing
+    from hotcache.backends import meter_store, reset_all
+
+    reset_all()
+    metering.meter.reset()
+    meter_store.store.reset()
+    signing._reset()
 
 
 @dataclass(slots=True)

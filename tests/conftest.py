@@ -11,17 +11,14 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from hotcache import metering, signing
 from hotcache.backends import reset_all
-from hotcache.testing import RedisProxy, frozen_clock
+from hotcache.testing import RedisProxy, frozen_clock, reset
 
 
 @pytest.fixture(autouse=True)
 def _hotcache_isolation() -> Iterator[None]:
     """Every test starts with fresh clients, a closed gate, empty meters and an empty MongoDB stand-in."""
-    reset_all()
-    metering.meter.reset()
-    signing._reset()
+    reset()
     yield
     reset_all()
 

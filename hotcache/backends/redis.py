@@ -32,7 +32,7 @@ from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["Script", "call", "get_client", "reset", "server_info"]
+__all__ = ["Script", "after_call", "call", "get_client", "reset", "server_info"]
 
 T = TypeVar("T")
 
@@ -148,8 +148,19 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
         metering.event(feature, "redis_error")
         raise RedisUnavailable(f"redis refused the call for {feature}: {exc}") from exc
     redis_gate.success()
-    metering.meter.maybe_flush()
+    hook = _after_call
+    if hook is not None:
+        hook()
     return result
+
+
+_after_call: Callable[[], None] | None = None
+
+
+def after_call(hook: Callable[[], None] | None) -> None:
+    """Run ``hook`` after every successful call (the meter store's flush check); None removes it."""
+    global _after_call
+    _after_call = hook
 
 
 class Script:
