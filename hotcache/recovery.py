@@ -29,6 +29,7 @@ __all__ = [
     "OutageNotice",
     "RetriedBulk",
     "bulk_retrying_duplicates",
+    "forget_all",
     "process_nonce",
     "writer",
 ]
@@ -79,6 +80,12 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forget_all() -> None:
+    """Forget every doubt, deferred write and outage notice of this process (tests: "another process")."""
+    for registry in list(_registries):
+        registry.clear()
 
 
 # --- calls in doubt ---------------------------------------------------------------------------------

@@ -26,7 +26,24 @@ from urllib.parse import urlsplit
 from hotcache import metering
 from hotcache.backends import mongo
 
-__all__ = ["RedisCount", "RedisProxy", "count_redis", "ensure_redis", "frozen_clock", "mongo_down", "reset"]
+__all__ = [
+    "RedisCount",
+    "RedisProxy",
+    "count_redis",
+    "ensure_redis",
+    "frozen_clock",
+    "mongo_down",
+    "new_process",
+    "reset",
+]
+
+
+def new_process() -> None:
+    """Forget what this process knows about lost replies, outages and writes it owes Redis, as if the next
+    call came from another process that never saw them (hotcache.recovery's registries)."""
+    from hotcache import recovery
+
+    recovery.forget_all()
 
 
 def reset() -> None:
@@ -39,6 +56,7 @@ def reset() -> None:
     metering.meter.reset()
     meter_store.store.reset()
     signing._reset()
+    new_process()
 
 
 @dataclass(slots=True)

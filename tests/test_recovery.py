@@ -118,3 +118,16 @@ def test_bulk_without_duplicates_is_one_round_trip() -> None:
     coll = mongo.collection("recovery_test2", feature="tests")
     result = recovery.bulk_retrying_duplicates(coll, [mongo.Insert({"k": 1})], lambda op: op)
     assert (result.round_trips, result.applied, result.still_duplicate) == (1, 1, set())
+
+
+def test_testing_new_process_forgets_every_registry() -> None:
+    from hotcache import testing
+
+    doubts: recovery.InDoubt[str] = recovery.InDoubt()
+    owed: recovery.Deferred[str] = recovery.Deferred()
+    notice = recovery.OutageNotice()
+    doubts.add("w", "x")
+    owed.add("y")
+    notice.owe()
+    testing.new_process()
+    assert not doubts and not owed and notice.owed()[1] is False
