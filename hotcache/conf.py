@@ -19,11 +19,15 @@ works in tests. Every key is documented in README.md ("Settings").
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.conf import settings as django_settings
 
 __all__ = ["DEFAULTS", "FEATURES", "HotcacheSettings", "hotcache_settings"]
+
+T = TypeVar("T")
 
 # The features hotcache ships; HOTCACHE["FEATURES"] may name a subset.
 FEATURES = ("ratelimit", "users", "mfa", "apikeys", "workbench", "analytics")
@@ -112,7 +116,18 @@ DEFAULTS: dict[str, Any] = {
 
 
 class HotcacheSettings:
-    """Attribute access to HOTCACHE with defaults; reads django.conf.settings on every access."""
+    """Attribute access to HOTCACHE with defaults; reads django.conf.settings on every access.
+
+    Values derived from the settings that are too costly to recompute per request (compiled rate-limit
+    rules, the per-request settings view) are built once with ``derived()`` and kept for the HOTCACHE
+    dict they came from: assigning a new dict (override_settings, ``settings.HOTCACHE = ...``) or
+    ``reload()`` (wired to Django's setting_changed in HotcacheConfig.ready) drops them.
+    """
+
+    def __init__(self) -> None:
+        self._derived_lock = threading.Lock()
+        self._derived_source: object = None
+        self._derived: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
@@ -124,6 +139,29 @@ class HotcacheSettings:
     def user_settings(self) -> dict[str, Any]:
         value = getattr(django_settings, "HOTCACHE", None) or {}
         return value if isinstance(value, dict) else {}
+
+    def derived(self, name: str, build: Callable[[], T]) -> T:
+        """``build()``'s value for the current HOTCACHE dict, built once per dict (one identity check per call)."""
+        source = getattr(django_settings, "HOTCACHE", None)
+        if self._derived_source is source:
+            try:
+                return self._derived[name]
+            except KeyError:
+                pass
+        value = build()
+        with self._derived_lock:
+            if self._derived_source is not source:
+                # The snapshot holds a reference to its source dict, so id() reuse cannot fool the check.
+                self._derived_source = source
+                self._derived = {}
+            self._derived[name] = value
+        return value
+
+    def reload(self) -> None:
+        """Forget every derived value (settings changed)."""
+        with self._derived_lock:
+            self._derived_source = None
+            self._derived = {}
 
     def enabled(self, feature: str) -> bool:
         """Whether a feature is enabled by HOTCACHE['FEATURES'] (None enables all)."""

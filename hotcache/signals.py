@@ -13,7 +13,9 @@ def settings_changed(*, setting: str, **kwargs: Any) -> None:
     """The one reload hook: clients, gate and caches are built from settings; drop them when those change."""
     if setting in ("HOTCACHE", "CACHES"):
         from hotcache.backends import reset_all
+        from hotcache.conf import hotcache_settings
 
+        hotcache_settings.reload()
         reset_all()
 
 

@@ -26,3 +26,23 @@ def test_features_subset(settings):
     settings.HOTCACHE = {"FEATURES": ["ratelimit"]}
     assert hotcache_settings.enabled("ratelimit")
     assert not hotcache_settings.enabled("mfa")
+
+
+def test_derived_values_are_built_once_per_hotcache_dict(settings):
+    from hotcache.conf import hotcache_settings
+
+    builds = []
+
+    def build():
+        builds.append(1)
+        return hotcache_settings.KEY_PREFIX
+
+    first = hotcache_settings.derived("test.prefix", build)
+    assert hotcache_settings.derived("test.prefix", build) == first
+    assert len(builds) == 1
+    settings.HOTCACHE = {**settings.HOTCACHE, "KEY_PREFIX": "other"}
+    assert hotcache_settings.derived("test.prefix", build) == "other"
+    assert len(builds) == 2
+    hotcache_settings.reload()
+    hotcache_settings.derived("test.prefix", build)
+    assert len(builds) == 3
