@@ -4,7 +4,7 @@ Counting happens on hotcache's own Redis connections (every command the wire car
 included), attributed to the feature running the call. Counts are buffered in-process and written
 with a single command per flush (one EVALSHA holding every field), after METER_FLUSH_EVERY
 commands, or at most once a minute when at least 100 are buffered, so metering costs well under 1%
-extra commands. The daily hash ``<prefix>:meter:<YYYYMMDD>`` keeps fields:
+extra commands. The daily hash ``<prefix>:{meter:usage}:<YYYYMMDD>`` keeps fields:
 
     cmd:<feature>   Redis commands          rt:<feature>    Redis round trips
     mongo:<feature> MongoDB operations      ev:<feature>:<name>  feature events (hits, denials, fallbacks)

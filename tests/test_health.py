@@ -110,3 +110,34 @@ def test_transitions_are_logged_once(redis_down, clock, caplog):
             with pytest.raises(RedisUnavailable):
                 ping()
     assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+
+
+def test_a_probe_answered_with_a_per_call_error_closes_the_gate(redis_proxy, clock):
+    """Redis answering with an error of the call itself (unknown command, WRONGTYPE) is alive: never stuck probing."""
+    redis_proxy.down()
+    with pytest.raises(RedisUnavailable):
+        ping()
+    assert redis_gate.state == OPEN
+    redis_proxy.up()
+    clock.advance(5.0)
+    with pytest.raises(RedisUnavailable):
+        redis_backend.call("test", lambda r: r.execute_command("HOTCACHE-NO-SUCH-COMMAND"))
+    assert redis_gate.state == CLOSED
+    assert ping() is True
+
+
+def test_a_probe_whose_caller_raised_lets_the_next_caller_probe(redis_proxy, clock):
+    redis_proxy.down()
+    with pytest.raises(RedisUnavailable):
+        ping()
+    redis_proxy.up()
+    clock.advance(5.0)
+
+    def broken(r):
+        raise KeyError("a bug in the caller's own code")
+
+    with pytest.raises(KeyError):
+        redis_backend.call("test", broken)
+    assert redis_gate.state == OPEN
+    assert ping() is True  # the next caller is the probe
+    assert redis_gate.state == CLOSED

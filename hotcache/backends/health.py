@@ -78,6 +78,13 @@ class HealthGate:
                 self._recoveries += 1
                 log.warning("hotcache: %s is back; leaving fallback mode", self.name)
 
+    def abandon(self) -> None:
+        """The call allowed by allow() ended without telling whether Redis is healthy (the caller's own code
+        raised): if it was the probe, the next caller probes instead, so the gate can never stay probing."""
+        with self._lock:
+            if self._state == PROBING:
+                self._state = OPEN  # opened_at is unchanged: the cool-down has passed, the next allow() probes
+
     def failure(self, error: BaseException, *, immediate: bool = False) -> None:
         """Record a failed call. ``immediate`` (connection refused or reset) opens the gate at once."""
         with self._lock:

@@ -144,9 +144,13 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
         if str(exc).split(" ", 1)[0].upper() in _SERVER_STATE_ERRORS:
             redis_gate.failure(exc)
         else:
+            redis_gate.success()  # Redis answered: it is reachable, whatever this call's own error
             log.error("hotcache: redis rejected a %s call: %s", feature, exc)
         metering.event(feature, "redis_error")
         raise RedisUnavailable(f"redis refused the call for {feature}: {exc}") from exc
+    except BaseException:
+        redis_gate.abandon()  # the caller's own code raised: no verdict on Redis, and never a stuck probe
+        raise
     redis_gate.success()
     hook = _after_call
     if hook is not None:
