@@ -102,6 +102,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = 15 * 60
+CELERY_TASK_ACKS_LATE = True  # a worker killed mid-sync leaves the task for the next one (the syncs are idempotent)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {
     # --- API keys (issue 6) ---
