@@ -83,8 +83,14 @@ _FILL = redis_backend.Script("user_fill")
 _INVALIDATE = redis_backend.Script("user_invalidate")
 _MISS = object()
 
+# Invalidations this process could not send (Redis unavailable), replayed before its next read:
+# user id key -> when it was first queued (clock.monotonic). Bounded, so an outage cannot grow it
+# without limit: one older than USER_CACHE_TTL is moot (every entry it could remove has expired), and
+# beyond _PENDING_MAX the oldest are dropped (a stale entry then lives USER_CACHE_TTL at most).
 _pending_lock = threading.Lock()
-_pending: set[str] = set()  # user ids whose invalidation could not reach Redis yet (this process)
+_pending: dict[str, float] = {}
+_PENDING_MAX = 10_000
+_REPLAY_BATCH = 500  # invalidations per pipeline when replaying (one round trip each)
 
 
 # --- loaders -------------------------------------------------------------------------------------
@@ -387,10 +393,51 @@ def _unseal_entry(user_id: str, raw: bytes, loader: UserLoader) -> tuple[dict[st
     return data, ""
 
 
-def _invalidate(r: Any, ids: Iterable[str]) -> list[str]:
-    """Invalidate each user; returns the users whose version counter was not one (reset by the script)."""
-    # One script per user: each touches one hash slot (Redis Cluster); more than one user at once is rare.
-    return [uid for uid in ids if int(_INVALIDATE(r, [_entry_key(uid), _version_key(uid)], [_VERSION_TTL]))]
+def _invalidate(r: Any, ids: list[str]) -> list[str]:
+    """Invalidate each user; returns the users whose version counter was not one (reset by the script).
+
+    One script per user, so each touches one hash slot (Redis Cluster); several users go in pipelines of
+    _REPLAY_BATCH, after the first one's script made sure the server knows the script (EVAL on NOSCRIPT).
+    """
+    if not ids:
+        return []
+    resets = [int(_INVALIDATE(r, [_entry_key(ids[0]), _version_key(ids[0])], [_VERSION_TTL]))]
+    for start in range(1, len(ids), _REPLAY_BATCH):
+        pipe = r.pipeline(transaction=False)
+        for uid in ids[start : start + _REPLAY_BATCH]:
+            pipe.evalsha(_INVALIDATE.sha, 2, _entry_key(uid), _version_key(uid), _VERSION_TTL)
+        resets += [int(n) for n in pipe.execute()]
+    return [uid for uid, reset in zip(ids, resets, strict=True) if reset]
+
+
+def _queue(ids: list[str]) -> None:
+    """Keep invalidations that could not reach Redis for replay (bounded: see _pending)."""
+    now = clock.monotonic()
+    with _pending_lock:
+        for uid in ids:
+            _pending.setdefault(uid, now)
+        dropped = len(_pending) - _PENDING_MAX
+        for uid in list(_pending)[: max(0, dropped)]:  # insertion order: the oldest first
+            del _pending[uid]
+    if dropped > 0:
+        metering.event(FEATURE, "pending_dropped", dropped)
+        log.warning("hotcache: %d invalidations kept for replay were dropped (over %d)", dropped, _PENDING_MAX)
+
+
+def _to_replay() -> dict[str, float]:
+    """The invalidations to replay now; those older than USER_CACHE_TTL are moot and forgotten."""
+    oldest = clock.monotonic() - float(hotcache_settings.USER_CACHE_TTL) - _SKEW_MS / 1000
+    with _pending_lock:
+        for uid in [uid for uid, since in _pending.items() if since < oldest]:
+            del _pending[uid]
+        return dict(_pending)
+
+
+def _replayed(taken: dict[str, float]) -> None:
+    with _pending_lock:
+        for uid, since in taken.items():
+            if _pending.get(uid) == since:  # not queued again meanwhile
+                del _pending[uid]
 
 
 def _counters_reset(ids: Iterable[str]) -> None:
@@ -400,19 +447,17 @@ def _counters_reset(ids: Iterable[str]) -> None:
 
 def _read(user_id: str) -> tuple[bytes | None, bytes | None]:
     """(entry, version) in one command; first replays invalidations that missed an outage, if any."""
-    with _pending_lock:
-        pending = set(_pending)
+    pending = _to_replay() if _pending else {}
     reset: list[str] = []
 
     def op(r: Any) -> Any:
         if pending:
-            reset.extend(_invalidate(r, pending))
+            reset.extend(_invalidate(r, list(pending)))
         return r.mget([_entry_key(user_id), _version_key(user_id)])
 
     entry, version = redis_backend.call(FEATURE, op)
     if pending:
-        with _pending_lock:
-            _pending.difference_update(pending)
+        _replayed(pending)
         _counters_reset(reset)
     return entry, version
 
@@ -485,9 +530,12 @@ def invalidate_users(user_ids: Iterable[Any]) -> int:
     try:
         reset = redis_backend.call(FEATURE, lambda r: _invalidate(r, ids))
     except RedisUnavailable:
-        log.warning("hotcache: could not invalidate cached users %s now; retrying on the next Redis call", ids)
-        with _pending_lock:
-            _pending.update(ids)
+        log.warning(
+            "hotcache: could not invalidate %d cached user(s) (%s) now; retrying on the next Redis call",
+            len(ids),
+            ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else ""),
+        )
+        _queue(ids)
         return 0
     _counters_reset(reset)
     metering.event(FEATURE, "invalidated", len(ids))

@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from hotcache import keys, metering, signing, users
+from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import InvalidName
 from hotcache.testing import count_redis
 
@@ -147,7 +148,7 @@ def test_hostile_ids_are_invalid_names_and_touch_nothing(user_id, redis_state, r
         with pytest.raises(InvalidName):
             users.invalidate_users([1, user_id])  # all or nothing: user 1 is not invalidated either
     assert counted.commands == 0 and counted.mongo_ops == 0
-    assert users._pending == set()
+    assert not users._pending
     assert users_store(raw_redis, key_prefix) == before
 
 
@@ -397,7 +398,7 @@ def test_a_tampered_version_counter_never_fails_a_request_or_an_invalidation(tam
     assert client.get(PROFILE).status_code == 200  # a miss: load, and a write-back the counter decides
     User.objects.filter(pk=user.pk).update(first_name="Renamed")
     assert users.invalidate_user(user.pk)  # reaches Redis; the counter is repaired
-    assert users._pending == set()
+    assert not users._pending
     assert tampered() >= 1
     assert client.get(PROFILE).json()["first_name"] == "Renamed"  # the stale entry is gone
     with count_redis() as counted:
@@ -417,7 +418,7 @@ def test_a_tampered_version_met_by_a_replayed_invalidation_is_repaired_too(alice
     raw_redis.set(version_key(user.pk), b"not-a-counter")
     other = User.objects.create_user("bob")
     assert users.get_cached_user(other.pk).username == "bob"  # the replay runs first, and does not fail the read
-    assert users._pending == set() and tampered() == 1
+    assert not users._pending and tampered() == 1
 
 
 def test_a_version_counter_can_only_decide_whether_a_genuine_user_is_written_back(alice, raw_redis):
@@ -429,3 +430,38 @@ def test_a_version_counter_can_only_decide_whether_a_genuine_user_is_written_bac
         assert client.get(PROFILE).json()["first_name"] == "Alice"
         stored = raw_redis.get(entry_key(user.pk))
         assert stored is None or signing.unseal("users.entry", str(user.pk), stored) is not None
+
+
+# --- the outage path is bounded too --------------------------------------------------------------
+
+
+def test_invalidations_kept_during_an_outage_are_bounded(redis_down, monkeypatch):
+    monkeypatch.setattr(users, "_PENDING_MAX", 5)
+    for i in range(1, 9):
+        assert not users.invalidate_user(i)
+    assert list(users._pending) == ["4", "5", "6", "7", "8"]  # the oldest were dropped
+    assert metering.snapshot()["ev:users:pending_dropped"] == 3
+
+
+def test_invalidations_older_than_the_cache_ttl_are_not_replayed(redis_proxy, clock, hotcache_config, raw_redis):
+    hotcache_config(USER_CACHE_TTL=60)
+    redis_proxy.down()
+    assert not users.invalidate_users([1, 2, 3])
+    clock.advance(60 + 61)  # every entry they could remove has expired
+    redis_proxy.up()
+    before = raw_redis.get(version_key(1))
+    users.get_cached_user(424242)
+    assert not users._pending and raw_redis.get(version_key(1)) == before
+
+
+def test_many_kept_invalidations_are_replayed_in_a_few_round_trips(redis_proxy, clock, raw_redis):
+    redis_proxy.down()
+    assert not users.invalidate_users(range(1, 1201))
+    redis_proxy.up()
+    clock.advance(10)
+    redis_backend.call("test", lambda r: r.ping())  # connections made again (their handshakes are not counted)
+    with count_redis() as counted:
+        users.get_cached_user(424242)
+    assert not users._pending
+    assert counted.round_trips <= 1 + 3 + 1 + 1  # the first script, 3 pipelines of 500, the read, a meter flush
+    assert raw_redis.exists(version_key(1200))
