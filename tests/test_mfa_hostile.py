@@ -493,3 +493,75 @@ def test_publishing_after_an_outage_overwrites_a_forged_marker(raw_redis, redis_
     assert tampered() == 1
     mfa._reset_process_state()  # another process, which knows only the marker
     assert mfa.verify("alice", code).store == "mongodb"
+
+
+# --- the MongoDB fallback obeys the same bounds as Redis -----------------------------------------
+
+
+def test_both_stores_enforce_the_same_bounds_under_non_default_settings(store, clock, raw_redis, hotcache_config):
+    """One script of issues, guesses and waits gives the same outcomes on Redis and on the MongoDB fallback."""
+    hotcache_config(
+        MFA_CODE_TTL=60, MFA_MAX_ATTEMPTS=3, MFA_USER_FAILURE_LIMIT=4, MFA_USER_FAILURE_WINDOW=120,
+        MFA_RESEND_COOLDOWN=10, MFA_HOURLY_SEND_CAP=3,
+    )
+
+    def advance(seconds):
+        clock.advance(seconds)
+        if store != "redis":
+            return
+        for name in ("code", "cool", "sends", "fails"):  # server-side TTLs run down too
+            key = keys.tagged("mfa", "alice", "login", name)
+            left = raw_redis.pttl(key)
+            if 0 < left <= seconds * 1000:
+                raw_redis.delete(key)
+            elif left > 0:
+                raw_redis.pexpire(key, left - seconds * 1000)
+
+    outcomes = []
+
+    def issue():
+        try:
+            outcomes.append(("issued", len(mfa.issue("alice"))))
+        except mfa.ResendTooSoon as exc:
+            outcomes.append((exc.reason, exc.retry_after))
+
+    def guess(code):
+        r = mfa.verify("alice", code)
+        outcomes.append((r.reason.value, r.attempts_left, r.retry_after))
+
+    issue()
+    issue()  # inside the 10 s cooldown
+    advance(11)
+    issue()
+    advance(61)
+    issue()  # the third send this hour
+    advance(11)
+    issue()  # over the hourly cap of 3
+    advance(3600)  # a new hour
+    issue()
+    advance(11)
+    live = mfa.issue("alice")
+    for _ in range(3):  # MFA_MAX_ATTEMPTS: the third wrong guess burns the code
+        guess(wrong(live))
+    guess(live)
+    advance(11)
+    live = mfa.issue("alice")
+    guess(wrong(live))  # the fourth failure in the window (which began 11 s ago): the user is capped
+    guess(live)
+    advance(121)
+    guess(live)  # window over, but the code (60 s) has expired
+    assert outcomes == [
+        ("issued", 6),
+        ("cooldown", 10),
+        ("issued", 6),
+        ("issued", 6),
+        ("hourly_cap", 3600 - 11 - 61 - 11),
+        ("issued", 6),
+        ("invalid", 2, None),
+        ("invalid", 1, None),
+        ("too_many_attempts", None, None),
+        ("too_many_attempts", None, None),
+        ("invalid", 2, None),
+        ("too_many_attempts", None, 120 - 11),
+        ("expired_or_missing", None, None),
+    ]

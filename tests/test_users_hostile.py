@@ -13,8 +13,9 @@ import json
 import uuid
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
-from django.test import Client
+from django.test import AsyncClient, Client
 
 from hotcache import keys, metering, signing, users
 from hotcache.backends import redis as redis_backend
@@ -198,6 +199,18 @@ def test_a_session_whose_user_id_is_not_a_primary_key_is_anonymous(session_id, r
     response = client.get(PROFILE)
     assert response.status_code == 401
     assert users_store(raw_redis, key_prefix) == before
+
+
+@pytest.mark.parametrize("session_id", [[1], "\ud800", "x" * 200_000], ids=shown)
+def test_async_views_get_an_anonymous_user_for_a_hostile_session(session_id, redis_state):
+    user = User.objects.create_user("alice")
+    client = AsyncClient(raise_request_exception=False)
+    async_to_sync(client.aforce_login)(user)
+    session = async_to_sync(client.asession)()
+    session["_auth_user_id"] = session_id
+    async_to_sync(session.asave)()
+    response = async_to_sync(client.get)("/users/me/async/")
+    assert response.status_code == 200 and response.json()["authenticated"] is False
 
 
 @pytest.mark.parametrize(
