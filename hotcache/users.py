@@ -32,6 +32,7 @@ import decimal
 import hmac
 import json
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Iterable
@@ -82,6 +83,7 @@ _MAX_ID_LENGTH = 255  # characters of a user id given as text
 _FILL = redis_backend.Script("user_fill")
 _INVALIDATE = redis_backend.Script("user_invalidate")
 _MISS = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Invalidations this process could not send (Redis unavailable), replayed before its next read:
 # user id key -> when it was first queued (clock.monotonic). Bounded, so an outage cannot grow it
@@ -595,7 +597,13 @@ def get_user(request: HttpRequest) -> Any:
         return AnonymousUser()
     backend = auth.load_backend(backend_path)
     if not loader.handles(backend):
-        return auth.get_user(request)  # a backend with its own get_user(): Django's path, uncached
+        # A backend with its own get_user(): Django's path, uncached. Django encodes the session hash to
+        # compare it and raises on a lone surrogate; such a hash can match nothing: log out, as Django would.
+        session_hash = request.session.get(auth.HASH_SESSION_KEY)
+        if isinstance(session_hash, str) and _SURROGATE.search(session_hash):
+            request.session.flush()
+            return AnonymousUser()
+        return auth.get_user(request)
     can_authenticate = getattr(backend, "user_can_authenticate", lambda u: True)
 
     cached, fill = _lookup(user_id, loader)

@@ -15,6 +15,7 @@ import uuid
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.test import AsyncClient, Client
 
 from hotcache import keys, metering, signing, users
@@ -478,3 +479,22 @@ def test_many_kept_invalidations_are_replayed_in_a_few_round_trips(redis_proxy, 
     assert not users._pending
     assert counted.round_trips <= 1 + 3 + 1 + 1  # the first script, 3 pipelines of 500, the read, a meter flush
     assert raw_redis.exists(version_key(1200))
+
+
+class OwnGetUserBackend(ModelBackend):
+    """A backend with its own get_user(): hotcache leaves it to Django's get_user(), uncached."""
+
+    def get_user(self, user_id):
+        return super().get_user(user_id)
+
+
+@pytest.mark.parametrize("session_hash", ["\ud800" * 64, "é" * 64, ["a"], None], ids=shown)
+def test_a_backend_hotcache_does_not_serve_gets_the_same_protection(session_hash, settings, redis_state):
+    path = f"{__name__}.OwnGetUserBackend"
+    settings.AUTHENTICATION_BACKENDS = [path]
+    user = User.objects.create_user("alice")
+    client = Client(raise_request_exception=False)
+    client.force_login(user, backend=path)
+    assert client.get(PROFILE).status_code == 200
+    set_session(client, _auth_user_hash=session_hash)
+    assert client.get(PROFILE).status_code == 401
