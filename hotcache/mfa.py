@@ -5,13 +5,21 @@ SECRET_KEY (salted_hmac, salt "hotcache.mfa"), so nothing in Redis or MongoDB gi
 Digests are compared in constant time (a no-early-exit loop in Lua, hmac.compare_digest in Python).
 
 Redis (the hot path, one round trip each):
-  ``{mfa:<user>}:<purpose>:code``  hash d/a/iat/st, PEXPIRE = MFA_CODE_TTL
+  ``{mfa:<user>}:<purpose>:code``  hash d/a/iat/st/s, PEXPIRE = MFA_CODE_TTL
   ``{mfa:<user>}:<purpose>:cool``  resend cooldown marker;  ``...:sends`` sends this hour;
   ``{mfa:<user>}:<purpose>:fails`` wrong guesses in the user's failure window.
   mfa_issue.lua checks cooldown and cap and replaces the record; mfa_verify.lua checks the user's
-  failure cap, compares, then either consumes (drops the digest, st=used) or HINCRBYs the attempts
-  and burns the code at MFA_MAX_ATTEMPTS. A consumed or burned record stays as a tombstone (no
-  digest) until the code's own expiry, which the cross-store rules below rely on.
+  failure cap, compares, then either consumes (st=used) or HINCRBYs the attempts and burns the code
+  at MFA_MAX_ATTEMPTS. A consumed or burned record stays as a tombstone until the code's own expiry,
+  which the cross-store rules below rely on.
+
+Tampering (issue 13). ``s`` signs the record's digest and issue time for its user and purpose
+(hotcache.signing): Lua cannot check it, so Python checks what the verify script used, and a forged,
+swapped or expired-but-kept record is absent: counted as ``mfa:tampered``, deleted, and the failure
+it cost given back (mfa_drop.lua, only then: one more round trip). The outage marker is a signed
+record too. The counters (attempts, failures, sends) and the cooldown are not signed: absence is a
+valid state, so a Redis writer could reset them by deleting them whatever we signed; the scripts
+only make sure no value found there can fail a script or stretch a window past its setting.
 
 MongoDB (the fallback, collection ``mfa_codes``, one document per user and purpose holding the same
 state): find_one_and_update with ``st: live, expires_at > now, a < max`` counts the attempt and
@@ -80,12 +88,12 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.utils.crypto import salted_hmac
 from redis.exceptions import NoScriptError
 
-from hotcache import clock, keys, metering
+from hotcache import clock, keys, metering, signing
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import redis_gate
@@ -94,6 +102,7 @@ from hotcache.exceptions import (
     BackendUnavailable,
     DuplicateKey,
     HotcacheError,
+    InvalidName,
     MongoUnavailable,
     MongoWriteError,
     RedisUnavailable,
@@ -110,7 +119,14 @@ _PURPOSE_PATTERN = r"[A-Za-z0-9_.\-]{1,32}"
 _ISSUE = redis_backend.Script("mfa_issue")
 _VERIFY = redis_backend.Script("mfa_verify")
 _MARK = redis_backend.Script("mfa_mark")
+_DROP = redis_backend.Script("mfa_drop")
 _MARKER_MARGIN_MS = 1000  # the marker key outlives T by this much (its value, not its TTL, decides)
+# hotcache.signing purposes: a code record (identity: its user and purpose) and the outage marker.
+_CODE = "mfa.code"
+_MARKER = "mfa.marker"
+_MARKER_IDENT = "mongo_live_until"
+_SKEW_MS = 60_000  # a code record is trusted this long past its TTL: app clocks may disagree by that much
+_MAX_CODE_LENGTH = 64  # characters of a typed code looked at; anything longer cannot be a code
 
 
 class Reason(enum.StrEnum):
@@ -156,6 +172,9 @@ class MfaUnavailable(BackendUnavailable):
 
 def _validate(user_id: object, purpose: object) -> tuple[str, str]:
     if isinstance(user_id, int) and not isinstance(user_id, bool):
+        if user_id.bit_length() > 512:  # longer than any valid name, and str() refuses the longest ints
+            msg = "user_id is an int too large to be a user id"
+            raise InvalidName(msg)
         user_id = str(user_id)
     user = keys.validate_name(user_id, what="user_id")
     return user, keys.validate_name(purpose, what="purpose", pattern=_PURPOSE_PATTERN)
@@ -189,7 +208,44 @@ def _seconds(ms: float) -> int:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _record_signature(user: str, purpose: str, digest: str, issued_at_ms: int | str) -> str:
+    """The signature a code record carries: its digest and issue time, bound to its user and purpose."""
+    return signing.signature(_CODE, _doc_id(user, purpose), f"{digest}|{issued_at_ms}")
+
+
+def _tampered(key: str, why: str) -> None:
+    signing.tampered(FEATURE, key, why)
+
+
+class _IssueReply(NamedTuple):
+    """mfa_issue.lua's reply."""
+
+    issued: bool
+    retry_ms: int
+    reason: str
+    bad: str  # 'sends' when the send counter was malformed (reset by the script)
+
+    @classmethod
+    def parse(cls, out: Any) -> _IssueReply:
+        return cls(int(out[0]) == 1, int(out[1]), _text(out[2]), _text(out[3]))
+
+
+class _VerifyReply(NamedTuple):
+    """mfa_verify.lua's reply. ``digest`` and ``sig`` are the record's, as stored (bytes when from Redis)."""
+
+    status: str
+    iat: str
+    n: int
+    digest: Any
+    sig: Any
+    bad: str  # 'fails' and/or 'record' when those were malformed (repaired by the script)
+
+    @classmethod
+    def parse(cls, out: Any) -> _VerifyReply:
+        return cls(_text(out[0]), _text(out[1]), int(out[2]), out[3], out[4], _text(out[5]))
 
 
 def _collection() -> mongo.Collection:
@@ -275,6 +331,17 @@ def _marker_key() -> str:
     return keys.build(FEATURE, "mongo_live_until")
 
 
+def _marker_ms(marker: str, raw: Any) -> int:
+    """T from the marker's stored value; 0 when absent or not signed by us (then counted as tampered)."""
+    if raw is None:
+        return 0
+    body = signing.unseal(_MARKER, _MARKER_IDENT, raw)
+    if body is None or not re.fullmatch(r"[0-9]{1,16}", body):
+        _tampered(marker, "failed verification")
+        return 0
+    return int(body)
+
+
 def _run_with_marker(
     r: Any,
     script: redis_backend.Script,
@@ -286,25 +353,41 @@ def _run_with_marker(
 ) -> tuple[Any, int]:
     """``script`` and the marker in one pipeline (one round trip): MARK when ``publish_ms``, else GET.
 
-    Returns the script's result and the marker's value (0 when absent).
+    Returns the script's result and the marker's T (0 when absent or not to be trusted). The marker
+    is a signed record: a forged one is ignored, and overwritten when this call publishes.
     """
     pipe = r.pipeline(transaction=False)
     pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
     steps: list[tuple[redis_backend.Script, list[str], list[Any]]] = [(script, script_keys, args)]
+    sealed = ""
+    ttl_ms = 0
     if publish_ms is None:
         pipe.get(marker)
     else:
-        mark_args = [publish_ms, max(1, publish_ms - now_ms) + _MARKER_MARGIN_MS]
+        sealed = signing.seal(_MARKER, _MARKER_IDENT, str(publish_ms))
+        ttl_ms = max(1, publish_ms - now_ms) + _MARKER_MARGIN_MS
+        mark_args = [sealed, publish_ms, ttl_ms]
         pipe.evalsha(_MARK.sha, 1, marker, *mark_args)
         steps.append((_MARK, [marker], mark_args))
     out = pipe.execute(raise_on_error=False)
     for i, (s, k, a) in enumerate(steps):
         if isinstance(out[i], NoScriptError):  # first use on this server: EVAL also caches it
             out[i] = r.eval(s.body, len(k), *k, *a)
-    for value in out:
-        if isinstance(value, Exception):
-            raise value
-    return out[0], int(out[1] or 0)
+    if isinstance(out[0], Exception):
+        raise out[0]
+    if publish_ms is None:
+        if isinstance(out[1], Exception):  # the GET met a key of another type: written from outside hotcache
+            _tampered(marker, "is not a string")
+            return out[0], 0
+        return out[0], _marker_ms(marker, out[1])
+    if isinstance(out[1], Exception):
+        raise out[1]
+    until = _marker_ms(marker, out[1])
+    if until < publish_ms:
+        # MARK kept a larger T that is not ours (forged): replace it. Only after tampering; one more round trip.
+        r.set(marker, sealed, px=ttl_ms)
+        until = publish_ms
+    return out[0], until
 
 
 # --- issue ---------------------------------------------------------------------------------------
@@ -323,7 +406,15 @@ def issue(user_id: str | int, purpose: str = "login") -> str:
     now_ms = _now_ms()
     k = _redis_keys(user, purpose)
     issue_keys = [k["code"], k["cool"], k["sends"]]
-    issue_args = [digest, now_ms, conf["ttl_ms"], conf["cooldown_ms"], conf["cap"], _HOUR_MS]
+    issue_args = [
+        digest,
+        now_ms,
+        conf["ttl_ms"],
+        conf["cooldown_ms"],
+        conf["cap"],
+        _HOUR_MS,
+        _record_signature(user, purpose, digest, now_ms),
+    ]
     generation, owed = _STATE.to_publish()
     publish_ms = now_ms + conf["ttl_ms"] if owed else None
 
@@ -347,9 +438,12 @@ def issue(user_id: str | int, purpose: str = "login") -> str:
             msg = "cannot issue an MFA code: Redis and MongoDB are both unavailable"
             raise MfaUnavailable(msg) from exc
     else:
-        if int(out[0]) != 1:
+        reply = _IssueReply.parse(out)
+        if reply.bad:
+            _tampered(k["sends"], "was not a send counter; reset")
+        if not reply.issued:
             metering.event(FEATURE, "resend_blocked")
-            raise ResendTooSoon(_seconds(int(out[1])), _text(out[2]))
+            raise ResendTooSoon(_seconds(reply.retry_ms), reply.reason)
     metering.event(FEATURE, "issued")
     return code
 
@@ -424,7 +518,7 @@ def verify(user_id: str | int, code: str, purpose: str = "login") -> VerifyResul
     """
     user, purpose = _validate(user_id, purpose)
     conf = _settings()
-    if not isinstance(code, str):
+    if not isinstance(code, str) or len(code) > _MAX_CODE_LENGTH:
         return _record(VerifyResult(False, Reason.INVALID))
     code = "".join(code.split())  # "123 456" as typed from an SMS
     if not re.fullmatch(rf"[0-9]{{{conf['digits']}}}", code):
@@ -456,7 +550,8 @@ def verify(user_id: str | int, code: str, purpose: str = "login") -> VerifyResul
         assert result is not None
         return _record(result)
 
-    status, iat, n = _text(out[0]), _text(out[1]), int(out[2])
+    reply = _checked(_VerifyReply.parse(out), user, purpose, k, now_ms, conf)
+    status, iat, n = reply.status, reply.iat, reply.n
     if status == "ok":
         return _record(VerifyResult(True, Reason.OK, store="redis"))
     if status == "capped":
@@ -488,6 +583,40 @@ def verify(user_id: str | int, code: str, purpose: str = "login") -> VerifyResul
         except RedisUnavailable:
             log.warning("hotcache: mfa could not delete a superseded Redis code for purpose %s", purpose)
     return _record(newer)
+
+
+_RECORD_STATUSES = ("ok", "invalid", "burned_now", "used", "burned")  # the script used a record
+
+
+def _checked(
+    reply: _VerifyReply, user: str, purpose: str, k: dict[str, str], now_ms: int, conf: dict[str, int]
+) -> _VerifyReply:
+    """The script's reply if the record it used is authentic, else the reply for "no record".
+
+    Lua cannot check an HMAC, so the record's signature (digest and issue time, bound to this user
+    and purpose) is checked here, after the fact: a forged, swapped or long-replayed record is
+    absent, and what the script did to it (consumed it, counted a failure) is undone.
+    """
+    repaired = reply.bad.split()
+    if "fails" in repaired:
+        _tampered(k["fails"], "was not a failure counter; reset")
+    if "record" in repaired:
+        _tampered(k["code"], "was not a code record; deleted")
+    if reply.status not in _RECORD_STATUSES:
+        return reply
+    if not signing.verify(_CODE, _doc_id(user, purpose), f"{_text(reply.digest)}|{reply.iat}", _text(reply.sig)):
+        why = "failed verification"
+    elif int(reply.iat) + conf["ttl_ms"] + _SKEW_MS < now_ms:
+        why = "outlived MFA_CODE_TTL (replayed?)"
+    else:
+        return reply
+    _tampered(k["code"], why)
+    counted = reply.status in ("invalid", "burned_now")
+    try:
+        redis_backend.call(FEATURE, lambda r: _DROP(r, [k["code"], k["fails"]], [reply.sig, 1 if counted else 0]))
+    except RedisUnavailable:
+        log.warning("hotcache: mfa could not delete a forged code record for purpose %s", purpose)
+    return _VerifyReply("missing", "", 0, b"", b"", "")
 
 
 def _verify_on_mongo(

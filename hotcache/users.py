@@ -1,15 +1,18 @@
 """Cached user loading: ``request.user`` from one Redis command, with every check Django's get_user() makes.
 
-A cached entry is ``<signature>.<json>``: the user's concrete fields minus ``password`` (and minus
-``last_login`` for the ORM loader), the derived session auth hash (an HMAC of the password hash, the
-same value the session holds; never the password hash itself) and the model label. The signature is an
-HMAC-SHA256 under SECRET_KEY over the user id and the JSON, so a shared or compromised Redis can neither
-run code in the web process (JSON, no pickles) nor hand it a forged or swapped user; a rotated
-SECRET_KEY turns every old entry into a miss.
+A cached entry is a record sealed with hotcache.signing (purpose ``users.entry``, bound to the user
+id): JSON of the user's concrete fields minus ``password`` (and minus ``last_login`` for the ORM
+loader), the derived session auth hash (never the password hash), the model label, the format and an
+expiry. A shared or compromised Redis can neither run code in the web process (JSON, no pickles) nor
+hand it a forged, swapped or long-replayed user: an entry that fails verification or decoding, is of
+another format or model, misses a field, is past its expiry or cannot be rebuilt is a miss, counted
+as ``users:tampered`` and refilled from the source of truth.
 
 Each user also has a version counter. Invalidation INCRs it and deletes the entry in one script; a load
 that missed writes back only if the counter is still what it read before loading (user_fill.lua), so a
-stale write-back racing an invalidation is dropped.
+stale write-back racing an invalidation is dropped. The counter is not signed (a Lua INCR cannot sign):
+it only decides *whether* a freshly loaded, signed user is written back, never what a process trusts;
+README "Cached users" says what tampering with it can and cannot do.
 
 Hit path: one MGET (entry + version), zero database queries, then Django's checks in-process: the
 session's backend must be in AUTHENTICATION_BACKENDS, the backend's user_can_authenticate() (ModelBackend
@@ -29,9 +32,11 @@ import decimal
 import hmac
 import json
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -44,15 +49,14 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, ValidationError
 from django.db import models, router
 from django.http import HttpRequest
-from django.utils.crypto import salted_hmac
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from hotcache import keys, metering
+from hotcache import clock, keys, metering, signing
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import RedisUnavailable
+from hotcache.exceptions import InvalidName, RedisUnavailable
 
 __all__ = [
     "CachedAuthenticationMiddleware",
@@ -69,15 +73,26 @@ __all__ = [
 log = logging.getLogger("hotcache.users")
 
 FEATURE = "users"
-_FORMAT = 1  # bump when the entry layout changes; old entries then fail verification and are refilled
+# Bump when the entry layout changes; entries of another format are then distrusted and refilled.
+# 2: sealed with hotcache.signing and carrying an expiry (1: users.py's own HMAC, no expiry).
+_FORMAT = 2
+_ENTRY = "users.entry"  # hotcache.signing purpose of an entry; its identity is the user id's key part
 _VERSION_TTL = 86400  # the version counter outlives any entry (USER_CACHE_TTL) and any in-flight load
-_ENTRY_SALT = "hotcache.users.entry"
+_SKEW_MS = 60_000  # an entry is trusted this long past its expiry: app clocks may disagree by that much
+_MAX_ID_LENGTH = 255  # characters of a user id given as text
 _FILL = redis_backend.Script("user_fill")
 _INVALIDATE = redis_backend.Script("user_invalidate")
 _MISS = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
+# Invalidations this process could not send (Redis unavailable), replayed before its next read:
+# user id key -> when it was first queued (clock.monotonic). Bounded, so an outage cannot grow it
+# without limit: one older than USER_CACHE_TTL is moot (every entry it could remove has expired), and
+# beyond _PENDING_MAX the oldest are dropped (a stale entry then lives USER_CACHE_TTL at most).
 _pending_lock = threading.Lock()
-_pending: set[str] = set()  # user ids whose invalidation could not reach Redis yet (this process)
+_pending: dict[str, float] = {}
+_PENDING_MAX = 10_000
+_REPLAY_BATCH = 500  # invalidations per pipeline when replaying (one round trip each)
 
 
 # --- loaders -------------------------------------------------------------------------------------
@@ -275,6 +290,38 @@ class _Cached:
         self.auth_hash = auth_hash
 
 
+@dataclass(frozen=True, slots=True)
+class _UserId:
+    value: Any  # the primary key as the user model's pk field gives it (what the loader is asked for)
+    key: str  # its text in Redis keys and signatures: one per user, however the id was spelled
+
+
+def _user_id(user_id: object, loader: UserLoader) -> _UserId:
+    """The one boundary for user ids (callers' and sessions'): a primary key of the user model, or InvalidName.
+
+    An int, a str (printable, at most _MAX_ID_LENGTH characters) or (for a UUID pk) a UUID that the pk
+    field accepts, canonicalised, so ``"7"`` and ``7`` share one entry and a bool, a float or ``b"7"``
+    is refused rather than cached under a key no invalidation of user 7 would reach.
+    """
+    if isinstance(user_id, bool) or not isinstance(user_id, int | str | uuid.UUID):
+        msg = f"user_id must be an int, a str or a UUID, not {type(user_id).__name__}"
+        raise InvalidName(msg)
+    if isinstance(user_id, str):
+        keys.text(user_id, what="user_id", max_length=_MAX_ID_LENGTH)
+    pk = loader.model._meta.pk
+    try:
+        value = pk.to_python(user_id)
+        pk.run_validators(value)
+        text = str(value)
+    except (ValidationError, TypeError, ValueError, OverflowError) as exc:
+        msg = f"user_id is not a valid primary key of {loader.model._meta.label} (a {type(user_id).__name__})"
+        raise InvalidName(msg) from exc
+    if value is None or len(text) > _MAX_ID_LENGTH or (isinstance(user_id, uuid.UUID) and value != user_id):
+        msg = f"user_id is not a valid primary key of {loader.model._meta.label}"
+        raise InvalidName(msg)
+    return _UserId(value, keys.part(text))
+
+
 def _entry_key(user_id: str) -> str:
     return keys.tagged(FEATURE, user_id, "u")
 
@@ -283,22 +330,24 @@ def _version_key(user_id: str) -> str:
     return keys.tagged(FEATURE, user_id, "v")
 
 
-def _id_text(user_id: Any) -> str:
-    return keys.part(str(user_id))
-
-
-def _sign(user_id: str, body: str) -> str:
-    return salted_hmac(_ENTRY_SALT, f"{user_id}\n{body}", algorithm="sha256").hexdigest()
-
-
-def _encode(user_id: str, user: Any, loader: UserLoader) -> str:
+def _encode(user_id: str, user: Any, loader: UserLoader, ttl: int) -> str:
     auth_hash = user.get_session_auth_hash() if hasattr(user, "get_session_auth_hash") else None
     body = json.dumps(
-        {"f": _FORMAT, "m": user._meta.label_lower, "h": auth_hash, "d": loader.dump(user)},
+        {
+            "f": _FORMAT,
+            "m": user._meta.label_lower,
+            "h": auth_hash,
+            "x": _now_ms() + ttl * 1000,  # expiry: a replayed old entry is refused after it (app clock)
+            "d": loader.dump(user),
+        },
         default=_json_default,
         separators=(",", ":"),
     )
-    return f"{_sign(user_id, body)}.{body}"
+    return signing.seal(_ENTRY, user_id, body)
+
+
+def _now_ms() -> int:
+    return int(clock.time() * 1000)
 
 
 def _json_default(value: Any) -> Any:
@@ -312,64 +361,135 @@ def _json_default(value: Any) -> Any:
 
 
 def _decode(user_id: str, raw: bytes, loader: UserLoader) -> _Cached | None:
-    """The cached user, or None when the entry is not ours to trust (bad signature, old format, other model)."""
-    try:
-        text = raw.decode("utf-8")
-        signature, body = text.split(".", 1)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if not hmac.compare_digest(signature, _sign(user_id, body)):
-        log.warning("hotcache: cached user %s failed signature verification; reloading", user_id)
-        return None
-    data = json.loads(body)
-    if data.get("f") != _FORMAT or data.get("m") != loader.model._meta.label_lower:
-        return None
-    try:
-        return _Cached(loader.rebuild(data["d"]), data.get("h"))
-    except (KeyError, TypeError, ValueError, ValidationError) as exc:  # a field changed type since it was cached
-        log.warning("hotcache: cached user %s could not be rebuilt (%s); reloading", user_id, exc)
-        return None
+    """The cached user, or None when the entry is not ours to trust (then counted as tampered)."""
+    data, why = _unseal_entry(user_id, raw, loader)
+    if data is not None:
+        try:
+            return _Cached(loader.rebuild(data["d"]), data["h"])
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:  # a field changed type since it was cached
+            why = f"could not be rebuilt ({type(exc).__name__})"
+    signing.tampered(FEATURE, _entry_key(user_id), why)
+    return None
 
 
-def _pending_ops(r: Any, ids: Iterable[str]) -> None:
-    # One script per user: each touches one hash slot (Redis Cluster); more than one user at once is rare.
+def _unseal_entry(user_id: str, raw: bytes, loader: UserLoader) -> tuple[dict[str, Any] | None, str]:
+    """(fields, "") for an entry this process may trust, else (None, why not)."""
+    body = signing.unseal(_ENTRY, user_id, raw)
+    if body is None:
+        return None, "failed verification"
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, "is not JSON"
+    if not isinstance(data, dict) or data.get("f") != _FORMAT:
+        return None, f"is not a format-{_FORMAT} entry"
+    if data.get("m") != loader.model._meta.label_lower:
+        return None, f"is for another user model than {loader.model._meta.label_lower}"
+    if not isinstance(data.get("d"), dict) or not isinstance(data.get("h", 0), str | None):
+        return None, "misses a field"
+    expiry = data.get("x")
+    if isinstance(expiry, bool) or not isinstance(expiry, int):
+        return None, "misses a field"
+    if _now_ms() > expiry + _SKEW_MS:
+        return None, "is past its expiry (replayed?)"
+    return data, ""
+
+
+def _invalidate(r: Any, ids: list[str]) -> list[str]:
+    """Invalidate each user; returns the users whose version counter was not one (reset by the script).
+
+    One script per user, so each touches one hash slot (Redis Cluster); several users go in pipelines of
+    _REPLAY_BATCH, after the first one's script made sure the server knows the script (EVAL on NOSCRIPT).
+    """
+    if not ids:
+        return []
+    resets = [int(_INVALIDATE(r, [_entry_key(ids[0]), _version_key(ids[0])], [_VERSION_TTL]))]
+    for start in range(1, len(ids), _REPLAY_BATCH):
+        pipe = r.pipeline(transaction=False)
+        for uid in ids[start : start + _REPLAY_BATCH]:
+            pipe.evalsha(_INVALIDATE.sha, 2, _entry_key(uid), _version_key(uid), _VERSION_TTL)
+        resets += [int(n) for n in pipe.execute()]
+    return [uid for uid, reset in zip(ids, resets, strict=True) if reset]
+
+
+def _queue(ids: list[str]) -> None:
+    """Keep invalidations that could not reach Redis for replay (bounded: see _pending)."""
+    now = clock.monotonic()
+    with _pending_lock:
+        for uid in ids:
+            _pending.setdefault(uid, now)
+        dropped = len(_pending) - _PENDING_MAX
+        for uid in list(_pending)[: max(0, dropped)]:  # insertion order: the oldest first
+            del _pending[uid]
+    if dropped > 0:
+        metering.event(FEATURE, "pending_dropped", dropped)
+        log.warning("hotcache: %d invalidations kept for replay were dropped (over %d)", dropped, _PENDING_MAX)
+
+
+def _to_replay() -> dict[str, float]:
+    """The invalidations to replay now; those older than USER_CACHE_TTL are moot and forgotten."""
+    oldest = clock.monotonic() - float(hotcache_settings.USER_CACHE_TTL) - _SKEW_MS / 1000
+    with _pending_lock:
+        for uid in [uid for uid, since in _pending.items() if since < oldest]:
+            del _pending[uid]
+        return dict(_pending)
+
+
+def _replayed(taken: dict[str, float]) -> None:
+    with _pending_lock:
+        for uid, since in taken.items():
+            if _pending.get(uid) == since:  # not queued again meanwhile
+                del _pending[uid]
+
+
+def _counters_reset(ids: Iterable[str]) -> None:
     for uid in ids:
-        _INVALIDATE(r, [_entry_key(uid), _version_key(uid)], [_VERSION_TTL])
+        signing.tampered(FEATURE, _version_key(uid), "was not a version counter; reset")
 
 
 def _read(user_id: str) -> tuple[bytes | None, bytes | None]:
     """(entry, version) in one command; first replays invalidations that missed an outage, if any."""
-    with _pending_lock:
-        pending = set(_pending)
+    pending = _to_replay() if _pending else {}
+    reset: list[str] = []
 
     def op(r: Any) -> Any:
         if pending:
-            _pending_ops(r, pending)
+            reset.extend(_invalidate(r, list(pending)))
         return r.mget([_entry_key(user_id), _version_key(user_id)])
 
     entry, version = redis_backend.call(FEATURE, op)
     if pending:
-        with _pending_lock:
-            _pending.difference_update(pending)
+        _replayed(pending)
+        _counters_reset(reset)
     return entry, version
 
 
 def _fill(user_id: str, version: bytes | None, user: Any, loader: UserLoader) -> bool:
-    seen = version.decode() if version is not None else ""
-    payload = _encode(user_id, user, loader)
+    # The version goes back byte for byte: whatever Redis held is compared, never decoded.
+    seen = version if version is not None else b""
     ttl = int(hotcache_settings.USER_CACHE_TTL)
+    payload = _encode(user_id, user, loader, ttl)
     try:
-        stored = redis_backend.call(
-            FEATURE, lambda r: _FILL(r, [_entry_key(user_id), _version_key(user_id)], [seen, payload, ttl])
+        stored, replaced = redis_backend.call(
+            FEATURE,
+            lambda r: _FILL(r, [_entry_key(user_id), _version_key(user_id)], [seen, payload, ttl, _VERSION_TTL]),
         )
     except RedisUnavailable:
         return False
+    if replaced:  # the script found a key of the wrong type (only a write from outside hotcache makes one)
+        which, _, kind = _text(replaced).partition(":")
+        key = _entry_key(user_id) if which == "entry" else _version_key(user_id)
+        signing.tampered(FEATURE, key, f"was a Redis {kind}, not a string; replaced")
     return bool(stored)
 
 
-def _lookup(user_id: Any, loader: UserLoader) -> tuple[_Cached | None, Any]:
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _lookup(user_id: _UserId, loader: UserLoader) -> tuple[_Cached | None, Any]:
     """(cached, fill) where fill(user) writes a freshly loaded user back, or is None when Redis is unavailable."""
-    uid = _id_text(user_id)
+    uid = user_id.key
     try:
         raw, version = _read(uid)
     except RedisUnavailable:
@@ -386,30 +506,40 @@ def _lookup(user_id: Any, loader: UserLoader) -> tuple[_Cached | None, Any]:
 def get_cached_user(user_id: Any) -> Any | None:
     """The user with this primary key: from Redis when cached, else from the loader (and cached). None if not found.
 
-    No session or is_active checks here (there is no session); the middleware makes those.
+    No session or is_active checks here (there is no session); the middleware makes those. Raises
+    InvalidName (a ValueError) for an id that cannot be a primary key of the user model.
     """
     loader = get_loader()
-    cached, fill = _lookup(user_id, loader)
+    uid = _user_id(user_id, loader)
+    cached, fill = _lookup(uid, loader)
     if cached is not None:
         return cached.user
-    user = loader.load(user_id)
+    user = loader.load(uid.value)
     if user is not None and fill is not None:
         fill(user)
     return user
 
 
 def invalidate_users(user_ids: Iterable[Any]) -> int:
-    """Bump the version and drop the entry of each user. Returns how many reached Redis now (the rest are retried)."""
-    ids = sorted({_id_text(u) for u in user_ids})
+    """Bump the version and drop the entry of each user. Returns how many reached Redis now (the rest are retried).
+
+    Raises InvalidName, before touching Redis, if any id cannot be a primary key of the user model.
+    """
+    loader = get_loader()
+    ids = sorted({_user_id(u, loader).key for u in user_ids})
     if not ids:
         return 0
     try:
-        redis_backend.call(FEATURE, lambda r: _pending_ops(r, ids))
+        reset = redis_backend.call(FEATURE, lambda r: _invalidate(r, ids))
     except RedisUnavailable:
-        log.warning("hotcache: could not invalidate cached users %s now; retrying on the next Redis call", ids)
-        with _pending_lock:
-            _pending.update(ids)
+        log.warning(
+            "hotcache: could not invalidate %d cached user(s) (%s) now; retrying on the next Redis call",
+            len(ids),
+            ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else ""),
+        )
+        _queue(ids)
         return 0
+    _counters_reset(reset)
     metering.event(FEATURE, "invalidated", len(ids))
     return len(ids)
 
@@ -427,13 +557,11 @@ def _verify(request: HttpRequest, user: Any, auth_hash: str | None, *, authorita
     if auth_hash is None and not hasattr(user, "get_session_auth_hash"):
         return user
     session_hash = request.session.get(auth.HASH_SESSION_KEY)
-    if session_hash and auth_hash and hmac.compare_digest(str(session_hash), auth_hash):
+    if auth_hash and _same(session_hash, auth_hash):
         return user
     if not authoritative:
         return _MISS  # let the source of truth decide (password changed elsewhere, SECRET_KEY_FALLBACKS)
-    if session_hash and any(
-        hmac.compare_digest(str(session_hash), fallback) for fallback in user.get_session_auth_fallback_hash()
-    ):
+    if any(_same(session_hash, fallback) for fallback in user.get_session_auth_fallback_hash()):
         request.session.cycle_key()
         request.session[auth.HASH_SESSION_KEY] = auth_hash
         return user
@@ -441,19 +569,41 @@ def _verify(request: HttpRequest, user: Any, auth_hash: str | None, *, authorita
     return None
 
 
+def _same(given: object, expected: str) -> bool:
+    """A session hash against ours, in constant time; any value a session can hold is just False when unequal."""
+    if not isinstance(given, str) or not given:
+        return False
+    # Bytes, not str: hmac.compare_digest refuses non-ASCII text (a TypeError, i.e. a 500, before this).
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def get_user(request: HttpRequest) -> Any:
-    """django.contrib.auth.get_user() with the user taken from Redis when it is cached."""
+    """django.contrib.auth.get_user() with the user taken from Redis when it is cached.
+
+    A session whose user id is not a primary key of the user model (a list, a huge or unprintable
+    string) is anonymous, where Django's own get_user() would raise.
+    """
     try:
-        user_id = auth._get_user_session_key(request)
+        session_id = request.session[auth.SESSION_KEY]
         backend_path = request.session[auth.BACKEND_SESSION_KEY]
     except KeyError:
         return AnonymousUser()
-    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+    if not isinstance(backend_path, str) or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return AnonymousUser()
+    loader = get_loader()
+    try:
+        user_id = _user_id(session_id, loader)
+    except InvalidName:
         return AnonymousUser()
     backend = auth.load_backend(backend_path)
-    loader = get_loader()
     if not loader.handles(backend):
-        return auth.get_user(request)  # a backend with its own get_user(): Django's path, uncached
+        # A backend with its own get_user(): Django's path, uncached. Django encodes the session hash to
+        # compare it and raises on a lone surrogate; such a hash can match nothing: log out, as Django would.
+        session_hash = request.session.get(auth.HASH_SESSION_KEY)
+        if isinstance(session_hash, str) and _SURROGATE.search(session_hash):
+            request.session.flush()
+            return AnonymousUser()
+        return auth.get_user(request)
     can_authenticate = getattr(backend, "user_can_authenticate", lambda u: True)
 
     cached, fill = _lookup(user_id, loader)
@@ -464,7 +614,7 @@ def get_user(request: HttpRequest) -> Any:
         if verified is not _MISS:
             return verified or AnonymousUser()
         fill = None  # the cached entry is current; the mismatch is the session's
-    user = loader.load(user_id)
+    user = loader.load(user_id.value)
     if user is None:
         return AnonymousUser()
     if fill is not None:
@@ -550,6 +700,8 @@ def _reverse_accessor(through: Any, user_model: Any) -> str:
 def _invalidate_now_and_on_commit(ids: list[Any], *, using: str | None) -> None:
     from django.db import connections, transaction
 
+    loader = get_loader()
+    ids = [pk for pk in ids if _is_user_id(pk, loader)]  # an id the boundary refuses is never cached
     if not ids:
         return
     invalidate_users(ids)
@@ -558,6 +710,14 @@ def _invalidate_now_and_on_commit(ids: list[Any], *, using: str | None) -> None:
     alias = using or router.db_for_write(auth.get_user_model())
     if connections[alias].in_atomic_block:
         transaction.on_commit(lambda: invalidate_users(ids), using=alias)
+
+
+def _is_user_id(value: Any, loader: UserLoader) -> bool:
+    try:
+        _user_id(value, loader)
+    except InvalidName:
+        return False
+    return True
 
 
 def connect() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hotcache import keys, mfa
+from hotcache import keys, mfa, signing
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
 from hotcache.mfa import Reason
@@ -222,8 +222,9 @@ def test_a_replayed_mongodb_code_fails_after_a_newer_redis_code_was_used(redis_p
 
 
 def marker(raw_redis):
+    """The marker's T (its value is a signed record, issue 13)."""
     value = raw_redis.get(mfa._marker_key())
-    return int(value) if value else 0
+    return int(signing.unseal("mfa.marker", "mongo_live_until", value)) if value else 0
 
 
 def now_ms(clock):
@@ -251,7 +252,9 @@ def test_the_marker_only_moves_forward(raw_redis):
     key = mfa._marker_key()
 
     def mark(until):
-        return int(redis_backend.call("mfa", lambda r: mfa._MARK(r, [key], [until, 60_000])))
+        sealed = signing.seal("mfa.marker", "mongo_live_until", str(until))
+        stored = redis_backend.call("mfa", lambda r: mfa._MARK(r, [key], [sealed, until, 60_000]))
+        return int(signing.unseal("mfa.marker", "mongo_live_until", stored))
 
     assert mark(2000) == 2000
     assert mark(1000) == 2000

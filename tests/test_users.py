@@ -362,7 +362,13 @@ def test_secret_key_fallback_session_is_kept_and_its_hash_rotated(dj, settings):
     old_key = settings.SECRET_KEY
     settings.SECRET_KEY = "a-new-secret-key-for-rotation-0123456789abcdefghijklmnop"
     settings.SECRET_KEY_FALLBACKS = [old_key]
-    assert profile(client).status_code == 200  # old entry's signature fails -> reload -> fallback matches
+    # The entry was signed under what is now a fallback key: still a hit (hotcache.signing honours
+    # SECRET_KEY_FALLBACKS), and its session hash, made under the same key, still matches.
+    with dj.reads() as reads, count_redis() as c:
+        assert profile(client).status_code == 200
+    assert reads.n == 0 and c.events["users:hit"] == 1 and c.events["users:tampered"] == 0
+    users.invalidate_user(user.pk)  # refilled under the new key (as after USER_CACHE_TTL at the latest)
+    assert profile(client).status_code == 200  # reload -> the session's hash matches a fallback -> rotated
     assert client.session["_auth_user_hash"] == User.objects.get(pk=user.pk).get_session_auth_hash()
     with dj.reads() as reads:
         assert profile(client).status_code == 200

@@ -1,11 +1,21 @@
 -- Invalidate cached users: bump each version counter, delete each entry, in one command.
 -- KEYS: pairs (entry, version) for each user. ARGV[1]: ttl of the version counter in seconds.
+-- Returns how many version counters were not integer counters (reset here; Python counts them as tampered).
 -- The counter outlives any entry and any in-flight load by far (a day), so a load that read it can
 -- never see it vanish and come back with the same value (which would let a stale write-back through).
 local ttl = tonumber(ARGV[1])
+local reset = 0
 for i = 1, #KEYS, 2 do
-  redis.call('INCR', KEYS[i + 1])
+  local bumped = redis.pcall('INCR', KEYS[i + 1])
+  if type(bumped) == 'table' and bumped['err'] then
+    -- Not an integer (or of another type): only a write from outside hotcache makes that. Start a
+    -- fresh counter (server time in microseconds) that no reader can have seen, so a load that read
+    -- the bad value cannot write back either; an error here would block every later invalidation.
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[i + 1], now[1] .. string.format('%06d', tonumber(now[2])))
+    reset = reset + 1
+  end
   redis.call('EXPIRE', KEYS[i + 1], ttl)
   redis.call('DEL', KEYS[i])
 end
-return #KEYS / 2
+return reset
