@@ -90,3 +90,8 @@ def test_text_boundary_refuses_what_cannot_be_stored(value: object, fragment: st
 
 def test_text_boundary_keeps_ordinary_unicode() -> None:
     assert keys.text("/caf\u00e9/\u65e5\u672c/\U0001f600", what="path", max_length=64) == "/café/日本/😀"
+
+
+def test_a_signed_body_nested_too_deep_to_decode_is_absent() -> None:
+    raw = signing.seal("x", "1", "[" * 100_000 + "]" * 100_000)
+    assert signing.unseal_json("x", "1", raw) is None
