@@ -211,7 +211,7 @@ def test_whitespace_typed_around_and_inside_a_code_is_ignored(store):
 
 @pytest.fixture
 def http(settings):
-    settings.ROOT_URLCONF = "hotcache.demo.urls"
+    settings.ROOT_URLCONF = "config.demo.urls"
     return Client(raise_request_exception=False)
 
 

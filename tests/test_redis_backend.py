@@ -111,3 +111,14 @@ def test_a_refused_connection_is_not_maybe_applied(redis_down):
     with pytest.raises(RedisUnavailable) as info:
         redis_backend.call("t", lambda r: r.incr("x"))
     assert info.value.maybe_applied is False
+
+
+def test_a_meter_field_that_is_not_valid_utf8_never_fails_the_flush():
+    from hotcache import metering
+
+    metering.event("test", "odd-\ud800-name")
+    metering.event("test", "plain")
+    assert metering.flush() is True
+    fields = metering.usage(days=1)[0].fields
+    assert fields["ev:test:plain"] == 1
+    assert fields["ev:test:odd-\\ud800-name"] == 1

@@ -32,7 +32,7 @@ OUR_MW = "hotcache.middleware.CachedAuthenticationMiddleware"
 @pytest.fixture(autouse=True)
 def cached_stack(settings, db):
     settings.MIDDLEWARE = [OUR_MW if m == DJANGO_AUTH_MW else m for m in settings.MIDDLEWARE]
-    settings.ROOT_URLCONF = "hotcache.demo.urls"
+    settings.ROOT_URLCONF = "config.demo.urls"
     users._loaders.clear()
     with users._pending_lock:
         users._pending.clear()

@@ -56,7 +56,7 @@ class RedisMeterStore:
             return True
         by_day: dict[str, list[str]] = {}
         for (day, fld), n in batch.items():
-            by_day.setdefault(day, []).extend((fld, str(n)))
+            by_day.setdefault(day, []).extend((_encodable(fld), str(n)))
         day_keys = [keys.tagged("meter", "usage", day) for day in by_day]
         args: list[str] = [str(_METER_TTL), str(len(by_day))]
         for day in by_day:
@@ -119,6 +119,11 @@ class RedisMeterStore:
             if d in result:
                 result[d].fields[fld] += n
         return metering.MeterRead([result[d] for d in day_names], pools)
+
+
+def _encodable(fld: str) -> str:
+    # A field name holding a lone surrogate (an event named after odd input) must not fail the whole flush.
+    return fld if fld.isascii() else fld.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _pool_report() -> tuple[str, str] | None:
