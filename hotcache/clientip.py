@@ -196,8 +196,8 @@ def client_bucket(request: Any) -> str | None:
     if not proxies:
         # The common case (no proxies): the bucket depends on REMOTE_ADDR alone; parse each address once.
         remote = meta.get("REMOTE_ADDR")
-        if not isinstance(remote, str):
-            return None
+        if not isinstance(remote, str) or len(remote) > 64:
+            return None  # not an address (parse_address refuses it), and not worth a cache entry
         return _bucket_of(remote, v4, v6)
     addr = client_ip(request)
     return None if addr is None else bucket(addr)

@@ -88,6 +88,8 @@ _RATE = re.compile(  # ASCII: \d would also match other scripts' digits
 )
 _MAX_COUNT = 10**12  # per window; far beyond any real limit, and exact in the script's float arithmetic
 _MAX_WINDOW = 366 * 86400
+# What keys.text accepts as a name (no C0/C1 controls, no lone surrogates, 1..MAX_NAME characters).
+_PRINTABLE_NAME = re.compile(f"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{{1,{MAX_NAME}}}")
 
 
 class InvalidRate(HotcacheError, ValueError):
@@ -147,14 +149,16 @@ class Limit:
 
     def __post_init__(self) -> None:
         # The one check of what reaches keys, metering event names (``allowed:<name>``) and the
-        # process-local caches, whoever built the Limit: printable names, bounded numbers.
-        keys.text(self.name, what="rate limit name", max_length=MAX_NAME)
-        if not isinstance(self.identifier, str) or len(self.identifier) > MAX_IDENTIFIER:
+        # process-local caches, whoever built the Limit: printable names, bounded numbers. Once per
+        # rule per request, so the common case is a few type tests and one regex match.
+        if not (type(self.name) is str and _PRINTABLE_NAME.fullmatch(self.name)):
+            keys.text(self.name, what="rate limit name", max_length=MAX_NAME)  # raises, naming the problem
+        if type(self.identifier) is not str or len(self.identifier) > MAX_IDENTIFIER:
             raise InvalidName(f"rate limit identifier must be a string of at most {MAX_IDENTIFIER} characters")
-        for what, value, low, high in (("limit", self.limit, 0, _MAX_COUNT), ("window", self.window, 1, _MAX_WINDOW),
-                                       ("cost", self.cost, 1, _MAX_COUNT)):
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise InvalidRate(f"rate limit {what} {value!r:.40} is not a whole number from {low} to {high}")
+        if not (type(self.limit) is int and 0 <= self.limit <= _MAX_COUNT and type(self.window) is int
+                and 1 <= self.window <= _MAX_WINDOW and type(self.cost) is int and 1 <= self.cost <= _MAX_COUNT):
+            raise InvalidRate(f"rate limit ({self.limit!r:.40}, {self.window!r:.40}, cost {self.cost!r:.40}) must be "
+                              f"whole numbers: 0 <= limit <= 10**12, 1 <= window <= {_MAX_WINDOW}, 1 <= cost <= 10**12")
 
     @property
     def identity(self) -> str:
@@ -607,9 +611,8 @@ def _api_key_digest(request: Any) -> str | None:
 
 def _user_pk(request: Any) -> str | None:
     user = getattr(request, "user", None)
-    if user is not None and getattr(user, "is_authenticated", False) and user.pk is not None:
-        return str(user.pk)
-    return None
+    pk = getattr(user, "pk", None) if getattr(user, "is_authenticated", False) else None
+    return None if pk is None else str(pk)
 
 
 def _client_address(request: Any) -> str | None:
