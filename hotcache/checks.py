@@ -190,11 +190,15 @@ def _settings_module() -> str:
 
 @register(Tags.compatibility)
 def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E010-E019: RATELIMIT_RULES (rate, key, name, policy, path regex, fields), policy, proxies, prefixes."""
+    """E010-E019: RATELIMIT_RULES (rate, key, name, policy, path regex, fields), policy, proxies, prefixes.
+
+    W010: a rule keyed on the client address that skips requests without one.
+    """
     import ipaddress
 
-    from hotcache.ratelimit import POLICIES
-    from hotcache.ratelimit_middleware import rule_errors
+    from hotcache.clientip import UNIX_PEER
+    from hotcache.ratelimit import MISSING_KEY_CHOICES, POLICIES
+    from hotcache.ratelimit_middleware import rule_errors, rule_warnings
 
     raw = getattr(settings, "HOTCACHE", {})
     if not isinstance(raw, dict):
@@ -209,12 +213,23 @@ def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
         rules = []
     seen: set[str] = set()
     for i, rule in enumerate(rules):
-        for check_id, message, hint in rule_errors(i, rule, seen):
+        problems = rule_errors(i, rule, seen)
+        for check_id, message, hint in problems:
             errors.append(Error(message, hint=hint, id=check_id))
+        if not problems:
+            for check_id, message, hint in rule_warnings(i, rule):
+                errors.append(Warning(message, hint=hint, id=check_id))
     policy = hotcache_settings.RATELIMIT_DEFAULT_POLICY
     if policy not in POLICIES:
         errors.append(Error(f"{_setting('RATELIMIT_DEFAULT_POLICY')}={policy!r} is not an outage policy.",
                             hint="Use 'open', 'closed' or 'local' (default 'local').", id="hotcache.E014"))
+    missing = hotcache_settings.RATELIMIT_ON_MISSING_KEY
+    if missing not in MISSING_KEY_CHOICES:
+        errors.append(Error(f"{_setting('RATELIMIT_ON_MISSING_KEY')}={missing!r:.80} is not 'skip', 'shared' or "
+                            "'deny'.",
+                            hint="It says what ratelimit/is_ratelimited/get_usage do when the key gives no "
+                                 "identifier; default 'shared' (one bucket, as django-ratelimit).",
+                            id="hotcache.E014"))
     proxies = hotcache_settings.TRUSTED_PROXIES
     if not isinstance(proxies, list | tuple):
         errors.append(Error(f"{_setting('TRUSTED_PROXIES')}={proxies!r} is not a list of CIDRs.",
@@ -222,11 +237,14 @@ def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                             id="hotcache.E016"))
         proxies = []
     for cidr in proxies:
+        if str(cidr).strip().lower() == UNIX_PEER:
+            continue
         try:
             ipaddress.ip_network(str(cidr).strip(), strict=False)
         except ValueError:
             errors.append(Error(f"{_setting('TRUSTED_PROXIES')} entry {cidr!r} is not an IP network.",
-                                hint="Write each trusted proxy as a CIDR ('10.0.0.0/8') or an address.",
+                                hint="Write each trusted proxy as a CIDR ('10.0.0.0/8') or an address, or 'unix' "
+                                     "for a proxy on a Unix socket.",
                                 id="hotcache.E016"))
     header = hotcache_settings.TRUSTED_PROXY_HEADER
     if str(header).lower() not in ("x-forwarded-for", "forwarded"):

@@ -8,6 +8,10 @@ client. Everything left of it was written by the client and is ignored, so a cli
 choose its bucket by sending headers. A malformed hop reached by the walk falls back to
 ``REMOTE_ADDR`` (never an exception).
 
+A server on a Unix socket has no peer address (``REMOTE_ADDR`` empty, absent or not an IP); such a
+request has no usable client address unless ``TRUSTED_PROXIES`` holds ``"unix"``: then the peer on
+the socket is a trusted proxy and its header is walked as above.
+
 Buckets group addresses: IPv6 by ``IPV6_PREFIX`` (default /64, what one subscriber usually gets),
 IPv4 by ``IPV4_PREFIX`` (default /32).
 """
@@ -24,7 +28,8 @@ from django.conf import settings as django_settings
 
 from hotcache.conf import hotcache_settings
 
-__all__ = ["MAX_HOPS", "bucket", "client_bucket", "client_ip", "parse_address", "trusted_networks"]
+__all__ = ["MAX_HOPS", "UNIX_PEER", "bucket", "client_bucket", "client_ip", "parse_address", "trusted_networks",
+           "trusts_unix_peer"]
 
 log = logging.getLogger("hotcache.ratelimit")
 
@@ -32,6 +37,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_HOPS = 32  # a longer chain is not walked further (falls back to REMOTE_ADDR)
+UNIX_PEER = "unix"  # the TRUSTED_PROXIES entry that trusts a peer without an address (a Unix socket)
 _MAX_HEADER = 4096
 _BRACKETED = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?")
 _V4_PORT = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}")
@@ -60,6 +66,8 @@ def parse_address(text: str) -> IPAddress | None:
 def _networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
     out: list[IPNetwork] = []
     for cidr in cidrs:
+        if cidr.strip().lower() == UNIX_PEER:
+            continue
         try:
             out.append(ipaddress.ip_network(str(cidr).strip(), strict=False))
         except ValueError:
@@ -67,11 +75,20 @@ def _networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
-def trusted_networks() -> tuple[IPNetwork, ...]:
+def _proxies() -> tuple[str, ...]:
     value = hotcache_settings.TRUSTED_PROXIES or ()
     if isinstance(value, str):
         value = (value,)
-    return _networks(tuple(str(v) for v in value))
+    return tuple(str(v) for v in value)
+
+
+def trusted_networks() -> tuple[IPNetwork, ...]:
+    return _networks(_proxies())
+
+
+def trusts_unix_peer() -> bool:
+    """True when TRUSTED_PROXIES holds "unix": a peer without an IP address (a Unix socket) is a proxy."""
+    return any(v.strip().lower() == UNIX_PEER for v in _proxies())
 
 
 def _trusted(addr: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
@@ -107,21 +124,27 @@ def _hops_forwarded(meta: Any) -> list[str] | None:
 
 
 def client_ip(request: Any) -> IPAddress | None:
-    """The client's address: REMOTE_ADDR, or the first untrusted hop of the trusted proxies' header."""
+    """The client's address: REMOTE_ADDR, or the first untrusted hop of the trusted proxies' header.
+
+    None when there is no usable address: REMOTE_ADDR is not an IP and no trusted Unix-socket proxy
+    (``"unix"`` in TRUSTED_PROXIES) named the client.
+    """
     meta = getattr(request, "META", {}) or {}
-    remote = parse_address(str(meta.get("REMOTE_ADDR") or ""))
-    if remote is None:
-        return None
+    raw = meta.get("REMOTE_ADDR")
+    remote = parse_address(raw) if isinstance(raw, str) else None
     networks = trusted_networks()
-    if not networks or not _trusted(remote, networks):
+    if remote is None:
+        if not trusts_unix_peer():
+            return None
+    elif not networks or not _trusted(remote, networks):
         return remote
     header = str(hotcache_settings.TRUSTED_PROXY_HEADER or "").lower()
     hops = _hops_forwarded(meta) if header == "forwarded" else _hops_xff(meta)
     if hops is None:
         return remote  # malformed header
-    current = remote
+    current = remote  # None: the trusted peer on a Unix socket
     for n, hop in enumerate(reversed(hops)):
-        if not _trusted(current, networks):
+        if current is not None and not _trusted(current, networks):
             return current
         if n >= MAX_HOPS:
             return remote
@@ -173,8 +196,8 @@ def client_bucket(request: Any) -> str | None:
     if not proxies:
         # The common case (no proxies): the bucket depends on REMOTE_ADDR alone; parse each address once.
         remote = meta.get("REMOTE_ADDR")
-        if not isinstance(remote, str):
-            return None
+        if not isinstance(remote, str) or len(remote) > 64:
+            return None  # not an address (parse_address refuses it), and not worth a cache entry
         return _bucket_of(remote, v4, v6)
     addr = client_ip(request)
     return None if addr is None else bucket(addr)

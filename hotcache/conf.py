@@ -60,7 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_DEFAULT_POLICY": "local",  # outage policy: open | closed | local
     "RATELIMIT_LEGACY_HEADERS": False,  # also send X-RateLimit-Limit/Remaining/Reset
     "RATELIMIT_DENY_CACHE_SIZE": 10_000,  # process-local cache of known denials
-    "TRUSTED_PROXIES": [],  # CIDRs whose X-Forwarded-For / Forwarded are believed
+    "RATELIMIT_ON_MISSING_KEY": "shared",  # decorator API, key gives no identifier: skip | shared | deny
+    "TRUSTED_PROXIES": [],  # CIDRs (and "unix") whose X-Forwarded-For / Forwarded are believed
     "TRUSTED_PROXY_HEADER": "x-forwarded-for",  # which header your proxies append: x-forwarded-for | forwarded
     "IPV6_PREFIX": 64,  # IPv6 clients are grouped by this network prefix
     "IPV4_PREFIX": 32,

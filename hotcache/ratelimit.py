@@ -10,7 +10,9 @@ need no second call. Around it:
 * outage policies per rule when Redis is unavailable (error, timeout, health gate open):
   ``open`` admits, ``closed`` refuses, ``local`` (default) runs the same sliding window in-process;
 * the django-ratelimit drop-in: ``ratelimit``, ``is_ratelimited``, ``get_usage``, ``ALL``,
-  ``UNSAFE``, ``Ratelimited`` (sync and async views).
+  ``UNSAFE``, ``Ratelimited`` (sync and async views);
+* requests whose key gives no identifier (no usable client address, an anonymous ``user``, a missing
+  header): ``on_missing_key`` says skip, one shared bucket, or deny (README, "Rate limiting").
 
 Differences from django-ratelimit: a sliding window (weighted current + previous fixed window)
 instead of a fixed window with per-key jitter, so a burst at a window edge cannot pass twice the
@@ -21,6 +23,8 @@ applies the outage policy instead of raising (django-ratelimit#333).
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import logging
 import math
 import re
@@ -35,13 +39,14 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.utils.module_loading import import_string
 
-from hotcache import clientip, clock, keys, metering
+from hotcache import clientip, clock, keys, metering, signing
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import HotcacheError, RedisUnavailable
+from hotcache.exceptions import HotcacheError, InvalidName, RedisUnavailable
 
 __all__ = [
     "ALL",
+    "MISSING_KEY_CHOICES",
     "POLICIES",
     "UNSAFE",
     "Decision",
@@ -49,6 +54,7 @@ __all__ = [
     "Limit",
     "Ratelimited",
     "RuleResult",
+    "default_on_missing_key",
     "evaluate",
     "get_usage",
     "is_ratelimited",
@@ -56,6 +62,7 @@ __all__ = [
     "limit_keys",
     "parse_rate",
     "ratelimit",
+    "refuse_missing",
     "reset_local_state",
 ]
 
@@ -64,15 +71,25 @@ log = logging.getLogger("hotcache.ratelimit")
 ALL = (None,)  # every HTTP method (django-ratelimit's sentinel)
 UNSAFE = ["DELETE", "PATCH", "POST", "PUT"]
 POLICIES = ("open", "closed", "local")
+MISSING_KEY_CHOICES = ("skip", "shared", "deny")
 SIMPLE_KEYS = ("ip", "user", "user_or_ip", "api_key")
 ACCESSOR_KEYS = ("header", "get", "post")
+ADDRESS_KEYS = ("ip", "user_or_ip")  # keys that fall back to the client address: it should always be there
+SHARED_IDENTIFIER = ""  # the bucket of every request whose key gives no identifier (on_missing_key="shared")
+MAX_IDENTIFIER = 256  # characters of a client-supplied identifier (header, GET/POST field, API key)
+MAX_NAME = 200  # characters of a rule name or decorator group
 
 _FEATURE = "ratelimit"
 _SCRIPT = redis_backend.Script("sliding_window")
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_RATE = re.compile(
-    r"\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|seconds|m|min|minute|minutes|h|hour|hours|d|day|days)?\s*", re.IGNORECASE
+_RATE = re.compile(  # ASCII: \d would also match other scripts' digits
+    r"\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|seconds|m|min|minute|minutes|h|hour|hours|d|day|days)?\s*",
+    re.IGNORECASE | re.ASCII,
 )
+_MAX_COUNT = 10**12  # per window; far beyond any real limit, and exact in the script's float arithmetic
+_MAX_WINDOW = 366 * 86400
+# What keys.text accepts as a name (no C0/C1 controls, no lone surrogates, 1..MAX_NAME characters).
+_PRINTABLE_NAME = re.compile(f"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{{1,{MAX_NAME}}}")
 
 
 class InvalidRate(HotcacheError, ValueError):
@@ -96,21 +113,24 @@ def parse_rate(rate: str | tuple[int, int]) -> tuple[int, int]:
         if (
             len(rate) == 2
             and all(isinstance(x, int) and not isinstance(x, bool) for x in rate)
-            and rate[0] >= 0
-            and rate[1] > 0
+            and 0 <= rate[0] <= _MAX_COUNT
+            and 0 < rate[1] <= _MAX_WINDOW
         ):
             return int(rate[0]), int(rate[1])
-        raise InvalidRate(f"rate tuple {rate!r} must be (count >= 0, seconds > 0)")
+        raise InvalidRate(f"rate tuple {rate!r:.80} must be (0 <= count <= 10**12, 0 < seconds <= a year)")
     if not isinstance(rate, str):
         raise InvalidRate(f"rate must be a string like '100/m', not {type(rate).__name__}")
-    m = _RATE.fullmatch(rate)
+    # Bounded before parsing: int() of thousands of digits is slow, and refused past 4300 digits.
+    m = _RATE.fullmatch(rate) if len(rate) <= 64 else None
     if not m:
         raise InvalidRate(f"rate {rate[:40]!r} is not '<count>/<n><s|m|h|d>' (e.g. '100/m', '5/10s', '1000/5m')")
     count, multi, unit = m.groups()
+    if int(count) > _MAX_COUNT:
+        raise InvalidRate(f"rate {rate!r} allows more than 10**12 per window")
     seconds = _PERIODS[(unit or "s")[0].lower()] * (int(multi) if multi else 1)
     if seconds <= 0:
         raise InvalidRate(f"rate {rate!r} has a zero-length window")
-    if seconds > 366 * 86400:
+    if seconds > _MAX_WINDOW:
         raise InvalidRate(f"rate {rate!r} has a window longer than a year")
     return int(count), seconds
 
@@ -126,6 +146,19 @@ class Limit:
     policy: str = "local"
     cost: int = 1
     headers: bool = False
+
+    def __post_init__(self) -> None:
+        # The one check of what reaches keys, metering event names (``allowed:<name>``) and the
+        # process-local caches, whoever built the Limit: printable names, bounded numbers. Once per
+        # rule per request, so the common case is a few type tests and one regex match.
+        if not (type(self.name) is str and _PRINTABLE_NAME.fullmatch(self.name)):
+            keys.text(self.name, what="rate limit name", max_length=MAX_NAME)  # raises, naming the problem
+        if type(self.identifier) is not str or len(self.identifier) > MAX_IDENTIFIER:
+            raise InvalidName(f"rate limit identifier must be a string of at most {MAX_IDENTIFIER} characters")
+        if not (type(self.limit) is int and 0 <= self.limit <= _MAX_COUNT and type(self.window) is int
+                and 1 <= self.window <= _MAX_WINDOW and type(self.cost) is int and 1 <= self.cost <= _MAX_COUNT):
+            raise InvalidRate(f"rate limit ({self.limit!r:.40}, {self.window!r:.40}, cost {self.cost!r:.40}) must be "
+                              f"whole numbers: 0 <= limit <= 10**12, 1 <= window <= {_MAX_WINDOW}, 1 <= cost <= 10**12")
 
     @property
     def identity(self) -> str:
@@ -143,7 +176,7 @@ class RuleResult:
     reset: float  # seconds: until this cost fits (denied) or until the current window ends (allowed)
     window: int
     count: int  # weighted estimate including this request's cost
-    source: str  # redis | deny_cache | skipped | open | closed | local
+    source: str  # redis | deny_cache | skipped | open | closed | local | missing_key
     headers: bool = False
 
     @property
@@ -353,16 +386,19 @@ _deny_cache = _DenyCache()
 _local = _LocalLimiter()
 _state_lock = threading.Lock()
 _degraded_mode = False
+_warned_no_address = False
 
 
 def reset_local_state() -> None:
-    """Forget the deny cache, the local limiter and the degraded flag (tests; settings changed)."""
-    global _degraded_mode, _snapshot_cache
+    """Forget the deny cache, the local limiter, the degraded flag and the once-per-process warnings
+    (tests; settings changed)."""
+    global _degraded_mode, _snapshot_cache, _warned_no_address
     _deny_cache.clear()
     _local.clear()
     _snapshot_cache = None
     with _state_lock:
         _degraded_mode = False
+        _warned_no_address = False
 
 
 def _transition(degraded: bool, reason: str = "") -> None:
@@ -416,19 +452,16 @@ def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailab
         if raise_unavailable:
             raise
         return _degraded(limits, increment, str(exc))
+    try:
+        out = _results(limits, raw, redis_keys)
+    except (TypeError, ValueError, LookupError):
+        # Not the script's reply shape (our SHA names our script; a proxy or a patched server could
+        # still answer anything): never trusted, never a 500; the outage policies decide.
+        log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
+        return _degraded(limits, increment, "unexpected script reply")
     if _degraded_mode:
         _transition(False)
-    out: list[RuleResult] = []
-    allowed = True
-    i = 0
-    for lim in limits:
-        ok = raw[i] == 1
-        allowed = allowed and ok
-        out.append(
-            RuleResult(lim.name, ok, lim.limit, int(raw[i + 1]), int(raw[i + 2]) / 1000, lim.window,
-                       int(raw[i + 3]), "redis", lim.headers)
-        )
-        i += 4
+    allowed = all(r.allowed for r in out)
     if not allowed:
         for lim, res in zip(limits, out, strict=True):
             if not res.allowed and lim.cost <= lim.limit:
@@ -438,6 +471,51 @@ def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailab
     if increment:
         _count(results, allowed=allowed)
     return Decision(allowed, results)
+
+
+def _results(limits: Sequence[Limit], raw: Any, redis_keys: list[str]) -> list[RuleResult]:
+    """The script's reply as RuleResults; corrupt hashes it reports, and figures out of range, count as tampered.
+
+    Counters are only counts (whoever can write Redis can reset or raise them, as deleting or writing
+    the key would); what is checked is that nothing read from Redis can make a reply non-finite or a
+    header nonsense: remaining within [0, limit], reset within [0, 2 windows], count >= 0.
+    """
+    n = len(limits)
+    for index in raw[4 * n] if len(raw) > 4 * n else ():
+        if 1 <= int(index) <= n:
+            signing.tampered(_FEATURE, redis_keys[int(index) - 1], "is not a sound counter hash; counted as absent")
+    out: list[RuleResult] = []
+    i = 0
+    for lim, key in zip(limits, redis_keys, strict=True):
+        ok, remaining, reset_ms, count = raw[i] == 1, int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3])
+        if not (0 <= remaining <= lim.limit and 0 <= reset_ms <= 2000 * lim.window and count >= 0):
+            signing.tampered(_FEATURE, key, "gave figures out of range; clamped")
+            remaining = min(max(remaining, 0), lim.limit)
+            reset_ms = min(max(reset_ms, 1 if not ok else 0), 2000 * lim.window)
+            count = max(count, 0)
+        out.append(RuleResult(lim.name, ok, lim.limit, remaining, reset_ms / 1000, lim.window, count, "redis",
+                              lim.headers))
+        i += 4
+    return out
+
+
+def refuse_missing(limits: Sequence[Limit], refused: Sequence[Limit], *, increment: bool = True) -> Decision:
+    """Refuse a request because the rules in ``refused`` (a subset of ``limits``) have no identifier
+    for it and say ``on_missing_key="deny"``. No Redis call; no counter moves (all-or-nothing).
+
+    ``Retry-After`` is the rule's window: waiting does not give such a request an identifier.
+    """
+    names = {lim.name for lim in refused}
+    results = tuple(
+        RuleResult(lim.name, False, lim.limit, 0, float(lim.window), lim.window, 0, "missing_key", lim.headers)
+        if lim.name in names
+        else RuleResult(lim.name, True, lim.limit, 0, 0.0, lim.window, 0, "skipped", lim.headers)
+        for lim in limits
+    )
+    if increment:
+        metering.event(_FEATURE, "denied_missing_key")
+        _count(results, allowed=False)
+    return Decision(False, results)
 
 
 def _denied_locally(limits: Sequence[Limit], cached: list[float | None], increment: bool) -> Decision:
@@ -493,63 +571,108 @@ def _degraded(limits: Sequence[Limit], increment: bool, reason: str) -> Decision
 # -- keys of a request -----------------------------------------------------------------------------
 
 
-def _api_key_digest(request: Any) -> str | None:
-    import hashlib
-    import hmac
+def _client_text(value: Any, what: str) -> str | None:
+    """A client-supplied identifier (header, GET/POST field, API key) if it is usable text, else None.
 
+    The one boundary for such text (keys.text): empty, over MAX_IDENTIFIER characters, control
+    characters or lone surrogates make it *no identifier*, so the rule's on_missing_key applies.
+    """
+    if value is None:
+        return None
+    try:
+        return keys.text(value, what=what, max_length=MAX_IDENTIFIER)
+    except InvalidName:
+        return None
+
+
+def _bounded(value: str) -> str:
+    # An identifier computed by the project (user pk, key function) is kept as is when short; a long
+    # one is replaced by its digest, so the deny cache and the local limiter stay bounded in memory.
+    if len(value) <= MAX_IDENTIFIER:
+        return value
+    return "~" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _api_key_digest(request: Any) -> str | None:
     meta = getattr(request, "META", {})
     raw = meta.get("HTTP_X_API_KEY")
     if not raw:
-        auth = str(meta.get("HTTP_AUTHORIZATION", ""))
-        scheme, _, token = auth.partition(" ")
+        auth = meta.get("HTTP_AUTHORIZATION", "")
+        scheme, _, token = auth.partition(" ") if isinstance(auth, str) else ("", "", "")
         if scheme.lower() in ("api-key", "apikey", "bearer", "token") and token.strip():
             raw = token.strip()
-    if not raw:
+    raw = _client_text(raw, "API key") if raw else None
+    if raw is None:
         return None
     secret = str(getattr(django_settings, "SECRET_KEY", "")).encode()
     # Secrets never reach a key: an HMAC of the presented key identifies the bucket.
-    return hmac.new(secret, str(raw).encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(secret, raw.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
 def _user_pk(request: Any) -> str | None:
     user = getattr(request, "user", None)
-    if user is not None and getattr(user, "is_authenticated", False):
-        return str(user.pk)
-    return None
+    pk = getattr(user, "pk", None) if getattr(user, "is_authenticated", False) else None
+    return None if pk is None else str(pk)
+
+
+def _client_address(request: Any) -> str | None:
+    """The client's address bucket; None (and a warning, once per process) when there is no usable address."""
+    global _warned_no_address
+    value = clientip.client_bucket(request)
+    if value is None and not _warned_no_address:
+        with _state_lock:
+            first, _warned_no_address = not _warned_no_address, True
+        if first:
+            remote = getattr(request, "META", {}).get("REMOTE_ADDR")
+            log.warning(
+                "hotcache: a request has no usable client address (REMOTE_ADDR=%.80r); rate limit rules keyed on "
+                "ip or user_or_ip apply their on_missing_key to such requests (default: one shared bucket for "
+                "all of them). A server on a Unix socket: add 'unix' to HOTCACHE['TRUSTED_PROXIES'] if the proxy "
+                "in front appends X-Forwarded-For. Logged once per process.",
+                remote,
+            )
+    return value
 
 
 def key_value(key: str | Callable[..., Any], request: Any, group: str) -> str | None:
-    """The identifier ``key`` gives for ``request`` (None when it has none, e.g. ``user`` when anonymous).
+    """The identifier ``key`` gives for ``request``, or None when it has none: ``ip`` with no usable
+    client address, ``user`` when anonymous, a missing, empty or unusable header/field/API key.
 
     Keys: ``ip``, ``user``, ``user_or_ip``, ``api_key``, ``header:<name>``, ``get:<name>``,
     ``post:<name>``, a callable ``(group, request)`` or its dotted path (as django-ratelimit).
     """
+    if key == "ip":
+        return _client_address(request)
+    if key == "user":
+        value = _user_pk(request)
+        return None if value is None else _bounded(value)
+    if key == "user_or_ip":
+        value = _user_pk(request)
+        return _bounded(f"user:{value}") if value is not None else _client_address(request)
+    if key == "api_key":
+        return _api_key_digest(request)
     if callable(key):
         value = key(group, request)
-    elif key == "ip":
-        value = clientip.client_bucket(request)
-    elif key == "user":
-        value = _user_pk(request)
-    elif key == "user_or_ip":
-        value = _user_pk(request)
-        value = f"user:{value}" if value is not None else clientip.client_bucket(request)
-    elif key == "api_key":
-        value = _api_key_digest(request)
     elif isinstance(key, str) and ":" in key and key.split(":", 1)[0] in ACCESSOR_KEYS:
         accessor, name = key.split(":", 1)
         if accessor == "header":
-            value = request.META.get("HTTP_" + name.replace("-", "_").upper())
+            raw = request.META.get("HTTP_" + name.replace("-", "_").upper())
         elif accessor == "get":
-            value = request.GET.get(name)
+            raw = request.GET.get(name)
         else:
-            value = request.POST.get(name)
+            raw = request.POST.get(name)  # a body Django refuses raises here: Django's 400, as in the view
+        return _client_text(raw, key)
     elif isinstance(key, str) and "." in key:
-        value = import_string(key)(group, request)
+        try:
+            fn = import_string(key)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"Ratelimit key {key!r:.80} does not import: {exc}") from exc
+        value = fn(group, request)
     else:
-        raise ImproperlyConfigured(f"Unknown ratelimit key: {key!r}")
-    if value is None:
+        raise ImproperlyConfigured(f"Unknown ratelimit key: {key!r:.80}")
+    if value is None or value == "":
         return None
-    return value if isinstance(value, str) else str(value)
+    return _bounded(value if isinstance(value, str) else str(value))
 
 
 # -- the django-ratelimit drop-in -------------------------------------------------------------------
@@ -571,7 +694,7 @@ def _group_of(fn: Any) -> str:
         parts.append(fn.__module__)
     if hasattr(fn, "__self__"):
         parts.append(fn.__self__.__class__.__name__)
-    parts.append(fn.__qualname__)
+    parts.append(getattr(fn, "__qualname__", type(fn).__qualname__))
     return ".".join(parts)
 
 
@@ -607,13 +730,24 @@ def get_usage(
     if not key:
         raise ImproperlyConfigured("Ratelimit key must be specified")
     value = key_value(key, request, group)
-    # As django-ratelimit: a key with no value (anonymous 'user', missing header) is one shared bucket.
-    ident = "" if value is None else value
     methods = "" if method == ALL or method is None else "".join(sorted(str(m).upper() for m in
                                                                         (method if isinstance(method, list | tuple)
                                                                          else [method])))
-    lim = Limit(f"{group}|{methods}" if methods else group, ident, count, period, _policy(None))
-    decision = evaluate([lim], increment=increment)
+    # As django-ratelimit by default: a key with no value (anonymous 'user', no address) is one shared bucket.
+    try:
+        lim = Limit(f"{group}|{methods}" if methods else group, SHARED_IDENTIFIER if value is None else value,
+                    count, period, _policy(None))
+    except (InvalidName, InvalidRate) as exc:  # an odd group or method list
+        raise ImproperlyConfigured(str(exc)) from exc
+    choice = "shared" if value is not None else _decorator_on_missing_key()
+    if value is None and increment:
+        metering.event(_FEATURE, f"missing_key:{lim.name}")
+    if choice == "skip":
+        return None  # not limited, as when the rate is None
+    if choice == "deny":
+        decision = refuse_missing([lim], [lim], increment=increment)
+    else:
+        decision = evaluate([lim], increment=increment)
     res = decision.results[0]
     return {
         "count": res.count,
@@ -624,6 +758,21 @@ def get_usage(
         "retry_after": res.retry_after,
         "decision": decision,
     }
+
+
+def _decorator_on_missing_key() -> str:
+    choice = hotcache_settings.RATELIMIT_ON_MISSING_KEY
+    return choice if choice in MISSING_KEY_CHOICES else "shared"
+
+
+def default_on_missing_key(key: Any) -> str:
+    """What a middleware rule without ``on_missing_key`` does when its key gives no identifier.
+
+    ``shared`` for ``ip`` and ``user_or_ip``: every request should have an address, so one without is
+    limited in one bucket with the others rather than not at all. ``skip`` for the rest: an anonymous
+    visitor, a request without an API key or header is simply not what such a rule is about.
+    """
+    return "shared" if key in ADDRESS_KEYS else "skip"
 
 
 def is_ratelimited(

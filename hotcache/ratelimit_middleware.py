@@ -10,8 +10,10 @@ regex matched against ``path_info``); ``url_name`` is a URL name (or ``namespace
 a rule with neither matches every path. ``methods`` limits it to those methods. ``policy`` is the
 outage policy (open | closed | local; default ``RATELIMIT_DEFAULT_POLICY``). ``headers`` opts the rule
 into the IETF ``RateLimit-Policy`` / ``RateLimit`` fields. ``cost`` weighs each request (default 1).
-A rule whose key has no value for a request (``user`` for an anonymous visitor, a missing header)
-does not apply to that request.
+``on_missing_key`` says what happens when the rule's key has no value for a request (no usable
+client address, ``user`` for an anonymous visitor, a missing header): ``skip`` (the rule does not
+apply), ``shared`` (one bucket for all such requests) or ``deny``; the default is ``shared`` for
+``ip`` and ``user_or_ip`` and ``skip`` for the other keys (``default_on_missing_key``).
 
 Place the middleware after AuthenticationMiddleware when a rule keys on the user. It works under
 WSGI and ASGI: in async mode the user is resolved with ``auser()`` and the (sync) core runs in a
@@ -35,28 +37,37 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
+from hotcache import metering
 from hotcache.conf import hotcache_settings
 from hotcache.ratelimit import (
     ACCESSOR_KEYS,
+    ADDRESS_KEYS,
+    MISSING_KEY_CHOICES,
     POLICIES,
+    SHARED_IDENTIFIER,
     SIMPLE_KEYS,
     Decision,
     InvalidRate,
     Limit,
+    default_on_missing_key,
     evaluate,
     key_value,
     parse_rate,
+    refuse_missing,
     reset_local_state,
     settings_snapshot,
 )
 
 __all__ = ["NAME_PATTERN", "RULE_FIELDS", "CompiledRule", "RateLimitMiddleware", "check_request",
-           "compiled_rules", "rule_errors"]
+           "compiled_rules", "rule_errors", "rule_warnings"]
 
 log = logging.getLogger("hotcache.ratelimit")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # also safe inside a structured-field string
-RULE_FIELDS = frozenset({"name", "rate", "key", "path", "url_name", "methods", "policy", "headers", "cost"})
+RULE_FIELDS = frozenset({"name", "rate", "key", "path", "url_name", "methods", "policy", "headers", "cost",
+                         "on_missing_key"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")  # an HTTP token (RFC 9110)
+_FIELD_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,128}")  # printable, as keys.text
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
@@ -73,6 +84,7 @@ class CompiledRule:
     policy: str | None
     headers: bool
     cost: int
+    on_missing_key: str = "skip"  # skip | shared | deny (compiled_rules fills in the key's default)
 
     @property
     def needs_user(self) -> bool:
@@ -121,12 +133,18 @@ def rule_errors(index: int, rule: Any, seen: set[str]) -> list[tuple[str, str, s
     key = rule.get("key")
     if not _key_ok(key):
         errors.append(("hotcache.E011", f"{label} has an unknown key type {key!r}.",
-                       "Use ip, user, user_or_ip, api_key, header:<name>, get:<name>, post:<name>, "
-                       "a callable (group, request) or the dotted path of one."))
+                       "Use ip, user, user_or_ip, api_key, header:<name>, get:<name>, post:<name> (names of "
+                       "1-128 printable characters; a header name is an HTTP token), a callable (group, request) "
+                       "or the dotted path of one."))
     policy = rule.get("policy")
     if policy is not None and policy not in POLICIES:
-        errors.append(("hotcache.E014", f"{label} has an unknown outage policy {policy!r}.",
+        errors.append(("hotcache.E014", f"{label} has an unknown outage policy {policy!r:.80}.",
                        "Use 'open', 'closed' or 'local' (or leave it out for RATELIMIT_DEFAULT_POLICY)."))
+    missing = rule.get("on_missing_key")
+    if missing is not None and missing not in MISSING_KEY_CHOICES:
+        errors.append(("hotcache.E014", f"{label} has an unknown on_missing_key {missing!r:.80}.",
+                       "Use 'skip', 'shared' or 'deny' (or leave it out: 'shared' for ip and user_or_ip keys, "
+                       "'skip' for the others)."))
     path = rule.get("path")
     if path is not None:
         if not isinstance(path, str) or not path:
@@ -161,6 +179,20 @@ def rule_errors(index: int, rule: Any, seen: set[str]) -> list[tuple[str, str, s
     return errors
 
 
+def rule_warnings(index: int, rule: Any) -> list[tuple[str, str, str]]:
+    """Warnings about one (valid) rule as (check id, message, hint): an address-keyed rule that skips
+    requests without a usable client address, which then go unlimited by it."""
+    if not isinstance(rule, dict) or rule.get("key") not in ADDRESS_KEYS or rule.get("on_missing_key") != "skip":
+        return []
+    label = f"HOTCACHE['RATELIMIT_RULES'][{index}] (rule {rule.get('name')!r})"
+    return [("hotcache.W010",
+             f"{label} keys on {rule['key']!r} with on_missing_key='skip': a request without a usable client "
+             "address (REMOTE_ADDR empty or not an IP, e.g. a server on a Unix socket) is not limited by it.",
+             "Leave on_missing_key out ('shared': such requests share one bucket) or set 'deny'. Behind a proxy "
+             "on a Unix socket, add 'unix' to TRUSTED_PROXIES so its X-Forwarded-For names the client. "
+             "Silence hotcache.W010 if skipping them is intended.")]
+
+
 def _key_ok(key: Any) -> bool:
     if callable(key):
         return True
@@ -170,7 +202,9 @@ def _key_ok(key: Any) -> bool:
         return True
     if ":" in key:
         accessor, name = key.split(":", 1)
-        return accessor in ACCESSOR_KEYS and bool(name)
+        if accessor == "header":
+            return bool(_HEADER_NAME.fullmatch(name))
+        return accessor in ACCESSOR_KEYS and bool(_FIELD_NAME.fullmatch(name))
     if "." in key:
         try:
             return callable(import_string(key))
@@ -226,6 +260,7 @@ def compiled_rules() -> tuple[CompiledRule, ...]:
                 policy=rule.get("policy"),
                 headers=bool(rule.get("headers", False)),
                 cost=int(rule.get("cost", 1)),
+                on_missing_key=rule.get("on_missing_key") or default_on_missing_key(key),
             )
         )
     result = tuple(out)
@@ -260,6 +295,7 @@ def check_request(request: HttpRequest) -> Decision:
         return names
 
     limits: list[Limit] = []
+    refused: list[Limit] = []  # rules with no identifier for this request and on_missing_key="deny"
     seen: dict[str, str | None] = {}  # a built-in key (ip, user...) is resolved once per request
     for rule in rules:
         if not rule.matches_path(request, url_names):
@@ -270,10 +306,19 @@ def check_request(request: HttpRequest) -> Decision:
             ident = seen[rule.key]
         else:
             ident = key_value(rule.key, request, rule.name)
-        if not ident:
+        if ident is not None:
+            limits.append(Limit(rule.name, ident, rule.limit, rule.window, rule.policy or "", rule.cost,
+                                rule.headers))
             continue
-        limits.append(Limit(rule.name, ident, rule.limit, rule.window, rule.policy or "", rule.cost, rule.headers))
-    decision = evaluate(limits, increment=True)
+        metering.event("ratelimit", f"missing_key:{rule.name}")
+        if rule.on_missing_key == "skip":
+            continue
+        limit = Limit(rule.name, SHARED_IDENTIFIER, rule.limit, rule.window, rule.policy or "", rule.cost,
+                      rule.headers)
+        limits.append(limit)
+        if rule.on_missing_key == "deny":
+            refused.append(limit)
+    decision = refuse_missing(limits, refused) if refused else evaluate(limits, increment=True)
     request.ratelimit = decision  # type: ignore[attr-defined]
     return decision
 

@@ -43,3 +43,16 @@ def ratelimit_middleware(settings):
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, MIDDLEWARE]
     yield
     rl.reset_local_state()
+
+
+def async_client(remote, **kwargs):
+    """An AsyncClient whose requests come from ``remote`` (the ASGI scope's client; None: a Unix socket).
+
+    AsyncClient turns REMOTE_ADDR=... into a header, so the address has to go into the scope itself.
+    """
+    from django.test import AsyncClient
+
+    client = AsyncClient(**kwargs)
+    base = client._base_scope
+    client._base_scope = lambda **request: {**base(**request), "client": None if remote is None else [remote, 0]}
+    return client

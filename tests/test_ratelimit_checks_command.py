@@ -75,3 +75,17 @@ def test_command_drives_a_rule_past_its_limit(hotcache_config):
 def test_command_fails_when_redis_is_unreachable(redis_down):
     with pytest.raises(CommandError, match="unreachable"):
         call_command("ratelimit_check", "--rate", "3/m", stdout=StringIO())
+
+
+@pytest.mark.parametrize(
+    ("rules", "args"),
+    [([{"name": "bad\x00name", "rate": "5/10s", "key": "ip"}], []),
+     ([{"name": "r", "rate": ["5/10s"], "key": "ip"}], []),
+     ([], ["--rate", "1" * 5000 + "/m"]),
+     ([], ["--rate", "\ud800"]),
+     ([], ["--rule", "\x00"])],
+)
+def test_command_refuses_hostile_rules_and_arguments_with_a_command_error(hotcache_config, rules, args):
+    hotcache_config(RATELIMIT_RULES=rules)
+    with pytest.raises(CommandError):
+        call_command("ratelimit_check", *args, stdout=StringIO())

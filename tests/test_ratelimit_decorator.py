@@ -67,12 +67,14 @@ def test_unsafe_method_filter():
 
 def test_async_view_is_limited():
     from asgiref.sync import async_to_sync
-    from django.test import AsyncClient
 
-    c, addr = AsyncClient(raise_request_exception=False), ip()
+    from tests.ratelimit_fixtures import async_client
+
+    addr = ip()
+    c = async_client(addr, raise_request_exception=False)
 
     async def run():
-        return [(await c.get("/adeco/", REMOTE_ADDR=addr)).status_code for _ in range(3)]
+        return [(await c.get("/adeco/")).status_code for _ in range(3)]
 
     assert async_to_sync(run)() == [200, 200, 403]
 

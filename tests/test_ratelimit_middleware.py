@@ -4,10 +4,10 @@ import json
 import uuid
 
 import pytest
-from django.test import AsyncClient, Client
+from django.test import Client
 
 from hotcache.testing import count_redis
-from tests.ratelimit_fixtures import ratelimit_middleware  # noqa: F401 - fixture
+from tests.ratelimit_fixtures import async_client, ratelimit_middleware  # noqa: F401 - fixture
 
 # Every test here runs through RateLimitMiddleware with fresh limiter state (tests.ratelimit_fixtures).
 pytestmark = pytest.mark.usefixtures("ratelimit_middleware")
@@ -128,10 +128,11 @@ def test_api_key_is_hashed_before_it_reaches_a_key(rules, raw_redis, key_prefix)
 
 def test_asgi_path_limits_and_sets_headers(rules):
     rules({"name": "async-rule", "rate": "2/m", "key": "ip", "headers": True})
-    c, addr = AsyncClient(), ip()
+    addr = ip()
+    c = async_client(addr)
 
     async def run():
-        return [await c.get("/async/", REMOTE_ADDR=addr) for _ in range(3)]
+        return [await c.get("/async/") for _ in range(3)]
 
     from asgiref.sync import async_to_sync
 
@@ -145,11 +146,12 @@ def test_asgi_path_limits_and_sets_headers(rules):
 def test_asgi_user_rule_resolves_the_user(rules, django_user_model):
     rules({"name": "per-user", "rate": "1/m", "key": "user_or_ip"})
     user = django_user_model.objects.create_user(username=f"a{uuid.uuid4().hex[:8]}", password="x")
-    c = AsyncClient()
-    c.force_login(user)
+    clients = [async_client(ip()) for _ in range(2)]
+    for c in clients:
+        c.force_login(user)
 
     async def run():
-        return [(await c.get("/async/", REMOTE_ADDR=ip())).status_code for _ in range(2)]
+        return [(await c.get("/async/")).status_code for c in clients]
 
     from asgiref.sync import async_to_sync
 

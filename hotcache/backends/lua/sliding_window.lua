@@ -3,7 +3,8 @@
 -- KEYS: one per rule, in rule order: a hash holding the rule+identifier's two most recent windows.
 -- ARGV[1]: 1 = count this request if every rule allows it, 0 = peek only.
 -- ARGV[2 + 3*(i-1) ..]: limit, window_ms, cost for rule i.
--- Returns {allowed, remaining, reset_ms, count} per rule (flat). allowed is 1/0; remaining is what is
+-- Returns {allowed, remaining, reset_ms, count} per rule (flat), then one array: the 1-based indexes of
+-- the rules whose hash was corrupt (see below; empty normally). allowed is 1/0; remaining is what is
 -- left after this request; reset_ms is, when denied, how long until this cost would fit, and when
 -- allowed, how long until the current window ends; count is the weighted estimate (including this
 -- request's cost when it is allowed or would be over).
@@ -17,14 +18,29 @@
 -- that is past its expiry instant but still visible (lazy expiry; Redis freezes key expiry at script
 -- start while TIME moves on) is recognised as stale by its "w" and rewritten, never misread. Storage is
 -- three small fields per rule+identifier, whatever the limit.
-local call, tonumber, floor = redis.call, tonumber, math.floor
+--
+-- Corrupt hashes (written by someone else): every field must be canonical decimal digits, as HSET and
+-- HINCRBY write them, and all three present. Anything else (a wrong key type, a missing field, "nan",
+-- "-5", "1e9", "0x10", non-ASCII) would make the arithmetic non-finite or HINCRBY fail, so such a hash
+-- counts as absent (zero counts) and is reported; a counting call deletes and rewrites it (with its
+-- TTL). Valid digits are still only counts: this script cannot tell who wrote them.
+local call, tonumber, floor, find = redis.call, tonumber, math.floor, string.find
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local n = #KEYS
 local FIELD = {[0] = '0', [1] = '1'}
 
+-- a stored field as a number when it is canonical digits (what HSET / HINCRBY write), else nil
+local function digits(v)
+  if v and #v <= 15 and (v == '0' or find(v, '^[1-9]%d*$')) then
+    return tonumber(v)
+  end
+  return nil
+end
+
 local plan = {} -- per rule: first write of the window?, window id, prev count, cost, window_ms
 local out = {}
+local bad = {} -- 1-based indexes of corrupt hashes
 local all_ok = true
 local a, o = 2, 0
 for i = 1, n do
@@ -32,20 +48,27 @@ for i = 1, n do
   a = a + 3
   local w = floor(now / window)
   local elapsed = now - w * window
-  local h = call('HMGET', KEYS[i], 'w', '0', '1')
-  local stored = tonumber(h[1])
+  local h = redis.pcall('HMGET', KEYS[i], 'w', '0', '1')
+  local stored, c0, c1
+  if h.err then
+    bad[#bad + 1] = i -- not a hash
+  elseif h[1] or h[2] or h[3] then
+    stored, c0, c1 = digits(h[1]), digits(h[2]), digits(h[3])
+    if not (stored and c0 and c1) then
+      stored = nil
+      bad[#bad + 1] = i
+    end
+  end
   local cur, prev, fresh = 0, 0, true
   if stored then
     if stored >= w then
       -- this window (or, should the server clock ever step back, a later one: keep its counts, never
       -- forget admissions)
-      local par = stored % 2
-      cur = tonumber(h[2 + par]) or 0
-      prev = tonumber(h[3 - par]) or 0
+      if stored % 2 == 0 then cur, prev = c0, c1 else cur, prev = c1, c0 end
       fresh = false
       w = stored
     elseif stored == w - 1 then
-      prev = tonumber(h[2 + stored % 2]) or 0
+      if stored % 2 == 0 then prev = c0 else prev = c1 end
     end
   end
   -- weighted estimate, in integers scaled by window: prev * (window - elapsed) + cur * window
@@ -84,6 +107,12 @@ for i = 1, n do
   o = o + 4
 end
 
+if ARGV[1] == '1' then
+  -- a counting call repairs corrupt hashes (zero counts, as if absent), whether or not it is admitted
+  for j = 1, #bad do
+    call('DEL', KEYS[bad[j]])
+  end
+end
 if all_ok and ARGV[1] == '1' then
   for i = 1, n do
     local p = 5 * (i - 1)
@@ -97,4 +126,5 @@ if all_ok and ARGV[1] == '1' then
     end
   end
 end
+out[o + 1] = bad
 return out

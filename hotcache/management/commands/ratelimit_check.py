@@ -44,7 +44,10 @@ class Command(BaseCommand):
             limit = _MAX_DRIVE
         if limit < 1:
             raise CommandError(f"rate {rate!r} admits nothing; nothing to drive")
-        lim = rl.Limit(f"ratelimit_check.{name}", f"check-{uuid.uuid4().hex}", limit, window)
+        try:
+            lim = rl.Limit(f"ratelimit_check.{name}", f"check-{uuid.uuid4().hex}", limit, window)
+        except ValueError as exc:  # a rule name `manage.py check` reports (E012)
+            raise CommandError(f"rule {name[:80]!r} cannot be driven: {exc}") from exc
         rl.reset_local_state()
         redis_backend.reset()  # try Redis now, not a cached "down" verdict
         location = settings.CACHES.get(hotcache_settings.REDIS_ALIAS, {}).get("LOCATION", "?")
