@@ -12,6 +12,15 @@ concurrent calls against a limit L exactly L are allowed. Cold path: one indexed
 the same script caches the record and counts. Revocation writes a tombstone over the cached record
 that a concurrent cold load cannot overwrite, so it holds on the next call in every process.
 
+Tampered Redis: every cached value a check decides on (record, tombstone, 'unknown') is signed with
+hotcache.signing for its tag; the record also carries ``u``, the Redis time after which the script refuses
+it, so a genuine record written back after a revocation expires like the cache. The script returns the
+value it used and Python verifies it (same single round trip); a value that fails is absent: counted as
+tampered, the use the script counted under it given back (resolved like a refused lost check), the record
+reloaded from MongoDB and cached over it. Counters cannot be signed (Lua INCRs them): one that is not a
+whole number is restored from MongoDB; touched-index members are signed, since the sync trusts them. The
+README ("Tampered Redis") says what an attacker who writes Redis can still do.
+
 Redis down: the record is read from MongoDB (one indexed query) and the use is counted there with a
 conditional ``$inc`` (``fallback + redis + doubt < limit``), so limits stay enforced. The day's total is
 ``fallback`` (counted on MongoDB) plus ``redis`` (Redis's counter, copied by sync_usage()). When
@@ -84,14 +93,16 @@ import re
 import secrets
 import string
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
-from hotcache import clock, keys, metering
+from django.conf import settings as django_settings
+
+from hotcache import clock, keys, metering, signing
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import BackendUnavailable, DuplicateKey, HotcacheError, RedisUnavailable
+from hotcache.exceptions import BackendUnavailable, DuplicateKey, HotcacheError, InvalidName, RedisUnavailable
 
 __all__ = [
     "InvalidKey",
@@ -124,6 +135,18 @@ _MAX_HEADER = 200  # longer header values are rejected before any parsing
 _CHECK = redis_backend.Script("apikey_check")
 _BASE = redis_backend.Script("apikey_base")
 _RESOLVE = redis_backend.Script("apikey_resolve")
+_FIX = redis_backend.Script("apikey_fix")
+_META = "apikeys.meta"  # signing purpose of a key's cached value (record, tombstone or 'unknown'); ident: its tag
+_TOUCHED = "apikeys.touched"  # signing purpose of a touched-index member; ident: the day
+_MAX_OWNER = 256
+_MAX_NAME = 200
+_MAX_DAILY_LIMIT = 10**12  # exact in Lua's doubles, BSON's int64 and Redis's counters alike
+_MAX_DAYS = 3660  # usage()/usage_many()/sync_usage() windows: ten years
+_KEY_ID_PATTERN = r"[A-Za-z0-9_\-]{1,64}"  # create() makes ak_<16 hex>; anything else is simply not found
+_MEMBER_RE = re.compile(r"([A-Za-z0-9_\-]{1,64}):([0-9a-f]{32})", re.ASCII)  # touched index: <key_id>:<tag>
+_COUNT_RE = re.compile(rb"[0-9]{1,18}")  # a day counter as the scripts accept it (never negative)
+_FRESH_MARGIN = 60  # seconds a cached record's "u" lies beyond its Redis TTL (both on Redis's clock)
+_ATTEMPTS = 4  # check script calls per check at most (miss, forged record, malformed counter: see check())
 _TOKEN_TTL = 86400  # seconds a writer's last-counted sequence stays in a key's token hash after its last check
 _CLOSE_GRACE = 3600  # seconds after a UTC day ends before the sync deletes that day's touched index
 _SYNC_CHUNK = 2000  # GETs per pipeline in sync_usage()
@@ -249,18 +272,103 @@ def _next_midnight(now: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
-def _record_json(doc: dict[str, Any]) -> str:
+def _sealed_record(doc: dict[str, Any], tag: str, redis_now: float) -> str:
+    """The key's cached record, signed: every field a check decides on (owner, limit, expiry, digest), and
+    ``u``, the Redis time after which the script refuses it: a genuine record written back later (to use a
+    key revoked since) is good for at most APIKEY_CACHE_TTL + _FRESH_MARGIN seconds after it was made."""
     exp = doc.get("expires_at")
-    return json.dumps(
-        {
-            "id": doc["key_id"],
-            "owner": doc["owner"],
-            "limit": doc.get("daily_limit"),
-            "exp": exp.timestamp() if exp else None,
-            "h": doc["key_sha256"],
-        },
-        separators=(",", ":"),
-    )
+    body = {
+        "id": doc["key_id"],
+        "owner": doc["owner"],
+        "limit": doc.get("daily_limit"),
+        "exp": exp.timestamp() if exp else None,
+        "h": doc["key_sha256"],
+        "u": int(redis_now) + int(hotcache_settings.APIKEY_CACHE_TTL) + _FRESH_MARGIN,
+    }
+    return signing.seal_json(_META, tag, body)
+
+
+def _tombstone(tag: str) -> str:
+    return signing.seal(_META, tag, "revoked")
+
+
+def _unknown(tag: str) -> str:
+    return signing.seal(_META, tag, "unknown")
+
+
+def _touched_member(day: dt.date, body: str) -> str:
+    """A touched-index member (body ``<key_id>:<tag>``), signed: sync_usage() writes MongoDB history from it."""
+    return signing.seal(_TOUCHED, _day_name(day), body)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Cached:
+    """A verified cached value: a key record, or the 'revoked' tombstone, or the 'unknown' marker."""
+
+    kind: str  # "key" | "revoked" | "unknown"
+    key_id: str = ""
+    owner: str = ""
+    limit: int | None = None
+    digest: str = ""
+
+
+_verified: dict[tuple[str, bytes], tuple[tuple[Any, ...], _Cached]] = {}  # see _open_meta
+_VERIFIED_MAX = 4096
+
+
+def _open_meta(tag: str, raw: object) -> _Cached | None:
+    """The cached value at the key's meta if hotcache signed it for this tag and it is well formed, else None.
+
+    The answer for exact bytes already verified under the same secrets is remembered (at most _VERIFIED_MAX
+    values, then forgotten at once): a warm check of a cached record spends no HMAC and no JSON parse.
+    """
+    keyring = (django_settings.SECRET_KEY, *getattr(django_settings, "SECRET_KEY_FALLBACKS", ()))
+    memo = (tag, raw) if isinstance(raw, bytes) else None
+    if memo is not None:
+        known = _verified.get(memo)
+        if known is not None and known[0] == keyring:
+            return known[1]
+    cached = _verify_meta(tag, raw)
+    if cached is not None and memo is not None:
+        if len(_verified) >= _VERIFIED_MAX:
+            _verified.clear()
+        _verified[memo] = (keyring, cached)
+    return cached
+
+
+def _verify_meta(tag: str, raw: object) -> _Cached | None:
+    body = signing.unseal(_META, tag, raw)
+    if body is None:
+        return None
+    if body in ("revoked", "unknown"):
+        return _Cached(body)
+    try:
+        m = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(m, dict):
+        return None
+    key_id, owner, digest, limit, exp, until = (m.get(f) for f in ("id", "owner", "h", "limit", "exp", "u"))
+    if not (isinstance(key_id, str) and isinstance(owner, str) and isinstance(digest, str)):
+        return None
+    if type(until) is not int:  # the script refuses a record past it (on Redis's clock)
+        return None
+    if limit is not None and type(limit) is not int:
+        return None
+    if exp is not None and type(exp) not in (int, float):
+        return None
+    return _Cached("key", key_id, owner, limit, digest)
+
+
+def _count(value: object) -> int | None:
+    """A day counter as Redis returned it (absent = 0); None when it is not a whole number the scripts accept."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace")
+    if isinstance(value, bytes) and _COUNT_RE.fullmatch(value):
+        return int(value)
+    return None
 
 
 def _info(doc: dict[str, Any], used_today: int) -> KeyInfo:
@@ -286,19 +394,21 @@ def create(
     daily_limit: int | None = None,
     expires_at: dt.datetime | None = None,
 ) -> NewKey:
-    """Make a key for ``owner``; the raw key is in the result only (store it now: it cannot be shown again)."""
+    """Make a key for ``owner``; the raw key is in the result only (store it now: it cannot be shown again).
+
+    Raises ValueError for a bad limit or expiry and InvalidName (a ValueError) for an owner or name that is
+    not text hotcache stores (see keys.text); nothing is written then.
+    """
     if daily_limit is not None and (
-        not isinstance(daily_limit, int) or isinstance(daily_limit, bool) or daily_limit < 1
+        not isinstance(daily_limit, int) or isinstance(daily_limit, bool) or not 1 <= daily_limit <= _MAX_DAILY_LIMIT
     ):
-        msg = f"daily_limit must be a positive whole number or None, not {daily_limit!r}"
+        msg = f"daily_limit must be a whole number from 1 to {_MAX_DAILY_LIMIT} or None, not {daily_limit!r:.80}"
         raise ValueError(msg)
     if expires_at is not None and (not isinstance(expires_at, dt.datetime) or expires_at.tzinfo is None):
         msg = "expires_at must be a timezone-aware datetime (UTC) or None"
         raise ValueError(msg)
-    owner_text = str(owner)
-    if not owner_text or len(owner_text) > 256:
-        msg = "owner must be a non-empty string of at most 256 characters"
-        raise ValueError(msg)
+    owner_text = _owner(owner)
+    name_text = keys.text(name, what="name", max_length=_MAX_NAME, allow_empty=True)
     coll = _keys_coll()
     for _ in range(5):  # a prefix collision (1 in 2.8e12 per pair) just draws again
         prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_LEN))
@@ -310,7 +420,7 @@ def create(
             "prefix": prefix,
             "key_sha256": _digest(raw_key),
             "owner": owner_text,
-            "name": str(name)[:200],
+            "name": name_text,
             "daily_limit": daily_limit,
             "created_at": clock.utcnow(),
             "expires_at": expires_at.astimezone(dt.UTC) if expires_at else None,
@@ -327,19 +437,49 @@ def create(
     raise HotcacheError(msg)
 
 
+def _owner(owner: object) -> str:
+    """The one boundary for an owner (create() and list_keys()): text or a whole number, InvalidName otherwise."""
+    if isinstance(owner, int) and not isinstance(owner, bool):
+        owner = str(owner)  # an int of over 256 digits is refused below as too long
+    elif not isinstance(owner, str):
+        msg = f"owner must be a string or a whole number, not {type(owner).__name__}"
+        raise InvalidName(msg)
+    return keys.text(owner, what="owner", max_length=_MAX_OWNER)
+
+
+def _key_id(value: object) -> str | None:
+    """``value`` if it can be a key id, else None: callers answer as for an unknown id (no store is asked)."""
+    try:
+        return keys.validate_name(value, what="key_id", pattern=_KEY_ID_PATTERN)
+    except InvalidName:
+        return None
+
+
+def _days(days: object) -> int:
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= _MAX_DAYS:
+        msg = f"days must be a whole number from 1 to {_MAX_DAYS}"
+        raise ValueError(msg)
+    return days
+
+
+def _not_found(key_id: object) -> KeyNotFound:
+    return KeyNotFound(f"no API key with id {repr(key_id)[:80]}")
+
+
 def revoke(key_id: str) -> bool:
     """Revoke a key for good; effective on the next call in every process. False if it was already revoked."""
+    wanted = _key_id(key_id)
     coll = _keys_coll()
-    doc = coll.find_one({"key_id": str(key_id)})
+    doc = coll.find_one({"key_id": wanted}) if wanted else None
     if doc is None:
-        raise KeyNotFound(f"no API key with id {str(key_id)[:80]!r}")
+        raise _not_found(key_id)
     newly = coll.update_one({"key_id": doc["key_id"], "revoked_at": None}, {"$set": {"revoked_at": clock.utcnow()}})
     tag = _tag(doc["key_sha256"])
     ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
     try:
         # Overwrite (not just delete) the cached record: a cold load that read MongoDB before the update
         # above cannot cache the key as valid again while this tombstone lives (the script refuses).
-        redis_backend.call(FEATURE, lambda r: r.set(_meta_key(tag), "revoked", ex=ttl))
+        redis_backend.call(FEATURE, lambda r: r.set(_meta_key(tag), _tombstone(tag), ex=ttl))
     except RedisUnavailable:
         # The cached record outlives this call only as long as Redis is unreachable for us; make the
         # next successful check in this process write the tombstone first.
@@ -353,7 +493,10 @@ def revoke(key_id: str) -> bool:
 
 
 def get(key_id: str) -> KeyInfo | None:
-    docs = _keys_coll().find({"key_id": str(key_id)}, limit=1)
+    wanted = _key_id(key_id)
+    if wanted is None:
+        return None
+    docs = _keys_coll().find({"key_id": wanted}, limit=1)
     if not docs:
         return None
     return _with_usage(docs)[0]
@@ -367,7 +510,7 @@ def list_keys(owner: str | int | None = None, limit: int | None = None) -> list[
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         msg = f"limit must be a positive whole number or None, not {limit!r}"
         raise ValueError(msg)
-    query = {} if owner is None else {"owner": str(owner)}
+    query = {} if owner is None else {"owner": _owner(owner)}
     docs = _keys_coll().find(query, sort=[("created_at", mongo.DESCENDING)], limit=limit or 0)
     return _with_usage(docs)
 
@@ -395,13 +538,16 @@ def _totals(key_tags: list[tuple[str, str]], days: list[dt.date]) -> dict[tuple[
         for _, tag in key_tags:
             for day in days:
                 pipe.get(_use_key(tag, day))
-        return pipe.execute()
+        return _replies(pipe)
 
     try:
         values = iter(redis_backend.call(FEATURE, read))
-        for key_id, _ in key_tags:
+        for key_id, tag in key_tags:
             for day in days:
-                live[(key_id, day)] = int(next(values) or 0)
+                n = _count(next(values))
+                if n is None:  # not a count (or not a string): absent, MongoDB's copy stands
+                    signing.tampered(FEATURE, _use_key(tag, day), "is not a count")
+                live[(key_id, day)] = n or 0
     except RedisUnavailable:
         pass
     out: dict[tuple[str, dt.date], int] = {}
@@ -415,12 +561,11 @@ def _totals(key_tags: list[tuple[str, str]], days: list[dt.date]) -> dict[tuple[
 
 def usage(key_id: str, days: int = 30) -> list[tuple[dt.date, int]]:
     """Uses per UTC day for the last ``days`` days, newest first (MongoDB history merged with live Redis counters)."""
-    if not isinstance(days, int) or days < 1:
-        msg = "days must be a positive whole number"
-        raise ValueError(msg)
-    doc = _keys_coll().find_one({"key_id": str(key_id)}, projection={"key_id": 1, "key_sha256": 1})
+    _days(days)
+    wanted = _key_id(key_id)
+    doc = _keys_coll().find_one({"key_id": wanted}, projection={"key_id": 1, "key_sha256": 1}) if wanted else None
     if doc is None:
-        raise KeyNotFound(f"no API key with id {str(key_id)[:80]!r}")
+        raise _not_found(key_id)
     today = clock.utcnow().date()
     day_list = [today - dt.timedelta(days=i) for i in range(days)]
     totals = _totals([(doc["key_id"], _tag(doc["key_sha256"]))], day_list)
@@ -433,10 +578,8 @@ def usage_many(key_ids: list[str], days: int = 30) -> dict[str, list[tuple[dt.da
     Cost whatever the number of keys: 2 MongoDB queries and 1 Redis round trip of ``len(key_ids) x days``
     GETs (usage() per key would be 2 queries and 1 round trip each).
     """
-    if not isinstance(days, int) or days < 1:
-        msg = "days must be a positive whole number"
-        raise ValueError(msg)
-    ids = [str(k) for k in key_ids]
+    _days(days)
+    ids = [k for k in map(_key_id, key_ids) if k is not None]
     if not ids:
         return {}
     docs = _keys_coll().find({"key_id": {"$in": ids}}, projection={"key_id": 1, "key_sha256": 1})
@@ -453,7 +596,7 @@ def usage_many(key_ids: list[str], days: int = 30) -> dict[str, list[tuple[dt.da
 _pending_lock = threading.Lock()
 _pending_bases: set[tuple[str, str, dt.date]] = set()  # (key_id, tag, day) counted on MongoDB by this process
 _pending_revokes: set[str] = set()  # tags whose tombstone could not be written
-_pending_touched: set[tuple[dt.date, str]] = set()  # (day, member) whose touched-index SADD failed
+_pending_touched: set[tuple[dt.date, str]] = set()  # (day, "<key_id>:<tag>") whose touched-index SADD failed
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -499,6 +642,7 @@ def _reset_state() -> None:
         _pending_touched.clear()
         _doubts.clear()
         _pending_unhold.clear()
+    _verified.clear()
 
 
 def _invalid(reason: str, prefix: str) -> InvalidKey:
@@ -522,78 +666,216 @@ def check(raw_key: str) -> Usage:
     digest, prefix = _parse(raw_key)
     tag = _tag(digest)
     now = clock.utcnow()
-    today = now.date()
-    writer, seq = _writer(), next(_seq)
     try:
         if _doubts or _pending_bases or _pending_revokes or _pending_touched or _pending_unhold:
             _reconcile()  # resolves this writer's check in doubt (if any) before this check can write
     except RedisUnavailable:  # nothing of this check was sent
         metering.event(FEATURE, "fallback")
         return _check_on_mongo(digest, prefix, now)
+    call = _Call(_writer(), next(_seq))
     try:
-        reply = _run_check(tag, today, now, fill="", writer=writer, seq=seq)
-        if reply[0] == "miss":
-            reply = _run_check(tag, today, now, fill=_load_record(digest, prefix), writer=writer, seq=seq)
+        return _check_on_redis(digest, prefix, tag, now, call)
     except RedisUnavailable as exc:
         metering.event(FEATURE, "fallback")
         if exc.maybe_applied:
             # The script reached Redis, the reply did not come back: decide on MongoDB, count nowhere yet.
-            return _check_in_doubt(digest, prefix, now, _Doubt(writer, seq, tag, today))
+            return _check_in_doubt(digest, prefix, now, _Doubt(call.writer, call.seq, tag, now.date()))
         return _check_on_mongo(digest, prefix, now)
-    status = reply[0]
-    if status == "stale":  # cannot happen: each sequence number is sent once (and resolved before the next)
-        log.error("hotcache apikeys: check refused as stale by redis; counted on MongoDB")
-        return _check_on_mongo(digest, prefix, now)
-    if status in ("revoked", "unknown", "expired"):
-        raise _invalid(status, prefix)
-    record = json.loads(reply[2])
-    if not hmac.compare_digest(str(record.get("h", "")), digest):
+
+
+@dataclasses.dataclass(slots=True)
+class _Call:
+    """The writer and sequence number of the check script call in flight (a new one after a give-back)."""
+
+    writer: str
+    seq: int
+
+
+class _Reply(NamedTuple):
+    """What apikey_check.lua answered."""
+
+    status: str
+    used: int
+    meta: bytes  # the cached value the script decided on, as stored: Python verifies it (Lua cannot)
+    first: bool  # this call created the day's counter
+    note: str  # records the script found malformed: "use", "base", "tok"
+    time: int  # Redis's clock (seconds): the base of the "u" of a record cached next
+
+
+def _check_on_redis(digest: str, prefix: str, tag: str, now: dt.datetime, call: _Call) -> Usage:
+    """The check script, then what its answer needs: the record loaded on a miss, or a repair when Redis held
+    a value hotcache did not sign (see the module docstring). Warm: one script call, nothing else."""
+    today = now.date()
+    fill, expect = "", b""
+    for _ in range(_ATTEMPTS):
+        reply = _run_check(tag, today, now, fill=fill, writer=call.writer, seq=call.seq, expect=expect or None)
+        if "tok" in reply.note:
+            signing.tampered(FEATURE, _token_key(tag), "held a malformed writer record (dropped)")
+        if reply.status in ("miss", "old"):
+            if reply.status == "old":
+                signing.tampered(FEATURE, _meta_key(tag), "was used past its validity (written back?)")
+            fill = _load_record(digest, prefix, reply.time)
+            continue
+        if reply.status == "badcount":  # nothing was done; put MongoDB's counts back, then check again
+            for name, key in (("use", _use_key(tag, today)), ("base", _base_key(tag, today))):
+                if name in reply.note:
+                    signing.tampered(FEATURE, key, "is not a count")
+            _fix_counters(digest, tag, today)
+            continue
+        if reply.status == "stale":  # cannot happen: each sequence number is sent once (and resolved before the next)
+            log.error("hotcache apikeys: check refused as stale by redis; counted on MongoDB")
+            return _check_on_mongo(digest, prefix, now)
+        cached = _open_meta(tag, reply.meta) if reply.status != "bad" else None
+        if cached is not None:
+            return _decide(reply, cached, digest, prefix, tag, now)
+        # Redis held a value hotcache did not sign (or cannot read): absent. Take back the use the script
+        # counted under it, then decide again on the record from MongoDB, cached over the forged value.
+        signing.tampered(FEATURE, _meta_key(tag), "failed verification" if reply.meta else "is unreadable")
+        if reply.status == "ok":
+            if not _give_back(call, tag, today):
+                metering.event(FEATURE, "fallback")
+                return _check_on_mongo(digest, prefix, now)
+        fill, expect = _load_record(digest, prefix, reply.time), reply.meta
+    log.error("hotcache apikeys: redis kept answering with values hotcache did not sign; decided on MongoDB")
+    return _check_on_mongo(digest, prefix, now)
+
+
+def _decide(reply: _Reply, cached: _Cached, digest: str, prefix: str, tag: str, now: dt.datetime) -> Usage:
+    """The Usage of a script answer whose cached value verified."""
+    if cached.kind != "key":
+        raise _invalid(cached.kind, prefix)
+    if not hmac.compare_digest(cached.digest.encode(), digest.encode()):
         raise _invalid("unknown", prefix)
-    if status == "ok" and str(reply[3]) == "1":
-        _mark_touched(today, f"{record['id']}:{tag}")
-    return _usage(status == "ok", record["id"], record["owner"], int(reply[1]), record.get("limit"), now)
+    if reply.status == "expired":
+        raise _invalid("expired", prefix)
+    if reply.status == "ok" and reply.first:
+        _mark_touched(now.date(), f"{cached.key_id}:{tag}")
+    return _usage(reply.status == "ok", cached.key_id, cached.owner, reply.used, cached.limit, now)
+
+
+def _give_back(call: _Call, tag: str, day: dt.date) -> bool:
+    """Take back the use a check script counted under a forged record: resolved like a refused lost check.
+
+    Registered as a doubt first, so a failure here leaves it to be settled before this process's next check;
+    False then (the caller decides on MongoDB). On success the next script call gets a new sequence number.
+    """
+    doubt = _Doubt(call.writer, call.seq, tag, day)  # allowed=False: "counted by redis but refused" -> DECR
+    with _pending_lock:
+        _doubts[call.writer] = doubt
+    try:
+        redis_backend.call(FEATURE, lambda r: _resolve_doubts(r, [doubt]))
+    except RedisUnavailable:
+        return False
+    call.seq = next(_seq)
+    return True
 
 
 def _run_check(
-    tag: str, today: dt.date, now: dt.datetime, *, fill: str, writer: str | None = None, seq: int | None = None
-) -> list[str]:
+    tag: str,
+    today: dt.date,
+    now: dt.datetime,
+    *,
+    fill: str,
+    writer: str | None = None,
+    seq: int | None = None,
+    expect: bytes | None = None,
+) -> _Reply:
     writer = writer or _writer()
     seq = seq if seq is not None else next(_seq)
     ttl = int(hotcache_settings.APIKEY_CACHE_TTL)
-    if fill == "unknown":
+    if fill.endswith(".unknown"):
         ttl = int(hotcache_settings.APIKEY_INVALID_CACHE_TTL)
-    args = [repr(now.timestamp()), str(_counter_ttl()), fill, str(ttl), writer, str(seq), str(_TOKEN_TTL)]
+    args: list[Any] = [repr(now.timestamp()), str(_counter_ttl()), fill, str(ttl), writer, str(seq), str(_TOKEN_TTL)]
+    if expect is not None:
+        args.append(expect)
     keys_ = [_meta_key(tag), _use_key(tag, today), _base_key(tag, today), _token_key(tag)]
-    reply = redis_backend.call(FEATURE, lambda r: _CHECK(r, keys_, args))
-    return [v.decode() if isinstance(v, bytes) else v for v in reply]
+    status, used, meta, first, note, redis_now = redis_backend.call(FEATURE, lambda r: _CHECK(r, keys_, args))
+    return _Reply(_text(status), int(used), meta if isinstance(meta, bytes) else str(meta).encode(),
+                  str(first) == "1", _text(note), int(redis_now))
 
 
-def _mark_touched(day: dt.date, member: str) -> None:
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _replies(pipe: Any) -> list[Any]:
+    """Run a pipeline. A WRONGTYPE reply (someone replaced a key by another type) stays in the list as the
+    error, for the caller to treat as absent; any other error is raised (call() translates it)."""
+    replies = pipe.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, Exception) and not str(reply).startswith("WRONGTYPE"):
+            raise reply
+    return replies
+
+
+def _mark_touched(day: dt.date, body: str) -> None:
     """Add a key to the day's touched index (first use of the day only: see the module docstring)."""
-    ttl = _counter_ttl()
 
     def add(r: Any) -> None:
-        pipe = r.pipeline(transaction=False)
-        pipe.sadd(_touched_key(day), member)
-        pipe.expire(_touched_key(day), ttl)
-        pipe.execute()
+        _write_index(r, [], [(day, body)])
 
     try:
         redis_backend.call(FEATURE, add)
     except RedisUnavailable:  # the use is counted already: never fall back (that would count it twice)
         with _pending_lock:
-            _pending_touched.add((day, member))
+            _pending_touched.add((day, body))
         log.warning("hotcache apikeys: redis unavailable while indexing today's use; retried on the next check")
 
 
-def _load_record(digest: str, prefix: str) -> str:
-    """The value to cache for this digest: the record's JSON, or 'revoked' / 'unknown' (one indexed query)."""
+def _write_index(r: Any, revoked: Iterable[str], touched: Iterable[tuple[dt.date, str]]) -> None:
+    """Tombstones for ``revoked`` tags and (day, ``<key_id>:<tag>``) entries of the touched index, one round trip.
+
+    A touched index of the wrong type (not ours: we only ever SADD to it) is counted as tampered, dropped and
+    written again in a second round trip, so one bad key cannot fail every later check of the process.
+    """
+    revoked, touched = list(revoked), list(touched)
+    ttl, counter_ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60), _counter_ttl()
+    pipe = r.pipeline(transaction=False)
+    for tag in revoked:
+        pipe.set(_meta_key(tag), _tombstone(tag), ex=ttl)
+    for day, body in touched:
+        pipe.sadd(_touched_key(day), _touched_member(day, body))
+        pipe.expire(_touched_key(day), counter_ttl)
+    added = _replies(pipe)[len(revoked) :: 2]
+    broken = sorted({day for (day, _), reply in zip(touched, added, strict=True) if isinstance(reply, Exception)})
+    if not broken:
+        return
+    pipe = r.pipeline(transaction=False)
+    for day in broken:
+        signing.tampered(FEATURE, _touched_key(day), "is not a set (replaced)")
+        pipe.delete(_touched_key(day))
+    for day, body in touched:
+        if day in broken:
+            pipe.sadd(_touched_key(day), _touched_member(day, body))
+            pipe.expire(_touched_key(day), counter_ttl)
+    pipe.execute()
+
+
+def _load_record(digest: str, prefix: str, redis_now: float | None = None) -> str:
+    """The value to cache for this digest, signed: the record, or the tombstone / 'unknown' (one indexed query).
+
+    ``redis_now``: Redis's clock as the last script reply gave it (the record's "u" is on that clock).
+    """
+    tag = _tag(digest)
     doc = _keys_coll().find_one({"key_sha256": digest})
     if doc is None or not hmac.compare_digest(doc["key_sha256"], digest):
-        return "unknown"
+        return _unknown(tag)
     if doc.get("revoked_at") is not None:
-        return "revoked"
-    return _record_json(doc)
+        return _tombstone(tag)
+    return _sealed_record(doc, tag, clock.time() if redis_now is None else redis_now)
+
+
+def _fix_counters(digest: str, tag: str, day: dt.date) -> None:
+    """Replace the day's counters that are not integers by MongoDB's copies (2 queries, 1 script call).
+
+    The counter gets MongoDB's last synced value of it (uses since that sync are lost, as when Redis loses
+    its data), the base MongoDB's own count for the day. MongoDB down: MongoUnavailable (fail closed).
+    """
+    doc = _keys_coll().find_one({"key_sha256": digest}, projection={"key_id": 1})
+    counts = _usage_coll().find_one({"key_id": doc["key_id"], "day": _day_name(day)}) if doc else None
+    floor, base = (int((counts or {}).get(f, 0) or 0) for f in ("redis", "fallback"))
+    args = [str(floor), str(base), str(_counter_ttl())]
+    redis_backend.call(FEATURE, lambda r: _FIX(r, [_use_key(tag, day), _base_key(tag, day)], args))
 
 
 def _usage(allowed: bool, key_id: str, owner: str, used: int, limit: int | None, now: dt.datetime) -> Usage:
@@ -726,19 +1008,7 @@ def _reconcile() -> None:
     if unhold:
         _unhold(unhold)
     if revokes or touched:
-        ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
-        counter_ttl = _counter_ttl()
-
-        def tombstones(r: Any) -> None:
-            pipe = r.pipeline(transaction=False)
-            for tag in revokes:
-                pipe.set(_meta_key(tag), "revoked", ex=ttl)
-            for day, member in touched:
-                pipe.sadd(_touched_key(day), member)
-                pipe.expire(_touched_key(day), counter_ttl)
-            pipe.execute()
-
-        redis_backend.call(FEATURE, tombstones)
+        redis_backend.call(FEATURE, lambda r: _write_index(r, revokes, touched))
         with _pending_lock:
             _pending_revokes.difference_update(revokes)
             _pending_touched.difference_update(touched)
@@ -763,10 +1033,11 @@ def _resolve_doubts(r: Any, doubts: list[_Doubt]) -> None:
     counter_ttl, token_ttl = str(_counter_ttl()), str(_TOKEN_TTL)
     for d in doubts:
         args = [d.writer, str(d.seq), "1" if d.allowed else "0", counter_ttl, now, token_ttl]
-        outcome, first = (
-            v.decode() if isinstance(v, bytes) else v
-            for v in _RESOLVE(r, [_use_key(d.tag, d.day), _token_key(d.tag)], args)
-        )
+        outcome, first, note = (_text(v) for v in _RESOLVE(r, [_use_key(d.tag, d.day), _token_key(d.tag)], args))
+        if "use" in note:
+            signing.tampered(FEATURE, _use_key(d.tag, d.day), "is not a count (restarted)")
+        if "tok" in note:
+            signing.tampered(FEATURE, _token_key(d.tag), "held a malformed writer record (dropped)")
         with _pending_lock:
             if _doubts.get(d.writer) is d:
                 del _doubts[d.writer]
@@ -826,10 +1097,11 @@ def sync_usage(days: int = 2) -> SyncResult:
     the tombstones and one SSCAN per day (more pages only for days with over ~1,000 keys), 1 round trip of
     one GET per (used key, day) (per 2,000), then, when a past day's index is closed, 1 DEL round trip;
     plus 1 script call per key counted on MongoDB today.
+
+    Only index members hotcache signed are read (see _verified_members); a counter that is not an integer
+    is counted as tampered and left out (MongoDB keeps its last good copy).
     """
-    if not isinstance(days, int) or days < 1:
-        msg = "days must be a positive whole number"
-        raise ValueError(msg)
+    _days(days)
     now = clock.utcnow()
     day_list = [now.date() - dt.timedelta(days=i) for i in range(days)]
     oldest = dt.datetime.combine(day_list[-1], dt.time(), tzinfo=dt.UTC)
@@ -841,18 +1113,19 @@ def sync_usage(days: int = 2) -> SyncResult:
     ]
     try:
         touched = redis_backend.call(FEATURE, lambda r: _read_touched(r, revoked, day_list))
-        pairs = [(member, day) for day in day_list for member in sorted(touched[day])]
+        pairs = _verified_members(touched)
         values = redis_backend.call(FEATURE, lambda r: _read_counters(r, pairs)) if pairs else []
     except RedisUnavailable:
         log.warning("hotcache apikeys: redis unavailable; usage sync skipped")
         return SyncResult(0, days, 0, 0, False)
     tags: dict[str, str] = {}
     ops: list[mongo.Update | mongo.Insert] = []
-    for (member, day), value in zip(pairs, values, strict=True):
-        key_id, _, tag = member.partition(":")
+    for (key_id, tag, day), value in zip(pairs, values, strict=True):
         tags[key_id] = tag
-        n = int(value or 0)
-        if n:
+        n = _count(value)
+        if n is None:  # not a count: never copied into the history
+            signing.tampered(FEATURE, _use_key(tag, day), "is not a count")
+        elif n:
             ops.append(
                 mongo.Update(
                     {"key_id": key_id, "day": _day_name(day)},
@@ -887,39 +1160,96 @@ def sync_usage(days: int = 2) -> SyncResult:
             pushed = _push_bases(items)
         except RedisUnavailable:
             pass
-    return SyncResult(len({m for m, _ in pairs} | set(missing)), days, len(ops), pushed, True)
+    return SyncResult(len({k for k, _, _ in pairs} | set(missing)), days, len(ops), pushed, True)
 
 
 def _next_midnight_of(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
-def _read_touched(r: Any, revoked: list[str], day_list: list[dt.date]) -> dict[dt.date, set[str]]:
+def _read_touched(r: Any, revoked: list[str], day_list: list[dt.date]) -> dict[dt.date, set[bytes]]:
     """Write the tombstones and read each day's touched index (one round trip unless a set is large)."""
     tomb_ttl = max(int(hotcache_settings.APIKEY_CACHE_TTL), 60)
     pipe = r.pipeline(transaction=False)
     for tag in revoked:
-        pipe.set(_meta_key(tag), "revoked", ex=tomb_ttl)
+        pipe.set(_meta_key(tag), _tombstone(tag), ex=tomb_ttl)
     for day in day_list:
         pipe.sscan(_touched_key(day), 0, count=_SSCAN_COUNT)
-    replies = pipe.execute()[len(revoked) :]
-    out: dict[dt.date, set[str]] = {}
-    for day, (cursor, members) in zip(day_list, replies, strict=True):
-        found = {m.decode() if isinstance(m, bytes) else m for m in members}
+    replies = _replies(pipe)[len(revoked) :]
+    out: dict[dt.date, set[bytes]] = {}
+    for day, reply in zip(day_list, replies, strict=True):
+        if isinstance(reply, Exception):  # not a set: someone replaced it, what it indexed is gone
+            signing.tampered(FEATURE, _touched_key(day), "is not a set (dropped)")
+            r.delete(_touched_key(day))
+            out[day] = set()
+            continue
+        cursor, members = reply
+        found = set(members)
         while int(cursor):  # large sets only: SSCAN may return a member twice, the set absorbs it
             cursor, members = r.sscan(_touched_key(day), cursor, count=_SSCAN_COUNT)
-            found.update(m.decode() if isinstance(m, bytes) else m for m in members)
+            found.update(members)
         out[day] = found
     return out
 
 
-def _read_counters(r: Any, pairs: list[tuple[str, dt.date]]) -> list[Any]:
+def _verified_members(touched: dict[dt.date, set[bytes]]) -> list[tuple[str, str, dt.date]]:
+    """The (key_id, tag, day) entries of the touched indexes that hotcache wrote, newest day first.
+
+    A member is trusted when signed for its day. An unsigned one in the shape written before members were
+    signed is trusted when MongoDB confirms that key has that tag (1 query, only when there are such
+    members, at most _SYNC_CHUNK of them); any other member is counted as tampered and removed, so it can
+    neither name a key's history nor create documents.
+    """
+    found: set[tuple[str, str, dt.date]] = set()
+    unsigned: list[tuple[str, str, dt.date, bytes]] = []
+    bad: list[tuple[dt.date, bytes]] = []
+    for day, members in touched.items():
+        for raw in members:
+            body = signing.unseal(_TOUCHED, _day_name(day), raw)
+            signed = _MEMBER_RE.fullmatch(body) if body is not None else None
+            if signed:
+                found.add((signed[1], signed[2], day))
+                continue
+            old = _MEMBER_RE.fullmatch(_text(raw)) if body is None else None
+            if old and len(unsigned) < _SYNC_CHUNK:
+                unsigned.append((old[1], old[2], day, raw))
+            else:
+                bad.append((day, raw))
+    if unsigned:
+        ids = sorted({key_id for key_id, _, _, _ in unsigned})
+        real = {
+            d["key_id"]: _tag(d["key_sha256"])
+            for d in _keys_coll().find({"_id": {"$in": ids}}, projection={"key_id": 1, "key_sha256": 1})
+        }
+        for key_id, tag, day, raw in unsigned:
+            if real.get(key_id) == tag:
+                found.add((key_id, tag, day))
+            else:
+                bad.append((day, raw))
+    if bad:
+        for day in sorted({day for day, _ in bad}):
+            signing.tampered(FEATURE, _touched_key(day), "held a member hotcache did not sign (removed)")
+
+        def remove(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for day, raw in bad:
+                pipe.srem(_touched_key(day), raw)
+            _replies(pipe)
+
+        try:
+            redis_backend.call(FEATURE, remove)
+        except RedisUnavailable:
+            pass  # ignored again by the next sync
+    return sorted(found, key=lambda e: (-e[2].toordinal(), e[0], e[1]))
+
+
+def _read_counters(r: Any, pairs: list[tuple[str, str, dt.date]]) -> list[Any]:
     values: list[Any] = []
     for i in range(0, len(pairs), _SYNC_CHUNK):
         pipe = r.pipeline(transaction=False)
-        for member, day in pairs[i : i + _SYNC_CHUNK]:
-            pipe.get(_use_key(member.partition(":")[2], day))
-        values += pipe.execute()
+        for _, tag, day in pairs[i : i + _SYNC_CHUNK]:
+            pipe.get(_use_key(tag, day))
+        values += _replies(pipe)
     return values
 
 

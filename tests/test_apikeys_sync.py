@@ -77,7 +77,8 @@ def test_first_use_of_the_day_indexes_the_key_once_and_later_checks_stay_one_com
     apikeys.check(new.raw_key)  # cold load and first use: indexed
     index = apikeys._touched_key(apikeys.clock.utcnow().date())
     tag = apikeys._tag(apikeys._digest(new.raw_key))
-    assert raw_redis.sismember(index, f"{new.key_id}:{tag}")
+    day = apikeys.clock.utcnow().date()
+    assert raw_redis.sismember(index, apikeys._touched_member(day, f"{new.key_id}:{tag}"))  # signed (issue 13)
     assert 0 < raw_redis.ttl(index) <= apikeys._counter_ttl()
     for _ in range(3):
         with count_redis() as c:
@@ -144,7 +145,8 @@ def test_tombstones_of_keys_revoked_in_the_window_are_resent_without_reading_oth
     raw_redis.delete(meta)  # as if the revoking process could not reach Redis
     with count_redis() as c:
         apikeys.sync_usage()
-    assert raw_redis.get(meta) == b"revoked"
+    tag = apikeys._tag(apikeys._digest(made[50].raw_key))
+    assert raw_redis.get(meta) == apikeys._tombstone(tag).encode()  # the signed tombstone (issue 13)
     assert (c.commands, c.round_trips, c.mongo_ops) == (1 + 2 + 2, 2, 3)  # SET + 2 SSCAN; 2 GETs
     with pytest.raises(apikeys.InvalidKey):
         apikeys.check(made[50].raw_key)

@@ -4,18 +4,43 @@
 -- KEYS[2] <prefix>:{apikeys:<digest>}:tok            writer -> "<seq>:<time>[:u]"
 -- ARGV[1] writer id; ARGV[2] the check's sequence number; ARGV[3] '1' when the request was allowed (answered
 -- from MongoDB), '0' when it was refused; ARGV[4] counter TTL seconds; ARGV[5] now; ARGV[6] writer-field TTL
--- Returns {outcome, first}: outcome is 'applied' (the check counted it: nothing to do), 'counted' (it did not:
--- counted now), 'undone' (it counted a refused request: taken back) or 'none' (not counted, not allowed);
--- first is 1 when counting now created the day's counter.
+-- Returns {outcome, first, note}: outcome is 'applied' (the check counted it: nothing to do), 'counted' (it did
+-- not: counted now), 'undone' (it counted a refused request: taken back) or 'none' (not counted, not allowed);
+-- first is 1 when counting now created the day's counter; note names records found malformed ('use', 'tok').
+-- Records of the wrong type or shape (written by someone else) are dropped, never a script error.
+local note = ''
+local counter = redis.pcall('GET', KEYS[1])
+if counter ~= false then
+  local digits = type(counter) == 'string' and string.match(counter, '^(%d+)$')
+  if not digits or #digits > 18 then
+    -- Not a count any more: what it counted is lost; start it again (the check script reloads a floor from MongoDB).
+    redis.call('DEL', KEYS[1])
+    note = 'use'
+  end
+end
 local seq = tonumber(ARGV[2])
-local prev = redis.call('HGET', KEYS[2], ARGV[1])
-local prev_seq = prev and tonumber(string.match(prev, '^%d+')) or -1
+local prev = redis.pcall('HGET', KEYS[2], ARGV[1])
+if type(prev) == 'table' then
+  redis.call('DEL', KEYS[2])
+  prev = false
+  note = note .. ' tok'
+end
+local prev_seq = -1
+if prev then
+  local s = string.match(prev, '^(%d+)')
+  if s and #s <= 15 then
+    prev_seq = tonumber(s)
+  else
+    note = note .. ' tok'
+  end
+end
+local undone = prev and string.find(prev, ':u$') ~= nil
 local mark = ARGV[2] .. ':' .. math.floor(tonumber(ARGV[5]))
 local first = 0
 local outcome = 'none'
 if ARGV[3] == '1' then
   if prev_seq >= seq then
-    return {'applied', 0}
+    return {'applied', 0, note}
   end
   local n = redis.call('INCR', KEYS[1])
   if n == 1 then
@@ -23,14 +48,17 @@ if ARGV[3] == '1' then
     first = 1
   end
   outcome = 'counted'
-elseif prev_seq == seq and not string.find(prev, ':u$') then
-  redis.call('DECR', KEYS[1])
+elseif prev_seq == seq and not undone then
+  if redis.call('DECR', KEYS[1]) < 0 then
+    -- The counter had gone (expired or dropped) and the DECR made a new one: never negative, and it expires.
+    redis.call('SET', KEYS[1], 0, 'EX', tonumber(ARGV[4]))
+  end
   mark = mark .. ':u'
   outcome = 'undone'
 elseif prev_seq >= seq then
-  return {'none', 0}
+  return {'none', 0, note}
 end
 -- Record the sequence so the lost check, should it still arrive, is refused as stale.
 redis.call('HSET', KEYS[2], ARGV[1], mark)
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
-return {outcome, first}
+return {outcome, first, note}
