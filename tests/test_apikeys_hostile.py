@@ -36,7 +36,7 @@ GOOD_SHAPE = "abcdefgh." + "a" * 43  # well formed, unknown
 
 @pytest.fixture(autouse=True)
 def _fresh_apikeys_state(settings):
-    settings.ROOT_URLCONF = "hotcache.demo.urls"
+    settings.ROOT_URLCONF = "config.demo.urls"
     apikeys._reset_state()
     yield
     apikeys._reset_state()
