@@ -53,6 +53,7 @@ from urllib.parse import quote
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.urls import path as _route
+from django.utils.encoding import escape_uri_path
 from django.views.decorators.csrf import csrf_exempt
 
 from hotcache import clock, keys, metering
@@ -63,6 +64,8 @@ from hotcache.exceptions import BackendUnavailable, InvalidName, MongoWriteError
 
 __all__ = [
     "EVENT_PATTERN",
+    "MAX_RAW_PATH_LENGTH",
+    "MAX_VISITOR_ID_LENGTH",
     "OVERFLOW",
     "AnalyticsMiddleware",
     "AnalyticsReport",
@@ -86,8 +89,10 @@ VISITORS = "analytics_visitors"
 MAX_CHUNK = 1000  # counters per MongoDB bulk call (one round trip)
 _OVERFLOW_SLACK = 100  # extra "<event>\t(other)" fields an hour may hold past the cap
 _KEEP_BATCH_IDS = 50  # batch ids remembered per document; a document sees one batch per claim of its hour
-_SEP = "\t"  # field separator: never in an event name, and normalize_path() percent-encodes it
+_SEP = "\t"  # field separator: never in an event name, and normalize_path() refuses control characters
 _MAX_COUNT = 1_000_000
+MAX_RAW_PATH_LENGTH = 8192  # characters of a path as given (query included); longer ones are refused
+MAX_VISITOR_ID_LENGTH = 128  # characters of a visitor_id or a string user_id
 _HOUR_FMT = "%Y%m%d%H"
 _DAY_FMT = "%Y%m%d"
 
@@ -111,21 +116,50 @@ _CUT_ESCAPE = re.compile(r"%[0-9A-Fa-f]?$")
 def normalize_path(path: object) -> str:
     """A URL path as counted: no query or fragment, percent-encoded, single slashes, length-capped.
 
-    ``None`` (no path) is ``""``. Anything else that is not a string raises InvalidName.
+    ``None`` (no path) is ``""``. The raw path first goes through keys.text, the one boundary for free
+    text: a non-string, a control character (NUL included), a lone surrogate or more than
+    MAX_RAW_PATH_LENGTH characters (query included) raises InvalidName naming ``path``.
     """
     if path is None:
         return ""
-    if not isinstance(path, str):
-        msg = f"path must be a string, not {type(path).__name__}"
-        raise InvalidName(msg)
-    text = path.split("?", 1)[0].split("#", 1)[0]
-    # Spaces, control characters, tabs and non-ASCII become %XX; existing escapes are kept.
+    text = keys.text(path, what="path", max_length=MAX_RAW_PATH_LENGTH, allow_empty=True)
+    text = text.split("?", 1)[0].split("#", 1)[0]
+    # Spaces and non-ASCII become %XX; existing escapes are kept.
     text = quote(text, safe="/-._~!$&'()*+,;=:@%")
     text = "/" + _SLASHES.sub("/", text).lstrip("/")
     limit = int(hotcache_settings.ANALYTICS_MAX_PATH_LENGTH)
     if len(text) > limit:
         text = _CUT_ESCAPE.sub("", text[:limit])
     return text
+
+
+def _check_visitor_id(visitor_id: object) -> str | None:
+    """``visitor_id`` as given (``None`` or ``""``: no visitor id); InvalidName unless it is text keys.text accepts."""
+    if visitor_id is None or visitor_id == "":
+        return None
+    return keys.text(visitor_id, what="visitor_id", max_length=MAX_VISITOR_ID_LENGTH)
+
+
+def _check_user_id(user_id: object) -> object:
+    """``user_id`` as given if it is None, an integer, a UUID or text keys.text accepts; else InvalidName."""
+    if user_id is None or isinstance(user_id, uuid.UUID):
+        return user_id
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        if not -(2**63) <= user_id < 2**64:
+            msg = "user_id is an integer outside the 64-bit range"
+            raise InvalidName(msg)
+        return user_id
+    if isinstance(user_id, str):
+        return keys.text(user_id, what="user_id", max_length=MAX_VISITOR_ID_LENGTH)
+    msg = f"user_id must be an integer, a string or a UUID, not {type(user_id).__name__}"
+    raise InvalidName(msg)
+
+
+def _check_count(count: object) -> int:
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= _MAX_COUNT:
+        msg = f"count must be an integer from 1 to {_MAX_COUNT}, not {count!r}"
+        raise ValueError(msg)
+    return count
 
 
 def _key(*parts: object) -> str:
@@ -254,6 +288,16 @@ def _resolve_doubts_at_exit() -> None:
             log.warning("hotcache analytics: exit with %d %s event(s) in doubt; not counted", doubt.count, doubt.event)
 
 
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A validated track call: what the Redis script and the outage buffer count."""
+
+    event: str
+    path: str  # normalised
+    visitor: str  # digest of the user or visitor id; "" for none
+    count: int
+
+
 def track(
     event: str,
     *,
@@ -266,13 +310,17 @@ def track(
     distinct visitors (``user_id`` wins over ``visitor_id``). Returns "redis", "fallback", "dropped", or
     "in_doubt" (the reply was lost after Redis got the script: settled by this thread's next call).
 
-    Raises InvalidName for a bad event name or path type, ValueError for a bad count; never for an outage.
+    Raises InvalidName for a bad event name, path, user_id or visitor_id (see normalize_path and the
+    README), ValueError for a bad count; never for an outage.
     """
     event = validate_event(event)
     norm = normalize_path(path)
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= _MAX_COUNT:
-        msg = f"count must be an integer from 1 to {_MAX_COUNT}, not {count!r}"
-        raise ValueError(msg)
+    visitor = _visitor_digest(_check_user_id(user_id), _check_visitor_id(visitor_id))
+    return _track(_Event(event, norm, visitor, _check_count(count)))
+
+
+def _track(ev: _Event) -> str:
+    event, norm, count = ev.event, ev.path, ev.count
     now = clock.time()
     hour_start = _hour_start(now)
     day_start = int(now // 86400 * 86400)
@@ -297,7 +345,7 @@ def track(
         int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600,
         hour,
         hour_start,
-        _visitor_digest(user_id, visitor_id),
+        ev.visitor,
         event,
         int(hotcache_settings.ANALYTICS_MAX_EVENTS_PER_DAY),
         day,
@@ -918,14 +966,28 @@ def _add_redis(
 # --- HTTP endpoint -------------------------------------------------------------------------------
 
 
-def _bad(field: str, message: str) -> JsonResponse:
+_BEACON_TYPES = ("application/json", "text/plain", "")  # sendBeacon sends a string as text/plain, a bare Blob untyped
+
+
+def _bad(field: str, message: str, status: int = 400) -> JsonResponse:
     metering.event(FEATURE, "rejected")
-    return JsonResponse({"error": message, "field": field}, status=400)
+    return JsonResponse({"error": message, "field": field}, status=status)
+
+
+def _request_user_id(request: HttpRequest) -> object:
+    """The signed-in user's pk if track() takes it as a user_id, else None (the visitor id counts instead)."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    try:
+        return _check_user_id(user.pk)
+    except InvalidName:
+        return None
 
 
 @csrf_exempt
 def track_view(request: HttpRequest) -> HttpResponse:
-    """POST /hotcache/analytics/track with JSON {"event", "path", "visitor_id"}: 204, or 400 naming the field.
+    """POST /hotcache/analytics/track with JSON {"event", "path", "visitor_id"}: 204, or 4xx naming the field.
 
     CSRF-exempt on purpose: browsers send it with navigator.sendBeacon (no CSRF header, often no cookie),
     it changes no user's state and carries no credentials, and a forged request can only add a counter,
@@ -934,11 +996,16 @@ def track_view(request: HttpRequest) -> HttpResponse:
     """
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
+    kind = request.content_type or ""
+    if kind not in _BEACON_TYPES and not (kind.startswith("application/") and kind.endswith("+json")):
+        return _bad("content_type", "Content-Type must be application/json or text/plain", status=415)
     cap = int(hotcache_settings.ANALYTICS_TRACK_MAX_BODY)
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return _bad("body", "Content-Length is not a number")
+        declared = -1
+    if declared < 0:
+        return _bad("body", "Content-Length is not a number of bytes")
     if declared > cap:
         return _bad("body", f"body is larger than {cap} bytes")
     body = request.read(cap + 1)  # never more than the cap is read, whatever the header said
@@ -950,6 +1017,7 @@ def track_view(request: HttpRequest) -> HttpResponse:
         return _bad("body", "body is not valid JSON")
     if not isinstance(data, dict):
         return _bad("body", "body must be a JSON object")
+    # Each field goes through the same boundary as track()'s argument, once; the first bad one is named.
     event = data.get("event")
     if event is None:
         return _bad("event", "event is required")
@@ -959,15 +1027,15 @@ def track_view(request: HttpRequest) -> HttpResponse:
         validate_event(event)
     except InvalidName:
         return _bad("event", f"event must match {EVENT_PATTERN}")
-    path = data.get("path")
-    if path is not None and not isinstance(path, str):
-        return _bad("path", "path must be a string")
-    visitor_id = data.get("visitor_id")
-    if visitor_id is not None and (not isinstance(visitor_id, str) or len(visitor_id) > 128):
-        return _bad("visitor_id", "visitor_id must be a string of at most 128 characters")
-    user = getattr(request, "user", None)
-    user_id = user.pk if user is not None and user.is_authenticated else None
-    track(event, path=path, user_id=user_id, visitor_id=visitor_id)
+    try:
+        path = normalize_path(data.get("path"))
+    except InvalidName as exc:
+        return _bad("path", str(exc))
+    try:
+        visitor_id = _check_visitor_id(data.get("visitor_id"))
+    except InvalidName as exc:
+        return _bad("visitor_id", str(exc))
+    _track(_Event(event, path, _visitor_digest(_request_user_id(request), visitor_id), 1))
     return HttpResponse(status=204)
 
 
@@ -976,6 +1044,23 @@ def track_view(request: HttpRequest) -> HttpResponse:
 
 def _matches(path: str, prefixes: Iterable[str]) -> bool:
     return any(path.startswith(p) for p in prefixes)
+
+
+def _page_view(request: HttpRequest) -> None:
+    """Track ``page_view`` for ``request``. Django decodes %XX in path_info (``%0A`` is a newline there), so
+    the path is re-escaped as the client sent it; the anonymous visitor is a digest of IP and User-Agent."""
+    session = getattr(request, "session", None)
+    visitor = getattr(session, "session_key", None)
+    if not visitor:
+        raw = f"{request.META.get('REMOTE_ADDR', '')}|{request.META.get('HTTP_USER_AGENT', '')}"
+        visitor = "a:" + hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    path = escape_uri_path(request.path_info)[:MAX_RAW_PATH_LENGTH]
+    try:
+        track("page_view", path=path, user_id=_request_user_id(request), visitor_id=visitor)
+    except InvalidName as exc:
+        # A page that answered 2xx is never turned into an error by its page view.
+        metering.event(FEATURE, "rejected")
+        log.info("hotcache analytics: page view not tracked: %s", exc)
 
 
 class AnalyticsMiddleware:
@@ -994,13 +1079,7 @@ class AnalyticsMiddleware:
             if _matches(path, hotcache_settings.ANALYTICS_MIDDLEWARE_INCLUDE) and not _matches(
                 path, hotcache_settings.ANALYTICS_MIDDLEWARE_EXCLUDE
             ):
-                user = getattr(request, "user", None)
-                user_id = user.pk if user is not None and user.is_authenticated else None
-                session = getattr(request, "session", None)
-                visitor = getattr(session, "session_key", None) or (
-                    f"{request.META.get('REMOTE_ADDR', '')}|{request.META.get('HTTP_USER_AGENT', '')}"
-                )
-                track("page_view", path=path, user_id=user_id, visitor_id=visitor)
+                _page_view(request)
         return response
 
 
