@@ -21,6 +21,9 @@ Redis down: events go through a bounded in-process buffer flushed to MongoDB in 
 the hourly document, guarded by a flush id so a retried flush is applied once). Exactly once while
 the process lives; what the buffer held is lost if the process dies; events that do not fit are
 dropped, counted (metering event ``dropped``) and logged. Distinct visitors are not counted meanwhile.
+Paths past the hour's cap are folded into ``(other)`` as the track script folds them, in the buffer and
+again at each flush against a per-hour slot registry in MongoDB (``analytics_hour_slots``), so the cap
+holds across processes and flushes (README, "Failure behaviour", states the bound).
 
 Reply lost (Redis got the script, then the connection failed: ``RedisUnavailable.maybe_applied``): the
 event may already be counted, so it does not go to the buffer. Each track script also records its call's
@@ -60,7 +63,7 @@ from hotcache import clock, keys, metering
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import BackendUnavailable, InvalidName, MongoWriteError, RedisUnavailable
+from hotcache.exceptions import BackendUnavailable, DuplicateKey, InvalidName, MongoWriteError, RedisUnavailable
 
 __all__ = [
     "EVENT_PATTERN",
@@ -86,6 +89,7 @@ EVENT_PATTERN = r"[a-z0-9_.\-]{1,64}"  # documented: lower-case letters, digits,
 OVERFLOW = "(other)"  # path (and event) that collects what the cardinality caps turn away; never a valid name
 HOURLY = "analytics_hourly"
 VISITORS = "analytics_visitors"
+SLOTS = "analytics_hour_slots"  # per-hour counter slots the outage path has taken (the cap across processes)
 MAX_CHUNK = 1000  # counters per MongoDB bulk call (one round trip)
 _OVERFLOW_SLACK = 100  # extra "<event>\t(other)" fields an hour may hold past the cap
 _KEEP_BATCH_IDS = 50  # batch ids remembered per document; a document sees one batch per claim of its hour
@@ -401,6 +405,10 @@ def _visitors_collection() -> mongo.Collection:
     return mongo.ensure_indexes(VISITORS, feature=FEATURE, create=_visitors_indexes)
 
 
+def _doc_id(hour: str, event: str, path: str) -> str:
+    return f"{hour}|{event}|{path}"
+
+
 def _counter_op(batch: str, hour: str, event: str, path: str, n: int, *, ids: str = "batches") -> mongo.Update:
     """``$inc`` guarded by the batch id: a replay matches nothing (or hits E11000 on ``_id``).
 
@@ -408,7 +416,7 @@ def _counter_op(batch: str, hour: str, event: str, path: str, n: int, *, ids: st
     many flushes cannot push a pending sync batch out of the window that makes its replay harmless.
     """
     return mongo.Update(
-        {"_id": f"{hour}|{event}|{path}", ids: {"$ne": batch}},
+        {"_id": _doc_id(hour, event, path), ids: {"$ne": batch}},
         {
             "$inc": {"count": n},
             "$push": {ids: {"$each": [batch], "$slice": -_KEEP_BATCH_IDS}},
@@ -441,19 +449,114 @@ def _bulk(coll: mongo.Collection, ops: list[mongo.Update], stats: _WriteStats) -
 # --- Redis-down fallback -------------------------------------------------------------------------
 
 
+_Key = tuple[str, str, str]  # (hour label, event, path) of a buffered counter
+
+
+def _fold(hour_fields: int, has: Callable[[str, str], bool], event: str, path: str) -> tuple[str, str, int]:
+    """Where a new counter goes, as analytics_track.lua decides it: its own (event, path) while the hour has
+    fewer than ANALYTICS_MAX_COUNTERS_PER_HOUR fields, then the event's ``(other)`` path while it has fewer
+    than cap + slack, then the one global ``(other)`` counter. Returns (event, path, overflow level 0|1|2)."""
+    cap = int(hotcache_settings.ANALYTICS_MAX_COUNTERS_PER_HOUR)
+    if has(event, path) or hour_fields < cap:
+        return event, path, 0
+    if has(event, OVERFLOW) or hour_fields < cap + _OVERFLOW_SLACK:
+        return event, OVERFLOW, 1
+    return OVERFLOW, OVERFLOW, 2
+
+
+def _retention_cutoff() -> float:
+    """Counters of hours that ended before this moment are past ANALYTICS_RETENTION_HOURS (Redis expired them)."""
+    return clock.time() - int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600
+
+
+def _slots_indexes(coll: mongo.Collection) -> None:
+    # A registry document is needed while a buffer may still write its hour (the retention); then it goes.
+    coll.create_index([("expires", mongo.ASCENDING)], expire_after_seconds=0, name="expires")
+
+
+def _slots_collection() -> mongo.Collection:
+    return mongo.ensure_indexes(SLOTS, feature=FEATURE, create=_slots_indexes)
+
+
+def _reserve_slots(hour: str, tier: str, wanted: int, limit: int) -> int:
+    """Take ``wanted`` slots of ``tier`` ("own" or "other") for ``hour`` from the MongoDB registry, shared by
+    every process; returns how many of them fall within ``limit``. One atomic ``$inc``: concurrent flushes
+    never hand out the same slot. A slot taken but not used (a race on the same new path, a lost reply)
+    is simply wasted: the bound only gets tighter."""
+    expires = _label_to_hour(hour) + dt.timedelta(hours=int(hotcache_settings.ANALYTICS_RETENTION_HOURS) + 2)
+    coll = _slots_collection()
+    update = {"$inc": {tier: wanted}, "$setOnInsert": {"expires": expires}}
+    try:
+        doc = coll.find_one_and_update({"_id": hour}, update, upsert=True)
+    except DuplicateKey:  # two first upserts of the hour raced; the document exists now
+        doc = coll.find_one_and_update({"_id": hour}, update, upsert=True)
+    after = int((doc or {}).get(tier, wanted))
+    return max(0, min(wanted, limit - (after - wanted)))
+
+
+def _within_hour_caps(counts: dict[_Key, int]) -> dict[_Key, int]:
+    """Fold a flush's counters so that the outage path, over every process and flush, gives an hour at most
+    cap + slack + 1 documents in analytics_hourly (cap + 1 with one event name), like the Redis path.
+
+    Counters whose document exists already need no slot. New (event, path) documents take "own" slots
+    (at most the cap per hour); the refused ones go to the event's ``(other)`` document, which takes an
+    "other" slot if it is new (at most the slack per hour), else to the global ``(other)`` document.
+    MongoDB: one find, one ``$inc`` per hour with new paths, one more only past the cap.
+    """
+    cap = int(hotcache_settings.ANALYTICS_MAX_COUNTERS_PER_HOUR)
+    ids = {_doc_id(h, e, p) for h, e, p in counts} | {_doc_id(h, e, OVERFLOW) for h, e, _ in counts}
+    found = _hourly_collection().find({"_id": {"$in": sorted(ids)}}, projection={"_id": 1})
+    existing = {d["_id"] for d in found}
+    by_hour: dict[str, list[_Key]] = {}
+    for key in counts:  # insertion order: the first paths of the hour keep their own counter, as in Redis
+        by_hour.setdefault(key[0], []).append(key)
+    out: dict[_Key, int] = {}
+    for hour, hour_keys in by_hour.items():
+        new_own = [k for k in hour_keys if OVERFLOW not in k[1:] and _doc_id(*k) not in existing]
+        granted = _reserve_slots(hour, "own", len(new_own), cap) if new_own else 0
+        refused = set(new_own[granted:])
+        to_other = [k for k in hour_keys if k in refused or (k[2] == OVERFLOW and k[1] != OVERFLOW)]
+        new_other = list(dict.fromkeys(e for _, e, _ in to_other if _doc_id(hour, e, OVERFLOW) not in existing))
+        granted_other = _reserve_slots(hour, "other", len(new_other), _OVERFLOW_SLACK) if new_other else 0
+        no_room = set(new_other[granted_other:])
+        for key in hour_keys:
+            _, event, path = key
+            if key in refused or (path == OVERFLOW and event != OVERFLOW):
+                path = OVERFLOW
+                if event in no_room:
+                    event = OVERFLOW
+            target = (hour, event, path)
+            out[target] = out.get(target, 0) + counts[key]
+        if refused:
+            metering.event(FEATURE, "overflow", len(refused))
+    return out
+
+
+@dataclass(slots=True)
+class _Flush:
+    """Counters on their way to MongoDB under one flush id; retried with the same id until acknowledged."""
+
+    id: str
+    counts: dict[_Key, int]
+    folded: bool = False  # slots taken and counters folded: a retry must send exactly the same operations
+
+
 class _FallbackBuffer:
     """Bounded in-process counters for the Redis outage path, flushed to MongoDB in bulk.
 
-    ``_counts`` takes new events; a flush moves them to ``_inflight`` under a fresh flush id, and an
-    unacknowledged flush is retried with the same id (so it is applied once). Memory: at most
-    2 x ANALYTICS_FALLBACK_BUFFER_SIZE counters.
+    ``_counts`` takes new events, folded past the hour's cap as the Redis script folds them; a flush moves
+    them to ``_inflight`` under a fresh flush id, folds them again against the hour's slot registry in
+    MongoDB (the cap across processes and flushes), and an unacknowledged flush is retried with the same
+    id and the same counters (so it is applied once). Memory: at most 2 x ANALYTICS_FALLBACK_BUFFER_SIZE
+    counters. Counters of hours past ANALYTICS_RETENTION_HOURS are dropped, as Redis expires them.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._counts: dict[tuple[str, str, str], int] = {}
-        self._inflight: tuple[str, dict[tuple[str, str, str], int]] | None = None
+        self._counts: dict[_Key, int] = {}
+        self._fields: dict[str, int] = {}  # counters per hour in _counts (what HLEN is to the Redis script)
+        self._inflight: _Flush | None = None
         self._last_flush = clock.monotonic()
 
     def has_data(self) -> bool:
@@ -462,34 +565,44 @@ class _FallbackBuffer:
     def clear(self) -> None:
         with self._lock:
             self._counts = {}
+            self._fields = {}
             self._inflight = None
             self._last_flush = clock.monotonic()
 
-    def _offer(self, key: tuple[str, str, str], n: int) -> bool:
+    def _offer(self, key: _Key, n: int) -> int | None:
+        """Buffer ``n`` at ``key`` (folded past the cap); the overflow level, or None if the buffer is full."""
+        hour = key[0]
         with self._lock:
-            if key in self._counts or len(self._counts) < int(hotcache_settings.ANALYTICS_FALLBACK_BUFFER_SIZE):
-                if not self._counts and self._inflight is None:
-                    self._last_flush = clock.monotonic()  # the interval runs from the first buffered event
-                self._counts[key] = self._counts.get(key, 0) + n
-                return True
-            return False
+            fields = self._fields.get(hour, 0)
+            event, path, level = _fold(fields, lambda e, p: (hour, e, p) in self._counts, key[1], key[2])
+            target = (hour, event, path)
+            if target not in self._counts:
+                if len(self._counts) >= int(hotcache_settings.ANALYTICS_FALLBACK_BUFFER_SIZE):
+                    return None
+                self._fields[hour] = fields + 1
+            if not self._counts and self._inflight is None:
+                self._last_flush = clock.monotonic()  # the interval runs from the first buffered event
+            self._counts[target] = self._counts.get(target, 0) + n
+            return level
 
-    def add(self, key: tuple[str, str, str], n: int) -> str:
-        accepted = self._offer(key, n)
-        if not accepted:
+    def add(self, key: _Key, n: int) -> str:
+        level = self._offer(key, n)
+        if level is None:
             self.flush()  # make room if MongoDB takes it
-            accepted = self._offer(key, n)
-        if not accepted:
+            level = self._offer(key, n)
+        if level is None:
             metering.event(FEATURE, "dropped", n)
             log.warning("hotcache analytics: Redis and the fallback are full; dropped %d %s event(s)", n, key[1])
             return "dropped"
         metering.event(FEATURE, "fallback", n)
+        if level:
+            metering.event(FEATURE, "overflow")
         self.flush_if_due()
         return "fallback"
 
     def flush_if_due(self) -> int:
         with self._lock:
-            size = len(self._counts) + (len(self._inflight[1]) if self._inflight else 0)
+            size = len(self._counts) + (len(self._inflight.counts) if self._inflight else 0)
             due = size >= int(hotcache_settings.ANALYTICS_FALLBACK_BUFFER_SIZE) or (
                 clock.monotonic() - self._last_flush >= float(hotcache_settings.ANALYTICS_FALLBACK_FLUSH_INTERVAL)
             )
@@ -503,21 +616,27 @@ class _FallbackBuffer:
             with self._lock:
                 self._last_flush = clock.monotonic()
                 if self._inflight is None and self._counts:
-                    self._inflight = (f"f{uuid.uuid4().hex}", self._counts)
+                    self._inflight = _Flush(f"f{uuid.uuid4().hex}", self._counts)
                     self._counts = {}
+                    self._fields = {}
                 inflight = self._inflight
             if inflight is None:
                 return 0
-            flush_id, counts = inflight
-            ops = [_counter_op(flush_id, h, e, p, n, ids="flushes") for (h, e, p), n in counts.items()]
-            stats = _WriteStats()
             try:
+                if not inflight.folded:
+                    _drop_expired(inflight)
+                    inflight.counts = _within_hour_caps(inflight.counts) if inflight.counts else {}
+                    inflight.folded = True
+                ops = [_counter_op(inflight.id, h, e, p, n, ids="flushes") for (h, e, p), n in inflight.counts.items()]
+                stats = _WriteStats()
                 coll = _hourly_collection()
                 for i in range(0, len(ops), MAX_CHUNK):
                     _bulk(coll, ops[i : i + MAX_CHUNK], stats)
             except (BackendUnavailable, MongoWriteError) as exc:
                 log.warning(
-                    "hotcache analytics: fallback flush of %d counters failed, kept for retry: %s", len(ops), exc
+                    "hotcache analytics: fallback flush of %d counters failed, kept for retry: %s",
+                    len(inflight.counts),
+                    exc,
                 )
                 return 0
             with self._lock:
@@ -526,6 +645,19 @@ class _FallbackBuffer:
             return len(ops)
         finally:
             self._flush_lock.release()
+
+
+def _drop_expired(flush: _Flush) -> None:
+    """Drop counters of hours past the retention: Redis would have expired them, and their hour's slot
+    registry may be gone, so writing them could break the hour's cap."""
+    cutoff = _retention_cutoff()
+    old = {k: n for k, n in flush.counts.items() if _label_to_hour(k[0]).timestamp() + 3600 <= cutoff}
+    if old:
+        flush.counts = {k: n for k, n in flush.counts.items() if k not in old}
+        metering.event(FEATURE, "dropped", sum(old.values()))
+        log.warning(
+            "hotcache analytics: dropped %d buffered event(s) older than ANALYTICS_RETENTION_HOURS", sum(old.values())
+        )
 
 
 _fallback = _FallbackBuffer()
