@@ -696,7 +696,7 @@ class SyncResult:
     mongo_round_trips: int
     visitor_counts: int  # (event, day) distinct-visitor counts written
     days_closed: int  # closed days whose HyperLogLogs were removed from Redis
-    pending_left: int  # batches still pending (an error stopped the run)
+    pending_left: int | None  # batches still pending (an error stopped the run); None: unknown, Redis is down
     locked_out: bool = False  # another sync held the lock; nothing done
     error: str = ""
 
@@ -778,12 +778,13 @@ def _unlock(token: str) -> None:
         log.warning("hotcache analytics: could not release the sync lock; it expires by itself")
 
 
-def _pending_count() -> int:
+def _pending_count() -> int | None:
+    """Batches in the pending set; None when Redis does not answer (then nobody can tell)."""
     pending_key = _index_keys()[1]
     try:
         return int(redis_backend.call(FEATURE, lambda r: r.scard(pending_key)))
     except RedisUnavailable:
-        return -1
+        return None
 
 
 def _claimable_hours(include_current_hour: bool) -> list[str]:
