@@ -39,6 +39,11 @@ class Command(BaseCommand):
         if result.locked_out:
             self.stdout.write("Another sync is running (lock held); nothing done. Its batches are applied once.")
             return
+        if result.tampered:
+            self.stdout.write(
+                f"{result.tampered} Redis record(s) refused as tampered (not written by hotcache; logged, "
+                "counted as analytics:tampered, never applied)."
+            )
         if result.error and not (result.counters or result.batches or result.visitor_counts):
             raise CommandError(_stopped(result))  # nothing moved: the outage is the whole story
         verb = "Would move" if result.dry_run else "Moved"
