@@ -389,7 +389,7 @@ def _track(ev: _Event) -> str:
     day_start = int(now // 86400 * 86400)
     when = dt.datetime.fromtimestamp(hour_start, tz=dt.UTC)
     hour, day = when.strftime(_HOUR_FMT), when.strftime(_DAY_FMT)
-    hours_key, days_key = _index_keys().hours, _index_keys().days
+    hours_key, days_key = _key("hours"), _key("days")  # as _index_keys() builds them, without the other two
     script_keys = [
         _hour_key(hour),
         hours_key,

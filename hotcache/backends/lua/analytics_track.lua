@@ -13,27 +13,30 @@
 --   outcome: 0 applied, 1 skipped (the call in doubt was applied: KEYS[7] holds its token), 2 refused (KEYS[7]
 --   holds neither its token nor the previous one: someone else wrote it; applied or not cannot be told)
 --   repaired: bit mask of what held a value this script never writes, reset before use (Redis keeps no
---   signature on counters; Python counts each as tampered): 1..64 KEYS[1]..KEYS[7] of the wrong type (or
---   a corrupt HyperLogLog), 128 the counter was not a positive integer
+--   signature on counters; Python counts each as tampered): 1, 2, 4, 8, 16, 32 KEYS[1]..KEYS[6] of the
+--   wrong type (or a corrupt HyperLogLog), 64 KEYS[7] of the wrong type when resolving, 128 the counter
+--   was not a positive integer
 local repaired = 0
--- A key of the wrong type would make a command below fail half-way through the script (and every later
--- call): such a key was not written by hotcache, so it is deleted and reported.
-local kinds = {'hash', 'zset', 'string', 'string', 'set', 'zset', 'string'}
-for i = 1, 7 do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' and t ~= kinds[i] then
-    redis.call('DEL', KEYS[i])
-    repaired = repaired + 2 ^ (i - 1)
+-- A key of the wrong type (hotcache never writes one) would make a command fail half-way through the
+-- script, and every later call with it. The first command on each key runs with pcall: on an error the key
+-- is deleted, reported in ``repaired``, and the command runs again. No extra command on the normal path.
+local function first(bit, command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply['err'] then
+    redis.call('DEL', key)
+    repaired = repaired + bit
+    reply = redis.call(command, key, ...)
   end
+  return reply
 end
 local ttl = tonumber(ARGV[7])
 if ARGV[16] == '1' then
-  local cur = redis.call('GET', KEYS[7])
+  local cur = first(64, 'GET', KEYS[7])
   if cur == ARGV[15] then
     return {0, 0, 1, repaired, ''}
   end
   local previous = cur and ARGV[17] ~= '' and cur == ARGV[17]
-  local missing = (not cur) and ARGV[18] == '1' and repaired < 64
+  local missing = (not cur) and ARGV[18] == '1' and repaired == 0
   if not (previous or missing) then
     return {0, 0, 2, repaired, cur or ''}
   end
@@ -42,7 +45,7 @@ local field = ARGV[1]
 local level = 0
 -- Cardinality cap: a new (event, path) beyond the cap goes to the event's "(other)" path; past a small
 -- slack of those, to one global overflow field. So an hour hash never holds more than cap + slack + 1 fields.
-if redis.call('HEXISTS', KEYS[1], field) == 0 then
+if first(1, 'HEXISTS', KEYS[1], field) == 0 then
   local n = redis.call('HLEN', KEYS[1])
   local cap = tonumber(ARGV[5])
   if n >= cap then
@@ -63,14 +66,14 @@ if type(total) ~= 'number' or total < count then
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 -- The hour index lets the sync find live hours without KEYS/SCAN.
-redis.call('ZADD', KEYS[2], ARGV[9], ARGV[8])
+first(2, 'ZADD', KEYS[2], ARGV[9], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ttl)
 local vover = 0
 if ARGV[10] ~= '' then
   local hll = KEYS[3]
   local bit = 4
   local event = ARGV[11]
-  if redis.call('SISMEMBER', KEYS[5], event) == 0 and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[12]) then
+  if first(16, 'SISMEMBER', KEYS[5], event) == 0 and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[12]) then
     hll = KEYS[4]
     bit = 8
     event = '(other)'
@@ -78,18 +81,13 @@ if ARGV[10] ~= '' then
   end
   redis.call('SADD', KEYS[5], event)
   redis.call('EXPIRE', KEYS[5], ttl)
-  if type(redis.pcall('PFADD', hll, ARGV[10])) ~= 'number' then
-    -- A string that is not a HyperLogLog (or a corrupt one): start the day's count of this event afresh.
-    redis.call('DEL', hll)
-    redis.call('PFADD', hll, ARGV[10])
-    if repaired % (2 * bit) < bit then
-      repaired = repaired + bit
-    end
-  end
+  -- Also a string that is not a HyperLogLog (or a corrupt one): the day's count of this event starts afresh.
+  first(bit, 'PFADD', hll, ARGV[10])
   redis.call('EXPIRE', hll, ttl)
-  redis.call('ZADD', KEYS[6], ARGV[14], ARGV[13])
+  first(32, 'ZADD', KEYS[6], ARGV[14], ARGV[13])
   redis.call('EXPIRE', KEYS[6], ttl)
 end
--- Exactly once at the reply-lost edge: the writer's token says whether this call was applied.
+-- Exactly once at the reply-lost edge: the writer's token says whether this call was applied (SET replaces
+-- a value of any type).
 redis.call('SET', KEYS[7], ARGV[15], 'EX', ttl)
 return {level, vover, 0, repaired, ''}
