@@ -1447,10 +1447,10 @@ def _page_view(request: HttpRequest) -> None:
     if not visitor:
         raw = f"{request.META.get('REMOTE_ADDR', '')}|{request.META.get('HTTP_USER_AGENT', '')}"
         visitor = "a:" + hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-    path = escape_uri_path(request.path_info)[:MAX_RAW_PATH_LENGTH]
     try:
+        path = escape_uri_path(request.path_info)[:MAX_RAW_PATH_LENGTH]
         track("page_view", path=path, user_id=_request_user_id(request), visitor_id=visitor)
-    except InvalidName as exc:
+    except ValueError as exc:  # InvalidName, or a path_info no server should hand over (a lone surrogate)
         # A page that answered 2xx is never turned into an error by its page view.
         metering.event(FEATURE, "rejected")
         log.info("hotcache analytics: page view not tracked: %s", exc)

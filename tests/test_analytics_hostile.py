@@ -16,15 +16,6 @@ def _slots():
     return mongo.collection(analytics.SLOTS, feature="test")
 
 
-@pytest.fixture(autouse=True)
-def _empty_slot_registry():
-    """The MongoDB stand-in lives as long as the process: each test starts without slot documents."""
-    _slots().delete_many({})
-    mongo.collection(analytics.HOURLY, feature="test").delete_many({})
-    yield
-    _slots().delete_many({})
-
-
 # --- outage bounds ---------------------------------------------------------------------------------
 
 
@@ -476,7 +467,6 @@ def test_junk_event_names_and_broken_hyperloglogs_never_reach_analytics_visitors
     assert not result.error and result.tampered == 3
     docs = mongo.collection(analytics.VISITORS, feature="test").find({})
     assert [(d["event"], d["count"]) for d in docs] == [("ok", 1)]
-    mongo.collection(analytics.VISITORS, feature="test").delete_many({})
 
 
 # pending batches: a sync that stopped after its claim leaves them, with their sealed markers
@@ -704,3 +694,15 @@ def test_an_untampered_doubt_is_still_settled_exactly_once(lost_reply_proxy, raw
         _reopen_gate(clock)
         assert analytics.track("page_view", path="/a") == "redis"
     assert _hour_total(raw_redis, key_prefix) == 5 and _tampered() == 0
+
+
+def test_a_path_info_with_a_lone_surrogate_does_not_break_the_page(clock):
+    """No WSGI or ASGI server should hand one over; if one does, the page still answers."""
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/")
+    request.path_info = request.path = "/x\ud800"
+    before = metering.snapshot()["ev:analytics:rejected"]
+    assert analytics.AnalyticsMiddleware(lambda r: HttpResponse("ok"))(request).status_code == 200
+    assert metering.snapshot()["ev:analytics:rejected"] == before + 1
