@@ -32,9 +32,11 @@ def _empty_fallback_buffer():
     _drop_analytics_keys()
     analytics._fallback.clear()
     analytics._doubts.clear()
+    analytics._confirmed.clear()  # the writer keys they vouch for were just deleted
     yield
     analytics._fallback.clear()
     analytics._doubts.clear()
+    analytics._confirmed.clear()
     _drop_future_meter_keys()
 
 

@@ -70,7 +70,7 @@ def test_invalid_counts_are_rejected(count):
         (None, ""),
         ("/a/b?q=1#f", "/a/b"),
         ("a//b///c", "/a/b/c"),
-        ("/with space\tand\nnewline", "/with%20space%09and%0Anewline"),
+        ("/with space and\u2028separator", "/with%20space%20and%E2%80%A8separator"),
         ("/caf\u00e9", "/caf%C3%A9"),
         ("/keep%20escapes", "/keep%20escapes"),
         ("/{tag}:*", "/%7Btag%7D:*"),
@@ -89,6 +89,13 @@ def test_paths_are_length_capped_without_a_cut_escape(hotcache_config):
 def test_non_string_path_is_rejected():
     with pytest.raises(InvalidName, match="path"):
         analytics.track("signup", path=["/a"])
+
+
+@pytest.mark.parametrize("raw", ["/with\ttab", "/new\nline", "/nul\x00", "/x\ud800"])
+def test_paths_with_control_characters_or_lone_surrogates_are_rejected(raw):
+    """keys.text is the boundary: such a path is refused, not percent-encoded (issue 13)."""
+    with pytest.raises(InvalidName, match="path"):
+        analytics.normalize_path(raw)
 
 
 def test_ten_thousand_distinct_paths_keep_redis_bounded(hotcache_config, raw_redis, key_prefix, clock):
@@ -120,7 +127,7 @@ def test_many_event_names_share_one_overflow_visitor_counter(hotcache_config, ra
 
 
 def test_keys_carry_no_user_input_beyond_the_validated_event(raw_redis, key_prefix, clock):
-    analytics.track("signup", path="/a:b*{c}\n", visitor_id="x:y*\n", user_id="u:1")
+    analytics.track("signup", path="/a:b*{c} ", visitor_id="x:y* ", user_id="u:1")
     for key in analytics_keys(raw_redis, key_prefix):
         assert re.fullmatch(rf"{re.escape(key_prefix)}:\{{analytics:a\}}(:[A-Za-z0-9_.@+~\-]+)+", key), key
 
@@ -142,10 +149,13 @@ def test_redis_down_events_reach_mongodb_through_the_buffer(redis_down, clock):
 def test_redis_down_flushes_in_bulk_when_the_buffer_is_full(redis_down, hotcache_config, clock):
     hotcache_config(ANALYTICS_FALLBACK_BUFFER_SIZE=10, ANALYTICS_FALLBACK_FLUSH_INTERVAL=3600)
     analytics._hourly_collection()  # index creation is once per process, not per flush
+    analytics._slots_collection()
     with count_redis() as c:
         for i in range(25):
             analytics.track("signup", path=f"/p{i}")
-    assert c.mongo_ops == 2  # a bulk write each time 10 counters were buffered
+    # Each time 10 counters were buffered: one bulk write, after one find of the documents that exist and
+    # one $inc taking the new paths' slots of the hour (the cap across processes).
+    assert c.mongo_ops == 2 * 3
     assert analytics.flush_fallback() == 5
     assert hourly_total() == 25
 

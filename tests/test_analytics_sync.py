@@ -283,3 +283,16 @@ def test_an_upsert_that_lost_the_insert_race_to_another_batch_is_still_applied()
     analytics._bulk(LostRace(), [analytics._counter_op("b2", "2026010100", "signup", "/a", 3)], stats)
     assert (stats.round_trips, stats.applied) == (2, 1)
     assert hourly_total() == 5
+
+
+def test_command_with_redis_down_says_so_and_exits_with_status_1(redis_down, clock):
+    """Not '-1 batch(es) stay pending': the pending count cannot be read, and the message says why."""
+    out = StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("sync_analytics", stdout=out)
+    message = str(raised.value)
+    assert raised.value.returncode == 1
+    assert "-1" not in message and "RedisUnavailable" in message and "Redis does not answer" in message
+    assert "nothing is lost" in message
+    assert "Moved" not in out.getvalue()  # nothing moved: no misleading summary
+    assert analytics.sync().pending_left is None

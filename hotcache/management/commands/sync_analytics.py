@@ -14,7 +14,8 @@ class Command(BaseCommand):
     help = (
         "Move closed hours of analytics counters (and batches left pending by earlier runs) from Redis into "
         "MongoDB analytics_hourly, and distinct visitors into analytics_visitors. Safe to run at any time, "
-        "also next to the beat task: every batch is applied once."
+        "also next to the beat task: every batch is applied once. Exit status 0 when the run finished (or another "
+        "sync held the lock), 1 when Redis or MongoDB stopped it (rerun later: nothing is lost)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -38,6 +39,13 @@ class Command(BaseCommand):
         if result.locked_out:
             self.stdout.write("Another sync is running (lock held); nothing done. Its batches are applied once.")
             return
+        if result.tampered:
+            self.stdout.write(
+                f"{result.tampered} Redis record(s) refused as tampered (not written by hotcache; logged, "
+                "counted as analytics:tampered, never applied)."
+            )
+        if result.error and not (result.counters or result.batches or result.visitor_counts):
+            raise CommandError(_stopped(result))  # nothing moved: the outage is the whole story
         verb = "Would move" if result.dry_run else "Moved"
         self.stdout.write(
             f"{verb} {result.counters} counters ({result.events} events) from {result.batches} batch(es): "
@@ -53,5 +61,16 @@ class Command(BaseCommand):
             f"{result.days_closed} closed day(s) removed from Redis."
         )
         if result.error:
-            msg = f"sync stopped: {result.error}. {result.pending_left} batch(es) stay pending for the next run."
-            raise CommandError(msg)
+            raise CommandError(_stopped(result))
+
+
+def _stopped(result: analytics.SyncResult) -> str:
+    """Why the run stopped and what stays pending; the command then exits with status 1."""
+    if result.pending_left is None:
+        left = (
+            "Redis does not answer, so how many batches are pending cannot be read; nothing is lost: "
+            "tracked counters stay in Redis (ANALYTICS_RETENTION_HOURS) and the next run moves them once."
+        )
+    else:
+        left = f"{result.pending_left} batch(es) stay pending for the next run; nothing is lost or counted twice."
+    return f"sync stopped: {result.error}. {left}"
