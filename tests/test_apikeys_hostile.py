@@ -95,7 +95,7 @@ def unchanged(raw_redis, key_prefix):
                 elapsed_ms = (time.monotonic() - self.started) * 1000
                 expired = {
                     key for key in set(self.before[1]) - set(redis_after)
-                    if 0 <= self.ttls[key] <= elapsed_ms + 50
+                    if self.ttls[key] == -2 or 0 <= self.ttls[key] <= elapsed_ms + 50  # -2: gone already
                 }
                 assert redis_after == {k: v for k, v in self.before[1].items() if k not in expired}
 
