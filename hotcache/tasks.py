@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+try:
+    from celery import shared_task
+except ImportError as exc:  # Celery is an extra: teams that schedule the syncs with cron do without it
+    msg = "hotcache.tasks needs Celery: pip install 'hotcache[celery]' (or run the sync commands from cron)"
+    raise ImportError(msg) from exc
 
 __all__ = ["persist_workbench_sessions", "sync_analytics", "sync_apikey_usage"]
 
