@@ -14,7 +14,7 @@ from hotcache.conf import FEATURES, hotcache_settings
 __all__ = ["MAX_DAYS", "MeterView", "day_of", "enabled_features", "fallbacks", "read", "report_days",
            "warning_percent"]
 
-MAX_DAYS = 40  # the meter keeps each day's hash 40 days (metering._METER_TTL)
+MAX_DAYS = 40  # the meter keeps each day's hash 40 days (backends/meter_store._METER_TTL)
 
 _REDIS_DOWN_NOTE = "Redis is unavailable: figures are this process's unflushed counts only."
 
