@@ -8,6 +8,7 @@ from hotcache import apikeys, reports
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
+from hotcache.reports.features import apikeys as apikeys_page
 from hotcache.testing import count_redis
 from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 
@@ -188,7 +189,7 @@ def test_list_keys_limit_bounds_the_redis_reads():
 
 
 def test_reports_page_reads_at_most_its_cap_of_keys(monkeypatch):
-    monkeypatch.setattr(reports, "APIKEYS_READ", 10)
+    monkeypatch.setattr(apikeys_page, "APIKEYS_READ", 10)
     _make_keys(15, used=1)
-    sections = reports._apikeys_detail(7)
+    sections = reports.feature_summary("apikeys", 7).sections
     assert "of the 10 newest keys" in sections[0].note and len(sections[0].rows) == 10

@@ -11,7 +11,7 @@ from hotcache.backends import redis as redis_backend
 from hotcache.conf import FEATURES
 from hotcache.testing import count_redis
 from tests.analytics_fixtures import _empty_fallback_buffer  # noqa: F401 - autouse (no analytics keys left over)
-from tests.reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
+from tests.reports.fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.django_db
 

@@ -13,12 +13,12 @@ from hotcache.backends import redis as redis_backend
 from hotcache.conf import FEATURES
 from hotcache.testing import frozen_clock
 from tests.analytics_fixtures import _empty_fallback_buffer  # noqa: F401 - autouse (no analytics keys left over)
-from tests.reports_fixtures import clear_meter_hashes, empty_meter_hashes  # noqa: F401 - autouse
+from tests.reports.fixtures import clear_meter_hashes, empty_meter_hashes  # noqa: F401 - autouse
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
 def history(days=10):

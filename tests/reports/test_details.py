@@ -12,7 +12,7 @@ from hotcache import analytics, apikeys, clock, metering, reports, workbench
 from hotcache.backends import redis as redis_backend
 from hotcache.testing import count_redis, frozen_clock
 from tests.analytics_fixtures import _empty_fallback_buffer  # noqa: F401 - autouse
-from tests.reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
+from tests.reports.fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.django_db
 

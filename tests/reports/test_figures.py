@@ -7,8 +7,9 @@ from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.checks import check_reports
 from hotcache.exceptions import MongoUnavailable
+from hotcache.reports import _registry
 from hotcache.testing import count_redis, mongo_down
-from tests.reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
+from tests.reports.fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 
 def warm():
@@ -229,7 +230,7 @@ def test_workbench_history_with_mongodb_down_is_a_note():
 
 
 def test_registered_detail_adds_a_section(monkeypatch):
-    monkeypatch.setattr(reports, "_DETAILS", {})
+    monkeypatch.setattr(_registry, "_DETAILS", {})  # only the details registered here
 
     @reports.register_detail("apikeys")
     def detail(days):

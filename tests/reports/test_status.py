@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 from hotcache import metering
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
-from tests.reports_fixtures import empty_meter_hashes  # noqa: F401 - autouse
+from tests.reports.fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
 
 def workload(n=3):

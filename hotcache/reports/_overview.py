@@ -1,0 +1,263 @@
+"""The overview: Redis commands today and per day against the daily budget, per feature; Redis memory;
+MongoDB connections of this process and of the deployment; the health gate and fallbacks. See docs/reports.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hotcache import clock, metering
+from hotcache.backends import mongo
+from hotcache.backends import redis as redis_backend
+from hotcache.backends.health import CLOSED, GateState, redis_gate
+from hotcache.conf import FEATURES, hotcache_settings
+from hotcache.exceptions import BackendUnavailable, MongoWriteError, RedisUnavailable
+from hotcache.reports import _meter
+from hotcache.reports._figures import FEATURE_TITLES, Gauge
+
+__all__ = ["DayRow", "FeatureUsage", "MongoConnections", "Overview", "overview"]
+
+
+@dataclass(frozen=True, slots=True)
+class DayRow:
+    """One UTC day of the meter."""
+
+    day: dt.date
+    commands: int
+    round_trips: int
+    commands_by_feature: dict[str, int]
+    mongo_by_feature: dict[str, int]
+    fallbacks: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureUsage:
+    """One consumer of Redis (a feature, or hotcache's own meter/status) over the period."""
+
+    feature: str
+    title: str
+    enabled: bool
+    shipped: bool  # one of hotcache's features (False: the meter, status probes, the host's "other")
+    commands_today: int
+    commands: int
+    round_trips: int
+    mongo_ops: int
+    fallbacks: int
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class MongoConnections:
+    pool: mongo.PoolStats
+    pool_limit: Gauge  # open connections of this process against MONGO_MAX_POOL_SIZE
+    server_limit: Gauge  # connections against MONGO_SERVER_CONNECTION_LIMIT
+    server_source: str  # "serverStatus" (the whole server) | "this process" | "unknown"
+    server_status: dict[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    generated_at: dt.datetime
+    redis_available: bool
+    redis_note: str
+    days: list[DayRow]  # newest first
+    commands_today: Gauge
+    features: list[FeatureUsage]
+    memory: Gauge
+    mongo: MongoConnections
+    gate: GateState
+    fallbacks_today: dict[str, int]
+    fallbacks: dict[str, int]  # over the period, per feature
+
+    @property
+    def limits(self) -> list[Gauge]:
+        return [self.commands_today, self.memory, self.mongo.pool_limit, self.mongo.server_limit]
+
+    @property
+    def exceeded(self) -> list[Gauge]:
+        return [limit for limit in self.limits if limit.exceeded]
+
+    @property
+    def warnings(self) -> list[str]:
+        out = [f"{lim.name} at {lim.percent}% of its limit" for lim in self.limits if lim.level == "warning"]
+        if self.mongo.pool.failed_checkouts:
+            out.append(
+                f"{self.mongo.pool.failed_checkouts} MongoDB connection check-outs failed in this process "
+                "(pool exhausted or server unreachable; see HOTCACHE['MONGO_MAX_POOL_SIZE'])"
+            )
+        if self.gate.state != CLOSED:
+            out.append(f"Redis health gate is {self.gate.state}: features are using their fallbacks")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "generated_at": self.generated_at.isoformat(),
+            "redis_available": self.redis_available,
+            "redis_note": self.redis_note,
+            "commands_today": self.commands_today.as_dict(),
+            "memory": self.memory.as_dict(),
+            "mongo": {
+                "pool": self.mongo.pool.as_dict(),
+                "pool_limit": self.mongo.pool_limit.as_dict(),
+                "server_limit": self.mongo.server_limit.as_dict(),
+                "server_source": self.mongo.server_source,
+                "server_status": self.mongo.server_status,
+            },
+            "gate": asdict(self.gate),
+            "fallbacks_today": self.fallbacks_today,
+            "fallbacks": self.fallbacks,
+            "features": [asdict(f) for f in self.features],
+            "days": [
+                {
+                    "day": d.day.isoformat(),
+                    "commands": d.commands,
+                    "round_trips": d.round_trips,
+                    "commands_by_feature": d.commands_by_feature,
+                    "mongo_by_feature": d.mongo_by_feature,
+                    "fallbacks": d.fallbacks,
+                }
+                for d in self.days
+            ],
+            "exceeded": [lim.message() for lim in self.exceeded],
+            "warnings": self.warnings,
+        }
+
+
+def overview(days: int | None = None) -> Overview:
+    """Redis commands today and per day against the budget, per feature; memory; MongoDB connections; gate."""
+    n_days = _meter.report_days(days)
+    warn = _meter.warning_percent()
+    view = _meter.read(n_days)
+    rows = view.meter.days
+    today = rows[0]
+    day_rows = [
+        DayRow(
+            day=_meter.day_of(u.day),
+            commands=u.commands,
+            round_trips=sum(u.by_prefix("rt").values()),
+            commands_by_feature=u.by_prefix("cmd"),
+            mongo_by_feature=u.by_prefix("mongo"),
+            fallbacks=sum(_meter.fallbacks(u.fields).values()),
+        )
+        for u in rows
+    ]
+    period: Counter[str] = Counter()
+    for u in rows:
+        period.update(u.fields)
+
+    enabled = set(_meter.enabled_features())
+    seen = {f.split(":", 2)[1] for f in period if f.count(":") >= 1 and f.split(":", 1)[0] in ("cmd", "mongo", "ev")}
+    names = [f for f in FEATURES if f in enabled or f in seen] + sorted(seen - set(FEATURES))
+    fallbacks = _meter.fallbacks(period)
+    features = [
+        FeatureUsage(
+            feature=f,
+            title=FEATURE_TITLES.get(f, f),
+            enabled=f in enabled,
+            shipped=f in FEATURES,
+            commands_today=today.fields.get(f"cmd:{f}", 0),
+            commands=period.get(f"cmd:{f}", 0),
+            round_trips=period.get(f"rt:{f}", 0),
+            mongo_ops=period.get(f"mongo:{f}", 0),
+            fallbacks=fallbacks.get(f, 0),
+            events=sum(n for k, n in period.items() if k.startswith(f"ev:{f}:")),
+        )
+        for f in names
+    ]
+
+    budget = Gauge(
+        "Redis commands today",
+        today.commands,
+        int(hotcache_settings.REDIS_DAILY_COMMAND_BUDGET),
+        "REDIS_DAILY_COMMAND_BUDGET",
+        warn,
+        note="" if view.redis_ok else "Redis unavailable: this process's unflushed counts only",
+    )
+    return Overview(
+        generated_at=clock.utcnow(),
+        redis_available=view.redis_ok,
+        redis_note=view.redis_note,
+        days=day_rows,
+        commands_today=budget,
+        features=features,
+        memory=_memory(warn, view.redis_ok),
+        mongo=_mongo(warn, view.meter.pools),
+        gate=redis_gate.snapshot(),
+        fallbacks_today=_meter.fallbacks(today.fields),
+        fallbacks=fallbacks,
+    )
+
+
+def _memory(warn: float, redis_ok: bool) -> Gauge:
+    limit = int(hotcache_settings.REDIS_MEMORY_LIMIT)
+    used: int | None = None
+    note = ""
+    if not redis_ok:
+        note = "Redis unavailable"
+    else:
+        try:
+            info = redis_backend.server_info("memory")
+            used = int(info["used_memory"]) if "used_memory" in info else None
+            note = "" if used is not None else "INFO memory has no used_memory"
+        except RedisUnavailable:
+            # A server without INFO (fakeredis, some proxies) still serves hotcache; memory is just unknown.
+            note = "Redis unavailable" if redis_gate.state != CLOSED else "INFO memory not supported by this server"
+    return Gauge("Redis memory", used, limit, "REDIS_MEMORY_LIMIT", warn, note=note)
+
+
+def _deployment_pools(pool: mongo.PoolStats, published: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each live process's published pool figures, with this process's own replaced by its current ones."""
+    published = dict(published)
+    if pool.monitored:
+        published[f"{socket.gethostname()}:{os.getpid()}"] = pool.as_dict()
+    return published
+
+
+def _mongo(warn: float, published_pools: dict[str, dict[str, Any]]) -> MongoConnections:
+    pool = mongo.pool_stats()
+    max_pool = int(hotcache_settings.MONGO_MAX_POOL_SIZE)
+    server_cap = int(hotcache_settings.MONGO_SERVER_CONNECTION_LIMIT)
+    status: dict[str, int] | None
+    try:
+        status = mongo.server_status_connections()
+    except (BackendUnavailable, MongoWriteError):
+        status = None
+    pool_value = pool.open if pool.monitored else None
+    pool_note = (
+        f"peak {pool.peak_open} open, {pool.checked_out} checked out (peak {pool.peak_checked_out}), "
+        f"{pool.failed_checkouts} failed check-outs"
+        if pool.monitored
+        else "not monitored (the in-process stand-in has no pool)"
+    )
+    deployment = _deployment_pools(pool, published_pools)
+    if status and "current" in status:
+        server_value: int | None = status["current"]
+        source = "serverStatus"
+        server_note = f"whole server: {status.get('available', '?')} more available per serverStatus"
+    elif deployment:
+        server_value = sum(int(p.get("open", 0)) for p in deployment.values())
+        source = "this process" if len(deployment) == 1 and pool.monitored else f"{len(deployment)} processes"
+        peak = sum(int(p.get("peak_open", 0)) for p in deployment.values())
+        server_note = (
+            f"sum of the pools hotcache's processes published (each at its last meter flush, within "
+            f"{int(metering.POOL_REPORT_FRESH_SECONDS // 60)} minutes); peaks add up to {peak}; "
+            "serverStatus not permitted or not available"
+        )
+    elif pool.monitored:
+        server_value, source = pool.open, "this process"
+        server_note = "serverStatus not permitted or not available: this process's connections only"
+    else:
+        server_value, source, server_note = None, "unknown", "no pool figures from the in-process stand-in"
+    return MongoConnections(
+        pool=pool,
+        pool_limit=Gauge("MongoDB pool (this process)", pool_value, max_pool, "MONGO_MAX_POOL_SIZE", warn, pool_note),
+        server_limit=Gauge(
+            "MongoDB server connections", server_value, server_cap, "MONGO_SERVER_CONNECTION_LIMIT", warn, server_note
+        ),
+        server_source=source,
+        server_status=status,
+    )

@@ -1,0 +1,62 @@
+"""``manage.py hotcache_status``: the overview as terminal text or JSON, and the limits it exceeds (the
+command exits 1 naming them). See docs/reports.md#hotcache_status."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from hotcache.reports._overview import Overview, overview
+
+__all__ = ["StatusReport", "status_report"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """The lines to print and, when a budget or limit is exceeded, the error naming them (else "")."""
+
+    overview: Overview
+    lines: list[str]
+    error: str
+
+
+def status_report(days: int | None = None, *, as_json: bool = False) -> StatusReport:
+    """overview(days) rendered for the terminal (``as_json``: one indented JSON document)."""
+    ov = overview(days)
+    lines = [json.dumps(ov.as_dict(), indent=2)] if as_json else _text(ov)
+    error = "hotcache limit exceeded: " + "; ".join(lim.message() for lim in ov.exceeded) if ov.exceeded else ""
+    return StatusReport(ov, lines, error)
+
+
+def _text(ov: Overview) -> list[str]:
+    out: list[str] = []
+    w = out.append
+    if not ov.redis_available:
+        w(f"!! {ov.redis_note} Health gate: {ov.gate.state}. Run hotcache_check.")
+    for lim in ov.limits:
+        value = "unknown" if lim.value is None else f"{lim.value:,}"
+        pct = "" if lim.percent is None else f"  {lim.percent}%"
+        flag = {"exceeded": "  EXCEEDED", "warning": "  WARNING"}.get(lim.level, "")
+        w(f"{lim.name:<30} {value:>14} of {lim.limit:,}{pct}{flag}  (HOTCACHE[{lim.setting!r}])")
+        if lim.note:
+            w(f"{'':<30} {lim.note}")
+    w(
+        f"{'Health gate':<30} {ov.gate.state}; fallback events today {sum(ov.fallbacks_today.values())}, "
+        f"last {len(ov.days)} days {sum(ov.fallbacks.values())}"
+    )
+    w("")
+    w(f"{'Feature':<20} {'enabled':>7} {'cmds today':>11} {'cmds':>9} {'RT':>9} {'mongo':>7} {'fallbacks':>9}")
+    for f in ov.features:
+        enabled = ("yes" if f.enabled else "no") if f.shipped else "-"
+        w(
+            f"{f.feature:<20} {enabled:>7} {f.commands_today:>11,} {f.commands:>9,} {f.round_trips:>9,} "
+            f"{f.mongo_ops:>7,} {f.fallbacks:>9,}"
+        )
+    w("")
+    w("Redis commands per day (UTC):")
+    for d in ov.days:
+        if d.commands:
+            w(f"  {d.day.isoformat()} {d.commands:>9,}")
+    for warning in ov.warnings:
+        w(f"warning: {warning}")
+    return out
