@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.test import AsyncClient, Client
 
-from hotcache import keys, metering, signing, users
+from hotcache import keys, metering, signing, testing, users
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import InvalidName
 from hotcache.testing import count_redis
@@ -449,6 +449,14 @@ def test_invalidations_kept_during_an_outage_are_bounded(redis_down, monkeypatch
         assert not users.invalidate_user(i)
     assert list(cache.pending_invalidations) == ["4", "5", "6", "7", "8"]  # the oldest were dropped
     assert metering.snapshot()["ev:users:pending_dropped"] == 3
+
+
+def test_invalidations_kept_during_an_outage_belong_to_this_process(redis_down):
+    """Another process (a forked child, hotcache.testing.new_process()) owes none of them."""
+    assert not users.invalidate_users([1, 2])
+    assert sorted(cache.pending_invalidations) == ["1", "2"]
+    testing.new_process()
+    assert not cache.pending_invalidations
 
 
 def test_invalidations_older_than_the_cache_ttl_are_not_replayed(redis_proxy, clock, hotcache_config, raw_redis):
