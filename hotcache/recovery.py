@@ -12,14 +12,16 @@ it: how to settle its doubt and what to replay.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from hotcache import clock
 from hotcache.backends import mongo
 
 __all__ = [
@@ -143,31 +145,46 @@ class InDoubt(_ForkLocal, Generic[T]):
 class Deferred(_ForkLocal, Generic[K]):
     """Writes this process owes Redis after an outage (an invalidation, a tombstone), replayed when it answers.
 
-    ``snapshot()`` then ``done(items)``: an item added again while a replay runs stays owed.
+    ``snapshot()`` then ``done(items)``: an item added again while a replay runs stays owed. Optionally
+    bounded: beyond ``max_items`` the oldest are dropped (``add``/``update`` return how many), and
+    ``snapshot(max_age=s)`` first forgets items owed for more than ``s`` seconds (moot by then).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_items: int | None = None) -> None:
         super().__init__()
-        self._items: set[K] = set()
+        self.max_items = max_items
+        self._items: dict[K, float] = {}  # item -> when it was first owed (clock.monotonic); oldest first
 
     def _forget(self) -> None:
         self._items.clear()
 
-    def add(self, *items: K) -> None:
-        with self._lock:
-            self._items.update(items)
+    def add(self, *items: K) -> int:
+        return self.update(items)
 
-    def update(self, items: Iterable[K]) -> None:
+    def update(self, items: Iterable[K]) -> int:
+        """Owe ``items`` (one already owed keeps its age); returns how many of the oldest were dropped."""
+        now = clock.monotonic()
         with self._lock:
-            self._items.update(items)
+            for item in items:
+                self._items.setdefault(item, now)
+            dropped = 0 if self.max_items is None else max(0, len(self._items) - self.max_items)
+            for item in list(itertools.islice(self._items, dropped)):
+                del self._items[item]
+        return dropped
 
-    def snapshot(self) -> set[K]:
+    def snapshot(self, max_age: float | None = None) -> set[K]:
+        """What is owed now; with ``max_age``, items owed for longer are forgotten first."""
         with self._lock:
+            if max_age is not None:
+                oldest = clock.monotonic() - max_age
+                for item in [item for item, since in self._items.items() if since < oldest]:
+                    del self._items[item]
             return set(self._items)
 
     def done(self, items: Iterable[K]) -> None:
         with self._lock:
-            self._items.difference_update(items)
+            for item in items:
+                self._items.pop(item, None)
 
     def __bool__(self) -> bool:
         return bool(self._items)
@@ -177,6 +194,11 @@ class Deferred(_ForkLocal, Generic[K]):
 
     def __contains__(self, item: object) -> bool:
         return item in self._items
+
+    def __iter__(self) -> Iterator[K]:
+        """The items owed, oldest first (a copy: safe while others add)."""
+        with self._lock:
+            return iter(list(self._items))
 
 
 class DeferredCounts(_ForkLocal, Generic[K]):

@@ -62,6 +62,30 @@ def test_deferred_writes_added_during_a_replay_stay_owed() -> None:
     assert owed.snapshot() == {"c"}
 
 
+def test_bounded_deferred_writes_drop_the_oldest_and_say_how_many() -> None:
+    owed: recovery.Deferred[str] = recovery.Deferred(max_items=3)
+    assert owed.add("a", "b") == 0
+    assert owed.add("a") == 0  # already owed: keeps its place
+    assert owed.update(["c", "d", "e"]) == 2
+    assert list(owed) == ["c", "d", "e"]
+    owed.max_items = None
+    assert owed.add("f") == 0 and len(owed) == 4
+
+
+def test_deferred_writes_older_than_max_age_are_forgotten_at_the_snapshot() -> None:
+    from hotcache.testing import frozen_clock
+
+    owed: recovery.Deferred[str] = recovery.Deferred()
+    with frozen_clock() as clock:
+        owed.add("old")
+        clock.advance(30)
+        owed.add("new", "old")  # "old" keeps the age it was first owed at
+        clock.advance(31)
+        assert owed.snapshot() == {"old", "new"}
+        assert owed.snapshot(max_age=60) == {"new"}
+        assert "old" not in owed
+
+
 def test_deferred_counts_subtract_what_was_replayed() -> None:
     owed: recovery.DeferredCounts[str] = recovery.DeferredCounts()
     owed.add("k", 2)

@@ -21,7 +21,7 @@ def whoami(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"authenticated": bool(user.is_authenticated), "username": user.get_username()})
 
 
-# --- Cached users (issue 4) ---
+# --- Cached users ---
 def user_profile(request: HttpRequest) -> JsonResponse:
     """What a page typically reads from request.user (no permission lookups: those are per-request queries)."""
     user = request.user

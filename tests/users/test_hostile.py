@@ -1,4 +1,4 @@
-"""Cached users under hostile input and a tampered Redis (issue 13): never a 500, never a value we did not sign.
+"""Cached users under hostile input and a tampered Redis: never a 500, never a value we did not sign.
 
 Hostile ids go through the public API (get_cached_user, invalidate_user(s)) and hostile sessions through
 CachedAuthenticationMiddleware with the test client, with Redis up and down: the documented error
@@ -18,10 +18,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.test import AsyncClient, Client
 
-from hotcache import keys, metering, signing, users
+from hotcache import keys, metering, signing, testing, users
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import InvalidName
 from hotcache.testing import count_redis
+from hotcache.users import cache
 
 User = get_user_model()
 PROFILE = "/users/me/"
@@ -33,13 +34,6 @@ OUR_MW = "hotcache.middleware.CachedAuthenticationMiddleware"
 def cached_stack(settings, db):
     settings.MIDDLEWARE = [OUR_MW if m == DJANGO_AUTH_MW else m for m in settings.MIDDLEWARE]
     settings.ROOT_URLCONF = "config.demo.urls"
-    users._loaders.clear()
-    with users._pending_lock:
-        users._pending.clear()
-    yield
-    users._loaders.clear()
-    with users._pending_lock:
-        users._pending.clear()
 
 
 @pytest.fixture(params=["redis up", "redis down"])
@@ -150,7 +144,7 @@ def test_hostile_ids_are_invalid_names_and_touch_nothing(user_id, redis_state, r
         with pytest.raises(InvalidName):
             users.invalidate_users([1, user_id])  # all or nothing: user 1 is not invalidated either
     assert counted.commands == 0 and counted.mongo_ops == 0
-    assert not users._pending
+    assert not cache.pending_invalidations
     assert users_store(raw_redis, key_prefix) == before
 
 
@@ -412,7 +406,7 @@ def test_a_tampered_version_counter_never_fails_a_request_or_an_invalidation(tam
     assert client.get(PROFILE).status_code == 200  # a miss: load, and a write-back the counter decides
     User.objects.filter(pk=user.pk).update(first_name="Renamed")
     assert users.invalidate_user(user.pk)  # reaches Redis; the counter is repaired
-    assert not users._pending
+    assert not cache.pending_invalidations
     assert tampered() >= 1
     assert client.get(PROFILE).json()["first_name"] == "Renamed"  # the stale entry is gone
     with count_redis() as counted:
@@ -432,7 +426,7 @@ def test_a_tampered_version_met_by_a_replayed_invalidation_is_repaired_too(alice
     raw_redis.set(version_key(user.pk), b"not-a-counter")
     other = User.objects.create_user("bob")
     assert users.get_cached_user(other.pk).username == "bob"  # the replay runs first, and does not fail the read
-    assert not users._pending and tampered() == 1
+    assert not cache.pending_invalidations and tampered() == 1
 
 
 def test_a_version_counter_can_only_decide_whether_a_genuine_user_is_written_back(alice, raw_redis):
@@ -450,11 +444,19 @@ def test_a_version_counter_can_only_decide_whether_a_genuine_user_is_written_bac
 
 
 def test_invalidations_kept_during_an_outage_are_bounded(redis_down, monkeypatch):
-    monkeypatch.setattr(users, "_PENDING_MAX", 5)
+    monkeypatch.setattr(cache.pending_invalidations, "max_items", 5)
     for i in range(1, 9):
         assert not users.invalidate_user(i)
-    assert list(users._pending) == ["4", "5", "6", "7", "8"]  # the oldest were dropped
+    assert list(cache.pending_invalidations) == ["4", "5", "6", "7", "8"]  # the oldest were dropped
     assert metering.snapshot()["ev:users:pending_dropped"] == 3
+
+
+def test_invalidations_kept_during_an_outage_belong_to_this_process(redis_down):
+    """Another process (a forked child, hotcache.testing.new_process()) owes none of them."""
+    assert not users.invalidate_users([1, 2])
+    assert sorted(cache.pending_invalidations) == ["1", "2"]
+    testing.new_process()
+    assert not cache.pending_invalidations
 
 
 def test_invalidations_older_than_the_cache_ttl_are_not_replayed(redis_proxy, clock, hotcache_config, raw_redis):
@@ -465,7 +467,7 @@ def test_invalidations_older_than_the_cache_ttl_are_not_replayed(redis_proxy, cl
     redis_proxy.up()
     before = raw_redis.get(version_key(1))
     users.get_cached_user(424242)
-    assert not users._pending and raw_redis.get(version_key(1)) == before
+    assert not cache.pending_invalidations and raw_redis.get(version_key(1)) == before
 
 
 def test_many_kept_invalidations_are_replayed_in_a_few_round_trips(redis_proxy, clock, raw_redis):
@@ -476,7 +478,7 @@ def test_many_kept_invalidations_are_replayed_in_a_few_round_trips(redis_proxy, 
     redis_backend.call("test", lambda r: r.ping())  # connections made again (their handshakes are not counted)
     with count_redis() as counted:
         users.get_cached_user(424242)
-    assert not users._pending
+    assert not cache.pending_invalidations
     assert counted.round_trips <= 1 + 3 + 1 + 1  # the first script, 3 pipelines of 500, the read, a meter flush
     assert raw_redis.exists(version_key(1200))
 

@@ -1,4 +1,4 @@
-"""Cached user loading (issue 4): request.user from one Redis command, with Django's session checks on every hit.
+"""Cached user loading: request.user from one Redis command, with Django's session checks on every hit.
 
 The contract tests run over both loaders: the ORM (DjangoUserLoader) and a MongoDB ``users`` collection
 (MongoUserLoader on the stand-in). "Source reads" are auth_user queries for the ORM and MongoDB
@@ -22,6 +22,7 @@ from hotcache import keys, metering, users
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import redis_gate
 from hotcache.testing import count_redis
+from hotcache.users import cache
 
 User = get_user_model()
 PROFILE = "/users/me/"
@@ -35,11 +36,6 @@ MONGO_BACKEND = "hotcache.users.MongoUserBackend"
 def cached_stack(settings):
     settings.MIDDLEWARE = [OUR_MW if m == DJANGO_AUTH_MW else m for m in settings.MIDDLEWARE]
     settings.ROOT_URLCONF = "config.demo.urls"
-    users._loaders.clear()
-    with users._pending_lock:
-        users._pending.clear()
-    yield
-    users._loaders.clear()
 
 
 class Reads:
@@ -420,9 +416,9 @@ def test_invalidation_during_a_concurrent_load_never_leaves_a_stale_user_cached(
 def test_fill_with_an_outdated_version_is_dropped(dj, raw_redis):
     user = dj.create()
     seen = raw_redis.get(version_key(user.pk))
-    assert users._fill(str(user.pk), seen, user, users.DjangoUserLoader())
+    assert cache.fill(str(user.pk), seen, user, users.DjangoUserLoader())
     users.invalidate_user(user.pk)
-    assert not users._fill(str(user.pk), seen, user, users.DjangoUserLoader())
+    assert not cache.fill(str(user.pk), seen, user, users.DjangoUserLoader())
     assert not raw_redis.exists(entry_key(user.pk))
 
 

@@ -1,0 +1,51 @@
+"""CachedAuthenticationMiddleware: a lazy ``request.user`` (and ``request.auser()``) from hotcache.users.session.
+
+See docs/users.md.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject
+
+from hotcache.users.session import get_user
+
+__all__ = ["CachedAuthenticationMiddleware"]
+
+
+class CachedAuthenticationMiddleware(AuthenticationMiddleware):
+    """Drop-in for django.contrib.auth.middleware.AuthenticationMiddleware; sync and async capable.
+
+    A subclass of Django's, so checks that require it (admin.E408) accept this one in its place.
+    """
+
+    def process_request(self, request: HttpRequest) -> None:
+        if not hasattr(request, "session"):
+            msg = (
+                "hotcache's CachedAuthenticationMiddleware requires session middleware to be installed. "
+                "Put 'django.contrib.sessions.middleware.SessionMiddleware' before it in MIDDLEWARE."
+            )
+            raise ImproperlyConfigured(msg)
+        request.user = SimpleLazyObject(lambda: _request_user(request))
+        request.auser = partial(_arequest_user, request)
+
+
+def _request_user(request: HttpRequest) -> Any:
+    if not hasattr(request, "_cached_user"):
+        request._cached_user = get_user(request)
+    return request._cached_user
+
+
+async def _arequest_user(request: HttpRequest) -> Any:
+    if hasattr(request, "_cached_user"):
+        return request._cached_user
+    if not hasattr(request, "_acached_user"):
+        # Redis and the session store are used synchronously; one hop to the sync thread per request.
+        request._acached_user = await sync_to_async(get_user)(request)
+    return request._acached_user
