@@ -1,4 +1,7 @@
-"""What issue() and verify() give back: VerifyResult and its Reason (refusals are results), and the two raises."""
+"""What issue() and verify() give back: VerifyResult and its Reason (refusals are results), and the two raises.
+
+See docs/mfa.md.
+"""
 
 from __future__ import annotations
 
