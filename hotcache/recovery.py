@@ -5,9 +5,10 @@ that must count exactly once names each call with a *writer* (this process and t
 call can ask Redis whether the lost one ran, keeps the call *in doubt* until it is settled, and keeps
 the writes it owes Redis after an outage (*deferred writes*) until Redis takes them. A process that
 wrote to MongoDB because Redis was unreachable owes Redis an *outage notice* (MFA's "MongoDB may hold
-live codes until T", the workbench fence) with its next successful call. Bulk writes that meet a
-duplicate key are retried once as the feature says. Each feature declares only what is specific to
-it: how to settle its doubt and what to replay.
+live codes until T", the workbench fence) with its next successful call, and may keep what it knows
+without Redis in a *watermark* (MFA's T itself). Bulk writes that meet a duplicate key are retried
+once as the feature says. Each feature declares only what is specific to it: how to settle its doubt
+and what to replay.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "InDoubt",
     "OutageNotice",
     "RetriedBulk",
+    "Watermark",
     "bulk_retrying_duplicates",
     "forget_all",
     "process_nonce",
@@ -286,6 +288,29 @@ class OutageNotice(_ForkLocal):
                 self.value = None
                 return True
             return False
+
+
+class Watermark(_ForkLocal):
+    """A value that only rises, known to this process alone until a notice carries it to Redis.
+
+    MFA keeps "MongoDB may hold live codes until T" here: the notice publishes T, but the process keeps
+    knowing it without Redis. ``raise_to(v)`` keeps the larger value; ``value`` is 0 until raised, and
+    0 again in a new process (a forked child; tests: ``hotcache.testing.new_process()``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    def _forget(self) -> None:
+        self.value = 0
+
+    def raise_to(self, value: int) -> int:
+        """Keep ``value`` if it is larger than the current one; return the value now held."""
+        with self._lock:
+            if value > self.value:
+                self.value = value
+            return self.value
 
 
 # --- bulk writes that meet a duplicate key ----------------------------------------------------------

@@ -155,3 +155,30 @@ def test_testing_new_process_forgets_every_registry() -> None:
     notice.owe()
     testing.new_process()
     assert not doubts and not owed and notice.owed()[1] is False
+
+
+def test_a_watermark_only_rises_and_a_new_process_starts_at_zero() -> None:
+    from hotcache import testing
+
+    mark = recovery.Watermark()
+    assert mark.value == 0
+    assert mark.raise_to(2000) == 2000
+    assert mark.raise_to(1000) == 2000
+    assert mark.value == 2000
+    testing.new_process()
+    assert mark.value == 0
+
+
+def test_a_forked_child_starts_with_a_zero_watermark() -> None:
+    mark = recovery.Watermark()
+    mark.raise_to(5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, str(mark.value).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 20).decode()
+    os.waitpid(pid, 0)
+    assert child == "0" and mark.value == 5  # the parent keeps its own

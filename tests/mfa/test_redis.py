@@ -7,19 +7,9 @@ import pytest
 from hotcache import keys, mfa, signing
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
-from hotcache.mfa import Reason
-from hotcache.testing import count_redis, mongo_down
-
-
-@pytest.fixture(autouse=True)
-def _no_mfa_keys_from_earlier_tests(raw_redis, key_prefix):
-    stale = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*", count=1000))
-    raw_redis.delete(*stale, mfa._marker_key())
-    mfa._reset_process_state()  # no outage remembered from an earlier test
-
-
-def wrong(code):
-    return f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"
+from hotcache.mfa import Reason, _codes, _conf, _fallback, _hot, _marker
+from hotcache.testing import count_redis, mongo_down, new_process
+from tests.mfa.support import wrong
 
 
 def warm():
@@ -42,7 +32,7 @@ def test_issue_and_verify_take_one_round_trip_each_and_no_mongodb():
 
 def healthy_verify_cost(user, code):
     warm()
-    mfa._collection()  # index creation, once per process (not part of the cost)
+    _fallback.collection()  # index creation, once per process (not part of the cost)
     with count_redis() as counted:
         result = mfa.verify(user, code)
     return result, counted
@@ -73,7 +63,7 @@ def test_a_replay_costs_one_round_trip_and_no_mongodb():
 
 def test_guesses_for_users_without_a_code_cost_no_mongodb():
     warm()
-    mfa._collection()
+    _fallback.collection()
     with count_redis() as counted:
         for i in range(20):  # the amplification attempt: wrong codes for many users
             assert mfa.verify(f"user{i}", "123456").reason is Reason.EXPIRED_OR_MISSING
@@ -222,8 +212,8 @@ def test_a_replayed_mongodb_code_fails_after_a_newer_redis_code_was_used(redis_p
 
 
 def marker(raw_redis):
-    """The marker's T (its value is a signed record, issue 13)."""
-    value = raw_redis.get(mfa._marker_key())
+    """The marker's T (its value is a signed record)."""
+    value = raw_redis.get(_marker.marker_key())
     return int(signing.unseal("mfa.marker", "mongo_live_until", value)) if value else 0
 
 
@@ -240,7 +230,7 @@ def test_the_first_call_after_an_outage_publishes_the_marker_in_its_round_trip(r
         mfa.issue("bob")
     assert (first.round_trips, first.commands) == (1, 2)  # the issue script and the marker script, pipelined
     assert marker(raw_redis) == now_ms(clock) + hotcache_settings.MFA_CODE_TTL * 1000
-    assert raw_redis.pttl(mfa._marker_key()) > 0
+    assert raw_redis.pttl(_marker.marker_key()) > 0
     with count_redis() as second:
         mfa.issue("carol")
     assert (second.round_trips, second.commands) == (1, 1)  # published once
@@ -249,11 +239,11 @@ def test_the_first_call_after_an_outage_publishes_the_marker_in_its_round_trip(r
 def test_the_marker_only_moves_forward(raw_redis):
     from hotcache.backends import redis as redis_backend
 
-    key = mfa._marker_key()
+    key = _marker.marker_key()
 
     def mark(until):
         sealed = signing.seal("mfa.marker", "mongo_live_until", str(until))
-        stored = redis_backend.call("mfa", lambda r: mfa._MARK(r, [key], [sealed, until, 60_000]))
+        stored = redis_backend.call("mfa", lambda r: _hot.MARK(r, [key], [sealed, until, 60_000]))
         return int(signing.unseal("mfa.marker", "mongo_live_until", stored))
 
     assert mark(2000) == 2000
@@ -267,8 +257,8 @@ def test_scripts_unknown_to_the_server_are_sent_once_inside_the_pipeline(redis_p
     code = mfa.issue("alice")
     recover(redis_proxy, clock)
     # As after SCRIPT FLUSH or a failover: EVALSHA answers NOSCRIPT, the script body follows (EVAL).
-    monkeypatch.setattr(mfa._VERIFY, "sha", "0" * 40)
-    monkeypatch.setattr(mfa._MARK, "sha", "1" * 40)
+    monkeypatch.setattr(_hot.VERIFY, "sha", "0" * 40)
+    monkeypatch.setattr(_hot.MARK, "sha", "1" * 40)
     assert mfa.verify("alice", code).store == "mongodb"  # the pipeline carried VERIFY and MARK
     assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
@@ -278,7 +268,7 @@ def test_another_process_verifies_an_outage_code_through_the_marker(redis_proxy,
     code = mfa.issue("alice")
     recover(redis_proxy, clock)
     mfa.issue("bob")  # this process's first mfa call after the outage publishes the marker
-    mfa._reset_process_state()  # from here on: a process that never saw the outage
+    new_process()  # from here on: a process that never saw the outage
     result = mfa.verify("alice", code)
     assert result and result.store == "mongodb"
     assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
@@ -289,18 +279,18 @@ def test_the_issuing_process_knows_without_the_marker(redis_proxy, clock, raw_re
     code = mfa.issue("alice")
     recover(redis_proxy, clock)
     mfa.issue("bob")
-    raw_redis.delete(mfa._marker_key())  # evicted, say
+    raw_redis.delete(_marker.marker_key())  # evicted, say
     assert mfa.verify("alice", code).store == "mongodb"
 
 
 def test_a_process_that_saw_the_outage_publishes_for_one_that_died(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")  # process A issues on MongoDB...
-    mfa._reset_process_state()  # ...and dies before Redis returns
+    new_process()  # ...and dies before Redis returns
     assert mfa.verify("bob", "123456").store == "mongodb"  # process B serves a request during the outage
     recover(redis_proxy, clock)
     mfa.verify("bob", "123456")  # B's first mfa call after the outage publishes the marker
-    mfa._reset_process_state()  # process C never saw the outage
+    new_process()  # process C never saw the outage
     assert mfa.verify("alice", code)
 
 
@@ -313,21 +303,21 @@ def test_a_gate_opened_by_another_feature_also_makes_the_process_publish(redis_p
         redis_backend.call("users", lambda r: r.ping())  # this process's only contact with the outage
     # Meanwhile a process that then died issued a code on MongoDB (what its fallback writes):
     code = "424242"
-    conf = mfa._settings()
-    mfa._issue_on_mongo("alice", "login", mfa._digest("alice", "login", code), now_ms(clock), conf)
+    conf = _conf.limits()
+    _fallback.issue("alice", "login", _codes.digest("alice", "login", code), now_ms(clock), conf)
     recover(redis_proxy, clock)
     mfa.issue("bob")  # the gate opened since this process's last mfa call: publish
-    mfa._reset_process_state()
+    new_process()
     assert mfa.verify("alice", code)
 
 
 def test_without_any_witness_an_outage_code_fails_closed(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
-    mfa._reset_process_state()  # the only process that saw the outage died before Redis returned
+    new_process()  # the only process that saw the outage died before Redis returned
     recover(redis_proxy, clock)
     warm()
-    mfa._collection()
+    _fallback.collection()
     with count_redis() as counted:
         result = mfa.verify("alice", code)
     assert not result and result.reason is Reason.EXPIRED_OR_MISSING and result.store == "redis"
@@ -340,7 +330,7 @@ def test_misses_stop_consulting_mongodb_once_outage_codes_have_expired(redis_pro
     recover(redis_proxy, clock)
     code = mfa.issue("bob")  # publishes T = now + MFA_CODE_TTL
     warm()
-    mfa._collection()
+    _fallback.collection()
     with count_redis() as during:
         assert mfa.verify("bob", wrong(code)).reason is Reason.INVALID
     assert (during.round_trips, during.mongo_ops) == (1, 1)  # MongoDB may still hold a live code
@@ -348,7 +338,7 @@ def test_misses_stop_consulting_mongodb_once_outage_codes_have_expired(redis_pro
     later = mfa.issue("carol")
     for forget in (False, True):  # this process, and one that only knows the marker
         if forget:
-            mfa._reset_process_state()
+            new_process()
         with count_redis() as after:
             assert mfa.verify("carol", wrong(later)).reason is Reason.INVALID
         assert (after.round_trips, after.mongo_ops) == (1, 0)

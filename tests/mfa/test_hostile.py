@@ -1,4 +1,4 @@
-"""MFA codes under hostile input and a tampered Redis (issue 13): a documented error or a refusal, never another
+"""MFA codes under hostile input and a tampered Redis: a documented error or a refusal, never another
 exception, and never a value an attacker wrote.
 
 Hostile user ids, purposes and codes go through mfa.issue / mfa.verify with Redis up and down (the MongoDB
@@ -16,15 +16,9 @@ from hotcache import keys, metering, mfa, signing
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
-from hotcache.mfa import Reason
-from hotcache.testing import count_redis
-
-
-@pytest.fixture(autouse=True)
-def _no_mfa_keys_from_earlier_tests(raw_redis, key_prefix):
-    stale = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*", count=1000))
-    raw_redis.delete(*stale, mfa._marker_key())
-    mfa._reset_process_state()
+from hotcache.mfa import Reason, _fallback, _marker
+from hotcache.testing import count_redis, new_process
+from tests.mfa.support import wrong
 
 
 @pytest.fixture(params=["redis", "mongodb"])
@@ -38,10 +32,6 @@ def store(request, clock):
 def fullwidth(text):
     """The same text in fullwidth forms (U+FF21...): what NFKC would fold to ASCII; hotcache does not."""
     return "".join(chr(ord(c) + 0xFEE0) for c in text)
-
-
-def wrong(code):
-    return f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"
 
 
 def shown(value):
@@ -68,7 +58,7 @@ def tampered():
 def everything(raw_redis, key_prefix):
     """Every mfa key and value in Redis and every mfa_codes document: what 'the store is unchanged' compares."""
     found = {}
-    for key in [*raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*", count=1000), mfa._marker_key().encode()]:
+    for key in [*raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*", count=1000), _marker.marker_key().encode()]:
         kind = raw_redis.type(key)
         found[key] = raw_redis.hgetall(key) if kind == b"hash" else raw_redis.get(key) if kind == b"string" else kind
     docs = mongo._current().client[mongo.database_name()][mfa.COLLECTION].find()
@@ -458,10 +448,10 @@ def forged_marker(clock, *, days=365):
     ["forged-future", "plain-int", "garbage", "not-utf8", "hash", "empty"],
 )
 def test_a_tampered_marker_sends_no_miss_to_mongodb(value, raw_redis, clock):
-    marker = mfa._marker_key()
+    marker = _marker.marker_key()
     raw = {
         "forged-future": forged_marker(clock),
-        "plain-int": str(int((clock.time() + 86400) * 1000)),  # the format before issue 13
+        "plain-int": str(int((clock.time() + 86400) * 1000)),  # the format before records were signed
         "garbage": "soon",
         "not-utf8": b"\xff\xfe",
         "empty": "",
@@ -471,7 +461,7 @@ def test_a_tampered_marker_sends_no_miss_to_mongodb(value, raw_redis, clock):
     else:
         raw_redis.set(marker, raw[value])
     code = mfa.issue("alice")
-    mfa._collection()
+    _fallback.collection()
     with count_redis() as counted:
         result = mfa.verify("alice", wrong(code))
     assert result.reason is Reason.INVALID and result.attempts_left == 4
@@ -485,13 +475,13 @@ def test_publishing_after_an_outage_overwrites_a_forged_marker(raw_redis, redis_
     code = mfa.issue("alice")  # issued on MongoDB: this process owes the marker
     redis_proxy.up()
     clock.advance(hotcache_settings.HEALTH_COOLDOWN)
-    raw_redis.set(mfa._marker_key(), forged_marker(clock))  # larger than any genuine T: MARK keeps it...
+    raw_redis.set(_marker.marker_key(), forged_marker(clock))  # larger than any genuine T: MARK keeps it...
     mfa.issue("bob")  # ...and Python, which cannot trust it, overwrites it with its own
-    stored = raw_redis.get(mfa._marker_key())
+    stored = raw_redis.get(_marker.marker_key())
     expected = int(clock.time() * 1000) + hotcache_settings.MFA_CODE_TTL * 1000
     assert int(signing.unseal("mfa.marker", "mongo_live_until", stored)) == expected
     assert tampered() == 1
-    mfa._reset_process_state()  # another process, which knows only the marker
+    new_process()  # another process, which knows only the marker
     assert mfa.verify("alice", code).store == "mongodb"
 
 

@@ -10,6 +10,7 @@ from hotcache import mfa
 from hotcache.exceptions import InvalidName
 from hotcache.mfa import Reason
 from hotcache.testing import count_redis
+from tests.mfa.support import wrong
 
 
 class RedisStore:
@@ -44,25 +45,12 @@ class MongoStore:
         self.clock.advance(seconds)
 
 
-@pytest.fixture(autouse=True)
-def _no_mfa_keys_from_earlier_tests(raw_redis, key_prefix):
-    """The run's key prefix is shared by every test: start each with no mfa keys, no outage marker and no
-    outage remembered by this process."""
-    stale = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*", count=1000))
-    raw_redis.delete(*stale, mfa._marker_key())
-    mfa._reset_process_state()
-
-
 @pytest.fixture(params=["redis", "mongodb"])
 def store(request, clock, raw_redis, key_prefix):
     if request.param == "redis":
         return RedisStore(raw_redis, clock, key_prefix)
     request.getfixturevalue("redis_down")
     return MongoStore(clock)
-
-
-def wrong(code):
-    return f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"
 
 
 # --- the contract, per store ---------------------------------------------------------------------
@@ -97,6 +85,32 @@ def test_wrong_guesses_at_the_limit_burn_the_code(store):
     assert reasons[-1].burned
     later = mfa.verify("alice", code)
     assert not later and later.reason is Reason.TOO_MANY_ATTEMPTS
+
+
+@pytest.mark.parametrize("cap", [1, 3, 7])
+def test_mfa_max_attempts_wrong_guesses_burn_the_code(store, hotcache_config, cap):
+    """The attempt cap is MFA_MAX_ATTEMPTS on either store: the cap-th wrong guess burns the code."""
+    hotcache_config(MFA_MAX_ATTEMPTS=cap)
+    code = mfa.issue("alice")
+    results = [mfa.verify("alice", wrong(code)) for _ in range(cap)]
+    assert [r.reason for r in results] == [Reason.INVALID] * (cap - 1) + [Reason.TOO_MANY_ATTEMPTS]
+    assert [r.attempts_left for r in results[:-1]] == list(range(cap - 1, 0, -1))
+    assert results[-1].burned and {r.store for r in results} == {store.name}
+    later = mfa.verify("alice", code)
+    assert not later and later.reason is Reason.TOO_MANY_ATTEMPTS
+
+
+@pytest.mark.parametrize("cap", [1, 3, 7])
+def test_mfa_max_attempts_minus_one_wrong_guesses_leave_the_code_usable(store, hotcache_config, cap):
+    """One wrong guess fewer than MFA_MAX_ATTEMPTS, on either store, and the right code still succeeds once."""
+    hotcache_config(MFA_MAX_ATTEMPTS=cap)
+    code = mfa.issue("alice")
+    for left in range(cap - 1, 0, -1):
+        result = mfa.verify("alice", wrong(code))
+        assert result.reason is Reason.INVALID and result.attempts_left == left
+    ok = mfa.verify("alice", code)
+    assert ok and ok.store == store.name
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
 def test_code_still_verifies_just_before_expiry(store):
