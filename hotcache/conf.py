@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_SOCKET_TIMEOUT_MS": 5000,
     "MONGO_SERVER_CONNECTION_LIMIT": 500,  # the server's connection limit (Atlas M0: 500), for reports
 
-    # --- Rate limiting (issue 3) ---
+    # --- Rate limiting ---
     "RATELIMIT_RULES": [],  # list of rule dicts, see README "Rate limiting"
     "RATELIMIT_STATUS_CODE": 429,  # status of a denied request (403 for django-ratelimit's behaviour)
     "RATELIMIT_DEFAULT_POLICY": "local",  # outage policy: open | closed | local
@@ -66,11 +66,11 @@ DEFAULTS: dict[str, Any] = {
     "IPV6_PREFIX": 64,  # IPv6 clients are grouped by this network prefix
     "IPV4_PREFIX": 32,
 
-    # --- Cached users (issue 4) ---
+    # --- Cached users ---
     "USER_CACHE_TTL": 300,  # seconds a cached user lives; also bounds out-of-band writes (no signals)
     "USER_LOADER": "hotcache.users.DjangoUserLoader",  # or "hotcache.users.MongoUserLoader", or your subclass
 
-    # --- MFA codes (issue 5) ---
+    # --- MFA codes ---
     "MFA_CODE_TTL": 300,
     "MFA_DIGITS": 6,
     "MFA_MAX_ATTEMPTS": 5,
@@ -79,13 +79,13 @@ DEFAULTS: dict[str, Any] = {
     "MFA_RESEND_COOLDOWN": 30,
     "MFA_HOURLY_SEND_CAP": 5,
 
-    # --- API keys (issue 6) ---
+    # --- API keys ---
     "APIKEY_USAGE_RETENTION_DAYS": 30,  # days a per-key daily counter lives in Redis (MongoDB keeps the history)
     "APIKEY_CACHE_TTL": 300,  # seconds a key record stays cached in Redis (revocation does not wait for it)
     "APIKEY_INVALID_CACHE_TTL": 60,  # seconds an unknown key is remembered, so floods of made-up keys skip MongoDB
     "APIKEY_HEADER": "X-Api-Key",  # header read when Authorization carries no "Api-Key <key>"
 
-    # --- Workbench sessions (issue 7) ---
+    # --- Workbench sessions ---
     "WORKBENCH_IDLE_TIMEOUT": 3600,  # seconds; a session's Redis lifetime, renewed by every save and load
     "WORKBENCH_MAX_STATE_BYTES": 1_000_000,  # largest state, as UTF-8 JSON
     "WORKBENCH_PERSIST_IDLE_AFTER": 2700,  # seconds unused before the persister moves a session to history
@@ -95,7 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "WORKBENCH_PERSIST_BATCH": 1000,  # sessions per claim and per MongoDB bulk write
     "WORKBENCH_DURABLE_SAVES": True,  # copy every Redis save to MongoDB workbench_active (visible in a Redis outage)
 
-    # --- Analytics (issue 8) ---
+    # --- Analytics ---
     "ANALYTICS_RETENTION_HOURS": 168,  # TTL of Redis counters, pending batches and HLLs: the sync must run within it
     "ANALYTICS_MAX_COUNTERS_PER_HOUR": 5000,  # (event, path) counters per hour before "(other)" takes new paths
     "ANALYTICS_MAX_EVENTS_PER_DAY": 200,  # distinct event names per day with their own visitor HLL
@@ -109,7 +109,7 @@ DEFAULTS: dict[str, Any] = {
     "ANALYTICS_MIDDLEWARE_INCLUDE": ["/"],  # path prefixes AnalyticsMiddleware tracks
     "ANALYTICS_MIDDLEWARE_EXCLUDE": ["/static/", "/media/", "/admin/", "/hotcache/", "/favicon.ico"],
 
-    # --- Reports (issue 9) ---
+    # --- Reports ---
     "REPORTS_DAYS": 30,  # days the admin reports and hotcache_status show (1-40; the meter keeps 40)
     "REPORTS_WARNING_PERCENT": 80,  # share of a budget or limit at which the reports warn
     "REPORTS_PERMISSION": None,  # "app_label.codename" staff also need to see the reports; None: any staff

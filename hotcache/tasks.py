@@ -10,7 +10,7 @@ except ImportError as exc:  # Celery is an extra: teams that schedule the syncs 
 
 __all__ = ["persist_workbench_sessions", "sync_analytics", "sync_apikey_usage"]
 
-# --- API keys (issue 6) ---
+# --- API keys ---
 
 
 @shared_task(name="hotcache.tasks.sync_apikey_usage", ignore_result=False)
@@ -23,7 +23,7 @@ def sync_apikey_usage(days: int = 2) -> dict:
     return dataclasses.asdict(apikeys.sync_usage(days=days))
 
 
-# --- Workbench (issue 7) ---
+# --- Workbench ---
 
 
 @shared_task(name="hotcache.tasks.persist_workbench_sessions", ignore_result=False)
@@ -33,7 +33,7 @@ def persist_workbench_sessions() -> dict:
 
     return workbench.persist().as_dict()
 
-# --- Analytics (issue 8) ---
+# --- Analytics ---
 
 
 @shared_task(name="hotcache.tasks.sync_analytics", ignore_result=False)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from hotcache.admin import report_urls  # reports (issue 9): staff-only admin pages under reports/
+from hotcache.admin import report_urls  # reports: staff-only admin pages under reports/
 
 app_name = "hotcache"
 
 urlpatterns: list = [
-    # --- Analytics (issue 8) ---
+    # --- Analytics ---
     # POST analytics/track, URL name "hotcache:analytics-track" (what a RATELIMIT_RULES entry targets).
     path("analytics/", include("hotcache.analytics")),
-    # --- Reports (issue 9) ---
+    # --- Reports ---
     *report_urls(),  # /hotcache/reports/ and /hotcache/reports/<feature>/ (admin.site.admin_view)
 ]

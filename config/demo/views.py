@@ -68,7 +68,7 @@ def user_deactivate(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"is_active": False})
 
 
-# --- API keys (issue 6) ---
+# --- API keys ---
 @require_api_key
 def api_usage(request: HttpRequest) -> JsonResponse:
     usage = request.api_key  # type: ignore[attr-defined]
@@ -82,7 +82,7 @@ async def api_usage_async(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"key_id": usage.key_id, "used_today": usage.used_today})
 
 
-# --- MFA codes (issue 5) ---
+# --- MFA codes ---
 # A login's second step. A real view sends the code by email or SMS; the demo hands it back in the
 # response ("delivered") so the scenario can play the user typing it.
 
@@ -129,7 +129,7 @@ def mfa_verify(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": result.ok, "reason": result.reason.value, "store": result.store}, status=status)
 
 
-# --- Rate limiting (issue 3) ---
+# --- Rate limiting ---
 @csrf_exempt
 def ratelimit_login(request: HttpRequest) -> JsonResponse:
     """A stand-in login endpoint; RateLimitMiddleware's rules guard it."""
@@ -142,7 +142,7 @@ def ratelimit_api(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"items": [], "rules": [r.name for r in rules.results] if rules else []})
 
 
-# --- Workbench (issue 7) ---------------------------------------------------------------------------
+# --- Workbench ---------------------------------------------------------------------------
 # A JSON API over hotcache.workbench: open/save, edit (server-side read-modify-write with versions), load, end.
 
 

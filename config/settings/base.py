@@ -105,15 +105,15 @@ CELERY_TASK_TIME_LIMIT = 15 * 60
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-sync leaves the task for the next one (the syncs are idempotent)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {
-    # --- API keys (issue 6) ---
+    # --- API keys ---
     "hotcache-sync-apikey-usage": {"task": "hotcache.tasks.sync_apikey_usage", "schedule": 600.0},
 
-    # --- Analytics (issue 8) ---
+    # --- Analytics ---
     "hotcache-sync-analytics": {
         "task": "hotcache.tasks.sync_analytics",
         "schedule": crontab(minute=5),  # hourly, after ANALYTICS_SYNC_GRACE (300 s) has closed the last hour
     },
-    # --- Workbench (issue 7) ---
+    # --- Workbench ---
     # Must not run less often than HOTCACHE['WORKBENCH_PERSIST_INTERVAL'] (check hotcache.E054).
     "hotcache-persist-workbench-sessions": {
         "task": "hotcache.tasks.persist_workbench_sessions",
