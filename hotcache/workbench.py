@@ -102,11 +102,19 @@ from hotcache import clock, keys, metering
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import BackendUnavailable, DuplicateKey, HotcacheError, MongoUnavailable, RedisUnavailable
+from hotcache.exceptions import (
+    BackendUnavailable,
+    DuplicateKey,
+    HotcacheError,
+    InvalidName,
+    MongoUnavailable,
+    RedisUnavailable,
+)
 
 __all__ = [
     "Conflict",
     "HistoryEntry",
+    "InvalidInput",
     "PersistResult",
     "Session",
     "SessionCounts",
@@ -127,6 +135,7 @@ ACTIVE = "workbench_active"
 _ID_PATTERN = r"[A-Za-z0-9_.@+\-]{1,64}"
 _OWNER_PATTERN = r"[A-Za-z0-9_.:@+\-]{1,128}"
 _QUEUE_TTL_FACTOR = 4  # the queue keys outlive every session in them
+_MAX_VERSION = 2**53 - 1  # versions stay exact in JSON, Lua and MongoDB's int64
 
 _SAVE = redis_backend.Script("wb_save")
 _LOAD = redis_backend.Script("wb_load")
@@ -142,6 +151,18 @@ _UNFENCE = redis_backend.Script("wb_unfence")
 # "fallback" = written on MongoDB during a Redis outage (may be newer than Redis: reconcile it);
 # "fork" = an outage incarnation that Redis holds a different incarnation for (goes to history when idle).
 _REDIS, _FALLBACK, _FORK = "redis", "fallback", "fork"
+
+
+class InvalidInput(InvalidName):
+    """An argument hotcache refuses before touching any store (so a ValueError, and an InvalidName).
+
+    ``field`` names the argument: "session_id", "owner", "expected_owner", "expected_version", "state" or
+    "limit"; the message says why. HTTP glue answers 400 naming that field.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Conflict(HotcacheError):
@@ -257,35 +278,91 @@ def _fence_sent(value: str) -> None:
 
 
 def _check_id(session_id: object) -> str:
-    return keys.validate_name(session_id, what="workbench session id", pattern=_ID_PATTERN)
+    try:
+        return keys.validate_name(session_id, what="workbench session id", pattern=_ID_PATTERN)
+    except InvalidName as exc:
+        raise InvalidInput("session_id", str(exc)) from None
 
 
-def _check_owner(owner: object) -> str | None:
+def _check_owner(owner: object, field: str = "owner") -> str | None:
     if owner is None:
         return None
     if isinstance(owner, int) and not isinstance(owner, bool):
+        if not -(10**127) < owner < 10**128:
+            raise InvalidInput(field, f"workbench {field} is an integer of more than 128 digits")
         owner = str(owner)
-    return keys.validate_name(owner, what="workbench owner", pattern=_OWNER_PATTERN)
+    try:
+        return keys.validate_name(owner, what=f"workbench {field}", pattern=_OWNER_PATTERN)
+    except InvalidName as exc:
+        raise InvalidInput(field, str(exc)) from None
+
+
+def _check_expected_version(expected: object) -> int | None:
+    if expected is None:
+        return None
+    if isinstance(expected, bool) or not isinstance(expected, int) or not 0 <= expected <= _MAX_VERSION:
+        shown = repr(expected) if isinstance(expected, int | float | str) else type(expected).__name__
+        msg = f"expected_version must be a whole number from 0 to {_MAX_VERSION}, not {shown[:40]}"
+        raise InvalidInput("expected_version", msg)
+    return expected
+
+
+def _too_deep(state: Mapping[str, Any], limit: int) -> int | None:
+    """The first nesting depth over ``limit`` found in ``state`` (the state itself is depth 1), else None.
+
+    Iterative, so a state nested far deeper than the interpreter's recursion limit (or a cyclic one) is
+    refused with a ValueError instead of a RecursionError; at most ``limit`` levels are ever walked.
+    """
+    stack: list[tuple[Any, int]] = [(state, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, Mapping) else node
+        for child in children:
+            if isinstance(child, Mapping | list | tuple):
+                if depth + 1 > limit:
+                    return depth + 1
+                stack.append((child, depth + 1))
+    return None
 
 
 def _encode_state(state: object) -> str:
-    """The state as compact JSON; ValueError (with the reason) if it is not a JSON object or too big."""
+    """The state as compact JSON; InvalidInput("state", reason) if it is not a JSON object hotcache keeps.
+
+    Checked in this order, before any store is touched (the Redis path and the MongoDB fallback alike):
+    a dict, nested at most WORKBENCH_MAX_DEPTH levels, JSON-serialisable, valid UTF-8 (no lone surrogate),
+    at most WORKBENCH_MAX_STATE_BYTES bytes.
+    """
     if not isinstance(state, Mapping):
         msg = f"workbench state must be a dict (a JSON object), not {type(state).__name__}"
-        raise ValueError(msg)
+        raise InvalidInput("state", msg)
+    limit = int(hotcache_settings.WORKBENCH_MAX_DEPTH)
+    depth = _too_deep(state, limit)
+    if depth is not None:
+        msg = (
+            f"workbench state nests objects and arrays {depth} levels deep (at least); at most {limit} are "
+            "allowed (HOTCACHE['WORKBENCH_MAX_DEPTH'])"
+        )
+        raise InvalidInput("state", msg)
     try:
         text = json.dumps(dict(state), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        msg = f"workbench state is not JSON-serialisable: {exc}"
-        raise ValueError(msg) from exc
-    size = len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        msg = f"workbench state is not JSON-serialisable: {str(exc)[:200]}"
+        raise InvalidInput("state", msg) from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        msg = (
+            f"workbench state holds a lone surrogate (U+{ord(text[exc.start]):04X}), which is not valid UTF-8: "
+            "keys and strings must be proper Unicode text"
+        )
+        raise InvalidInput("state", msg) from None
     limit = int(hotcache_settings.WORKBENCH_MAX_STATE_BYTES)
     if size > limit:
         msg = (
             f"workbench state is {size} bytes as JSON, over the limit of {limit} "
             "(HOTCACHE['WORKBENCH_MAX_STATE_BYTES'])"
         )
-        raise ValueError(msg)
+        raise InvalidInput("state", msg)
     return text
 
 
@@ -333,11 +410,7 @@ def save(
     """
     session_id = _check_id(session_id)
     owner = _check_owner(owner)
-    if expected_version is not None and (
-        not isinstance(expected_version, int) or isinstance(expected_version, bool) or expected_version < 0
-    ):
-        msg = f"expected_version must be a whole number >= 0, not {expected_version!r}"
-        raise ValueError(msg)
+    expected_version = _check_expected_version(expected_version)
     text = _encode_state(state)
     # The incarnation token of a session this save creates, chosen here: if Redis ran the save but its reply
     # was lost, the fallback creates the SAME incarnation on MongoDB, and the two stores hold one session.
@@ -516,7 +589,9 @@ def end(session_id: str) -> bool:
 def history(owner: str | int | None = None, limit: int = 50) -> list[HistoryEntry]:
     """Sessions in MongoDB history (ended or abandoned), newest first; only ``owner``'s if given."""
     owner = _check_owner(owner)
-    limit = max(1, min(int(limit), 1000))
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidInput("limit", f"limit must be a whole number, not {type(limit).__name__}")
+    limit = max(1, min(limit, 1000))
     docs = _history().find(
         {"owner": owner} if owner is not None else {},
         sort=[("closed_at", mongo.DESCENDING), ("_id", mongo.ASCENDING)],
