@@ -2,13 +2,16 @@
 and with Redis down, every refusal is the documented error naming the field (InvalidInput, a ValueError; a JSON 4xx
 over HTTP, never a 500) and leaves both stores exactly as they were."""
 
+import hashlib
+import json
 import math
 
 import pytest
 
-from hotcache import workbench
+from hotcache import metering, signing, workbench
 from hotcache.backends import mongo
 from hotcache.exceptions import InvalidName
+from hotcache.testing import count_redis
 
 pytestmark = pytest.mark.urls("hotcache.demo.urls")
 
@@ -17,6 +20,7 @@ pytestmark = pytest.mark.urls("hotcache.demo.urls")
 def _clean_workbench_keys(raw_redis, key_prefix):
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
+    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
 
 
 @pytest.fixture
@@ -319,3 +323,239 @@ def test_the_views_still_do_their_work(client, store):
     assert client.head("/workbench/s2/").status_code == 200
     assert client.post("/workbench/s2/end").json() == {"ended": True}
     assert client.get("/workbench/s2/").status_code == 404
+
+
+# --- a tampered Redis -----------------------------------------------------------------------------------------
+# Every record a process acts on is sealed: an edited, swapped, truncated or retyped record is absent. It is
+# replaced by its durable copy (or refused without one), counted as ev:workbench:tampered, and no value the
+# attacker wrote is ever returned, persisted to history or the basis of a write.
+
+
+def forge(raw, **changes):
+    """The envelope with some fields changed, under its old (now wrong) signature."""
+    signature, body = raw.split(b".", 1)
+    fields = json.loads(body)
+    fields.update(changes)
+    return signature + b"." + json.dumps(fields, separators=(",", ":")).encode()
+
+
+def replace_key(r, key, kind):
+    r.delete(key)
+    {"string": lambda: r.set(key, "mallory"), "list": lambda: r.rpush(key, "mallory"),
+     "zset": lambda: r.zadd(key, {"mallory": 1})}[kind]()
+
+
+def swap(r, a, b):
+    first, second = r.hgetall(a), r.hgetall(b)
+    r.delete(a, b)
+    r.hset(a, mapping=second)
+    r.hset(b, mapping=first)
+
+
+EVIL = '{"owner":"mallory","evil":true}'
+
+TAMPER_SESSION = {
+    "owner flipped": lambda r, k: r.hset(k, "m", forge(r.hget(k, "m"), o="mallory")),
+    "version flipped": lambda r, k: r.hset(k, "m", forge(r.hget(k, "m"), v=99)),
+    "incarnation token flipped": lambda r, k: r.hset(k, "m", forge(r.hget(k, "m"), g="000000000000")),
+    "state replaced": lambda r, k: r.hset(k, "s", EVIL),
+    "state and its digest replaced": lambda r, k: (
+        r.hset(k, "s", EVIL), r.hset(k, "m", forge(r.hget(k, "m"), h=hashlib.sha256(EVIL.encode()).hexdigest()))),
+    "envelope truncated": lambda r, k: r.hset(k, "m", r.hget(k, "m")[:-7]),
+    "signature stripped": lambda r, k: r.hset(k, "m", r.hget(k, "m").split(b".", 1)[1]),
+    "non-ASCII signature": lambda r, k: r.hset(k, "m", "é".encode() * 32 + b"." + r.hget(k, "m").split(b".", 1)[1]),
+    "envelope not UTF-8": lambda r, k: r.hset(k, "m", b"\xff\xfe" + r.hget(k, "m")),
+    "envelope a JSON value": lambda r, k: r.hset(k, "m", b"[1, 2, 3]"),
+    "envelope huge": lambda r, k: r.hset(k, "m", b"0" * 64 + b"." + b"[" * 500_000),
+    "envelope removed": lambda r, k: r.hdel(k, "m"),
+    "envelope empty": lambda r, k: r.hset(k, "m", b""),
+    "envelope sealed for another session": lambda r, k: r.hset(
+        k, "m", signing.seal_json("workbench.session", workbench._data_key("s2"), {"v": 1, "o": "mallory"})),
+    "replaced by a string": lambda r, k: replace_key(r, k, "string"),
+    "replaced by a list": lambda r, k: replace_key(r, k, "list"),
+    "replaced by a sorted set": lambda r, k: replace_key(r, k, "zset"),
+    "swapped with another session": lambda r, k: swap(r, k, workbench._data_key("s2")),
+}
+
+
+@pytest.fixture
+def two_sessions():
+    """s1 (alice, {"n": 1}, v2) and s2 (bob, {"n": 2}); both in Redis and, by default, durable in MongoDB."""
+    workbench.save("s1", {"n": 0}, owner="alice")
+    workbench.save("s1", {"n": 1})
+    workbench.save("s2", {"n": 2}, owner="bob")
+
+
+def tampered_count():
+    return metering.snapshot().get("ev:workbench:tampered", 0)
+
+
+def assert_nothing_of_mallory(*values):
+    text = repr(values)
+    assert "mallory" not in text and "evil" not in text, text
+
+
+def history_docs():
+    return mongo.collection(workbench.HISTORY, feature="test").find({})
+
+
+@pytest.mark.parametrize("case", TAMPER_SESSION)
+def test_a_tampered_session_is_served_from_its_durable_copy(raw_redis, two_sessions, case):
+    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    workbench._hints.clear()  # another process: it never saw s1
+    s1, s2 = workbench.load("s1"), workbench.load("s2")
+    assert (s1.state, s1.owner, s1.version) == ({"n": 1}, "alice", 2)
+    assert (s2.state, s2.owner, s2.version) == ({"n": 2}, "bob", 1)
+    assert tampered_count() >= 1
+    # Repaired in Redis: the next load is one round trip and counts nothing.
+    before = tampered_count()
+    with count_redis() as c:
+        assert workbench.load("s1").state == {"n": 1}
+    assert c.round_trips == 1 and c.mongo_ops == 0 and tampered_count() == before
+
+
+@pytest.mark.parametrize("case", TAMPER_SESSION)
+def test_a_save_over_a_tampered_session_decides_on_the_durable_copy(raw_redis, two_sessions, case):
+    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    with pytest.raises(workbench.OwnerConflict):
+        workbench.save("s1", {"evil": True}, owner="mallory")
+    with pytest.raises(workbench.Conflict):
+        workbench.save("s1", {"evil": True}, expected_version=99)
+    assert workbench.save("s1", {"n": 3}, expected_version=2) == 3
+    session = workbench.load("s1")
+    assert (session.state, session.owner, session.version) == ({"n": 3}, "alice", 3)
+    # A replaced state under an intact envelope is overwritten by the save without being read: nothing to count.
+    assert tampered_count() >= (0 if case == "state replaced" else 1)
+    workbench.end("s1")
+    workbench.end("s2")
+    assert workbench.persist().errors == []
+    assert_nothing_of_mallory(history_docs(), workbench.history())
+    assert {(e.session_id, e.owner, e.version) for e in workbench.history()} == {("s1", "alice", 3), ("s2", "bob", 1)}
+
+
+@pytest.mark.parametrize("case", ["owner flipped", "state replaced", "replaced by a string", "envelope removed"])
+def test_without_a_durable_copy_a_tampered_session_is_refused(raw_redis, hotcache_config, case):
+    hotcache_config(WORKBENCH_DURABLE_SAVES=False)
+    workbench.save("s1", {"n": 1}, owner="alice")
+    workbench.save("s2", {"n": 2}, owner="bob")
+    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    assert workbench.load("s1") is None
+    assert not raw_redis.exists(workbench._data_key("s1"))  # deleted, not left to be trusted later
+    assert workbench.end("s1") is False
+    with pytest.raises(workbench.Conflict):
+        workbench.save("s1", {}, expected_version=1)  # as for a session that does not exist
+    assert tampered_count() == 1
+    assert workbench.load("s2").state == {"n": 2}
+
+
+@pytest.mark.parametrize(
+    "case", ["owner flipped", "state replaced", "replaced by a list", "swapped with another session"]
+)
+def test_end_of_a_tampered_session_ends_its_durable_copy(raw_redis, two_sessions, case):
+    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    assert workbench.end("s1") is True
+    assert workbench.load("s1") is None
+    result = workbench.persist()
+    assert result.errors == []
+    assert_nothing_of_mallory(history_docs())
+    [entry] = [e for e in workbench.history() if e.session_id == "s1"]
+    assert (entry.state, entry.owner, entry.version, entry.reason) == ({"n": 1}, "alice", 2, "ended")
+    assert workbench.load("s2").state == {"n": 2} or case == "swapped with another session"
+
+
+@pytest.mark.parametrize("case", ["owner flipped", "state replaced", "replaced by a string", "envelope truncated"])
+def test_an_idle_tampered_session_reaches_history_from_its_durable_copy(raw_redis, clock, two_sessions, case):
+    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    clock.advance(workbench.hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
+    result = workbench.persist()
+    assert result.errors == [] and result.tampered == 1 and result.idle == 1 and result.from_fallback == 1
+    assert not raw_redis.exists(workbench._data_key("s1"))
+    assert_nothing_of_mallory(history_docs())
+    entries = {e.session_id: e for e in workbench.history()}
+    assert (entries["s1"].state, entries["s1"].owner, entries["s1"].reason) == ({"n": 1}, "alice", "idle")
+    assert entries["s2"].state == {"n": 2}
+
+
+def ended_keys(raw_redis, key_prefix, session_id):
+    return [k for k in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:s}}:e:{session_id}:*")]
+
+
+TAMPER_ENDED = {
+    "owner flipped": lambda r, k, other: r.hset(k, "m", forge(r.hget(k, "m"), o="mallory")),
+    "state replaced": lambda r, k, other: r.hset(k, "s", EVIL),
+    "end time replaced": lambda r, k, other: r.hset(k, "e", b"0" * 64 + b'.{"e":0}'),
+    "end record removed": lambda r, k, other: r.hdel(k, "e"),
+    "end records swapped": lambda r, k, other: (
+        lambda a, b: (r.hset(k, "e", b), r.hset(other, "e", a)))(r.hget(k, "e"), r.hget(other, "e")),
+    "envelope removed": lambda r, k, other: r.hdel(k, "m"),
+    "replaced by a string": lambda r, k, other: replace_key(r, k, "string"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPER_ENDED)
+def test_a_tampered_ended_session_never_reaches_history(raw_redis, key_prefix, two_sessions, case):
+    workbench.end("s1")
+    workbench.end("s2")
+    [k1], [k2] = ended_keys(raw_redis, key_prefix, "s1"), ended_keys(raw_redis, key_prefix, "s2")
+    TAMPER_ENDED[case](raw_redis, k1, k2)
+    result = workbench.persist()
+    assert result.errors == [] and (result.tampered, result.ended) == ((2, 0) if "swapped" in case else (1, 1))
+    assert_nothing_of_mallory(history_docs(), workbench.history())
+    entries = [(e.session_id, e.owner, e.state) for e in workbench.history()]
+    assert ("s2", "bob", {"n": 2}) in entries or case == "end records swapped"
+    assert not raw_redis.exists(k1)  # dropped from Redis, not retried forever
+    assert workbench.persist().persisted == 0
+
+
+def test_members_hotcache_never_queued_are_dropped_from_the_queues(raw_redis, clock, two_sessions):
+    now = workbench.clock.time()
+    # The ended queue holds "<id>:<end token>", the index ids; the claim prefixes them with "e:" and "i:".
+    raw_redis.zadd(workbench._ended_queue(), {"garbage": now, b"\xff\xfe": now, "../x:tok": now, "s9:t-1": now,
+                                              "s9:" + "t" * 65: now, "nobody:abc123": now})
+    raw_redis.zadd(workbench._index_key(), {"../x": 0, b"\xff": 0, "i:": 0, "a" * 65: 0})
+    result = workbench.persist()
+    assert result.errors == [] and result.tampered == 9 and result.missing == 1  # nobody:abc123 was never there
+    assert raw_redis.zcard(workbench._claims_key()) == 0
+    assert workbench.load("s1").state == {"n": 1} and tampered_count() >= 1
+
+
+@pytest.mark.parametrize("fence", ["forged", "hash", signing.seal("workbench.fence", "elsewhere", "0123")])
+def test_a_fence_hotcache_did_not_raise_is_lowered(raw_redis, two_sessions, fence):
+    key = workbench._fence_key()
+    if fence == "hash":
+        raw_redis.hset(key, "x", "1")
+    else:
+        raw_redis.set(key, fence)
+    workbench._hints.clear()
+    assert workbench.load("s1").state == {"n": 1}
+    assert not raw_redis.exists(key) and tampered_count() == 1
+    assert workbench.save("s1", {"n": 2}, expected_version=2) == 3
+    with count_redis() as c:
+        assert workbench.load("s2").state == {"n": 2}
+    assert c.round_trips == 1 and c.mongo_ops == 0
+
+
+def test_after_an_outage_a_tampered_redis_copy_yields_to_the_outage_version(redis_proxy, clock, raw_redis):
+    workbench.save("s1", {"n": 1}, owner="alice")
+    redis_proxy.down()
+    assert workbench.save("s1", {"n": 2}, expected_version=1) == 2  # on MongoDB
+    TAMPER_SESSION["owner flipped"](raw_redis, workbench._data_key("s1"))
+    redis_proxy.up()
+    clock.advance(10)
+    session = workbench.load("s1")
+    assert (session.state, session.owner, session.version) == ({"n": 2}, "alice", 2)
+    assert tampered_count() == 1
+    assert workbench.persist().errors == []
+
+
+def test_the_persister_repairs_a_tampered_copy_while_reconciling(redis_proxy, clock, raw_redis):
+    workbench.save("s1", {"n": 1}, owner="alice")
+    redis_proxy.down()
+    workbench.save("s1", {"n": 2}, expected_version=1)
+    redis_proxy.up()
+    clock.advance(10)
+    TAMPER_SESSION["owner flipped"](raw_redis, workbench._data_key("s1"))
+    result = workbench.persist()
+    assert result.reconciled == 1 and result.errors == [] and tampered_count() == 1
+    session = workbench.load("s1")
+    assert (session.state, session.owner) == ({"n": 2}, "alice")

@@ -262,6 +262,8 @@ def workbench_save(request: HttpRequest, session_id: str) -> JsonResponse:
         return exc.response
     except workbench.Conflict as exc:
         return JsonResponse({"error": "conflict", "current": exc.current, "field": "expected_version"}, status=409)
+    except workbench.OwnerConflict as exc:
+        return JsonResponse({"error": str(exc), "field": "owner"}, status=409)
     except workbench.InvalidInput as exc:
         return _invalid(exc)
     except BackendUnavailable:
