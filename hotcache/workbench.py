@@ -61,7 +61,7 @@ version. Document ``origin``: "redis" (durable copy; Redis is authoritative), "f
 outage; may be newer than Redis), "fork" (an outage incarnation under an id Redis holds another one of).
 
 Recovery rule (Redis returns still holding v5 while MongoDB has the outage's v6): a process that wrote on
-MongoDB during the outage raises a *fence* in Redis (``fence`` key, random value) with its next workbench
+MongoDB during the outage raises a *fence* in Redis (``fence`` key, a sealed random value) with its next workbench
 call. While the fence is up, load/save/end of a session not yet checked under that fence value (hash
 field ``k``) first compare it with its MongoDB document (one read) and fix Redis with ``wb_reconcile``:
 a newer version of the SAME incarnation replaces Redis's copy; an older one, or another incarnation, never
