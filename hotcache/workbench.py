@@ -1630,6 +1630,8 @@ def persist(*, dry_run: bool = False, limit: int | None = None) -> PersistResult
                 remaining -= n
     except RedisUnavailable as exc:
         result.errors.append(f"redis: {exc}")
+        # Down, or a shared key retyped by someone else: the next run works again once it is deleted.
+        result.tampered += _repair_shared_keys()
     except BackendUnavailable as exc:
         result.errors.append(f"mongodb: {exc} (claimed sessions stay queued for the next run)")
     result.recovered = before_claims
@@ -1651,6 +1653,34 @@ def _stale_claims() -> int:
         return int(redis_backend.call(FEATURE, lambda r: r.zcount(_claims_key(), "-inf", repr(cutoff))))
     except RedisUnavailable:
         return 0
+
+
+def _repair_shared_keys() -> int:
+    """Delete the keys every session shares if they hold another Redis type than hotcache writes there
+    (tampered): each script touching one fails, sending every session to the fallback and failing every
+    persister run. Run after a run failed on Redis; returns how many keys were deleted (each counted)."""
+    expected = {
+        _index_key(): b"zset", _ended_queue(): b"zset", _claims_key(): b"zset", _owners_key(): b"hash",
+        _fence_key(): b"string",
+    }
+
+    def types(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for key in expected:
+            pipe.type(key)
+        return pipe.execute()
+
+    try:
+        found = redis_backend.call(FEATURE, types)
+        wrong = [key for (key, kind), got in zip(expected.items(), found, strict=True) if got not in (b"none", kind)]
+        if wrong:
+            # No script can turn a key of the wrong type into the right one: nothing is raced here.
+            redis_backend.call(FEATURE, lambda r: r.delete(*wrong))
+    except RedisUnavailable:
+        return 0
+    for key in wrong:
+        signing.tampered(FEATURE, key, f"was not a {expected[key].decode()} (deleted)")
+    return len(wrong)
 
 
 def _pending() -> dict[str, int]:

@@ -559,3 +559,21 @@ def test_the_persister_repairs_a_tampered_copy_while_reconciling(redis_proxy, cl
     assert result.reconciled == 1 and result.errors == [] and tampered_count() == 1
     session = workbench.load("s1")
     assert (session.state, session.owner) == ({"n": 2}, "alice")
+
+
+@pytest.mark.parametrize("name", ["_index_key", "_ended_queue", "_claims_key", "_owners_key"])
+def test_a_retyped_shared_key_sends_sessions_to_the_fallback_until_the_persister_deletes_it(raw_redis, clock,
+                                                                                             two_sessions, name):
+    key = getattr(workbench, name)()
+    raw_redis.delete(key)
+    raw_redis.set(key, "mallory")
+    assert workbench.load("s1").state == {"n": 1}  # from Redis, or from the durable copy: never an error
+    assert workbench.end("s2") is True
+    result = workbench.persist()  # fails on the key, then deletes it
+    assert result.errors and result.tampered == 1 and raw_redis.type(key) != b"string" and tampered_count() == 1
+    assert workbench.persist().errors == []
+    assert workbench.save("s1", {"n": 2}) == 3
+    assert workbench.end("s1") is True
+    clock.advance(workbench.hotcache_settings.WORKBENCH_CLAIM_TIMEOUT + 1)  # what the failed run had claimed
+    assert workbench.persist().errors == []
+    assert sorted((e.session_id, e.state["n"]) for e in workbench.history()) == [("s1", 2), ("s2", 2)]
