@@ -797,8 +797,9 @@ def _durable_write(session_id: str, envelope: _Envelope, text: str) -> None:
     """Copy a Redis save to workbench_active: ONE conditional upsert that never replaces a newer version.
 
     The filter matches the session's document only if it holds an older version (or a durable copy of
-    another incarnation, which has left Redis: ended or persisted). Otherwise the upsert tries to insert
-    on the existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do.
+    another incarnation, which has left Redis: ended or persisted, or lost: see _keep_replaced). Otherwise
+    the upsert tries to insert on the existing _id and gets E11000: a newer version (or an outage copy) is
+    already there, nothing to do.
     """
     global _durable_failed_logged
     updated = _ts(envelope.updated)
@@ -816,9 +817,9 @@ def _durable_write(session_id: str, envelope: _Envelope, text: str) -> None:
     version, token = envelope.version, envelope.token
     flt = {"_id": session_id, "$or": [{"version": {"$lt": version}}, {"token": {"$ne": token}, "origin": _REDIS}]}
     try:
-        _active().update_one(flt, {"$set": doc}, upsert=True)
+        before = _active().find_one_and_update(flt, {"$set": doc}, upsert=True, return_new=False)
     except DuplicateKey:
-        pass  # a newer version is already there
+        return  # a newer version is already there
     except BackendUnavailable:
         metering.event(FEATURE, "durable_save_failed")
         if not _durable_failed_logged:
@@ -829,6 +830,30 @@ def _durable_write(session_id: str, envelope: _Envelope, text: str) -> None:
             )
         return
     _durable_failed_logged = False
+    if before is not None and before.get("token") != token:
+        _keep_replaced(session_id, before)
+
+
+def _keep_replaced(session_id: str, doc: Mapping[str, Any]) -> None:
+    """A new incarnation replaced another one's durable copy, which means that one left Redis. Ended or
+    persisted, its history record is there or on its way (this write is then a no-op or replaced: history is
+    rank-guarded); lost from Redis (deleted, evicted, a restart without persistence), this copy is its last
+    trace: it goes to history as abandoned. Only on this path: one bulk write (two if already there)."""
+    record = _history_record(
+        session_id=session_id,
+        token=doc["token"],
+        text=doc["state"],
+        version=int(doc["version"]),
+        owner=doc.get("owner"),
+        created=_ts(doc["created_at"]),
+        updated=_ts(doc["updated_at"]),
+        closed=_ts(doc.get("last_seen") or doc["updated_at"]),
+        reason="idle",
+    )
+    try:
+        _write_history([record])
+    except BackendUnavailable:
+        log.warning("hotcache.workbench: the replaced copy of %s:%s stays out of history", session_id, doc["token"])
 
 
 def load(session_id: str) -> Session | None:

@@ -241,3 +241,25 @@ def test_durable_saves_setting_must_be_a_bool(hotcache_config):
     assert message.id == "hotcache.E055" and "WORKBENCH_DURABLE_SAVES" in message.msg and message.hint
 
 
+
+
+def test_a_session_lost_from_redis_and_replaced_by_a_new_one_still_reaches_history(raw_redis, clock):
+    workbench.save("s1", {"n": 1}, owner="alice")
+    workbench.save("s1", {"n": 2})
+    raw_redis.delete(workbench._data_key("s1"))  # evicted, or Redis restarted without its data
+    assert workbench.save("s1", {"other": True}, owner="bob") == 1  # the id is free in Redis: a new incarnation
+    assert active("s1")["owner"] == "bob"
+    clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
+    workbench.persist()
+    entries = sorted((e.owner, e.version, e.reason) for e in workbench.history())
+    assert entries == [("alice", 2, "idle"), ("bob", 1, "idle")]
+
+
+def test_a_leftover_copy_of_an_ended_session_replaced_before_the_persister_ran_is_recorded_once_as_ended(clock):
+    workbench.save("s1", {"n": 1})
+    with mongo_down():
+        workbench.end("s1")  # its durable copy stays behind
+    workbench.save("s1", {"new": True})  # replaces it (idle record for now)
+    workbench.persist()  # the ended record replaces the idle one (rank-guarded)
+    [entry] = [e for e in workbench.history() if e.state == {"n": 1}]
+    assert entry.reason == "ended" and history_ids() == Counter({"s1": 1})
