@@ -760,7 +760,7 @@ def _redis_save(
         if written is not None:
             _remember(session_id, written)
             if hotcache_settings.WORKBENCH_DURABLE_SAVES:
-                _durable_write(session_id, written, text)
+                _durable_write(session_id, written, text, created=status == 2)
             return written.version
         observed = _observed(out[1])
         current = _open_envelope(session_id, observed)
@@ -793,13 +793,13 @@ def _redis_save(
     raise Conflict(session_id, expected if expected is not None else current_version, current_version)
 
 
-def _durable_write(session_id: str, envelope: _Envelope, text: str) -> None:
+def _durable_write(session_id: str, envelope: _Envelope, text: str, *, created: bool = False) -> None:
     """Copy a Redis save to workbench_active: ONE conditional upsert that never replaces a newer version.
 
     The filter matches the session's document only if it holds an older version (or a durable copy of
-    another incarnation, which has left Redis: ended or persisted, or lost: see _keep_replaced). Otherwise
-    the upsert tries to insert on the existing _id and gets E11000: a newer version (or an outage copy) is
-    already there, nothing to do.
+    another incarnation, which has left Redis: ended or persisted, or lost; a save that ``created`` the
+    session gets such a copy back and keeps it in history). Otherwise the upsert tries to insert on the
+    existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do.
     """
     global _durable_failed_logged
     updated = _ts(envelope.updated)
@@ -817,7 +817,12 @@ def _durable_write(session_id: str, envelope: _Envelope, text: str) -> None:
     version, token = envelope.version, envelope.token
     flt = {"_id": session_id, "$or": [{"version": {"$lt": version}}, {"token": {"$ne": token}, "origin": _REDIS}]}
     try:
-        before = _active().find_one_and_update(flt, {"$set": doc}, upsert=True, return_new=False)
+        if created:
+            # A new incarnation may replace another one's copy: get it back (same single operation).
+            before = _active().find_one_and_update(flt, {"$set": doc}, upsert=True, return_new=False)
+        else:
+            before = None
+            _active().update_one(flt, {"$set": doc}, upsert=True)
     except DuplicateKey:
         return  # a newer version is already there
     except BackendUnavailable:
