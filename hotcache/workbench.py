@@ -535,8 +535,9 @@ def _check_expected_version(expected: object) -> int | None:
     if expected is None:
         return None
     if isinstance(expected, bool) or not isinstance(expected, int) or not 0 <= expected <= _MAX_VERSION:
-        shown = repr(expected) if isinstance(expected, int | float | str) else type(expected).__name__
-        msg = f"expected_version must be a whole number from 0 to {_MAX_VERSION}, not {shown[:40]}"
+        small = isinstance(expected, float | str) or (isinstance(expected, int) and abs(expected) < 10**40)
+        shown = repr(expected)[:40] if small else type(expected).__name__  # (repr of a huge int raises)
+        msg = f"expected_version must be a whole number from 0 to {_MAX_VERSION}, not {shown}"
         raise InvalidInput("expected_version", msg)
     return expected
 

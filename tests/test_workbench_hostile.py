@@ -114,6 +114,7 @@ BAD_SAVES = {
     "expected_version True": (dict(state={}, expected_version=True), "expected_version", "whole number"),
     "expected_version past 2**53": (dict(state={}, expected_version=2**53), "expected_version", "whole number"),
     "expected_version 10**30": (dict(state={}, expected_version=10**30), "expected_version", "whole number"),
+    "expected_version of 5,000 digits": (dict(state={}, expected_version=10**5000), "expected_version", "not int"),
     "expected_version a list": (dict(state={}, expected_version=[1]), "expected_version", "list"),
 }
 
