@@ -578,3 +578,21 @@ def test_a_retyped_shared_key_sends_sessions_to_the_fallback_until_the_persister
     clock.advance(workbench.hotcache_settings.WORKBENCH_CLAIM_TIMEOUT + 1)  # what the failed run had claimed
     assert workbench.persist().errors == []
     assert sorted((e.session_id, e.state["n"]) for e in workbench.history()) == [("s1", 2), ("s2", 2)]
+
+
+@pytest.mark.parametrize("case", ["owner flipped", "state and its digest replaced", "replaced by a string"])
+def test_over_http_a_tampered_session_answers_with_its_durable_copy_never_a_500(client, raw_redis, two_sessions,
+                                                                                 case):
+    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    workbench._hints.clear()
+    response = client.get("/workbench/s1/")
+    assert response.status_code == 200 and response.json() == {"version": 2, "state": {"n": 1}}
+    response = client.post("/workbench/s1/save", '{"state": {"evil": true}, "owner": "mallory"}',
+                           content_type="application/json")
+    assert response.status_code == 409 and response.json()["field"] == "owner"
+    response = client.post("/workbench/s1/edit", '{"cell": "x"}', content_type="application/json")
+    assert response.status_code == 200 and response.json() == {"version": 3, "edits": 1}
+    assert client.post("/workbench/s1/end").json() == {"ended": True}
+    assert tampered_count() >= 1
+    workbench.persist()
+    assert_nothing_of_mallory(history_docs())
