@@ -434,13 +434,33 @@ def _schedule_seconds(schedule: Any) -> float | None:
     return float(run_every.total_seconds()) if run_every is not None else None
 
 
+# Python's json (like most JSON libraries) recurses once per level and fails near 1000 levels: a deeper
+# limit would let a state through the depth check only to fail in the encoder or in a client's decoder.
+_WORKBENCH_DEPTH_CEILING = 512
+
+
+def _workbench_depth_errors() -> list[CheckMessage]:
+    depth = hotcache_settings.WORKBENCH_MAX_DEPTH
+    if isinstance(depth, int) and not isinstance(depth, bool) and 0 < depth <= _WORKBENCH_DEPTH_CEILING:
+        return []
+    return [
+        Error(
+            f"{_setting('WORKBENCH_MAX_DEPTH')}={depth!r} is not a whole number from 1 to {_WORKBENCH_DEPTH_CEILING}.",
+            hint="It bounds how deeply objects and arrays may nest in a workbench state (default 64); save() "
+            "refuses deeper states with ValueError before encoding them.",
+            id="hotcache.E056",
+        )
+    ]
+
+
 @register(Tags.compatibility)
 def check_workbench(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not hotcache_settings.enabled("workbench"):
         return []
     errors = number_setting_errors(_WORKBENCH_NUMBERS, integer=True)
     if errors:
-        return errors
+        return errors + _workbench_depth_errors()
+    errors = _workbench_depth_errors()
     idle = hotcache_settings.WORKBENCH_IDLE_TIMEOUT
     after = hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER
     every = hotcache_settings.WORKBENCH_PERSIST_INTERVAL

@@ -88,6 +88,7 @@ DEFAULTS: dict[str, Any] = {
     # --- Workbench sessions ---
     "WORKBENCH_IDLE_TIMEOUT": 3600,  # seconds; a session's Redis lifetime, renewed by every save and load
     "WORKBENCH_MAX_STATE_BYTES": 1_000_000,  # largest state, as UTF-8 JSON
+    "WORKBENCH_MAX_DEPTH": 64,  # deepest nesting of objects and arrays in a state, checked before encoding
     "WORKBENCH_PERSIST_IDLE_AFTER": 2700,  # seconds unused before the persister moves a session to history
     "WORKBENCH_PERSIST_INTERVAL": 300,  # seconds between persister runs (the beat schedule uses this)
     "WORKBENCH_CLAIM_TIMEOUT": 300,  # seconds before a crashed persister's claims are taken over

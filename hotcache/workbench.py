@@ -4,15 +4,28 @@ reaches MongoDB history (``workbench_history``) exactly once.
 Redis layout (one hash tag, ``{workbench:s}``, because the Lua scripts touch the index and the sessions
 together; fine for the volumes a workbench has):
 
-    d:<id>          HASH s=state JSON, v=version, o=owner, g=incarnation token, c=created, u=updated.
+    d:<id>          HASH s=state JSON, m=the sealed envelope (version, owner, incarnation token, created,
+                    updated, SHA-256 of s; hotcache.signing under the key's name), k=recovery check mark.
                     TTL WORKBENCH_IDLE_TIMEOUT, renewed by every save and load (the idle lifetime).
     idx             ZSET id -> last seen (hotcache clock time, so tests age sessions with the clock).
-    e:<id>:<tok>    HASH an ended session, renamed away from d:<id> by end() (immutable; TTL WORKBENCH_ENDED_TTL).
+    e:<id>:<tok>    HASH an ended session, renamed away from d:<id> by end() (immutable; TTL WORKBENCH_ENDED_TTL),
+                    plus e=the sealed end time.
     ended           ZSET "<id>:<tok>" -> end time: the queue for history.
     claims, owners  ZSET member -> claim time and HASH member -> run id: what a persister run has taken.
+    fence           STRING the sealed recovery fence (below).
 
-save() is one EVALSHA (version check + write + index + TTL), load() one EVALSHA (read + TTL + index),
-end() one EVALSHA (rename to an ended key + queue).
+Signed records: Python opens every envelope it acts on and checks the state against it; Lua never decides on a
+value it cannot verify. save() is a compare-and-set: Python builds and seals the next envelope from one it
+verified (the one this process saw last, remembered per session) and the script writes only if the session
+still holds exactly that one, else hands the current one back. A record that fails verification is absent:
+replaced by its durable copy from workbench_active, or deleted (counted as ev:workbench:tampered). Counts and
+the queues' scores are not signed: tampering with them can delay or hasten persisting, never inject a value.
+
+save() is one EVALSHA when this process saw the session's current envelope last (or creates it), else two;
+load() one EVALSHA (read + TTL + index), end() one EVALSHA (rename to an ended key + queue).
+
+Owners: a session's owner is set by the save that creates it; save(owner=None) keeps it; a save naming
+another owner raises OwnerConflict unless expected_owner equals the current owner (a deliberate transfer).
 
 Persisting (``persist()``, run by the beat task ``hotcache.tasks.persist_workbench_sessions`` and by
 ``manage.py persist_workbench``) is claim -> write -> ack, so no lock is needed for correctness:
@@ -48,7 +61,7 @@ version. Document ``origin``: "redis" (durable copy; Redis is authoritative), "f
 outage; may be newer than Redis), "fork" (an outage incarnation under an id Redis holds another one of).
 
 Recovery rule (Redis returns still holding v5 while MongoDB has the outage's v6): a process that wrote on
-MongoDB during the outage raises a *fence* in Redis (``fence`` key, random value) with its next workbench
+MongoDB during the outage raises a *fence* in Redis (``fence`` key, a sealed random value) with its next workbench
 call. While the fence is up, load/save/end of a session not yet checked under that fence value (hash
 field ``k``) first compare it with its MongoDB document (one read) and fix Redis with ``wb_reconcile``:
 a newer version of the SAME incarnation replaces Redis's copy; an older one, or another incarnation, never
@@ -89,24 +102,37 @@ holds one from the outage (a "fork"); both reach history.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import json
 import logging
+import re
 import secrets
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hotcache import clock, keys, metering
+from hotcache import clock, keys, metering, signing
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import BackendUnavailable, DuplicateKey, HotcacheError, MongoUnavailable, RedisUnavailable
+from hotcache.exceptions import (
+    BackendUnavailable,
+    DuplicateKey,
+    HotcacheError,
+    InvalidName,
+    MongoUnavailable,
+    RedisUnavailable,
+)
 
 __all__ = [
     "Conflict",
     "HistoryEntry",
+    "InvalidInput",
+    "OwnerConflict",
     "PersistResult",
     "Session",
     "SessionCounts",
@@ -127,10 +153,27 @@ ACTIVE = "workbench_active"
 _ID_PATTERN = r"[A-Za-z0-9_.@+\-]{1,64}"
 _OWNER_PATTERN = r"[A-Za-z0-9_.:@+\-]{1,128}"
 _QUEUE_TTL_FACTOR = 4  # the queue keys outlive every session in them
+_MAX_VERSION = 2**53 - 1  # versions stay exact in JSON, Lua and MongoDB's int64
+_SAVE_ATTEMPTS = 10  # compare-and-set rounds of one save while others keep saving the same session
+_HINTS = 4096  # sessions whose current envelope a process remembers (a save of one of them is one round trip)
+
+# Record kinds signed with hotcache.signing. The identity is the key a record was written under: a session's
+# data key for its envelope (end() renames it along, the persister checks it as such), the ended key for the
+# end time, the fence key for the fence. So no record verifies under another session or kind.
+_SESSION_RECORD = "workbench.session"
+_ENDED_RECORD = "workbench.ended"
+_FENCE_RECORD = "workbench.fence"
+_ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "v": int, "g": str, "o": (str, type(None)), "c": (int, float), "u": (int, float), "h": str,
+}
+# What the scripts report for no session, and for a key hotcache did not write (not a hash, or no envelope).
+_NONE, _FOREIGN = b"", b"!"
+_MEMBER = re.compile(
+    r"e:(?P<ended>[A-Za-z0-9_.@+\-]{1,64}):(?P<token>[A-Za-z0-9]{1,64})|i:(?P<idle>[A-Za-z0-9_.@+\-]{1,64})"
+)
 
 _SAVE = redis_backend.Script("wb_save")
 _LOAD = redis_backend.Script("wb_load")
-_IMPORT = redis_backend.Script("wb_import")
 _END = redis_backend.Script("wb_end")
 _CLAIM = redis_backend.Script("wb_claim")
 _ACK = redis_backend.Script("wb_ack")
@@ -142,6 +185,47 @@ _UNFENCE = redis_backend.Script("wb_unfence")
 # "fallback" = written on MongoDB during a Redis outage (may be newer than Redis: reconcile it);
 # "fork" = an outage incarnation that Redis holds a different incarnation for (goes to history when idle).
 _REDIS, _FALLBACK, _FORK = "redis", "fallback", "fork"
+
+
+class InvalidInput(InvalidName):
+    """An argument hotcache refuses before touching any store (so a ValueError, and an InvalidName).
+
+    ``field`` names the argument: "session_id", "owner", "expected_owner", "expected_version", "state" or
+    "limit"; the message says why. HTTP glue answers 400 naming that field.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class OwnerConflict(HotcacheError, ValueError):
+    """save() would change who owns the session; nothing was written.
+
+    Pass ``expected_owner=<its current owner>`` to transfer it on purpose, or save under a new session id.
+    ``current_owner`` holds the owner found (kept out of the message, which may reach an HTTP client).
+    """
+
+    def __init__(self, session_id: str, owner: str | None, current_owner: str | None, *, expected: bool) -> None:
+        if expected:
+            msg = f"workbench session {session_id!r} is not owned by expected_owner; nothing was written"
+        else:
+            msg = (
+                f"workbench session {session_id!r} belongs to another owner: pass expected_owner=<its current "
+                "owner> to transfer it, or use a new session id"
+            )
+        super().__init__(msg)
+        self.session_id = session_id
+        self.owner = owner
+        self.current_owner = current_owner
+
+
+class _AnyOwner:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+_ANY: Any = _AnyOwner()  # expected_owner not given (None means "expect no owner")
 
 
 class Conflict(HotcacheError):
@@ -179,6 +263,7 @@ class PersistResult:
     already: int = 0  # already in history (a replay or another worker): not written again
     kept: int = 0  # touched after the claim: written, but left hot
     missing: int = 0  # claimed but gone from Redis (expired before any persister ran)
+    tampered: int = 0  # claimed but not trusted (failed verification, or not a member hotcache queued): dropped
     recovered: int = 0  # stale claims of an earlier run taken over
     from_fallback: int = 0  # sessions swept from workbench_active
     reconciled: int = 0  # outage copies compared with Redis after an outage (see "recovery")
@@ -201,6 +286,13 @@ class PersistResult:
 
 
 def _data_key(session_id: str) -> str:
+    # Built several times per call (the key, the identity its envelope is sealed under, the remembered
+    # envelope): cached per key prefix, which is read on every call so override_settings still applies.
+    return _data_key_under(keys.prefix(), session_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _data_key_under(prefix: str, session_id: str) -> str:
     return keys.tagged(FEATURE, "s", "d", session_id)
 
 
@@ -241,7 +333,8 @@ _durable_failed_logged = False
 def _raise_fence_later() -> None:
     global _fence_pending
     with _fence_lock:
-        _fence_pending = secrets.token_hex(8)
+        # Sealed, so a process tells a fence hotcache raised from one written by someone else.
+        _fence_pending = signing.seal(_FENCE_RECORD, _fence_key(), secrets.token_hex(8))
 
 
 def _fence_args() -> tuple[str, int]:
@@ -256,36 +349,255 @@ def _fence_sent(value: str) -> None:
                 _fence_pending = None
 
 
+def _current_fence() -> str:
+    """The recovery fence if it is up and hotcache raised it, else ''. Any other value is lowered (tampered)."""
+    key = _fence_key()
+
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        pipe.get(key)
+        return pipe.execute(raise_on_error=False)
+
+    try:
+        [raw] = redis_backend.call(FEATURE, read)
+    except RedisUnavailable:
+        return ""
+    if raw is None:
+        return ""
+    if not isinstance(raw, Exception) and signing.unseal(_FENCE_RECORD, key, raw) is not None:
+        return _text(raw)
+    signing.tampered(FEATURE, key, "is not a fence hotcache raised")
+    try:
+        redis_backend.call(FEATURE, lambda r: _UNFENCE(r, [key], [raw if isinstance(raw, bytes) else _FOREIGN]))
+    except RedisUnavailable:
+        pass
+    return ""
+
+
+# --- sealed envelopes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """A session's authenticated envelope in Redis (hash field ``m``): everything but the state, whose SHA-256
+    it carries. Scripts compare ``raw`` as an opaque string; only Python opens it."""
+
+    version: int
+    token: str
+    owner: str | None
+    created: float
+    updated: float
+    digest: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Hot:
+    """A session as Redis holds it, verified."""
+
+    envelope: _Envelope
+    text: str
+
+    def session(self, session_id: str) -> Session:
+        e = self.envelope
+        return Session(
+            session_id=session_id,
+            state=json.loads(self.text),
+            version=e.version,
+            owner=e.owner,
+            created_at=_ts(e.created),
+            updated_at=_ts(e.updated),
+        )
+
+
+def _digest(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
+
+
+def _seal_envelope(
+    session_id: str, *, version: int, token: str, owner: str | None, created: float, updated: float, digest: str
+) -> _Envelope:
+    body = {"v": version, "g": token, "o": owner, "c": created, "u": updated, "h": digest}
+    raw = signing.seal_json(_SESSION_RECORD, _data_key(session_id), body).encode("utf-8")
+    return _Envelope(version, token, owner, created, updated, digest, raw)
+
+
+def _open_envelope(session_id: str, raw: Any) -> _Envelope | None:
+    """The envelope ``raw`` if hotcache sealed it for this session's key, else None (never raises)."""
+    if not raw or raw == _FOREIGN:
+        return None
+    value = signing.unseal_json(_SESSION_RECORD, _data_key(session_id), raw, required=_ENVELOPE_FIELDS)
+    if value is None or not 1 <= value["v"] <= _MAX_VERSION:
+        return None
+    raw = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+    return _Envelope(value["v"], value["g"], value["o"], float(value["c"]), float(value["u"]), value["h"], raw)
+
+
+def _open_hot(session_id: str, state: Any, observed: Any) -> _Hot | None:
+    """The session if its envelope is ours and its state is the one the envelope names, else None."""
+    envelope = _open_envelope(session_id, observed)
+    if envelope is None or not isinstance(state, bytes | str):
+        return None
+    data = state.encode("utf-8", "surrogatepass") if isinstance(state, str) else state
+    if _digest(data) != envelope.digest:
+        return None
+    return _Hot(envelope, data.decode("utf-8"))  # the bytes hotcache wrote: UTF-8 by construction
+
+
+def _envelope_from_doc(session_id: str, doc: Mapping[str, Any]) -> _Envelope:
+    return _seal_envelope(
+        session_id,
+        version=int(doc["version"]),
+        token=doc["token"],
+        owner=doc.get("owner"),
+        created=_ts(doc["created_at"]).timestamp(),
+        updated=_ts(doc["updated_at"]).timestamp(),
+        digest=_digest(doc["state"]),
+    )
+
+
+def _tampered(session_id: str, observed: Any, why: str | None = None) -> None:
+    """Count a session record that failed verification (it is absent from now on) and forget its envelope."""
+    _remember(session_id, None)
+    if why is None:
+        why = "is not a session record hotcache wrote" if observed in (_NONE, _FOREIGN) else "failed verification"
+    signing.tampered(FEATURE, _data_key(session_id), why)
+
+
+def _observed(reply: Any, exists: Any = 0) -> bytes:
+    """An envelope as a script returned it, or as a pipeline read it (HGET m, and EXISTS for a miss): bytes,
+    b'' for no session, b'!' for a key hotcache did not write (another type, or a hash without an envelope)."""
+    if isinstance(reply, Exception):
+        return _FOREIGN
+    if reply is None or reply is False:
+        return _FOREIGN if exists and not isinstance(exists, Exception) else _NONE
+    return reply if isinstance(reply, bytes) else str(reply).encode("utf-8", "surrogatepass")
+
+
+def _read_envelopes(session_ids: list[str]) -> list[bytes]:
+    """The envelopes Redis holds for these sessions, as stored (one pipeline; ``_observed`` values)."""
+
+    def run(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.hget(_data_key(session_id), "m")
+            pipe.exists(_data_key(session_id))
+        return pipe.execute(raise_on_error=False)
+
+    replies = redis_backend.call(FEATURE, run)
+    return [_observed(m, exists) for m, exists in zip(replies[0::2], replies[1::2], strict=True)]
+
+
+# The current envelope this process saw last, per session key: a save based on it is one round trip. A stale
+# entry costs one more round trip (the script hands the current envelope back); it never decides a refusal.
+_hints: OrderedDict[str, _Envelope] = OrderedDict()
+_hints_lock = threading.Lock()
+
+
+def _remember(session_id: str, envelope: _Envelope | None) -> None:
+    key = _data_key(session_id)
+    with _hints_lock:
+        if envelope is None:
+            _hints.pop(key, None)
+            return
+        _hints[key] = envelope
+        _hints.move_to_end(key)
+        while len(_hints) > _HINTS:
+            _hints.popitem(last=False)
+
+
+def _recall(session_id: str) -> _Envelope | None:
+    with _hints_lock:
+        return _hints.get(_data_key(session_id))
+
+
 def _check_id(session_id: object) -> str:
-    return keys.validate_name(session_id, what="workbench session id", pattern=_ID_PATTERN)
+    try:
+        return keys.validate_name(session_id, what="workbench session id", pattern=_ID_PATTERN)
+    except InvalidName as exc:
+        raise InvalidInput("session_id", str(exc)) from None
 
 
-def _check_owner(owner: object) -> str | None:
+def _check_owner(owner: object, field: str = "owner") -> str | None:
     if owner is None:
         return None
     if isinstance(owner, int) and not isinstance(owner, bool):
+        if not -(10**127) < owner < 10**128:
+            raise InvalidInput(field, f"workbench {field} is an integer of more than 128 digits")
         owner = str(owner)
-    return keys.validate_name(owner, what="workbench owner", pattern=_OWNER_PATTERN)
+    try:
+        return keys.validate_name(owner, what=f"workbench {field}", pattern=_OWNER_PATTERN)
+    except InvalidName as exc:
+        raise InvalidInput(field, str(exc)) from None
+
+
+def _check_expected_version(expected: object) -> int | None:
+    if expected is None:
+        return None
+    if isinstance(expected, bool) or not isinstance(expected, int) or not 0 <= expected <= _MAX_VERSION:
+        small = isinstance(expected, float | str) or (isinstance(expected, int) and abs(expected) < 10**40)
+        shown = repr(expected)[:40] if small else type(expected).__name__  # (repr of a huge int raises)
+        msg = f"expected_version must be a whole number from 0 to {_MAX_VERSION}, not {shown}"
+        raise InvalidInput("expected_version", msg)
+    return expected
+
+
+def _too_deep(state: Mapping[str, Any], limit: int) -> int | None:
+    """The first nesting depth over ``limit`` found in ``state`` (the state itself is depth 1), else None.
+
+    Iterative, so a state nested far deeper than the interpreter's recursion limit (or a cyclic one) is
+    refused with a ValueError instead of a RecursionError; at most ``limit`` levels are ever walked.
+    """
+    containers = (dict, list, tuple)  # what json encodes as objects and arrays (a tuple: the fastest isinstance)
+    stack: list[tuple[Any, int]] = [(state.values(), 1)]
+    while stack:
+        children, depth = stack.pop()
+        for child in children:
+            if isinstance(child, containers):
+                if depth >= limit:
+                    return depth + 1
+                stack.append((child.values() if isinstance(child, dict) else child, depth + 1))
+    return None
 
 
 def _encode_state(state: object) -> str:
-    """The state as compact JSON; ValueError (with the reason) if it is not a JSON object or too big."""
+    """The state as compact JSON; InvalidInput("state", reason) if it is not a JSON object hotcache keeps.
+
+    Checked in this order, before any store is touched (the Redis path and the MongoDB fallback alike):
+    a dict, nested at most WORKBENCH_MAX_DEPTH levels, JSON-serialisable, valid UTF-8 (no lone surrogate),
+    at most WORKBENCH_MAX_STATE_BYTES bytes.
+    """
     if not isinstance(state, Mapping):
         msg = f"workbench state must be a dict (a JSON object), not {type(state).__name__}"
-        raise ValueError(msg)
+        raise InvalidInput("state", msg)
+    limit = int(hotcache_settings.WORKBENCH_MAX_DEPTH)
+    depth = _too_deep(state, limit)
+    if depth is not None:
+        msg = (
+            f"workbench state nests objects and arrays {depth} levels deep (at least); at most {limit} are "
+            "allowed (HOTCACHE['WORKBENCH_MAX_DEPTH'])"
+        )
+        raise InvalidInput("state", msg)
     try:
         text = json.dumps(dict(state), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        msg = f"workbench state is not JSON-serialisable: {exc}"
-        raise ValueError(msg) from exc
-    size = len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        msg = f"workbench state is not JSON-serialisable: {str(exc)[:200]}"
+        raise InvalidInput("state", msg) from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        msg = (
+            f"workbench state holds a lone surrogate (U+{ord(text[exc.start]):04X}), which is not valid UTF-8: "
+            "keys and strings must be proper Unicode text"
+        )
+        raise InvalidInput("state", msg) from None
     limit = int(hotcache_settings.WORKBENCH_MAX_STATE_BYTES)
     if size > limit:
         msg = (
             f"workbench state is {size} bytes as JSON, over the limit of {limit} "
             "(HOTCACHE['WORKBENCH_MAX_STATE_BYTES'])"
         )
-        raise ValueError(msg)
+        raise InvalidInput("state", msg)
     return text
 
 
@@ -323,106 +635,197 @@ def _active() -> mongo.Collection:
 
 
 def save(
-    session_id: str, state: dict[str, Any], owner: str | int | None = None, expected_version: int | None = None
+    session_id: str,
+    state: dict[str, Any],
+    owner: str | int | None = None,
+    expected_version: int | None = None,
+    *,
+    expected_owner: str | int | None = _ANY,
 ) -> int:
     """Store ``state`` as the session's next version and return it.
 
     With ``expected_version`` the write happens only if the session is at that version (0: only if it does
-    not exist yet); otherwise Conflict. Renews the idle lifetime. ValueError (nothing written) for an
-    invalid id, owner or state.
+    not exist yet); otherwise Conflict. ``owner``: who a session this save creates belongs to; for an existing
+    session None keeps its owner and any other owner raises OwnerConflict, unless ``expected_owner`` equals
+    the current owner (None: it has none), which transfers it to ``owner``. ``expected_owner`` alone only
+    guards the save; it is not consulted when the save creates the session. Renews the idle lifetime.
+    InvalidInput (a ValueError naming the field; nothing written) for an invalid id, owner, version or state.
     """
     session_id = _check_id(session_id)
     owner = _check_owner(owner)
-    if expected_version is not None and (
-        not isinstance(expected_version, int) or isinstance(expected_version, bool) or expected_version < 0
-    ):
-        msg = f"expected_version must be a whole number >= 0, not {expected_version!r}"
-        raise ValueError(msg)
+    if expected_owner is not _ANY:
+        expected_owner = _check_owner(expected_owner, "expected_owner")
+    expected_version = _check_expected_version(expected_version)
     text = _encode_state(state)
     # The incarnation token of a session this save creates, chosen here: if Redis ran the save but its reply
     # was lost, the fallback creates the SAME incarnation on MongoDB, and the two stores hold one session.
     token = _token()
     try:
-        version = _redis_save(session_id, text, owner, expected_version, token)
+        version = _redis_save(session_id, text, owner, expected_version, expected_owner, token)
     except RedisUnavailable as exc:
         metering.event(FEATURE, "fallback")
-        version = _mongo_save(session_id, text, owner, expected_version, token, in_redis=exc.maybe_applied)
+        version = _mongo_save(
+            session_id, text, owner, expected_version, expected_owner, token, in_redis=exc.maybe_applied
+        )
     metering.event(FEATURE, "saved")
     return version
 
 
-def _redis_save(
-    session_id: str, text: str, owner: str | None, expected: int | None, token: str, *, retry: bool = True
-) -> int:
-    now = clock.time()
-    ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
-    fence, fence_ttl = _fence_args()
-    args = [text, "" if expected is None else str(expected), owner or "", repr(now), ttl, token, session_id]
-    args += [fence, fence_ttl]
-    keys_ = [_data_key(session_id), _index_key(), _fence_key()]
-    out = redis_backend.call(FEATURE, lambda r: _SAVE(r, keys_, args))
-    _fence_sent(fence)
-    version = int(out[0])
-    if version == -2 and retry:
-        # A recovery fence is up and this session was not compared with its MongoDB copy yet.
-        _reconcile(session_id)
-        return _redis_save(session_id, text, owner, expected, token, retry=False)
-    if version < 0:
-        current = int(out[1])
-        if current == 0 and expected and retry and _migrate(session_id) is not None:
-            # The session lives in workbench_active (saved there during a Redis outage): continue from it.
-            return _redis_save(session_id, text, owner, expected, token, retry=False)
-        if version == -2:
-            msg = f"workbench session {session_id!r}: recovery check did not settle"
-            raise RedisUnavailable(msg)
-        metering.event(FEATURE, "conflict")
-        raise Conflict(session_id, int(expected or 0), current)
-    if hotcache_settings.WORKBENCH_DURABLE_SAVES:
-        _durable_write(
-            session_id,
-            text=text,
-            version=version,
-            token=_text(out[2]),
-            owner=_text(out[4]) if out[4] else None,
-            created=_ts(out[3]),
-            updated=_ts(repr(now)),
+def _owner_refused(current: str | None, owner: str | None, expected_owner: Any) -> bool:
+    """The owner rule: a save may not change the owner unless it names the current one in expected_owner."""
+    if expected_owner is not _ANY:
+        return expected_owner != current
+    return owner is not None and owner != current
+
+
+@dataclass(slots=True)
+class _SaveRequest:
+    session_id: str
+    text: str
+    digest: str
+    owner: str | None
+    expected: int | None
+    expected_owner: Any
+    token: str
+    now: float
+
+    def create(self) -> _Envelope:
+        return _seal_envelope(
+            self.session_id, version=1, token=self.token, owner=self.owner, created=self.now, updated=self.now,
+            digest=self.digest,
         )
-    return version
+
+    def plan(self, seen: _Envelope | None, fresh: bool) -> tuple[bytes, _Envelope | None, _Envelope | None]:
+        """What to send: (the envelope the next one replaces, the next envelope, the creation envelope).
+
+        The script writes the next envelope if Redis still holds ``seen``, else the creation envelope if
+        there is no session (sent when none is known: a blind save, or expected_version=0), else nothing
+        (it hands back what it holds).
+        Raises Conflict or OwnerConflict, but only on an envelope just read from Redis (``fresh``): a
+        remembered one may be stale, so it is looked at again instead.
+        """
+        if seen is None:
+            return _NONE, None, (self.create() if not self.expected else None)
+        if self.expected == 0:
+            if fresh:
+                self.conflict(seen.version)
+            return _NONE, None, self.create()
+        wrong_version = self.expected is not None and seen.version != self.expected
+        if wrong_version or _owner_refused(seen.owner, self.owner, self.expected_owner):
+            if not fresh:
+                return seen.raw, None, None
+            if wrong_version:
+                self.conflict(seen.version)
+            expected = self.expected_owner is not _ANY
+            raise OwnerConflict(self.session_id, self.owner, seen.owner, expected=expected)
+        following = _seal_envelope(
+            self.session_id,
+            version=seen.version + 1,
+            token=seen.token,
+            owner=self.owner if self.owner is not None else seen.owner,
+            created=seen.created,
+            updated=self.now,
+            digest=self.digest,
+        )
+        # No creation envelope: if the session is gone since (ended elsewhere), the next round creates it.
+        return seen.raw, following, None
+
+    def conflict(self, current: int) -> None:
+        metering.event(FEATURE, "conflict")
+        raise Conflict(self.session_id, int(self.expected or 0), current)
 
 
-def _durable_write(
-    session_id: str,
-    *,
-    text: str,
-    version: int,
-    token: str,
-    owner: str | None,
-    created: dt.datetime,
-    updated: dt.datetime,
-) -> None:
+def _redis_save(
+    session_id: str, text: str, owner: str | None, expected: int | None, expected_owner: Any, token: str
+) -> int:
+    """The save on Redis: a compare-and-set of the session's sealed envelope (wb_save.lua).
+
+    Every outcome (next version, Conflict, OwnerConflict) is decided here on an envelope Python verified: the
+    one this process saw last (one round trip if it is still current), else the one Redis hands back.
+    """
+    now = clock.time()
+    request = _SaveRequest(session_id, text, _digest(text), owner, expected, expected_owner, token, now)
+    ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
+    keys_ = [_data_key(session_id), _index_key(), _fence_key()]
+    seen, fresh = _recall(session_id), False
+    checked = migrated = False
+    for _ in range(_SAVE_ATTEMPTS):
+        base, following, create = request.plan(seen, fresh)
+        fence, fence_ttl = _fence_args()
+        args = [text, base, following.raw if following else _NONE, repr(now), ttl, session_id, fence, fence_ttl]
+        args.append(create.raw if create else _NONE)
+        out = redis_backend.call(FEATURE, lambda r, a=args: _SAVE(r, keys_, a))
+        _fence_sent(fence)
+        status = int(out[0])
+        written = following if status == 1 else create if status == 2 else None
+        if written is not None:
+            _remember(session_id, written)
+            if hotcache_settings.WORKBENCH_DURABLE_SAVES:
+                _durable_write(session_id, written, text, created=status == 2)
+            return written.version
+        observed = _observed(out[1])
+        current = _open_envelope(session_id, observed)
+        if observed and current is None:
+            # Not an envelope hotcache sealed: absent. Its durable copy replaces it (or it is deleted).
+            _tampered(session_id, observed)
+            hot = _reconcile(session_id, observed, tampered=True)
+        elif status == -2:
+            # A recovery fence is up and this session was not compared with its MongoDB copy yet.
+            if checked:
+                msg = f"workbench session {session_id!r}: recovery check did not settle"
+                raise RedisUnavailable(msg)
+            checked = True
+            hot = _reconcile(session_id, observed, current)
+        elif current is None and expected and not migrated:
+            # The session may live in workbench_active (saved there during a Redis outage): continue from it.
+            migrated = True
+            hot = _migrate(session_id)
+            if hot is None:
+                request.conflict(0)
+        else:
+            if current is None and expected:
+                request.conflict(0)
+            seen, fresh = current, True
+            continue
+        seen, fresh = (hot.envelope if hot is not None else None), True
+    # Others kept saving this session between every look and write (a blind save under heavy contention).
+    metering.event(FEATURE, "conflict")
+    current_version = seen.version if seen is not None else 0
+    raise Conflict(session_id, expected if expected is not None else current_version, current_version)
+
+
+def _durable_write(session_id: str, envelope: _Envelope, text: str, *, created: bool = False) -> None:
     """Copy a Redis save to workbench_active: ONE conditional upsert that never replaces a newer version.
 
     The filter matches the session's document only if it holds an older version (or a durable copy of
-    another incarnation, which has left Redis: ended or persisted). Otherwise the upsert tries to insert
-    on the existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do.
+    another incarnation, which has left Redis: ended or persisted, or lost; a save that ``created`` the
+    session gets such a copy back and keeps it in history). Otherwise the upsert tries to insert on the
+    existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do.
     """
     global _durable_failed_logged
+    updated = _ts(envelope.updated)
     doc = {
         "state": text,
-        "version": version,
-        "token": token,
-        "owner": owner,
-        "created_at": created,
+        "version": envelope.version,
+        "token": envelope.token,
+        "owner": envelope.owner,
+        "created_at": _ts(envelope.created),
         "updated_at": updated,
         "last_seen": updated,
         "origin": _REDIS,
         "from_redis": True,
     }
+    version, token = envelope.version, envelope.token
     flt = {"_id": session_id, "$or": [{"version": {"$lt": version}}, {"token": {"$ne": token}, "origin": _REDIS}]}
     try:
-        _active().update_one(flt, {"$set": doc}, upsert=True)
+        if created:
+            # A new incarnation may replace another one's copy: get it back (same single operation).
+            before = _active().find_one_and_update(flt, {"$set": doc}, upsert=True, return_new=False)
+        else:
+            before = None
+            _active().update_one(flt, {"$set": doc}, upsert=True)
     except DuplicateKey:
-        pass  # a newer version is already there
+        return  # a newer version is already there
     except BackendUnavailable:
         metering.event(FEATURE, "durable_save_failed")
         if not _durable_failed_logged:
@@ -433,10 +836,37 @@ def _durable_write(
             )
         return
     _durable_failed_logged = False
+    if before is not None and before.get("token") != token:
+        _keep_replaced(session_id, before)
+
+
+def _keep_replaced(session_id: str, doc: Mapping[str, Any]) -> None:
+    """A new incarnation replaced another one's durable copy, which means that one left Redis. Ended or
+    persisted, its history record is there or on its way (this write is then a no-op or replaced: history is
+    rank-guarded); lost from Redis (deleted, evicted, a restart without persistence), this copy is its last
+    trace: it goes to history as abandoned. Only on this path: one bulk write (two if already there)."""
+    record = _history_record(
+        session_id=session_id,
+        token=doc["token"],
+        text=doc["state"],
+        version=int(doc["version"]),
+        owner=doc.get("owner"),
+        created=_ts(doc["created_at"]),
+        updated=_ts(doc["updated_at"]),
+        closed=_ts(doc.get("last_seen") or doc["updated_at"]),
+        reason="idle",
+    )
+    try:
+        _write_history([record])
+    except BackendUnavailable:
+        log.warning("hotcache.workbench: the replaced copy of %s:%s stays out of history", session_id, doc["token"])
 
 
 def load(session_id: str) -> Session | None:
-    """The session, or None if there is none (never saved, ended, or persisted as abandoned). Renews its lifetime."""
+    """The session, or None if there is none (never saved, ended, or persisted as abandoned). Renews its lifetime.
+
+    A Redis copy that fails verification is absent: its durable copy is served (and put back), else None.
+    """
     session_id = _check_id(session_id)
     now = clock.time()
     ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
@@ -449,56 +879,74 @@ def load(session_id: str) -> Session | None:
         session = _mongo_load(session_id)
     else:
         _fence_sent(fence)
-        if not row:
-            # A Redis miss may be a session that lived on MongoDB during an outage: bring it back.
-            session = _migrate(session_id)
-        elif int(row[6]):
-            # After an outage: MongoDB may hold a newer version saved while Redis was away.
-            session = _reconcile(session_id, _redis_row(session_id, row), _text(row[3]))
-        else:
-            session = _redis_row(session_id, row)
+        hot = _hot_from_row(session_id, row)
+        session = hot.session(session_id) if hot is not None else None
     if session is not None:
         metering.event(FEATURE, "loaded")
     return session
 
 
-def _redis_row(session_id: str, row: list[Any]) -> Session:
-    state, version, owner, _, created, updated = row[:6]
-    owner_text = _text(owner) if owner else ""
-    return Session(
-        session_id=session_id,
-        state=json.loads(state),
-        version=int(version),
-        owner=owner_text or None,
-        created_at=_ts(created),
-        updated_at=_ts(updated),
-    )
+def _hot_from_row(session_id: str, row: Any) -> _Hot | None:
+    """The session a wb_load reply holds, verified; a miss, an outage copy or a tampered copy is settled first."""
+    if not row:
+        # A Redis miss may be a session that lived on MongoDB during an outage: bring it back.
+        _remember(session_id, None)
+        return _migrate(session_id)
+    state, observed, check = row[0], _observed(row[1]), int(row[2])
+    hot = _open_hot(session_id, state, observed)
+    if hot is None:
+        why = "holds a state its envelope does not name" if _open_envelope(session_id, observed) else None
+        _tampered(session_id, observed, why)
+        return _reconcile(session_id, observed, tampered=True)
+    if check:
+        # After an outage: MongoDB may hold a newer version saved while Redis was away.
+        return _reconcile(session_id, observed, hot.envelope, hot=hot)
+    _remember(session_id, hot.envelope)
+    return hot
 
 
 def end(session_id: str) -> bool:
     """End the session: it leaves the hot store at once and is queued for history. False if there was none.
 
     If Redis's reply is lost and MongoDB holds no copy, True (the outcome is unknown; the session reaches
-    history once either way: see "Lost replies" in the module docstring).
+    history once either way: see "Lost replies" in the module docstring). A Redis copy that fails
+    verification is not ended from Redis: its durable copy is ended instead (False if there is none).
     """
     session_id = _check_id(session_id)
     now = clock.time()
     token = _token()
-    keys_ = [_data_key(session_id), _index_key(), _ended_queue(), _ended_key(session_id, token), _fence_key()]
+    ended_key = _ended_key(session_id, token)
+    keys_ = [_data_key(session_id), _index_key(), _ended_queue(), ended_key, _fence_key()]
+    record = signing.seal_json(_ENDED_RECORD, ended_key, {"e": now})
     args = [repr(now), int(hotcache_settings.WORKBENCH_ENDED_TTL), f"{session_id}:{token}", session_id]
+    _remember(session_id, None)
     try:
-        for attempt in range(2):
+        ended: bool | None = None
+        for attempt in range(3):
             fence, fence_ttl = _fence_args()
-            out = redis_backend.call(FEATURE, lambda r, f=fence, t=fence_ttl: _END(r, keys_, [*args, f, t]))
+            out = redis_backend.call(FEATURE, lambda r, f=fence, t=fence_ttl: _END(r, keys_, [*args, f, t, record]))
             _fence_sent(fence)
-            if int(out[0]) != -2 or attempt:
-                break
-            _reconcile(session_id)
-        version = int(out[0])
-        ended = version > 0
-        if ended:
-            _drop_durable_copy(session_id, _text(out[1]), version)
-        else:
+            status = int(out[0])
+            observed = _observed(out[1]) if len(out) > 1 else _NONE
+            current = _open_envelope(session_id, observed)
+            if status == 1 and _open_hot(session_id, out[2], observed) is not None:
+                assert current is not None
+                _drop_durable_copy(session_id, current.token, current.version)
+                ended = True
+            elif status == 1:
+                # Redis ended a record hotcache did not write: the persister will drop it, so the session
+                # reaches history from its durable copy instead (False without one: there was no session).
+                why = "holds a state its envelope does not name" if current is not None else None
+                _tampered(session_id, observed, why)
+                ended = _mongo_end(session_id, redis_gone=True)
+            elif status in (-1, -2) and attempt < 2:
+                tampered = status == -1 or current is None
+                if tampered:
+                    _tampered(session_id, observed)
+                _reconcile(session_id, observed, current, tampered=tampered)
+                continue
+            break
+        if ended is None:
             # Saved on MongoDB during an outage and not yet loaded since: end it there.
             ended = _mongo_end(session_id)
     except RedisUnavailable as exc:
@@ -516,7 +964,9 @@ def end(session_id: str) -> bool:
 def history(owner: str | int | None = None, limit: int = 50) -> list[HistoryEntry]:
     """Sessions in MongoDB history (ended or abandoned), newest first; only ``owner``'s if given."""
     owner = _check_owner(owner)
-    limit = max(1, min(int(limit), 1000))
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidInput("limit", f"limit must be a whole number, not {type(limit).__name__}")
+    limit = max(1, min(limit, 1000))
     docs = _history().find(
         {"owner": owner} if owner is not None else {},
         sort=[("closed_at", mongo.DESCENDING), ("_id", mongo.ASCENDING)],
@@ -630,10 +1080,21 @@ def _replace_tombstone(
 
 
 def _mongo_save(
-    session_id: str, text: str, owner: str | None, expected: int | None, token: str, *, in_redis: bool = False
+    session_id: str,
+    text: str,
+    owner: str | None,
+    expected: int | None,
+    expected_owner: Any,
+    token: str,
+    *,
+    in_redis: bool = False,
 ) -> int:
-    """The save on workbench_active (Redis unreachable). ``token``: the incarnation token a creation uses, the
-    one the Redis attempt sent; ``in_redis``: that attempt may have been applied (its reply was lost)."""
+    """The save on workbench_active (Redis unreachable), with the same versions, Conflicts and owner rule.
+
+    ``token``: the incarnation token a creation uses, the one the Redis attempt sent; ``in_redis``: that
+    attempt may have been applied (its reply was lost). The owner rule is part of each update's filter, so
+    the check and the write are one atomic operation, as the compare-and-set is on Redis.
+    """
     coll = _active()
     now = clock.utcnow()
     # Written while Redis is unreachable: Redis may hold an older copy when it returns (see "recovery").
@@ -653,33 +1114,44 @@ def _mongo_save(
     if owner is not None:
         fields["owner"] = owner
     update: dict[str, Any] = {"$set": fields, "$inc": {"version": 1}}
+    if expected_owner is not _ANY:
+        owners: dict[str, Any] = {"owner": expected_owner}  # None matches a document without an owner
+    else:
+        owners = {"owner": owner} if owner is not None else {}
     if expected is not None:
-        doc = coll.find_one_and_update({"_id": session_id, "version": expected, **_LIVE}, update)
+        doc = coll.find_one_and_update({"_id": session_id, "version": expected, **owners, **_LIVE}, update)
         if doc is None:
-            current = coll.find_one({"_id": session_id, **_LIVE}, {"version": 1})
+            current = coll.find_one({"_id": session_id, **_LIVE}, {"version": 1, "owner": 1})
+            if current is not None and int(current["version"]) == expected:
+                if _owner_refused(current.get("owner"), owner, expected_owner):
+                    raise OwnerConflict(
+                        session_id, owner, current.get("owner"), expected=expected_owner is not _ANY
+                    )
             metering.event(FEATURE, "conflict")
             raise Conflict(session_id, expected, int(current["version"]) if current else 0)
         _raise_fence_later()
         return int(doc["version"])
-    insert_only: dict[str, Any] = {"token": token, "created_at": now}
-    if owner is None:
-        insert_only["owner"] = None
-    if in_redis:
-        insert_only["from_redis"] = True  # as in _fresh_doc: Redis may hold this incarnation
-    update["$setOnInsert"] = insert_only
     for _ in range(3):
+        doc = coll.find_one_and_update({"_id": session_id, **owners, **_LIVE}, update)
+        if doc is not None:
+            _raise_fence_later()
+            return int(doc["version"])
         try:
-            doc = coll.find_one_and_update({"_id": session_id, **_LIVE}, update, upsert=True)
+            coll.insert_one(_fresh_doc(session_id, text, owner, now, None, token, in_redis))
         except DuplicateKey:
-            # Two first saves raced on the upsert (the next attempt updates the winner's document), or the
-            # id holds a tombstone: start a new incarnation over it.
+            # The id holds a tombstone (start a new incarnation over it), a session of another owner, or a
+            # session created since the update above (the next attempt updates it).
             if _replace_tombstone(coll, session_id, text, owner, token, in_redis):
                 _raise_fence_later()
                 return 1
+            current = coll.find_one({"_id": session_id, **_LIVE}, {"owner": 1})
+            if current is not None and _owner_refused(current.get("owner"), owner, expected_owner):
+                raise OwnerConflict(
+                    session_id, owner, current.get("owner"), expected=expected_owner is not _ANY
+                ) from None
             continue
-        assert doc is not None
         _raise_fence_later()
-        return int(doc["version"])
+        return 1
     msg = f"workbench session {session_id!r}: concurrent creation did not settle"
     raise MongoUnavailable(msg)
 
@@ -689,7 +1161,9 @@ def _mongo_load(session_id: str) -> Session | None:
     return _mongo_doc_session(doc) if doc else None
 
 
-def _mongo_end(session_id: str) -> bool:
+def _mongo_end(session_id: str, *, redis_gone: bool = False) -> bool:
+    """End the session from its workbench_active copy: history now, then the copy leaves. ``redis_gone``: Redis
+    holds no incarnation of it any more (so no tombstone is needed to drop one when Redis returns)."""
     coll = _active()
     doc = coll.find_one({"_id": session_id, **_LIVE})
     if doc is None:
@@ -709,7 +1183,7 @@ def _mongo_end(session_id: str) -> bool:
     _write_history([record])
     # Only the version written to history leaves; a save in between keeps the session active.
     current = {"_id": session_id, "version": doc["version"], "token": doc["token"]}
-    if doc.get("from_redis") or doc.get("gone_token"):
+    if not redis_gone and (doc.get("from_redis") or doc.get("gone_token")):
         # Redis may still hold this incarnation (a durable copy), or an older one: leave a tombstone so
         # that the recovery drops it there instead of bringing an ended session back.
         tomb = {"ended": True, "origin": _FALLBACK, "state": "{}", "last_seen": now}
@@ -730,91 +1204,103 @@ def _drop_durable_copy(session_id: str, token: str, version: int) -> None:
         log.warning("hotcache.workbench: ended %s; its durable copy stays until the persister removes it", session_id)
 
 
-def _migrate(session_id: str) -> Session | None:
+def _migrate(session_id: str) -> _Hot | None:
     """A Redis miss: bring a session kept on MongoDB (outage or durable copy) back into Redis; None if none."""
-    return _reconcile(session_id, None, None)
+    return _reconcile(session_id, _NONE)
 
 
-def _reconcile_args(action: str, fence: str, doc: Mapping[str, Any], session_id: str) -> list[Any]:
-    now = clock.time()
-    return [
-        action,
-        fence,
-        doc.get("token", ""),
-        int(doc.get("version", 0)),
-        doc.get("state", "{}"),
-        doc.get("owner") or "",
-        repr(_ts(doc["created_at"]).timestamp()) if "created_at" in doc else "0",
-        repr(_ts(doc["updated_at"]).timestamp()) if "updated_at" in doc else "0",
-        repr(now),
-        int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT),
-        session_id,
-    ]
+def _reconcile_args(
+    action: str, fence: str, observed: bytes, doc: Mapping[str, Any], session_id: str
+) -> list[Any]:
+    envelope, state = _NONE, ""
+    if action == "put":
+        envelope, state = _envelope_from_doc(session_id, doc).raw, doc["state"]
+    ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
+    return [action, fence, observed, envelope, state, repr(clock.time()), ttl, session_id]
 
 
-def _plan(doc: Mapping[str, Any] | None, token: str | None, version: int) -> list[tuple[str, Mapping[str, Any]]]:
-    """The recovery rule: which Redis actions bring Redis in line with the MongoDB document.
+def _plan(
+    doc: Mapping[str, Any] | None, current: _Envelope | None, observed: bytes, tampered: bool
+) -> list[tuple[str, bytes, Mapping[str, Any]]]:
+    """The recovery rule: which actions (each applied only if Redis still holds ``observed``) bring Redis's copy
+    (``current``, verified; or none; or a ``tampered`` one) in line with the MongoDB document.
 
+    - a tampered copy is absent: MongoDB's document replaces it, or it is dropped;
     - a tombstone of the incarnation Redis holds (same token, version at least Redis's): drop it in Redis;
     - a document that remembers an ended incarnation (gone_token) Redis still holds: drop that first;
     - an outage ("fallback") or durable document of the same incarnation with a NEWER version, or any
-      document when Redis has none: put it into Redis (the Lua re-checks both conditions atomically);
+      document when Redis has none: put it into Redis;
     - otherwise Redis is current (it is never overwritten by an older version or another incarnation).
     """
     if doc is None:
-        return [("mark", {})]
+        return [("drop", observed, {})] if tampered else [("mark", observed, {})]
     if doc.get("ended"):
-        return [("drop", doc)]
-    actions: list[tuple[str, Mapping[str, Any]]] = []
-    if doc.get("gone_token") and token == doc["gone_token"]:
-        actions.append(("drop", {"token": doc["gone_token"], "version": doc["gone_version"]}))
-        token = None
-    if token is None or (token == doc["token"] and int(doc["version"]) > version):
-        actions.append(("put", doc))
+        holds = current is not None and current.token == doc["token"] and current.version <= int(doc["version"])
+        return [("drop" if tampered or holds else "mark", observed, doc)]
+    actions: list[tuple[str, bytes, Mapping[str, Any]]] = []
+    gone = doc.get("gone_token")
+    if current is not None and gone and current.token == gone and current.version <= int(doc.get("gone_version", 0)):
+        actions.append(("drop", observed, doc))
+        current, observed = None, _NONE
+    if tampered or current is None or (current.token == doc["token"] and int(doc["version"]) > current.version):
+        actions.append(("put", observed, doc))
     else:
-        actions.append(("mark", {}))
+        actions.append(("mark", observed, doc))
     return actions
 
 
-def _reconcile(session_id: str, current: Session | None = None, token: str | None = None) -> Session | None:
-    """Compare one session's Redis copy (``current``, or a miss) with workbench_active and fix Redis.
+def _reconcile(
+    session_id: str,
+    observed: bytes,
+    current: _Envelope | None = None,
+    *,
+    tampered: bool = False,
+    hot: _Hot | None = None,
+) -> _Hot | None:
+    """Compare one session's Redis copy with workbench_active and fix Redis; the session as Redis now holds it.
 
-    One MongoDB read and one Redis round trip (two when a stale ended incarnation is dropped first).
-    Returns the session as Redis now holds it.
+    ``observed``: the envelope Redis held when looked at (b'' none); ``current``: it, verified; ``tampered``:
+    it failed verification (absent: MongoDB's copy replaces it, or it is deleted); ``hot``: the verified
+    session, returned as is when nothing changes. One MongoDB read and one Redis round trip per action, plus
+    one to read the result.
     """
     try:
         doc = _active().find_one({"_id": session_id})
     except BackendUnavailable:
         log.warning("hotcache.workbench: MongoDB unavailable while checking %s for an outage copy", session_id)
-        return current
-    if doc is None and current is None:
+        return hot
+    if doc is None and current is None and not tampered:
         return None
     fence = _current_fence()
     keys_ = [_data_key(session_id), _index_key()]
-    version = current.version if current is not None else 0
     changed = False
-    for action, src in _plan(doc, token if current is not None else None, version):
-        args = _reconcile_args(action, fence, src, session_id)
+    for action, seen, src in _plan(doc, current, observed, tampered):
+        args = _reconcile_args(action, fence, seen, src, session_id)
         try:
             changed = bool(redis_backend.call(FEATURE, lambda r, a=args: _RECONCILE(r, keys_, a))) or changed
         except RedisUnavailable:
-            return current if doc is None or doc.get("ended") else _mongo_doc_session(doc)
+            if doc is None or doc.get("ended"):
+                return hot
+            return _Hot(_envelope_from_doc(session_id, doc), doc["state"])
     if doc is not None:
         _settle(doc, keys_)
-    if not changed and current is not None:
-        return current
+    if not changed and hot is not None:
+        _remember(session_id, hot.envelope)
+        return hot
     now = clock.time()
     load_args = [repr(now), int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT), session_id, "", 1]
     row = redis_backend.call(FEATURE, lambda r: _LOAD(r, [*keys_, _fence_key()], load_args))
-    return _redis_row(session_id, row) if row else None
+    result = _open_hot(session_id, row[0], _observed(row[1])) if row else None
+    if row and result is None:
+        _tampered(session_id, _observed(row[1]))  # written again since: absent, left for the next look
+    _remember(session_id, result.envelope if result is not None else None)
+    return result
 
 
-def _current_fence() -> str:
-    try:
-        value = redis_backend.call(FEATURE, lambda r: r.get(_fence_key()))
-    except RedisUnavailable:
-        return ""
-    return _text(value) if value else ""
+def _redis_envelope(session_id: str) -> _Envelope | None:
+    """The session's envelope in Redis, verified (None: none, or not trusted). One round trip."""
+    [observed] = _read_envelopes([session_id])
+    return _open_envelope(session_id, observed)
 
 
 def _settle(doc: Mapping[str, Any], keys_: list[str]) -> None:
@@ -824,8 +1310,8 @@ def _settle(doc: Mapping[str, Any], keys_: list[str]) -> None:
         if doc.get("ended"):
             _active().delete_one(flt)
         elif doc.get("origin") == _FALLBACK:
-            row = redis_backend.call(FEATURE, lambda r: r.hmget(keys_[0], "g", "v"))
-            same = row[0] is not None and _text(row[0]) == doc["token"] and int(row[1]) >= int(doc["version"])
+            held = _redis_envelope(doc["_id"])
+            same = held is not None and held.token == doc["token"] and held.version >= int(doc["version"])
             if same and not hotcache_settings.WORKBENCH_DURABLE_SAVES:
                 _active().delete_one(flt)  # Redis has it: without durable saves MongoDB keeps no copy
             else:
@@ -887,66 +1373,85 @@ def _write_history(records: list[dict[str, Any]]) -> set[int]:
     return {first.duplicates[i] for i in second.duplicates}
 
 
-def _claim(run_id: str, limit: int) -> list[str]:
+def _claim(run_id: str, limit: int) -> list[bytes]:
     now = clock.time()
     ttl = int(hotcache_settings.WORKBENCH_ENDED_TTL) * _QUEUE_TTL_FACTOR
     idle_cutoff = now - float(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER)
     stale_cutoff = now - float(hotcache_settings.WORKBENCH_CLAIM_TIMEOUT)
     keys_ = [_index_key(), _ended_queue(), _claims_key(), _owners_key()]
     args = [repr(now), repr(idle_cutoff), repr(stale_cutoff), run_id, limit, ttl]
-    return [_text(m) for m in redis_backend.call(FEATURE, lambda r: _CLAIM(r, keys_, args))]
+    return list(redis_backend.call(FEATURE, lambda r: _CLAIM(r, keys_, args)))
 
 
 @dataclass(slots=True)
 class _Claimed:
-    member: str
-    kind: str  # "e" | "i"
+    member: bytes  # as queued (handed back to the scripts byte for byte)
+    kind: str  # "e" ended | "i" idle | "x" not a member hotcache queues (dropped from the claims only)
     session_id: str
     key: str
-    row: dict[str, str] | None = None
+    hot: _Hot | None = None  # the session read, verified
+    closed: float = 0.0  # ended: when (from the sealed end record)
+    observed: bytes = _NONE  # the envelope read: an idle session is deleted only if it still holds it
+    tampered: bool = False
 
 
-def _parse_member(member: str) -> _Claimed:
-    kind, rest = member.split(":", 1)
-    if kind == "e":
-        session_id, token = rest.split(":", 1)
-        return _Claimed(member, kind, session_id, _ended_key(session_id, token))
-    return _Claimed(member, kind, rest, _data_key(rest))
+def _parse_member(member: bytes | str) -> _Claimed:
+    raw = member if isinstance(member, bytes) else member.encode("utf-8", "surrogatepass")
+    match = _MEMBER.fullmatch(raw.decode("utf-8", "replace"))
+    if match is None:
+        return _Claimed(raw, "x", "", _index_key(), tampered=True)
+    if match["ended"]:
+        return _Claimed(raw, "e", match["ended"], _ended_key(match["ended"], match["token"]))
+    return _Claimed(raw, "i", match["idle"], _data_key(match["idle"]))
 
 
 def _read(claimed: list[_Claimed]) -> None:
-    """Read the claimed sessions and keep them alive while claimed (one pipeline)."""
+    """Read the claimed sessions, verified, and keep them alive while claimed (one pipeline)."""
     idle_ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
     ended_ttl = int(hotcache_settings.WORKBENCH_ENDED_TTL)
+    readable = [c for c in claimed if c.kind != "x"]
+    if not readable:
+        return
 
     def run(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
-        for c in claimed:
+        for c in readable:
             pipe.hgetall(c.key)
             pipe.expire(c.key, ended_ttl if c.kind == "e" else idle_ttl)
-        return pipe.execute()
+        return pipe.execute(raise_on_error=False)
 
     replies = redis_backend.call(FEATURE, run)
-    for c, raw in zip(claimed, replies[0::2], strict=True):
-        row = {_text(k): _text(v) for k, v in raw.items()}
-        c.row = row if "v" in row else None
+    for c, raw in zip(readable, replies[0::2], strict=True):
+        if not raw and not isinstance(raw, Exception):
+            continue  # gone (expired before any persister ran)
+        fields = raw if isinstance(raw, dict) else {}
+        c.observed = fields.get(b"m", _FOREIGN)
+        hot = _open_hot(c.session_id, fields.get(b"s"), c.observed)
+        end = None
+        if hot is not None and c.kind == "e":
+            end = signing.unseal_json(_ENDED_RECORD, c.key, fields.get(b"e"), required={"e": (int, float)})
+        if hot is None or (c.kind == "e" and end is None):
+            c.tampered = True
+            why = "failed verification" if b"m" in fields else "is not a session record hotcache wrote"
+            signing.tampered(FEATURE, c.key, why)
+            continue
+        c.hot = hot
+        c.closed = float(end["e"]) if end is not None else hot.envelope.updated
 
 
 def _record_for(c: _Claimed) -> dict[str, Any]:
-    row = c.row
-    assert row is not None
-    ended = c.kind == "e"
-    closed = float(row["e"]) if ended else float(row["u"])
+    assert c.hot is not None
+    envelope = c.hot.envelope
     return _history_record(
         session_id=c.session_id,
-        token=row["g"],
-        text=row["s"],
-        version=int(row["v"]),
-        owner=row.get("o") or None,
-        created=_ts(row["c"]),
-        updated=_ts(row["u"]),
-        closed=_ts(closed),
-        reason="ended" if ended else "idle",
+        token=envelope.token,
+        text=c.hot.text,
+        version=envelope.version,
+        owner=envelope.owner,
+        created=_ts(envelope.created),
+        updated=_ts(envelope.updated),
+        closed=_ts(c.closed),
+        reason="ended" if c.kind == "e" else "idle",
     )
 
 
@@ -955,8 +1460,7 @@ def _ack(run_id: str, claimed: list[_Claimed]) -> tuple[int, int, list[int]]:
     args: list[Any] = [run_id]
     for c in claimed:
         keys_.append(c.key)
-        row = c.row or {}
-        args += [c.member, c.kind, c.session_id, row.get("v", ""), row.get("g", "")]
+        args += [c.member, c.kind, c.session_id, c.observed]
     acked, kept, done = redis_backend.call(FEATURE, lambda r: _ACK(r, keys_, args))
     return int(acked), int(kept), [int(i) - 1 for i in done]
 
@@ -971,14 +1475,14 @@ def _drop_durable_copies(claimed: list[_Claimed], positions: list[int]) -> None:
     if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
         return
     # Ended sessions: end() removed their copy already (one op per end); only idle ones are left here.
-    gone = [claimed[i] for i in positions if claimed[i].row is not None and claimed[i].kind == "i"]
-    if not gone:
+    gone = [(claimed[i].session_id, claimed[i].hot) for i in positions if claimed[i].kind == "i"]
+    envelopes = [(session_id, hot.envelope) for session_id, hot in gone if hot is not None]
+    if not envelopes:
         return
     flt = {
         "$or": [
-            {"_id": c.session_id, "token": c.row["g"], "version": {"$lte": int(c.row["v"])}, "origin": _REDIS}
-            for c in gone
-            if c.row is not None
+            {"_id": session_id, "token": e.token, "version": {"$lte": e.version}, "origin": _REDIS}
+            for session_id, e in envelopes
         ]
     }
     try:
@@ -987,7 +1491,7 @@ def _drop_durable_copies(claimed: list[_Claimed], positions: list[int]) -> None:
         log.warning("hotcache.workbench: durable copies of %d persisted sessions stay for the sweep", len(gone))
 
 
-def _release(run_id: str, members: list[str]) -> None:
+def _release(run_id: str, members: list[bytes]) -> None:
     try:
         redis_backend.call(FEATURE, lambda r: _RELEASE(r, [_claims_key(), _owners_key()], [run_id, *members]))
     except RedisUnavailable:
@@ -1002,7 +1506,7 @@ def _persist_batch(run_id: str, result: PersistResult, limit: int) -> int:
     try:
         claimed = [_parse_member(m) for m in members]
         _read(claimed)
-        present = [c for c in claimed if c.row is not None]
+        present = [c for c in claimed if c.hot is not None]
         records = [_record_for(c) for c in present]
         duplicates = _write_history(records)
         result.batches += 1
@@ -1011,7 +1515,11 @@ def _persist_batch(run_id: str, result: PersistResult, limit: int) -> int:
         _release(run_id, members)
         raise
     _drop_durable_copies(claimed, done)
-    result.missing += len(claimed) - len(present)
+    for c in claimed:
+        if c.kind == "x":
+            signing.tampered(FEATURE, _claims_key(), "held a member hotcache did not queue")
+    result.tampered += sum(1 for c in claimed if c.tampered)
+    result.missing += sum(1 for c in claimed if c.hot is None and not c.tampered)
     result.kept += kept
     for i, c in enumerate(present):
         if i in duplicates:
@@ -1069,20 +1577,21 @@ def _sweep_active(result: PersistResult, limit: int, max_batches: int) -> None:
 
 
 def _live_in_redis(docs: list[dict]) -> set[str]:
-    """Ids whose document's incarnation (token) Redis holds now (one pipeline). Redis down: durable copies
-    count as live (they are Redis's; the next run decides), outage copies as not."""
-
-    def run(r: Any) -> list[Any]:
-        pipe = r.pipeline(transaction=False)
-        for d in docs:
-            pipe.hget(_data_key(d["_id"]), "g")
-        return pipe.execute()
+    """Ids whose document's incarnation (token) Redis holds now, verified (one pipeline). Redis down: durable
+    copies count as live (they are Redis's; the next run decides), outage copies as not."""
 
     try:
-        tokens = redis_backend.call(FEATURE, run)
+        replies = _read_envelopes([d["_id"] for d in docs])
     except RedisUnavailable:
         return {d["_id"] for d in docs if d.get("origin") == _REDIS}
-    return {d["_id"] for d, g in zip(docs, tokens, strict=True) if g is not None and _text(g) == d["token"]}
+    live = set()
+    for d, observed in zip(docs, replies, strict=True):
+        held = _open_envelope(d["_id"], observed)
+        if observed and held is None:
+            _tampered(d["_id"], observed)  # not Redis's copy: the document is the session
+        elif held is not None and held.token == d["token"]:
+            live.add(d["_id"])
+    return live
 
 
 def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> None:
@@ -1096,29 +1605,26 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
         if not docs:
             break
 
-        def tokens(r: Any, batch: list[dict] = docs) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            for d in batch:
-                pipe.hmget(_data_key(d["_id"]), "g", "v")
-            return pipe.execute()
-
-        rows = redis_backend.call(FEATURE, tokens)
         plans = []
-        for d, (g, v) in zip(docs, rows, strict=True):
-            token = _text(g) if g is not None else None
-            plans.append((d, _plan(d, token, int(v) if v is not None else 0)))
+        for d, observed in zip(docs, _read_envelopes([d["_id"] for d in docs]), strict=True):
+            current = _open_envelope(d["_id"], observed)
+            tampered = bool(observed) and current is None
+            if tampered:
+                _tampered(d["_id"], observed)
+            plans.append((d, _plan(d, current, observed, tampered)))
 
         def apply(r: Any, batch: list = plans) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for d, actions in batch:
-                for action, src in actions:
+                for action, seen, src in actions:
                     # EVAL (not EVALSHA) in a pipeline: no NOSCRIPT round trip to handle; a rare recovery path.
                     ks = [_data_key(d["_id"]), _index_key()]
-                    pipe.eval(_RECONCILE.body, len(ks), *ks, *_reconcile_args(action, fence, src, d["_id"]))
+                    pipe.eval(_RECONCILE.body, len(ks), *ks, *_reconcile_args(action, fence, seen, src, d["_id"]))
             return pipe.execute()
 
         redis_backend.call(FEATURE, apply)
         for d, _actions in plans:
+            _remember(d["_id"], None)
             _settle(d, [_data_key(d["_id"]), _index_key()])
         result.reconciled += len(docs)
         if len(docs) < limit:
@@ -1155,6 +1661,8 @@ def persist(*, dry_run: bool = False, limit: int | None = None) -> PersistResult
                 remaining -= n
     except RedisUnavailable as exc:
         result.errors.append(f"redis: {exc}")
+        # Down, or a shared key retyped by someone else: the next run works again once it is deleted.
+        result.tampered += _repair_shared_keys()
     except BackendUnavailable as exc:
         result.errors.append(f"mongodb: {exc} (claimed sessions stay queued for the next run)")
     result.recovered = before_claims
@@ -1176,6 +1684,34 @@ def _stale_claims() -> int:
         return int(redis_backend.call(FEATURE, lambda r: r.zcount(_claims_key(), "-inf", repr(cutoff))))
     except RedisUnavailable:
         return 0
+
+
+def _repair_shared_keys() -> int:
+    """Delete the keys every session shares if they hold another Redis type than hotcache writes there
+    (tampered): each script touching one fails, sending every session to the fallback and failing every
+    persister run. Run after a run failed on Redis; returns how many keys were deleted (each counted)."""
+    expected = {
+        _index_key(): b"zset", _ended_queue(): b"zset", _claims_key(): b"zset", _owners_key(): b"hash",
+        _fence_key(): b"string",
+    }
+
+    def types(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for key in expected:
+            pipe.type(key)
+        return pipe.execute()
+
+    try:
+        found = redis_backend.call(FEATURE, types)
+        wrong = [key for (key, kind), got in zip(expected.items(), found, strict=True) if got not in (b"none", kind)]
+        if wrong:
+            # No script can turn a key of the wrong type into the right one: nothing is raced here.
+            redis_backend.call(FEATURE, lambda r: r.delete(*wrong))
+    except RedisUnavailable:
+        return 0
+    for key in wrong:
+        signing.tampered(FEATURE, key, f"was not a {expected[key].decode()} (deleted)")
+    return len(wrong)
 
 
 def _pending() -> dict[str, int]:

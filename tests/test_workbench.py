@@ -15,6 +15,7 @@ def _clean_workbench_keys(raw_redis, key_prefix):
     """Redis is shared by the whole run: each test starts without workbench keys."""
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
+    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
 
 
 def warm():

@@ -1,4 +1,4 @@
-"""System checks for the workbench settings (hotcache.E051-E054, E004)."""
+"""System checks for the workbench settings (hotcache.E051-E056, E004)."""
 
 import datetime as dt
 
@@ -56,3 +56,15 @@ def test_non_numbers_name_the_setting(hotcache_config, name):
 def test_disabled_feature_is_not_checked(hotcache_config):
     hotcache_config(FEATURES=["ratelimit"], WORKBENCH_PERSIST_IDLE_AFTER=99999)
     assert ids() == []
+
+
+@pytest.mark.parametrize("depth", [0, -1, "64", 64.0, True, None, 513])
+def test_max_depth_must_be_a_whole_number_from_1_to_512(hotcache_config, depth):
+    hotcache_config(WORKBENCH_MAX_DEPTH=depth)
+    [message] = check_workbench()
+    assert message.id == "hotcache.E056" and "WORKBENCH_MAX_DEPTH" in message.msg and message.hint
+
+
+def test_max_depth_error_is_reported_with_the_number_errors(hotcache_config):
+    hotcache_config(WORKBENCH_MAX_DEPTH="deep", WORKBENCH_IDLE_TIMEOUT="soon")
+    assert ids() == ["hotcache.E004", "hotcache.E056"]

@@ -17,6 +17,7 @@ from tests.support.concurrency import increment_concurrently
 def _clean_workbench_keys(raw_redis, key_prefix):
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
+    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
 
 
 def active(session_id):
@@ -119,7 +120,7 @@ def test_the_persister_reconciles_outage_copies_and_lowers_the_fence(redis_proxy
     result = workbench.persist()
     assert result.reconciled == 1 and result.errors == []
     assert not raw_redis.exists(f"{key_prefix}:{{workbench:s}}:fence")
-    assert raw_redis.hget(f"{key_prefix}:{{workbench:s}}:d:s1", "v") == b"2"
+    assert workbench._open_envelope("s1", raw_redis.hget(f"{key_prefix}:{{workbench:s}}:d:s1", "m")).version == 2
     with count_redis() as c:
         assert workbench.load("s1").state == {"n": 2}
     assert c.mongo_ops == 0 and c.round_trips == 1
@@ -163,15 +164,16 @@ def test_an_older_version_never_overwrites_a_newer_durable_copy():
     workbench.save("s1", {"n": 2})
     # A slow request's copy of v1 arriving late (same incarnation): the guarded upsert leaves v2.
     doc = active("s1")
-    workbench._durable_write(
+    late = workbench._seal_envelope(
         "s1",
-        text='{"n":1}',
         version=1,
         token=doc["token"],
         owner=None,
-        created=doc["created_at"],
-        updated=doc["updated_at"],
+        created=workbench._ts(doc["created_at"]).timestamp(),
+        updated=workbench._ts(doc["updated_at"]).timestamp(),
+        digest=workbench._digest('{"n":1}'),
     )
+    workbench._durable_write("s1", late, '{"n":1}')
     assert active("s1")["version"] == 2 and active("s1")["state"] == '{"n":2}'
 
 
@@ -239,3 +241,25 @@ def test_durable_saves_setting_must_be_a_bool(hotcache_config):
     assert message.id == "hotcache.E055" and "WORKBENCH_DURABLE_SAVES" in message.msg and message.hint
 
 
+
+
+def test_a_session_lost_from_redis_and_replaced_by_a_new_one_still_reaches_history(raw_redis, clock):
+    workbench.save("s1", {"n": 1}, owner="alice")
+    workbench.save("s1", {"n": 2})
+    raw_redis.delete(workbench._data_key("s1"))  # evicted, or Redis restarted without its data
+    assert workbench.save("s1", {"other": True}, owner="bob") == 1  # the id is free in Redis: a new incarnation
+    assert active("s1")["owner"] == "bob"
+    clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
+    workbench.persist()
+    entries = sorted((e.owner, e.version, e.reason) for e in workbench.history())
+    assert entries == [("alice", 2, "idle"), ("bob", 1, "idle")]
+
+
+def test_a_leftover_copy_of_an_ended_session_replaced_before_the_persister_ran_is_recorded_once_as_ended(clock):
+    workbench.save("s1", {"n": 1})
+    with mongo_down():
+        workbench.end("s1")  # its durable copy stays behind
+    workbench.save("s1", {"new": True})  # replaces it (idle record for now)
+    workbench.persist()  # the ended record replaces the idle one (rank-guarded)
+    [entry] = [e for e in workbench.history() if e.state == {"n": 1}]
+    assert entry.reason == "ended" and history_ids() == Counter({"s1": 1})

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+from collections.abc import Callable
+from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST
 
 from hotcache import workbench
 from hotcache.apikeys import require_api_key
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import BackendUnavailable
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -144,73 +151,188 @@ def ratelimit_api(request: HttpRequest) -> JsonResponse:
 
 # --- Workbench ---------------------------------------------------------------------------
 # A JSON API over hotcache.workbench: open/save, edit (server-side read-modify-write with versions), load, end.
+# Whatever a client sends, the answer is JSON and never a 500: 400 names the refused field ("body" when the body
+# itself is not a JSON object), 404 no such session, 405 another method, 409 a version or owner conflict, 413 a
+# body over 2 x WORKBENCH_MAX_STATE_BYTES + 4 KiB (room for JSON escapes), 503 Redis and MongoDB both down.
+
+_BODY_SLACK = 4096
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
+class _Refused(Exception):
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.response = JsonResponse({"error": message, "field": field}, status=status)
 
 
+def _allow(*methods: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    def wrap(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def inner(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = JsonResponse({"error": f"use {' or '.join(methods)}", "field": "method"}, status=405)
+                response["Allow"] = ", ".join(methods)
+                return response
+            return view(request, *args, **kwargs)
 
-def _workbench_body(request: HttpRequest) -> dict:
+        return inner
+
+    return wrap
+
+
+def _deep_field(text: str, limit: int) -> str | None:
+    """The top-level field of JSON ``text`` whose value nests deeper than ``limit`` levels, else None.
+
+    A scan of string and bracket tokens (no recursion), run before json.loads so that a hostile body never
+    reaches the recursive parser; it stops as soon as the limit is passed.
+    """
+    depth, field = 0, ""
+    for match in _JSON_TOKEN.finditer(text):
+        part = match.group()
+        if part[0] == '"':
+            if depth == 1:
+                field = part
+        elif part in "[{":
+            depth += 1
+            if depth > limit:
+                # Only a plain field name is echoed back; anything else is reported as the body's.
+                name = field[1:-1]
+                return name if _FIELD_NAME.fullmatch(name) and text.lstrip().startswith("{") else "body"
+        else:
+            depth -= 1
+    return None
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    """The request body as a JSON object ({} when empty); _Refused (400 or 413 naming the field) otherwise."""
+    limit = 2 * int(hotcache_settings.WORKBENCH_MAX_STATE_BYTES) + _BODY_SLACK
     try:
-        body = json.loads(request.body or b"{}")
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
+        length = 0
+    too_big = f"request body is over {limit} bytes (2 x HOTCACHE['WORKBENCH_MAX_STATE_BYTES'] + {_BODY_SLACK})"
+    if length > limit:
+        raise _Refused("body", too_big, 413)
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise _Refused("body", too_big, 413) from None
+    if len(raw) > limit:
+        raise _Refused("body", too_big, 413)
+    if not raw:
         return {}
-    return body if isinstance(body, dict) else {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused("body", "request body is not UTF-8 text") from None
+    # The state may nest WORKBENCH_MAX_DEPTH levels, and the body object holding it is one more.
+    depth = int(hotcache_settings.WORKBENCH_MAX_DEPTH)
+    field = _deep_field(text, depth + 1)
+    if field is not None:
+        raise _Refused(field, f"{field} nests objects and arrays more than {depth} levels deep "
+                       "(HOTCACHE['WORKBENCH_MAX_DEPTH'])")
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _Refused("body", f"request body is not JSON: {str(exc)[:120]}") from None
+    if not isinstance(body, dict):
+        raise _Refused("body", f"request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _invalid(exc: workbench.InvalidInput, *, field: str | None = None) -> JsonResponse:
+    return JsonResponse({"error": str(exc), "field": field or exc.field}, status=400)
+
+
+_UNAVAILABLE = {"error": "Redis and MongoDB are both unavailable", "field": None}
 
 
 @csrf_exempt
-@require_POST
+@_allow("POST")
 def workbench_save(request: HttpRequest, session_id: str) -> JsonResponse:
-    body = _workbench_body(request)
     try:
+        body = _json_body(request)
+        options = {"expected_owner": body["expected_owner"]} if "expected_owner" in body else {}
         version = workbench.save(
-            session_id, body.get("state"), owner=body.get("owner"), expected_version=body.get("expected_version")
+            session_id, body.get("state"), owner=body.get("owner"), expected_version=body.get("expected_version"),
+            **options,
         )
+    except _Refused as exc:
+        return exc.response
     except workbench.Conflict as exc:
-        return JsonResponse({"error": "conflict", "current": exc.current}, status=409)
-    except ValueError as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
+        return JsonResponse({"error": "conflict", "current": exc.current, "field": "expected_version"}, status=409)
+    except workbench.OwnerConflict as exc:
+        return JsonResponse({"error": str(exc), "field": "owner"}, status=409)
+    except workbench.InvalidInput as exc:
+        return _invalid(exc)
+    except BackendUnavailable:
+        return JsonResponse(_UNAVAILABLE, status=503)
     return JsonResponse({"version": version})
 
 
 @csrf_exempt
-@require_POST
+@_allow("POST")
 def workbench_edit(request: HttpRequest, session_id: str) -> JsonResponse:
     """Apply one edit to the session's state: load, change, save with expected_version, retry on conflict."""
-    body = _workbench_body(request)
     try:
+        cell = _json_body(request).get("cell", "")
+        if not isinstance(cell, str):
+            raise _Refused("cell", f"cell must be a string, not {type(cell).__name__}")
+        if not cell.isascii():
+            try:
+                cell.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Refused("cell", "cell holds a lone surrogate (not UTF-8 text)") from None
         for _ in range(5):
             session = workbench.load(session_id)
             if session is None:
-                return JsonResponse({"error": "no such session"}, status=404)
+                return JsonResponse({"error": "no such session", "field": "session_id"}, status=404)
             state = dict(session.state)
-            state["edits"] = int(state.get("edits", 0)) + 1
-            state["cells"] = [*state.get("cells", [])[-49:], body.get("cell", "")]
+            # The stored state is whatever its owner saved: take "edits" and "cells" only when they have the shape
+            # this view gives them.
+            edits, cells = state.get("edits"), state.get("cells")
+            edits = edits if isinstance(edits, int) and not isinstance(edits, bool) else 0
+            cells = cells if isinstance(cells, list) else []
+            state["edits"] = edits + 1
+            state["cells"] = [*cells[-49:], cell]
             try:
                 version = workbench.save(session_id, state, expected_version=session.version)
             except workbench.Conflict:
                 continue
+            except workbench.InvalidInput as exc:
+                # The cell is the only client input in the new state: a state refused now is the cell's doing.
+                return _invalid(exc, field="cell" if exc.field == "state" else None)
             return JsonResponse({"version": version, "edits": state["edits"]})
-    except ValueError as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
-    return JsonResponse({"error": "conflict"}, status=409)
+    except _Refused as exc:
+        return exc.response
+    except workbench.InvalidInput as exc:
+        return _invalid(exc)
+    except BackendUnavailable:
+        return JsonResponse(_UNAVAILABLE, status=503)
+    return JsonResponse({"error": "conflict", "field": "expected_version"}, status=409)
 
 
-@require_GET
+@_allow("GET", "HEAD")
 def workbench_load(request: HttpRequest, session_id: str) -> JsonResponse:
     try:
         session = workbench.load(session_id)
-    except ValueError as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
+    except workbench.InvalidInput as exc:
+        return _invalid(exc)
+    except BackendUnavailable:
+        return JsonResponse(_UNAVAILABLE, status=503)
     if session is None:
-        return JsonResponse({"error": "no such session"}, status=404)
+        return JsonResponse({"error": "no such session", "field": "session_id"}, status=404)
     return JsonResponse({"version": session.version, "state": session.state})
 
 
 @csrf_exempt
-@require_POST
+@_allow("POST")
 def workbench_end(request: HttpRequest, session_id: str) -> JsonResponse:
     try:
         ended = workbench.end(session_id)
-    except ValueError as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
+    except workbench.InvalidInput as exc:
+        return _invalid(exc)
+    except BackendUnavailable:
+        return JsonResponse(_UNAVAILABLE, status=503)
     return JsonResponse({"ended": ended}, status=200 if ended else 404)

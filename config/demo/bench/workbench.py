@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from config.demo.bench.runner import Arm
-from hotcache import workbench
+from hotcache import signing, workbench
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis
@@ -24,9 +24,11 @@ _STATE = {"doc": {"title": "quarterly plan", "cells": [[i, i * 2, f"note {i}"] f
 
 
 def _queue_ended(n: int) -> None:
-    """Queue n ended sessions through hotcache's own save + end, pipelined 500 at a time (setup, not measured)."""
+    """Queue n ended sessions as end() leaves them (sealed envelope, state, sealed end time), pipelined 500 at
+    a time (setup, not measured)."""
     now = time.time()
     text = json.dumps(_STATE, separators=(",", ":"))
+    digest = workbench._digest(text)
     ttl = int(hotcache_settings.WORKBENCH_ENDED_TTL)
 
     def fill(r: Any, start: int, stop: int) -> None:
@@ -34,7 +36,11 @@ def _queue_ended(n: int) -> None:
         for i in range(start, stop):
             sid, token = f"bench-end-{i}", f"t{i}"
             key = workbench._ended_key(sid, token)
-            pipe.hset(key, mapping={"s": text, "v": 3, "o": f"user{i % 50}", "g": token, "c": now, "u": now, "e": now})
+            envelope = workbench._seal_envelope(
+                sid, version=3, token=token, owner=f"user{i % 50}", created=now, updated=now, digest=digest
+            )
+            end = signing.seal_json(workbench._ENDED_RECORD, key, {"e": now})
+            pipe.hset(key, mapping={"s": text, "m": envelope.raw, "e": end})
             pipe.expire(key, ttl)
             pipe.zadd(workbench._ended_queue(), {f"{sid}:{token}": now})
         pipe.execute()

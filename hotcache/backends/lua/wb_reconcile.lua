@@ -1,38 +1,43 @@
--- Workbench recovery after a Redis outage: bring one session's Redis copy in line with its MongoDB copy.
+-- Workbench recovery (after a Redis outage) and repair (after tampering): apply to one session the action
+-- Python decided from the envelope it saw, only if the session still holds exactly that envelope, so a
+-- concurrent save is never undone. Python built and sealed the envelope of a 'put' from workbench_active.
 -- KEYS[1]: the session hash   KEYS[2]: the last-seen index
--- ARGV: 1 action, 2 fence ('' = none), 3 token, 4 version, 5 state, 6 owner, 7 created, 8 updated,
---       9 now, 10 ttl, 11 session id
+-- ARGV: 1 action, 2 fence ('' = none), 3 the envelope Python saw ('' = none, '!' = a key hotcache did not write),
+--       4 new envelope ('put'), 5 state ('put'), 6 now, 7 ttl, 8 session id
 -- Actions:
 --   'mark' : the Redis copy is current; remember it was checked under this fence.
---   'drop' : the session was ended on MongoDB during the outage: delete the Redis copy if it is that
---            incarnation (token) at that version or older.
---   'put'  : MongoDB has a newer version of the same incarnation (or Redis has none): write it,
---            unless Redis holds a different incarnation or a version at least as new.
+--   'drop' : delete the Redis copy (an incarnation ended on MongoDB during the outage, or a tampered copy).
+--   'put'  : replace the Redis copy (none, older, or tampered) with MongoDB's.
 -- Returns 1 if the action changed Redis, else 0.
-local cur = redis.call('HMGET', KEYS[1], 'v', 'g')
-local function mark()
-  if cur[1] and ARGV[2] ~= '' then
-    redis.call('HSET', KEYS[1], 'k', ARGV[2])
-  end
+-- '!' marks a key hotcache did not write: not a hash, or a hash without an envelope.
+local function envelope(key)
+  local m = redis.pcall('HGET', key, 'm')
+  if type(m) == 'table' and m.err then return '!' end
+  if m and m ~= '' then return m end
+  if redis.call('EXISTS', key) == 1 then return '!' end
+  return ''
 end
-if ARGV[1] == 'drop' then
-  if cur[1] and cur[2] == ARGV[3] and tonumber(cur[1]) <= tonumber(ARGV[4]) then
-    redis.call('DEL', KEYS[1])
-    redis.call('ZREM', KEYS[2], ARGV[11])
-    return 1
-  end
-  mark()
+local cur = envelope(KEYS[1])
+if cur ~= ARGV[3] then
   return 0
 end
-if ARGV[1] == 'put' and (not cur[1] or (cur[2] == ARGV[3] and tonumber(cur[1]) < tonumber(ARGV[4]))) then
-  redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', ARGV[4], 'o', ARGV[6], 'g', ARGV[3], 'c', ARGV[7], 'u', ARGV[8])
+if ARGV[1] == 'drop' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[8])
+  return 1
+end
+if ARGV[1] == 'put' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 's', ARGV[5], 'm', ARGV[4])
   if ARGV[2] ~= '' then
     redis.call('HSET', KEYS[1], 'k', ARGV[2])
   end
-  redis.call('EXPIRE', KEYS[1], ARGV[10])
-  redis.call('ZADD', KEYS[2], ARGV[9], ARGV[11])
-  redis.call('EXPIRE', KEYS[2], ARGV[10] * 2)
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[7] * 2)
   return 1
 end
-mark()
+if cur ~= '' and cur ~= '!' and ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'k', ARGV[2])
+end
 return 0
