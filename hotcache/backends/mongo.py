@@ -14,6 +14,11 @@ Features use collection(name, feature=...) and the small set of operations below
 MongoDB supports with the documented semantics. Driver errors become hotcache errors here:
 network/selection/pool timeouts -> MongoUnavailable, E11000 -> DuplicateKey, other write errors ->
 MongoWriteError. Each call counts one MongoDB operation for its feature (metering).
+
+pymongo retries a read or a single-document/unordered write once after a network error, so a server that
+stops answering fails a call after about 2 x MONGO_SOCKET_TIMEOUT_MS. A write that was sent and then timed
+out may still be applied by the server (once: retryable writes carry one transaction number):
+MongoUnavailable.maybe_applied says so (tests/mongo/test_fail_points.py).
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ from urllib.parse import urlsplit
 import pymongo
 from pymongo import monitoring
 from pymongo.errors import (
+    AutoReconnect,
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
+    NotPrimaryError,
     OperationFailure,
     PyMongoError,
+    ServerSelectionTimeoutError,
+    WriteConcernError,
     WriteError,
 )
 
@@ -274,18 +283,27 @@ class BulkResult:
 def _run(feature: str, op: Callable[[], T]) -> T:
     state = _current()
     metering.mongo_op(feature)
+    if _failures.is_set() or (_FAULT_FILE is not None and os.path.exists(_FAULT_FILE)):
+        metering.event(feature, "mongo_error")
+        raise MongoUnavailable(f"mongodb call for {feature} failed: hotcache fault injection: MongoDB unreachable")
     try:
-        if _failures.is_set() or (_FAULT_FILE is not None and os.path.exists(_FAULT_FILE)):
-            raise pymongo.errors.AutoReconnect("hotcache fault injection: MongoDB unreachable")
         if state.lock is not None:
             with state.lock:
                 return op()
         return op()
     except DuplicateKeyError as exc:
         raise DuplicateKey(str(exc), code=_DUPLICATE_KEY) from exc
+    except WriteConcernError as exc:
+        # The primary applied the write but could not confirm it as asked (stepping down, shutting down,
+        # replication timeout): an availability problem, and the write may stand.
+        metering.event(feature, "mongo_error")
+        raise MongoUnavailable(f"mongodb write for {feature} not confirmed: {exc}", maybe_applied=True) from exc
     except (ConnectionFailure, ExecutionTimeout) as exc:
         metering.event(feature, "mongo_error")
-        raise MongoUnavailable(f"mongodb call for {feature} failed: {exc}") from exc
+        # Lost after sending (a read timeout, a dropped connection), the server may have run it; not when
+        # no server was selected or the server refused it as not primary.
+        sent = isinstance(exc, AutoReconnect) and not isinstance(exc, NotPrimaryError | ServerSelectionTimeoutError)
+        raise MongoUnavailable(f"mongodb call for {feature} failed: {exc}", maybe_applied=sent) from exc
     except (WriteError, OperationFailure) as exc:
         if getattr(exc, "code", None) == _DUPLICATE_KEY:
             raise DuplicateKey(str(exc), code=_DUPLICATE_KEY) from exc
@@ -391,9 +409,12 @@ class Collection:
                 details = exc.details
                 errors = details.get("writeErrors", [])
                 others = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
-                if others or details.get("writeConcernErrors"):
-                    first = others[0] if others else details["writeConcernErrors"][0]
-                    raise MongoWriteError(str(first.get("errmsg")), code=first.get("code")) from exc
+                if others:
+                    raise MongoWriteError(str(others[0].get("errmsg")), code=others[0].get("code")) from exc
+                if details.get("writeConcernErrors"):
+                    # Applied on the primary, not confirmed as asked: unavailable, maybe applied (as above).
+                    raise WriteConcernError(str(details["writeConcernErrors"][0].get("errmsg")),
+                                            details["writeConcernErrors"][0].get("code"), details) from exc
                 return BulkResult(
                     details.get("nMatched", 0),
                     details.get("nModified", 0),
