@@ -182,7 +182,11 @@ def secantus_server() -> Iterator[SecantusServer | None]:
 def _use_real_mongo(settings: Any, base_url: str, server: SecantusServer | None) -> RealMongo:
     name = new_database_name()
     handle = RealMongo(with_database(base_url, name), name, server)
-    settings.HOTCACHE = {**settings.HOTCACHE, "MONGO_URL": handle.url, "MONGO_DATABASE": name}
+    # Generous selection timeout, as config.settings.test does for Redis: on a loaded machine the driver's
+    # monitor may take over the 2 s default to see the server again after a dropped connection. Tests of
+    # timeouts set their own.
+    settings.HOTCACHE = {**settings.HOTCACHE, "MONGO_URL": handle.url, "MONGO_DATABASE": name,
+                         "MONGO_SERVER_SELECTION_TIMEOUT_MS": 10_000}
     return handle
 
 

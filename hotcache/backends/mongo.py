@@ -446,6 +446,7 @@ class Collection:
 
 _collections: dict[tuple[str, str], Collection] = {}
 _indexed: set[tuple[str, str, str]] = set()
+_indexing_lock = threading.Lock()
 
 
 def collection(name: str, *, feature: str) -> Collection:
@@ -456,12 +457,17 @@ def collection(name: str, *, feature: str) -> Collection:
 
 
 def ensure_indexes(name: str, *, feature: str, create: Callable[[Collection], None]) -> Collection:
-    """Run ``create`` (index creation) once per process, database and collection; return the collection."""
+    """Run ``create`` (index creation) once per process, database and collection; return the collection.
+
+    Single-flight: the threads of a process that starts under load wait for one creation instead of each
+    sending it (each would hold a pooled connection: a burst that stays in the pool)."""
     coll = collection(name, feature=feature)
     marker = (str(hotcache_settings.MONGO_URL), database_name(), name)
     if marker not in _indexed:
-        create(coll)
-        _indexed.add(marker)
+        with _indexing_lock:
+            if marker not in _indexed:
+                create(coll)
+                _indexed.add(marker)
     return coll
 
 

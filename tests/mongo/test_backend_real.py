@@ -260,6 +260,29 @@ def test_ttl_and_unique_indexes_are_created_once_per_process_and_reported(mongo_
         coll.insert_one({"key_id": "k", "day": "20260102", "token": "t1"})
 
 
+def test_index_creation_is_single_flight_across_threads(mongo_store):
+    """A process starting under load: its threads wait for one index creation instead of each sending it."""
+    import threading
+
+    calls = []
+    gate = threading.Barrier(8)
+
+    def create(c: mongo.Collection) -> None:
+        calls.append(1)
+        c.create_index([("k", mongo.ASCENDING)], name="k")
+
+    def first_use() -> None:
+        gate.wait()
+        mongo.ensure_indexes("burst", feature="contract", create=create).find_one({"_id": 1})
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+
+
 def test_an_expired_document_may_still_be_read_so_features_filter_on_their_own_expiry(mongo_store):
     """TTL indexes only collect garbage: the stand-in drops an expired document on the next read, a real
     server's TTL monitor only every minute or so. hotcache's reads filter on their own expiry fields."""

@@ -46,8 +46,7 @@ def test_each_test_database_is_dropped_afterwards(secantus_server):
     other.close(drop=False)
 
 
-def test_fail_points_hit_hotcache_only_and_end_with_the_block(real_mongo, hotcache_config):
-    hotcache_config(MONGO_SERVER_SELECTION_TIMEOUT_MS=500)
+def test_fail_points_hit_hotcache_only_and_end_with_the_block(real_mongo):
     coll = mongo.collection("c", feature="t")
     coll.insert_one({"_id": 1})
     with real_mongo.fail_point(["find"], times=None, close_connection=True):
