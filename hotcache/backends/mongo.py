@@ -144,8 +144,6 @@ class _State:
 _state_lock = threading.Lock()
 _state: _State | None = None
 _failures = threading.Event()  # set: every operation fails as if the network were down (fault injection)
-# End-to-end runs inject MongoDB failures into other processes (gunicorn, Celery) by creating this file.
-_FAULT_FILE = os.environ.get("HOTCACHE_MONGO_FAULT_FILE") or None
 
 
 def url_scheme(url: str | None) -> str:
@@ -283,7 +281,7 @@ class BulkResult:
 def _run(feature: str, op: Callable[[], T]) -> T:
     state = _current()
     metering.mongo_op(feature)
-    if _failures.is_set() or (_FAULT_FILE is not None and os.path.exists(_FAULT_FILE)):
+    if _failures.is_set():
         metering.event(feature, "mongo_error")
         raise MongoUnavailable(f"mongodb call for {feature} failed: hotcache fault injection: MongoDB unreachable")
     try:
