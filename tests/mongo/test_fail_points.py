@@ -188,7 +188,7 @@ def test_not_writable_primary_during_a_persist_keeps_the_sessions_for_the_next_r
 # --- a server slower than MONGO_SOCKET_TIMEOUT_MS -------------------------------------------------------
 
 # pymongo retries a read or a retryable write once, so a call fails after about twice the socket timeout.
-SLOW_BOUND = 2 * SOCKET_TIMEOUT_MS / 1000 + 1.0
+SLOW_BOUND = 2 * SOCKET_TIMEOUT_MS / 1000 + 1.5  # + connection setup on a loaded machine
 
 
 @pytest.fixture
