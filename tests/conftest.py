@@ -1,5 +1,7 @@
 """Shared fixtures. Redis-claiming tests use the real server from config.settings.test (started there if
-none answers); each run has its own key prefix and deletes only its own keys at the end."""
+none answers); each run has its own key prefix and deletes only its own keys at the end. MongoDB is the
+in-process stand-in unless a test asks for ``real_mongo`` / ``mongo_store`` (a SecantusDB server started
+once per session, or the server named by HOTCACHE_TEST_MONGO_URL), each test on its own database."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from hotcache.backends import reset_all
+from hotcache.backends import mongo, reset_all
 from hotcache.testing import RedisProxy, frozen_clock, reset
+from tests.support.secantus import RealMongo, SecantusServer, external_url, new_database_name, with_database
+from tests.support.stores import StandInMongo
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +25,14 @@ def _hotcache_isolation() -> Iterator[None]:
     reset()
     yield
     reset_all()
+
+
+@pytest.fixture(autouse=True)
+def _mongo_store_switch(request: pytest.FixtureRequest) -> None:
+    """HOTCACHE_TEST_MONGO_STORE=real runs every test on the real server (its own database) instead of the
+    stand-in: a survey of where the two disagree, ahead of the contract suites' own parametrisation."""
+    if os.environ.get("HOTCACHE_TEST_MONGO_STORE") == "real":
+        request.getfixturevalue("real_mongo")
 
 
 def _redis_url() -> str:
@@ -147,3 +159,67 @@ def celery_worker(settings: Any) -> Iterator[Any]:
             yield worker
     finally:
         app.conf.task_always_eager = True
+
+
+# --- MongoDB: the stand-in and a real server --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def secantus_server() -> Iterator[SecantusServer | None]:
+    """The session's real MongoDB server: SecantusDB in memory, started on first use (~3 s); None when
+    HOTCACHE_TEST_MONGO_URL names another server. A server that cannot start fails the tests (never skips)."""
+    if external_url():
+        yield None
+        return
+    server = SecantusServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def _use_real_mongo(settings: Any, base_url: str, server: SecantusServer | None) -> RealMongo:
+    name = new_database_name()
+    handle = RealMongo(with_database(base_url, name), name, server)
+    # Generous selection timeout, as config.settings.test does for Redis: on a loaded machine the driver's
+    # monitor may take over the 2 s default to see the server again after a dropped connection. Tests of
+    # timeouts set their own.
+    settings.HOTCACHE = {**settings.HOTCACHE, "MONGO_URL": handle.url, "MONGO_DATABASE": name,
+                         "MONGO_SERVER_SELECTION_TIMEOUT_MS": 10_000}
+    return handle
+
+
+@pytest.fixture
+def real_mongo(settings: Any, secantus_server: SecantusServer | None) -> Iterator[RealMongo]:
+    """hotcache's MONGO_URL / MONGO_DATABASE point at a real server, on a database of this test's own
+    (dropped afterwards). Yields .url, .database, .client() / .db() for raw assertions, .fail_point(...)."""
+    base = external_url() or (secantus_server.url if secantus_server else "")
+    handle = _use_real_mongo(settings, base, secantus_server)
+    yield handle
+    mongo.reset()
+    handle.close()
+
+
+@pytest.fixture
+def restartable_mongo(settings: Any, tmp_path: Any) -> Iterator[RealMongo]:
+    """Like real_mongo, on a SecantusDB of this test's own with a data directory: .restart() keeps the data."""
+    server = SecantusServer(data_dir=tmp_path / "secantus-data")
+    try:
+        server.start()
+        handle = _use_real_mongo(settings, server.url, server)
+        yield handle
+        mongo.reset()
+        handle.close(drop=False)
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["standin", "real"])
+def mongo_store(request: pytest.FixtureRequest, settings: Any) -> StandInMongo | RealMongo:
+    """One contract, two stores: the in-process stand-in (mongomock, the default) and a real server."""
+    if request.param == "real":
+        return request.getfixturevalue("real_mongo")
+    if os.environ.get("HOTCACHE_TEST_MONGO_STORE") == "real":
+        pytest.skip("HOTCACHE_TEST_MONGO_STORE=real: every test already runs on the real server")
+    return StandInMongo(settings.HOTCACHE["MONGO_URL"])

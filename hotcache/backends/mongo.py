@@ -14,6 +14,11 @@ Features use collection(name, feature=...) and the small set of operations below
 MongoDB supports with the documented semantics. Driver errors become hotcache errors here:
 network/selection/pool timeouts -> MongoUnavailable, E11000 -> DuplicateKey, other write errors ->
 MongoWriteError. Each call counts one MongoDB operation for its feature (metering).
+
+pymongo retries a read or a single-document/unordered write once after a network error, so a server that
+stops answering fails a call after about 2 x MONGO_SOCKET_TIMEOUT_MS. A write that was sent and then timed
+out may still be applied by the server (once: retryable writes carry one transaction number):
+MongoUnavailable.maybe_applied says so (tests/mongo/test_fail_points.py).
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ from urllib.parse import urlsplit
 import pymongo
 from pymongo import monitoring
 from pymongo.errors import (
+    AutoReconnect,
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
+    NotPrimaryError,
     OperationFailure,
     PyMongoError,
+    ServerSelectionTimeoutError,
+    WriteConcernError,
     WriteError,
 )
 
@@ -135,8 +144,6 @@ class _State:
 _state_lock = threading.Lock()
 _state: _State | None = None
 _failures = threading.Event()  # set: every operation fails as if the network were down (fault injection)
-# End-to-end runs inject MongoDB failures into other processes (gunicorn, Celery) by creating this file.
-_FAULT_FILE = os.environ.get("HOTCACHE_MONGO_FAULT_FILE") or None
 
 
 def url_scheme(url: str | None) -> str:
@@ -274,18 +281,27 @@ class BulkResult:
 def _run(feature: str, op: Callable[[], T]) -> T:
     state = _current()
     metering.mongo_op(feature)
+    if _failures.is_set():
+        metering.event(feature, "mongo_error")
+        raise MongoUnavailable(f"mongodb call for {feature} failed: hotcache fault injection: MongoDB unreachable")
     try:
-        if _failures.is_set() or (_FAULT_FILE is not None and os.path.exists(_FAULT_FILE)):
-            raise pymongo.errors.AutoReconnect("hotcache fault injection: MongoDB unreachable")
         if state.lock is not None:
             with state.lock:
                 return op()
         return op()
     except DuplicateKeyError as exc:
         raise DuplicateKey(str(exc), code=_DUPLICATE_KEY) from exc
+    except WriteConcernError as exc:
+        # The primary applied the write but could not confirm it as asked (stepping down, shutting down,
+        # replication timeout): an availability problem, and the write may stand.
+        metering.event(feature, "mongo_error")
+        raise MongoUnavailable(f"mongodb write for {feature} not confirmed: {exc}", maybe_applied=True) from exc
     except (ConnectionFailure, ExecutionTimeout) as exc:
         metering.event(feature, "mongo_error")
-        raise MongoUnavailable(f"mongodb call for {feature} failed: {exc}") from exc
+        # Lost after sending (a read timeout, a dropped connection), the server may have run it; not when
+        # no server was selected or the server refused it as not primary.
+        sent = isinstance(exc, AutoReconnect) and not isinstance(exc, NotPrimaryError | ServerSelectionTimeoutError)
+        raise MongoUnavailable(f"mongodb call for {feature} failed: {exc}", maybe_applied=sent) from exc
     except (WriteError, OperationFailure) as exc:
         if getattr(exc, "code", None) == _DUPLICATE_KEY:
             raise DuplicateKey(str(exc), code=_DUPLICATE_KEY) from exc
@@ -391,9 +407,12 @@ class Collection:
                 details = exc.details
                 errors = details.get("writeErrors", [])
                 others = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
-                if others or details.get("writeConcernErrors"):
-                    first = others[0] if others else details["writeConcernErrors"][0]
-                    raise MongoWriteError(str(first.get("errmsg")), code=first.get("code")) from exc
+                if others:
+                    raise MongoWriteError(str(others[0].get("errmsg")), code=others[0].get("code")) from exc
+                if details.get("writeConcernErrors"):
+                    # Applied on the primary, not confirmed as asked: unavailable, maybe applied (as above).
+                    raise WriteConcernError(str(details["writeConcernErrors"][0].get("errmsg")),
+                                            details["writeConcernErrors"][0].get("code"), details) from exc
                 return BulkResult(
                     details.get("nMatched", 0),
                     details.get("nModified", 0),
@@ -425,6 +444,7 @@ class Collection:
 
 _collections: dict[tuple[str, str], Collection] = {}
 _indexed: set[tuple[str, str, str]] = set()
+_indexing_lock = threading.Lock()
 
 
 def collection(name: str, *, feature: str) -> Collection:
@@ -435,12 +455,17 @@ def collection(name: str, *, feature: str) -> Collection:
 
 
 def ensure_indexes(name: str, *, feature: str, create: Callable[[Collection], None]) -> Collection:
-    """Run ``create`` (index creation) once per process, database and collection; return the collection."""
+    """Run ``create`` (index creation) once per process, database and collection; return the collection.
+
+    Single-flight: the threads of a process that starts under load wait for one creation instead of each
+    sending it (each would hold a pooled connection: a burst that stays in the pool)."""
     coll = collection(name, feature=feature)
     marker = (str(hotcache_settings.MONGO_URL), database_name(), name)
     if marker not in _indexed:
-        create(coll)
-        _indexed.add(marker)
+        with _indexing_lock:
+            if marker not in _indexed:
+                create(coll)
+                _indexed.add(marker)
     return coll
 
 

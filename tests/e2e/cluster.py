@@ -1,10 +1,12 @@
-"""A real deployment on loopback for end-to-end runs: redis-server, the MongoDB wire server, gunicorn
-(2+ workers), a Celery worker and Celery beat, each its own process, all stopped at the end.
+"""A real deployment on loopback for end-to-end runs: redis-server, a MongoDB server (SecantusDB,
+tests/support/secantus.py), gunicorn (2+ workers), a Celery worker and Celery beat, each its own process,
+all stopped at the end.
 
 The harness owns this Redis (its own port and data directory), so it can stop and restart it, and its
 INFO/CLIENT LIST figures are hotcache's alone. Redis runs with an append-only file fsynced on every
 write, as a production Redis that holds unsynced counters should: stopping it loses nothing.
-MongoDB failures are injected at the pymongo boundary in every process through HOTCACHE_MONGO_FAULT_FILE.
+MongoDB failures come from the server itself: a failCommand fail point closes the connection of every
+command hotcache's processes send (their client's appName), while the harness's own client still works.
 """
 
 from __future__ import annotations
@@ -21,9 +23,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import redis
 
+from tests.support.secantus import HOTCACHE_APPNAME, SecantusServer
+
 ROOT = Path(__file__).resolve().parents[2]
+# Every command hotcache's MongoDB module sends (hotcache.backends.mongo); the monitors' hello stays up.
+HOTCACHE_COMMANDS = ["insert", "update", "delete", "find", "findAndModify", "aggregate", "count", "createIndexes",
+                     "listIndexes", "ping", "serverStatus", "dropDatabase", "getMore"]
 PY = sys.executable
 
 
@@ -54,7 +62,7 @@ class Cluster:
         self.redis_port = free_port()
         self.web_port = free_port()
         self.mongo_port = free_port()
-        self.fault_file = workdir / "mongo-fault"
+        self.mongo: SecantusServer | None = None
         self.redis_dir = workdir / "redis"
         self.redis_dir.mkdir(parents=True, exist_ok=True)
 
@@ -78,7 +86,6 @@ class Cluster:
             REDIS_URL=self.redis_url,
             MONGO_URL=self.mongo_url,
             DJANGO_DB_PATH=str(self.workdir / "db.sqlite3"),
-            HOTCACHE_MONGO_FAULT_FILE=str(self.fault_file),
             HOTCACHE_E2E_COOLDOWN=str(self.cooldown),
             HOTCACHE_E2E_WORKDIR=str(self.workdir),
             PYTHONPATH=str(ROOT),
@@ -133,21 +140,22 @@ class Cluster:
 
     # --- MongoDB -------------------------------------------------------------------------------------
     def start_mongo(self) -> None:
-        proc = self._spawn(
-            "mongo", [PY, "-m", "tests.support.mongo_wire", "--port", str(self.mongo_port)], stdout=subprocess.PIPE
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
-        if not line.startswith("mongodb://"):
-            msg = f"mongo wire server did not start: {line!r}"
-            raise RuntimeError(msg)
+        self.mongo = SecantusServer(port=self.mongo_port).start()
+
+    def mongo_admin(self) -> pymongo.MongoClient:
+        return pymongo.MongoClient(self.mongo_url, appname="hotcache-e2e", serverSelectionTimeoutMS=5000)
 
     def mongo_failing(self, failing: bool) -> None:
-        if failing:
-            self.fault_file.touch()
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                self.fault_file.unlink()
+        """Every command from hotcache's processes loses its connection (a network partition), or not."""
+        client = self.mongo_admin()
+        try:
+            if failing:
+                client.admin.command("configureFailPoint", "failCommand", mode="alwaysOn", data={
+                    "failCommands": HOTCACHE_COMMANDS, "closeConnection": True, "appName": HOTCACHE_APPNAME})
+            else:
+                client.admin.command("configureFailPoint", "failCommand", mode="off")
+        finally:
+            client.close()
 
     # --- web and Celery ------------------------------------------------------------------------------
     def start_web(self) -> None:
@@ -207,6 +215,9 @@ class Cluster:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
             self.procs.pop(name, None)
+        if self.mongo is not None:
+            self.mongo.close()
+            self.mongo = None
 
     def __enter__(self) -> Cluster:
         try:

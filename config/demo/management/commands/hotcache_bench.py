@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -27,13 +29,26 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("features", nargs="*", help=f"features to run (default all): {', '.join(all_groups())}")
+        parser.add_argument("features", nargs="*", help=f"features to run (default all): {', '.join(all_groups())}; "
+                            "or 'connections' (MongoDB connections and operations per request, all on MongoDB "
+                            "vs on Redis, worker processes against a real MongoDB server)")
         parser.add_argument("--redis-url", help="run against this Redis instead of the configured alias")
         parser.add_argument("--rounds", type=int, default=5)
         parser.add_argument("--ops", type=int, default=200, help="operations per arm per round")
         parser.add_argument("--json", action="store_true")
+        conn = parser.add_argument_group("connections (the MongoDB connections benchmark, several processes)")
+        conn.add_argument("--mongo-url", help="a real MongoDB server (default: MONGO_URL if mongodb://, else a "
+                          "SecantusDB started for the run from the test requirements)")
+        conn.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+        conn.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+        conn.add_argument("--requests", type=int, default=2000, help="requests per arm (default 2000)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if "connections" in options["features"]:
+            if options["features"] != ["connections"]:
+                raise CommandError("run 'connections' on its own (it drives worker processes, not arms)")
+            self._connections(options)
+            return
         groups = all_groups()
         selected = options["features"] or list(groups)
         unknown = [f for f in selected if f not in groups]
@@ -64,6 +79,52 @@ class Command(BaseCommand):
                 _cleanup()
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
+
+
+    def _connections(self, options: dict[str, Any]) -> None:
+        from config.demo.bench.connections import format_table, run_connections
+
+        if min(options["workers"], options["threads"], options["requests"]) < 1:
+            raise CommandError("--workers, --threads and --requests must be at least 1")
+        caches = dict(settings.CACHES)
+        if options["redis_url"]:
+            alias = hotcache_settings.REDIS_ALIAS
+            caches[alias] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": options["redis_url"]}
+        with _mongo_server(options["mongo_url"], self.stderr.write) as url:
+            hot = {**hotcache_settings.user_settings, "MONGO_URL": url}
+            with override_settings(CACHES=caches, HOTCACHE=hot):
+                try:
+                    results = run_connections(workers=options["workers"], threads=options["threads"],
+                                              requests=options["requests"], progress=self.stderr.write)
+                except ValueError as exc:
+                    raise CommandError(str(exc)) from exc
+        if options["json"]:
+            self.stdout.write(json.dumps([r.as_dict() for r in results], indent=2))
+        else:
+            self.stdout.write(format_table(results))
+
+
+@contextlib.contextmanager
+def _mongo_server(url: str | None, say: Any) -> Iterator[str]:
+    """The MongoDB server to measure: --mongo-url, else MONGO_URL if it is a server, else a SecantusDB
+    started for this run (tests/support/secantus.py; it comes with requirements/test.txt)."""
+    configured = str(hotcache_settings.MONGO_URL or "")
+    if url or configured.startswith(("mongodb://", "mongodb+srv://")):
+        yield url or configured
+        return
+    try:
+        from tests.support.secantus import SecantusServer, SecantusStartError
+    except ImportError as exc:
+        raise CommandError("the connections benchmark needs a real MongoDB server: pass --mongo-url") from exc
+    try:
+        server = SecantusServer(test_commands=False).start()
+    except SecantusStartError as exc:
+        raise CommandError(f"no MongoDB server for the benchmark: {exc}") from exc
+    say(f"started SecantusDB for this run at {server.url}")
+    try:
+        yield server.url
+    finally:
+        server.close()
 
 
 def _cleanup() -> None:
