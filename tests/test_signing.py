@@ -95,3 +95,13 @@ def test_text_boundary_keeps_ordinary_unicode() -> None:
 def test_a_signed_body_nested_too_deep_to_decode_is_absent() -> None:
     raw = signing.seal("x", "1", "[" * 100_000 + "]" * 100_000)
     assert signing.unseal_json("x", "1", raw) is None
+
+
+def test_signatures_are_djangos_salted_hmac_sha256() -> None:
+    """Records sealed before the derived key was cached stay valid: same function, faster."""
+    from django.utils.crypto import salted_hmac
+
+    expected = salted_hmac("hotcache.record", "users.entry\n7\n{}", algorithm="sha256").hexdigest()
+    assert signing.signature("users.entry", "7", "{}") == expected
+    other = salted_hmac("hotcache.record", "a\nb\nc", secret="s" * 50, algorithm="sha256").hexdigest()
+    assert signing.signature("a", "b", "c", secret="s" * 50) == other
