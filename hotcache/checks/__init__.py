@@ -1,0 +1,30 @@
+"""Django system checks for HOTCACHE, one module per feature; each message names the setting and the fix.
+
+Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030-E039 MFA;
+E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports. W0xx are warnings.
+Importing this package registers every check (HotcacheConfig.ready does).
+"""
+
+from __future__ import annotations
+
+from hotcache.checks._common import number_setting_errors
+from hotcache.checks.analytics import check_analytics
+from hotcache.checks.apikeys import check_apikeys
+from hotcache.checks.foundation import check_foundation
+from hotcache.checks.mfa import check_mfa
+from hotcache.checks.ratelimit import check_ratelimit
+from hotcache.checks.reports import check_reports
+from hotcache.checks.users import check_users
+from hotcache.checks.workbench import check_workbench
+
+__all__ = [
+    "check_analytics",
+    "check_apikeys",
+    "check_foundation",
+    "check_mfa",
+    "check_ratelimit",
+    "check_reports",
+    "check_users",
+    "check_workbench",
+    "number_setting_errors",
+]

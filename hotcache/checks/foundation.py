@@ -1,0 +1,155 @@
+"""System checks for the foundation (E001-E009, W001-W009). Each message names the setting and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from hotcache.checks._common import (
+    MONGO_FEATURES as _MONGO_FEATURES,
+)
+from hotcache.checks._common import (
+    PREFIX as _PREFIX,
+)
+from hotcache.checks._common import (
+    number_setting_errors,
+)
+from hotcache.checks._common import (
+    setting as _setting,
+)
+from hotcache.checks._common import (
+    settings_module as _settings_module,
+)
+from hotcache.conf import DEFAULTS, FEATURES, hotcache_settings
+
+
+@register(Tags.compatibility, Tags.caches)
+def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    raw = getattr(settings, "HOTCACHE", {})
+    if not isinstance(raw, dict):
+        return [
+            Error(
+                f"HOTCACHE must be a dict, not {type(raw).__name__}.",
+                hint="Set HOTCACHE = {...} in your settings; see hotcache.conf for the keys.",
+                id="hotcache.E001",
+            )
+        ]
+    for name in sorted(set(raw) - set(DEFAULTS)):
+        errors.append(
+            Warning(
+                f"HOTCACHE[{name!r}] is not a hotcache setting and is ignored.",
+                hint="Check the spelling against README.md, section Settings.",
+                id="hotcache.W001",
+            )
+        )
+
+    # Redis alias
+    alias = hotcache_settings.REDIS_ALIAS
+    caches = getattr(settings, "CACHES", {})
+    if alias not in caches:
+        errors.append(
+            Error(
+                f"{_setting('REDIS_ALIAS')}={alias!r} is not in CACHES.",
+                hint=f"Add a django-redis cache named {alias!r} to CACHES, or point REDIS_ALIAS at one.",
+                id="hotcache.E002",
+            )
+        )
+    else:
+        backend = str(caches[alias].get("BACKEND", ""))
+        if not backend.startswith("django_redis."):
+            errors.append(
+                Error(
+                    f"CACHES[{alias!r}] (named by {_setting('REDIS_ALIAS')}) uses {backend!r}, "
+                    "not a django-redis backend.",
+                    hint="Use 'django_redis.cache.RedisCache' for that alias; hotcache needs a real Redis "
+                    "client for Lua scripts and its connection pool.",
+                    id="hotcache.E003",
+                )
+            )
+
+    prefix = hotcache_settings.KEY_PREFIX
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        errors.append(
+            Error(
+                f"{_setting('KEY_PREFIX')}={prefix!r} is not a valid key prefix.",
+                hint="Use 1-32 characters from A-Z a-z 0-9 _ . - (no ':', braces or spaces).",
+                id="hotcache.E005",
+            )
+        )
+
+    errors += number_setting_errors(("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "HEALTH_COOLDOWN"))
+    errors += number_setting_errors(
+        (
+            "HEALTH_FAILURE_THRESHOLD",
+            "REDIS_DAILY_COMMAND_BUDGET",
+            "REDIS_MEMORY_LIMIT",
+            "METER_FLUSH_EVERY",
+            "MONGO_MAX_POOL_SIZE",
+            "MONGO_WAIT_QUEUE_TIMEOUT_MS",
+            "MONGO_SERVER_SELECTION_TIMEOUT_MS",
+            "MONGO_CONNECT_TIMEOUT_MS",
+            "MONGO_SOCKET_TIMEOUT_MS",
+            "MONGO_SERVER_CONNECTION_LIMIT",
+        ),
+        integer=True,
+    )
+    for name in ("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT"):
+        value = getattr(hotcache_settings, name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 5:
+            errors.append(
+                Warning(
+                    f"{_setting(name)}={value!r} seconds: every request may wait this long on a sick Redis.",
+                    hint="Keep hotcache's Redis timeouts well under 1 second (default 0.05).",
+                    id="hotcache.W002",
+                )
+            )
+
+    features = hotcache_settings.FEATURES
+    if features is not None and (
+        not isinstance(features, list | tuple) or any(f not in FEATURES for f in features)
+    ):
+        errors.append(
+            Error(
+                f"{_setting('FEATURES')}={features!r} names unknown features.",
+                hint=f"Use None (all) or a list drawn from {list(FEATURES)}.",
+                id="hotcache.E006",
+            )
+        )
+        features = None
+
+    # MongoDB URL, where a feature needs one
+    needing = [f for f in _MONGO_FEATURES if features is None or f in features]
+    url = hotcache_settings.MONGO_URL
+    if needing and not url:
+        errors.append(
+            Error(
+                f"{_setting('MONGO_URL')} is not set, but {', '.join(needing)} keep durable data in MongoDB.",
+                hint="Set it to mongodb://... or mongodb+srv://... (production) or mongomock://hotcache "
+                "(tests, single-process development), or disable those features in HOTCACHE['FEATURES'].",
+                id="hotcache.E007",
+            )
+        )
+    elif url:
+        from hotcache.backends.mongo import SCHEMES, url_scheme
+
+        if not isinstance(url, str) or url_scheme(url) not in SCHEMES:
+            errors.append(
+                Error(
+                    f"{_setting('MONGO_URL')}={str(url)[:40]!r}... has an unsupported scheme.",
+                    hint="Use mongodb://, mongodb+srv:// or mongomock://<database>.",
+                    id="hotcache.E008",
+                )
+            )
+        elif url_scheme(url) == "mongomock" and not settings.DEBUG and "test" not in _settings_module():
+            errors.append(
+                Warning(
+                    f"{_setting('MONGO_URL')} uses the in-process stand-in (mongomock://) with DEBUG off.",
+                    hint="Its data lives in one process and is lost on restart; point MONGO_URL at a real "
+                    "MongoDB in production.",
+                    id="hotcache.W003",
+                )
+            )
+    return errors

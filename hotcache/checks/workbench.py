@@ -1,0 +1,126 @@
+"""System checks for workbench sessions (E050-E059). Each message names the setting and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, register
+
+from hotcache.checks._common import (
+    number_setting_errors,
+)
+from hotcache.checks._common import (
+    schedule_seconds as _schedule_seconds,
+)
+from hotcache.checks._common import (
+    setting as _setting,
+)
+from hotcache.conf import hotcache_settings
+
+_MONGO_DOCUMENT_LIMIT = 16 * 1024 * 1024
+
+_WORKBENCH_NUMBERS = (
+    "WORKBENCH_IDLE_TIMEOUT",
+    "WORKBENCH_MAX_STATE_BYTES",
+    "WORKBENCH_PERSIST_IDLE_AFTER",
+    "WORKBENCH_PERSIST_INTERVAL",
+    "WORKBENCH_CLAIM_TIMEOUT",
+    "WORKBENCH_ENDED_TTL",
+    "WORKBENCH_PERSIST_BATCH",
+)
+_WORKBENCH_TASK = "hotcache.tasks.persist_workbench_sessions"
+
+
+
+# Python's json (like most JSON libraries) recurses once per level and fails near 1000 levels: a deeper
+# limit would let a state through the depth check only to fail in the encoder or in a client's decoder.
+_WORKBENCH_DEPTH_CEILING = 512
+
+
+def _workbench_depth_errors() -> list[CheckMessage]:
+    depth = hotcache_settings.WORKBENCH_MAX_DEPTH
+    if isinstance(depth, int) and not isinstance(depth, bool) and 0 < depth <= _WORKBENCH_DEPTH_CEILING:
+        return []
+    return [
+        Error(
+            f"{_setting('WORKBENCH_MAX_DEPTH')}={depth!r} is not a whole number from 1 to {_WORKBENCH_DEPTH_CEILING}.",
+            hint="It bounds how deeply objects and arrays may nest in a workbench state (default 64); save() "
+            "refuses deeper states with ValueError before encoding them.",
+            id="hotcache.E056",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def check_workbench(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    if not hotcache_settings.enabled("workbench"):
+        return []
+    errors = number_setting_errors(_WORKBENCH_NUMBERS, integer=True)
+    if errors:
+        return errors + _workbench_depth_errors()
+    errors = _workbench_depth_errors()
+    idle = hotcache_settings.WORKBENCH_IDLE_TIMEOUT
+    after = hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER
+    every = hotcache_settings.WORKBENCH_PERSIST_INTERVAL
+    claim = hotcache_settings.WORKBENCH_CLAIM_TIMEOUT
+    if after + every + claim >= idle:
+        errors.append(
+            Error(
+                f"{_setting('WORKBENCH_PERSIST_IDLE_AFTER')}={after} + {_setting('WORKBENCH_PERSIST_INTERVAL')}"
+                f"={every} + {_setting('WORKBENCH_CLAIM_TIMEOUT')}={claim} is not below "
+                f"{_setting('WORKBENCH_IDLE_TIMEOUT')}={idle}: an abandoned session could expire in Redis "
+                "before the persister moves it to history.",
+                hint="Lower WORKBENCH_PERSIST_IDLE_AFTER (default 2700) or raise WORKBENCH_IDLE_TIMEOUT "
+                "(default 3600) so that the sum stays below it.",
+                id="hotcache.E051",
+            )
+        )
+    size = hotcache_settings.WORKBENCH_MAX_STATE_BYTES
+    if size > _MONGO_DOCUMENT_LIMIT - 64 * 1024:
+        errors.append(
+            Error(
+                f"{_setting('WORKBENCH_MAX_STATE_BYTES')}={size} does not fit in a MongoDB document (16 MiB) "
+                "with the history record's other fields.",
+                hint="Keep it under 16,000,000 (default 1,000,000); large states also cost Redis memory.",
+                id="hotcache.E052",
+            )
+        )
+    ended_ttl = hotcache_settings.WORKBENCH_ENDED_TTL
+    if ended_ttl <= every + claim:
+        errors.append(
+            Error(
+                f"{_setting('WORKBENCH_ENDED_TTL')}={ended_ttl} is not above {_setting('WORKBENCH_PERSIST_INTERVAL')}"
+                f" + {_setting('WORKBENCH_CLAIM_TIMEOUT')} ({every + claim}): an ended session could expire "
+                "before the persister (or its recovery run) writes it to history.",
+                hint="Use at least a few persister intervals; the default 86400 also rides out a MongoDB outage "
+                "of up to a day.",
+                id="hotcache.E053",
+            )
+        )
+    beat = getattr(settings, "CELERY_BEAT_SCHEDULE", None) or {}
+    for name, entry in beat.items():
+        if not isinstance(entry, dict) or entry.get("task") != _WORKBENCH_TASK:
+            continue
+        seconds = _schedule_seconds(entry.get("schedule"))
+        if seconds is not None and seconds > every:
+            errors.append(
+                Error(
+                    f"CELERY_BEAT_SCHEDULE[{name!r}] runs {_WORKBENCH_TASK} every {seconds:g} s, less often than "
+                    f"{_setting('WORKBENCH_PERSIST_INTERVAL')}={every} assumed by the idle timeouts.",
+                    hint="Schedule it at least every WORKBENCH_PERSIST_INTERVAL seconds, or raise that setting "
+                    "(and keep hotcache.E051 satisfied).",
+                    id="hotcache.E054",
+                )
+            )
+    durable = hotcache_settings.WORKBENCH_DURABLE_SAVES
+    if not isinstance(durable, bool):
+        errors.append(
+            Error(
+                f"{_setting('WORKBENCH_DURABLE_SAVES')}={durable!r} is not True or False.",
+                hint="Use True (default: every save is also copied to MongoDB workbench_active, so sessions stay "
+                "loadable during a Redis outage) or False (Redis only; one MongoDB write less per save).",
+                id="hotcache.E055",
+            )
+        )
+    return errors
