@@ -17,9 +17,9 @@ from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 from hotcache.ratelimit.limits import Decision, Limit, RuleResult
 from hotcache.ratelimit.outage import Outage
-from hotcache.ratelimit.state import local_state
+from hotcache.ratelimit.state import LocalState, local_state
 
-__all__ = ["evaluate", "limit_keys", "refuse_missing"]
+__all__ = ["evaluate", "evaluate_in", "limit_keys", "refuse_missing"]
 
 log = logging.getLogger("hotcache.ratelimit")
 
@@ -50,10 +50,16 @@ def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailab
     limit refuses. ``raise_unavailable`` re-raises RedisUnavailable instead of applying outage
     policies (for ``ratelimit_check``).
     """
+    return evaluate_in(local_state(), limits, increment=increment, raise_unavailable=raise_unavailable)
+
+
+def evaluate_in(
+    state: LocalState, limits: Sequence[Limit], *, increment: bool = True, raise_unavailable: bool = False
+) -> Decision:
+    """``evaluate`` with the process state the caller already holds (the middleware reads it once per request)."""
     if not limits:
         return Decision(True)
     now = clock.monotonic()
-    state = local_state()
     denials = state.deny_cache
     if denials:
         cached = [denials.get(lim, now) for lim in limits]

@@ -13,17 +13,22 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 
-from hotcache.ratelimit.core import evaluate, refuse_missing
+from hotcache.ratelimit.core import evaluate_in, refuse_missing
 from hotcache.ratelimit.headers import set_headers
 from hotcache.ratelimit.limits import Decision
-from hotcache.ratelimit.options import Snapshot, settings_snapshot
+from hotcache.ratelimit.options import Snapshot
 from hotcache.ratelimit.rules import compiled_rules, limits_for
+from hotcache.ratelimit.state import LocalState, local_state
 
 __all__ = ["RateLimitMiddleware", "check_request"]
 
 
 def check_request(request: HttpRequest) -> Decision:
     """Evaluate every matching rule for ``request`` (one round trip) and store it in ``request.ratelimit``."""
+    return _check(request, local_state())
+
+
+def _check(request: HttpRequest, state: LocalState) -> Decision:
     names: set[str] | None = None
 
     def url_names() -> set[str]:
@@ -37,7 +42,7 @@ def check_request(request: HttpRequest) -> Decision:
         return names
 
     limits, refused = limits_for(request, url_names)
-    decision = refuse_missing(limits, refused) if refused else evaluate(limits, increment=True)
+    decision = refuse_missing(limits, refused) if refused else evaluate_in(state, limits)
     request.ratelimit = decision  # type: ignore[attr-defined]
     return decision
 
@@ -66,23 +71,23 @@ class RateLimitMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        decision = check_request(request)
-        snapshot = settings_snapshot()
+        state = local_state()  # one settings read for the whole request
+        decision = _check(request, state)
         if not decision.allowed:
-            response = _denied_response(decision, snapshot)
+            response = _denied_response(decision, state.settings)
         else:
             response = self.get_response(request)
-        set_headers(response, decision, snapshot)
+        set_headers(response, decision, state.settings)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
         if hasattr(request, "auser") and any(r.needs_user for r in compiled_rules()):
             request.user = await request.auser()  # resolve the user on the event loop, not in the worker
-        decision = await sync_to_async(check_request, thread_sensitive=False)(request)
-        snapshot = settings_snapshot()
+        state = local_state()
+        decision = await sync_to_async(_check, thread_sensitive=False)(request, state)
         if not decision.allowed:
-            response = _denied_response(decision, snapshot)
+            response = _denied_response(decision, state.settings)
         else:
             response = await self.get_response(request)
-        set_headers(response, decision, snapshot)
+        set_headers(response, decision, state.settings)
         return response
