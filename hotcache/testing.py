@@ -48,11 +48,14 @@ def new_process() -> None:
 
 def reset() -> None:
     """Forget everything hotcache keeps in this process: clients, health gate, meter counts and caches,
-    the tampering log. Use it between tests (an autouse fixture) so each starts like a fresh process."""
+    values derived from settings (with the rate limiter's deny cache and local limiter), the tampering log.
+    Use it between tests (an autouse fixture) so each starts like a fresh process."""
     from hotcache import signing
     from hotcache.backends import meter_store, reset_all
+    from hotcache.conf import hotcache_settings
 
     reset_all()
+    hotcache_settings.reload()
     metering.meter.reset()
     meter_store.store.reset()
     signing._reset()

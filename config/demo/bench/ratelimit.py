@@ -53,7 +53,7 @@ def arms() -> dict[str, list[Arm]]:
     from django_ratelimit.decorators import ratelimit as drl_ratelimit
 
     from hotcache.ratelimit import reset_local_state
-    from hotcache.ratelimit_middleware import RateLimitMiddleware
+    from hotcache.ratelimit.middleware import RateLimitMiddleware
 
     alias = hotcache_settings.REDIS_ALIAS
     location = settings.CACHES[alias]["LOCATION"]

@@ -6,12 +6,12 @@ import uuid
 import pytest
 from django.test import Client
 
-from hotcache import ratelimit as rl
+from hotcache.backends import redis as redis_backend
 from hotcache.ratelimit import Limit, evaluate
 from hotcache.testing import count_redis
-from tests.ratelimit_fixtures import ratelimit_middleware  # noqa: F401 - fixture
+from tests.ratelimit.fixtures import ratelimit_middleware  # noqa: F401 - fixture
 
-# Every test here runs through RateLimitMiddleware with fresh limiter state (tests.ratelimit_fixtures).
+# Every test here runs through RateLimitMiddleware with fresh limiter state (tests.ratelimit.fixtures).
 pytestmark = pytest.mark.usefixtures("ratelimit_middleware")
 
 
@@ -96,7 +96,7 @@ def test_timeouts_apply_the_policy_like_errors(hotcache_config, monkeypatch):
         raise RedisTimeout("Timeout reading from socket")
 
     lim = Limit("t", ident(), 5, 3600, policy="closed")
-    monkeypatch.setattr(type(rl._SCRIPT), "__call__", lambda self, *a, **k: slow())
+    monkeypatch.setattr(redis_backend.Script, "__call__", lambda self, *a, **k: slow())
     d = evaluate([lim])
     assert not d.allowed and d.degraded
 

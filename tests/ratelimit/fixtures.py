@@ -36,13 +36,13 @@ MIDDLEWARE = "hotcache.middleware.RateLimitMiddleware"
 @pytest.fixture
 def ratelimit_middleware(settings):
     """Fresh process-local limiter state, the test URLconf, and RateLimitMiddleware at the end of the stack."""
-    from hotcache import ratelimit as rl
+    from hotcache.testing import reset
 
-    rl.reset_local_state()
-    settings.ROOT_URLCONF = "tests.ratelimit_urls"
+    reset()
+    settings.ROOT_URLCONF = "tests.ratelimit.urls"
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, MIDDLEWARE]
     yield
-    rl.reset_local_state()
+    reset()
 
 
 def async_client(remote, **kwargs):

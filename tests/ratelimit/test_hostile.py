@@ -1,4 +1,4 @@
-"""Hostile input and tampered counters (issue 13) for rate limiting: never a 500, never an exception out of the
+"""Hostile input and tampered counters for rate limiting: never a 500, never an exception out of the
 middleware, the documented error from the Python API, sane headers, and the store left as documented.
 
 Documented outcomes: a client-supplied identifier (header, GET/POST field, API key) that is empty, over 256
@@ -18,6 +18,7 @@ from django.test import Client, RequestFactory
 
 from hotcache import metering
 from hotcache import ratelimit as rl
+from hotcache.backends import redis as redis_backend
 from hotcache.checks import check_ratelimit
 from hotcache.exceptions import InvalidName
 from hotcache.ratelimit import (
@@ -30,8 +31,9 @@ from hotcache.ratelimit import (
     limit_keys,
     parse_rate,
 )
+from hotcache.ratelimit.state import local_state
 from hotcache.ratelimit_middleware import compiled_rules
-from tests.ratelimit_fixtures import ratelimit_middleware  # noqa: F401 - fixture
+from tests.ratelimit.fixtures import ratelimit_middleware  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("ratelimit_middleware")
 
@@ -56,7 +58,8 @@ def store(raw_redis, key_prefix, redis_state):
             self.local, self.keys = self._now()
 
         def _now(self):
-            return len(rl._local._items), set(raw_redis.scan_iter(match=f"{key_prefix}:{{ratelimit:*", count=1000))
+            keys = set(raw_redis.scan_iter(match=f"{key_prefix}:{{ratelimit:*", count=1000))
+            return len(local_state().outage.limiter), keys
 
         def unchanged(self):
             # New keys only: other tests' keys may expire meanwhile.
@@ -457,7 +460,7 @@ def test_corrupting_one_rules_counter_leaves_the_others_counting(rules, raw_redi
 )
 def test_out_of_range_script_figures_are_clamped_and_counted(rules, monkeypatch, reply):
     _, addr, _ = _ip_rule(rules)
-    monkeypatch.setattr(type(rl._SCRIPT), "__call__", lambda self, *a, **k: reply)
+    monkeypatch.setattr(redis_backend.Script, "__call__", lambda self, *a, **k: reply)
     before = tampered()
     resp = Client().get("/other/", REMOTE_ADDR=addr)
     _assert_sane(resp, 5, 60)
@@ -468,6 +471,6 @@ def test_out_of_range_script_figures_are_clamped_and_counted(rules, monkeypatch,
 @pytest.mark.parametrize("reply", ["OK", None, 5, [1], [[1, 2, 3, 4]], [b"x", b"y", b"z", b"w", []], {"a": 1}])
 def test_a_reply_of_the_wrong_shape_applies_the_outage_policy(rules, monkeypatch, reply):
     rules({"name": "shape", "rate": "5/m", "key": "ip", "policy": "closed", "headers": True})
-    monkeypatch.setattr(type(rl._SCRIPT), "__call__", lambda self, *a, **k: reply)
+    monkeypatch.setattr(redis_backend.Script, "__call__", lambda self, *a, **k: reply)
     resp = Client().get("/other/", REMOTE_ADDR=ip())
     assert resp.status_code == 429 and 1 <= int(resp["Retry-After"]) <= 60

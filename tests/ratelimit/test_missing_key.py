@@ -1,4 +1,4 @@
-"""Requests whose key gives no identifier (issue 13, defect 6): on_missing_key skip | shared | deny for rules,
+"""Requests whose key gives no identifier: on_missing_key skip | shared | deny for rules,
 RATELIMIT_ON_MISSING_KEY for the decorator API, the once-per-process warning, W010, and 'unix' proxies."""
 
 import json
@@ -12,7 +12,7 @@ from hotcache import ratelimit as rl
 from hotcache.checks import check_ratelimit
 from hotcache.ratelimit import Ratelimited, get_usage, is_ratelimited, ratelimit
 from hotcache.testing import count_redis
-from tests.ratelimit_fixtures import async_client, ratelimit_middleware  # noqa: F401 - fixture
+from tests.ratelimit.fixtures import async_client, ratelimit_middleware  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("ratelimit_middleware")
 
@@ -191,7 +191,7 @@ def test_decorator_skip_leaves_the_view_unlimited(hotcache_config, raw_redis, ke
         assert [view(anonymous(ip())) for _ in range(3)] == ["ok"] * 3
         assert get_usage(anonymous(), group=name(), key="ip", rate="1/m") is None
     assert counted.round_trips == 0 and ratelimit_keys(raw_redis, key_prefix) == before
-    group = "tests.test_ratelimit_missing_key.test_decorator_skip_leaves_the_view_unlimited.<locals>.<lambda>"
+    group = "tests.ratelimit.test_missing_key.test_decorator_skip_leaves_the_view_unlimited.<locals>.<lambda>"
     assert counted.events[f"ratelimit:missing_key:{group}"] == 3
 
 

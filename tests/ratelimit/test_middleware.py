@@ -7,9 +7,9 @@ import pytest
 from django.test import Client
 
 from hotcache.testing import count_redis
-from tests.ratelimit_fixtures import async_client, ratelimit_middleware  # noqa: F401 - fixture
+from tests.ratelimit.fixtures import async_client, ratelimit_middleware  # noqa: F401 - fixture
 
-# Every test here runs through RateLimitMiddleware with fresh limiter state (tests.ratelimit_fixtures).
+# Every test here runs through RateLimitMiddleware with fresh limiter state (tests.ratelimit.fixtures).
 pytestmark = pytest.mark.usefixtures("ratelimit_middleware")
 
 

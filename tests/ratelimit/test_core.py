@@ -10,15 +10,16 @@ import pytest
 
 from hotcache import ratelimit as rl
 from hotcache.ratelimit import InvalidRate, Limit, evaluate, limit_keys, parse_rate
-from hotcache.testing import count_redis
-from tests.ratelimit_fixtures import child_hammer
+from hotcache.ratelimit.state import local_state
+from hotcache.testing import count_redis, reset
+from tests.ratelimit.fixtures import child_hammer
 
 
 @pytest.fixture(autouse=True)
 def _fresh_ratelimit_state():
-    rl.reset_local_state()
+    reset()
     yield
-    rl.reset_local_state()
+    reset()
 
 
 def ident():
@@ -160,7 +161,7 @@ def test_deny_cache_is_bounded_and_evicts_oldest(hotcache_config):
     for lim in limits:
         evaluate([lim])
         evaluate([lim])
-    assert len(rl._deny_cache) == 3
+    assert len(local_state().deny_cache) == 3
     with count_redis() as c:
         evaluate([limits[0]])  # evicted: Redis is asked
         evaluate([limits[4]])  # cached: no call

@@ -10,18 +10,18 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.test import Client, RequestFactory
 
-from hotcache import ratelimit as rl
 from hotcache.ratelimit import ALL, UNSAFE, Ratelimited, get_usage, is_ratelimited, ratelimit
+from hotcache.testing import reset
 
 rf = RequestFactory()
 
 
 @pytest.fixture(autouse=True)
 def _fresh(settings):
-    rl.reset_local_state()
-    settings.ROOT_URLCONF = "tests.ratelimit_urls"
+    reset()
+    settings.ROOT_URLCONF = "tests.ratelimit.urls"
     yield
-    rl.reset_local_state()
+    reset()
 
 
 def ip():
@@ -68,7 +68,7 @@ def test_unsafe_method_filter():
 def test_async_view_is_limited():
     from asgiref.sync import async_to_sync
 
-    from tests.ratelimit_fixtures import async_client
+    from tests.ratelimit.fixtures import async_client
 
     addr = ip()
     c = async_client(addr, raise_request_exception=False)
@@ -105,7 +105,7 @@ def test_callable_and_dotted_rates_and_keys():
     assert not is_ratelimited(request, group=group, key=key, rate=rate, increment=True)
     assert is_ratelimited(request, group=group, key=key, rate=rate, increment=True)
     assert not is_ratelimited(request, group=group, key=key, rate=lambda g, r: None, increment=True)
-    assert get_usage(request, group=group, key="tests.test_ratelimit_decorator.dotted_key", rate="5/m")["limit"] == 5
+    assert get_usage(request, group=group, key="tests.ratelimit.test_decorator.dotted_key", rate="5/m")["limit"] == 5
 
 
 def dotted_key(group, request):

@@ -1,0 +1,173 @@
+"""The check: every ``Limit`` of one request through one EVALSHA of ``backends/lua/sliding_window.lua``.
+
+All-or-nothing (if any rule denies, no counter moves), on Redis server time, returning allowed/remaining/reset/
+count per rule. The deny cache answers known denials without Redis; an outage hands over to the outage
+policies. See docs/ratelimit.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from hotcache import clock, keys, metering, signing
+from hotcache.backends import redis as redis_backend
+from hotcache.exceptions import RedisUnavailable
+from hotcache.ratelimit.limits import Decision, Limit, RuleResult
+from hotcache.ratelimit.outage import Outage
+from hotcache.ratelimit.state import LocalState, local_state
+
+__all__ = ["evaluate", "evaluate_in", "limit_keys", "refuse_missing"]
+
+log = logging.getLogger("hotcache.ratelimit")
+
+_FEATURE = "ratelimit"
+_SCRIPT = redis_backend.Script("sliding_window")
+
+
+def limit_keys(limit: Limit) -> list[str]:
+    """The Redis key of a rule+identifier: one hash (window id, even and odd window counts).
+
+    The hash tag is the identifier alone, so every rule keyed on the same identifier (a burst and a
+    sustained limit per IP) lands in one Redis Cluster slot and one EVALSHA can serve them there too.
+    """
+    return [_key_for(keys.prefix(), limit.identifier, limit.name, limit.window)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_for(prefix: str, identifier: str, name: str, window: int) -> str:
+    # Cached: hashing the parts is the costliest step of building a request's keys. Rule name and
+    # window are in the key (a changed window gets fresh counters; a changed limit keeps the counts).
+    return keys.tagged(_FEATURE, identifier, name, window)
+
+
+def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailable: bool = False) -> Decision:
+    """Check (and, if every limit allows it and ``increment``, count) one request against ``limits``.
+
+    One Redis round trip whatever the number of limits; zero when the deny cache already knows a
+    limit refuses. ``raise_unavailable`` re-raises RedisUnavailable instead of applying outage
+    policies (for ``ratelimit_check``).
+    """
+    return evaluate_in(local_state(), limits, increment=increment, raise_unavailable=raise_unavailable)
+
+
+def evaluate_in(
+    state: LocalState, limits: Sequence[Limit], *, increment: bool = True, raise_unavailable: bool = False
+) -> Decision:
+    """``evaluate`` with the process state the caller already holds (the middleware reads it once per request)."""
+    if not limits:
+        return Decision(True)
+    now = clock.monotonic()
+    denials = state.deny_cache
+    if denials:
+        cached = [denials.get(lim, now) for lim in limits]
+        if any(c is not None for c in cached):
+            return _denied_locally(limits, cached, increment)
+
+    prefix = state.settings.key_prefix
+    redis_keys = [_key_for(prefix, lim.identifier, lim.name, lim.window) for lim in limits]
+    args: list[int] = [1 if increment else 0]
+    for lim in limits:
+        args += (lim.limit, lim.window * 1000, lim.cost)
+    try:
+        raw = redis_backend.call(_FEATURE, lambda r: _SCRIPT(r, redis_keys, args))
+    except RedisUnavailable as exc:
+        if raise_unavailable:
+            raise
+        return _degraded(state.outage, limits, increment, str(exc))
+    try:
+        out = _results(limits, raw, redis_keys)
+    except (TypeError, ValueError, LookupError):
+        # Not the script's reply shape (our SHA names our script; a proxy or a patched server could
+        # still answer anything): never trusted, never a 500; the outage policies decide.
+        log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
+        return _degraded(state.outage, limits, increment, "unexpected script reply")
+    state.outage.recovered()
+    allowed = all(r.allowed for r in out)
+    if not allowed:
+        for lim, res in zip(limits, out, strict=True):
+            if not res.allowed and lim.cost <= lim.limit:
+                # reset is server-computed from the moment the script ran, which is after `now`: safe.
+                denials.put(lim, now + res.reset)
+    results = tuple(out)
+    if increment:
+        _count(results, allowed=allowed)
+    return Decision(allowed, results)
+
+
+def _results(limits: Sequence[Limit], raw: Any, redis_keys: list[str]) -> list[RuleResult]:
+    """The script's reply as RuleResults; corrupt hashes it reports, and figures out of range, count as tampered.
+
+    Counters are only counts (whoever can write Redis can reset or raise them, as deleting or writing
+    the key would); what is checked is that nothing read from Redis can make a reply non-finite or a
+    header nonsense: remaining within [0, limit], reset within [0, 2 windows], count >= 0.
+    """
+    n = len(limits)
+    for index in raw[4 * n] if len(raw) > 4 * n else ():
+        if 1 <= int(index) <= n:
+            signing.tampered(_FEATURE, redis_keys[int(index) - 1], "is not a sound counter hash; counted as absent")
+    out: list[RuleResult] = []
+    i = 0
+    for lim, key in zip(limits, redis_keys, strict=True):
+        ok, remaining, reset_ms, count = raw[i] == 1, int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3])
+        if not (0 <= remaining <= lim.limit and 0 <= reset_ms <= 2000 * lim.window and count >= 0):
+            signing.tampered(_FEATURE, key, "gave figures out of range; clamped")
+            remaining = min(max(remaining, 0), lim.limit)
+            reset_ms = min(max(reset_ms, 1 if not ok else 0), 2000 * lim.window)
+            count = max(count, 0)
+        out.append(RuleResult(lim.name, ok, lim.limit, remaining, reset_ms / 1000, lim.window, count, "redis",
+                              lim.headers))
+        i += 4
+    return out
+
+
+def refuse_missing(limits: Sequence[Limit], refused: Sequence[Limit], *, increment: bool = True) -> Decision:
+    """Refuse a request because the rules in ``refused`` (a subset of ``limits``) have no identifier
+    for it and say ``on_missing_key="deny"``. No Redis call; no counter moves (all-or-nothing).
+
+    ``Retry-After`` is the rule's window: waiting does not give such a request an identifier.
+    """
+    names = {lim.name for lim in refused}
+    results = tuple(
+        RuleResult(lim.name, False, lim.limit, 0, float(lim.window), lim.window, 0, "missing_key", lim.headers)
+        if lim.name in names
+        else RuleResult(lim.name, True, lim.limit, 0, 0.0, lim.window, 0, "skipped", lim.headers)
+        for lim in limits
+    )
+    if increment:
+        metering.event(_FEATURE, "denied_missing_key")
+        _count(results, allowed=False)
+    return Decision(False, results)
+
+
+def _denied_locally(limits: Sequence[Limit], cached: list[float | None], increment: bool) -> Decision:
+    results = tuple(
+        RuleResult(lim.name, False, lim.limit, 0, c, lim.window, lim.limit + lim.cost, "deny_cache", lim.headers)
+        if c is not None
+        else RuleResult(lim.name, True, lim.limit, 0, 0.0, lim.window, 0, "skipped", lim.headers)
+        for lim, c in zip(limits, cached, strict=True)
+    )
+    if increment:
+        metering.event(_FEATURE, "denied_local")
+        _count(results, allowed=False)
+    return Decision(False, results)
+
+
+def _degraded(outage: Outage, limits: Sequence[Limit], increment: bool, reason: str) -> Decision:
+    decision = outage.decide(limits, increment=increment, reason=reason)
+    if increment:
+        _count(decision.results, allowed=decision.allowed)
+    return decision
+
+
+def _count(results: Sequence[RuleResult], *, allowed: bool) -> None:
+    metering.event(_FEATURE, "allowed" if allowed else "denied")
+    for r in results:
+        if not r.evaluated:
+            continue
+        if allowed:
+            metering.event(_FEATURE, f"allowed:{r.name}")
+        elif not r.allowed:
+            metering.event(_FEATURE, f"denied:{r.name}")

@@ -1,0 +1,86 @@
+"""django-ratelimit's ``@ratelimit`` decorator (same arguments, same ``request.limited``) for sync and async views,
+and ``Ratelimited``, what it raises. The decision is ``get_usage``'s. See docs/ratelimit.md ("Per view").
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from inspect import iscoroutinefunction
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import PermissionDenied
+from django.utils.module_loading import import_string
+
+from hotcache.exceptions import HotcacheError
+from hotcache.ratelimit.usage import ALL, UNSAFE, get_usage
+
+__all__ = ["Ratelimited", "ratelimit"]
+
+
+class Ratelimited(HotcacheError, PermissionDenied):
+    """Raised by ``@ratelimit(block=True)``; a PermissionDenied, so Django answers 403 unless handled.
+
+    ``retry_after`` is whole seconds (>= 1) until the request would be admitted.
+    """
+
+    def __init__(self, message: str = "rate limited", *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _exception(usage: dict[str, Any] | None) -> Exception:
+    cls: Any = getattr(django_settings, "RATELIMIT_EXCEPTION_CLASS", Ratelimited)
+    if isinstance(cls, str):
+        cls = import_string(cls)
+    retry = usage["retry_after"] if usage else None
+    if isinstance(cls, type) and issubclass(cls, Ratelimited):
+        return cls(retry_after=retry)
+    return cls()
+
+
+def ratelimit(
+    group: str | None = None, key: Any = None, rate: Any = None, method: Any = ALL, block: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """django-ratelimit's decorator (same arguments, same ``request.limited``), for sync and async views."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        uses_user = key in ("user", "user_or_ip") or callable(key) or (isinstance(key, str) and "." in key)
+
+        if iscoroutinefunction(fn):
+            from asgiref.sync import sync_to_async
+
+            @functools.wraps(fn)
+            async def _awrapped(request: Any, *args: Any, **kw: Any) -> Any:
+                if uses_user and hasattr(request, "auser"):
+                    request.user = await request.auser()  # resolve here, not in the worker thread
+                old_limited = getattr(request, "limited", False)
+                usage = await sync_to_async(get_usage, thread_sensitive=False)(
+                    request, group, fn, key, rate, method, True
+                )
+                limited = bool(usage and usage["should_limit"])
+                request.limited = limited or old_limited
+                if limited and block:
+                    raise _exception(usage)
+                return await fn(request, *args, **kw)
+
+            return _awrapped
+
+        @functools.wraps(fn)
+        def _wrapped(request: Any, *args: Any, **kw: Any) -> Any:
+            old_limited = getattr(request, "limited", False)
+            usage = get_usage(request, group, fn, key, rate, method, True)
+            limited = bool(usage and usage["should_limit"])
+            request.limited = limited or old_limited
+            if limited and block:
+                raise _exception(usage)
+            return fn(request, *args, **kw)
+
+        return _wrapped
+
+    return decorator
+
+
+ratelimit.ALL = ALL  # type: ignore[attr-defined]
+ratelimit.UNSAFE = UNSAFE  # type: ignore[attr-defined]

@@ -1,0 +1,93 @@
+"""RateLimitMiddleware: every rule of HOTCACHE['RATELIMIT_RULES'] that matches a request, in one Redis round trip;
+429 + Retry-After when any denies. Sync and async (the user resolved with ``auser()``, the core in a worker thread).
+
+Place it after AuthenticationMiddleware when a rule keys on the user. See docs/ratelimit.md ("Global rules").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
+
+from hotcache.ratelimit.core import evaluate_in, refuse_missing
+from hotcache.ratelimit.headers import set_headers
+from hotcache.ratelimit.limits import Decision
+from hotcache.ratelimit.options import Snapshot
+from hotcache.ratelimit.rules import compiled_rules, limits_for
+from hotcache.ratelimit.state import LocalState, local_state
+
+__all__ = ["RateLimitMiddleware", "check_request"]
+
+
+def check_request(request: HttpRequest) -> Decision:
+    """Evaluate every matching rule for ``request`` (one round trip) and store it in ``request.ratelimit``."""
+    return _check(request, local_state())
+
+
+def _check(request: HttpRequest, state: LocalState) -> Decision:
+    names: set[str] | None = None
+
+    def url_names() -> set[str]:
+        nonlocal names
+        if names is None:
+            try:
+                match = resolve(request.path_info)
+                names = {n for n in (match.url_name, match.view_name) if n}
+            except Resolver404:
+                names = set()
+        return names
+
+    limits, refused = limits_for(request, url_names)
+    decision = refuse_missing(limits, refused) if refused else evaluate_in(state, limits)
+    request.ratelimit = decision  # type: ignore[attr-defined]
+    return decision
+
+
+def _denied_response(decision: Decision, snapshot: Snapshot) -> HttpResponse:
+    status = snapshot.status_code
+    retry = decision.retry_after
+    first = decision.denied[0].name if decision.denied else None
+    response = JsonResponse({"detail": "Too many requests.", "rule": first, "retry_after": retry}, status=status)
+    response["Retry-After"] = str(retry)
+    return response
+
+
+class RateLimitMiddleware:
+    """Apply HOTCACHE['RATELIMIT_RULES'] to every request; 429 + Retry-After when any matching rule denies."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        state = local_state()  # one settings read for the whole request
+        decision = _check(request, state)
+        if not decision.allowed:
+            response = _denied_response(decision, state.settings)
+        else:
+            response = self.get_response(request)
+        set_headers(response, decision, state.settings)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        if hasattr(request, "auser") and any(r.needs_user for r in compiled_rules()):
+            request.user = await request.auser()  # resolve the user on the event loop, not in the worker
+        state = local_state()
+        decision = await sync_to_async(_check, thread_sensitive=False)(request, state)
+        if not decision.allowed:
+            response = _denied_response(decision, state.settings)
+        else:
+            response = await self.get_response(request)
+        set_headers(response, decision, state.settings)
+        return response

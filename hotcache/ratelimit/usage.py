@@ -1,0 +1,130 @@
+"""django-ratelimit's core methods, ``get_usage`` and ``is_ratelimited``, on hotcache's check (same signatures).
+
+A key with no value is one shared bucket per group, as in django-ratelimit, unless RATELIMIT_ON_MISSING_KEY says
+``skip`` or ``deny``. See docs/ratelimit.md ("Per view").
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from hotcache import metering
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import InvalidName
+from hotcache.ratelimit.core import evaluate, refuse_missing
+from hotcache.ratelimit.identifiers import MISSING_KEY_CHOICES, SHARED_IDENTIFIER, key_value
+from hotcache.ratelimit.limits import Limit
+from hotcache.ratelimit.outage import policy_of
+from hotcache.ratelimit.rates import InvalidRate, parse_rate
+
+__all__ = ["ALL", "UNSAFE", "get_usage", "is_ratelimited"]
+
+ALL = (None,)  # every HTTP method (django-ratelimit's sentinel)
+UNSAFE = ["DELETE", "PATCH", "POST", "PUT"]
+
+
+def _method_match(request: Any, method: Any) -> bool:
+    if method == ALL or method is None:
+        return True
+    if not isinstance(method, list | tuple):
+        method = [method]
+    return request.method in [str(m).upper() for m in method]
+
+
+def _group_of(fn: Any) -> str:
+    if isinstance(fn, functools.partial):
+        fn = fn.func
+    parts = []
+    if hasattr(fn, "__module__"):
+        parts.append(fn.__module__)
+    if hasattr(fn, "__self__"):
+        parts.append(fn.__self__.__class__.__name__)
+    parts.append(getattr(fn, "__qualname__", type(fn).__qualname__))
+    return ".".join(parts)
+
+
+def _on_missing_key() -> str:
+    choice = hotcache_settings.RATELIMIT_ON_MISSING_KEY
+    return choice if choice in MISSING_KEY_CHOICES else "shared"
+
+
+def get_usage(
+    request: Any,
+    group: str | None = None,
+    fn: Callable[..., Any] | None = None,
+    key: Any = None,
+    rate: Any = None,
+    method: Any = ALL,
+    increment: bool = False,
+) -> dict[str, Any] | None:
+    """django-ratelimit's get_usage: ``{count, limit, should_limit, time_left}`` (plus ``remaining``,
+    ``retry_after``, ``decision``), or None when the method does not match or the rate is None."""
+    if group is None and fn is None:
+        raise ImproperlyConfigured("get_usage must be called with either `group` or `fn` arguments")
+    if not getattr(django_settings, "RATELIMIT_ENABLE", True):
+        return None
+    if not _method_match(request, method):
+        return None
+    if group is None:
+        group = _group_of(fn)
+    if callable(rate):
+        rate = rate(group, request)
+    elif isinstance(rate, str) and "." in rate:
+        rate = import_string(rate)(group, request)
+    if rate is None:
+        return None
+    try:
+        count, period = parse_rate(rate)
+    except InvalidRate as exc:
+        raise ImproperlyConfigured(str(exc)) from exc
+    if not key:
+        raise ImproperlyConfigured("Ratelimit key must be specified")
+    value = key_value(key, request, group)
+    methods = "" if method == ALL or method is None else "".join(sorted(str(m).upper() for m in
+                                                                        (method if isinstance(method, list | tuple)
+                                                                         else [method])))
+    # As django-ratelimit by default: a key with no value (anonymous 'user', no address) is one shared bucket.
+    try:
+        lim = Limit(f"{group}|{methods}" if methods else group, SHARED_IDENTIFIER if value is None else value,
+                    count, period, policy_of(None))
+    except (InvalidName, InvalidRate) as exc:  # an odd group or method list
+        raise ImproperlyConfigured(str(exc)) from exc
+    choice = "shared" if value is not None else _on_missing_key()
+    if value is None and increment:
+        metering.event("ratelimit", f"missing_key:{lim.name}")
+    if choice == "skip":
+        return None  # not limited, as when the rate is None
+    if choice == "deny":
+        decision = refuse_missing([lim], [lim], increment=increment)
+    else:
+        decision = evaluate([lim], increment=increment)
+    res = decision.results[0]
+    return {
+        "count": res.count,
+        "limit": count,
+        "should_limit": not res.allowed,
+        "time_left": res.retry_after if not res.allowed else max(1, math.ceil(res.reset)),
+        "remaining": res.remaining,
+        "retry_after": res.retry_after,
+        "decision": decision,
+    }
+
+
+def is_ratelimited(
+    request: Any,
+    group: str | None = None,
+    fn: Callable[..., Any] | None = None,
+    key: Any = None,
+    rate: Any = None,
+    method: Any = ALL,
+    increment: bool = False,
+) -> bool:
+    usage = get_usage(request, group, fn, key, rate, method, increment)
+    return False if usage is None else bool(usage["should_limit"])
