@@ -20,9 +20,7 @@ from rest_framework import exceptions, permissions
 from rest_framework.authentication import BaseAuthentication
 
 from hotcache import clock
-from hotcache.apikeys._hot import check
-from hotcache.apikeys._results import InvalidKey, Usage
-from hotcache.apikeys.headers import key_from_request
+from hotcache.apikeys import InvalidKey, Usage, check, key_from_request
 from hotcache.exceptions import BackendUnavailable
 
 __all__ = ["ApiKeyAuthentication", "HasApiKey"]
