@@ -2,11 +2,15 @@
 -- again (its own reply lost) and it changes nothing more.
 -- KEYS[1] <prefix>:{apikeys:<digest>}:use:<YYYYMMDD> the check's day counter
 -- KEYS[2] <prefix>:{apikeys:<digest>}:tok            writer -> "<seq>:<time>[:u]"
+-- KEYS[3] <prefix>:{apikeys:<digest>}:undo:<YYYYMMDD> uses taken back from the counter that day: the usage sync
+--                                                     copies counter + undo and undo, so a copy taken before
+--                                                     the take-back cannot keep the history one use high
 -- ARGV[1] writer id; ARGV[2] the check's sequence number; ARGV[3] '1' when the request was allowed (answered
 -- from MongoDB), '0' when it was refused; ARGV[4] counter TTL seconds; ARGV[5] now; ARGV[6] writer-field TTL
 -- Returns {outcome, first, note}: outcome is 'applied' (the check counted it: nothing to do), 'counted' (it did
 -- not: counted now), 'undone' (it counted a refused request: taken back) or 'none' (not counted, not allowed);
--- first is 1 when counting now created the day's counter; note names records found malformed ('use', 'tok').
+-- first is 1 when counting now created the day's counter; note names records found malformed ('use', 'tok',
+-- 'undo').
 -- Records of the wrong type or shape (written by someone else) are dropped, never a script error.
 local note = ''
 local counter = redis.pcall('GET', KEYS[1])
@@ -16,6 +20,15 @@ if counter ~= false then
     -- Not a count any more: what it counted is lost; start it again (the check script reloads a floor from MongoDB).
     redis.call('DEL', KEYS[1])
     note = 'use'
+  end
+end
+local undo = redis.pcall('GET', KEYS[3])
+if undo ~= false then
+  local digits = type(undo) == 'string' and string.match(undo, '^(%d+)$')
+  if not digits or #digits > 18 then
+    -- Not a count: start it again (the sync treats it as absent meanwhile).
+    redis.call('DEL', KEYS[3])
+    note = note .. ' undo'
   end
 end
 local seq = tonumber(ARGV[2])
@@ -52,6 +65,8 @@ elseif prev_seq == seq and not undone then
   if redis.call('DECR', KEYS[1]) < 0 then
     -- The counter had gone (expired or dropped) and the DECR made a new one: never negative, and it expires.
     redis.call('SET', KEYS[1], 0, 'EX', tonumber(ARGV[4]))
+  elseif redis.call('INCR', KEYS[3]) == 1 then
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
   end
   mark = mark .. ':u'
   outcome = 'undone'

@@ -14,14 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from hotcache import apikeys
+from hotcache import clock as hotcache_clock
+from hotcache.apikeys import _hot, _records
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import MongoUnavailable
 from hotcache.testing import count_redis, mongo_down
-from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 from tests.support.lost_reply import LostReplyProxy
 
 COOLDOWN = 6  # past HEALTH_COOLDOWN (5 s): the gate lets the next call probe Redis
+CHECK_SCRIPT = redis_backend.Script("apikey_check")
+RESOLVE_SCRIPT = redis_backend.Script("apikey_resolve")
 
 
 class LosingProxy(LostReplyProxy):
@@ -29,14 +32,7 @@ class LosingProxy(LostReplyProxy):
     "drop": they never reach Redis)."""
 
     def arm(self, mode: str, times: int = 1) -> None:  # type: ignore[override]
-        super().arm(apikeys._CHECK.sha.encode(), *([mode] * times if mode else []))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_apikeys_state():
-    apikeys._reset_state()
-    yield
-    apikeys._reset_state()
+        super().arm(CHECK_SCRIPT.sha.encode(), *([mode] * times if mode else []))
 
 
 @pytest.fixture
@@ -54,8 +50,8 @@ def _usage_doc(key_id):
 
 
 def _counter(raw_redis, raw_key, clock):
-    tag = apikeys._tag(apikeys._digest(raw_key))
-    return int(raw_redis.get(apikeys._use_key(tag, apikeys.clock.utcnow().date())) or 0)
+    tag = _records.tag_of(_records.digest_of(raw_key))
+    return int(raw_redis.get(_records.use_key(tag, hotcache_clock.utcnow().date())) or 0)
 
 
 def test_applied_check_whose_reply_was_lost_is_counted_once(losing, clock, raw_redis):
@@ -128,19 +124,41 @@ def test_over_limit_answer_from_mongodb_takes_back_redis_count(losing, clock, ra
     assert _counter(raw_redis, new.raw_key, clock) == 2  # 1 + this call, not 3
 
 
+def test_use_taken_back_after_a_sync_copied_it_is_taken_back_from_the_history(losing, clock, raw_redis, key_prefix):
+    """A refused request that Redis counted is taken back (apikey_resolve.lua) after sync_usage() copied the
+    higher count: usage() follows it at once and MongoDB's history at the next sync, even with Redis emptied."""
+    new, other = apikeys.create("alice", daily_limit=5), apikeys.create("bob")
+    apikeys.check(new.raw_key)
+    losing.arm("apply")
+    with mongo_down(), pytest.raises(MongoUnavailable):  # both stores failing: 503 for the client
+        apikeys.check(new.raw_key)
+    clock.advance(COOLDOWN)
+    apikeys.sync_usage()
+    assert _counter(raw_redis, new.raw_key, clock) == 2  # the refused call, counted on Redis and copied
+    apikeys.check(other.raw_key)  # another key's check settles the doubt first: the refused use is taken back
+    assert _counter(raw_redis, new.raw_key, clock) == 1
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 1
+    apikeys.sync_usage()
+    tag = _records.tag_of(_records.digest_of(new.raw_key))
+    for k in raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:{tag}}}:*"):
+        raw_redis.delete(k)  # Redis loses the counters: the history alone answers
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 1  # the one allowed call
+    assert apikeys.list_keys("alice")[0].used_today == 1
+
+
 def test_lost_check_arriving_after_its_resolution_is_not_counted(raw_redis, clock):
     new = apikeys.create("alice", daily_limit=5)
     apikeys.check(new.raw_key)
-    tag, today = apikeys._tag(apikeys._digest(new.raw_key)), apikeys.clock.utcnow().date()
+    tag, today = _records.tag_of(_records.digest_of(new.raw_key)), hotcache_clock.utcnow().date()
     writer, seq = "late:1", 10**6
     args = [writer, str(seq), "1", "3600", str(int(clock.time())), "3600"]
-    keys_ = [apikeys._use_key(tag, today), apikeys._token_key(tag)]
-    resolved = redis_backend.call("t", lambda r: apikeys._RESOLVE(r, keys_, args))
+    keys_ = [_records.use_key(tag, today), _records.token_key(tag), _records.undo_key(tag, today)]
+    resolved = redis_backend.call("t", lambda r: RESOLVE_SCRIPT(r, keys_, args))
     assert resolved[0] == b"counted"
     # Re-running the resolution (its own reply lost) changes nothing.
-    assert redis_backend.call("t", lambda r: apikeys._RESOLVE(r, keys_, args))[0] == b"applied"
+    assert redis_backend.call("t", lambda r: RESOLVE_SCRIPT(r, keys_, args))[0] == b"applied"
     # The original check script, delayed in the network, arrives now: refused as stale, not counted twice.
-    reply = apikeys._run_check(tag, today, apikeys.clock.utcnow(), fill="", writer=writer, seq=seq)
+    reply = _hot.run_check(tag, today, hotcache_clock.utcnow(), fill="", writer=writer, seq=seq)
     assert reply[0] == "stale"
     assert _counter(raw_redis, new.raw_key, clock) == 2
 

@@ -5,19 +5,13 @@ from __future__ import annotations
 import pytest
 
 from hotcache import apikeys, reports
+from hotcache import clock as hotcache_clock
+from hotcache.apikeys import _records, _recovery
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 from hotcache.reports.features import apikeys as apikeys_page
-from hotcache.testing import count_redis
-from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
-
-
-@pytest.fixture(autouse=True)
-def _fresh_apikeys_state():
-    apikeys._reset_state()
-    yield
-    apikeys._reset_state()
+from hotcache.testing import count_redis, new_process
 
 
 def _usage_docs():
@@ -76,11 +70,11 @@ def test_first_use_of_the_day_indexes_the_key_once_and_later_checks_stay_one_com
     apikeys.check(warm.raw_key)  # record cached: the next checks of other keys are warm except for the record
     new = apikeys.create("alice", daily_limit=10)
     apikeys.check(new.raw_key)  # cold load and first use: indexed
-    index = apikeys._touched_key(apikeys.clock.utcnow().date())
-    tag = apikeys._tag(apikeys._digest(new.raw_key))
-    day = apikeys.clock.utcnow().date()
-    assert raw_redis.sismember(index, apikeys._touched_member(day, f"{new.key_id}:{tag}"))  # signed (issue 13)
-    assert 0 < raw_redis.ttl(index) <= apikeys._counter_ttl()
+    index = _records.touched_key(hotcache_clock.utcnow().date())
+    tag = _records.tag_of(_records.digest_of(new.raw_key))
+    day = hotcache_clock.utcnow().date()
+    assert raw_redis.sismember(index, _records.touched_member(day, f"{new.key_id}:{tag}"))  # signed
+    assert 0 < raw_redis.ttl(index) <= _records.counter_ttl()
     for _ in range(3):
         with count_redis() as c:
             apikeys.check(new.raw_key)
@@ -110,11 +104,11 @@ def test_a_failed_index_write_is_retried_by_the_next_check_and_the_use_counted_o
             raise RedisUnavailable("lost connection")
         return real_call(feature, fn)
 
-    monkeypatch.setattr(apikeys.redis_backend, "call", flaky)
+    monkeypatch.setattr(redis_backend, "call", flaky)
     assert apikeys.check(new.raw_key).used_today == 1  # counted on Redis; never again on MongoDB
-    assert failed and apikeys._pending_touched
-    assert apikeys.check(new.raw_key).used_today == 2  # reconciles first: the index entry is written
-    assert not apikeys._pending_touched
+    assert failed and _recovery.touched
+    assert apikeys.check(new.raw_key).used_today == 2  # replays first: the index entry is written
+    assert not _recovery.touched
     assert apikeys.sync_usage().written == 1
     assert [(r, f) for _, _, r, f in _usage_docs()] == [(2, 0)]
 
@@ -127,7 +121,7 @@ def test_outage_counts_of_a_key_never_counted_on_redis_today_are_pushed_back(red
     assert sum(apikeys.check(new.raw_key).allowed for _ in range(3)) == 3  # on MongoDB only
     redis_proxy.up()
     clock.advance(6)  # past the health gate's cool-down
-    apikeys._reset_state()  # another process: it did not count them
+    new_process()  # another process: it did not count them
     with count_redis() as c:
         result = apikeys.sync_usage()
     assert result.bases_pushed == 1 and result.written == 0
@@ -142,12 +136,12 @@ def test_tombstones_of_keys_revoked_in_the_window_are_resent_without_reading_oth
     _warm_sync()
     made = _make_keys(100, used=2)
     apikeys.revoke(made[50].key_id)  # never used
-    meta = apikeys._meta_key(apikeys._tag(apikeys._digest(made[50].raw_key)))
+    meta = _records.meta_key(_records.tag_of(_records.digest_of(made[50].raw_key)))
     raw_redis.delete(meta)  # as if the revoking process could not reach Redis
     with count_redis() as c:
         apikeys.sync_usage()
-    tag = apikeys._tag(apikeys._digest(made[50].raw_key))
-    assert raw_redis.get(meta) == apikeys._tombstone(tag).encode()  # the signed tombstone (issue 13)
+    tag = _records.tag_of(_records.digest_of(made[50].raw_key))
+    assert raw_redis.get(meta) == _records.tombstone(tag).encode()  # the signed tombstone
     assert (c.commands, c.round_trips, c.mongo_ops) == (1 + 2 + 2, 2, 3)  # SET + 2 SSCAN; 2 GETs
     with pytest.raises(apikeys.InvalidKey):
         apikeys.check(made[50].raw_key)
@@ -157,10 +151,10 @@ def test_a_past_days_index_is_closed_after_the_grace_and_its_history_kept(raw_re
     new = apikeys.create("alice")
     for _ in range(3):
         apikeys.check(new.raw_key)
-    day = apikeys.clock.utcnow().date()
+    day = hotcache_clock.utcnow().date()
     clock.advance(86400 + 2 * 3600 - clock.time() % 86400)  # 02:00 the next day: past the grace
     assert apikeys.sync_usage().written == 1
-    assert not raw_redis.exists(apikeys._touched_key(day))
+    assert not raw_redis.exists(_records.touched_key(day))
     with count_redis() as c:
         assert apikeys.sync_usage().written == 0  # nothing used today; yesterday is in MongoDB already
     assert (c.commands, c.round_trips) == (2, 1)
@@ -170,10 +164,10 @@ def test_a_past_days_index_is_closed_after_the_grace_and_its_history_kept(raw_re
 def test_yesterdays_index_is_kept_within_the_grace(raw_redis, clock):
     new = apikeys.create("alice")
     apikeys.check(new.raw_key)
-    day = apikeys.clock.utcnow().date()
+    day = hotcache_clock.utcnow().date()
     clock.advance(86400 + 60 - clock.time() % 86400)  # 00:01 the next day
     apikeys.sync_usage()
-    assert raw_redis.exists(apikeys._touched_key(day))
+    assert raw_redis.exists(_records.touched_key(day))
 
 
 def test_list_keys_limit_bounds_the_redis_reads():

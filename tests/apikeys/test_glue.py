@@ -14,15 +14,11 @@ from django.test import Client
 
 from hotcache import apikeys
 from hotcache.testing import mongo_down
-from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 
 
 @pytest.fixture(autouse=True)
-def _fresh_apikeys_state(settings):
+def _demo_urls(settings):
     settings.ROOT_URLCONF = "config.demo.urls"
-    apikeys._reset_state()
-    yield
-    apikeys._reset_state()
 
 
 @pytest.fixture
@@ -83,6 +79,53 @@ def test_missing_or_malformed_keys_get_401_json_never_500(client, headers):
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == "Api-Key"
     assert response.json()["error"] in ("api_key_required", "invalid_api_key")
+
+
+def test_valid_key_as_a_bearer_token_reaches_the_view(client):
+    new = apikeys.create("alice")
+    response = client.get("/api/usage/", HTTP_AUTHORIZATION=f"Bearer {new.raw_key}")
+    assert response.status_code == 200 and response.json()["key_id"] == new.key_id
+
+
+def test_a_bearer_token_that_is_not_a_key_is_no_key_and_never_hides_x_api_key(client):
+    new = apikeys.create("alice")
+    response = client.get("/api/usage/", HTTP_AUTHORIZATION="Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig")
+    assert response.status_code == 401 and response.json()["error"] == "api_key_required"
+    both = {"HTTP_AUTHORIZATION": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", "HTTP_X_API_KEY": new.raw_key}
+    assert client.get("/api/usage/", **both).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({}, None),
+        ({"HTTP_AUTHORIZATION": "Api-Key k1", "HTTP_X_API_KEY": "k2"}, "k1"),  # Api-Key first, as sent
+        ({"HTTP_AUTHORIZATION": "api-key k1"}, "k1"),
+        ({"HTTP_X_API_KEY": "k2"}, "k2"),
+        ({"HTTP_AUTHORIZATION": "Bearer " + "abcdefgh." + "a" * 43, "HTTP_X_API_KEY": "k2"}, "k2"),
+        ({"HTTP_AUTHORIZATION": "bearer " + "abcdefgh." + "a" * 43}, "abcdefgh." + "a" * 43),
+        ({"HTTP_AUTHORIZATION": "Bearer abcdefgh." + "a" * 42}, None),  # not the shape of a key
+        ({"HTTP_AUTHORIZATION": "Basic YWxpY2U6c2VjcmV0"}, None),
+        ({"HTTP_AUTHORIZATION": b"Api-Key k1"}, None),
+        ({"HTTP_X_API_KEY": 5}, None),
+    ],
+)
+def test_key_from_headers_reads_api_key_then_the_header_then_a_key_shaped_bearer(meta, expected):
+    assert apikeys.key_from_headers(meta) == expected
+
+
+def test_key_from_request_follows_apikey_header(hotcache_config):
+    from django.test import RequestFactory
+
+    hotcache_config(APIKEY_HEADER="X-Partner-Key")
+    request = RequestFactory().get("/", HTTP_X_PARTNER_KEY="k3", HTTP_X_API_KEY="k2")
+    assert apikeys.key_from_request(request) == "k3"
+    assert apikeys.key_from_request(object()) is None
+
+
+def test_sync_result_keeps_its_old_name():
+    assert apikeys.SyncResult is apikeys.UsageSyncResult
+    assert apikeys.sync_usage().__class__ is apikeys.SyncResult
 
 
 def test_revoked_key_gets_401(client):

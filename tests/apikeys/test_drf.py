@@ -11,7 +11,6 @@ from rest_framework.views import APIView
 from hotcache import apikeys
 from hotcache.apikeys_drf import ApiKeyAuthentication, HasApiKey
 from hotcache.testing import mongo_down
-from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 
 
 class _Things(APIView):
@@ -21,13 +20,6 @@ class _Things(APIView):
 
     def get(self, request):
         return Response({"key_id": request.auth.key_id, "used": request.auth.used_today})
-
-
-@pytest.fixture(autouse=True)
-def _fresh_apikeys_state():
-    apikeys._reset_state()
-    yield
-    apikeys._reset_state()
 
 
 def _get(**headers):
@@ -57,3 +49,16 @@ def test_both_stores_down_is_503(redis_down):
     new = apikeys.create("alice")
     with mongo_down():
         assert _get(HTTP_X_API_KEY=new.raw_key).status_code == 503
+
+
+def test_a_bearer_token_that_is_not_a_key_is_left_to_other_authenticators():
+    from rest_framework.request import Request
+
+    request = Request(APIRequestFactory().get("/things/", HTTP_AUTHORIZATION="Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"))
+    assert ApiKeyAuthentication().authenticate(request) is None
+
+
+def test_valid_key_as_a_bearer_token_is_authenticated():
+    new = apikeys.create("alice")
+    response = _get(HTTP_AUTHORIZATION=f"Bearer {new.raw_key}")
+    assert response.status_code == 200 and response.data["key_id"] == new.key_id

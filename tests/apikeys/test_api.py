@@ -9,16 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from hotcache import apikeys
+from hotcache import clock as hotcache_clock
+from hotcache.apikeys import _documents, _hot, _records
 from hotcache.backends import mongo
 from hotcache.testing import count_redis
-from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
-
-
-@pytest.fixture(autouse=True)
-def _fresh_apikeys_state():
-    apikeys._reset_state()
-    yield
-    apikeys._reset_state()
 
 
 def _all_mongo_docs():
@@ -121,14 +115,53 @@ def test_revoked_key_fails_on_the_next_call():
 def test_revocation_survives_a_concurrent_recache_of_the_old_record():
     """A cold load that read MongoDB before the revocation cannot cache the key as valid again."""
     new = apikeys.create("alice")
-    digest, prefix = apikeys._parse(new.raw_key)
-    stale = apikeys._load_record(digest, prefix)  # read before the revocation lands
+    digest, _ = _records.parse(new.raw_key)
+    stale = _documents.load_record(digest)  # read before the revocation lands
     apikeys.revoke(new.key_id)
-    now = apikeys.clock.utcnow()
-    reply = apikeys._run_check(apikeys._tag(digest), now.date(), now, fill=stale)
+    now = hotcache_clock.utcnow()
+    reply = _hot.run_check(_records.tag_of(digest), now.date(), now, fill=stale)
     assert reply[0] == "revoked"
     with pytest.raises(apikeys.InvalidKey):
         apikeys.check(new.raw_key)
+
+
+def test_revoke_racing_cold_loads_in_other_threads_leaves_no_check_succeeding(monkeypatch):
+    """Checks in other threads read the key's record from MongoDB before revoke() and try to cache it only
+    after revoke() returned: from then on no check in any thread succeeds, and none is counted."""
+    new = apikeys.create("alice")
+    threads, main = 8, threading.current_thread()
+    loaded = threading.Barrier(threads + 1, timeout=30)
+    revoked = threading.Event()
+    real_find_one = mongo.Collection.find_one
+
+    def find_one(self, filter, projection=None):
+        doc = real_find_one(self, filter, projection)
+        if "key_sha256" in filter and threading.current_thread() is not main and not revoked.is_set():
+            loaded.wait()  # every thread's cold load has read the record, not yet revoked...
+            assert revoked.wait(30)  # ...and caches it only once revoke() has returned
+        return doc
+
+    monkeypatch.setattr(mongo.Collection, "find_one", find_one)
+
+    def client(_):
+        outcomes = []
+        for _ in range(5):
+            try:
+                outcomes.append(apikeys.check(new.raw_key).allowed)
+            except apikeys.InvalidKey:
+                outcomes.append("invalid")
+        return outcomes
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = pool.map(client, range(threads))
+        loaded.wait()
+        assert apikeys.revoke(new.key_id) is True
+        revoked.set()
+        outcomes = [o for batch in results for o in batch]
+    assert outcomes == ["invalid"] * threads * 5
+    with pytest.raises(apikeys.InvalidKey):
+        apikeys.check(new.raw_key)
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 0
 
 
 def test_expired_key_fails_on_the_next_call(clock):
@@ -182,14 +215,14 @@ def test_counters_and_cached_records_have_ttls(raw_redis, key_prefix, hotcache_c
     hotcache_config(APIKEY_USAGE_RETENTION_DAYS=7, APIKEY_CACHE_TTL=120)
     new = apikeys.create("alice", daily_limit=10)
     apikeys.check(new.raw_key)
-    tag = apikeys._tag(apikeys._digest(new.raw_key))
+    tag = _records.tag_of(_records.digest_of(new.raw_key))
     found = list(raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:{tag}}}:*"))
     assert len(found) == 3  # record, today's counter, the writers' last-counted sequence (token hash)
     ttls = {k.decode().rsplit(":", 2)[-2] if b":use:" in k else k.decode().rsplit(":", 1)[-1]: raw_redis.ttl(k)
             for k in found}
     assert 0 < ttls["use"] <= 7 * 86400 and ttls["use"] > 6 * 86400
     assert 0 < ttls["meta"] <= 120
-    assert 0 < ttls["tok"] <= apikeys._TOKEN_TTL
+    assert 0 < ttls["tok"] <= _records.TOKEN_TTL
 
 
 def test_counters_are_per_utc_day(clock):
@@ -216,7 +249,7 @@ def test_sync_usage_is_idempotent_and_history_outlives_redis(raw_redis, key_pref
     assert first.written == second.written == 2
     assert docs1 == docs2 and {d[2] for d in docs1} == {2, 3}
     # Redis loses the counters (expiry): the history still has the day.
-    tag = apikeys._tag(apikeys._digest(a.raw_key))
+    tag = _records.tag_of(_records.digest_of(a.raw_key))
     for k in raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:{tag}}}:*"):
         raw_redis.delete(k)
     assert apikeys.usage(a.key_id, days=1)[0][1] == 3

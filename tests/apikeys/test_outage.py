@@ -11,15 +11,7 @@ import pytest
 from hotcache import apikeys
 from hotcache.backends import mongo
 from hotcache.exceptions import MongoUnavailable
-from hotcache.testing import count_redis, mongo_down
-from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
-
-
-@pytest.fixture(autouse=True)
-def _fresh_apikeys_state():
-    apikeys._reset_state()
-    yield
-    apikeys._reset_state()
+from hotcache.testing import count_redis, mongo_down, new_process
 
 
 @pytest.fixture(params=["redis", "redis_down"])
@@ -131,7 +123,7 @@ def test_other_processes_learn_fallback_counts_at_the_next_sync(redis_proxy, clo
     back = _outage(redis_proxy, clock)
     assert sum(apikeys.check(new.raw_key).allowed for _ in range(2)) == 2
     back()
-    apikeys._reset_state()  # this process forgets: as if another process served the next calls
+    new_process()  # this process forgets: as if another process served the next calls
     assert apikeys.sync_usage().bases_pushed == 1
     assert [apikeys.check(new.raw_key).allowed for _ in range(3)] == [True, False, False]
 
@@ -154,7 +146,7 @@ def test_revocation_during_an_outage_reaches_other_processes_at_the_next_sync(re
     back = _outage(redis_proxy, clock)
     apikeys.revoke(new.key_id)
     back()
-    apikeys._reset_state()  # another process: it never saw the revocation fail
+    new_process()  # another process: it never saw the revocation fail
     apikeys.sync_usage()
     with pytest.raises(apikeys.InvalidKey):
         apikeys.check(new.raw_key)

@@ -1,4 +1,4 @@
-"""API keys under hostile input and a tampered Redis (issue 13): never a 500, never a value an attacker chose.
+"""API keys under hostile input and a tampered Redis: never a 500, never a value an attacker chose.
 
 Hostile input goes through the public API and through HTTP (require_api_key, and the DRF adapter) with Redis
 up and with Redis down, and must give the documented error (InvalidKey / ValueError / KeyNotFound, 401) with
@@ -23,23 +23,21 @@ from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
 
-from hotcache import apikeys, metering
+from hotcache import apikeys, metering, recovery
+from hotcache import clock as hotcache_clock
+from hotcache.apikeys import _records, _recovery
 from hotcache.apikeys_drf import ApiKeyAuthentication, HasApiKey
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import InvalidName, MongoUnavailable
 from hotcache.testing import count_redis, mongo_down
-from tests.apikeys_fixtures import _empty_touched_index  # noqa: F401 - autouse
 
 GOOD_SHAPE = "abcdefgh." + "a" * 43  # well formed, unknown
 
 
 @pytest.fixture(autouse=True)
-def _fresh_apikeys_state(settings):
+def _demo_urls(settings):
     settings.ROOT_URLCONF = "config.demo.urls"
-    apikeys._reset_state()
-    yield
-    apikeys._reset_state()
 
 
 @pytest.fixture(params=["redis", "redis_down"])
@@ -92,6 +90,8 @@ def unchanged(raw_redis, key_prefix):
                 assert mongo_after == self.before[0]
                 # The run's key prefix is shared by every test: a record an earlier test left may expire
                 # inside this block. Such a key may vanish (only if its TTL ran out); nothing may change.
+                # A PTTL of -2 on entry: it expired while the state above was read (a slow run), before
+                # anything ran in the block.
                 elapsed_ms = (time.monotonic() - self.started) * 1000
                 expired = {
                     key for key in set(self.before[1]) - set(redis_after)
@@ -103,19 +103,19 @@ def unchanged(raw_redis, key_prefix):
 
 
 def _tag(raw_key):
-    return apikeys._tag(apikeys._digest(raw_key))
+    return _records.tag_of(_records.digest_of(raw_key))
 
 
 def _meta_key(raw_key):
-    return apikeys._meta_key(_tag(raw_key))
+    return _records.meta_key(_tag(raw_key))
 
 
 def _today():
-    return apikeys.clock.utcnow().date()
+    return hotcache_clock.utcnow().date()
 
 
 def _use_key(raw_key):
-    return apikeys._use_key(_tag(raw_key), _today())
+    return _records.use_key(_tag(raw_key), _today())
 
 
 def _usage_today(key_id):
@@ -459,7 +459,7 @@ def test_tampered_record_is_absent_reloaded_and_counted(raw_redis, mutate):
     assert (usage.allowed, usage.key_id, usage.owner, usage.limit) == (True, new.key_id, "alice", 3)
     assert usage.used_today == 2
     assert _tampered() >= 1
-    assert apikeys._open_meta(_tag(new.raw_key), raw_redis.get(key)).owner == "alice"  # the genuine record again
+    assert _records.open_meta(_tag(new.raw_key), raw_redis.get(key)).owner == "alice"  # the genuine record again
     assert [apikeys.check(new.raw_key).allowed for _ in range(3)] == [True, False, False]
     assert _usage_today(new.key_id) == 3  # exactly the allowed calls
 
@@ -519,13 +519,13 @@ def test_a_genuine_record_written_back_after_revocation_is_refused_past_its_vali
     apikeys.check(new.raw_key)
     doc = mongo.collection(apikeys.KEYS_COLLECTION, feature="test").find_one({"key_id": new.key_id})
     tag = _tag(new.raw_key)
-    captured_long_ago = apikeys._sealed_record(doc, tag, redis_now=time.time() - 3600)  # signed an hour ago
+    captured_long_ago = _records.sealed_record(doc, tag, redis_now=time.time() - 3600)  # signed an hour ago
     apikeys.revoke(new.key_id)
     raw_redis.set(_meta_key(new.raw_key), captured_long_ago)
     with pytest.raises(apikeys.InvalidKey):
         apikeys.check(new.raw_key)
     assert _tampered() == 1 and _usage_today(new.key_id) == 1
-    assert apikeys._open_meta(tag, raw_redis.get(_meta_key(new.raw_key))).kind == "revoked"
+    assert _records.open_meta(tag, raw_redis.get(_meta_key(new.raw_key))).kind == "revoked"
 
 
 def test_forged_unknown_marker_does_not_lock_out_a_valid_key(raw_redis):
@@ -569,7 +569,7 @@ def test_give_back_that_cannot_reach_redis_is_settled_before_the_next_check(raw_
     apikeys.check(new.raw_key)
     key = _meta_key(new.raw_key)
     _edit(lambda m: m.update(limit=10**9))(raw_redis, key, raw_redis.get(key))
-    real = apikeys._resolve_doubts
+    real = _recovery.settle_doubts
     failed = []
 
     def flaky(r, doubts):
@@ -578,12 +578,12 @@ def test_give_back_that_cannot_reach_redis_is_settled_before_the_next_check(raw_
             raise RedisUnavailable("connection lost")
         return real(r, doubts)
 
-    monkeypatch.setattr(apikeys, "_resolve_doubts", flaky)
+    monkeypatch.setattr(_recovery, "settle_doubts", flaky)
     usage = apikeys.check(new.raw_key)  # decided (and counted) on MongoDB; the forged use still on Redis
     assert usage.allowed and usage.owner == "alice" and usage.limit == 5 and failed
-    assert int(raw_redis.get(_use_key(new.raw_key))) == 2 and apikeys._doubts
+    assert int(raw_redis.get(_use_key(new.raw_key))) == 2 and _recovery.doubts
     assert apikeys.check(new.raw_key).used_today == 3  # given back, MongoDB's use pushed as base, then counted
-    assert not apikeys._doubts and int(raw_redis.get(_use_key(new.raw_key))) == 2
+    assert not _recovery.doubts and int(raw_redis.get(_use_key(new.raw_key))) == 2
     apikeys.sync_usage()
     assert _usage_today(new.key_id) == 3
 
@@ -642,7 +642,7 @@ def test_counter_that_is_not_an_integer_is_restored_from_mongodb(raw_redis, whic
     apikeys.check(new.raw_key)
     apikeys.sync_usage()  # MongoDB's copy: 2
     tag, day = _tag(new.raw_key), _today()
-    key = apikeys._use_key(tag, day) if which == "use" else apikeys._base_key(tag, day)
+    key = _records.use_key(tag, day) if which == "use" else _records.base_key(tag, day)
     raw_redis.delete(key)
     if value is None:
         raw_redis.hset(key, "n", "1") if which == "use" else raw_redis.rpush(key, "1")
@@ -661,8 +661,8 @@ def test_negative_counter_and_base_are_not_counts_and_cannot_lift_the_limit(raw_
     apikeys.check(new.raw_key)
     apikeys.sync_usage()  # MongoDB's copy of the counter: 1
     tag, day = _tag(new.raw_key), _today()
-    raw_redis.set(apikeys._base_key(tag, day), -1000)
-    raw_redis.set(apikeys._use_key(tag, day), -5)
+    raw_redis.set(_records.base_key(tag, day), -1000)
+    raw_redis.set(_records.use_key(tag, day), -5)
     allowed = sum(apikeys.check(new.raw_key).allowed for _ in range(20))
     assert allowed == 2 and _tampered() == 2  # both restored from MongoDB: 1 + 2 = the limit
 
@@ -686,13 +686,13 @@ def test_garbage_counters_in_reports_and_sync_are_absent_not_errors(raw_redis):
 def test_tampered_writer_records_are_dropped_and_the_use_counted_once(raw_redis, kind):
     new = apikeys.create("alice", daily_limit=10)
     apikeys.check(new.raw_key)
-    tok = apikeys._token_key(_tag(new.raw_key))
+    tok = _records.token_key(_tag(new.raw_key))
     if kind == "string":
         raw_redis.delete(tok)
         raw_redis.set(tok, "x")
     else:
         value = "not-a-seq" if kind == "garbage field" else "9" * 30 + ":0"
-        raw_redis.hset(tok, apikeys._writer(), value)
+        raw_redis.hset(tok, recovery.writer(), value)
     usage = apikeys.check(new.raw_key)
     assert usage.allowed and usage.used_today == 2 and _tampered() == 1
     assert apikeys.check(new.raw_key).used_today == 3
@@ -702,18 +702,36 @@ def test_resolve_and_base_scripts_survive_tampered_records(raw_redis, clock):
     new = apikeys.create("alice")
     apikeys.check(new.raw_key)
     tag, day = _tag(new.raw_key), _today()
-    raw_redis.set(apikeys._use_key(tag, day), "junk")
-    raw_redis.delete(apikeys._token_key(tag))
-    raw_redis.set(apikeys._token_key(tag), "junk")
-    doubt = apikeys._Doubt("w:1", 5, tag, day, key_id=new.key_id, allowed=True)
-    with apikeys._pending_lock:
-        apikeys._doubts[doubt.writer] = doubt
-    redis_backend.call("t", lambda r: apikeys._resolve_doubts(r, [doubt]))
-    assert int(raw_redis.get(apikeys._use_key(tag, day))) == 1  # restarted, then this doubt's use
-    raw_redis.set(apikeys._base_key(tag, day), "junk")
-    assert apikeys._push_bases([(tag, day, 3)]) == 1
-    assert raw_redis.get(apikeys._base_key(tag, day)) == b"3"
+    raw_redis.set(_records.use_key(tag, day), "junk")
+    raw_redis.delete(_records.token_key(tag))
+    raw_redis.set(_records.token_key(tag), "junk")
+    doubt = _recovery.Doubt("w:1", 5, tag, day, key_id=new.key_id, allowed=True)
+    _recovery.doubts.add(doubt.writer, doubt)
+    redis_backend.call("t", lambda r: _recovery.settle_doubts(r, [doubt]))
+    assert int(raw_redis.get(_records.use_key(tag, day))) == 1  # restarted, then this doubt's use
+    raw_redis.set(_records.base_key(tag, day), "junk")
+    assert _recovery.push_bases([(tag, day, 3)]) == 1
+    assert raw_redis.get(_records.base_key(tag, day)) == b"3"
     assert _tampered() == 2
+
+
+@pytest.mark.parametrize("value", [b"junk", b"-1", None])
+def test_taken_back_count_that_is_not_a_count_is_absent_and_restarted(raw_redis, value):
+    new = apikeys.create("alice", daily_limit=5)
+    for _ in range(2):
+        apikeys.check(new.raw_key)
+    undo = _records.undo_key(_tag(new.raw_key), _today())
+    raw_redis.set(undo, value) if value is not None else raw_redis.hset(undo, "n", "1")
+    assert _usage_today(new.key_id) == 2 and apikeys.list_keys("alice")[0].used_today == 2
+    assert apikeys.sync_usage().written == 1 and _usage_today(new.key_id) == 2
+    assert _tampered() == (0 if value is None else 4)  # each read counts it; a hash reads as absent (MGET)
+    doubt = _recovery.Doubt("w:1", 5, _tag(new.raw_key), _today(), key_id=new.key_id)
+    raw_redis.hset(_records.token_key(doubt.tag), doubt.writer, "5:0")  # as if that check had counted
+    _recovery.doubts.add(doubt.writer, doubt)
+    redis_backend.call("t", lambda r: _recovery.settle_doubts(r, [doubt]))  # refused: taken back
+    assert raw_redis.get(undo) == b"1" and int(raw_redis.get(_use_key(new.raw_key))) == 1
+    apikeys.sync_usage()
+    assert _usage_today(new.key_id) == 1
 
 
 def test_forged_touched_index_members_never_reach_the_history(raw_redis):
@@ -723,11 +741,11 @@ def test_forged_touched_index_members_never_reach_the_history(raw_redis):
     for _ in range(50):
         apikeys.check(attacker.raw_key)
     day = _today()
-    index = apikeys._touched_key(day)
+    index = _records.touched_key(day)
     forged = [
         f"{victim.key_id}:{_tag(attacker.raw_key)}",  # the victim's id with the attacker's counter
         f"ak_{'e' * 16}:{_tag(attacker.raw_key)}",  # a key that does not exist
-        apikeys._touched_member(day - dt.timedelta(days=1), f"{victim.key_id}:{_tag(attacker.raw_key)}"),
+        _records.touched_member(day - dt.timedelta(days=1), f"{victim.key_id}:{_tag(attacker.raw_key)}"),
         "0" * 64 + f".{victim.key_id}:{_tag(attacker.raw_key)}",
         "\xff garbage",
     ]
@@ -745,7 +763,7 @@ def test_members_of_an_index_written_before_signing_are_confirmed_on_mongodb(raw
     new = apikeys.create("alice")
     for _ in range(3):
         apikeys.check(new.raw_key)
-    index = apikeys._touched_key(_today())
+    index = _records.touched_key(_today())
     raw_redis.delete(index)
     raw_redis.sadd(index, f"{new.key_id}:{_tag(new.raw_key)}")  # the unsigned shape of earlier releases
     assert apikeys.sync_usage().written == 1 and _tampered() == 0
@@ -753,12 +771,12 @@ def test_members_of_an_index_written_before_signing_are_confirmed_on_mongodb(raw
 
 
 def test_touched_index_of_the_wrong_type_is_replaced_not_a_lasting_failure(raw_redis):
-    index = apikeys._touched_key(_today())
+    index = _records.touched_key(_today())
     raw_redis.set(index, "not a set")
     new = apikeys.create("alice")
     with count_redis() as c:
         assert apikeys.check(new.raw_key).used_today == 1  # first use: indexed, the bad key replaced
-    assert c.mongo_ops == 1 and not apikeys._pending_touched
+    assert c.mongo_ops == 1 and not _recovery.touched
     assert raw_redis.type(index) == b"set" and _tampered() == 1
     with count_redis() as c:
         apikeys.check(new.raw_key)
@@ -780,7 +798,7 @@ def test_outage_path_keeps_the_daily_limit_and_writes_one_document_per_key_and_d
             apikeys.check(f"zzzzzzz{i % 10}." + "Q" * 43 if i % 2 else "\ud800" * i)
     docs = mongo.collection(apikeys.USAGE_COLLECTION, feature="test").find({})
     assert len(docs) == 1 and docs[0]["fallback"] == 5
-    assert len(apikeys._pending_bases) == 1 and not apikeys._pending_touched
+    assert len(_recovery.bases) == 1 and not _recovery.touched
 
 
 def test_outage_path_applies_expiry_like_the_redis_path(redis_down, clock):

@@ -1,0 +1,209 @@
+"""check(): validate a key and count one use in one Redis round trip (apikey_check.lua), falling back to MongoDB.
+
+The script reads the cached record, refuses revoked, unknown and expired keys, compares the day's count
+with the limit and INCRs only under it; Python verifies the signed value it decided on. A miss loads the
+record from MongoDB; a value hotcache did not sign is reloaded and the use it got is given back.
+See docs/apikeys.md ("How a check works", "Tampered Redis").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hmac
+import logging
+from typing import Any, NamedTuple
+
+from hotcache import clock, metering, recovery, signing
+from hotcache.apikeys import _recovery
+from hotcache.apikeys._documents import keys_coll, load_record, synced_redis_count, usage_coll
+from hotcache.apikeys._fallback import check_in_doubt, check_on_mongo
+from hotcache.apikeys._index import write_index
+from hotcache.apikeys._records import (
+    TOKEN_TTL,
+    Cached,
+    base_key,
+    counter_ttl,
+    day_name,
+    meta_key,
+    open_meta,
+    parse,
+    tag_of,
+    text,
+    token_key,
+    use_key,
+)
+from hotcache.apikeys._results import FEATURE, Usage, invalid, usage_result
+from hotcache.backends import redis as redis_backend
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import RedisUnavailable
+
+__all__ = ["check", "run_check"]
+
+log = logging.getLogger("hotcache.apikeys")
+
+_CHECK = redis_backend.Script("apikey_check")
+_FIX = redis_backend.Script("apikey_fix")
+_ATTEMPTS = 4  # check script calls per check at most (miss, forged record, malformed counter: see check_on_redis)
+
+
+def check(raw_key: str) -> Usage:
+    """Validate ``raw_key`` and count one use; Usage.allowed is False once today's limit is used up.
+
+    Raises InvalidKey (malformed, unknown, revoked or expired) and, with both stores down, MongoUnavailable.
+    """
+    digest, prefix = parse(raw_key)
+    tag = tag_of(digest)
+    now = clock.utcnow()
+    try:
+        if _recovery.owed():
+            _recovery.settle_and_replay()  # settles this writer's check in doubt (if any) before this check writes
+    except RedisUnavailable:  # nothing of this check was sent
+        metering.event(FEATURE, "fallback")
+        return check_on_mongo(digest, prefix, now)
+    call = _Call(recovery.writer(), _recovery.next_seq())
+    try:
+        return _check_on_redis(digest, prefix, tag, now, call)
+    except RedisUnavailable as exc:
+        metering.event(FEATURE, "fallback")
+        if exc.maybe_applied:
+            # The script reached Redis, the reply did not come back: decide on MongoDB, count nowhere yet.
+            return check_in_doubt(digest, prefix, now, _recovery.Doubt(call.writer, call.seq, tag, now.date()))
+        return check_on_mongo(digest, prefix, now)
+
+
+@dataclasses.dataclass(slots=True)
+class _Call:
+    """The writer and sequence number of the check script call in flight (a new one after a give-back)."""
+
+    writer: str
+    seq: int
+
+
+class Reply(NamedTuple):
+    """What apikey_check.lua answered."""
+
+    status: str
+    used: int
+    meta: bytes  # the cached value the script decided on, as stored: Python verifies it (Lua cannot)
+    first: bool  # this call created the day's counter
+    note: str  # records the script found malformed: "use", "base", "tok"
+    time: int  # Redis's clock (seconds): the base of the "u" of a record cached next
+
+
+def _check_on_redis(digest: str, prefix: str, tag: str, now: dt.datetime, call: _Call) -> Usage:
+    """The check script, then what its answer needs: the record loaded on a miss, or a repair when Redis held
+    a value hotcache did not sign. Warm: one script call, nothing else."""
+    today = now.date()
+    fill, expect = "", b""
+    for _ in range(_ATTEMPTS):
+        reply = run_check(tag, today, now, fill=fill, writer=call.writer, seq=call.seq, expect=expect or None)
+        if "tok" in reply.note:
+            signing.tampered(FEATURE, token_key(tag), "held a malformed writer record (dropped)")
+        if reply.status in ("miss", "old"):
+            if reply.status == "old":
+                signing.tampered(FEATURE, meta_key(tag), "was used past its validity (written back?)")
+            fill = load_record(digest, reply.time)
+            continue
+        if reply.status == "badcount":  # nothing was done; put MongoDB's counts back, then check again
+            for name, key in (("use", use_key(tag, today)), ("base", base_key(tag, today))):
+                if name in reply.note:
+                    signing.tampered(FEATURE, key, "is not a count")
+            _fix_counters(digest, tag, today)
+            continue
+        if reply.status == "stale":  # cannot happen: each sequence number is sent once (and settled before the next)
+            log.error("hotcache apikeys: check refused as stale by redis; counted on MongoDB")
+            return check_on_mongo(digest, prefix, now)
+        cached = open_meta(tag, reply.meta) if reply.status != "bad" else None
+        if cached is not None:
+            return _decide(reply, cached, digest, prefix, tag, now)
+        # Redis held a value hotcache did not sign (or cannot read): absent. Take back the use the script
+        # counted under it, then decide again on the record from MongoDB, cached over the forged value.
+        signing.tampered(FEATURE, meta_key(tag), "failed verification" if reply.meta else "is unreadable")
+        if reply.status == "ok" and not _give_back(call, tag, today):
+            metering.event(FEATURE, "fallback")
+            return check_on_mongo(digest, prefix, now)
+        fill, expect = load_record(digest, reply.time), reply.meta
+    log.error("hotcache apikeys: redis kept answering with values hotcache did not sign; decided on MongoDB")
+    return check_on_mongo(digest, prefix, now)
+
+
+def _decide(reply: Reply, cached: Cached, digest: str, prefix: str, tag: str, now: dt.datetime) -> Usage:
+    """The Usage of a script answer whose cached value verified."""
+    if cached.kind != "key":
+        raise invalid(cached.kind, prefix)
+    if not hmac.compare_digest(cached.digest.encode(), digest.encode()):
+        raise invalid("unknown", prefix)
+    if reply.status == "expired":
+        raise invalid("expired", prefix)
+    if reply.status == "ok" and reply.first:
+        _mark_touched(now.date(), f"{cached.key_id}:{tag}")
+    return usage_result(reply.status == "ok", cached.key_id, cached.owner, reply.used, cached.limit, now)
+
+
+def _give_back(call: _Call, tag: str, day: dt.date) -> bool:
+    """Take back the use a check script counted under a forged record: settled like a refused lost check.
+
+    Registered as a doubt first, so a failure here leaves it to be settled before this process's next check;
+    False then (the caller decides on MongoDB). On success the next script call gets a new sequence number.
+    """
+    doubt = _recovery.Doubt(call.writer, call.seq, tag, day)  # allowed=False: "counted but refused" -> taken back
+    _recovery.doubts.add(call.writer, doubt)
+    try:
+        redis_backend.call(FEATURE, lambda r: _recovery.settle_doubts(r, [doubt]))
+    except RedisUnavailable:
+        return False
+    call.seq = _recovery.next_seq()
+    return True
+
+
+def run_check(
+    tag: str,
+    today: dt.date,
+    now: dt.datetime,
+    *,
+    fill: str,
+    writer: str | None = None,
+    seq: int | None = None,
+    expect: bytes | None = None,
+) -> Reply:
+    """One call of the check script (``fill``: a value to cache first, '' on the warm path)."""
+    writer = writer or recovery.writer()
+    seq = seq if seq is not None else _recovery.next_seq()
+    ttl = int(hotcache_settings.APIKEY_CACHE_TTL)
+    if fill.endswith(".unknown"):
+        ttl = int(hotcache_settings.APIKEY_INVALID_CACHE_TTL)
+    args: list[Any] = [repr(now.timestamp()), str(counter_ttl()), fill, str(ttl), writer, str(seq), str(TOKEN_TTL)]
+    if expect is not None:
+        args.append(expect)
+    keys = [meta_key(tag), use_key(tag, today), base_key(tag, today), token_key(tag)]
+    status, used, meta, first, note, redis_now = redis_backend.call(FEATURE, lambda r: _CHECK(r, keys, args))
+    return Reply(text(status), int(used), meta if isinstance(meta, bytes) else str(meta).encode(),
+                 str(first) == "1", text(note), int(redis_now))
+
+
+def _mark_touched(day: dt.date, body: str) -> None:
+    """Add a key to the day's touched index (first use of the day only: see docs/apikeys.md, "Sync cost")."""
+
+    def add(r: Any) -> None:
+        write_index(r, [], [(day, body)])
+
+    try:
+        redis_backend.call(FEATURE, add)
+    except RedisUnavailable:  # the use is counted already: never fall back (that would count it twice)
+        _recovery.touched.add((day, body))
+        log.warning("hotcache apikeys: redis unavailable while indexing today's use; retried on the next check")
+
+
+def _fix_counters(digest: str, tag: str, day: dt.date) -> None:
+    """Replace the day's counters that are not integers by MongoDB's copies (2 queries, 1 script call).
+
+    The counter gets MongoDB's last synced value of it (uses since that sync are lost, as when Redis loses
+    its data), the base MongoDB's own count for the day. MongoDB down: MongoUnavailable (fail closed).
+    """
+    doc = keys_coll().find_one({"key_sha256": digest}, projection={"key_id": 1})
+    counts = usage_coll().find_one({"key_id": doc["key_id"], "day": day_name(day)}) if doc else None
+    copied, undone = synced_redis_count(counts)
+    floor, base = max(0, copied - undone), int((counts or {}).get("fallback", 0) or 0)
+    args = [str(floor), str(base), str(counter_ttl())]
+    redis_backend.call(FEATURE, lambda r: _FIX(r, [use_key(tag, day), base_key(tag, day)], args))

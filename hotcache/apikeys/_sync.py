@@ -1,0 +1,123 @@
+"""sync_usage(): copy Redis's per-day counters of the keys used in the window into MongoDB's usage history.
+
+Idempotent (``$max`` of monotone counts) and priced by the keys used, never by all keys: it reads only
+the day's touched index and the counters it names. See docs/apikeys.md ("Usage history", "Sync cost").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from hotcache import clock
+from hotcache.apikeys import _recovery
+from hotcache.apikeys._documents import keys_coll, usage_coll
+from hotcache.apikeys._index import Entry, read_touched, replies, verified_members
+from hotcache.apikeys._inputs import days_window
+from hotcache.apikeys._reads import live_count
+from hotcache.apikeys._records import day_name, tag_of, touched_key, undo_key, use_key
+from hotcache.apikeys._results import FEATURE, UsageSyncResult
+from hotcache.backends import mongo
+from hotcache.backends import redis as redis_backend
+from hotcache.exceptions import RedisUnavailable
+
+__all__ = ["sync_usage"]
+
+log = logging.getLogger("hotcache.apikeys")
+
+_CLOSE_GRACE = 3600  # seconds after a UTC day ends before the sync deletes that day's touched index
+_SYNC_CHUNK = 2000  # MGETs per pipeline
+
+
+def sync_usage(days: int = 2) -> UsageSyncResult:
+    """Copy Redis's per-day counters of the last ``days`` UTC days into MongoDB (``api_key_usage``).
+
+    Idempotent: each (key, day) document gets ``$max`` of Redis's counter plus the uses taken back from it
+    (``redis``) and of those taken back (``undone``), both only ever growing, so running it twice (or from two
+    workers at once) writes the same totals, and a use taken back after a copy is taken back from the history
+    too. Also pushes today's MongoDB-counted uses back into Redis and re-sends the tombstones of keys revoked
+    in the window.
+
+    Cost grows with the keys USED in the window, never with all keys: MongoDB: 1 indexed query for the
+    keys revoked in the window, 1 bulk write (when anything was counted), 1 query for today's
+    MongoDB-counted uses, and 1 ``$in`` query on those keys when there are any. Redis: 1 round trip of
+    the tombstones and one SSCAN per day (more pages only for days with over ~1,000 keys), 1 round trip of
+    one MGET per (used key, day) (per 2,000), then, when a past day's index is closed, 1 DEL round trip;
+    plus 1 script call per key counted on MongoDB today.
+    """
+    days_window(days)
+    now = clock.utcnow()
+    day_list = [now.date() - dt.timedelta(days=i) for i in range(days)]
+    oldest = dt.datetime.combine(day_list[-1], dt.time(), tzinfo=dt.UTC)
+    # Keys revoked in the window get their tombstone (again): a revocation made while some process could
+    # not reach Redis reaches every process here at the latest (indexed range query, revoked keys only).
+    revoked = [
+        tag_of(d["key_sha256"])
+        for d in keys_coll().find({"revoked_at": {"$gte": oldest}}, projection={"key_sha256": 1})
+    ]
+    try:
+        touched = redis_backend.call(FEATURE, lambda r: read_touched(r, revoked, day_list))
+        pairs = verified_members(touched)
+        values = redis_backend.call(FEATURE, lambda r: _read_counters(r, pairs)) if pairs else []
+    except RedisUnavailable:
+        log.warning("hotcache apikeys: redis unavailable; usage sync skipped")
+        return UsageSyncResult(0, days, 0, 0, False)
+    tags: dict[str, str] = {}
+    ops: list[mongo.Update | mongo.Insert] = []
+    for (key_id, tag, day), value in zip(pairs, values, strict=True):
+        tags[key_id] = tag
+        counted = live_count(tag, day, value)  # None: not a count, never copied into the history
+        if counted is not None and counted[0]:
+            gross, undo = counted
+            ops.append(
+                mongo.Update(
+                    {"key_id": key_id, "day": day_name(day)},
+                    {"$max": {"redis": gross, **({"undone": undo} if undo else {})},
+                     "$setOnInsert": {"fallback": 0}, "$set": {"synced_at": now}},
+                    upsert=True,
+                )
+            )
+    coll = usage_coll()
+    if ops:
+        coll.bulk(ops)
+    # The write is done: a past day's index whose day ended over _CLOSE_GRACE ago will not change again.
+    grace = dt.timedelta(seconds=_CLOSE_GRACE)
+    closed = [d for d in day_list[1:] if touched[d] and now >= _next_midnight_of(d) + grace]
+    if closed:
+        try:
+            redis_backend.call(FEATURE, lambda r: r.delete(*[touched_key(d) for d in closed]))
+        except RedisUnavailable:
+            pass  # read again by the next sync: idempotent
+    # Uses counted on MongoDB today (while Redis was down) go back into Redis's base for the limit. Such a
+    # key may be in no touched index (never counted on Redis today), so its tag comes from its record.
+    fallback_docs = coll.find(
+        {"day": day_name(day_list[0]), "fallback": {"$gt": 0}}, projection={"key_id": 1, "fallback": 1}
+    )
+    missing = sorted({f["key_id"] for f in fallback_docs} - tags.keys())
+    if missing:
+        for d in keys_coll().find({"_id": {"$in": missing}}, projection={"key_id": 1, "key_sha256": 1}):
+            tags[d["key_id"]] = tag_of(d["key_sha256"])
+    pushed = 0
+    items = [(tags[f["key_id"]], day_list[0], int(f["fallback"])) for f in fallback_docs if f["key_id"] in tags]
+    if items:
+        try:
+            pushed = _recovery.push_bases(items)
+        except RedisUnavailable:
+            pass
+    return UsageSyncResult(len({k for k, _, _ in pairs} | set(missing)), days, len(ops), pushed, True)
+
+
+def _next_midnight_of(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def _read_counters(r: Any, pairs: list[Entry]) -> list[Any]:
+    """One ``MGET counter undo`` per (key, day), 2,000 to a round trip."""
+    values: list[Any] = []
+    for i in range(0, len(pairs), _SYNC_CHUNK):
+        pipe = r.pipeline(transaction=False)
+        for _, tag, day in pairs[i : i + _SYNC_CHUNK]:
+            pipe.mget(use_key(tag, day), undo_key(tag, day))
+        values += replies(pipe)
+    return values
