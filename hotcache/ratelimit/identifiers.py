@@ -74,10 +74,15 @@ def _bounded(value: str) -> str:
 
 
 def _api_key_digest(request: Any) -> str | None:
-    meta = getattr(request, "META", {})
-    raw = meta.get("HTTP_X_API_KEY")
+    # First the parser hotcache's API keys use (APIKEY_HEADER, "Authorization: Api-Key <key>", a Bearer key),
+    # so a rule keyed on api_key buckets every key require_api_key would read, under the configured header.
+    from hotcache.apikeys.headers import key_from_request
+
+    raw = key_from_request(request)
     if not raw:
-        auth = meta.get("HTTP_AUTHORIZATION", "")
+        # Beyond hotcache's own keys, any credential token in Authorization buckets its bearer (a JWT, a
+        # token of another scheme): limiting per presented credential needs no knowledge of its format.
+        auth = getattr(request, "META", {}).get("HTTP_AUTHORIZATION", "")
         scheme, _, token = auth.partition(" ") if isinstance(auth, str) else ("", "", "")
         if scheme.lower() in ("api-key", "apikey", "bearer", "token") and token.strip():
             raw = token.strip()

@@ -162,3 +162,16 @@ def test_invalid_rules_are_skipped_not_a_500(rules):
     rules({"name": "bad", "rate": "lots", "key": "ip"}, {"name": "good", "rate": "1/m", "key": "ip"})
     c, addr = Client(), ip()
     assert [c.get("/other/", REMOTE_ADDR=addr).status_code for _ in range(2)] == [200, 429]
+
+
+def test_api_key_rules_read_the_configured_api_key_header(settings, hotcache_config):
+    """One parser with hotcache.apikeys: APIKEY_HEADER is honoured, not a hard-coded X-Api-Key."""
+    from django.test import RequestFactory
+
+    from hotcache.ratelimit.identifiers import key_value
+
+    hotcache_config(APIKEY_HEADER="X-Client-Key")
+    rf = RequestFactory()
+    by_custom = key_value("api_key", rf.get("/", HTTP_X_CLIENT_KEY="k-123"), "g")
+    by_auth = key_value("api_key", rf.get("/", HTTP_AUTHORIZATION="Api-Key k-123"), "g")
+    assert by_custom is not None and by_custom == by_auth
