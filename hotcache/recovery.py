@@ -29,7 +29,9 @@ __all__ = [
     "Deferred",
     "DeferredCounts",
     "InDoubt",
+    "LastApplied",
     "OutageNotice",
+    "ProcessLocal",
     "RetriedBulk",
     "Watermark",
     "bulk_retrying_duplicates",
@@ -69,6 +71,9 @@ class _ForkLocal:
     def _forget(self) -> None:
         raise NotImplementedError
 
+    def _renew_locks(self) -> None:
+        self._lock = threading.Lock()  # a lock held by another thread at fork time stays held in the child
+
     def clear(self) -> None:
         """Forget everything (tests; a forked child)."""
         with self._lock:
@@ -79,7 +84,7 @@ def _after_fork_in_child() -> None:
     global _nonce
     _nonce = secrets.token_hex(6)
     for registry in list(_registries):
-        registry._lock = threading.Lock()  # a lock held by another thread at fork time stays held in the child
+        registry._renew_locks()
         registry._forget()
 
 
@@ -87,7 +92,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def forget_all() -> None:
-    """Forget every doubt, deferred write and outage notice of this process (tests: "another process")."""
+    """Forget every doubt, deferred write, outage notice and other ProcessLocal state of this process
+    (tests: "another process")."""
     for registry in list(_registries):
         registry.clear()
 
@@ -136,6 +142,36 @@ class InDoubt(_ForkLocal, Generic[T]):
 
     def __bool__(self) -> bool:
         return bool(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class LastApplied(_ForkLocal, Generic[T]):
+    """What each writer last knows Redis applied (its last token, and when), forgotten with the writer.
+
+    The baseline for settling a doubt: when the writer's record in Redis holds neither the lost call's
+    token nor this one, someone else wrote it, and applied or not cannot be told.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: dict[str, T] = {}
+
+    def _forget(self) -> None:
+        self._items.clear()
+
+    def set(self, writer_id: str, value: T) -> None:
+        with self._lock:
+            self._items[writer_id] = value
+
+    def get(self, writer_id: str) -> T | None:
+        with self._lock:
+            return self._items.get(writer_id)
+
+    def forget(self, writer_id: str) -> None:
+        with self._lock:
+            self._items.pop(writer_id, None)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -311,6 +347,18 @@ class Watermark(_ForkLocal):
             if value > self.value:
                 self.value = value
             return self.value
+
+
+# --- other process-local state ----------------------------------------------------------------------
+
+
+class ProcessLocal(_ForkLocal):
+    """Base for other state a feature keeps for this process alone (an outage buffer of writes owed to MongoDB).
+
+    Like the registries above, a forked child starts without it (its parent writes it out) and
+    forget_all() clears it. Subclasses guard their state with ``self._lock`` and implement ``_forget()``;
+    one that holds more locks recreates them too in ``_renew_locks()`` (called in the child first).
+    """
 
 
 # --- bulk writes that meet a duplicate key ----------------------------------------------------------

@@ -182,3 +182,75 @@ def test_a_forked_child_starts_with_a_zero_watermark() -> None:
     child = os.read(read, 20).decode()
     os.waitpid(pid, 0)
     assert child == "0" and mark.value == 5  # the parent keeps its own
+
+
+def test_last_applied_remembers_per_writer_and_is_forgotten_with_the_process() -> None:
+    from hotcache import testing
+
+    last: recovery.LastApplied[tuple[str, float]] = recovery.LastApplied()
+    last.set("w1", ("token-1", 1.0))
+    last.set("w1", ("token-2", 2.0))
+    last.set("w2", ("token-9", 3.0))
+    assert last.get("w1") == ("token-2", 2.0) and last.get("nobody") is None
+    last.forget("w2")
+    assert last.get("w2") is None and len(last) == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, str(len(last)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 10).decode()
+    os.waitpid(pid, 0)
+    assert child == "0" and last.get("w1") == ("token-2", 2.0)  # the child is a new writer
+    testing.new_process()
+    assert len(last) == 0
+
+
+class _Buffer(recovery.ProcessLocal):
+    def __init__(self) -> None:
+        self.other_lock = threading.Lock()
+        super().__init__()
+        self.items: list[str] = []
+
+    def _renew_locks(self) -> None:
+        super()._renew_locks()
+        self.other_lock = threading.Lock()
+
+    def _forget(self) -> None:
+        self.items = []
+
+
+def test_process_local_state_is_forgotten_in_a_forked_child_with_fresh_locks() -> None:
+    from hotcache import testing
+
+    buffer = _Buffer()
+    buffer.items.append("owed to MongoDB")
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_both() -> None:  # another thread holds the locks while the process forks
+        with buffer._lock, buffer.other_lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold_both)
+    t.start()
+    assert held.wait(10)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        free = buffer._lock.acquire(timeout=1) and buffer.other_lock.acquire(timeout=1)
+        os.write(write, f"{len(buffer.items)}|{free}".encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 20).decode()
+    os.waitpid(pid, 0)
+    release.set()
+    t.join(10)
+    assert child == "0|True"
+    assert buffer.items == ["owed to MongoDB"]  # the parent keeps (and writes out) its own
+    testing.new_process()
+    assert buffer.items == []

@@ -9,6 +9,7 @@ from typing import Any
 
 from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
 from hotcache import analytics, metering
+from hotcache.analytics import _documents
 from hotcache.backends import mongo
 
 __all__ = ["scenario"]
@@ -59,8 +60,8 @@ def _finish(ctx: DemoContext) -> dict[str, Any]:
     traffic = metering.snapshot()
     traffic.subtract(state["before"])
     try:  # index creation (once per process) is set-up, not a write the comparison should count
-        analytics._hourly_collection()
-        analytics._visitors_collection()
+        _documents.hourly_collection()
+        _documents.visitors_collection()
     except mongo.MongoUnavailable:
         pass
     before_sync = metering.snapshot()

@@ -11,10 +11,10 @@ import os
 import time
 from pathlib import Path
 
-from hotcache import analytics
+from hotcache.analytics import _sync
 
 _workdir = Path(os.environ["HOTCACHE_E2E_WORKDIR"])
-_original = analytics._checkpoint
+_original = _sync.checkpoint
 
 
 def _checkpoint(step: str) -> None:
@@ -25,4 +25,4 @@ def _checkpoint(step: str) -> None:
             time.sleep(0.05)
 
 
-analytics._checkpoint = _checkpoint
+_sync.checkpoint = _checkpoint

@@ -18,6 +18,7 @@ from django.test import RequestFactory
 
 from config.demo.bench.runner import Arm
 from hotcache import analytics, metering
+from hotcache.analytics import _keys
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 
@@ -31,12 +32,12 @@ def _seed(i: int, counters: int) -> None:
     start = _BASE - i * 3600
     label = time.strftime("%Y%m%d%H", time.gmtime(start))
     fields = {f"page_view\t/p{j}": 1 for j in range(counters)}
-    hours_key = analytics._index_keys()[0]
+    hours_key = _keys.index_keys().hours
 
     def write(r: Any) -> None:
         pipe = r.pipeline(transaction=False)
-        pipe.hset(analytics._hour_key(label), mapping=fields)
-        pipe.expire(analytics._hour_key(label), 3600 * 24 * 30)
+        pipe.hset(_keys.hour_key(label), mapping=fields)
+        pipe.expire(_keys.hour_key(label), 3600 * 24 * 30)
         pipe.zadd(hours_key, {label: start})
         pipe.execute()
 
@@ -47,7 +48,7 @@ def _clear() -> None:
     """Start the sync group without the track group's counters and visitor days (each would add a write)."""
 
     def drop(r: Any) -> None:
-        pattern = analytics._key("x").rsplit(":", 1)[0] + ":*"  # every analytics key of this prefix
+        pattern = _keys.key("x").rsplit(":", 1)[0] + ":*"  # every analytics key of this prefix
         found = list(r.scan_iter(match=pattern, count=1000))
         for j in range(0, len(found), 500):
             r.unlink(*found[j : j + 500])

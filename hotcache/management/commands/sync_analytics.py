@@ -7,7 +7,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hotcache import analytics
-from hotcache.conf import hotcache_settings
 
 
 class Command(BaseCommand):
@@ -27,10 +26,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        chunk = min(analytics.MAX_CHUNK, int(hotcache_settings.ANALYTICS_SYNC_CHUNK))
+        several = False
 
         def progress(done: int, total: int) -> None:
-            if total > chunk:  # a backlog of several bulk writes: show each one
+            nonlocal several
+            several = several or done < total  # a backlog of several bulk writes: show each one
+            if several:
                 self.stdout.write(f"  {done}/{total} counters written")
 
         result = analytics.sync(
@@ -64,7 +65,7 @@ class Command(BaseCommand):
             raise CommandError(_stopped(result))
 
 
-def _stopped(result: analytics.SyncResult) -> str:
+def _stopped(result: analytics.AnalyticsSyncResult) -> str:
     """Why the run stopped and what stays pending; the command then exits with status 1."""
     if result.pending_left is None:
         left = (

@@ -1,16 +1,18 @@
 """Exactly once at the reply-lost edge: a track script Redis received but whose reply never arrived is neither
 counted twice (applied, then buffered) nor lost (not applied, then dropped); same for the sync's claim and release."""
 
+import datetime as dt
 import threading
 
 import pytest
 
 from hotcache import analytics
 from hotcache import clock as hc_clock
+from hotcache.analytics import _hot, _sync
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis
-from tests.analytics_fixtures import LostReplyProxy, _empty_fallback_buffer, close_hours, hourly_total  # noqa: F401
+from tests.analytics.fixtures import LostReplyProxy, _empty_fallback_buffer, close_hours, hourly_total  # noqa: F401
 
 
 def _hour_total(raw_redis, key_prefix):
@@ -25,8 +27,8 @@ def _reopen_gate(clock):
 
 
 def _track_sha(raw_redis):
-    raw_redis.script_load(analytics._TRACK.body)  # EVALSHA is then the one command that carries the script
-    return analytics._TRACK.sha.encode()
+    raw_redis.script_load(_hot.TRACK.body)  # EVALSHA is then the one command that carries the script
+    return _hot.TRACK.sha.encode()
 
 
 def _synced_total(clock):
@@ -46,10 +48,10 @@ def test_an_applied_track_whose_reply_was_lost_is_not_counted_again(lost_reply_p
         assert analytics.track("signup", path="/a") == "in_doubt"
         assert _hour_total(raw_redis, key_prefix) == 4  # Redis counted it; the client could not know
         assert analytics.track("signup", path="/b") == "fallback"  # gate open: the outage path, the doubt stays
-        assert analytics._doubts
+        assert _hot.doubts
         _reopen_gate(clock)
         assert analytics.track("signup", path="/c") == "redis"  # settles the doubt first: applied, dropped
-    assert not analytics._doubts
+    assert not _hot.doubts
     assert (c.events["analytics:in_doubt"], c.events["analytics:in_doubt_applied"]) == (1, 1)
     assert c.events["analytics:in_doubt_replayed"] == 0
     assert c.events["analytics:fallback"] == 1
@@ -79,7 +81,7 @@ def test_a_doubt_is_replayed_into_its_own_hour(lost_reply_proxy, raw_redis, key_
     clock.advance(3600)  # Redis answers again in the next hour
     _reopen_gate(clock)
     assert analytics.track("signup", path="/a") == "redis"
-    rep = analytics.report(hour, hour + analytics.dt.timedelta(hours=2))
+    rep = analytics.report(hour, hour + dt.timedelta(hours=2))
     assert [n for _, n in rep.hourly] == [1, 1]
 
 
@@ -103,7 +105,7 @@ def test_settling_a_doubt_costs_one_extra_round_trip_once_and_no_mongodb(lost_re
 def test_a_refused_connection_is_not_a_doubt(redis_down, clock):
     with count_redis() as c:
         assert analytics.track("signup") == "fallback"
-    assert not analytics._doubts and c.events["analytics:in_doubt"] == 0
+    assert not _hot.doubts and c.events["analytics:in_doubt"] == 0
 
 
 def test_two_threads_with_doubts_each_settle_their_own(lost_reply_proxy, raw_redis, key_prefix, clock):
@@ -131,12 +133,12 @@ def test_two_threads_with_doubts_each_settle_their_own(lost_reply_proxy, raw_red
         lost_reply_proxy.arm(sha, "apply", "drop", together=2)  # both scripts in flight when the replies are lost
         warmed.wait(timeout=10)
         first_done.wait(timeout=10)
-        assert len(analytics._doubts) == 2  # one per writer
+        assert len(_hot.doubts) == 2  # one per writer
         _reopen_gate(clock)
         for i in range(2):  # one after the other: each thread settles only its own doubt
             settle[i].set()
             assert settled[i].wait(timeout=10)
-            assert len(analytics._doubts) == 1 - i
+            assert len(_hot.doubts) == 1 - i
         for t in threads:
             t.join(timeout=10)
     assert outcomes == {0: ["in_doubt", "redis"], 1: ["in_doubt", "redis"]}
@@ -154,7 +156,7 @@ def test_a_doubt_older_than_the_retention_is_not_counted(lost_reply_proxy, raw_r
     _reopen_gate(clock)
     with count_redis() as c:
         assert analytics.track("signup") == "redis"
-    assert c.events["analytics:in_doubt_expired"] == 1 and not analytics._doubts
+    assert c.events["analytics:in_doubt_expired"] == 1 and not _hot.doubts
 
 
 # --- the sync at the same edge -------------------------------------------------------------------
@@ -166,13 +168,13 @@ def test_a_sync_whose_claim_or_release_reply_was_lost_leaves_exact_totals_after_
     lost_reply_proxy, raw_redis, hotcache_config, clock, step, mode
 ):
     hotcache_config(ANALYTICS_SYNC_LOCK_TIMEOUT=0)  # the failed run cannot unlock (gate open); no lock needed
-    raw_redis.script_load(analytics._CLAIM.body)
+    raw_redis.script_load(_sync.CLAIM.body)
     total = 0
     for p in range(5):
         analytics.track("page_view", path=f"/p{p}", count=p + 1)
         total += p + 1
     close_hours(clock)
-    needle = analytics._CLAIM.sha.encode() if step == "claim" else b"SREM"
+    needle = _sync.CLAIM.sha.encode() if step == "claim" else b"SREM"
     lost_reply_proxy.arm(needle, mode)
     first = analytics.sync()
     assert first.error and lost_reply_proxy.lost == [mode]

@@ -1,6 +1,7 @@
 """analytics.track(), its bounds, the Redis-down fallback, report(), the middleware and the checks."""
 
 import datetime as dt
+import os
 import re
 
 import pytest
@@ -8,9 +9,10 @@ from django.core.checks import run_checks
 
 from hotcache import analytics
 from hotcache import clock as hc_clock
+from hotcache.analytics import _documents, _fallback
 from hotcache.exceptions import InvalidName
 from hotcache.testing import count_redis, mongo_down
-from tests.analytics_fixtures import (  # noqa: F401
+from tests.analytics.fixtures import (  # noqa: F401
     _empty_fallback_buffer,
     analytics_keys,
     close_hours,
@@ -93,7 +95,7 @@ def test_non_string_path_is_rejected():
 
 @pytest.mark.parametrize("raw", ["/with\ttab", "/new\nline", "/nul\x00", "/x\ud800"])
 def test_paths_with_control_characters_or_lone_surrogates_are_rejected(raw):
-    """keys.text is the boundary: such a path is refused, not percent-encoded (issue 13)."""
+    """keys.text is the boundary: such a path is refused, not percent-encoded."""
     with pytest.raises(InvalidName, match="path"):
         analytics.normalize_path(raw)
 
@@ -148,8 +150,8 @@ def test_redis_down_events_reach_mongodb_through_the_buffer(redis_down, clock):
 
 def test_redis_down_flushes_in_bulk_when_the_buffer_is_full(redis_down, hotcache_config, clock):
     hotcache_config(ANALYTICS_FALLBACK_BUFFER_SIZE=10, ANALYTICS_FALLBACK_FLUSH_INTERVAL=3600)
-    analytics._hourly_collection()  # index creation is once per process, not per flush
-    analytics._slots_collection()
+    _documents.hourly_collection()  # index creation is once per process, not per flush
+    _fallback.slots_collection()
     with count_redis() as c:
         for i in range(25):
             analytics.track("signup", path=f"/p{i}")
@@ -180,6 +182,23 @@ def test_a_fallback_flush_whose_ack_was_lost_is_applied_once(redis_down, monkeyp
     monkeypatch.undo()
     assert analytics.flush_fallback() == 1  # same flush id: the replay changes nothing
     assert hourly_total() == 5
+
+
+def test_a_forked_child_starts_with_an_empty_outage_buffer(redis_down, clock):
+    """The parent flushes what it buffered; a child forked meanwhile (a preforked worker) never writes it again."""
+    analytics.track("signup", path="/a", count=3)
+    assert _fallback.buffer.has_data()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, b"1" if _fallback.buffer.has_data() else b"0")
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 10)
+    os.waitpid(pid, 0)
+    assert child == b"0" and _fallback.buffer.has_data()
+    assert analytics.flush_fallback() == 1 and hourly_total() == 3
 
 
 def test_redis_down_track_never_raises_for_an_outage(redis_down):
@@ -260,6 +279,29 @@ def test_middleware_include_and_exclude_settings(with_middleware, hotcache_confi
     assert rep.top_paths == [("/me/", 1)]
 
 
+def _anonymous_page_views(forwarded_for):
+    """One page view per X-Forwarded-For value, each from the same proxy address, without user or session."""
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    middleware = analytics.AnalyticsMiddleware(lambda r: HttpResponse("ok"))
+    for client_addr in forwarded_for:
+        request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=client_addr)
+        assert middleware(request).status_code == 200
+    rep = analytics.report(hc_clock.utcnow() - dt.timedelta(hours=1), hc_clock.utcnow() + dt.timedelta(hours=1))
+    return rep.visitors
+
+
+def test_anonymous_visitors_behind_a_trusted_proxy_are_told_apart_by_client_address(hotcache_config, clock):
+    """The anonymous visitor is a digest of hotcache.clientip's address, not of the proxy's REMOTE_ADDR."""
+    hotcache_config(TRUSTED_PROXIES=["10.0.0.0/8"])
+    assert _anonymous_page_views(["203.0.113.7", "203.0.113.8"]) == [("page_view", hc_clock.utcnow().date(), 2)]
+
+
+def test_a_forwarded_header_from_an_untrusted_peer_does_not_make_new_visitors(clock):
+    assert _anonymous_page_views(["203.0.113.7", "203.0.113.8"]) == [("page_view", hc_clock.utcnow().date(), 1)]
+
+
 # --- checks --------------------------------------------------------------------------------------
 
 
@@ -286,11 +328,11 @@ def test_default_settings_pass_the_analytics_checks():
 
 def test_outage_flushes_do_not_evict_sync_batch_ids(redis_down, hotcache_config, clock):
     """Many buffer flushes to one document keep their own id window, so a pending sync batch stays recognisable."""
-    coll = analytics._hourly_collection()
+    coll = _documents.hourly_collection()
     hour = hc_clock.utcnow().strftime("%Y%m%d%H")
-    coll.bulk([analytics._counter_op("sync-batch", hour, "signup", "/a", 1)])
+    coll.bulk([_documents.counter_op("sync-batch", hour, "signup", "/a", 1)])
     for _ in range(60):
         analytics.track("signup", path="/a")
         analytics.flush_fallback()
-    assert coll.bulk([analytics._counter_op("sync-batch", hour, "signup", "/a", 1)]).duplicates == [0]
+    assert coll.bulk([_documents.counter_op("sync-batch", hour, "signup", "/a", 1)]).duplicates == [0]
     assert hourly_total() == 61

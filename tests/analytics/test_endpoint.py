@@ -10,7 +10,7 @@ from django.urls import reverse
 from hotcache import analytics
 from hotcache import clock as hc_clock
 from hotcache.testing import count_redis
-from tests.analytics_fixtures import _empty_fallback_buffer, analytics_keys  # noqa: F401
+from tests.analytics.fixtures import _empty_fallback_buffer, analytics_keys  # noqa: F401
 
 URL = "/hotcache/analytics/track"
 

@@ -1,15 +1,17 @@
-"""Issue 13 for analytics: hostile input never gives a 500 or an unbounded store, with Redis up or down; the
+"""Analytics under attack: hostile input never gives a 500 or an unbounded store, with Redis up or down; the
 outage path keeps the Redis path's bounds; every Redis record the feature acts on is authenticated."""
 
 import datetime as dt
 
 import pytest
 
-from hotcache import analytics, metering
+from hotcache import analytics, metering, recovery, signing
 from hotcache import clock as hc_clock
+from hotcache.analytics import _fallback, _hot, _keys, _sync
 from hotcache.backends import mongo
+from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
-from tests.analytics_fixtures import _empty_fallback_buffer, analytics_keys, hourly_docs, hourly_total  # noqa: F401
+from tests.analytics.fixtures import _empty_fallback_buffer, analytics_keys, hourly_docs, hourly_total  # noqa: F401
 
 
 def _slots():
@@ -37,7 +39,7 @@ def test_the_cap_holds_across_processes_and_flushes(redis_down, hotcache_config,
     hotcache_config(
         ANALYTICS_MAX_COUNTERS_PER_HOUR=500, ANALYTICS_FALLBACK_BUFFER_SIZE=64, ANALYTICS_FALLBACK_FLUSH_INTERVAL=3600
     )
-    buffers = [analytics._FallbackBuffer() for _ in range(3)]
+    buffers = [_fallback.FallbackBuffer() for _ in range(3)]
     hour = hc_clock.utcnow().strftime("%Y%m%d%H")
     for i in range(1500):
         for j, buffer in enumerate(buffers):
@@ -72,7 +74,7 @@ def test_paths_that_already_have_a_document_need_no_new_slot(redis_down, hotcach
 
 def test_a_retried_flush_sends_the_same_folded_counters(redis_down, hotcache_config, monkeypatch, clock):
     """Slots are taken once per flush id: a flush whose bulk write failed is retried without folding again."""
-    from tests.analytics_fixtures import lose_ack_of_bulk_call
+    from tests.analytics.fixtures import lose_ack_of_bulk_call
 
     hotcache_config(ANALYTICS_MAX_COUNTERS_PER_HOUR=3)
     for i in range(10):
@@ -95,7 +97,7 @@ def test_the_outage_path_drops_counters_past_the_retention_like_redis_expires_th
     before = metering.snapshot()["ev:analytics:dropped"]
     assert analytics.flush_fallback() == 0
     assert metering.snapshot()["ev:analytics:dropped"] - before == 3 and hourly_total() == 0
-    assert not analytics._fallback.has_data()
+    assert not _fallback.buffer.has_data()
 
 
 def test_the_slot_registry_expires_after_the_retention(redis_down, clock):
@@ -121,7 +123,7 @@ def redis_state(request):
 def _store_is_unchanged(raw_redis, key_prefix):
     """Nothing counted anywhere: no analytics key in Redis, nothing buffered, no MongoDB document."""
     assert analytics_keys(raw_redis, key_prefix) == []
-    assert not analytics._fallback.has_data() and not analytics._doubts
+    assert not _fallback.buffer.has_data() and not _hot.doubts
     assert hourly_docs() == []
 
 
@@ -482,13 +484,13 @@ def _leave_pending(monkeypatch, clock, paths=("/a",), hours=1):
         for p in paths:
             analytics.track("page_view", path=p, count=2)
         clock.advance(3600)
-    clock.advance(analytics.hotcache_settings.ANALYTICS_SYNC_GRACE + 1)
+    clock.advance(hotcache_settings.ANALYTICS_SYNC_GRACE + 1)
 
     def checkpoint(step):
         if step == "after_claim":
             raise _Stop
 
-    monkeypatch.setattr(analytics, "_checkpoint", checkpoint)
+    monkeypatch.setattr(_sync, "checkpoint", checkpoint)
     with pytest.raises(_Stop):
         analytics.sync()
     monkeypatch.undo()
@@ -592,8 +594,8 @@ def test_dry_run_and_the_command_survive_tampered_records(monkeypatch, raw_redis
         lambda r, k: r.set(k, "attacker"),  # unsigned, no expiry
         lambda r, k: r.set(k, "attacker", px=60_000),  # unsigned, expires
         lambda r, k: r.hset(k, "x", "y"),  # wrong type
-        lambda r, k: r.set(k, analytics.signing.seal("analytics.lock", k, "x")),  # sealed but never expires
-        lambda r, k: r.set(k, analytics.signing.seal("analytics.lock", "other", "x"), px=60_000),  # another key's
+        lambda r, k: r.set(k, signing.seal("analytics.lock", k, "x")),  # sealed but never expires
+        lambda r, k: r.set(k, signing.seal("analytics.lock", "other", "x"), px=60_000),  # another key's
     ],
     ids=["unsigned", "unsigned-expiring", "wrong-type", "sealed-persistent", "swapped"],
 )
@@ -609,7 +611,7 @@ def test_a_planted_lock_cannot_stop_the_sync(plant, raw_redis, key_prefix, clock
 
 def test_a_genuine_lock_still_turns_a_second_sync_away(raw_redis, key_prefix, clock):
     key = _k(key_prefix, "lock")
-    raw_redis.set(key, analytics.signing.seal("analytics.lock", key, "another-run"), px=60_000)
+    raw_redis.set(key, signing.seal("analytics.lock", key, "another-run"), px=60_000)
     result = analytics.sync()
     assert result.locked_out and result.tampered == 0 and raw_redis.exists(key)
 
@@ -618,8 +620,8 @@ def test_a_genuine_lock_still_turns_a_second_sync_away(raw_redis, key_prefix, cl
 
 
 def _track_sha(raw_redis):
-    raw_redis.script_load(analytics._TRACK.body)
-    return analytics._TRACK.sha.encode()
+    raw_redis.script_load(_hot.TRACK.body)
+    return _hot.TRACK.sha.encode()
 
 
 def _reopen_gate(clock):
@@ -662,12 +664,12 @@ def test_a_tampered_writer_token_never_counts_a_lost_call_twice(
     analytics.track("page_view", path="/a", count=10)
     lost_reply_proxy.arm(sha, mode)
     assert analytics.track("page_view", path="/a", count=1_000) == "in_doubt"
-    writer_key = analytics._key("w", analytics._writer())
+    writer_key = _keys.writer_key(recovery.writer())
     edit(raw_redis, writer_key, other_key)
     _reopen_gate(clock)
     before = _tampered()
     assert analytics.track("page_view", path="/b") == "redis"
-    assert not analytics._doubts and _tampered() == before + 1
+    assert not _hot.doubts and _tampered() == before + 1
     expected = 10 + (1_000 if mode == "apply" else 0) + 1 + 1  # the lost call at most once
     assert _hour_total(raw_redis, key_prefix) == expected
     assert metering.snapshot()["ev:analytics:in_doubt_refused"] >= 1_000
@@ -676,12 +678,12 @@ def test_a_tampered_writer_token_never_counts_a_lost_call_twice(
 def test_a_writer_token_of_the_wrong_type_is_simply_replaced_on_the_normal_path(raw_redis, key_prefix, clock):
     """The normal path only writes the token (SET replaces any type); it decides nothing from it."""
     analytics.track("page_view", path="/a")
-    key = analytics._key("w", analytics._writer())
+    key = _keys.writer_key(recovery.writer())
     raw_redis.delete(key)
     raw_redis.sadd(key, "x")
     assert analytics.track("page_view", path="/a") == "redis"
     assert raw_redis.type(key) == b"string"
-    assert analytics.signing.unseal("analytics.writer", analytics._writer(), raw_redis.get(key))
+    assert signing.unseal("analytics.writer", recovery.writer(), raw_redis.get(key))
 
 
 def test_an_untampered_doubt_is_still_settled_exactly_once(lost_reply_proxy, raw_redis, key_prefix, clock):

@@ -8,9 +8,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from hotcache import analytics, tasks
+from hotcache.analytics import _documents, _sync
 from hotcache.backends import mongo
 from hotcache.testing import count_redis, mongo_down
-from tests.analytics_fixtures import (  # noqa: F401
+from tests.analytics.fixtures import (  # noqa: F401
     _empty_fallback_buffer,
     close_hours,
     hourly_docs,
@@ -54,7 +55,7 @@ def _crash_at(monkeypatch, step, occurrence=1):
             if seen["n"] == occurrence:
                 raise Crash(step)
 
-    monkeypatch.setattr(analytics, "_checkpoint", checkpoint)
+    monkeypatch.setattr(_sync, "checkpoint", checkpoint)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,7 @@ def test_two_syncs_at_once_without_the_lock_count_every_event_once(clock, small_
         if name == "before_apply":
             both_read.wait()
 
-    monkeypatch.setattr(analytics, "_checkpoint", checkpoint)
+    monkeypatch.setattr(_sync, "checkpoint", checkpoint)
     results = []
     threads = [threading.Thread(target=lambda: results.append(analytics.sync())) for _ in range(2)]
     for t in threads:
@@ -148,7 +149,7 @@ def test_the_lock_turns_a_second_sync_away_without_touching_anything(clock, monk
             inside.set()
             release.wait(20)
 
-    monkeypatch.setattr(analytics, "_checkpoint", checkpoint)
+    monkeypatch.setattr(_sync, "checkpoint", checkpoint)
     first = []
     t = threading.Thread(target=lambda: first.append(analytics.sync()))
     t.start()
@@ -191,7 +192,7 @@ def test_bulk_writes_hold_a_thousand_counters_each(clock):
     for i in range(1001):
         analytics.track("page_view", path=f"/p{i}")
     close_hours(clock)
-    analytics._hourly_collection()  # index creation happens once per process
+    _documents.hourly_collection()  # index creation happens once per process
     with count_redis() as c:
         result = analytics.sync()
     assert result.counters == 1001 and result.mongo_round_trips == 2
@@ -205,7 +206,7 @@ def test_many_small_hours_share_bulk_writes(clock):
         analytics.track("page_view", path="/b")
         clock.advance(3600)
     close_hours(clock, 0)
-    analytics._hourly_collection()
+    _documents.hourly_collection()
     with count_redis() as c:
         result = analytics.sync()
     assert result.batches == 30 and result.counters == 60
@@ -266,8 +267,8 @@ def test_command_fails_naming_the_outage_and_what_stays_pending(clock):
 
 def test_an_upsert_that_lost_the_insert_race_to_another_batch_is_still_applied():
     """E11000 only proves the document exists: the op is re-issued as an update and applies if its batch is new."""
-    coll = analytics._hourly_collection()
-    coll.bulk([analytics._counter_op("b1", "2026010100", "signup", "/a", 2)])  # another batch inserted first
+    coll = _documents.hourly_collection()
+    coll.bulk([_documents.counter_op("b1", "2026010100", "signup", "/a", 2)])  # another batch inserted first
 
     class LostRace:
         def __init__(self):
@@ -279,8 +280,8 @@ def test_an_upsert_that_lost_the_insert_race_to_another_batch_is_still_applied()
                 return mongo.BulkResult(duplicates=list(range(len(ops))))
             return coll.bulk(ops, ordered=ordered)
 
-    stats = analytics._WriteStats()
-    analytics._bulk(LostRace(), [analytics._counter_op("b2", "2026010100", "signup", "/a", 3)], stats)
+    stats = _documents.WriteStats()
+    _documents.write(LostRace(), [_documents.counter_op("b2", "2026010100", "signup", "/a", 3)], stats)
     assert (stats.round_trips, stats.applied) == (2, 1)
     assert hourly_total() == 5
 
