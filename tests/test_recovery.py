@@ -182,3 +182,17 @@ def test_a_forked_child_starts_with_a_zero_watermark() -> None:
     child = os.read(read, 20).decode()
     os.waitpid(pid, 0)
     assert child == "0" and mark.value == 5  # the parent keeps its own
+
+
+def test_recent_keeps_the_last_stored_values_up_to_its_bound_and_a_new_process_forgets_them():
+    recent = recovery.Recent[str, int](max_items=2)
+    recent.put("a", 1)
+    recent.put("b", 2)
+    recent.put("a", 3)  # stored again: now the most recent
+    recent.put("c", 4)  # over the bound: the least recently stored ("b") is dropped
+    assert (recent.get("a"), recent.get("b"), recent.get("c")) == (3, None, 4)
+    recent.pop("a")
+    recent.pop("missing")
+    assert recent.get("a") is None and len(recent) == 1
+    recovery.forget_all()
+    assert recent.get("c") is None and len(recent) == 0

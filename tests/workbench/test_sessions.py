@@ -6,7 +6,7 @@ import pytest
 from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
-from hotcache.testing import count_redis
+from hotcache.testing import count_redis, new_process
 from tests.support.concurrency import increment_concurrently
 
 
@@ -15,7 +15,7 @@ def _clean_workbench_keys(raw_redis, key_prefix):
     """Redis is shared by the whole run: each test starts without workbench keys."""
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
-    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
+    new_process()  # and without envelopes this process remembers from an earlier test
 
 
 def warm():
