@@ -1,4 +1,4 @@
-"""Workbench sessions under hostile input (issue 13): through the public API and the demo's HTTP views, with Redis up
+"""Workbench sessions under hostile input: through the public API and the demo's HTTP views, with Redis up
 and with Redis down, every refusal is the documented error naming the field (InvalidInput, a ValueError; a JSON 4xx
 over HTTP, never a 500) and leaves both stores exactly as they were."""
 

@@ -1,4 +1,4 @@
-"""Who owns a workbench session (issue 13): set by the save that creates it, kept by saves without an owner, never
+"""Who owns a workbench session: set by the save that creates it, kept by saves without an owner, never
 silently re-assigned: another owner raises OwnerConflict unless expected_owner names the current one. One contract
 run on Redis and on the MongoDB fallback, including concurrent writers."""
 

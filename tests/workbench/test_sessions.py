@@ -180,7 +180,7 @@ def test_with_redis_down_end_writes_history_directly(redis_down):
 def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(
     redis_proxy, clock, settings, hotcache_config
 ):
-    hotcache_config(WORKBENCH_DURABLE_SAVES=False)  # the durable-save variant is in test_workbench_durable.py
+    hotcache_config(WORKBENCH_DURABLE_SAVES=False)  # the durable-save variant is in tests/workbench/test_durable.py
     workbench.save("s1", {"n": 1})
     redis_proxy.down()
     session = workbench.load("s1")
