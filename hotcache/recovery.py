@@ -18,6 +18,7 @@ import os
 import secrets
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -32,6 +33,7 @@ __all__ = [
     "LastApplied",
     "OutageNotice",
     "ProcessLocal",
+    "Recent",
     "RetriedBulk",
     "Watermark",
     "bulk_retrying_duplicates",
@@ -42,6 +44,7 @@ __all__ = [
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 # --- writer identity --------------------------------------------------------------------------------
 
@@ -347,6 +350,40 @@ class Watermark(_ForkLocal):
             if value > self.value:
                 self.value = value
             return self.value
+
+
+class Recent(_ForkLocal, Generic[K, V]):
+    """What this process saw last per key, at most ``max_items`` (the least recently stored is dropped first).
+
+    For hints only (the workbench's last seen envelope per session): a missing entry costs the feature a
+    round trip, never a wrong answer. Forgotten in a forked child and by ``hotcache.testing.new_process()``.
+    """
+
+    def __init__(self, max_items: int) -> None:
+        super().__init__()
+        self.max_items = max_items
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def _forget(self) -> None:
+        self._items.clear()
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def pop(self, key: K) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 # --- other process-local state ----------------------------------------------------------------------

@@ -254,3 +254,17 @@ def test_process_local_state_is_forgotten_in_a_forked_child_with_fresh_locks() -
     assert buffer.items == ["owed to MongoDB"]  # the parent keeps (and writes out) its own
     testing.new_process()
     assert buffer.items == []
+
+
+def test_recent_keeps_the_last_stored_values_up_to_its_bound_and_a_new_process_forgets_them():
+    recent = recovery.Recent[str, int](max_items=2)
+    recent.put("a", 1)
+    recent.put("b", 2)
+    recent.put("a", 3)  # stored again: now the most recent
+    recent.put("c", 4)  # over the bound: the least recently stored ("b") is dropped
+    assert (recent.get("a"), recent.get("b"), recent.get("c")) == (3, None, 4)
+    recent.pop("a")
+    recent.pop("missing")
+    assert recent.get("a") is None and len(recent) == 1
+    recovery.forget_all()
+    assert recent.get("c") is None and len(recent) == 0

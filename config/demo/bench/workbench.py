@@ -17,6 +17,7 @@ from hotcache import signing, workbench
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis
+from hotcache.workbench import _envelope, _layout
 
 __all__ = ["arms", "persist_figures"]
 
@@ -28,21 +29,21 @@ def _queue_ended(n: int) -> None:
     a time (setup, not measured)."""
     now = time.time()
     text = json.dumps(_STATE, separators=(",", ":"))
-    digest = workbench._digest(text)
+    digest = _envelope._digest(text)
     ttl = int(hotcache_settings.WORKBENCH_ENDED_TTL)
 
     def fill(r: Any, start: int, stop: int) -> None:
         pipe = r.pipeline(transaction=False)
         for i in range(start, stop):
             sid, token = f"bench-end-{i}", f"t{i}"
-            key = workbench._ended_key(sid, token)
-            envelope = workbench._seal_envelope(
+            key = _layout._ended_key(sid, token)
+            envelope = _envelope._seal_envelope(
                 sid, version=3, token=token, owner=f"user{i % 50}", created=now, updated=now, digest=digest
             )
-            end = signing.seal_json(workbench._ENDED_RECORD, key, {"e": now})
+            end = signing.seal_json(_envelope._ENDED_RECORD, key, {"e": now})
             pipe.hset(key, mapping={"s": text, "m": envelope.raw, "e": end})
             pipe.expire(key, ttl)
-            pipe.zadd(workbench._ended_queue(), {f"{sid}:{token}": now})
+            pipe.zadd(_layout._ended_queue(), {f"{sid}:{token}": now})
         pipe.execute()
 
     for start in range(0, n, 500):

@@ -9,7 +9,8 @@ from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.checks import check_workbench
 from hotcache.conf import hotcache_settings
-from hotcache.testing import count_redis, mongo_down
+from hotcache.testing import count_redis, mongo_down, new_process
+from hotcache.workbench import _envelope, _hot, _layout
 from tests.support.concurrency import increment_concurrently
 
 
@@ -17,7 +18,7 @@ from tests.support.concurrency import increment_concurrently
 def _clean_workbench_keys(raw_redis, key_prefix):
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
-    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
+    new_process()  # and without envelopes this process remembers from an earlier test
 
 
 def active(session_id):
@@ -106,7 +107,7 @@ def test_a_process_that_never_saw_the_outage_is_fenced_by_the_process_that_did(r
     workbench.save("s1", {"n": 2}, expected_version=1)
     back(redis_proxy, clock)
     workbench.load("s2")  # raises the fence (this process wrote on MongoDB during the outage)
-    workbench._fence_pending = None  # another process: it knows nothing of the outage
+    new_process()  # another process: it knows nothing of the outage
     assert workbench.load("s1").version == 2
 
 
@@ -120,7 +121,7 @@ def test_the_persister_reconciles_outage_copies_and_lowers_the_fence(redis_proxy
     result = workbench.persist()
     assert result.reconciled == 1 and result.errors == []
     assert not raw_redis.exists(f"{key_prefix}:{{workbench:s}}:fence")
-    assert workbench._open_envelope("s1", raw_redis.hget(f"{key_prefix}:{{workbench:s}}:d:s1", "m")).version == 2
+    assert _envelope._open_envelope("s1", raw_redis.hget(f"{key_prefix}:{{workbench:s}}:d:s1", "m")).version == 2
     with count_redis() as c:
         assert workbench.load("s1").state == {"n": 2}
     assert c.mongo_ops == 0 and c.round_trips == 1
@@ -164,16 +165,16 @@ def test_an_older_version_never_overwrites_a_newer_durable_copy():
     workbench.save("s1", {"n": 2})
     # A slow request's copy of v1 arriving late (same incarnation): the guarded upsert leaves v2.
     doc = active("s1")
-    late = workbench._seal_envelope(
+    late = _envelope._seal_envelope(
         "s1",
         version=1,
         token=doc["token"],
         owner=None,
-        created=workbench._ts(doc["created_at"]).timestamp(),
-        updated=workbench._ts(doc["updated_at"]).timestamp(),
-        digest=workbench._digest('{"n":1}'),
+        created=_envelope._ts(doc["created_at"]).timestamp(),
+        updated=_envelope._ts(doc["updated_at"]).timestamp(),
+        digest=_envelope._digest('{"n":1}'),
     )
-    workbench._durable_write("s1", late, '{"n":1}')
+    _hot._durable_write("s1", late, '{"n":1}')
     assert active("s1")["version"] == 2 and active("s1")["state"] == '{"n":2}'
 
 
@@ -246,7 +247,7 @@ def test_durable_saves_setting_must_be_a_bool(hotcache_config):
 def test_a_session_lost_from_redis_and_replaced_by_a_new_one_still_reaches_history(raw_redis, clock):
     workbench.save("s1", {"n": 1}, owner="alice")
     workbench.save("s1", {"n": 2})
-    raw_redis.delete(workbench._data_key("s1"))  # evicted, or Redis restarted without its data
+    raw_redis.delete(_layout._data_key("s1"))  # evicted, or Redis restarted without its data
     assert workbench.save("s1", {"other": True}, owner="bob") == 1  # the id is free in Redis: a new incarnation
     assert active("s1")["owner"] == "bob"
     clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)

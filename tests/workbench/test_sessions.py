@@ -6,7 +6,7 @@ import pytest
 from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
-from hotcache.testing import count_redis
+from hotcache.testing import count_redis, new_process
 from tests.support.concurrency import increment_concurrently
 
 
@@ -15,7 +15,7 @@ def _clean_workbench_keys(raw_redis, key_prefix):
     """Redis is shared by the whole run: each test starts without workbench keys."""
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
-    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
+    new_process()  # and without envelopes this process remembers from an earlier test
 
 
 def warm():
@@ -180,7 +180,7 @@ def test_with_redis_down_end_writes_history_directly(redis_down):
 def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(
     redis_proxy, clock, settings, hotcache_config
 ):
-    hotcache_config(WORKBENCH_DURABLE_SAVES=False)  # the durable-save variant is in test_workbench_durable.py
+    hotcache_config(WORKBENCH_DURABLE_SAVES=False)  # the durable-save variant is in tests/workbench/test_durable.py
     workbench.save("s1", {"n": 1})
     redis_proxy.down()
     session = workbench.load("s1")

@@ -1,4 +1,4 @@
-"""Workbench sessions under hostile input (issue 13): through the public API and the demo's HTTP views, with Redis up
+"""Workbench sessions under hostile input: through the public API and the demo's HTTP views, with Redis up
 and with Redis down, every refusal is the documented error naming the field (InvalidInput, a ValueError; a JSON 4xx
 over HTTP, never a 500) and leaves both stores exactly as they were."""
 
@@ -8,10 +8,13 @@ import math
 
 import pytest
 
+from hotcache import clock as hotcache_clock
 from hotcache import metering, signing, workbench
 from hotcache.backends import mongo
+from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
-from hotcache.testing import count_redis
+from hotcache.testing import count_redis, new_process
+from hotcache.workbench import _layout
 
 pytestmark = pytest.mark.urls("config.demo.urls")
 
@@ -20,7 +23,7 @@ pytestmark = pytest.mark.urls("config.demo.urls")
 def _clean_workbench_keys(raw_redis, key_prefix):
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
-    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
+    new_process()  # and without envelopes this process remembers from an earlier test
 
 
 @pytest.fixture
@@ -371,11 +374,11 @@ TAMPER_SESSION = {
     "envelope removed": lambda r, k: r.hdel(k, "m"),
     "envelope empty": lambda r, k: r.hset(k, "m", b""),
     "envelope sealed for another session": lambda r, k: r.hset(
-        k, "m", signing.seal_json("workbench.session", workbench._data_key("s2"), {"v": 1, "o": "mallory"})),
+        k, "m", signing.seal_json("workbench.session", _layout._data_key("s2"), {"v": 1, "o": "mallory"})),
     "replaced by a string": lambda r, k: replace_key(r, k, "string"),
     "replaced by a list": lambda r, k: replace_key(r, k, "list"),
     "replaced by a sorted set": lambda r, k: replace_key(r, k, "zset"),
-    "swapped with another session": lambda r, k: swap(r, k, workbench._data_key("s2")),
+    "swapped with another session": lambda r, k: swap(r, k, _layout._data_key("s2")),
 }
 
 
@@ -402,8 +405,8 @@ def history_docs():
 
 @pytest.mark.parametrize("case", TAMPER_SESSION)
 def test_a_tampered_session_is_served_from_its_durable_copy(raw_redis, two_sessions, case):
-    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
-    workbench._hints.clear()  # another process: it never saw s1
+    TAMPER_SESSION[case](raw_redis, _layout._data_key("s1"))
+    new_process()  # another process: it never saw s1
     s1, s2 = workbench.load("s1"), workbench.load("s2")
     assert (s1.state, s1.owner, s1.version) == ({"n": 1}, "alice", 2)
     assert (s2.state, s2.owner, s2.version) == ({"n": 2}, "bob", 1)
@@ -417,7 +420,7 @@ def test_a_tampered_session_is_served_from_its_durable_copy(raw_redis, two_sessi
 
 @pytest.mark.parametrize("case", TAMPER_SESSION)
 def test_a_save_over_a_tampered_session_decides_on_the_durable_copy(raw_redis, two_sessions, case):
-    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    TAMPER_SESSION[case](raw_redis, _layout._data_key("s1"))
     with pytest.raises(workbench.OwnerConflict):
         workbench.save("s1", {"evil": True}, owner="mallory")
     with pytest.raises(workbench.Conflict):
@@ -439,9 +442,9 @@ def test_without_a_durable_copy_a_tampered_session_is_refused(raw_redis, hotcach
     hotcache_config(WORKBENCH_DURABLE_SAVES=False)
     workbench.save("s1", {"n": 1}, owner="alice")
     workbench.save("s2", {"n": 2}, owner="bob")
-    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    TAMPER_SESSION[case](raw_redis, _layout._data_key("s1"))
     assert workbench.load("s1") is None
-    assert not raw_redis.exists(workbench._data_key("s1"))  # deleted, not left to be trusted later
+    assert not raw_redis.exists(_layout._data_key("s1"))  # deleted, not left to be trusted later
     assert workbench.end("s1") is False
     with pytest.raises(workbench.Conflict):
         workbench.save("s1", {}, expected_version=1)  # as for a session that does not exist
@@ -453,7 +456,7 @@ def test_without_a_durable_copy_a_tampered_session_is_refused(raw_redis, hotcach
     "case", ["owner flipped", "state replaced", "replaced by a list", "swapped with another session"]
 )
 def test_end_of_a_tampered_session_ends_its_durable_copy(raw_redis, two_sessions, case):
-    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
+    TAMPER_SESSION[case](raw_redis, _layout._data_key("s1"))
     assert workbench.end("s1") is True
     assert workbench.load("s1") is None
     result = workbench.persist()
@@ -466,11 +469,11 @@ def test_end_of_a_tampered_session_ends_its_durable_copy(raw_redis, two_sessions
 
 @pytest.mark.parametrize("case", ["owner flipped", "state replaced", "replaced by a string", "envelope truncated"])
 def test_an_idle_tampered_session_reaches_history_from_its_durable_copy(raw_redis, clock, two_sessions, case):
-    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
-    clock.advance(workbench.hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
+    TAMPER_SESSION[case](raw_redis, _layout._data_key("s1"))
+    clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
     result = workbench.persist()
     assert result.errors == [] and result.tampered == 1 and result.idle == 1 and result.from_fallback == 1
-    assert not raw_redis.exists(workbench._data_key("s1"))
+    assert not raw_redis.exists(_layout._data_key("s1"))
     assert_nothing_of_mallory(history_docs())
     entries = {e.session_id: e for e in workbench.history()}
     assert (entries["s1"].state, entries["s1"].owner, entries["s1"].reason) == ({"n": 1}, "alice", "idle")
@@ -509,25 +512,25 @@ def test_a_tampered_ended_session_never_reaches_history(raw_redis, key_prefix, t
 
 
 def test_members_hotcache_never_queued_are_dropped_from_the_queues(raw_redis, clock, two_sessions):
-    now = workbench.clock.time()
+    now = hotcache_clock.time()
     # The ended queue holds "<id>:<end token>", the index ids; the claim prefixes them with "e:" and "i:".
-    raw_redis.zadd(workbench._ended_queue(), {"garbage": now, b"\xff\xfe": now, "../x:tok": now, "s9:t-1": now,
+    raw_redis.zadd(_layout._ended_queue(), {"garbage": now, b"\xff\xfe": now, "../x:tok": now, "s9:t-1": now,
                                               "s9:" + "t" * 65: now, "nobody:abc123": now})
-    raw_redis.zadd(workbench._index_key(), {"../x": 0, b"\xff": 0, "i:": 0, "a" * 65: 0})
+    raw_redis.zadd(_layout._index_key(), {"../x": 0, b"\xff": 0, "i:": 0, "a" * 65: 0})
     result = workbench.persist()
     assert result.errors == [] and result.tampered == 9 and result.missing == 1  # nobody:abc123 was never there
-    assert raw_redis.zcard(workbench._claims_key()) == 0
+    assert raw_redis.zcard(_layout._claims_key()) == 0
     assert workbench.load("s1").state == {"n": 1} and tampered_count() >= 1
 
 
 @pytest.mark.parametrize("fence", ["forged", "hash", signing.seal("workbench.fence", "elsewhere", "0123")])
 def test_a_fence_hotcache_did_not_raise_is_lowered(raw_redis, two_sessions, fence):
-    key = workbench._fence_key()
+    key = _layout._fence_key()
     if fence == "hash":
         raw_redis.hset(key, "x", "1")
     else:
         raw_redis.set(key, fence)
-    workbench._hints.clear()
+    new_process()
     assert workbench.load("s1").state == {"n": 1}
     assert not raw_redis.exists(key) and tampered_count() == 1
     assert workbench.save("s1", {"n": 2}, expected_version=2) == 3
@@ -540,7 +543,7 @@ def test_after_an_outage_a_tampered_redis_copy_yields_to_the_outage_version(redi
     workbench.save("s1", {"n": 1}, owner="alice")
     redis_proxy.down()
     assert workbench.save("s1", {"n": 2}, expected_version=1) == 2  # on MongoDB
-    TAMPER_SESSION["owner flipped"](raw_redis, workbench._data_key("s1"))
+    TAMPER_SESSION["owner flipped"](raw_redis, _layout._data_key("s1"))
     redis_proxy.up()
     clock.advance(10)
     session = workbench.load("s1")
@@ -555,7 +558,7 @@ def test_the_persister_repairs_a_tampered_copy_while_reconciling(redis_proxy, cl
     workbench.save("s1", {"n": 2}, expected_version=1)
     redis_proxy.up()
     clock.advance(10)
-    TAMPER_SESSION["owner flipped"](raw_redis, workbench._data_key("s1"))
+    TAMPER_SESSION["owner flipped"](raw_redis, _layout._data_key("s1"))
     result = workbench.persist()
     assert result.reconciled == 1 and result.errors == [] and tampered_count() == 1
     session = workbench.load("s1")
@@ -565,7 +568,7 @@ def test_the_persister_repairs_a_tampered_copy_while_reconciling(redis_proxy, cl
 @pytest.mark.parametrize("name", ["_index_key", "_ended_queue", "_claims_key", "_owners_key"])
 def test_a_retyped_shared_key_sends_sessions_to_the_fallback_until_the_persister_deletes_it(raw_redis, clock,
                                                                                              two_sessions, name):
-    key = getattr(workbench, name)()
+    key = getattr(_layout, name)()
     raw_redis.delete(key)
     raw_redis.set(key, "mallory")
     assert workbench.load("s1").state == {"n": 1}  # from Redis, or from the durable copy: never an error
@@ -575,7 +578,7 @@ def test_a_retyped_shared_key_sends_sessions_to_the_fallback_until_the_persister
     assert workbench.persist().errors == []
     assert workbench.save("s1", {"n": 2}) == 3
     assert workbench.end("s1") is True
-    clock.advance(workbench.hotcache_settings.WORKBENCH_CLAIM_TIMEOUT + 1)  # what the failed run had claimed
+    clock.advance(hotcache_settings.WORKBENCH_CLAIM_TIMEOUT + 1)  # what the failed run had claimed
     assert workbench.persist().errors == []
     assert sorted((e.session_id, e.state["n"]) for e in workbench.history()) == [("s1", 2), ("s2", 2)]
 
@@ -583,8 +586,8 @@ def test_a_retyped_shared_key_sends_sessions_to_the_fallback_until_the_persister
 @pytest.mark.parametrize("case", ["owner flipped", "state and its digest replaced", "replaced by a string"])
 def test_over_http_a_tampered_session_answers_with_its_durable_copy_never_a_500(client, raw_redis, two_sessions,
                                                                                  case):
-    TAMPER_SESSION[case](raw_redis, workbench._data_key("s1"))
-    workbench._hints.clear()
+    TAMPER_SESSION[case](raw_redis, _layout._data_key("s1"))
+    new_process()
     response = client.get("/workbench/s1/")
     assert response.status_code == 200 and response.json() == {"version": 2, "state": {"n": 1}}
     response = client.post("/workbench/s1/save", '{"state": {"evil": true}, "owner": "mallory"}',

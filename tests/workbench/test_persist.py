@@ -12,8 +12,9 @@ from django.core.management.base import CommandError
 from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import MongoUnavailable
-from hotcache.testing import count_redis, mongo_down
+from hotcache.exceptions import MongoUnavailable, MongoWriteError
+from hotcache.testing import count_redis, mongo_down, new_process
+from hotcache.workbench import _persist
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def _clean_workbench_keys(raw_redis, key_prefix):
     """Redis is shared by the whole run: each test starts without workbench keys."""
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
-    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
+    new_process()  # and without envelopes this process remembers from an earlier test
 
 
 def history_ids():
@@ -81,16 +82,16 @@ def test_history_is_newest_first_and_filters_by_owner(clock):
 def test_a_session_used_again_after_the_idle_claim_stays_hot_and_history_keeps_one_record(clock, monkeypatch):
     workbench.save("s1", {"n": 1})
     clock.advance(idle_after() + 1)
-    real_write = workbench._write_history
+    real_write = _persist._write_history
 
     def write_then_user_returns(records):
         result = real_write(records)
         workbench.save("s1", {"n": 2}, expected_version=1)  # between the history write and the ack
         return result
 
-    monkeypatch.setattr(workbench, "_write_history", write_then_user_returns)
+    monkeypatch.setattr(_persist, "_write_history", write_then_user_returns)
     result = workbench.persist()
-    monkeypatch.setattr(workbench, "_write_history", real_write)
+    monkeypatch.setattr(_persist, "_write_history", real_write)
     assert result.kept == 1
     assert workbench.load("s1").state == {"n": 2}  # not lost
     clock.advance(idle_after() + 1)
@@ -114,24 +115,24 @@ def _fail_after_claim(monkeypatch):
     def boom(claimed):
         raise RuntimeError("crash after claim")
 
-    monkeypatch.setattr(workbench, "_read", boom)
+    monkeypatch.setattr(_persist, "_read", boom)
 
 
 def _fail_after_partial_write(monkeypatch):
-    real = workbench._write_history
+    real = _persist._write_history
 
     def half(records):
         real(records[: len(records) // 2])
         raise MongoUnavailable("connection lost mid-bulk")
 
-    monkeypatch.setattr(workbench, "_write_history", half)
+    monkeypatch.setattr(_persist, "_write_history", half)
 
 
 def _fail_after_write_before_ack(monkeypatch):
     def boom(run_id, claimed):
         raise RuntimeError("crash before ack")
 
-    monkeypatch.setattr(workbench, "_ack", boom)
+    monkeypatch.setattr(_persist, "_ack", boom)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +149,7 @@ def test_persister_interrupted_at_each_step_then_rerun_leaves_exactly_one_record
         inject(m)
         if crash:
             # A killed process releases nothing: its claims wait for WORKBENCH_CLAIM_TIMEOUT.
-            m.setattr(workbench, "_release", lambda run_id, members: None)
+            m.setattr(_persist, "_release", lambda run_id, members: None)
         try:
             result = workbench.persist()
         except RuntimeError:
@@ -170,6 +171,23 @@ def test_mongodb_outage_leaves_sessions_queued_for_the_next_run(clock):
     with mongo_down():
         result = workbench.persist()
     assert result.errors and result.persisted == 0
+    assert workbench.persist().ended == 3
+    assert history_ids() == Counter({s: 1 for s in ended})
+
+
+def test_a_write_mongodb_refuses_is_reported_and_leaves_the_sessions_queued(clock, monkeypatch):
+    """A MongoWriteError (not a duplicate key) is a store failure: reported, nothing lost, the rerun writes."""
+    ended, _, _ = make_sessions(ended=3, abandoned=0)
+
+    def refused(records):
+        raise MongoWriteError("document failed validation", code=121)
+
+    with monkeypatch.context() as m:
+        m.setattr(_persist, "_write_history", refused)
+        result = workbench.persist()
+        assert result.persisted == 0 and any("stay queued" in e for e in result.errors)
+        with pytest.raises(CommandError, match="stays queued"):
+            call_command("persist_workbench", stdout=StringIO())
     assert workbench.persist().ended == 3
     assert history_ids() == Counter({s: 1 for s in ended})
 
@@ -201,7 +219,7 @@ def test_two_persisters_at_once_write_each_session_once(clock, hotcache_config):
 def test_a_stale_claim_taken_over_while_its_first_owner_still_runs_is_written_once(clock, monkeypatch):
     """Worker A stalls after claiming; its claim goes stale; B takes over and acks; A finishes: one record."""
     ended, _, _ = make_sessions(ended=3, abandoned=0)
-    real_read = workbench._read
+    real_read = _persist._read
     takeover = {}
 
     def stalled_read(claimed):
@@ -212,7 +230,7 @@ def test_a_stale_claim_taken_over_while_its_first_owner_still_runs_is_written_on
             takeover["b"] = workbench.persist()  # worker B, while A is stalled
         return None
 
-    monkeypatch.setattr(workbench, "_read", stalled_read)
+    monkeypatch.setattr(_persist, "_read", stalled_read)
     a = workbench.persist()
     b = takeover["b"]
     assert b.recovered == 3 and b.ended == 3

@@ -10,14 +10,15 @@ from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
-from hotcache.testing import count_redis
+from hotcache.testing import count_redis, new_process
+from hotcache.workbench import _envelope, _layout
 
 
 @pytest.fixture(autouse=True)
 def _clean_workbench_keys(raw_redis, key_prefix):
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
-    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
+    new_process()  # and without envelopes this process remembers from an earlier test
 
 
 def active(session_id):
@@ -30,7 +31,7 @@ def history():
 
 def redis_token(raw_redis, session_id):
     """The incarnation token of the session Redis holds (from its sealed envelope), or None."""
-    envelope = workbench._open_envelope(session_id, raw_redis.hget(workbench._data_key(session_id), "m"))
+    envelope = _envelope._open_envelope(session_id, raw_redis.hget(_layout._data_key(session_id), "m"))
     return envelope.token if envelope is not None else None
 
 
@@ -58,7 +59,7 @@ def arm(proxy, raw_redis, script, mode):
 def test_a_create_whose_reply_was_lost_reaches_history_once_at_its_last_version(
     mode, lost_reply_proxy, raw_redis, clock
 ):
-    arm(lost_reply_proxy, raw_redis, workbench._SAVE, mode)
+    arm(lost_reply_proxy, raw_redis, _layout._SAVE, mode)
     assert workbench.save("s1", {"n": 1}, owner="alice", expected_version=0) == 1  # on MongoDB
     assert lost_reply_proxy.lost == [mode]
     in_redis = redis_token(raw_redis, "s1")
@@ -82,7 +83,7 @@ def test_a_create_whose_reply_was_lost_reaches_history_once_at_its_last_version(
 
 
 def test_a_lost_create_ended_during_the_outage_is_not_brought_back_by_redis(lost_reply_proxy, raw_redis, clock):
-    arm(lost_reply_proxy, raw_redis, workbench._SAVE, "apply")
+    arm(lost_reply_proxy, raw_redis, _layout._SAVE, "apply")
     assert workbench.save("s1", {"n": 1}, expected_version=0) == 1
     assert workbench.save("s1", {"n": 2}, expected_version=1) == 2
     assert workbench.end("s1") is True  # on MongoDB: history now, and a tombstone for Redis's v1
@@ -98,7 +99,7 @@ def test_a_lost_create_ended_during_the_outage_is_not_brought_back_by_redis(lost
 def test_an_end_whose_reply_was_lost_reaches_history_once_at_its_last_version(mode, lost_reply_proxy, raw_redis, clock):
     for n in range(1, 4):
         workbench.save("s1", {"n": n})  # Redis v3 (and its durable copy)
-    arm(lost_reply_proxy, raw_redis, workbench._END, mode)
+    arm(lost_reply_proxy, raw_redis, _layout._END, mode)
     assert workbench.end("s1") is True
     assert lost_reply_proxy.lost == [mode]
     reopen_gate(clock)
@@ -117,7 +118,7 @@ def test_without_durable_saves_an_end_whose_reply_was_lost_answers_true_and_reac
     hotcache_config(WORKBENCH_DURABLE_SAVES=False)
     workbench.save("s1", {"n": 1})
     workbench.save("s1", {"n": 2})
-    arm(lost_reply_proxy, raw_redis, workbench._END, mode)
+    arm(lost_reply_proxy, raw_redis, _layout._END, mode)
     assert workbench.end("s1") is True  # outcome unknown: no MongoDB copy to end from
     reopen_gate(clock)
     persist_all(clock)  # "drop": Redis kept it; it reaches history once it is idle

@@ -1,4 +1,4 @@
-"""Who owns a workbench session (issue 13): set by the save that creates it, kept by saves without an owner, never
+"""Who owns a workbench session: set by the save that creates it, kept by saves without an owner, never
 silently re-assigned: another owner raises OwnerConflict unless expected_owner names the current one. One contract
 run on Redis and on the MongoDB fallback, including concurrent writers."""
 
@@ -8,6 +8,8 @@ import pytest
 
 from hotcache import workbench
 from hotcache.backends import mongo
+from hotcache.testing import new_process
+from hotcache.workbench import _envelope
 
 pytestmark = pytest.mark.urls("config.demo.urls")
 
@@ -16,7 +18,7 @@ pytestmark = pytest.mark.urls("config.demo.urls")
 def _clean_workbench_keys(raw_redis, key_prefix):
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
         raw_redis.unlink(key)
-    workbench._hints.clear()  # and without envelopes this process remembers from an earlier test
+    new_process()  # and without envelopes this process remembers from an earlier test
 
 
 @pytest.fixture(params=["redis", "mongodb fallback"])
@@ -133,15 +135,15 @@ def test_the_owner_rule_holds_on_the_fallback_for_a_session_saved_on_redis(redis
 def test_a_remembered_envelope_never_decides_a_refusal():
     """A process decides on the envelope it saw last only to write; a refusal is decided on what Redis holds."""
     workbench.save("s1", {"n": 1}, owner="alice")
-    seen_alice = workbench._recall("s1")
+    seen_alice = _envelope._recall("s1")
     workbench.save("s1", {"n": 2}, owner="bob", expected_owner="alice")
-    seen_bob = workbench._recall("s1")
+    seen_bob = _envelope._recall("s1")
     # Another process transferred it to bob; this one last saw alice's: bob's save still succeeds.
-    workbench._remember("s1", seen_alice)
+    _envelope._remember("s1", seen_alice)
     assert workbench.save("s1", {"n": 3}, owner="bob") == 3
     workbench.save("s1", {"n": 4}, owner="alice", expected_owner="bob")
     # And the other way round: this one last saw bob's, but alice owns it again: bob is refused.
-    workbench._remember("s1", seen_bob)
+    _envelope._remember("s1", seen_bob)
     with pytest.raises(workbench.OwnerConflict):
         workbench.save("s1", {"n": "bob's"}, owner="bob")
     assert workbench.load("s1").state == {"n": 4}

@@ -1,0 +1,71 @@
+"""The recovery fence: a process that wrote to workbench_active because Redis was unreachable owes Redis a
+sealed fence value (a hotcache.recovery.OutageNotice), sent with its next workbench call. While the fence is
+up, each session is compared with its MongoDB copy once before Redis serves or changes it. See
+docs/workbench.md#recovery-after-an-outage.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from hotcache import recovery, signing
+from hotcache.backends import redis as redis_backend
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import RedisUnavailable
+from hotcache.workbench._envelope import _FENCE_RECORD, _FOREIGN, _text
+from hotcache.workbench._layout import _UNFENCE, FEATURE, _fence_key
+
+_notice = recovery.OutageNotice()
+
+
+@dataclass(frozen=True, slots=True)
+class _Fence:
+    """What a workbench call sends to raise the fence: the value ('' when none is owed), its TTL, and the
+    notice generation to settle once Redis took it."""
+
+    value: str
+    ttl: int
+    generation: int
+
+
+def _raise_fence_later() -> None:
+    # Sealed, so a process tells a fence hotcache raised from one written by someone else.
+    _notice.owe(signing.seal(_FENCE_RECORD, _fence_key(), secrets.token_hex(8)))
+
+
+def _fence_args() -> _Fence:
+    generation, owed, value = _notice.owed()
+    return _Fence(str(value) if owed and value else "", int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT), generation)
+
+
+def _fence_sent(fence: _Fence) -> None:
+    if fence.value:
+        _notice.sent(fence.generation)
+
+
+def _current_fence() -> str:
+    """The recovery fence if it is up and hotcache raised it, else ''. Any other value is lowered (tampered)."""
+    key = _fence_key()
+
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        pipe.get(key)
+        return pipe.execute(raise_on_error=False)
+
+    try:
+        [raw] = redis_backend.call(FEATURE, read)
+    except RedisUnavailable:
+        return ""
+    if raw is None:
+        return ""
+    if not isinstance(raw, Exception) and signing.unseal(_FENCE_RECORD, key, raw) is not None:
+        return _text(raw)
+    signing.tampered(FEATURE, key, "is not a fence hotcache raised")
+    try:
+        redis_backend.call(FEATURE, lambda r: _UNFENCE(r, [key], [raw if isinstance(raw, bytes) else _FOREIGN]))
+    except RedisUnavailable:
+        pass
+    return ""
+

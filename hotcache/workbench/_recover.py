@@ -1,0 +1,207 @@
+"""Bringing Redis in line with workbench_active after an outage: one session at a time (under the fence, on a
+miss, on a tampered record) and every outage copy in a persister run, which then lowers the fence.
+See docs/workbench.md#recovery-after-an-outage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from hotcache import clock
+from hotcache.backends import mongo
+from hotcache.backends import redis as redis_backend
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import (
+    BackendUnavailable,
+    RedisUnavailable,
+)
+from hotcache.workbench._envelope import (
+    _NONE,
+    _Envelope,
+    _envelope_from_doc,
+    _Hot,
+    _observed,
+    _open_envelope,
+    _open_hot,
+    _read_envelopes,
+    _remember,
+    _tampered,
+)
+from hotcache.workbench._fence import _current_fence
+from hotcache.workbench._layout import (
+    _FALLBACK,
+    _FORK,
+    _LOAD,
+    _RECONCILE,
+    _REDIS,
+    _UNFENCE,
+    FEATURE,
+    _active,
+    _data_key,
+    _fence_key,
+    _index_key,
+)
+from hotcache.workbench._results import PersistResult
+
+log = logging.getLogger("hotcache.workbench")
+
+
+def _migrate(session_id: str) -> _Hot | None:
+    """A Redis miss: bring a session kept on MongoDB (outage or durable copy) back into Redis; None if none."""
+    return _reconcile(session_id, _NONE)
+
+
+def _reconcile_args(
+    action: str, fence: str, observed: bytes, doc: Mapping[str, Any], session_id: str
+) -> list[Any]:
+    envelope, state = _NONE, ""
+    if action == "put":
+        envelope, state = _envelope_from_doc(session_id, doc).raw, doc["state"]
+    ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
+    return [action, fence, observed, envelope, state, repr(clock.time()), ttl, session_id]
+
+
+def _plan(
+    doc: Mapping[str, Any] | None, current: _Envelope | None, observed: bytes, tampered: bool
+) -> list[tuple[str, bytes, Mapping[str, Any]]]:
+    """The recovery rule: which actions (each applied only if Redis still holds ``observed``) bring Redis's copy
+    (``current``, verified; or none; or a ``tampered`` one) in line with the MongoDB document.
+
+    - a tampered copy is absent: MongoDB's document replaces it, or it is dropped;
+    - a tombstone of the incarnation Redis holds (same token, version at least Redis's): drop it in Redis;
+    - a document that remembers an ended incarnation (gone_token) Redis still holds: drop that first;
+    - an outage ("fallback") or durable document of the same incarnation with a NEWER version, or any
+      document when Redis has none: put it into Redis;
+    - otherwise Redis is current (it is never overwritten by an older version or another incarnation).
+    """
+    if doc is None:
+        return [("drop", observed, {})] if tampered else [("mark", observed, {})]
+    if doc.get("ended"):
+        holds = current is not None and current.token == doc["token"] and current.version <= int(doc["version"])
+        return [("drop" if tampered or holds else "mark", observed, doc)]
+    actions: list[tuple[str, bytes, Mapping[str, Any]]] = []
+    gone = doc.get("gone_token")
+    if current is not None and gone and current.token == gone and current.version <= int(doc.get("gone_version", 0)):
+        actions.append(("drop", observed, doc))
+        current, observed = None, _NONE
+    if tampered or current is None or (current.token == doc["token"] and int(doc["version"]) > current.version):
+        actions.append(("put", observed, doc))
+    else:
+        actions.append(("mark", observed, doc))
+    return actions
+
+
+def _reconcile(
+    session_id: str,
+    observed: bytes,
+    current: _Envelope | None = None,
+    *,
+    tampered: bool = False,
+    hot: _Hot | None = None,
+) -> _Hot | None:
+    """Compare one session's Redis copy with workbench_active and fix Redis; the session as Redis now holds it.
+
+    ``observed``: the envelope Redis held when looked at (b'' none); ``current``: it, verified; ``tampered``:
+    it failed verification (absent: MongoDB's copy replaces it, or it is deleted); ``hot``: the verified
+    session, returned as is when nothing changes. One MongoDB read and one Redis round trip per action, plus
+    one to read the result.
+    """
+    try:
+        doc = _active().find_one({"_id": session_id})
+    except BackendUnavailable:
+        log.warning("hotcache.workbench: MongoDB unavailable while checking %s for an outage copy", session_id)
+        return hot
+    if doc is None and current is None and not tampered:
+        return None
+    fence = _current_fence()
+    keys_ = [_data_key(session_id), _index_key()]
+    changed = False
+    for action, seen, src in _plan(doc, current, observed, tampered):
+        args = _reconcile_args(action, fence, seen, src, session_id)
+        try:
+            changed = bool(redis_backend.call(FEATURE, lambda r, a=args: _RECONCILE(r, keys_, a))) or changed
+        except RedisUnavailable:
+            if doc is None or doc.get("ended"):
+                return hot
+            return _Hot(_envelope_from_doc(session_id, doc), doc["state"])
+    if doc is not None:
+        _settle(doc, keys_)
+    if not changed and hot is not None:
+        _remember(session_id, hot.envelope)
+        return hot
+    now = clock.time()
+    load_args = [repr(now), int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT), session_id, "", 1]
+    row = redis_backend.call(FEATURE, lambda r: _LOAD(r, [*keys_, _fence_key()], load_args))
+    result = _open_hot(session_id, row[0], _observed(row[1])) if row else None
+    if row and result is None:
+        _tampered(session_id, _observed(row[1]))  # written again since: absent, left for the next look
+    _remember(session_id, result.envelope if result is not None else None)
+    return result
+
+
+def _redis_envelope(session_id: str) -> _Envelope | None:
+    """The session's envelope in Redis, verified (None: none, or not trusted). One round trip."""
+    [observed] = _read_envelopes([session_id])
+    return _open_envelope(session_id, observed)
+
+
+def _settle(doc: Mapping[str, Any], keys_: list[str]) -> None:
+    """After Redis took (or refused) the MongoDB copy: it is no longer an outage copy."""
+    flt = {"_id": doc["_id"], "version": doc["version"], "token": doc["token"], "origin": doc.get("origin")}
+    try:
+        if doc.get("ended"):
+            _active().delete_one(flt)
+        elif doc.get("origin") == _FALLBACK:
+            held = _redis_envelope(doc["_id"])
+            same = held is not None and held.token == doc["token"] and held.version >= int(doc["version"])
+            if same and not hotcache_settings.WORKBENCH_DURABLE_SAVES:
+                _active().delete_one(flt)  # Redis has it: without durable saves MongoDB keeps no copy
+            else:
+                origin = _REDIS if same else _FORK
+                unset = {"gone_token": "", "gone_version": ""}
+                _active().update_one(flt, {"$set": {"origin": origin, "from_redis": same}, "$unset": unset})
+    except (BackendUnavailable, RedisUnavailable):
+        log.warning("hotcache.workbench: could not settle the outage copy of %s; the persister will", doc["_id"])
+
+
+def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> None:
+    """Recovery after a Redis outage: bring every outage copy (and tombstone) in workbench_active in line with
+    Redis, then lower the fence if nobody raised it again meanwhile. Per batch: one MongoDB read, one Redis
+    pipeline, and the settle writes."""
+    coll = _active()
+    fence = _current_fence()
+    for _ in range(max_batches):
+        docs = coll.find({"origin": _FALLBACK}, sort=[("last_seen", mongo.ASCENDING)], limit=limit)
+        if not docs:
+            break
+
+        plans = []
+        for d, observed in zip(docs, _read_envelopes([d["_id"] for d in docs]), strict=True):
+            current = _open_envelope(d["_id"], observed)
+            tampered = bool(observed) and current is None
+            if tampered:
+                _tampered(d["_id"], observed)
+            plans.append((d, _plan(d, current, observed, tampered)))
+
+        def apply(r: Any, batch: list = plans) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for d, actions in batch:
+                for action, seen, src in actions:
+                    # EVAL (not EVALSHA) in a pipeline: no NOSCRIPT round trip to handle; a rare recovery path.
+                    ks = [_data_key(d["_id"]), _index_key()]
+                    pipe.eval(_RECONCILE.body, len(ks), *ks, *_reconcile_args(action, fence, seen, src, d["_id"]))
+            return pipe.execute()
+
+        redis_backend.call(FEATURE, apply)
+        for d, _actions in plans:
+            _remember(d["_id"], None)
+            _settle(d, [_data_key(d["_id"]), _index_key()])
+        result.reconciled += len(docs)
+        if len(docs) < limit:
+            break
+    else:
+        return  # more left: keep the fence up for the next run
+    if fence:
+        redis_backend.call(FEATURE, lambda r: _UNFENCE(r, [_fence_key()], [fence]))
