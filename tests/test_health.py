@@ -141,3 +141,42 @@ def test_a_probe_whose_caller_raised_lets_the_next_caller_probe(redis_proxy, clo
     assert redis_gate.state == OPEN
     assert ping() is True  # the next caller is the probe
     assert redis_gate.state == CLOSED
+
+
+def test_a_feature_stops_paying_timeouts_once_the_gate_opens(settings, clock, hotcache_config):
+    """Through a feature's public API: a Redis that accepts but never answers costs each call one timeout
+    until HEALTH_FAILURE_THRESHOLD of them open the gate; then no call reaches the server at all."""
+    import socket
+
+    from hotcache import analytics
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)  # held open, never answered
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = server.getsockname()[1]
+    try:
+        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"],
+                                                          "LOCATION": f"redis://127.0.0.1:{port}/0"}}
+        hotcache_config(REDIS_SOCKET_TIMEOUT=0.05, REDIS_CONNECT_TIMEOUT=0.05, HEALTH_FAILURE_THRESHOLD=3)
+        outcomes = [analytics.track("gate", path="/") for _ in range(8)]
+        assert redis_gate.state == OPEN
+        assert redis_gate.snapshot().consecutive_failures == 3
+        reached = len(accepted)
+        assert [analytics.track("gate", path="/") for _ in range(5)] == ["fallback"] * 5
+        assert len(accepted) == reached  # the open gate sends nothing to the hung server
+        assert outcomes[3:] == ["fallback"] * 5
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
