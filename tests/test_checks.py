@@ -77,3 +77,20 @@ def test_manage_py_check_reports_errors(hotcache_config):
     hotcache_config(REDIS_ALIAS="nope")
     with pytest.raises(SystemCheckError, match=r"hotcache\.E002"):
         call_command("check")
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("MONGO_URI", "MONGO_URL"), ("REDIS_ALAIS", "REDIS_ALIAS"), ("ratelimit_rules", "RATELIMIT_RULES"),
+     ("WORKBENCH_IDLE_TIMOUT", "WORKBENCH_IDLE_TIMEOUT")],
+)
+def test_an_unknown_key_suggests_the_closest_setting(settings, typo, meant):
+    settings.HOTCACHE = {**settings.HOTCACHE, typo: 1}
+    (warning,) = [m for m in check_foundation() if m.id == "hotcache.W001"]
+    assert typo in warning.msg and f"Did you mean HOTCACHE[{meant!r}]?" in warning.hint
+
+
+def test_an_unknown_key_far_from_any_setting_gets_no_guess(settings):
+    settings.HOTCACHE = {**settings.HOTCACHE, "COMPLETELY_UNRELATED": 1}
+    (warning,) = [m for m in check_foundation() if m.id == "hotcache.W001"]
+    assert "Did you mean" not in warning.hint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from django.conf import settings
@@ -37,11 +38,11 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                 id="hotcache.E001",
             )
         ]
-    for name in sorted(set(raw) - set(DEFAULTS)):
+    for name in sorted(set(raw) - set(DEFAULTS), key=str):
         errors.append(
             Warning(
                 f"HOTCACHE[{name!r}] is not a hotcache setting and is ignored.",
-                hint="Check the spelling against README.md, section Settings.",
+                hint=_did_you_mean(name),
                 id="hotcache.W001",
             )
         )
@@ -153,3 +154,16 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                 )
             )
     return errors
+
+
+# Names users reach for by habit (other libraries, environment variables) and the setting they mean.
+_KNOWN_ALIASES = {"MONGO_URI": "MONGO_URL", "MONGODB_URL": "MONGO_URL", "MONGODB_URI": "MONGO_URL"}
+
+
+def _did_you_mean(name: object) -> str:
+    """The hint of W001: the closest setting name, if one is close, else where the settings are listed."""
+    text = str(name).upper()
+    match = _KNOWN_ALIASES.get(text) or next(iter(difflib.get_close_matches(text, DEFAULTS, n=1, cutoff=0.75)), None)
+    if match is not None:
+        return f"Did you mean HOTCACHE[{match!r}]? (Every setting is listed in README.md, section Settings.)"
+    return "Check the spelling against README.md, section Settings."
