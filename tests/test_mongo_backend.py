@@ -123,3 +123,22 @@ def test_server_gone_is_unavailable_within_selection_timeout(mock_server):
     mock_server.stop()
     with pytest.raises(MongoUnavailable):
         mongo.collection("c", feature="t").find_one({"_id": 1})
+
+
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [("mongomock://site1", "site1"), ("mongomock://localhost/site2", "site2"), ("mongomock://localhost", "localhost"),
+     ("mongodb://db.example:27017/app?retryWrites=true", "app"), ("mongodb://db.example:27017", "hotcache")],
+)
+def test_the_database_comes_from_the_url_as_mongodb_reads_it(hotcache_config, url, database):
+    hotcache_config(MONGO_URL=url, MONGO_DATABASE=None)
+    assert mongo.database_name() == database
+
+
+def test_the_stand_in_without_its_extra_says_what_to_install(hotcache_config, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mongomock", None)  # as if hotcache[embedded] were not installed
+    hotcache_config(MONGO_URL="mongomock://missing_extra")
+    with pytest.raises(MongoUnavailable, match=r"pip install 'hotcache\[embedded\]'"):
+        mongo.collection("x", feature="test").find_one({})

@@ -156,14 +156,24 @@ def database_name() -> str:
         return str(configured)
     url = str(hotcache_settings.MONGO_URL or "")
     parts = urlsplit(url)
-    name = (parts.netloc if parts.scheme == "mongomock" else parts.path.lstrip("/")).split("?")[0]
+    name = parts.path.lstrip("/").split("?")[0]
+    if not name and parts.scheme == "mongomock":
+        # mongomock://<database> (the short form); mongomock://host/<database> reads like mongodb://.
+        name = parts.netloc
     return name or "hotcache"
 
 
 def _make_state(url: str) -> _State:
     scheme = url_scheme(url)
     if scheme == "mongomock":
-        import mongomock
+        try:
+            import mongomock
+        except ImportError as exc:
+            msg = (
+                "HOTCACHE['MONGO_URL'] uses the in-process stand-in (mongomock://), which needs the embedded "
+                "extra: pip install 'hotcache[embedded]' (or point MONGO_URL at a real MongoDB)"
+            )
+            raise MongoUnavailable(msg) from exc
 
         _patch_mongomock_bulk()
         stats = PoolStats(monitored=False, max_pool_size=0)
