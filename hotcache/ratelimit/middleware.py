@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 
 from hotcache.ratelimit.core import evaluate_in, refuse_missing
+from hotcache.ratelimit.decorators import Ratelimited
 from hotcache.ratelimit.headers import set_headers
 from hotcache.ratelimit.limits import Decision
 from hotcache.ratelimit.options import Snapshot
@@ -57,7 +58,11 @@ def _denied_response(decision: Decision, snapshot: Snapshot) -> HttpResponse:
 
 
 class RateLimitMiddleware:
-    """Apply HOTCACHE['RATELIMIT_RULES'] to every request; 429 + Retry-After when any matching rule denies."""
+    """Apply HOTCACHE['RATELIMIT_RULES'] to every request; 429 + Retry-After when any matching rule denies.
+
+    Also turns a ``Ratelimited`` raised by a view (``@ratelimit(block=True)``) into the same answer (the
+    status of RATELIMIT_STATUS_CODE with Retry-After) instead of Django's 403 page and a logged traceback.
+    """
 
     sync_capable = True
     async_capable = True
@@ -78,6 +83,17 @@ class RateLimitMiddleware:
         else:
             response = self.get_response(request)
         set_headers(response, decision, state.settings)
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, Ratelimited):
+            return None
+        state = local_state()
+        retry = max(1, int(exception.retry_after or 1))
+        response = JsonResponse(
+            {"detail": "Too many requests.", "rule": None, "retry_after": retry}, status=state.settings.status_code
+        )
+        response["Retry-After"] = str(retry)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:

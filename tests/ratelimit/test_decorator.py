@@ -130,3 +130,30 @@ def test_ratelimit_enable_false_disables(settings):
     settings.RATELIMIT_ENABLE = False
     request = rf.get("/", REMOTE_ADDR=ip())
     assert get_usage(request, group="g", key="ip", rate="0/m") is None
+
+
+def test_a_blocked_decorated_view_answers_429_with_retry_after_under_the_middleware(settings, caplog):
+    """With RateLimitMiddleware installed, @ratelimit's Ratelimited is the same 429 the rules give, not a 403
+    page with a logged traceback (the reports count denials as 429s)."""
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "hotcache.middleware.RateLimitMiddleware"]
+    c, addr = Client(), ip()
+    with caplog.at_level("WARNING", logger="django.request"):
+        codes = [c.get("/deco/", REMOTE_ADDR=addr) for _ in range(3)]
+    assert [r.status_code for r in codes] == [200, 200, 429]
+    assert 1 <= int(codes[2]["Retry-After"]) <= 60
+    assert codes[2].json()["detail"] == "Too many requests."
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback logged for a denial
+
+
+def test_a_blocked_async_view_answers_429_under_the_middleware(settings):
+    from asgiref.sync import async_to_sync
+
+    from tests.ratelimit.fixtures import async_client
+
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "hotcache.middleware.RateLimitMiddleware"]
+    c = async_client(ip(), raise_request_exception=False)
+
+    async def run():
+        return [(await c.get("/adeco/")).status_code for _ in range(3)]
+
+    assert async_to_sync(run)() == [200, 200, 429]
