@@ -1,6 +1,7 @@
 """A real headless Chromium logs into the admin with the login form, opens every report page, checks the figures
 and saves screenshots under artifacts/ (their paths are printed)."""
 
+import os
 import re
 import time
 from pathlib import Path
@@ -79,7 +80,11 @@ def feature_workload():
 @pytest.mark.slow
 def test_admin_reports_in_a_real_browser(live_server, transactional_db, monkeypatch, raw_redis):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements/test.txt")
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install -y chromium"
+    if not Path(CHROMIUM).exists():
+        # CI (.ci/run sets CI=true and installs chromium) must run this test; a developer's machine may lack it.
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is needed: apt-get install -y chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); CI runs this test")
     User.objects.create_user("boss", password="s3cret-pw", is_staff=True)
     clear_meter_hashes(raw_redis)  # creating the user is itself metered (the user cache invalidates it)
     history()
