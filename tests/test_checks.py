@@ -94,3 +94,17 @@ def test_an_unknown_key_far_from_any_setting_gets_no_guess(settings):
     settings.HOTCACHE = {**settings.HOTCACHE, "COMPLETELY_UNRELATED": 1}
     (warning,) = [m for m in check_foundation() if m.id == "hotcache.W001"]
     assert "Did you mean" not in warning.hint
+
+
+@pytest.mark.parametrize("debug", [True, False])
+def test_the_in_process_stand_in_is_named_with_what_it_loses_whatever_debug(settings, monkeypatch, debug):
+    settings.DEBUG = debug
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "mysite.settings")  # not a test settings module
+    (warning,) = [m for m in check_foundation() if m.id == "hotcache.W003"]
+    assert "mongomock://" in warning.msg and "manage.py apikeys create" in warning.hint
+
+
+def test_a_real_mongodb_url_gets_no_stand_in_warning(settings, monkeypatch):
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    settings.HOTCACHE = {**settings.HOTCACHE, "MONGO_URL": "mongodb://db.example:27017/app"}
+    assert not [m for m in check_foundation() if m.id == "hotcache.W003"]

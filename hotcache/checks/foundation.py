@@ -144,12 +144,15 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                     id="hotcache.E008",
                 )
             )
-        elif url_scheme(url) == "mongomock" and not settings.DEBUG and "test" not in _settings_module():
+        elif url_scheme(url) == "mongomock" and "test" not in _settings_module():
             errors.append(
                 Warning(
-                    f"{_setting('MONGO_URL')} uses the in-process stand-in (mongomock://) with DEBUG off.",
-                    hint="Its data lives in one process and is lost on restart; point MONGO_URL at a real "
-                    "MongoDB in production.",
+                    f"{_setting('MONGO_URL')} uses the in-process MongoDB stand-in (mongomock://): what hotcache "
+                    "keeps durably lives only in the process that wrote it and is gone when it exits.",
+                    hint="Lost between processes: API keys made by 'manage.py apikeys create' (runserver never "
+                    "sees them), analytics moved by sync_analytics, workbench history and usage history written "
+                    "by a command or a worker. Fine for the demo and tests; point MONGO_URL at a real MongoDB "
+                    "(mongodb:// or mongodb+srv://) for anything else.",
                     id="hotcache.W003",
                 )
             )
