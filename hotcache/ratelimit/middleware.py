@@ -49,10 +49,14 @@ def _check(request: HttpRequest, state: LocalState) -> Decision:
 
 
 def _denied_response(decision: Decision, snapshot: Snapshot) -> HttpResponse:
-    status = snapshot.status_code
-    retry = decision.retry_after
     first = decision.denied[0].name if decision.denied else None
-    response = JsonResponse({"detail": "Too many requests.", "rule": first, "retry_after": retry}, status=status)
+    return _too_many(decision.retry_after, first, snapshot)
+
+
+def _too_many(retry: int, rule: str | None, snapshot: Snapshot) -> HttpResponse:
+    """The one denied answer, for the rules and for a @ratelimit view's Ratelimited alike."""
+    body = {"detail": "Too many requests.", "rule": rule, "retry_after": retry}
+    response = JsonResponse(body, status=snapshot.status_code)
     response["Retry-After"] = str(retry)
     return response
 
@@ -88,13 +92,7 @@ class RateLimitMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, Ratelimited):
             return None
-        state = local_state()
-        retry = max(1, int(exception.retry_after or 1))
-        response = JsonResponse(
-            {"detail": "Too many requests.", "rule": None, "retry_after": retry}, status=state.settings.status_code
-        )
-        response["Retry-After"] = str(retry)
-        return response
+        return _too_many(max(1, int(exception.retry_after or 1)), None, local_state().settings)
 
     async def __acall__(self, request: HttpRequest) -> Any:
         if hasattr(request, "auser") and any(r.needs_user for r in compiled_rules()):
