@@ -140,7 +140,8 @@ def test_a_blocked_decorated_view_answers_429_with_retry_after_under_the_middlew
     with caplog.at_level("WARNING", logger="django.request"):
         codes = [c.get("/deco/", REMOTE_ADDR=addr) for _ in range(3)]
     assert [r.status_code for r in codes] == [200, 200, 429]
-    assert 1 <= int(codes[2]["Retry-After"]) <= 60
+    # A sliding window still weighs the previous window: admission can be up to two windows (2 x 60 s) away.
+    assert 1 <= int(codes[2]["Retry-After"]) <= 120
     assert codes[2].json()["detail"] == "Too many requests."
     assert not [r for r in caplog.records if r.exc_info]  # no traceback logged for a denial
 
