@@ -156,8 +156,9 @@ class HotcacheSettings:
                 # The snapshot holds a reference to its source dict, so id() reuse cannot fool the check.
                 self._derived_source = source
                 self._derived = {}
-            self._derived[name] = value
-        return value
+            # Two threads building at once: the first stored value wins, so state another thread already
+            # holds (a deny cache, a local limiter) is never replaced by a second, empty copy.
+            return self._derived.setdefault(name, value)
 
     def reload(self) -> None:
         """Forget every derived value (settings changed)."""

@@ -46,3 +46,26 @@ def test_derived_values_are_built_once_per_hotcache_dict(settings):
     hotcache_settings.reload()
     hotcache_settings.derived("test.prefix", build)
     assert len(builds) == 3
+
+
+def test_concurrent_first_builds_of_a_derived_value_all_get_the_first_stored(settings):
+    import threading
+
+    from hotcache.conf import hotcache_settings
+
+    hotcache_settings.reload()
+    start = threading.Barrier(4)
+    got = []
+
+    def build():
+        start.wait(5)  # every thread is inside build() before any stores its value
+        return object()
+
+    threads = [threading.Thread(target=lambda: got.append(hotcache_settings.derived("test.race", build)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(v) for v in got}) == 1
+    assert hotcache_settings.derived("test.race", build) is got[0]
