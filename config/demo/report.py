@@ -12,7 +12,7 @@ from typing import Any
 from config.demo.figures import Figure, render_value
 from config.demo.runner import DemoResult
 
-__all__ = ["format_report", "verdict"]
+__all__ = ["format_report"]
 
 # What each feature row of the Redis/MongoDB tables is: the metering attributes every command to one.
 FEATURE_MEANINGS: dict[str, str] = {
@@ -161,17 +161,6 @@ def _figures_table(figures: list[Figure]) -> list[str]:
     return [*_table(("Figure", "Value", "Unit"), rows), "", *_glossary([(f.label, f.meaning) for f in figures])]
 
 
-def verdict(r: DemoResult) -> str:
-    """The report's last line."""
-    if r.passed:
-        return (
-            f"PASS: {r.requests:,} requests, 0 unexpected failures, "
-            f"{r.redis_commands_per_1000_requests:,.1f} Redis commands per 1,000 requests, "
-            f"{r.mongo_ops_saved:,} MongoDB operations saved"
-        )
-    return f"FAIL: {r.requests:,} requests, {len(r.failures):,} unexpected failure(s) (listed under Failures)"
-
-
 def format_report(r: DemoResult) -> str:
     settings_line = r.settings_module
     if r.launched_from:
@@ -274,5 +263,5 @@ def format_report(r: DemoResult) -> str:
 
     lines += _section("Failures")
     lines += [f"  - {f}" for f in r.failures] or ["  none"]
-    lines += ["", verdict(r)]
+    lines += ["", r.verdict]
     return "\n".join(lines) + "\n"

@@ -146,12 +146,24 @@ class DemoResult:
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def verdict(self) -> str:
+        """The report's last line: PASS or FAIL, with what a reader checks first."""
+        if self.passed:
+            return (
+                f"PASS: {self.requests:,} requests, 0 unexpected failures, "
+                f"{self.redis_commands_per_1000_requests:,.1f} Redis commands per 1,000 requests, "
+                f"{self.mongo_ops_saved:,} MongoDB operations saved"
+            )
+        return f"FAIL: {self.requests:,} requests, {len(self.failures):,} unexpected failure(s) (listed under Failures)"
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f: getattr(self, f) for f in self.__slots__}
         out["statuses"] = {str(k): v for k, v in self.statuses.items()}
         out["features"] = {name: {f.key: f.value for f in figs} for name, figs in self.features.items()}
         out["logged"] = [rec.as_dict() for rec in self.logged]
         out["passed"] = self.passed
+        out["verdict"] = self.verdict
         return out
 
 

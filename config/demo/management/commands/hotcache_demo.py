@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.module_loading import import_string
 
 from config.demo import isolation
-from config.demo.report import format_report, verdict
+from config.demo.report import format_report
 from config.demo.runner import Scenario, run_demo
 
 DEFAULT_SCENARIOS = "config.demo.scenarios.all_scenarios"
@@ -63,7 +63,7 @@ class Command(BaseCommand):
         else:
             self.stdout.write(format_report(result), ending="")
         if not result.passed:
-            raise CommandError(verdict(result), returncode=1)
+            raise CommandError(result.verdict, returncode=1)
 
     def _run_isolated(self, options: dict[str, Any]) -> None:
         args = [
