@@ -194,14 +194,15 @@ def test_a_failing_scenario_fails_the_run_with_its_failures_listed() -> None:
 
 
 @pytest.mark.slow
-def test_a_failing_scenario_in_json_says_so() -> None:
-    proc = manage(
-        "hotcache_demo", "--requests", "30", "--json", "--scenarios", "tests.demo.failing.scenarios", env=clean_env()
-    )
+def test_a_failing_scenario_in_json_says_so_also_when_started_under_the_demos_own_settings() -> None:
+    env = clean_env(DJANGO_SETTINGS_MODULE="config.settings.demo_isolated")  # runs in this process, no switch
+    proc = manage("hotcache_demo", "--requests", "30", "--json", "--scenarios", "tests.demo.failing.scenarios", env=env)
+
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert report["passed"] is False and report["verdict"].startswith("FAIL: 30 requests")
     assert f"unmet: {NEVER_HAPPENED}" in report["failures"]
+    assert report["settings_module"] == "config.settings.demo_isolated" and report["launched_from"] == ""
 
 
 @pytest.mark.slow
