@@ -29,6 +29,18 @@ FEATURE_MEANINGS: dict[str, str] = {
     "workbench": "workbench sessions: save, load, end, the persister",
 }
 
+# What each scenario sends (config/demo/<scenario>.py); a scenario passed with --scenarios has no line here.
+SCENARIO_MEANINGS: dict[str, str] = {
+    "analytics": "browser beacons to POST /hotcache/analytics/track (3% from a broken client)",
+    "apikeys": "GET /api/usage/ with API keys: unlimited, limited, revoked, made up, malformed",
+    "mfa": "MFA logins: codes issued and typed (typos, replays, resends, an attacker guessing)",
+    "pages": "anonymous page views of / from a pool of IPs",
+    "ratelimit": "logins and API calls through RateLimitMiddleware (a credential stuffer, a scraper)",
+    "reports": "a staff user opening the admin report pages (every 100th request)",
+    "users": "logged-in users browsing with session cookies; renames; one account closed halfway",
+    "workbench": "workbench sessions opened, edited, ended and abandoned",
+}
+
 BASELINES: dict[str, str] = {
     "analytics": "one write per event tracked",
     "apikeys": "one query per API call",
@@ -181,6 +193,8 @@ def format_report(r: DemoResult) -> str:
     lines += _table(("Status", "Requests"), rows)
     lines += ["", *_glossary(glossary)]
     lines += ["", *_table(("Scenario", "Requests"), list(r.requests_by_scenario.items()))]
+    lines += ["", *_glossary([(name, SCENARIO_MEANINGS.get(name, "a scenario given with --scenarios"))
+                              for name in r.requests_by_scenario])]  # fmt: skip
 
     lines += _section("Redis commands and MongoDB operations by feature")
     feature_rows = _feature_rows(r)
