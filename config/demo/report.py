@@ -10,6 +10,7 @@ from http import HTTPStatus
 from typing import Any
 
 from config.demo.figures import Figure, render_value
+from config.demo.logs import expected_because
 from config.demo.runner import DemoResult
 
 __all__ = ["format_report"]
@@ -271,8 +272,9 @@ def format_report(r: DemoResult) -> str:
         "",
         "  Records: how many records of that kind were logged (Django's request log grouped by kind, without the",
         '  path). Django logs every 4xx as a warning ("Unauthorized: /api/usage/"); the scenarios expect those.',
-        "  On fakeredis hotcache logs \"unknown command 'info'\" for the memory gauge (fakeredis has no INFO).",
-        "  Errors that matter are listed again under Failures.",
+        "  Any other error is a failure, listed under Failures"
+        + (", except:" if any(expected_because(rec) for rec in r.logged) else "."),
+        *(f"  - {rec.logger}: {why}" for rec in r.logged if rec.is_error and (why := expected_because(rec))),
     ]
 
     lines += _section("Failures")

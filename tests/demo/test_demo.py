@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.demo.failing import NEVER_HAPPENED
+from tests.demo.failing import LOGGED_ERROR, NEVER_HAPPENED
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,11 +183,12 @@ def test_a_failing_scenario_fails_the_run_with_its_failures_listed() -> None:
 
     assert proc.returncode == 1
     lines = proc.stdout.rstrip("\n").splitlines()
-    assert lines[-1].startswith("FAIL: 60 requests, 3 unexpected failure(s)"), lines[-1]
+    assert lines[-1].startswith("FAIL: 60 requests, 4 unexpected failure(s)"), lines[-1]
     failures = proc.stdout[proc.stdout.index("\nFailures\n") :]
     assert "foreign-host: 6 response(s) 400, expected 200 (first: GET /)" in failures
     assert "django.security.DisallowedHost: 6 x Invalid HTTP_HOST header: 'evil.example'" in failures
     assert f"unmet: {NEVER_HAPPENED}" in failures
+    assert f"hotcache.tests logged 1 ERROR record(s): {LOGGED_ERROR}" in failures
     # stderr: the command's one-line error, never a request log line
     assert not REQUEST_LOG.findall(proc.stderr)
     assert proc.stderr.strip().startswith("CommandError: FAIL: 60 requests")
