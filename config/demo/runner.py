@@ -126,7 +126,7 @@ class DemoResult:
     mongo_ops_on_request_path: dict[str, int]
     redis_sync: dict[str, int]
     mongo_ops_sync: dict[str, int]
-    redis_commands_today: int | None  # None: the meter could not be read (Redis down)
+    redis_commands_today: int  # Redis's day hash plus unflushed counts (with Redis down: only those)
     daily_budget: int
     health: dict[str, Any]
     features: dict[str, list[Figure]]
@@ -286,14 +286,11 @@ def _run(
         if sc.report:
             features.setdefault(sc.name, []).extend(sc.report(ctx))
 
-    # The day's count is read once, here, after everything the run does and one last flush of the meter's
-    # buffer (the meter writes to Redis every METER_FLUSH_EVERY commands, so a reading taken earlier, as the
-    # reports scenario's overview used to be printed, misses what was still buffered).
+    # The day's count is read once, here, after everything the run sends to Redis (the reading is Redis's
+    # day hash plus this process's unflushed counts). The report used to print a second, earlier reading
+    # too: the reports scenario's overview, taken before its own reads and the run's last meter flush.
     metering.flush()
-    try:
-        today_commands: int | None = metering.usage(days=1)[0].commands
-    except (BackendUnavailable, IndexError):
-        today_commands = None
+    today_commands = metering.usage(days=1)[0].commands
     gate = redis_gate.snapshot()
     ctx.redis_was_unavailable = gate.opens > 0 or gate.state != "closed"
     failures = _failures(scenarios, ctx)
