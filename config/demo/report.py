@@ -6,6 +6,7 @@ with ``tail -n 1``; ``--json`` carries the same figures (docs/demo.md).
 
 from __future__ import annotations
 
+import textwrap
 from http import HTTPStatus
 from typing import Any
 
@@ -69,7 +70,11 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]], *, indent: str 
 
 
 def _glossary(entries: list[tuple[str, str]], *, indent: str = "  ") -> list[str]:
-    return [f"{indent}{label}: {meaning}" for label, meaning in entries]
+    """One line per label ("label: meaning"), wrapped at 110 columns with a hanging indent."""
+    out: list[str] = []
+    for label, meaning in entries:
+        out += textwrap.wrap(f"{label}: {meaning}", width=110, initial_indent=indent, subsequent_indent=indent * 2)
+    return out
 
 
 def _section(title: str) -> list[str]:
@@ -173,7 +178,9 @@ def _figures_table(figures: list[Figure]) -> list[str]:
 def format_report(r: DemoResult) -> str:
     settings_line = r.settings_module
     if r.launched_from:
-        settings_line += f" (the demo's own; started under {r.launched_from}, whose database it never opens)"
+        settings_line += (
+            f" (the demo's own;\n            started under {r.launched_from}, whose database it never opens)"
+        )
     lines = [
         "hotcache demo report",
         "====================",

@@ -169,7 +169,8 @@ def test_under_another_projects_settings_it_runs_isolated_and_leaves_their_datab
 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stderr == ""
-    assert "config.settings.demo_isolated (the demo's own; started under config.settings.demo" in proc.stdout
+    assert "Settings  config.settings.demo_isolated (the demo's own;" in proc.stdout
+    assert "started under config.settings.demo, whose database it never opens" in proc.stdout
     assert file_digest(db) == before  # not one byte written: no demo users, no staff account, no sessions
     with sqlite3.connect(db) as conn:
         users = [row[0] for row in conn.execute("SELECT username FROM auth_user")]
