@@ -152,11 +152,14 @@ class DemoResult:
         """The report's last line: PASS or FAIL, with what a reader checks first."""
         if self.passed:
             return (
-                f"PASS: {self.requests:,} requests, 0 unexpected failures, "
+                f"PASS: {self._requests_text()}, 0 unexpected failures, "
                 f"{self.redis_commands_per_1000_requests:,.1f} Redis commands per 1,000 requests, "
                 f"{self.mongo_ops_saved:,} MongoDB operations saved"
             )
-        return f"FAIL: {self.requests:,} requests, {len(self.failures):,} unexpected failure(s) (listed under Failures)"
+        return f"FAIL: {self._requests_text()}, {len(self.failures):,} unexpected failure(s) (listed under Failures)"
+
+    def _requests_text(self) -> str:
+        return f"{self.requests:,} request{'' if self.requests == 1 else 's'}"
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f: getattr(self, f) for f in self.__slots__}
