@@ -32,7 +32,7 @@ def staff_client(client):
 def workload():
     redis_backend.call("warm", lambda r: r.ping())
     for _ in range(4):
-        redis_backend.call("ratelimit", lambda r: r.ping())
+        redis_backend.call("ratelimit", lambda r: r.exists("hc-billed-probe"))
     metering.event("ratelimit", "allowed", 7)
     metering.event("ratelimit", "denied", 3)
     metering.event("ratelimit", "allowed:login", 7)
@@ -74,7 +74,7 @@ def test_overview_flags_an_exceeded_budget(staff_client, hotcache_config):
     hotcache_config(REDIS_DAILY_COMMAND_BUDGET=2)
     workload()
     body = text(staff_client.get(reverse("hotcache:reports")))
-    assert "Exceeded:</strong> Redis commands today" in body
+    assert "Exceeded:</strong> Redis billed commands today" in body
 
 
 def test_user_cache_page_shows_hit_ratio_and_queries_avoided(staff_client):
