@@ -75,7 +75,9 @@ def billable(name: str | bytes) -> bool:
 
 
 def server_billed(commandstats: dict[str, Any]) -> int:
-    """Billed commands in an ``INFO commandstats`` reply (redis-py's dict): every call, free commands excluded.
+    """Billed commands in an ``INFO commandstats`` reply (redis-py's dict), free commands excluded: calls
+    (executed, failed ones too) and rejected calls (refused before running: OOM, READONLY, a wrong argument
+    count), as the meter counts every command sent.
 
     The server counts every client's commands (since it started or CONFIG RESETSTAT), not hotcache's only.
     """
@@ -83,7 +85,7 @@ def server_billed(commandstats: dict[str, Any]) -> int:
     for name, stats in commandstats.items():
         command = name.removeprefix("cmdstat_")
         if billable(command) and isinstance(stats, dict):
-            total += int(stats.get("calls", 0))
+            total += int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))
     return total
 
 

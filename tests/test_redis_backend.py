@@ -100,9 +100,9 @@ def test_billed_excludes_only_the_free_commands():
         "cmdstat_client|setinfo": {"calls": 2},
         "cmdstat_info": {"calls": 9},
         "cmdstat_exec": {"calls": 1},
-        "cmdstat_evalsha": {"calls": 3, "failed_calls": 1},
+        "cmdstat_evalsha": {"calls": 3, "failed_calls": 1, "rejected_calls": 2},
     }
-    assert metering.server_billed(stats) == 9
+    assert metering.server_billed(stats) == 11
 
 
 def test_wrong_type_errors_fall_back_without_opening_the_gate(key_prefix):

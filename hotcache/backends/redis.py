@@ -171,8 +171,10 @@ def after_call(hook: Callable[[], None] | None) -> None:
 
 # Every script runs inside this prelude, so it reports the commands it ran: ``redis`` is shadowed by a table
 # whose call/pcall count each command, the file's body becomes a function, and the reply is
-# {count, the body's reply}. The prelude ends without a newline, so the file's line numbers are kept in
-# error messages. Script.reply() strips the count (callers see the body's reply) and meters it as billed.
+# {count, the body's reply}. A body that fails still reports its count: the error (a redis.call error, or a
+# Lua error as ERR) comes back as the reply's second element and Script.reply() raises it. The prelude ends
+# without a newline, so the file's line numbers are kept in error messages. Script.reply() strips the count
+# (callers see the body's reply, or its error raised as before) and meters it as billed.
 _PRELUDE = (
     "local _hc_redis, _hc_billed = redis, 0 "
     "local redis = setmetatable({"
@@ -181,7 +183,12 @@ _PRELUDE = (
     "}, {__index = _hc_redis}) "
     "local function _hc_script() "
 )
-_POSTLUDE = "\nend\nlocal _hc_reply = _hc_script()\nreturn {_hc_billed, _hc_reply}\n"
+_POSTLUDE = (
+    "\nend\n"
+    "local _hc_ok, _hc_reply = pcall(_hc_script)\n"
+    "if not _hc_ok and type(_hc_reply) ~= 'table' then _hc_reply = {err = 'ERR ' .. tostring(_hc_reply)} end\n"
+    "return {_hc_billed, _hc_reply}\n"
+)
 
 
 def wrap_lua(source: str) -> str:
@@ -227,12 +234,15 @@ class Script:
     def reply(raw: Any) -> Any:
         """The script's own reply from what the server sent ({count, reply}); meters ``count`` as billed.
 
-        An error (a pipeline's NoScriptError, ResponseError) is returned unchanged: a script that failed
-        reports nothing, so it is billed as its EVAL/EVALSHA alone.
+        The script's own error (it reports its count too) is raised, as redis-py raises a failed EVALSHA. A
+        pipeline's error in place of the reply (NoScriptError, a refused EVALSHA) is returned unchanged.
         """
         if isinstance(raw, list) and raw and isinstance(raw[0], int):
             metering.meter.billed(raw[0])
-            return raw[1] if len(raw) > 1 else None
+            reply = raw[1] if len(raw) > 1 else None
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         if isinstance(raw, Exception):
             return raw
         msg = f"a hotcache script reply without its command count: {raw!r} (a script not run through Script?)"

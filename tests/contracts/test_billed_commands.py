@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from django.contrib.auth import get_user_model
 
 from hotcache import analytics, apikeys, metering, mfa, users, workbench
 from hotcache.backends import redis as redis_backend
+from hotcache.exceptions import RedisUnavailable
 from hotcache.ratelimit import Limit, evaluate
 from hotcache.testing import RedisCount, count_redis, redis_server
 
@@ -40,20 +42,28 @@ def server(own_server: str, settings: Any) -> Iterator[redis_py.Redis]:
     client.close()
 
 
+def _billed_by_command(server: redis_py.Redis) -> Counter[str]:
+    stats = server.info("commandstats")
+    return Counter({name[8:]: metering.server_billed({name: s}) for name, s in stats.items()})
+
+
 @contextlib.contextmanager
-def measured(server: redis_py.Redis) -> Iterator[tuple[RedisCount, list[int]]]:
-    """The meter's counts inside the block and, after it, the server's billed commands in it."""
-    executed: list[int] = []
-    before = metering.server_billed(server.info("commandstats"))
+def measured(server: redis_py.Redis) -> Iterator[tuple[RedisCount, list[Any]]]:
+    """The meter's counts inside the block and, after it, the server's billed commands in it (and by command)."""
+    executed: list[Any] = []
+    before = _billed_by_command(server)
     with count_redis() as c:
         yield c, executed
-    executed.append(metering.server_billed(server.info("commandstats")) - before)
+    delta = _billed_by_command(server)
+    delta.subtract(before)
+    executed.extend([delta.total(), +delta])
 
 
-def figures(name: str, c: RedisCount, executed: list[int]) -> None:
-    """Meter == server, exactly; the figures printed for the docs' table."""
+def figures(name: str, c: RedisCount, executed: list[Any]) -> None:
+    """Meter == server, exactly; the figures printed for the docs' table (with what the server ran)."""
     assert c.billed == executed[0], f"{name}: meter {c.billed} billed, server executed {executed[0]}"
-    print(f"billed: {name}: {c.billed} billed, {c.commands} sent, {c.round_trips} round trips")
+    ran = ", ".join(f"{n} {cmd.upper()}" for cmd, n in sorted(executed[1].items()))
+    print(f"billed: {name}: {c.billed} billed, {c.commands} sent, {c.round_trips} round trips: {ran}")
 
 
 def check(server: redis_py.Redis, name: str, op: Callable[[], Any]) -> int:
@@ -103,18 +113,21 @@ def test_workbench_save_and_load(server):
 
 
 def test_mfa_issue_and_verify(server):
-    users_ = iter(range(10))
     codes: dict[str, str] = {}
 
     def issue() -> None:
-        user = f"u{_id()}{next(users_)}"
+        user = f"u{_id()}"  # a new user each time: the resend cooldown refuses a second code at once
         codes[user] = mfa.issue(user)
 
     check(server, "mfa.issue", issue)
-    user, code = next(reversed(codes.items()))
-    wrong = "0" * len(code) if code != "0" * len(code) else "1" * len(code)
+    (warm_user, warm_code), (user, code) = codes.items()
+
+    def wrong(c: str) -> str:
+        return "0" * len(c) if c != "0" * len(c) else "1" * len(c)
+
+    assert not mfa.verify(warm_user, wrong(warm_code))  # the verify script is loaded
     with measured(server) as (c, executed):
-        assert not mfa.verify(user, wrong)
+        assert not mfa.verify(user, wrong(code))
     figures("mfa.verify, wrong code", c, executed)
     with measured(server) as (c, executed):
         assert mfa.verify(user, code)
@@ -172,3 +185,30 @@ def test_pipelines_and_transactions_bill_every_command_and_free_commands_none(se
     # SET, GET; MULTI, INCR, EXPIRE, EXEC. PING and INFO are free.
     assert c.billed == executed[0] == 6
     assert c.commands == 8 and c.round_trips == 3
+
+
+def test_a_failing_script_and_a_refused_command_are_billed_as_the_server_counts_them(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(redis_backend, "_LUA_DIR", tmp_path)
+    (tmp_path / "fails_test.lua").write_text(
+        f"-- {uuid.uuid4()}\nredis.call('INCR', KEYS[1])\nif ARGV[1] == 'lua' then return nil + 1 end\n"
+        "redis.call('HGET', KEYS[1], 'f')\nreturn 1"
+    )
+    redis_backend.Script._cache.pop("fails_test", None)
+    script = redis_backend.Script("fails_test")
+
+    def fail(kind: str) -> None:
+        with pytest.raises(RedisUnavailable) as info:
+            redis_backend.call("t", lambda r: script(r, ["counter"], [kind]))
+        # A Lua error keeps the file's line number: the counting prelude adds no line.
+        expected = "WRONGTYPE" if kind == "redis" else "user_script:3: attempt to perform arithmetic"
+        assert expected in str(info.value)
+
+    fail("redis")  # loads the script
+    with measured(server) as (c, executed):
+        fail("redis")  # EVALSHA, INCR, the HGET that failed
+        fail("lua")  # EVALSHA, INCR, then a Lua error
+        with pytest.raises(RedisUnavailable):
+            redis_backend.call("t", lambda r: r.execute_command("GET"))  # wrong argument count: refused
+    figures("failing scripts and a refused command", c, executed)
+    assert c.billed == 3 + 2 + 1
+    assert server.get("counter") == b"3"  # what ran before the errors stays done, as Redis never rolls back
