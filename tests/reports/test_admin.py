@@ -70,6 +70,19 @@ def test_overview_shows_budget_per_feature_and_fallbacks(staff_client):
     assert "Redis is unavailable" not in body
 
 
+def test_overview_shows_both_budgets_billed_beside_round_trips_and_the_servers_count(staff_client):
+    workload()
+    body = text(staff_client.get(reverse("hotcache:reports")))
+    assert "of 500,000 <span class=\"hc-note\">(HOTCACHE['REDIS_MONTHLY_COMMAND_BUDGET'])" in body
+    assert "Redis billed commands this month, projected" in body
+    assert "hotcache&#x27;s own connections only" in body  # (HTML-escaped)
+    today = re.search(r"Today \(hotcache's meter\)</th><td class=\"n\">(\d+) billed, (\d+) round trips", body)
+    assert today and int(today.group(1)) >= 4 and int(today.group(2)) >= 5
+    server = re.search(r"The Redis server, every client</th><td class=\"n\">(\d+) billed", body)
+    assert server and int(server.group(1)) >= int(today.group(1))
+    assert "per INFO commandstats" in body
+
+
 def test_overview_flags_an_exceeded_budget(staff_client, hotcache_config):
     hotcache_config(REDIS_DAILY_COMMAND_BUDGET=2)
     workload()
