@@ -32,20 +32,21 @@ def status_report(days: int | None = None, *, as_json: bool = False) -> StatusRe
 def _text(ov: Overview) -> list[str]:
     out: list[str] = []
     w = out.append
+    width = max(30, *(len(lim.name) for lim in ov.limits))
     if not ov.redis_available:
         w(f"!! {ov.redis_note} Health gate: {ov.gate.state}. Run hotcache_check.")
     for lim in ov.limits:
         value = "unknown" if lim.value is None else f"{lim.value:,}"
         pct = "" if lim.percent is None else f"  {lim.percent}%"
         flag = {"exceeded": "  EXCEEDED", "warning": "  WARNING"}.get(lim.level, "")
-        w(f"{lim.name:<30} {value:>14} of {lim.limit:,}{pct}{flag}  (HOTCACHE[{lim.setting!r}])")
+        w(f"{lim.name:<{width}} {value:>14} of {lim.limit:,}{pct}{flag}  (HOTCACHE[{lim.setting!r}])")
         if lim.note:
-            w(f"{'':<30} {lim.note}")
+            w(f"{'':<{width}} {lim.note}")
     server = ov.server_commands
     server_value = "unknown" if server.billed is None else f"{server.billed:,}"
-    w(f"{'Redis server, billed commands':<30} {server_value:>14}  {server.note}")
+    w(f"{'Redis server, billed commands':<{width}} {server_value:>14}  {server.note}")
     w(
-        f"{'Health gate':<30} {ov.gate.state}; fallback events today {sum(ov.fallbacks_today.values())}, "
+        f"{'Health gate':<{width}} {ov.gate.state}; fallback events today {sum(ov.fallbacks_today.values())}, "
         f"last {len(ov.days)} days {sum(ov.fallbacks.values())}"
     )
     w("")
