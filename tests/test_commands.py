@@ -40,6 +40,9 @@ def test_demo_runs_through_wsgi_and_reports_json():
     assert sum(report["statuses"].values()) == 60
     assert report["daily_budget"] == 10_000
     assert "fallbacks" in report["health"]
+    # Scripts bill every command they run: the bill is well above the commands sent.
+    sent_per_1000 = 1000 * sum(report["redis_on_request_path"].values()) / 60
+    assert report["billed_commands_per_1000_requests"] > sent_per_1000
 
 
 @pytest.mark.django_db

@@ -96,6 +96,9 @@ class DemoResult:
     features: dict[str, dict[str, Any]]
     redis_backend: str
     mongo_backend: str
+    # Billed Redis commands (what a per-command provider bills) during the traffic, every feature and the
+    # meter's own flushes included, per 1,000 requests.
+    billed_commands_per_1000_requests: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
@@ -232,6 +235,7 @@ def _run(
         features=features,
         redis_backend=_describe_redis(),
         mongo_backend=mongo.url_scheme(hotcache_settings.MONGO_URL) or "none",
+        billed_commands_per_1000_requests=round(1000 * sum(_split(traffic, "billed").values()) / max(requests, 1), 1),
     )
 
 
