@@ -40,7 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_CONNECT_TIMEOUT": 0.05,  # seconds
     "HEALTH_FAILURE_THRESHOLD": 3,  # consecutive timeouts that open the gate (a refused connection opens it at once)
     "HEALTH_COOLDOWN": 5.0,  # seconds the gate stays open before one probe
-    "REDIS_DAILY_COMMAND_BUDGET": 10_000,  # commands per UTC day (Upstash free tier)
+    "REDIS_DAILY_COMMAND_BUDGET": 10_000,  # billed commands per UTC day (Upstash's former free tier)
+    "REDIS_MONTHLY_COMMAND_BUDGET": 500_000,  # billed commands per UTC month (Upstash free tier since 2025)
     "REDIS_MEMORY_LIMIT": 256 * 1024 * 1024,  # bytes (Upstash free tier)
     "METER_FLUSH_EVERY": 500,  # commands buffered in-process before the meter is written (one command)
     "FEATURES": None,  # None = all of FEATURES; or a list naming the enabled ones

@@ -38,11 +38,11 @@ REQUEST_LOG = re.compile(
 # The --json keys (docs/demo.md documents each). Adding a key is a documented change: update both.
 TOP_LEVEL_KEYS = {
     "requests", "seconds", "statuses", "requests_by_scenario",
-    "redis_on_request_path", "redis_round_trips_on_request_path", "redis_sync",
-    "redis_commands_per_1000_requests", "round_trips_per_request",
+    "redis_on_request_path", "redis_billed_on_request_path", "redis_round_trips_on_request_path", "redis_sync",
+    "redis_commands_per_1000_requests", "billed_commands_per_1000_requests", "round_trips_per_request",
     "mongo_ops_on_request_path", "mongo_ops_sync",
     "mongo_ops_without_hotcache", "mongo_ops_with_hotcache", "mongo_ops_saved",
-    "redis_commands_today", "daily_budget", "health", "features",
+    "redis_commands_today", "redis_billed_today", "daily_budget", "health", "features",
     "redis_backend", "mongo_backend", "settings_module", "launched_from",
     "logged", "failures", "passed", "verdict",
 }  # fmt: skip
@@ -133,16 +133,17 @@ def test_the_readme_demo_from_a_fresh_clone_is_quiet_and_ends_with_its_verdict(t
     assert proc.stderr == ""  # no request log, no hotcache warning, no progress bar (stderr is not a terminal)
     lines = proc.stdout.rstrip("\n").splitlines()
     assert lines[-1].startswith("PASS: 2,000 requests, 0 unexpected failures, "), lines[-1]
-    assert "Redis commands per 1,000 requests" in lines[-1] and "MongoDB operations saved" in lines[-1]
+    assert "billed) per 1,000 requests" in lines[-1] and "MongoDB operations saved" in lines[-1]
     assert not db.exists()  # the database manage.py's settings name was never opened
     report = proc.stdout
     # The headline comes first, each figure of it once, and the day's command count is printed once.
     headline = report[report.index("Headline") : report.index("HTTP responses")]
-    for label in ("Requests", "Redis commands per 1,000 requests", "Redis round trips per request",
-                  "MongoDB operations saved", "Redis commands today", "Unexpected failures"):  # fmt: skip
+    for label in ("Requests", "Redis commands per 1,000 requests", "Redis billed commands per 1,000 requests",
+                  "Redis round trips per request", "MongoDB operations saved", "Redis billed commands today",
+                  "Unexpected failures"):  # fmt: skip
         assert re.search(rf"^  {re.escape(label)}\s+[\d,.]+\s+\S", headline, re.MULTILINE), label
         assert f"  {label}: " in headline  # its glossary line
-    assert report.count("Redis commands today") == 2  # the row and its glossary line
+    assert len(re.findall(r"Redis billed commands today\s+[\d,]+", report)) == 1  # its value, once
     body = report.split("Logged during")[0]  # the log section quotes messages as they were logged
     assert "{" not in body and "}" not in body and "': " not in body  # no raw Python dicts
     assert "started under config.settings.demo" in report
@@ -225,12 +226,18 @@ def test_json_figures_add_up(json_run: dict[str, Any]) -> None:
     assert r["daily_budget"] == 10_000
     assert r["settings_module"] == "config.settings.demo_isolated" and r["launched_from"] == "config.settings.demo"
     assert r["redis_commands_per_1000_requests"] == round(1000 * sum(r["redis_on_request_path"].values()) / 200, 1)
+    assert r["billed_commands_per_1000_requests"] == round(
+        1000 * sum(r["redis_billed_on_request_path"].values()) / 200, 1
+    )
+    # Scripts bill every command they run: the bill is well above the commands sent.
+    assert r["billed_commands_per_1000_requests"] > r["redis_commands_per_1000_requests"]
     assert r["round_trips_per_request"] == round(r["redis_round_trips_on_request_path"] / 200, 2)
     assert r["mongo_ops_saved"] == sum(r["mongo_ops_without_hotcache"].values()) - sum(
         r["mongo_ops_with_hotcache"].values()
     )
     # The day's count, read once after the last meter flush, holds at least everything the traffic and syncs sent.
     assert r["redis_commands_today"] >= sum(r["redis_on_request_path"].values()) + sum(r["redis_sync"].values())
+    assert r["redis_billed_today"] >= sum(r["redis_billed_on_request_path"].values())
     assert "fallbacks" in r["health"] and r["health"]["state"] == "closed"
     # The staff user's report pages went through the full middleware stack (every 100th request).
     reports = r["features"]["reports"]
