@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_CONNECT_TIMEOUT_MS": 2000,
     "MONGO_SOCKET_TIMEOUT_MS": 5000,
     "MONGO_SERVER_CONNECTION_LIMIT": 500,  # the server's connection limit (Atlas M0: 500), for reports
+    # --- Periodic jobs (foundation) ---
+    "SYNC_SCHEDULER": "celery",  # what runs the syncs: "celery" (beat entries, checked) | "cron" (manage.py commands)
 
     # --- Rate limiting ---
     "RATELIMIT_RULES": [],  # list of rule dicts, see README "Rate limiting"

@@ -209,7 +209,7 @@ def test_sync_command_copies_the_counters_for_cron(raw_redis):
 def test_sync_command_exits_non_zero_naming_the_outage_and_loses_nothing():
     new = apikeys.create("dave")
     apikeys.check(new.raw_key)
-    with mongo_down(), pytest.raises(CommandError, match="usage sync stopped: MongoUnavailable.*Nothing is lost"):
+    with mongo_down(), pytest.raises(CommandError, match=r"usage sync stopped: MongoUnavailable.*Nothing is lost"):
         call_command("sync_apikey_usage", stdout=StringIO())
     call_command("sync_apikey_usage", stdout=StringIO())
     assert apikeys.usage(new.key_id, days=1)[0][1] == 1
