@@ -240,3 +240,15 @@ def test_the_project_settings_schedule_every_job(module, tmp_path):
     assert out.returncode == 0, out.stderr
     for check_id in ("hotcache.W080", "hotcache.E080", "hotcache.E081", "hotcache.E054"):
         assert check_id not in out.stdout + out.stderr
+
+
+def test_the_readme_shows_the_cron_line_and_the_beat_entry_the_warning_names():
+    """What W080's hint offers is what README.md's installation step shows, for teams with and without Celery."""
+    readme = (ROOT / "README.md").read_text()
+    cron_lines = [line.strip() for line in readme.splitlines() if "manage.py" in line and "cd /srv/" in line]
+    for job in JOBS:
+        assert any(
+            line.startswith(job.cron()) and line.split("manage.py ")[1].split()[0] == job.command for line in cron_lines
+        ), job.command
+        assert f'"{SHIPPED[job.task]}": {{"task": "{job.task}"' in readme
+    assert '"SYNC_SCHEDULER": "cron"' in readme and "| `SYNC_SCHEDULER` |" in readme
