@@ -84,11 +84,17 @@ def _crontab_longest_gap(schedule: Any) -> float | None:
     need not be imported), in seconds. Celery runs a crontab when the day of the week AND the day of the month
     AND the month match; a schedule matching fewer than two days in four years counts as four years."""
     fields = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
-    sets = [getattr(schedule, name, None) for name in fields]
-    if not all(isinstance(values, set | frozenset) and values for values in sets):
-        return None
+    sets: list[set[int] | frozenset[int]] = []
+    for name in fields:
+        values = getattr(schedule, name, None)
+        if not isinstance(values, set | frozenset) or not values:
+            return None  # not a crontab (a solar schedule, a custom class): not judged
+        sets.append(values)
     minutes, hours, weekdays, month_days, months = sets
     times = sorted(h * 60 + m for h in hours for m in minutes)  # minutes after midnight
+    if len(weekdays) == 7 and len(month_days) == 31 and len(months) == 12:  # every day (the usual case)
+        within = max((b - a for a, b in itertools.pairwise(times)), default=0)
+        return float(max(within, 1440 + times[0] - times[-1]) * 60)
     days = [
         i
         for i in range(_CRON_SPAN_DAYS)
