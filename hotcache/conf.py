@@ -169,9 +169,15 @@ class HotcacheSettings:
             self._derived = {}
 
     def enabled(self, feature: str) -> bool:
-        """Whether a feature is enabled by HOTCACHE['FEATURES'] (None enables all)."""
+        """Whether a feature is enabled by HOTCACHE['FEATURES'] (None enables all).
+
+        A value that is not a list or tuple enables nothing (hotcache.E006 reports it) rather than raising
+        from every feature's system check, or matching substrings of a string.
+        """
         features = self.FEATURES
-        return True if features is None else feature in features
+        if features is None:
+            return True
+        return isinstance(features, list | tuple) and feature in features
 
 
 hotcache_settings = HotcacheSettings()
