@@ -20,7 +20,7 @@ from hotcache import metering
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
 from hotcache.ratelimit.core import evaluate, refuse_missing
-from hotcache.ratelimit.identifiers import MISSING_KEY_CHOICES, SHARED_IDENTIFIER, key_value
+from hotcache.ratelimit.identifiers import MISSING_KEY_CHOICES, key_value
 from hotcache.ratelimit.limits import Limit
 from hotcache.ratelimit.options import compat_settings
 from hotcache.ratelimit.outage import policy_of
@@ -95,9 +95,11 @@ def get_usage(
         if method == ALL or method is None
         else "".join(sorted(str(m).upper() for m in (method if isinstance(method, list | tuple) else [method])))
     )
-    # As django-ratelimit by default: a key with no value (anonymous 'user', no address) is one shared bucket.
-    # As django-ratelimit too, a value (a username, an address) reaches Redis only as its digest.
-    ident = SHARED_IDENTIFIER if value is None else compat.hash(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    # As django-ratelimit: a value (a username, an address) reaches Redis only as a digest, which covers the rate
+    # too, so two stacked decorators of one view with different rates count apart; and by default a key with no
+    # value (an anonymous 'user', no address) is one shared bucket (of the group and rate).
+    digest_of = f"{count}/{period}|" + ("" if value is None else value)
+    ident = compat.hash(digest_of.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     fail_open = compat.fail_open
     policy = policy_of(None) if fail_open is None else ("open" if fail_open else "closed")
     try:
