@@ -1,8 +1,9 @@
 """django-ratelimit 4.1's documentation, section by section (docs/*.rst of its 4.1.0 tag), against hotcache.
 
 Each test is one documented behaviour, asserted on hotcache's drop-in (real Redis). Where hotcache differs on
-purpose the test asserts hotcache's documented answer and says so; docs/ratelimit.md ("Compatibility with
-django-ratelimit") gives the reasons. This module is also the test URLconf (handler403_urls.py has the handler403).
+purpose the test asserts hotcache's documented answer and says so; docs/ratelimit.md ("Differences from
+django-ratelimit, and why") gives the reasons. This module is also the test URLconf (handler403_urls.py has
+the handler403).
 """
 
 from __future__ import annotations
