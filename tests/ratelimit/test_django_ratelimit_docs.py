@@ -24,6 +24,7 @@ from django.utils.decorators import method_decorator
 from django.views.generic import View
 
 import hotcache.ratelimit
+from hotcache.clientip import client_ip
 from hotcache.ratelimit import ALL, UNSAFE, Ratelimited, get_usage, is_ratelimited, key_value, ratelimit
 from hotcache.testing import count_redis, reset
 
@@ -610,6 +611,8 @@ def test_ratelimit_ip_meta_key_names_a_meta_key_and_the_decorator_uses_it(settin
     view = ratelimit(key="ip", rate="1/m", group=grp())(ok)
     assert calls(view, rf.get("/", REMOTE_ADDR=ip(), HTTP_X_REAL_IP=client), 1) == ["ok"]
     assert calls(view, rf.get("/", REMOTE_ADDR=ip(), HTTP_X_REAL_IP=client), 1) == ["blocked"]
+    # One idea of the client address: analytics reads the same source.
+    assert str(client_ip(rf.get("/", REMOTE_ADDR=ip(), HTTP_X_REAL_IP=client))) == client
 
 
 def test_ratelimit_ip_meta_key_header_is_believed_only_from_trusted_proxies(settings, hotcache_config):
