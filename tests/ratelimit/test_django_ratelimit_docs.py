@@ -500,6 +500,24 @@ def test_ratelimit_view_answers_through_the_middleware(settings, caplog):
     assert _no_traceback(caplog)
 
 
+def test_ratelimit_view_answers_for_an_async_view_too(settings):
+    from asgiref.sync import async_to_sync
+
+    from tests.ratelimit.fixtures import async_client
+
+    settings.ROOT_URLCONF = "tests.ratelimit.urls"  # /adeco/: an async view with @ratelimit(key="ip", rate="2/m")
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, MIDDLEWARE]
+    settings.RATELIMIT_VIEW = f"{__name__}.ratelimited_error"
+    c = async_client(ip())
+
+    async def run():
+        return [await c.get("/adeco/") for _ in range(3)]
+
+    responses = async_to_sync(run)()
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert responses[2].json() == {"error": "ratelimited"} and int(responses[2]["Retry-After"]) >= 1
+
+
 def test_ratelimit_view_keeps_its_own_retry_after(settings):
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, MIDDLEWARE]
     settings.RATELIMIT_VIEW = f"{__name__}.ratelimited_error_with_retry_after"
