@@ -216,23 +216,3 @@ def test_checks_name_the_setting(hotcache_config, values, check_id):
 
 def test_default_settings_pass_the_checks():
     assert not [m for m in run_checks() if m.id in {f"hotcache.E04{i}" for i in range(10)}]
-
-
-def test_command_sync_apikey_usage_copies_the_day_counters_into_mongodb():
-    new = apikeys.create("carol")
-    for _ in range(3):
-        apikeys.check(new.raw_key)
-    out = StringIO()
-    call_command("sync_apikey_usage", stdout=out)  # in-process on the stand-in: the data stays in this process
-    assert "Copied 1 (key, day) total(s) of 1 key(s) over 2 day(s)" in out.getvalue()
-    from hotcache.backends import mongo
-
-    (doc,) = mongo.collection(apikeys.USAGE_COLLECTION, feature="test").find({"key_id": new.key_id})
-    assert doc["redis"] == 3
-
-
-def test_command_sync_apikey_usage_exits_non_zero_when_redis_is_down(redis_down):
-    with pytest.raises(CommandError, match="Redis unavailable"):
-        call_command("sync_apikey_usage", stdout=StringIO())
-    with pytest.raises(CommandError, match="days must be"):
-        call_command("sync_apikey_usage", "--days", "0", stdout=StringIO())
