@@ -34,12 +34,18 @@ def _install_section() -> str:
 
 
 def _assigned(section: str, name: str) -> Any:
-    """The value README's python block gives ``name`` (``...`` entries stay Ellipsis)."""
+    """What README's python blocks give ``name``: the first value; for a dict, every block's keys merged in order
+    (``{..., "KEY": value}``, "your other keys, plus this one", adds KEY). ``...`` list entries stay Ellipsis."""
+    found: list[Any] = []
     for block in re.findall(r"```python\n(.*?)\n\s*```", section, re.S):
-        for node in ast.parse(textwrap.dedent(block)).body:
+        source = re.sub(r"\{\s*\.\.\.\s*,", "{", textwrap.dedent(block))
+        for node in ast.parse(source).body:
             if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [name]:
-                return ast.literal_eval(node.value)
-    raise AssertionError(f"README's install section shows no `{name} = ...` block")
+                found.append(ast.literal_eval(node.value))
+    assert found, f"README's install section shows no `{name} = ...` block"
+    if isinstance(found[0], dict):
+        return {k: v for value in found for k, v in value.items()}
+    return found[0]
 
 
 def _middleware(section: str, project: list[str]) -> list[str]:
