@@ -32,7 +32,7 @@ from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["Script", "after_call", "call", "get_client", "reset", "server_info"]
+__all__ = ["Script", "after_call", "call", "eval_lua", "get_client", "reset", "server_info", "wrap_lua"]
 
 T = TypeVar("T")
 
@@ -56,12 +56,14 @@ def _metered_class(base: type) -> type:
             _wire.sent = True
 
         def send_command(self, *args: Any, **kwargs: Any) -> None:
-            metering.meter.commands(1, 1)
+            metering.meter.commands(1, 1, 1 if args and metering.billable(args[0]) else 0)
             super().send_command(*args, **kwargs)
 
         def pack_commands(self, commands: Any) -> Any:
+            # A pipeline, or a MULTI ... EXEC transaction (redis-py packs MULTI and EXEC with the commands).
             commands = list(commands)
-            metering.meter.commands(len(commands), 1)
+            billed = sum(1 for c in commands if c and metering.billable(c[0]))
+            metering.meter.commands(len(commands), 1, billed)
             return super().pack_commands(commands)
 
     Metered.__name__ = Metered.__qualname__ = f"Metered{base.__name__}"
@@ -167,15 +169,47 @@ def after_call(hook: Callable[[], None] | None) -> None:
     _after_call = hook
 
 
+# Every script runs inside this prelude, so it reports the commands it ran: ``redis`` is shadowed by a table
+# whose call/pcall count each command, the file's body becomes a function, and the reply is
+# {count, the body's reply}. A body that fails still reports its count: the error (a redis.call error, or a
+# Lua error as ERR) comes back as the reply's second element and Script.reply() raises it. The prelude ends
+# without a newline, so the file's line numbers are kept in error messages. Script.reply() strips the count
+# (callers see the body's reply, or its error raised as before) and meters it as billed.
+_PRELUDE = (
+    "local _hc_redis, _hc_billed = redis, 0 "
+    "local redis = setmetatable({"
+    "call = function(...) _hc_billed = _hc_billed + 1 return _hc_redis.call(...) end, "
+    "pcall = function(...) _hc_billed = _hc_billed + 1 return _hc_redis.pcall(...) end"
+    "}, {__index = _hc_redis}) "
+    "local function _hc_script() "
+)
+_POSTLUDE = (
+    "\nend\n"
+    "local _hc_ok, _hc_reply = pcall(_hc_script)\n"
+    "if not _hc_ok and type(_hc_reply) ~= 'table' then _hc_reply = {err = 'ERR ' .. tostring(_hc_reply)} end\n"
+    "return {_hc_billed, _hc_reply}\n"
+)
+
+
+def wrap_lua(source: str) -> str:
+    """``source`` as hotcache sends it: inside the counting prelude (see Script.reply)."""
+    return f"{_PRELUDE}{source}{_POSTLUDE}"
+
+
 class Script:
-    """A Lua script from hotcache/backends/lua/<name>.lua, run with EVALSHA (EVAL once on NOSCRIPT)."""
+    """A Lua script from hotcache/backends/lua/<name>.lua, run with EVALSHA (EVAL once on NOSCRIPT).
+
+    ``body`` is the text sent to the server (the file inside the counting prelude) and ``sha`` its SHA1.
+    Every reply of the script, direct or from a pipeline, goes through reply(): it meters the commands the
+    script ran as billed and returns what the file's ``return`` gave.
+    """
 
     _cache: dict[str, tuple[str, str]] = {}
 
     def __init__(self, name: str) -> None:
         cached = self._cache.get(name)
         if cached is None:
-            body = (_LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+            body = wrap_lua((_LUA_DIR / f"{name}.lua").read_text(encoding="utf-8"))
             cached = (body, hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest())
             self._cache[name] = cached
         self.name = name
@@ -183,10 +217,41 @@ class Script:
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            raw = client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             # First use on this server (or after SCRIPT FLUSH / failover): EVAL also caches it server-side.
-            return client.eval(self.body, len(keys), *keys, *args)
+            raw = client.eval(self.body, len(keys), *keys, *args)
+        return self.reply(raw)
+
+    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any] = (), *, load: bool = False) -> None:
+        """Add this script to a pipeline (EVALSHA; EVAL with ``load``); pass its result to reply()."""
+        if load:
+            pipe.eval(self.body, len(keys), *keys, *args)
+        else:
+            pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def reply(raw: Any) -> Any:
+        """The script's own reply from what the server sent ({count, reply}); meters ``count`` as billed.
+
+        The script's own error (it reports its count too) is raised, as redis-py raises a failed EVALSHA. A
+        pipeline's error in place of the reply (NoScriptError, a refused EVALSHA) is returned unchanged.
+        """
+        if isinstance(raw, list) and raw and isinstance(raw[0], int):
+            metering.meter.billed(raw[0])
+            reply = raw[1] if len(raw) > 1 else None
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        if isinstance(raw, Exception):
+            return raw
+        msg = f"a hotcache script reply without its command count: {raw!r} (a script not run through Script?)"
+        raise TypeError(msg)
+
+
+def eval_lua(client: redis.Redis, source: str, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
+    """EVAL an inline script (a probe, not a hot path) through the counting prelude; returns its reply."""
+    return Script.reply(client.eval(wrap_lua(source), len(keys), *keys, *args))
 
 
 def server_info(section: str = "memory") -> dict[str, Any]:

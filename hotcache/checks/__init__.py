@@ -1,7 +1,8 @@
 """Django system checks for HOTCACHE, one module per feature; each message names the setting and the fix.
 
 Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030-E039 MFA;
-E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports. W0xx are warnings.
+E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports; E080-E089 the periodic jobs'
+schedule. W0xx are warnings.
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 
@@ -14,6 +15,7 @@ from hotcache.checks.foundation import check_foundation
 from hotcache.checks.mfa import check_mfa
 from hotcache.checks.ratelimit import check_ratelimit
 from hotcache.checks.reports import check_reports
+from hotcache.checks.schedule import check_schedule
 from hotcache.checks.users import check_users
 from hotcache.checks.workbench import check_workbench
 
@@ -24,6 +26,7 @@ __all__ = [
     "check_mfa",
     "check_ratelimit",
     "check_reports",
+    "check_schedule",
     "check_users",
     "check_workbench",
     "number_setting_errors",

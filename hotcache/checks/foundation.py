@@ -86,6 +86,7 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         (
             "HEALTH_FAILURE_THRESHOLD",
             "REDIS_DAILY_COMMAND_BUDGET",
+            "REDIS_MONTHLY_COMMAND_BUDGET",
             "REDIS_MEMORY_LIMIT",
             "METER_FLUSH_EVERY",
             "MONGO_MAX_POOL_SIZE",

@@ -29,7 +29,7 @@ def check_connections(samples: int = 5) -> dict[str, Any]:
             start = time.perf_counter()
             redis_backend.call("status", lambda r: r.ping())
             timings.append((time.perf_counter() - start) * 1000)
-        lua = redis_backend.call("status", lambda r: r.eval("return redis.call('TIME')[1]", 0))
+        lua = redis_backend.call("status", lambda r: redis_backend.eval_lua(r, "return redis.call('TIME')[1]"))
         try:
             version = redis_backend.server_info("server").get("redis_version", "?")
         except BackendUnavailable:  # a server without INFO (fakeredis) still serves hotcache

@@ -41,4 +41,4 @@ class Command(DurableWriteCommand):
                 f"recovered; {result.batches} MongoDB bulk write(s)."
             )
         if result.errors:
-            raise CommandError("persist_workbench incomplete (the rest stays queued): " + "; ".join(result.errors))
+            raise CommandError(result.why_stopped())

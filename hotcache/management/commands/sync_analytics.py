@@ -49,7 +49,7 @@ class Command(DurableWriteCommand):
                 "counted as analytics:tampered, never applied)."
             )
         if result.error and not (result.counters or result.batches or result.visitor_counts):
-            raise CommandError(_stopped(result))  # nothing moved: the outage is the whole story
+            raise CommandError(result.why_stopped())  # nothing moved: the outage is the whole story
         verb = "Would move" if result.dry_run else "Moved"
         self.stdout.write(
             f"{verb} {result.counters} counters ({result.events} events) from {result.batches} batch(es): "
@@ -65,16 +65,5 @@ class Command(DurableWriteCommand):
             f"{result.days_closed} closed day(s) removed from Redis."
         )
         if result.error:
-            raise CommandError(_stopped(result))
+            raise CommandError(result.why_stopped())
 
-
-def _stopped(result: analytics.AnalyticsSyncResult) -> str:
-    """Why the run stopped and what stays pending; the command then exits with status 1."""
-    if result.pending_left is None:
-        left = (
-            "Redis does not answer, so how many batches are pending cannot be read; nothing is lost: "
-            "tracked counters stay in Redis (ANALYTICS_RETENTION_HOURS) and the next run moves them once."
-        )
-    else:
-        left = f"{result.pending_left} batch(es) stay pending for the next run; nothing is lost or counted twice."
-    return f"sync stopped: {result.error}. {left}"
