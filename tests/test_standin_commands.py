@@ -25,6 +25,7 @@ WRITING = [
     ("apikeys revoke ak_0123456789abcdef", "manage.py apikeys revoke refused", "the revocation"),
     ("sync_analytics --include-current-hour", "manage.py sync_analytics refused", "the counters it moves"),
     ("persist_workbench", "manage.py persist_workbench refused", "the sessions it moves"),
+    ("sync_apikey_usage --days 7", "manage.py sync_apikey_usage refused", "the usage history"),
 ]
 READING = ["apikeys list", "sync_analytics --dry-run", "hotcache_check"]
 
@@ -67,7 +68,7 @@ def test_the_same_commands_run_in_process_where_the_stand_in_keeps_their_data():
     key_id = out.getvalue().split("key_id:")[1].split()[0]
     assert apikeys.get(key_id) is not None  # the key is in this process's stand-in, where it is read
     call_command("apikeys", "revoke", key_id, stdout=StringIO())
-    for command in ("sync_analytics", "persist_workbench"):
+    for command in ("sync_analytics", "persist_workbench", "sync_apikey_usage"):
         call_command(command, stdout=StringIO())
 
 

@@ -152,8 +152,8 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                     "keeps durably lives only in the process that wrote it and is gone when it exits.",
                     hint="Lost between processes: what a Celery worker's syncs write (analytics, usage and "
                     "workbench history) never reaches the web process, and the commands that write durable data "
-                    "('manage.py apikeys create', sync_analytics, persist_workbench) refuse to run against "
-                    "it. Fine for the demo and tests; point MONGO_URL at a real MongoDB "
+                    "('manage.py apikeys create', sync_analytics, persist_workbench, sync_apikey_usage) refuse "
+                    "to run against it. Fine for the demo and tests; point MONGO_URL at a real MongoDB "
                     "(mongodb:// or mongodb+srv://) for anything else.",
                     id="hotcache.W003",
                 )

@@ -66,4 +66,3 @@ class Command(DurableWriteCommand):
         )
         if result.error:
             raise CommandError(result.why_stopped())
-
