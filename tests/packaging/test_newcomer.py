@@ -177,6 +177,7 @@ def test_a_newcomer_installs_the_wheel_into_a_fresh_project_by_following_the_rea
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "hotcache.E" not in checked.stderr
         assert "hotcache.W003" in checked.stderr  # the stand-in is named, with what it loses
+        assert "hotcache.W080" not in checked.stderr  # step 8's cron declaration: the syncs are scheduled
         migrated = manage("migrate", "-v0")
         assert migrated.returncode == 0, migrated.stderr
         healthy = manage("hotcache_check")
