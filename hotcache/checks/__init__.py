@@ -1,7 +1,8 @@
 """Django system checks for HOTCACHE, one module per feature; each message names the setting and the fix.
 
 Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030-E039 MFA;
-E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports. W0xx are warnings.
+E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports; E080-E089 managed Redis
+(provider requirements, what shares the command budget). W0xx are warnings.
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 
@@ -11,6 +12,7 @@ from hotcache.checks._common import number_setting_errors
 from hotcache.checks.analytics import check_analytics
 from hotcache.checks.apikeys import check_apikeys
 from hotcache.checks.foundation import check_foundation
+from hotcache.checks.managed_redis import check_managed_redis
 from hotcache.checks.mfa import check_mfa
 from hotcache.checks.ratelimit import check_ratelimit
 from hotcache.checks.reports import check_reports
@@ -21,6 +23,7 @@ __all__ = [
     "check_analytics",
     "check_apikeys",
     "check_foundation",
+    "check_managed_redis",
     "check_mfa",
     "check_ratelimit",
     "check_reports",

@@ -81,7 +81,9 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             )
         )
 
-    errors += number_setting_errors(("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "HEALTH_COOLDOWN"))
+    errors += number_setting_errors(
+        ("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "HEALTH_COOLDOWN", "HEALTH_QUOTA_COOLDOWN")
+    )
     errors += number_setting_errors(
         (
             "HEALTH_FAILURE_THRESHOLD",

@@ -27,9 +27,10 @@ class _LoopThread:
     """An asyncio server on 127.0.0.1 (a free port), served from a daemon thread."""
 
     def __init__(self) -> None:
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
         self._server = self._run(asyncio.start_server(self._serve, "127.0.0.1", 0))
         self.port: int = self._server.sockets[0].getsockname()[1]
 
@@ -37,27 +38,39 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             await self.handle(reader, writer)
         except (OSError, asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            pass  # close(): end quietly (Python 3.11's stream callback would report a cancelled task as an error)
         finally:
-            self._writers.discard(writer)
+            self._tasks.discard(task)
             writer.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
+        """Stop listening, end every connection, and stop the loop and its thread."""
+
         async def stop() -> None:
             self._server.close()
-            for w in list(self._writers):
-                w.close()
+            tasks = [t for t in self._tasks if not t.done()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
+        if self._loop.is_closed():
+            return
         with contextlib.suppress(Exception):
             self._run(stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
 
 async def _read_command(reader: asyncio.StreamReader) -> bytes:
@@ -157,6 +170,8 @@ class DelayProxy(_LoopThread):
         try:
             while data := await src.read(65536):
                 queue.put_nowait((loop.time() + self.delay, data))
-        finally:
-            queue.put_nowait((loop.time() + self.delay, b""))
-            await sender
+        except BaseException:
+            sender.cancel()
+            raise
+        queue.put_nowait((loop.time() + self.delay, b""))
+        await sender
