@@ -22,7 +22,7 @@ __all__ = ["CELERY_IDLE_COMMANDS_PER_DAY", "TLS_DATABASE_0_HOSTS", "check_manage
 TLS_DATABASE_0_HOSTS = (".upstash.io",)
 # An idle Celery worker polls its Redis broker: measured with INFO commandstats over 120 s, 205 commands (BRPOP 117,
 # PUBLISH 60, PING 11, ...), 194 of them billed (PING is not): ~97 a minute, ~140,000 a day
-# (docs/operations/budgets.md, "What else spends the plan").
+# (docs/operations/managed-redis.md, "What else spends the plan").
 CELERY_IDLE_COMMANDS_PER_DAY = 140_000
 _BUDGETS = ("REDIS_DAILY_COMMAND_BUDGET", "REDIS_MONTHLY_COMMAND_BUDGET")
 
@@ -70,7 +70,7 @@ def check_managed_redis(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
                 "(BRPOP and PUBLISH polls, ~100 a minute, measured), billed on the same plan and not counted by "
                 "hotcache's meter.",
                 hint="Give Celery a broker of its own (another Redis, or RabbitMQ), or size the plan for it; "
-                "see docs/operations/budgets.md.",
+                "see docs/operations/managed-redis.md.",
                 id="hotcache.W080",
             )
         )
