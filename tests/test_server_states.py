@@ -212,3 +212,14 @@ def test_a_request_too_large_for_the_provider_does_not_open_the_gate(quota_proxy
         with pytest.raises(RedisUnavailable):
             redis_backend.call("test", lambda r: r.ping())
     assert redis_gate.state == CLOSED and quota_proxy.refused == 10
+
+
+def test_a_quota_met_while_connecting_opens_the_gate_at_once(quota_proxy, clock):
+    """A new connection's own setup (SELECT, CLIENT SETNAME) is refused too: still the quota, not a broken link."""
+    quota_proxy.quota_on = True
+    for _ in range(3):
+        with pytest.raises(RedisUnavailable):
+            redis_backend.call("test", lambda r: r.ping())
+    snap = redis_gate.snapshot()
+    assert (snap.state, snap.opens, snap.condition) == (OPEN, 1, "the daily request quota")
+    assert quota_proxy.refused == 1
