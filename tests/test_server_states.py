@@ -17,6 +17,7 @@ from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import CLOSED, OPEN, redis_gate
 from hotcache.exceptions import RedisUnavailable
 from hotcache.ratelimit import Limit, evaluate
+from hotcache.testing import new_process
 from tests.support.resp_proxies import UPSTASH_DAILY_QUOTA
 
 THRESHOLD = 3
@@ -223,3 +224,30 @@ def test_a_quota_met_while_connecting_opens_the_gate_at_once(quota_proxy, clock)
     snap = redis_gate.snapshot()
     assert (snap.state, snap.opens, snap.condition) == (OPEN, 1, "the daily request quota")
     assert quota_proxy.refused == 1
+
+
+def test_on_a_full_redis_a_user_invalidation_still_lands_so_no_process_reads_the_stale_user(oom_redis, clock, db):
+    """Reads still succeed on a full Redis: an invalidation refused there would leave every other process
+    serving the cached user (a changed password, a deactivated account) until the entry's TTL. The
+    invalidation script deletes first, which memory never refuses, so it runs whole."""
+    from django.contrib.auth import get_user_model
+
+    from hotcache import users
+
+    user = get_user_model().objects.create_user("alice", password="pw", first_name="Old")
+    assert users.get_cached_user(user.pk).first_name == "Old"  # loaded and cached
+    oom_redis.client().config_set("maxmemory", 1)
+    user.first_name = "New"
+    user.save()  # the signal invalidates the cached entry
+    new_process()  # another process: it never saw the change
+    assert users.get_cached_user(user.pk).first_name == "New"
+
+
+def test_on_a_full_redis_a_revoked_api_key_is_refused_by_every_process(oom_redis, clock):
+    key = apikeys.create("alice")
+    apikeys.check(key.raw_key)  # cached in Redis
+    oom_redis.client().config_set("maxmemory", 1)
+    apikeys.revoke(key.key_id)  # the tombstone is refused for memory: deferred
+    new_process()
+    with pytest.raises(apikeys.InvalidKey):  # the check's own write is refused: MongoDB answers
+        apikeys.check(key.raw_key)
