@@ -133,7 +133,13 @@ def _scenario(condition: Condition, clock, *, gate_opens: bool) -> None:
     during = workbench.save("wb1", {"n": "during"})
     assert workbench.load("wb1").state == {"n": "during"}
     code = mfa.issue("alice")
-    assert mfa.verify("alice", code).store == "mongodb"
+    verified = mfa.verify("alice", code)
+    assert verified.store == "mongodb"
+    if gate_opens or condition.name != "oom":
+        assert verified.ok
+    # Known gap (reported on issue 17): on a full Redis whose gate has not opened yet, mfa_issue.lua runs whole
+    # (its first write is a DEL, which memory never refuses) while mfa_verify.lua is refused at its first
+    # write (HSET), so a code issued in that window verifies only once memory is freed.
     pending = mfa.issue("bob")  # issued during the outage, verified after it
     assert redis_gate.snapshot().opens == (1 if gate_opens else 0)
 
@@ -251,3 +257,12 @@ def test_on_a_full_redis_a_revoked_api_key_is_refused_by_every_process(oom_redis
     new_process()
     with pytest.raises(apikeys.InvalidKey):  # the check's own write is refused: MongoDB answers
         apikeys.check(key.raw_key)
+
+
+def test_on_a_full_redis_no_process_loads_a_workbench_state_older_than_a_refused_save(oom_redis, clock):
+    """A save refused for memory goes to MongoDB; a load in another process must not serve Redis's older copy."""
+    assert workbench.save("s1", {"n": 1}) == 1
+    oom_redis.client().config_set("maxmemory", 1)
+    assert workbench.save("s1", {"n": 2}) == 2  # refused by Redis: on MongoDB
+    new_process()  # another process: it does not owe the recovery fence
+    assert workbench.load("s1").state == {"n": 2}  # the load is refused for memory too: the durable copy
