@@ -91,13 +91,28 @@ def test_rate_limit_three_rules(server):
     check(server, "rate limit, 3 rules", lambda: evaluate(rules))
 
 
+def averaged(server: redis_py.Redis, name: str, op: Callable[[int], Any], n: int = 1000) -> float:
+    """Billed commands per operation over ``n`` warm operations (``op(i)``), meter == server, exactly."""
+    op(-1)
+    with measured(server) as (c, executed):
+        for i in range(n):
+            op(i)
+    figures(f"{name}, {n} operations", c, executed)
+    return c.billed / n
+
+
 def test_analytics_track_without_visitor(server):
     assert analytics.track("signup", path="/join") == "redis"
-    check(server, "analytics.track", lambda: analytics.track("signup", path="/join"))
+    assert check(server, "analytics.track", lambda: analytics.track("signup", path="/join")) <= 5
+    paths = [f"/p{i}" for i in range(20)]
+    assert averaged(server, "analytics.track, 20 paths", lambda i: analytics.track("view", path=paths[i % 20])) <= 5
 
 
 def test_analytics_track_with_visitor(server):
-    check(server, "analytics.track, visitor id", lambda: analytics.track("view", path="/", visitor_id=_id()))
+    billed = check(server, "analytics.track, visitor id", lambda: analytics.track("view", path="/", visitor_id=_id()))
+    assert billed <= 6
+    per_op = averaged(server, "analytics.track, new visitor each", lambda i: analytics.track("v", visitor_id=_id()))
+    assert per_op <= 6
 
 
 def test_apikeys_check(server):
