@@ -164,9 +164,15 @@ def test_meter_flush(server):
         with measured(server) as (c, executed):
             assert metering.flush() is True
         figures("meter flush", c, executed)
+        assert c.billed <= 3
 
+    stored_before = metering.usage(days=1)[0].fields["billed:meter"]
     flush()  # loads the script
     flush()
+    # Each flush wrote its own cost: the last one before exit is counted too, and nothing is left pending.
+    assert not [f for (_, f) in metering.meter.pending() if f.endswith(":meter")]
+    stored = metering.usage(days=1)[0].fields["billed:meter"] - stored_before
+    assert stored == metering.snapshot()["billed:meter"]
 
 
 def test_a_noscript_retry_bills_the_refused_evalsha_and_the_eval(server):
