@@ -95,7 +95,7 @@ class Batch(recovery.ProcessLocal):
             if not counters:
                 return 0
             events = sum(counters.values())
-            sent = send(writer, build(writer, counters, visitors, label=f"batch of {events}"))
+            sent = send(writer, build(writer, counters, visitors, label="batch"))
             if sent.outcome == "unavailable":
                 return self._to_buffer(counters)
             if sent.outcome == "redis" and buffer.has_data():
