@@ -24,7 +24,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.test import RequestFactory
 from django.test.utils import override_settings
 
-from hotcache import metering
+from hotcache import analytics, metering
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import redis_gate
@@ -198,6 +198,8 @@ def _run(
             sc.on_response(ctx, req, resp)
         if progress and (i + 1) % max(1, requests // 20) == 0:
             progress(i + 1, requests)
+    # With ANALYTICS_BATCH_SECONDS, the last interval's batch: what the process writes when the interval ends.
+    analytics.flush_batch()
     seconds = time.perf_counter() - start
     traffic = _delta(before)
 
