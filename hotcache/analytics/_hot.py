@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import threading
 
-from hotcache import clock, recovery
+from hotcache import clock, metering, recovery
 from hotcache.analytics._batch import batch
 from hotcache.analytics._events import (
     HOUR_FMT,
@@ -85,7 +85,8 @@ def _at_exit() -> None:
     """Best effort at interpreter exit: write this process's batch, settle the doubts of this thread and of
     threads that have ended, then flush the outage buffer."""
     try:
-        batch.flush()
+        if batch.flush():
+            metering.flush()  # the batch's own commands, whichever exit handler runs first
         if doubts:
             me = threading.current_thread()
             for writer, doubt in doubts.items():

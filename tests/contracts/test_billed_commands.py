@@ -115,6 +115,23 @@ def test_analytics_track_with_visitor(server):
     assert per_op <= 6
 
 
+def test_analytics_batch(server, hotcache_config):
+    from hotcache.analytics._batch import batch
+
+    hotcache_config(ANALYTICS_BATCH_SECONDS=3600)
+
+    def interval() -> None:
+        for i in range(100):
+            assert analytics.track("view", path=f"/p{i % 5}", visitor_id=_id()) == "batched"
+        assert analytics.flush_batch() == 100
+
+    try:
+        billed = check(server, "analytics batch, 100 events on 5 paths with visitors", interval)
+    finally:
+        batch.stop()
+    assert billed == 1 + 5 + 2 + 1  # EVALSHA, a HINCRBY per path, the marks and one PFADD, the writer's SET
+
+
 def test_apikeys_check(server):
     raw = apikeys.create("alice").raw_key
     check(server, "apikeys.check", lambda: apikeys.check(raw))
