@@ -142,6 +142,22 @@ def test_meter_counts_written_before_the_json_field_are_still_read(raw_redis, ke
     assert metering.usage(days=1)[0].fields["ev:alpha:old"] == before.fields["ev:alpha:old"] + 5
 
 
+def test_a_meter_record_hotcache_did_not_write_is_reset_not_a_stuck_meter(raw_redis, key_prefix):
+    today = metering.usage(days=1)[0].day
+    key = f"{key_prefix}:{{meter:usage}}:{today}"
+    raw_redis.delete(key)
+    raw_redis.hset(key, "*", "not json")
+    metering.event("alpha", "hit", 2)
+    assert metering.flush() is True
+    assert metering.usage(days=1)[0].fields["ev:alpha:hit"] == 2
+    raw_redis.delete(key)
+    raw_redis.set(key, "not a hash")
+    metering.event("alpha", "hit", 3)
+    assert metering.flush() is True
+    assert metering.usage(days=1)[0].fields["ev:alpha:hit"] == 3
+    assert raw_redis.ttl(key) > 0
+
+
 def test_metering_costs_under_one_percent(hotcache_config):
     hotcache_config(METER_FLUSH_EVERY=500)
     redis_backend.call("warm", lambda r: r.ping())
