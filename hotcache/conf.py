@@ -110,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
     "ANALYTICS_SYNC_GRACE": 300,  # seconds after an hour ends before the sync claims it
     "ANALYTICS_SYNC_CHUNK": 1000,  # counters per MongoDB bulk write (at most 1000)
     "ANALYTICS_SYNC_LOCK_TIMEOUT": 900,  # seconds; saves duplicate work only (0 disables the lock)
+    "ANALYTICS_BATCH_SECONDS": 0,  # 0: one script per event; > 0: events summed per process, one script per interval
     "ANALYTICS_FALLBACK_BUFFER_SIZE": 1000,  # counters buffered in-process while Redis is down
     "ANALYTICS_FALLBACK_FLUSH_INTERVAL": 2.0,  # seconds between bulk flushes of that buffer to MongoDB
     "ANALYTICS_TRACK_MAX_BODY": 4096,  # bytes accepted by POST /hotcache/analytics/track
