@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from hotcache.sessions import SessionStore, cache
-from hotcache.sessions.entries import decode, encode, entry_key, version_key
+from hotcache.sessions.entries import decode, entry_key, version_key
 from hotcache.testing import count_redis, frozen_clock
 
 
@@ -346,5 +346,44 @@ def test_sessions_feature_disabled_is_djangos_db_engine(hotcache_config):
     assert redis.commands == 0
 
 
-def test_unused_helper_is_importable():
-    assert encode("a" * 32, "d", 1, None).count(".") >= 1
+def test_a_save_inside_an_outer_transaction_publishes_on_commit(raw_redis):
+    from django.db import transaction
+
+    s = new_session(v="old")
+    with transaction.atomic():
+        s["v"] = "new"
+        s.save()
+        assert not raw_redis.exists(entry_key(s.session_key))  # reserved: nothing served until the commit
+    row = Session.objects.get(session_key=s.session_key)
+    assert decode(s.session_key, raw_redis.get(entry_key(s.session_key))).data == row.session_data
+    assert SessionStore(s.session_key)["v"] == "new"
+
+
+def test_a_rolled_back_save_is_never_served(raw_redis):
+    from django.db import transaction
+
+    s = new_session(v="old")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        s["v"] = "rolled back"
+        s.save()
+        raise RuntimeError
+    assert not raw_redis.exists(entry_key(s.session_key))
+    assert SessionStore(s.session_key)["v"] == "old"
+
+
+@pytest.mark.parametrize("user_id", [["1"], {"a": 1}, "x" * 300, "\x00", 1.5, None])
+def test_any_value_under_the_auth_key_is_stored_without_a_user_part(user_id, raw_redis):
+    from django.contrib.auth import SESSION_KEY
+
+    s = new_session(**{SESSION_KEY: user_id})
+    assert decode(s.session_key, raw_redis.get(entry_key(s.session_key))).user is None
+    assert SessionStore(s.session_key)[SESSION_KEY] == user_id
+
+
+def test_commands_are_metered_as_sessions():
+    with count_redis() as redis:
+        s = new_session(x=1)
+        SessionStore(s.session_key).load()
+        s.delete()
+    assert set(redis.by_feature) == {"sessions"}
+    assert redis.events["sessions:saved"] == 1 and redis.events["sessions:invalidated"] == 1
