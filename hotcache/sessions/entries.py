@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from hotcache import clock, keys, signing
 
@@ -42,7 +42,7 @@ class Entry:
         self.user = user
 
 
-def valid_key(session_key: object) -> bool:
+def valid_key(session_key: object) -> TypeGuard[str]:
     """Whether ``session_key`` may name a Redis key: a string of 8-40 letters and digits."""
     return isinstance(session_key, str) and _KEY.fullmatch(session_key) is not None
 

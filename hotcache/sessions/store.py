@@ -41,7 +41,7 @@ class SessionStore(DBStore):
         lookup = cache.read(session_key) if self._redis_enabled() else None
         if lookup is not None and lookup.entry is not None:
             return self.decode(lookup.entry.data)
-        row = self._get_session_from_db()
+        row = self._get_session_from_db()  # type: ignore[attr-defined]  # Django's, not in django-stubs
         if row is None:
             return {}
         data = self.decode(row.session_data)
@@ -63,7 +63,7 @@ class SessionStore(DBStore):
         """
         if self.session_key is None:
             return self.create()
-        data = self._get_session(no_load=must_create)
+        data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]  # Django's, not in django-stubs
         obj = self.create_model_instance(data)
         using = router.db_for_write(self.model, instance=obj)
         session_key = obj.session_key
