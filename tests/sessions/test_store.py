@@ -387,3 +387,11 @@ def test_commands_are_metered_as_sessions():
         s.delete()
     assert set(redis.by_feature) == {"sessions"}
     assert redis.events["sessions:saved"] == 1 and redis.events["sessions:invalidated"] == 1
+
+
+def test_deleting_another_session_by_key_removes_both_copies(raw_redis):
+    victim = new_session(x=1)
+    SessionStore().delete(victim.session_key)
+    assert not raw_redis.exists(entry_key(victim.session_key))
+    assert not Session.objects.filter(session_key=victim.session_key).exists()
+    assert SessionStore(victim.session_key).load() == {}
