@@ -30,7 +30,7 @@ __all__ = ["DEFAULTS", "FEATURES", "HotcacheSettings", "hotcache_settings"]
 T = TypeVar("T")
 
 # The features hotcache ships; HOTCACHE["FEATURES"] may name a subset.
-FEATURES = ("ratelimit", "users", "mfa", "apikeys", "workbench", "analytics")
+FEATURES = ("ratelimit", "users", "sessions", "mfa", "apikeys", "workbench", "analytics")
 
 DEFAULTS: dict[str, Any] = {
     # --- Redis (foundation) ---
