@@ -25,10 +25,11 @@ log = logging.getLogger("hotcache.ratelimit")
 
 _FEATURE = "ratelimit"
 _SCRIPT = redis_backend.Script("sliding_window")
+_LAYOUT = "b"  # the BITFIELD layout of sliding_window.lua (the hash layout before it had no marker)
 
 
 def limit_keys(limit: Limit) -> list[str]:
-    """The Redis key of a rule+identifier: one hash (window id, even and odd window counts).
+    """The Redis key of a rule+identifier: one 24-byte string (window id, even and odd window counts).
 
     The hash tag is the identifier alone, so every rule keyed on the same identifier (a burst and a
     sustained limit per IP) lands in one Redis Cluster slot and one EVALSHA can serve them there too.
@@ -40,7 +41,9 @@ def limit_keys(limit: Limit) -> list[str]:
 def _key_for(prefix: str, identifier: str, name: str, window: int) -> str:
     # Cached: hashing the parts is the costliest step of building a request's keys. Rule name and
     # window are in the key (a changed window gets fresh counters; a changed limit keeps the counts).
-    return keys.tagged(_FEATURE, identifier, name, window)
+    # _LAYOUT names the counter's layout: counters of an older layout (hashes) are never read, so an
+    # upgrade restarts them once instead of reporting each as tampered; they expire on their own TTL.
+    return keys.tagged(_FEATURE, identifier, name, window, _LAYOUT)
 
 
 def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailable: bool = False) -> Decision:
@@ -117,8 +120,9 @@ def _results(limits: Sequence[Limit], raw: Any, redis_keys: list[str]) -> list[R
             remaining = min(max(remaining, 0), lim.limit)
             reset_ms = min(max(reset_ms, 1 if not ok else 0), 2000 * lim.window)
             count = max(count, 0)
-        out.append(RuleResult(lim.name, ok, lim.limit, remaining, reset_ms / 1000, lim.window, count, "redis",
-                              lim.headers))
+        out.append(
+            RuleResult(lim.name, ok, lim.limit, remaining, reset_ms / 1000, lim.window, count, "redis", lim.headers)
+        )
         i += 4
     return out
 
