@@ -81,7 +81,9 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             )
         )
 
-    errors += number_setting_errors(("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "HEALTH_COOLDOWN"))
+    errors += number_setting_errors(
+        ("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "HEALTH_COOLDOWN", "HEALTH_QUOTA_COOLDOWN")
+    )
     errors += number_setting_errors(
         (
             "HEALTH_FAILURE_THRESHOLD",
@@ -104,7 +106,8 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             errors.append(
                 Warning(
                     f"{_setting(name)}={value!r} seconds: every request may wait this long on a sick Redis.",
-                    hint="Keep hotcache's Redis timeouts well under 1 second (default 0.05).",
+                    hint="Keep hotcache's Redis timeouts near 4 x the round trip 'manage.py hotcache_check' measures "
+                    "(default 0.5, which fits a TLS Redis in another region).",
                     id="hotcache.W002",
                 )
             )
