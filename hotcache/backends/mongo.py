@@ -183,8 +183,15 @@ def _make_state(url: str) -> _State:
         msg = f"HOTCACHE['MONGO_URL'] must start with mongodb://, mongodb+srv:// or mongomock://, not {scheme!r}"
         raise MongoUnavailable(msg)
     stats = PoolStats(max_pool_size=int(hotcache_settings.MONGO_MAX_POOL_SIZE))
+    # One monitoring connection per process with "poll" (the default) instead of two: the connection budget
+    # is processes x (monitoring + pool). An option written in the URL wins.
+    monitoring = (
+        {} if "servermonitoringmode=" in urlsplit(url).query.lower()
+        else {"serverMonitoringMode": str(hotcache_settings.MONGO_SERVER_MONITORING_MODE)}
+    )
     client = pymongo.MongoClient(
         url,
+        **monitoring,
         maxPoolSize=int(hotcache_settings.MONGO_MAX_POOL_SIZE),
         waitQueueTimeoutMS=int(hotcache_settings.MONGO_WAIT_QUEUE_TIMEOUT_MS),
         serverSelectionTimeoutMS=int(hotcache_settings.MONGO_SERVER_SELECTION_TIMEOUT_MS),

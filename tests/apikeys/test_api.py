@@ -61,6 +61,7 @@ def test_warm_check_is_one_round_trip_and_no_mongo_operation():
     assert (c.commands, c.round_trips, c.mongo_ops) == (1, 1, 0)
 
 
+@pytest.mark.mongo_contract
 def test_cold_check_is_one_indexed_mongo_query():
     apikeys.check(apikeys.create("warm-up").raw_key)  # connection handshake and script load
     new = apikeys.create("alice")
@@ -125,6 +126,7 @@ def test_revocation_survives_a_concurrent_recache_of_the_old_record():
         apikeys.check(new.raw_key)
 
 
+@pytest.mark.mongo_contract
 def test_revoke_racing_cold_loads_in_other_threads_leaves_no_check_succeeding(monkeypatch):
     """Checks in other threads read the key's record from MongoDB before revoke() and try to cache it only
     after revoke() returned: from then on no check in any thread succeeds, and none is counted. (The threads'
@@ -204,6 +206,7 @@ def test_unknown_and_revoked_and_expired_keys_raise_the_same_message(clock, capl
         assert raw.split(".")[1] not in logged and raw.split(".")[0] in logged
 
 
+@pytest.mark.mongo_contract
 def test_unknown_key_is_remembered_briefly_so_repeats_skip_mongo(raw_redis):
     unknown = "abcdefgh." + "B" * 43
     with pytest.raises(apikeys.InvalidKey):
@@ -238,6 +241,7 @@ def test_counters_are_per_utc_day(clock):
     assert history[0][0] - history[1][0] == dt.timedelta(days=1)
 
 
+@pytest.mark.mongo_contract
 def test_sync_usage_is_idempotent_and_history_outlives_redis(raw_redis, key_prefix):
     a = apikeys.create("alice")
     b = apikeys.create("bob", daily_limit=2)
@@ -261,6 +265,7 @@ def _usage_docs():
     return mongo.collection(apikeys.USAGE_COLLECTION, feature="test").find({})
 
 
+@pytest.mark.mongo_contract
 def test_list_keys_by_owner_and_all(clock):
     a = apikeys.create("alice")
     clock.advance(1)

@@ -408,3 +408,20 @@ def test_unreachable_server_is_unavailable_within_the_selection_timeout(real_mon
         _coll().find_one({"_id": 1})
     assert time.monotonic() - started < 3
     assert mongo.server_status_connections() is None
+
+
+# --- connections --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "query", "mode"),
+    [("poll", "", "poll"), ("stream", "", "stream"), ("poll", "?serverMonitoringMode=stream", "stream")],
+)
+def test_monitoring_mode_comes_from_the_setting_unless_the_url_names_one(real_mongo, hotcache_config, setting,
+                                                                       query, mode):
+    """MONGO_SERVER_MONITORING_MODE ('poll' by default: one monitoring connection per process, not two) is what
+    hotcache's client uses; a serverMonitoringMode written in MONGO_URL wins."""
+    hotcache_config(MONGO_URL=real_mongo.url + query, MONGO_SERVER_MONITORING_MODE=setting)
+    mongo.reset()
+    assert mongo.ping() >= 0
+    assert mongo._current().client.options.server_monitoring_mode == mode
