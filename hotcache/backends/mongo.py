@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import os
 import threading
@@ -489,7 +490,7 @@ class _SharedReads:
                 flight = self._flights[marker] = concurrent.futures.Future()
         if not leader:
             metering.event(feature, "mongo_read_shared")  # a query not sent
-            return flight.result()
+            return copy.deepcopy(flight.result())  # each caller its own document, as if it had read it
         try:
             value = read()
         except BaseException as exc:
