@@ -36,11 +36,15 @@ DEFAULTS: dict[str, Any] = {
     # --- Redis (foundation) ---
     "REDIS_ALIAS": "default",  # django-redis alias whose server, credentials and TLS hotcache uses
     "KEY_PREFIX": "hc",  # every hotcache key starts with "<KEY_PREFIX>:"
-    "REDIS_SOCKET_TIMEOUT": 0.05,  # seconds; a sick Redis costs at most this per call (loopback RTT is ~0.1 ms)
-    "REDIS_CONNECT_TIMEOUT": 0.05,  # seconds
-    "HEALTH_FAILURE_THRESHOLD": 3,  # consecutive timeouts that open the gate (a refused connection opens it at once)
+    # Timeouts fit a TLS Redis in another region (round trip up to 125 ms: timeout >= 4 x round trip; rule in
+    # docs/operations/resilience.md); a hanging Redis costs at most this per call until the gate opens.
+    "REDIS_SOCKET_TIMEOUT": 0.5,  # seconds: a reply, and the TLS handshake
+    "REDIS_CONNECT_TIMEOUT": 0.5,  # seconds: the TCP connect
+    "HEALTH_FAILURE_THRESHOLD": 3,  # consecutive timeouts (or server-state errors) that open the gate
     "HEALTH_COOLDOWN": 5.0,  # seconds the gate stays open before one probe
-    "REDIS_DAILY_COMMAND_BUDGET": 10_000,  # commands per UTC day (Upstash free tier)
+    "HEALTH_QUOTA_COOLDOWN": 300.0,  # seconds after a provider quota error (a daily quota: until the next UTC day)
+    "REDIS_DAILY_COMMAND_BUDGET": 10_000,  # billed commands per UTC day (Upstash's former free tier)
+    "REDIS_MONTHLY_COMMAND_BUDGET": 500_000,  # billed commands per UTC month (Upstash free tier since 2025)
     "REDIS_MEMORY_LIMIT": 256 * 1024 * 1024,  # bytes (Upstash free tier)
     "METER_FLUSH_EVERY": 500,  # commands buffered in-process before the meter is written (one command)
     "FEATURES": None,  # None = all of FEATURES; or a list naming the enabled ones
@@ -57,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_CONNECT_TIMEOUT_MS": 2000,
     "MONGO_SOCKET_TIMEOUT_MS": 5000,
     "MONGO_SERVER_CONNECTION_LIMIT": 500,  # the server's connection limit (Atlas M0: 500), for reports
+    # --- Periodic jobs (foundation) ---
+    "SYNC_SCHEDULER": "celery",  # what runs the syncs: "celery" (beat entries, checked) | "cron" (manage.py commands)
 
     # --- Rate limiting ---
     "RATELIMIT_RULES": [],  # list of rule dicts, see README "Rate limiting"
@@ -171,9 +177,15 @@ class HotcacheSettings:
             self._derived = {}
 
     def enabled(self, feature: str) -> bool:
-        """Whether a feature is enabled by HOTCACHE['FEATURES'] (None enables all)."""
+        """Whether a feature is enabled by HOTCACHE['FEATURES'] (None enables all).
+
+        A value that is not a list or tuple enables nothing (hotcache.E006 reports it) rather than raising
+        from every feature's system check, or matching substrings of a string.
+        """
         features = self.FEATURES
-        return True if features is None else feature in features
+        if features is None:
+            return True
+        return isinstance(features, list | tuple) and feature in features
 
 
 hotcache_settings = HotcacheSettings()

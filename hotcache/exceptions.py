@@ -6,6 +6,7 @@
     │   └── MongoUnavailable          network error, server selection or pool wait timeout
     ├── MongoWriteError               MongoDB refused a write for a reason other than a duplicate key
     │   └── DuplicateKey              E11000: the document already exists (idempotent replays expect it)
+    ├── SyncIncomplete                a periodic job's Celery task could not finish (an outage): retried, then failed
     └── InvalidName (also ValueError) a user-supplied name or id that hotcache will not turn into a key
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "MongoUnavailable",
     "MongoWriteError",
     "RedisUnavailable",
+    "SyncIncomplete",
 ]
 
 
@@ -60,3 +62,20 @@ class DuplicateKey(MongoWriteError):
 
 class InvalidName(HotcacheError, ValueError):
     """A user-supplied name, id or purpose that fails validation; the message says which and why."""
+
+
+class SyncIncomplete(HotcacheError):
+    """A periodic job (analytics sync, usage sync, workbench persister) stopped before finishing its work.
+
+    Raised by hotcache's Celery tasks so the task's state says so (RETRY, then FAILURE) instead of SUCCESS.
+    The services return the same outcome as a result (``error`` / ``errors``); the management commands exit
+    non-zero. ``outcome`` holds the run's figures as a dict. What the run did not move stays queued: rerun.
+    """
+
+    def __init__(self, message: str, outcome: dict | None = None) -> None:
+        super().__init__(message, outcome)  # both in args: Celery's result backend rebuilds it from them
+        self.message = message
+        self.outcome = outcome or {}
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,12 +1,18 @@
 """Command metering: how many Redis commands (and MongoDB operations) hotcache spends, per feature and UTC day.
 
 Counting happens on hotcache's own Redis connections (every command the wire carries, handshakes
-included), attributed to the feature running the call. Counts are buffered in-process and written
-with a single command per flush (one EVALSHA holding every field), after METER_FLUSH_EVERY
-commands, or at most once a minute when at least 100 are buffered, so metering costs well under 1%
-extra commands. The daily hash ``<prefix>:{meter:usage}:<YYYYMMDD>`` keeps fields:
+included), attributed to the feature running the call. Billed commands are what a per-command provider
+(Upstash) bills: every command the server executes (each one of a pipeline or MULTI, MULTI and EXEC too,
+each ``redis.call``/``redis.pcall`` a script ran, which the script reports in its reply) except the free
+ones (FREE_COMMANDS). Only hotcache's own connections are seen: other clients of the same Redis are not.
 
-    cmd:<feature>   Redis commands          rt:<feature>    Redis round trips
+Counts are buffered in-process and written with a single EVALSHA per flush (holding every field), after
+METER_FLUSH_EVERY commands, or at most once a minute when at least 100 are buffered; the flush is metered
+too (feature ``meter``: its script bills one HINCRBY per field).
+The daily hash ``<prefix>:{meter:usage}:<YYYYMMDD>`` keeps fields:
+
+    cmd:<feature>   Redis commands sent     rt:<feature>    Redis round trips
+    billed:<feature> billed commands (what the server executed, free commands excluded)
     mongo:<feature> MongoDB operations      ev:<feature>:<name>  feature events (hits, denials, fallbacks)
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import logging
 import threading
 from collections import Counter
@@ -25,9 +32,11 @@ from typing import Any, Protocol
 from hotcache import clock
 
 __all__ = [
+    "FREE_COMMANDS",
     "DayUsage",
     "MeterRead",
     "Store",
+    "billable",
     "current_feature",
     "event",
     "feature",
@@ -35,6 +44,7 @@ __all__ = [
     "meter",
     "mongo_op",
     "read",
+    "server_billed",
     "snapshot",
     "usage",
     "use_store",
@@ -50,6 +60,33 @@ POOL_REPORT_FRESH_SECONDS = 600.0
 # Past days' meters barely change (only a process flushing across midnight adds to yesterday), so report
 # pages read them once per PAST_DAYS_CACHE_SECONDS per process: a page then costs one HGETALL, not 30.
 PAST_DAYS_CACHE_SECONDS = 300.0
+
+
+# Commands a per-command provider does not bill (Upstash: AUTH, INFO, PING, QUIT, COMMAND; connection
+# set-up: HELLO, CLIENT SETNAME / SETINFO). Everything else the server executes is billed, MULTI and EXEC too.
+FREE_COMMANDS = frozenset({"AUTH", "HELLO", "PING", "INFO", "QUIT", "COMMAND", "CLIENT"})
+
+
+@functools.cache
+def billable(name: str | bytes) -> bool:
+    """Whether a command named ``name`` ("GET", b"EVALSHA", "CLIENT SETNAME") is billed."""
+    text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+    return text.split(" ", 1)[0].split("|", 1)[0].upper() not in FREE_COMMANDS
+
+
+def server_billed(commandstats: dict[str, Any]) -> int:
+    """Billed commands in an ``INFO commandstats`` reply (redis-py's dict), free commands excluded: calls
+    (executed, failed ones too) and rejected calls (refused before running: OOM, READONLY, a wrong argument
+    count), as the meter counts every command sent.
+
+    The server counts every client's commands (since it started or CONFIG RESETSTAT), not hotcache's only.
+    """
+    total = 0
+    for name, stats in commandstats.items():
+        command = name.removeprefix("cmdstat_")
+        if billable(command) and isinstance(stats, dict):
+            total += int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))
+    return total
 
 
 def current_feature() -> str:
@@ -90,15 +127,30 @@ class Meter:
         self._last_flush = clock.monotonic()
 
     # -- recording (hot path: a dict update under a lock) --
-    def commands(self, n: int, round_trips: int = 1) -> None:
+    def commands(self, n: int, round_trips: int = 1, billed: int | None = None) -> None:
+        """``n`` commands sent in ``round_trips``, ``billed`` of them billed (default: all)."""
         name = _feature.get()
         day = _day()
+        billed = n if billed is None else billed
         with self._lock:
             self._pending[(day, f"cmd:{name}")] += n
             self._pending[(day, f"rt:{name}")] += round_trips
             self._totals[f"cmd:{name}"] += n
             self._totals[f"rt:{name}"] += round_trips
+            if billed:
+                self._pending[(day, f"billed:{name}")] += billed
+                self._totals[f"billed:{name}"] += billed
             self._pending_commands += n
+
+    def billed(self, n: int) -> None:
+        """``n`` more billed commands the server ran for one sent (a script's redis.call/pcall count)."""
+        if n <= 0:
+            return
+        name = _feature.get()
+        day = _day()
+        with self._lock:
+            self._pending[(day, f"billed:{name}")] += n
+            self._totals[f"billed:{name}"] += n
 
     def add(self, fld: str, n: int = 1) -> None:
         day = _day()
@@ -193,6 +245,14 @@ class DayUsage:
     @property
     def commands(self) -> int:
         return sum(n for f, n in self.fields.items() if f.startswith("cmd:"))
+
+    @property
+    def billed(self) -> int:
+        return sum(n for f, n in self.fields.items() if f.startswith("billed:"))
+
+    @property
+    def round_trips(self) -> int:
+        return sum(n for f, n in self.fields.items() if f.startswith("rt:"))
 
     def by_prefix(self, prefix: str) -> dict[str, int]:
         """{'ratelimit': 12, ...} for fields named '<prefix>:<feature>'."""

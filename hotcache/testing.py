@@ -1,10 +1,11 @@
 """Test helpers for hotcache and for projects that use it.
 
-* ``count_redis()``: Redis commands and round trips hotcache sent inside a block, per feature.
+* ``count_redis()``: Redis commands, round trips and billed commands hotcache spent inside a block, per feature.
 * ``RedisProxy``: a TCP proxy in front of a real Redis that a test can take down and bring back.
 * ``frozen_clock()``: move hotcache's clock without sleeping.
 * ``mongo_down()``: every MongoDB operation fails like a lost network inside the block.
 * ``ensure_redis()``: a Redis URL that answers: the given one, or a throwaway redis-server started here.
+* ``redis_server()``: a throwaway redis-server of the block's own (its INFO commandstats are the block's alone).
 * ``reset()``: forget everything hotcache keeps in this process, as a freshly started process would.
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "frozen_clock",
     "mongo_down",
     "new_process",
+    "redis_server",
     "reset",
 ]
 
@@ -66,14 +68,17 @@ def reset() -> None:
 class RedisCount:
     commands: int = 0
     round_trips: int = 0
+    billed: int = 0  # what a per-command provider bills: every command the server ran, scripts' own included
     by_feature: Counter[str] = field(default_factory=Counter)
+    billed_by_feature: Counter[str] = field(default_factory=Counter)
     mongo_ops: int = 0
     events: Counter[str] = field(default_factory=Counter)
 
 
 @contextlib.contextmanager
 def count_redis() -> Iterator[RedisCount]:
-    """Count what hotcache sends to Redis (and MongoDB operations) inside the block, from the metered connections."""
+    """Count what hotcache sends to Redis, what it is billed for (and MongoDB operations) inside the block, from
+    the metered connections and the command counts the scripts report."""
     before = metering.snapshot()
     result = RedisCount()
     try:
@@ -89,6 +94,9 @@ def count_redis() -> Iterator[RedisCount]:
                 result.by_feature[name[4:]] += n
             elif name.startswith("rt:"):
                 result.round_trips += n
+            elif name.startswith("billed:"):
+                result.billed += n
+                result.billed_by_feature[name[7:]] += n
             elif name.startswith("mongo:"):
                 result.mongo_ops += n
             elif name.startswith("ev:"):
@@ -231,11 +239,23 @@ def ensure_redis(url: str = "redis://127.0.0.1:6379/0") -> str:
     """
     if _ping(url):
         return url
+    proc, port = _start_redis_server()
+    import atexit
+
+    atexit.register(proc.terminate)
+    db = urlsplit(url).path or "/0"
+    started = f"redis://127.0.0.1:{port}{db}"
+    os.environ["HOTCACHE_TEST_REDIS_URL"] = started
+    return started
+
+
+def _start_redis_server(*extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server on a free loopback port, no persistence, answering PING; RuntimeError if it cannot be had."""
     binary = shutil.which("redis-server")
     if binary is None:
         msg = (
-            f"No Redis answers at {url} and redis-server is not installed. "
-            "Install it (apt-get install -y redis-server) or set HOTCACHE_TEST_REDIS_URL."
+            "redis-server is not installed: install it (apt-get install -y redis-server) "
+            "or set HOTCACHE_TEST_REDIS_URL to a Redis that answers."
         )
         raise RuntimeError(msg)
     probe = socket.socket()
@@ -243,20 +263,34 @@ def ensure_redis(url: str = "redis://127.0.0.1:6379/0") -> str:
     port = probe.getsockname()[1]
     probe.close()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    import atexit
-
-    atexit.register(proc.terminate)
-    db = urlsplit(url).path or "/0"
-    started = f"redis://127.0.0.1:{port}{db}"
     deadline = time.monotonic() + 10
-    while not _ping(started, timeout=0.2):
+    while not _ping(f"redis://127.0.0.1:{port}/0", timeout=0.2):
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
             msg = f"redis-server ({binary}) did not start on port {port}"
             raise RuntimeError(msg)
         time.sleep(0.05)  # waiting for a child process to bind its port; nothing to synchronise on
-    os.environ["HOTCACHE_TEST_REDIS_URL"] = started
-    return started
+    return proc, port
+
+
+@contextlib.contextmanager
+def redis_server(*extra: str) -> Iterator[str]:
+    """A throwaway redis-server (``extra``: more command-line options) for the block; yields its URL (db 0).
+
+    For what the shared server cannot give: INFO commandstats of one client alone (CONFIG RESETSTAT on a
+    shared server would reset everyone's), or settings (maxmemory, replicaof) a test must not impose on others.
+    """
+    proc, port = _start_redis_server(*extra)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -29,7 +29,7 @@ def test_alias_that_is_not_django_redis(settings, hotcache_config):
 @pytest.mark.parametrize(
     ("name", "value"),
     [("REDIS_SOCKET_TIMEOUT", "fast"), ("HEALTH_COOLDOWN", -1), ("REDIS_DAILY_COMMAND_BUDGET", 1.5),
-     ("MONGO_MAX_POOL_SIZE", 0), ("HEALTH_FAILURE_THRESHOLD", True)],
+     ("REDIS_MONTHLY_COMMAND_BUDGET", 0), ("MONGO_MAX_POOL_SIZE", 0), ("HEALTH_FAILURE_THRESHOLD", True)],
 )
 def test_unparsable_values_name_the_setting(hotcache_config, name, value):
     hotcache_config(**{name: value})

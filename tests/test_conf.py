@@ -28,6 +28,15 @@ def test_features_subset(settings):
     assert not hotcache_settings.enabled("mfa")
 
 
+@pytest.mark.parametrize("value", [5, "ratelimit,users"])
+def test_a_features_value_that_is_not_a_list_is_reported_not_raised(settings, value):
+    from django.core.checks import run_checks
+
+    settings.HOTCACHE = {**settings.HOTCACHE, "FEATURES": value}
+    assert not hotcache_settings.enabled("users")  # no substring match of a string
+    assert "hotcache.E006" in [m.id for m in run_checks()]  # every feature's check ran without raising
+
+
 def test_derived_values_are_built_once_per_hotcache_dict(settings):
     from hotcache.conf import hotcache_settings
 

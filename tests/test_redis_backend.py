@@ -49,8 +49,60 @@ def test_script_loads_once_and_retries_on_noscript(tmp_path, monkeypatch, raw_re
         assert redis_backend.call("t", lambda r: script(r, [], ["x"])) == b"x"
     with count_redis() as second:
         assert redis_backend.call("t", lambda r: script(r, [], ["y"])) == b"y"
-    assert (first.commands, first.round_trips) == (2, 2)  # EVALSHA -> NOSCRIPT, then EVAL
-    assert (second.commands, second.round_trips) == (1, 1)
+    assert (first.commands, first.round_trips, first.billed) == (2, 2, 2)  # EVALSHA -> NOSCRIPT, then EVAL
+    assert (second.commands, second.round_trips, second.billed) == (1, 1, 1)
+
+
+def test_a_script_reports_the_commands_it_ran_and_callers_see_its_own_reply(tmp_path, monkeypatch, key_prefix):
+    body = f"""-- {uuid.uuid4()}
+local n = 0
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('INCR', KEYS[1])
+  n = n + 1
+end
+if ARGV[2] == 'nil' then return nil end
+if ARGV[2] == 'false' then return false end
+local call = redis.call  -- aliased (as sliding_window.lua does): still counted
+call('EXPIRE', KEYS[1], 60)
+redis.pcall('HGET', KEYS[1], 'x')  -- a WRONGTYPE error the server executed: counted
+return {{n, redis.call('GET', KEYS[1])}}"""
+    monkeypatch.setattr(redis_backend, "_LUA_DIR", tmp_path)
+    (tmp_path / "count_test.lua").write_text(body)
+    redis_backend.Script._cache.pop("count_test", None)
+    script = redis_backend.Script("count_test")
+    key = f"{key_prefix}:t:counted"
+    redis_backend.call("warm", lambda r: script(r, [key], [0, "nil"]))
+    with count_redis() as c:
+        assert redis_backend.call("t", lambda r: script(r, [key], [3, "table"])) == [3, b"3"]
+    assert (c.commands, c.round_trips, c.billed) == (1, 1, 1 + 3 + 3)
+    with count_redis() as c:
+        assert redis_backend.call("t", lambda r: script(r, [key], [2, "nil"])) is None
+        assert redis_backend.call("t", lambda r: script(r, [key], [0, "false"])) is None
+    assert c.billed == (1 + 2) + 1 and c.billed_by_feature == {"t": 4}
+
+    def piped(r):
+        pipe = r.pipeline(transaction=False)
+        script.queue(pipe, [key], [1, "nil"])
+        script.queue(pipe, [key], [1, "table"], load=True)
+        return [script.reply(raw) for raw in pipe.execute()]
+
+    with count_redis() as c:
+        assert redis_backend.call("t", piped) == [None, [1, b"7"]]
+    assert (c.commands, c.round_trips, c.billed) == (2, 1, (1 + 1) + (1 + 1 + 3))
+
+
+def test_billed_excludes_only_the_free_commands():
+    free = ("PING", b"AUTH", "hello", "INFO", "QUIT", "COMMAND", "CLIENT SETNAME")
+    assert not any(metering.billable(n) for n in free)
+    assert all(metering.billable(n) for n in ("GET", b"EVALSHA", "MULTI", "EXEC", "SELECT", "SCRIPT LOAD", "TIME"))
+    stats = {
+        "cmdstat_get": {"calls": 5},
+        "cmdstat_client|setinfo": {"calls": 2},
+        "cmdstat_info": {"calls": 9},
+        "cmdstat_exec": {"calls": 1},
+        "cmdstat_evalsha": {"calls": 3, "failed_calls": 1, "rejected_calls": 2},
+    }
+    assert metering.server_billed(stats) == 11
 
 
 def test_wrong_type_errors_fall_back_without_opening_the_gate(key_prefix):
@@ -65,6 +117,7 @@ def test_meter_flush_writes_one_command_and_survives_in_redis(raw_redis, key_pre
     for _ in range(10):
         redis_backend.call("alpha", lambda r: r.ping())
     metering.event("alpha", "hit", 3)
+    metering.flush()  # the script is loaded (NOSCRIPT -> EVAL on a server that never saw it)
     with count_redis() as c:
         assert metering.flush() is True
     assert c.commands == 1

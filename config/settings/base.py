@@ -93,6 +93,7 @@ HOTCACHE = {
     "REDIS_ALIAS": "default",
     "MONGO_URL": os.environ.get("MONGO_URL", "mongomock://hotcache"),
     "REDIS_DAILY_COMMAND_BUDGET": int(os.environ.get("HOTCACHE_DAILY_BUDGET", "10000")),
+    "REDIS_MONTHLY_COMMAND_BUDGET": int(os.environ.get("HOTCACHE_MONTHLY_BUDGET", "500000")),
 }
 
 # --- Celery --------------------------------------------------------------------------------------

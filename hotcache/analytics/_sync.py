@@ -74,6 +74,19 @@ class AnalyticsSyncResult:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def why_stopped(self) -> str:
+        """What stopped the run and what stays pending ("" when it finished): for the command and the task."""
+        if not self.error:
+            return ""
+        if self.pending_left is None:
+            left = (
+                "Redis does not answer, so how many batches are pending cannot be read; nothing is lost: "
+                "tracked counters stay in Redis (ANALYTICS_RETENTION_HOURS) and the next run moves them once."
+            )
+        else:
+            left = f"{self.pending_left} batch(es) stay pending for the next run; nothing is lost or counted twice."
+        return f"sync stopped: {self.error}. {left}"
+
 
 @dataclass(slots=True)
 class _Run:

@@ -73,6 +73,17 @@ class UsageSyncResult:
     written: int  # (key, day) totals written to MongoDB
     bases_pushed: int  # MongoDB-counted totals pushed back into Redis
     redis_available: bool
+    error: str = ""  # why the run stopped (Redis or MongoDB unavailable); "" when it finished
+
+    def why_stopped(self) -> str:
+        """What stopped the run and why nothing is lost ("" when it finished): for the command and the task."""
+        if not self.error:
+            return ""
+        return (
+            f"usage sync stopped: {self.error}. Nothing is lost: the daily counters stay in Redis "
+            "(APIKEY_USAGE_RETENTION_DAYS) and the next run copies them; after an outage of over a day, run "
+            "'manage.py sync_apikey_usage --days N' once with N covering it."
+        )
 
 
 def next_midnight(now: dt.datetime) -> dt.datetime:

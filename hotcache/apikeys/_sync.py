@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import dataclass, field
 
 from hotcache import clock
 from hotcache.apikeys import _recovery
@@ -19,7 +20,7 @@ from hotcache.apikeys._records import day_name, tag_of, touched_key
 from hotcache.apikeys._results import FEATURE, UsageSyncResult
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
-from hotcache.exceptions import RedisUnavailable
+from hotcache.exceptions import MongoUnavailable, MongoWriteError, RedisUnavailable
 
 __all__ = ["sync_usage"]
 
@@ -37,6 +38,9 @@ def sync_usage(days: int = 2) -> UsageSyncResult:
     too. Also pushes today's MongoDB-counted uses back into Redis and re-sends the tombstones of keys revoked
     in the window.
 
+    An outage ends the run early with ``error`` set (logged once, as a WARNING): Redis keeps the counters, so
+    nothing is lost and the next run copies them.
+
     Cost grows with the keys USED in the window, never with all keys: MongoDB: 1 indexed query for the
     keys revoked in the window, 1 bulk write (when anything was counted), 1 query for today's
     MongoDB-counted uses, and 1 ``$in`` query on those keys when there are any. Redis: 1 round trip of
@@ -45,8 +49,35 @@ def sync_usage(days: int = 2) -> UsageSyncResult:
     plus 1 script call per key counted on MongoDB today.
     """
     days_window(days)
+    run = _Run(days)
+    try:
+        _sync(run)
+    except RedisUnavailable as exc:
+        run.redis_available = False
+        run.error = f"{type(exc).__name__}: {exc}"
+    except (MongoUnavailable, MongoWriteError) as exc:
+        run.error = f"{type(exc).__name__}: {exc}"
+    if run.error:
+        log.warning("hotcache apikeys: usage sync stopped (the counters stay in Redis for the next run): %s", run.error)
+    return UsageSyncResult(len(run.keys), days, run.written, run.pushed, run.redis_available, run.error)
+
+
+@dataclass(slots=True)
+class _Run:
+    """What one sync has done so far (the result's figures when an outage stops it midway)."""
+
+    days: int
+    keys: set[str] = field(default_factory=set)
+    written: int = 0
+    pushed: int = 0
+    redis_available: bool = True
+    error: str = ""
+
+
+def _sync(run: _Run) -> None:
+    """The sync's steps; raises RedisUnavailable only while reading the counters, MongoDB's errors anywhere."""
     now = clock.utcnow()
-    day_list = [now.date() - dt.timedelta(days=i) for i in range(days)]
+    day_list = [now.date() - dt.timedelta(days=i) for i in range(run.days)]
     oldest = dt.datetime.combine(day_list[-1], dt.time(), tzinfo=dt.UTC)
     # Keys revoked in the window get their tombstone (again): a revocation made while some process could
     # not reach Redis reaches every process here at the latest (indexed range query, revoked keys only).
@@ -54,13 +85,9 @@ def sync_usage(days: int = 2) -> UsageSyncResult:
         tag_of(d["key_sha256"])
         for d in keys_coll().find({"revoked_at": {"$gte": oldest}}, projection={"key_sha256": 1})
     ]
-    try:
-        touched = redis_backend.call(FEATURE, lambda r: read_touched(r, revoked, day_list))
-        pairs = verified_members(touched)
-        values = redis_backend.call(FEATURE, lambda r: read_counters(r, pairs)) if pairs else []
-    except RedisUnavailable:
-        log.warning("hotcache apikeys: redis unavailable; usage sync skipped")
-        return UsageSyncResult(0, days, 0, 0, False)
+    touched = redis_backend.call(FEATURE, lambda r: read_touched(r, revoked, day_list))
+    pairs = verified_members(touched)
+    values = redis_backend.call(FEATURE, lambda r: read_counters(r, pairs)) if pairs else []
     tags: dict[str, str] = {}
     ops: list[mongo.Update | mongo.Insert] = []
     for (key_id, tag, day), value in zip(pairs, values, strict=True):
@@ -71,14 +98,19 @@ def sync_usage(days: int = 2) -> UsageSyncResult:
             ops.append(
                 mongo.Update(
                     {"key_id": key_id, "day": day_name(day)},
-                    {"$max": {"redis": gross, **({"undone": undo} if undo else {})},
-                     "$setOnInsert": {"fallback": 0}, "$set": {"synced_at": now}},
+                    {
+                        "$max": {"redis": gross, **({"undone": undo} if undo else {})},
+                        "$setOnInsert": {"fallback": 0},
+                        "$set": {"synced_at": now},
+                    },
                     upsert=True,
                 )
             )
+    run.keys |= {k for k, _, _ in pairs}
     coll = usage_coll()
     if ops:
         coll.bulk(ops)
+        run.written = len(ops)
     # The write is done: a past day's index whose day ended over _CLOSE_GRACE ago will not change again.
     grace = dt.timedelta(seconds=_CLOSE_GRACE)
     closed = [d for d in day_list[1:] if touched[d] and now >= _next_midnight_of(d) + grace]
@@ -96,14 +128,13 @@ def sync_usage(days: int = 2) -> UsageSyncResult:
     if missing:
         for d in keys_coll().find({"_id": {"$in": missing}}, projection={"key_id": 1, "key_sha256": 1}):
             tags[d["key_id"]] = tag_of(d["key_sha256"])
-    pushed = 0
+    run.keys |= set(missing)
     items = [(tags[f["key_id"]], day_list[0], int(f["fallback"])) for f in fallback_docs if f["key_id"] in tags]
     if items:
         try:
-            pushed = _recovery.push_bases(items)
+            run.pushed = _recovery.push_bases(items)
         except RedisUnavailable:
             pass
-    return UsageSyncResult(len({k for k, _, _ in pairs} | set(missing)), days, len(ops), pushed, True)
 
 
 def _next_midnight_of(day: dt.date) -> dt.datetime:

@@ -22,22 +22,20 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from hotcache import metering
+from hotcache.backends import errors
 from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["Script", "after_call", "call", "get_client", "reset", "server_info"]
+__all__ = ["Script", "after_call", "call", "eval_lua", "get_client", "reset", "server_info", "wrap_lua"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("hotcache.redis")
-_SERVER_STATE_ERRORS = {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS"}
 _LUA_DIR = Path(__file__).with_name("lua")
 _lock = threading.Lock()
 _wire = threading.local()  # .sent: the current call's last command reached the socket
@@ -56,12 +54,14 @@ def _metered_class(base: type) -> type:
             _wire.sent = True
 
         def send_command(self, *args: Any, **kwargs: Any) -> None:
-            metering.meter.commands(1, 1)
+            metering.meter.commands(1, 1, 1 if args and metering.billable(args[0]) else 0)
             super().send_command(*args, **kwargs)
 
         def pack_commands(self, commands: Any) -> Any:
+            # A pipeline, or a MULTI ... EXEC transaction (redis-py packs MULTI and EXEC with the commands).
             commands = list(commands)
-            metering.meter.commands(len(commands), 1)
+            billed = sum(1 for c in commands if c and metering.billable(c[0]))
+            metering.meter.commands(len(commands), 1, billed)
             return super().pack_commands(commands)
 
     Metered.__name__ = Metered.__qualname__ = f"Metered{base.__name__}"
@@ -131,23 +131,8 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     try:
         with metering.feature(feature):
             result = fn(get_client())
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        refused = isinstance(exc, RedisConnectionError) and not isinstance(exc, RedisTimeoutError)
-        redis_gate.failure(exc, immediate=refused)
-        metering.event(feature, "redis_error")
-        maybe_applied = bool(getattr(_wire, "sent", False))
-        raise RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied) from exc
-    except RedisError as exc:
-        # The server answered with an error. Overload and failover states (OOM, READONLY replica, BUSY
-        # script, LOADING...) mean Redis cannot serve anyone: they count against the gate. Anything
-        # else (WRONGTYPE, an unknown command) is specific to this call: the caller falls back, the gate stays.
-        if str(exc).split(" ", 1)[0].upper() in _SERVER_STATE_ERRORS:
-            redis_gate.failure(exc)
-        else:
-            redis_gate.success()  # Redis answered: it is reachable, whatever this call's own error
-            log.error("hotcache: redis rejected a %s call: %s", feature, exc)
-        metering.event(feature, "redis_error")
-        raise RedisUnavailable(f"redis refused the call for {feature}: {exc}") from exc
+    except (RedisError, OSError) as exc:
+        raise _failed(feature, exc) from exc
     except BaseException:
         redis_gate.abandon()  # the caller's own code raised: no verdict on Redis, and never a stuck probe
         raise
@@ -156,6 +141,35 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     if hook is not None:
         hook()
     return result
+
+
+def _failed(feature: str, exc: BaseException) -> RedisUnavailable:
+    """Tell the gate what a failed call says about Redis (hotcache.backends.errors) and build the caller's error.
+
+    Unreachable (refused, reset): the gate opens at once. Timeouts: after HEALTH_FAILURE_THRESHOLD in a row.
+    Redis answered it cannot serve (OOM, READONLY, LOADING, CLUSTERDOWN...): after HEALTH_FAILURE_THRESHOLD
+    such answers. The provider's quota ran out: at once, for a long cool-down. Any other error reply
+    (WRONGTYPE, an unknown command, a request too large) is specific to this call: Redis answered, the gate
+    records a success and the error is logged.
+    """
+    verdict = errors.classify(exc)
+    if verdict.kind == errors.CONNECTION:
+        redis_gate.failure(exc, immediate=True)
+    elif verdict.kind == errors.TIMEOUT:
+        redis_gate.failure(exc)
+    elif verdict.kind == errors.SERVER_STATE:
+        redis_gate.server_state(exc, verdict.condition)
+    elif verdict.kind == errors.QUOTA:
+        redis_gate.quota(exc, verdict.condition, daily=verdict.daily)
+    else:
+        redis_gate.success()  # Redis answered: it is reachable, whatever this call's own error
+        log.error("hotcache: redis rejected a %s call: %s", feature, exc)
+    metering.event(feature, "redis_error")
+    if verdict.server_answered:
+        return RedisUnavailable(f"redis refused the call for {feature}: {exc}")
+    # Once the bytes were on the wire, a failure to read the reply leaves the outcome unknown.
+    maybe_applied = bool(getattr(_wire, "sent", False))
+    return RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied)
 
 
 _after_call: Callable[[], None] | None = None
@@ -167,15 +181,52 @@ def after_call(hook: Callable[[], None] | None) -> None:
     _after_call = hook
 
 
+# Every script runs inside this prelude, so it reports the commands it ran: ``redis`` is shadowed by a table
+# whose call/pcall count each command, the file's body becomes a function, and the reply is
+# {count, the body's reply}. A body that fails still reports its count: the error (a redis.call error with its
+# own code, e.g. OOM, which the health gate reads; or a Lua error as ERR) comes back as the reply's second
+# element and Script.reply() raises it. The prelude ends without a newline, so the file's line numbers are
+# kept in error messages. Script.reply() strips the count (callers see the body's reply, or its error raised
+# as before) and meters it as billed.
+_PRELUDE = (
+    "local _hc_redis, _hc_billed = redis, 0 "
+    "local redis = setmetatable({"
+    "call = function(...) _hc_billed = _hc_billed + 1 return _hc_redis.call(...) end, "
+    "pcall = function(...) _hc_billed = _hc_billed + 1 return _hc_redis.pcall(...) end"
+    "}, {__index = _hc_redis}) "
+    "local function _hc_script() "
+)
+_POSTLUDE = (
+    "\nend\n"
+    "local _hc_ok, _hc_reply = pcall(_hc_script)\n"
+    "if not _hc_ok and type(_hc_reply) ~= 'table' then\n"
+    "  _hc_reply = tostring(_hc_reply)\n"
+    "  if not string.match(_hc_reply, '^%u+ ') then _hc_reply = 'ERR ' .. _hc_reply end\n"
+    "  _hc_reply = {err = _hc_reply}\n"
+    "end\n"
+    "return {_hc_billed, _hc_reply}\n"
+)
+
+
+def wrap_lua(source: str) -> str:
+    """``source`` as hotcache sends it: inside the counting prelude (see Script.reply)."""
+    return f"{_PRELUDE}{source}{_POSTLUDE}"
+
+
 class Script:
-    """A Lua script from hotcache/backends/lua/<name>.lua, run with EVALSHA (EVAL once on NOSCRIPT)."""
+    """A Lua script from hotcache/backends/lua/<name>.lua, run with EVALSHA (EVAL once on NOSCRIPT).
+
+    ``body`` is the text sent to the server (the file inside the counting prelude) and ``sha`` its SHA1.
+    Every reply of the script, direct or from a pipeline, goes through reply(): it meters the commands the
+    script ran as billed and returns what the file's ``return`` gave.
+    """
 
     _cache: dict[str, tuple[str, str]] = {}
 
     def __init__(self, name: str) -> None:
         cached = self._cache.get(name)
         if cached is None:
-            body = (_LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+            body = wrap_lua((_LUA_DIR / f"{name}.lua").read_text(encoding="utf-8"))
             cached = (body, hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest())
             self._cache[name] = cached
         self.name = name
@@ -183,10 +234,41 @@ class Script:
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            raw = client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             # First use on this server (or after SCRIPT FLUSH / failover): EVAL also caches it server-side.
-            return client.eval(self.body, len(keys), *keys, *args)
+            raw = client.eval(self.body, len(keys), *keys, *args)
+        return self.reply(raw)
+
+    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any] = (), *, load: bool = False) -> None:
+        """Add this script to a pipeline (EVALSHA; EVAL with ``load``); pass its result to reply()."""
+        if load:
+            pipe.eval(self.body, len(keys), *keys, *args)
+        else:
+            pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def reply(raw: Any) -> Any:
+        """The script's own reply from what the server sent ({count, reply}); meters ``count`` as billed.
+
+        The script's own error (it reports its count too) is raised, as redis-py raises a failed EVALSHA. A
+        pipeline's error in place of the reply (NoScriptError, a refused EVALSHA) is returned unchanged.
+        """
+        if isinstance(raw, list) and raw and isinstance(raw[0], int):
+            metering.meter.billed(raw[0])
+            reply = raw[1] if len(raw) > 1 else None
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        if isinstance(raw, Exception):
+            return raw
+        msg = f"a hotcache script reply without its command count: {raw!r} (a script not run through Script?)"
+        raise TypeError(msg)
+
+
+def eval_lua(client: redis.Redis, source: str, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
+    """EVAL an inline script (a probe, not a hot path) through the counting prelude; returns its reply."""
+    return Script.reply(client.eval(wrap_lua(source), len(keys), *keys, *args))
 
 
 def server_info(section: str = "memory") -> dict[str, Any]:

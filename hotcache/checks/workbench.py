@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, register
 
 from hotcache.checks._common import (
+    beat_entries,
     number_setting_errors,
 )
 from hotcache.checks._common import (
@@ -98,15 +98,14 @@ def check_workbench(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                 id="hotcache.E053",
             )
         )
-    beat = getattr(settings, "CELERY_BEAT_SCHEDULE", None) or {}
-    for name, entry in beat.items():
-        if not isinstance(entry, dict) or entry.get("task") != _WORKBENCH_TASK:
+    for entry in beat_entries():
+        if entry.task != _WORKBENCH_TASK:
             continue
-        seconds = _schedule_seconds(entry.get("schedule"))
+        seconds = _schedule_seconds(entry.schedule)
         if seconds is not None and seconds > every:
             errors.append(
                 Error(
-                    f"CELERY_BEAT_SCHEDULE[{name!r}] runs {_WORKBENCH_TASK} every {seconds:g} s, less often than "
+                    f"{entry.where} runs {_WORKBENCH_TASK} every {seconds:g} s, less often than "
                     f"{_setting('WORKBENCH_PERSIST_INTERVAL')}={every} assumed by the idle timeouts.",
                     hint="Schedule it at least every WORKBENCH_PERSIST_INTERVAL seconds, or raise that setting "
                     "(and keep hotcache.E051 satisfied).",

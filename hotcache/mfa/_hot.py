@@ -208,7 +208,7 @@ def _run_with_marker(
     """
     marker = _marker.marker_key()
     pipe = r.pipeline(transaction=False)
-    pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+    script.queue(pipe, script_keys, args)
     steps: list[tuple[redis_backend.Script, list[str], list[Any]]] = [(script, script_keys, args)]
     sealed = ""
     ttl_ms = 0
@@ -218,12 +218,13 @@ def _run_with_marker(
         sealed = _marker.seal(publish_ms)
         ttl_ms = max(1, publish_ms - now_ms) + _MARKER_MARGIN_MS
         mark_args = [sealed, publish_ms, ttl_ms]
-        pipe.evalsha(MARK.sha, 1, marker, *mark_args)
+        MARK.queue(pipe, [marker], mark_args)
         steps.append((MARK, [marker], mark_args))
     out = pipe.execute(raise_on_error=False)
     for i, (s, k, a) in enumerate(steps):
         if isinstance(out[i], NoScriptError):  # first use on this server: EVAL also caches it
             out[i] = r.eval(s.body, len(k), *k, *a)
+        out[i] = s.reply(out[i])
     if isinstance(out[0], Exception):
         raise out[0]
     if publish_ms is None:

@@ -1,4 +1,5 @@
-"""The overview: Redis commands today and per day against the daily budget, per feature; Redis memory;
+"""The overview: Redis billed commands today and per day against the daily budget, the month projected against
+the monthly budget, round trips beside them, per feature; the server's own command count; Redis memory;
 MongoDB connections of this process and of the deployment; the health gate and fallbacks. See docs/reports.md."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import datetime as dt
 import os
 import socket
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hotcache import clock, metering
@@ -16,7 +17,8 @@ from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import CLOSED, GateState, redis_gate
 from hotcache.conf import FEATURES, hotcache_settings
 from hotcache.exceptions import BackendUnavailable, MongoWriteError, RedisUnavailable
-from hotcache.reports import _meter
+from hotcache.reports import _budget, _meter
+from hotcache.reports._budget import MonthProjection, ServerCommands
 from hotcache.reports._figures import FEATURE_TITLES, Gauge
 
 __all__ = ["DayRow", "FeatureUsage", "MongoConnections", "Overview", "overview"]
@@ -32,6 +34,8 @@ class DayRow:
     commands_by_feature: dict[str, int]
     mongo_by_feature: dict[str, int]
     fallbacks: int
+    billed: int = 0
+    billed_by_feature: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,8 @@ class FeatureUsage:
     mongo_ops: int
     fallbacks: int
     events: int
+    billed_today: int = 0
+    billed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +71,20 @@ class Overview:
     redis_available: bool
     redis_note: str
     days: list[DayRow]  # newest first
-    commands_today: Gauge
+    commands_today: Gauge  # billed commands today against REDIS_DAILY_COMMAND_BUDGET
     features: list[FeatureUsage]
     memory: Gauge
     mongo: MongoConnections
     gate: GateState
     fallbacks_today: dict[str, int]
     fallbacks: dict[str, int]  # over the period, per feature
+    commands_month: Gauge  # the month's projected billed commands against REDIS_MONTHLY_COMMAND_BUDGET
+    month: MonthProjection
+    server_commands: ServerCommands  # the server's own count (every client), where INFO commandstats is allowed
 
     @property
     def limits(self) -> list[Gauge]:
-        return [self.commands_today, self.memory, self.mongo.pool_limit, self.mongo.server_limit]
+        return [self.commands_today, self.commands_month, self.memory, self.mongo.pool_limit, self.mongo.server_limit]
 
     @property
     def exceeded(self) -> list[Gauge]:
@@ -99,6 +108,10 @@ class Overview:
             "redis_available": self.redis_available,
             "redis_note": self.redis_note,
             "commands_today": self.commands_today.as_dict(),
+            "commands_month": self.commands_month.as_dict(),
+            "month": self.month.as_dict(),
+            "server_commands": self.server_commands.as_dict(),
+            "meter_scope": _budget.METER_SCOPE,
             "memory": self.memory.as_dict(),
             "mongo": {
                 "pool": self.mongo.pool.as_dict(),
@@ -114,8 +127,10 @@ class Overview:
             "days": [
                 {
                     "day": d.day.isoformat(),
+                    "billed": d.billed,
                     "commands": d.commands,
                     "round_trips": d.round_trips,
+                    "billed_by_feature": d.billed_by_feature,
                     "commands_by_feature": d.commands_by_feature,
                     "mongo_by_feature": d.mongo_by_feature,
                     "fallbacks": d.fallbacks,
@@ -128,20 +143,25 @@ class Overview:
 
 
 def overview(days: int | None = None) -> Overview:
-    """Redis commands today and per day against the budget, per feature; memory; MongoDB connections; gate."""
+    """Billed commands today and per day against the budgets, per feature; memory; MongoDB connections; gate."""
     n_days = _meter.report_days(days)
     warn = _meter.warning_percent()
-    view = _meter.read(n_days)
-    rows = view.meter.days
+    now = clock.utcnow()
+    # The month to date needs every day since the 1st, even when fewer are shown.
+    view = _meter.read(max(n_days, _budget.month_days(now)))
+    month = _budget.project_month(view.meter.days, now)
+    rows = view.meter.days[:n_days]
     today = rows[0]
     day_rows = [
         DayRow(
             day=_meter.day_of(u.day),
             commands=u.commands,
-            round_trips=sum(u.by_prefix("rt").values()),
+            round_trips=u.round_trips,
             commands_by_feature=u.by_prefix("cmd"),
             mongo_by_feature=u.by_prefix("mongo"),
             fallbacks=sum(_meter.fallbacks(u.fields).values()),
+            billed=u.billed,
+            billed_by_feature=u.by_prefix("billed"),
         )
         for u in rows
     ]
@@ -150,7 +170,11 @@ def overview(days: int | None = None) -> Overview:
         period.update(u.fields)
 
     enabled = set(_meter.enabled_features())
-    seen = {f.split(":", 2)[1] for f in period if f.count(":") >= 1 and f.split(":", 1)[0] in ("cmd", "mongo", "ev")}
+    seen = {
+        f.split(":", 2)[1]
+        for f in period
+        if f.count(":") >= 1 and f.split(":", 1)[0] in ("cmd", "billed", "mongo", "ev")
+    }
     names = [f for f in FEATURES if f in enabled or f in seen] + sorted(seen - set(FEATURES))
     fallbacks = _meter.fallbacks(period)
     features = [
@@ -165,47 +189,70 @@ def overview(days: int | None = None) -> Overview:
             mongo_ops=period.get(f"mongo:{f}", 0),
             fallbacks=fallbacks.get(f, 0),
             events=sum(n for k, n in period.items() if k.startswith(f"ev:{f}:")),
+            billed_today=today.fields.get(f"billed:{f}", 0),
+            billed=period.get(f"billed:{f}", 0),
         )
         for f in names
     ]
 
-    budget = Gauge(
-        "Redis commands today",
-        today.commands,
-        int(hotcache_settings.REDIS_DAILY_COMMAND_BUDGET),
-        "REDIS_DAILY_COMMAND_BUDGET",
-        warn,
-        note="" if view.redis_ok else "Redis unavailable: this process's unflushed counts only",
-    )
+    local_only = "" if view.redis_ok else "Redis unavailable: this process's unflushed counts only"
+    info = _server_info(view.redis_ok)
     return Overview(
         generated_at=clock.utcnow(),
         redis_available=view.redis_ok,
         redis_note=view.redis_note,
         days=day_rows,
-        commands_today=budget,
+        commands_today=_budget.daily_gauge(today, warn, local_only),
         features=features,
-        memory=_memory(warn, view.redis_ok),
+        memory=_memory(warn, view.redis_ok, info),
         mongo=_mongo(warn, view.meter.pools),
         gate=redis_gate.snapshot(),
         fallbacks_today=_meter.fallbacks(today.fields),
         fallbacks=fallbacks,
+        commands_month=_budget.monthly_gauge(month, warn, local_only),
+        month=month,
+        server_commands=_budget.server_commands(info.get("commandstats"), info.get("server")),
     )
 
 
-def _memory(warn: float, redis_ok: bool) -> Gauge:
+_INFO_SECTIONS = ("memory", "commandstats", "server")
+
+
+def _server_info(redis_ok: bool) -> dict[str, Any]:
+    """INFO memory, commandstats and server in one round trip (free commands), as far as the server allows.
+
+    A section the server refuses (fakeredis, a provider's proxy) is left out quietly: no error, no log, the
+    gate untouched. {"unavailable": True} when Redis could not be asked at all.
+    """
+    if not redis_ok:
+        return {"unavailable": True}
+
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for section in _INFO_SECTIONS:
+            pipe.info(section)
+        return pipe.execute(raise_on_error=False)
+
+    try:
+        replies = redis_backend.call("status", read)
+    except RedisUnavailable:
+        return {"unavailable": redis_gate.state != CLOSED}
+    return {s: r for s, r in zip(_INFO_SECTIONS, replies, strict=True) if isinstance(r, dict) and r}
+
+
+def _memory(warn: float, redis_ok: bool, info: dict[str, Any]) -> Gauge:
     limit = int(hotcache_settings.REDIS_MEMORY_LIMIT)
     used: int | None = None
     note = ""
-    if not redis_ok:
+    memory = info.get("memory")
+    if not redis_ok or info.get("unavailable"):
         note = "Redis unavailable"
+    elif memory is None:
+        # A server without INFO (fakeredis, some proxies) still serves hotcache; memory is just unknown.
+        note = "INFO memory not supported by this server"
     else:
-        try:
-            info = redis_backend.server_info("memory")
-            used = int(info["used_memory"]) if "used_memory" in info else None
-            note = "" if used is not None else "INFO memory has no used_memory"
-        except RedisUnavailable:
-            # A server without INFO (fakeredis, some proxies) still serves hotcache; memory is just unknown.
-            note = "Redis unavailable" if redis_gate.state != CLOSED else "INFO memory not supported by this server"
+        used = int(memory["used_memory"]) if "used_memory" in memory else None
+        note = "" if used is not None else "INFO memory has no used_memory"
     return Gauge("Redis memory", used, limit, "REDIS_MEMORY_LIMIT", warn, note=note)
 
 

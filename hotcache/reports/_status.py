@@ -1,5 +1,6 @@
 """``manage.py hotcache_status``: the overview as terminal text or JSON, and the limits it exceeds (the
-command exits 1 naming them). See docs/reports.md#hotcache_status."""
+command exits 1 naming them: billed commands today over REDIS_DAILY_COMMAND_BUDGET, the month projected over
+REDIS_MONTHLY_COMMAND_BUDGET, memory, MongoDB connections). See docs/reports.md#hotcache_status."""
 
 from __future__ import annotations
 
@@ -31,32 +32,39 @@ def status_report(days: int | None = None, *, as_json: bool = False) -> StatusRe
 def _text(ov: Overview) -> list[str]:
     out: list[str] = []
     w = out.append
+    width = max(30, *(len(lim.name) for lim in ov.limits))
     if not ov.redis_available:
         w(f"!! {ov.redis_note} Health gate: {ov.gate.state}. Run hotcache_check.")
     for lim in ov.limits:
         value = "unknown" if lim.value is None else f"{lim.value:,}"
         pct = "" if lim.percent is None else f"  {lim.percent}%"
         flag = {"exceeded": "  EXCEEDED", "warning": "  WARNING"}.get(lim.level, "")
-        w(f"{lim.name:<30} {value:>14} of {lim.limit:,}{pct}{flag}  (HOTCACHE[{lim.setting!r}])")
+        w(f"{lim.name:<{width}} {value:>14} of {lim.limit:,}{pct}{flag}  (HOTCACHE[{lim.setting!r}])")
         if lim.note:
-            w(f"{'':<30} {lim.note}")
+            w(f"{'':<{width}} {lim.note}")
+    server = ov.server_commands
+    server_value = "unknown" if server.billed is None else f"{server.billed:,}"
+    w(f"{'Redis server, billed commands':<{width}} {server_value:>14}  {server.note}")
     w(
-        f"{'Health gate':<30} {ov.gate.state}; fallback events today {sum(ov.fallbacks_today.values())}, "
+        f"{'Health gate':<{width}} {ov.gate.state}; fallback events today {sum(ov.fallbacks_today.values())}, "
         f"last {len(ov.days)} days {sum(ov.fallbacks.values())}"
     )
     w("")
-    w(f"{'Feature':<20} {'enabled':>7} {'cmds today':>11} {'cmds':>9} {'RT':>9} {'mongo':>7} {'fallbacks':>9}")
+    w(
+        f"{'Feature':<20} {'enabled':>7} {'billed today':>12} {'billed':>10} {'cmds':>9} {'RT':>9} {'mongo':>7} "
+        f"{'fallbacks':>9}"
+    )
     for f in ov.features:
         enabled = ("yes" if f.enabled else "no") if f.shipped else "-"
         w(
-            f"{f.feature:<20} {enabled:>7} {f.commands_today:>11,} {f.commands:>9,} {f.round_trips:>9,} "
-            f"{f.mongo_ops:>7,} {f.fallbacks:>9,}"
+            f"{f.feature:<20} {enabled:>7} {f.billed_today:>12,} {f.billed:>10,} {f.commands:>9,} "
+            f"{f.round_trips:>9,} {f.mongo_ops:>7,} {f.fallbacks:>9,}"
         )
     w("")
-    w("Redis commands per day (UTC):")
+    w("Redis per day (UTC):      billed   round trips")
     for d in ov.days:
-        if d.commands:
-            w(f"  {d.day.isoformat()} {d.commands:>9,}")
+        if d.commands or d.billed:
+            w(f"  {d.day.isoformat()} {d.billed:>12,} {d.round_trips:>13,}")
     for warning in ov.warnings:
         w(f"warning: {warning}")
     return out

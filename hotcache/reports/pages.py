@@ -1,5 +1,5 @@
 """What each admin report page shows, as template context computed from overview() and feature_summary():
-the overview's commands-per-day chart and gauges, a feature page's events chart, sections and per-day
+the overview's billed-commands-per-day chart and gauges, a feature page's events chart, sections and per-day
 table. No HTTP here: hotcache.reports.admin adds the request's parts. See docs/reports.md."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hotcache.reports import _meter
+from hotcache.reports._budget import METER_SCOPE
 from hotcache.reports._figures import Chart
 from hotcache.reports._overview import overview
 from hotcache.reports._registry import detail_filters
@@ -23,15 +24,15 @@ def day_choices(days: int) -> list[int]:
 
 
 def overview_page(days: int) -> dict[str, Any]:
-    """The overview page: the overview, its commands-per-day chart against the budget, and its gauges."""
+    """The overview page: the overview, its billed-commands-per-day chart against the budget, and its gauges."""
     ov = overview(days)
     oldest_first = list(reversed(ov.days))
-    consumers = [f.feature for f in ov.features if f.commands]
+    consumers = [f.feature for f in ov.features if f.billed]
     chart = Chart(
-        f"Redis commands per day, last {days} days",
+        f"Redis billed commands per day, last {days} days",
         [d.day.strftime("%m-%d") for d in oldest_first],
-        [(name, [d.commands_by_feature.get(name, 0) for d in oldest_first]) for name in consumers]
-        or [("commands", [0 for _ in oldest_first])],
+        [(name, [d.billed_by_feature.get(name, 0) for d in oldest_first]) for name in consumers]
+        or [("billed", [0 for _ in oldest_first])],
         limit=ov.commands_today.limit,
         limit_label="daily budget",
     )
@@ -39,6 +40,8 @@ def overview_page(days: int) -> dict[str, Any]:
         "ov": ov,
         "chart": bar_chart(chart),
         "gauges": [gauge(limit) for limit in ov.limits],
+        "today": ov.days[0],
+        "meter_scope": METER_SCOPE,
         "fallbacks_period": sum(ov.fallbacks.values()),
         "fallbacks_today_total": sum(ov.fallbacks_today.values()),
     }

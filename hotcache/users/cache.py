@@ -135,8 +135,8 @@ def _invalidate(r: Any, ids: list[str]) -> list[str]:
     for start in range(1, len(ids), _REPLAY_BATCH):
         pipe = r.pipeline(transaction=False)
         for uid in ids[start : start + _REPLAY_BATCH]:
-            pipe.evalsha(_INVALIDATE.sha, 2, entry_key(uid), version_key(uid), _VERSION_TTL)
-        resets += [int(n) for n in pipe.execute()]
+            _INVALIDATE.queue(pipe, [entry_key(uid), version_key(uid)], [_VERSION_TTL])
+        resets += [int(_INVALIDATE.reply(n)) for n in pipe.execute()]
     return [uid for uid, reset in zip(ids, resets, strict=True) if reset]
 
 

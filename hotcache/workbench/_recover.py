@@ -53,9 +53,7 @@ def _migrate(session_id: str) -> _Hot | None:
     return _reconcile(session_id, _NONE)
 
 
-def _reconcile_args(
-    action: str, fence: str, observed: bytes, doc: Mapping[str, Any], session_id: str
-) -> list[Any]:
+def _reconcile_args(action: str, fence: str, observed: bytes, doc: Mapping[str, Any], session_id: str) -> list[Any]:
     envelope, state = _NONE, ""
     if action == "put":
         envelope, state = _envelope_from_doc(session_id, doc).raw, doc["state"]
@@ -191,8 +189,8 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
                 for action, seen, src in actions:
                     # EVAL (not EVALSHA) in a pipeline: no NOSCRIPT round trip to handle; a rare recovery path.
                     ks = [_data_key(d["_id"]), _index_key()]
-                    pipe.eval(_RECONCILE.body, len(ks), *ks, *_reconcile_args(action, fence, seen, src, d["_id"]))
-            return pipe.execute()
+                    _RECONCILE.queue(pipe, ks, _reconcile_args(action, fence, seen, src, d["_id"]), load=True)
+            return [_RECONCILE.reply(raw) for raw in pipe.execute()]
 
         redis_backend.call(FEATURE, apply)
         for d, _actions in plans:

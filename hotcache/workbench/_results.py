@@ -101,6 +101,12 @@ class PersistResult:
         out["persisted"] = self.persisted
         return out
 
+    def why_stopped(self) -> str:
+        """What kept the run from finishing ("" when it finished): for the command and the task."""
+        if not self.errors:
+            return ""
+        return "persist_workbench incomplete (the rest stays queued): " + "; ".join(self.errors)
+
 
 @dataclass(frozen=True, slots=True)
 class SessionCounts:

@@ -193,6 +193,33 @@ def test_sync_task_runs_on_a_real_worker(celery_worker):
     assert apikeys.usage(new.key_id, days=1)[0][1] == 1
 
 
+def test_sync_command_copies_the_counters_for_cron(raw_redis):
+    new = apikeys.create("carol")
+    apikeys.check(new.raw_key)
+    apikeys.check(new.raw_key)
+    out = StringIO()
+    call_command("sync_apikey_usage", stdout=out)
+    assert "Copied 1 (key, day) total(s) of 1 key(s) over 2 day(s)" in out.getvalue()
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 2
+    as_json = StringIO()
+    call_command("sync_apikey_usage", "--days", "3", "--json", stdout=as_json)
+    assert json.loads(as_json.getvalue())["days"] == 3
+
+
+def test_sync_command_exits_non_zero_naming_the_outage_and_loses_nothing():
+    new = apikeys.create("dave")
+    apikeys.check(new.raw_key)
+    with mongo_down(), pytest.raises(CommandError, match=r"usage sync stopped: MongoUnavailable.*Nothing is lost"):
+        call_command("sync_apikey_usage", stdout=StringIO())
+    call_command("sync_apikey_usage", stdout=StringIO())
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 1
+
+
+def test_sync_command_refuses_a_bad_window():
+    with pytest.raises(CommandError, match="days"):
+        call_command("sync_apikey_usage", "--days", "0", stdout=StringIO())
+
+
 def test_beat_schedules_the_sync(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["hotcache-sync-apikey-usage"]
     assert entry["task"] == "hotcache.tasks.sync_apikey_usage"

@@ -32,7 +32,7 @@ def staff_client(client):
 def workload():
     redis_backend.call("warm", lambda r: r.ping())
     for _ in range(4):
-        redis_backend.call("ratelimit", lambda r: r.ping())
+        redis_backend.call("ratelimit", lambda r: r.exists("hc-billed-probe"))
     metering.event("ratelimit", "allowed", 7)
     metering.event("ratelimit", "denied", 3)
     metering.event("ratelimit", "allowed:login", 7)
@@ -70,11 +70,24 @@ def test_overview_shows_budget_per_feature_and_fallbacks(staff_client):
     assert "Redis is unavailable" not in body
 
 
+def test_overview_shows_both_budgets_billed_beside_round_trips_and_the_servers_count(staff_client):
+    workload()
+    body = text(staff_client.get(reverse("hotcache:reports")))
+    assert "of 500,000 <span class=\"hc-note\">(HOTCACHE['REDIS_MONTHLY_COMMAND_BUDGET'])" in body
+    assert "Redis billed commands this month, projected" in body
+    assert "hotcache&#x27;s own connections only" in body  # (HTML-escaped)
+    today = re.search(r"Today \(hotcache's meter\)</th><td class=\"n\">(\d+) billed, (\d+) round trips", body)
+    assert today and int(today.group(1)) >= 4 and int(today.group(2)) >= 5
+    server = re.search(r"The Redis server, every client</th><td class=\"n\">(\d+) billed", body)
+    assert server and int(server.group(1)) >= int(today.group(1))
+    assert "per INFO commandstats" in body
+
+
 def test_overview_flags_an_exceeded_budget(staff_client, hotcache_config):
     hotcache_config(REDIS_DAILY_COMMAND_BUDGET=2)
     workload()
     body = text(staff_client.get(reverse("hotcache:reports")))
-    assert "Exceeded:</strong> Redis commands today" in body
+    assert "Exceeded:</strong> Redis billed commands today" in body
 
 
 def test_user_cache_page_shows_hit_ratio_and_queries_avoided(staff_client):

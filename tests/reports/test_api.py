@@ -28,7 +28,7 @@ def test_register_figures_refuses_an_unknown_feature():
 
 def test_status_report_is_what_hotcache_status_prints():
     text = reports.status_report(3)
-    assert text.lines[0].startswith("Redis commands today") and text.error == ""
+    assert text.lines[0].startswith("Redis billed commands today") and text.error == ""
     assert len(text.overview.days) == 3
     as_json = reports.status_report(3, as_json=True)
     assert len(as_json.lines) == 1 and json.loads(as_json.lines[0])["exceeded"] == []

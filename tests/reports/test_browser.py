@@ -28,9 +28,9 @@ def history(days=10):
     for back in range(days, 0, -1):
         with frozen_clock(start=now - back * 86400):
             for _ in range(20 + (back * 37) % 60):
-                redis_backend.call("ratelimit", lambda r: r.ping())
+                redis_backend.call("ratelimit", lambda r: r.exists("hc-billed-probe"))
             for _ in range(10 + (back * 13) % 30):
-                redis_backend.call("users", lambda r: r.ping())
+                redis_backend.call("users", lambda r: r.exists("hc-billed-probe"))
             metering.event("users", "hit", 80 + back)
             metering.event("users", "miss", 6)
             assert metering.flush()
@@ -39,9 +39,9 @@ def history(days=10):
 def workload():
     redis_backend.call("warm", lambda r: r.ping())
     for _ in range(12):
-        redis_backend.call("ratelimit", lambda r: r.ping())
+        redis_backend.call("ratelimit", lambda r: r.exists("hc-billed-probe"))
     for _ in range(5):
-        redis_backend.call("users", lambda r: r.ping())
+        redis_backend.call("users", lambda r: r.exists("hc-billed-probe"))
     metering.event("ratelimit", "allowed", 40)
     metering.event("ratelimit", "denied", 10)
     metering.event("ratelimit", "allowed:login-burst", 15)

@@ -20,8 +20,8 @@ def warm():
 def workload():
     warm()
     for _ in range(3):
-        redis_backend.call("ratelimit", lambda r: r.ping())
-    redis_backend.call("users", lambda r: r.ping())
+        redis_backend.call("ratelimit", lambda r: r.exists("hc-billed-probe"))
+    redis_backend.call("users", lambda r: r.exists("hc-billed-probe"))
     metering.event("ratelimit", "allowed", 5)
     metering.event("ratelimit", "denied", 2)
     metering.event("ratelimit", "allowed:login", 4)
@@ -48,7 +48,9 @@ def test_overview_counts_commands_per_feature_from_the_flushed_meter():
     assert feats["ratelimit"].commands_today == 3 and feats["ratelimit"].round_trips == 3
     assert feats["users"].commands == 1
     assert feats["mfa"].mongo_ops == 4
-    assert ov.commands_today.value == ov.days[0].commands >= 5
+    assert feats["ratelimit"].billed_today == 3 and feats["users"].billed == 1
+    assert ov.commands_today.value == ov.days[0].billed >= 4
+    assert ov.days[0].commands > ov.days[0].billed  # the handshakes, PINGs and INFO are sent, not billed
     assert ov.commands_today.limit == 10_000 and ov.commands_today.setting == "REDIS_DAILY_COMMAND_BUDGET"
     assert len(ov.days) == 30
 
@@ -88,7 +90,7 @@ def test_budget_warning_at_the_configured_percentage(hotcache_config):
     hotcache_config(REDIS_DAILY_COMMAND_BUDGET=int(used * 1.5), REPORTS_WARNING_PERCENT=50)
     ov = reports.overview()
     assert ov.commands_today.level == "warning"
-    assert any("Redis commands today" in w for w in ov.warnings)
+    assert any("Redis billed commands today" in w for w in ov.warnings)
 
 
 def test_memory_from_info_on_a_real_redis():
@@ -159,8 +161,9 @@ def test_overview_costs_one_meter_round_trip_and_one_info(mongo_store):
     with count_redis() as c:
         reports.overview(days=30)
     assert c.round_trips == 2
-    # 30 daily meters + the published MongoDB pools in one pipeline, and INFO memory
-    assert c.by_feature["reports"] == 31 and c.by_feature["status"] == 1
+    # 30 daily meters + the published MongoDB pools in one pipeline, and INFO memory, commandstats and server
+    # in another (free: not billed)
+    assert c.by_feature["reports"] == 31 and c.by_feature["status"] == 3 and c.billed_by_feature["status"] == 0
     # MongoDB: one serverStatus where the store has one (a real server), nothing on the stand-in.
     server_status = 1 if mongo_store.kind == "real" else 0
     assert c.mongo_ops == metering.snapshot()["mongo:status"] - before["mongo:status"] == server_status

@@ -11,8 +11,11 @@ from hotcache.reports import status_report
 
 class Command(BaseCommand):
     help = (
-        "hotcache usage: Redis commands today and per day against REDIS_DAILY_COMMAND_BUDGET, per feature; Redis "
-        "memory; MongoDB connections; health gate and fallbacks. Exits 1 when a budget or limit is exceeded."
+        "hotcache usage: Redis billed commands (and round trips) today and per day against "
+        "REDIS_DAILY_COMMAND_BUDGET, the UTC month projected from the days so far against "
+        "REDIS_MONTHLY_COMMAND_BUDGET, per feature; Redis memory; MongoDB connections; health gate and "
+        "fallbacks. Exits 1 when today is over the daily budget, the projection over the monthly one, or a "
+        "limit is exceeded."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from hotcache import analytics
+from hotcache.management.durable import DurableWriteCommand
 
 
-class Command(BaseCommand):
+class Command(DurableWriteCommand):
     help = (
         "Move closed hours of analytics counters (and batches left pending by earlier runs) from Redis into "
         "MongoDB analytics_hourly, and distinct visitors into analytics_visitors. Safe to run at any time, "
@@ -26,6 +27,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not options["dry_run"]:
+            self.require_shared_store("sync_analytics", "the counters it moves out of Redis (deleted there once moved)")
         several = False
 
         def progress(done: int, total: int) -> None:
@@ -46,7 +49,7 @@ class Command(BaseCommand):
                 "counted as analytics:tampered, never applied)."
             )
         if result.error and not (result.counters or result.batches or result.visitor_counts):
-            raise CommandError(_stopped(result))  # nothing moved: the outage is the whole story
+            raise CommandError(result.why_stopped())  # nothing moved: the outage is the whole story
         verb = "Would move" if result.dry_run else "Moved"
         self.stdout.write(
             f"{verb} {result.counters} counters ({result.events} events) from {result.batches} batch(es): "
@@ -62,16 +65,4 @@ class Command(BaseCommand):
             f"{result.days_closed} closed day(s) removed from Redis."
         )
         if result.error:
-            raise CommandError(_stopped(result))
-
-
-def _stopped(result: analytics.AnalyticsSyncResult) -> str:
-    """Why the run stopped and what stays pending; the command then exits with status 1."""
-    if result.pending_left is None:
-        left = (
-            "Redis does not answer, so how many batches are pending cannot be read; nothing is lost: "
-            "tracked counters stay in Redis (ANALYTICS_RETENTION_HOURS) and the next run moves them once."
-        )
-    else:
-        left = f"{result.pending_left} batch(es) stay pending for the next run; nothing is lost or counted twice."
-    return f"sync stopped: {result.error}. {left}"
+            raise CommandError(result.why_stopped())

@@ -1,0 +1,214 @@
+"""Billed commands are metered exactly: for each operation, the meter's billed count equals what the server
+executed (INFO commandstats, free commands excluded), command for command.
+
+The shared test Redis cannot give one client's figures (other runs use it; CONFIG RESETSTAT would reset
+everyone's), so these tests run on a redis-server of their own. Each prints its figures (``pytest -s``): the
+per-operation table in docs/operations/budgets.md is re-measured with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis as redis_py
+from django.contrib.auth import get_user_model
+
+from hotcache import analytics, apikeys, metering, mfa, users, workbench
+from hotcache.backends import redis as redis_backend
+from hotcache.exceptions import RedisUnavailable
+from hotcache.ratelimit import Limit, evaluate
+from hotcache.testing import RedisCount, count_redis, redis_server
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def server(own_server: str, settings: Any) -> Iterator[redis_py.Redis]:
+    """hotcache on the module's own redis-server; yields a plain client for INFO commandstats (free commands)."""
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": own_server}}
+    redis_backend.reset()
+    client = redis_py.Redis.from_url(own_server)
+    client.info("commandstats")  # its own connection set-up happens here, outside any measurement
+    yield client
+    client.close()
+
+
+def _billed_by_command(server: redis_py.Redis) -> Counter[str]:
+    stats = server.info("commandstats")
+    return Counter({name[8:]: metering.server_billed({name: s}) for name, s in stats.items()})
+
+
+@contextlib.contextmanager
+def measured(server: redis_py.Redis) -> Iterator[tuple[RedisCount, list[Any]]]:
+    """The meter's counts inside the block and, after it, the server's billed commands in it (and by command)."""
+    executed: list[Any] = []
+    before = _billed_by_command(server)
+    with count_redis() as c:
+        yield c, executed
+    delta = _billed_by_command(server)
+    delta.subtract(before)
+    executed.extend([delta.total(), +delta])
+
+
+def figures(name: str, c: RedisCount, executed: list[Any]) -> None:
+    """Meter == server, exactly; the figures printed for the docs' table (with what the server ran)."""
+    assert c.billed == executed[0], f"{name}: meter {c.billed} billed, server executed {executed[0]}"
+    ran = ", ".join(f"{n} {cmd.upper()}" for cmd, n in sorted(executed[1].items()))
+    print(f"billed: {name}: {c.billed} billed, {c.commands} sent, {c.round_trips} round trips: {ran}")
+
+
+def check(server: redis_py.Redis, name: str, op: Callable[[], Any]) -> int:
+    """Run ``op`` once warm (connection, scripts loaded), then measured: meter == server, exactly."""
+    op()
+    with measured(server) as (c, executed):
+        op()
+    figures(name, c, executed)
+    return c.billed
+
+
+def _id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def test_rate_limit_one_rule(server):
+    who = _id()
+    billed = check(server, "rate limit, 1 rule", lambda: evaluate([Limit("one", who, 1000, 60)]))
+    assert billed > 1  # EVALSHA plus what the script ran
+
+
+def test_rate_limit_three_rules(server):
+    who = _id()
+    rules = [Limit("a", who, 1000, 60), Limit("b", who, 1000, 3600), Limit("c", who, 1000, 10)]
+    check(server, "rate limit, 3 rules", lambda: evaluate(rules))
+
+
+def test_analytics_track_without_visitor(server):
+    assert analytics.track("signup", path="/join") == "redis"
+    check(server, "analytics.track", lambda: analytics.track("signup", path="/join"))
+
+
+def test_analytics_track_with_visitor(server):
+    check(server, "analytics.track, visitor id", lambda: analytics.track("view", path="/", visitor_id=_id()))
+
+
+def test_apikeys_check(server):
+    raw = apikeys.create("alice").raw_key
+    check(server, "apikeys.check", lambda: apikeys.check(raw))
+
+
+def test_workbench_save_and_load(server):
+    sid = _id()
+    workbench.save(sid, {"n": 0}, owner="alice")
+    check(server, "workbench.save", lambda: workbench.save(sid, {"n": 1}, owner="alice"))
+    check(server, "workbench.load", lambda: workbench.load(sid))
+
+
+def test_mfa_issue_and_verify(server):
+    codes: dict[str, str] = {}
+
+    def issue() -> None:
+        user = f"u{_id()}"  # a new user each time: the resend cooldown refuses a second code at once
+        codes[user] = mfa.issue(user)
+
+    check(server, "mfa.issue", issue)
+    (warm_user, warm_code), (user, code) = codes.items()
+
+    def wrong(c: str) -> str:
+        return "0" * len(c) if c != "0" * len(c) else "1" * len(c)
+
+    assert not mfa.verify(warm_user, wrong(warm_code))  # the verify script is loaded
+    with measured(server) as (c, executed):
+        assert not mfa.verify(user, wrong(code))
+    figures("mfa.verify, wrong code", c, executed)
+    with measured(server) as (c, executed):
+        assert mfa.verify(user, code)
+    figures("mfa.verify", c, executed)
+
+
+@pytest.mark.django_db
+def test_cached_user_hit(server):
+    user = get_user_model().objects.create_user(username=f"u{_id()}", password="pw")
+    users.get_cached_user(user.pk)  # the miss fills the cache
+    check(server, "cached user hit", lambda: users.get_cached_user(user.pk))
+
+
+def test_meter_flush(server):
+    def flush() -> None:
+        for feature in ("alpha", "beta", "gamma"):
+            redis_backend.call(feature, lambda r: r.get("k"))
+            metering.event(feature, "hit")
+        with measured(server) as (c, executed):
+            assert metering.flush() is True
+        figures("meter flush", c, executed)
+
+    flush()  # loads the script
+    flush()
+
+
+def test_a_noscript_retry_bills_the_refused_evalsha_and_the_eval(server):
+    who = _id()
+    evaluate([Limit("one", who, 1000, 60)])
+    server.script_flush()
+    with measured(server) as (c, executed):
+        evaluate([Limit("one", who, 1000, 60)])
+    figures("rate limit, 1 rule, NOSCRIPT retry", c, executed)
+    with measured(server) as (warm, _):
+        evaluate([Limit("one", who, 1000, 60)])
+    assert c.billed == warm.billed + 1  # the EVALSHA that NOSCRIPT refused
+
+
+def test_pipelines_and_transactions_bill_every_command_and_free_commands_none(server):
+    def both(r: redis_py.Redis) -> None:
+        p = r.pipeline(transaction=False)
+        p.set("a", 1)
+        p.ping()
+        p.get("a")
+        p.execute()
+        t = r.pipeline(transaction=True)
+        t.incr("a")
+        t.expire("a", 60)
+        t.execute()
+        r.info("server")
+
+    redis_backend.call("t", both)
+    with measured(server) as (c, executed):
+        redis_backend.call("t", both)
+    # SET, GET; MULTI, INCR, EXPIRE, EXEC. PING and INFO are free.
+    assert c.billed == executed[0] == 6
+    assert c.commands == 8 and c.round_trips == 3
+
+
+def test_a_failing_script_and_a_refused_command_are_billed_as_the_server_counts_them(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(redis_backend, "_LUA_DIR", tmp_path)
+    (tmp_path / "fails_test.lua").write_text(
+        f"-- {uuid.uuid4()}\nredis.call('INCR', KEYS[1])\nif ARGV[1] == 'lua' then return nil + 1 end\n"
+        "redis.call('HGET', KEYS[1], 'f')\nreturn 1"
+    )
+    redis_backend.Script._cache.pop("fails_test", None)
+    script = redis_backend.Script("fails_test")
+
+    def fail(kind: str) -> None:
+        with pytest.raises(RedisUnavailable) as info:
+            redis_backend.call("t", lambda r: script(r, ["counter"], [kind]))
+        # A Lua error keeps the file's line number: the counting prelude adds no line.
+        expected = "WRONGTYPE" if kind == "redis" else "user_script:3: attempt to perform arithmetic"
+        assert expected in str(info.value)
+
+    fail("redis")  # loads the script
+    with measured(server) as (c, executed):
+        fail("redis")  # EVALSHA, INCR, the HGET that failed
+        fail("lua")  # EVALSHA, INCR, then a Lua error
+        with pytest.raises(RedisUnavailable):
+            redis_backend.call("t", lambda r: r.execute_command("GET"))  # wrong argument count: refused
+    figures("failing scripts and a refused command", c, executed)
+    assert c.billed == 3 + 2 + 1
+    assert server.get("counter") == b"3"  # what ran before the errors stays done, as Redis never rolls back
