@@ -119,7 +119,7 @@ def test_mfa_issue_and_verify(server):
         user = f"u{_id()}"  # a new user each time: the resend cooldown refuses a second code at once
         codes[user] = mfa.issue(user)
 
-    check(server, "mfa.issue", issue)
+    assert check(server, "mfa.issue", issue) <= 5  # issue 17's target
     (warm_user, warm_code), (user, code) = codes.items()
 
     def wrong(c: str) -> str:
@@ -129,9 +129,31 @@ def test_mfa_issue_and_verify(server):
     with measured(server) as (c, executed):
         assert not mfa.verify(user, wrong(code))
     figures("mfa.verify, wrong code", c, executed)
+    assert c.billed <= 4 and c.round_trips == 1  # issue 17's target
     with measured(server) as (c, executed):
         assert mfa.verify(user, code)
     figures("mfa.verify", c, executed)
+    assert c.billed <= 4 and c.round_trips == 1
+
+
+def test_mfa_resend_and_a_guess_for_a_user_without_a_code(server, clock):
+    """The other warm paths: a second code after the cooldown, a refused resend, a guess with no code."""
+    from hotcache.conf import hotcache_settings
+
+    user = f"u{_id()}"
+    mfa.issue(user)
+    clock.advance(hotcache_settings.MFA_RESEND_COOLDOWN)
+    with measured(server) as (c, executed):
+        mfa.issue(user)
+    figures("mfa.issue, resend", c, executed)
+    assert c.billed <= 5
+    with measured(server) as (c, executed), pytest.raises(mfa.ResendTooSoon):
+        mfa.issue(user)
+    figures("mfa.issue, refused (cooldown)", c, executed)
+    with measured(server) as (c, executed):
+        assert not mfa.verify(f"u{_id()}", "123456")
+    figures("mfa.verify, no code", c, executed)
+    assert c.billed <= 4
 
 
 @pytest.mark.django_db

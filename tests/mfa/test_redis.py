@@ -70,13 +70,15 @@ def test_guesses_for_users_without_a_code_cost_no_mongodb():
     assert (counted.round_trips, counted.mongo_ops) == (20, 0)
 
 
-def test_code_record_expires_with_the_code_ttl(raw_redis, hotcache_config):
+def test_a_code_ends_with_the_code_ttl_and_its_key_with_the_last_window(raw_redis, hotcache_config, clock):
     hotcache_config(MFA_CODE_TTL=120)
-    mfa.issue("alice")
+    code = mfa.issue("alice")
     key = keys.tagged("mfa", "alice", "login", "code")
-    assert 119_000 < raw_redis.pttl(key) <= 120_000
-    for name in ("cool", "sends"):
-        assert raw_redis.pttl(keys.tagged("mfa", "alice", "login", name)) > 0
+    # One hash holds the code and the user's windows: it lives as long as the longest (the hour of sends).
+    assert 3_599_000 < raw_redis.pttl(key) <= 3_600_000
+    clock.advance(120)  # the code's lifetime is over, whatever the key's TTL
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
+    assert raw_redis.hget(key, "d") is None
 
 
 def test_every_key_mfa_writes_has_a_ttl(raw_redis, key_prefix):
@@ -84,8 +86,36 @@ def test_every_key_mfa_writes_has_a_ttl(raw_redis, key_prefix):
     mfa.verify("alice", wrong(code))
     mfa.verify("alice", code)
     written = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*"))
-    assert len(written) == 4
+    assert len(written) == 1  # the code record and the user's windows share one hash
     assert all(raw_redis.pttl(k) > 0 for k in written)
+
+
+def test_a_code_issued_before_the_upgrade_still_verifies_once(raw_redis, clock):
+    """A record written by the earlier layout (a hash of d/a/iat/st/s alone with the code's TTL, windows in
+    keys of their own) reads the same: the code handed out before a deploy verifies once after it."""
+    from hotcache.mfa import _codes
+
+    now = int(clock.time() * 1000)
+    code = "123456"
+    digest = _codes.digest("alice", "login", code)
+    key = keys.tagged("mfa", "alice", "login", "code")
+    raw_redis.hset(
+        key,
+        mapping={
+            "d": digest,
+            "a": 0,
+            "iat": now,
+            "st": "live",
+            "s": _codes.record_signature("alice", "login", digest, now),
+        },
+    )
+    raw_redis.pexpire(key, 300_000)
+    raw_redis.set(keys.tagged("mfa", "alice", "login", "fails"), 1, px=900_000)  # the old window: not read
+    clock.advance(10)
+    result = mfa.verify("alice", wrong(code))
+    assert result.reason is Reason.INVALID and result.attempts_left == 4
+    assert mfa.verify("alice", code)
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
 def test_server_side_expiry_ends_the_code(raw_redis):
