@@ -1,6 +1,9 @@
--- Workbench load: read the session and extend its idle lifetime (one round trip).
+-- Workbench load with a refresh: read the session and extend its idle lifetime, atomically (one round trip).
+-- The common load is a pipeline of HMGET + GET (hotcache/workbench/_hot.py, 2 billed); this script runs
+-- instead when the session's lifetime is due for a refresh (see wb_save.lua), when a fence is to be raised,
+-- and after a recovery.
 -- KEYS[1]: the session hash   KEYS[2]: the last-seen index   KEYS[3]: the recovery fence
--- ARGV: 1 now (hotcache clock), 2 ttl seconds, 3 session id, 4 fence to set ('' = none), 5 fence ttl
+-- ARGV: 1 now (hotcache clock), 2 the key's TTL (seconds), 3 session id, 4 fence to set ('' = none), 5 fence ttl
 -- Returns false when there is no session, else {state, envelope, check}: Python verifies the envelope (hash
 -- field m, sealed) and the state against it; envelope '!' = a key hotcache did not write (not a hash, or a
 -- hash without an envelope).
@@ -22,6 +25,7 @@ if fence and row[3] ~= fence then
   check = 1
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[1], 't', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[2] * 2)
 if not row[2] or row[2] == '' then row[2] = '!' end
