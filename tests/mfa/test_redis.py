@@ -392,3 +392,35 @@ def test_mongodb_down_does_not_matter_while_redis_is_up():
         code = mfa.issue("alice")
         assert mfa.verify("alice", wrong(code)).reason is Reason.INVALID
         assert mfa.verify("alice", code)
+
+
+# --- races between processes on the real Redis ----------------------------------------------------
+
+
+def _verify_in_process(index, barrier, user, code):
+    barrier.wait()
+    result = mfa.verify(user, code)
+    return result.ok, result.reason.value, result.store, result.burned
+
+
+def test_one_code_verified_by_8_processes_on_redis_succeeds_exactly_once():
+    from tests.support.processes import race
+
+    code = mfa.issue("alice")
+    results = race(8, _verify_in_process, "alice", code)
+    assert [r[0] for r in results].count(True) == 1, results
+    assert {r[1] for r in results if not r[0]} == {"expired_or_missing"}
+    assert {r[2] for r in results} == {"redis"}
+
+
+def test_wrong_guesses_from_8_processes_count_each_attempt_once(raw_redis):
+    from tests.support.processes import race
+
+    code = mfa.issue("bob")
+    results = race(8, _verify_in_process, "bob", wrong(code))
+    reasons = sorted(r[1] for r in results)
+    # MFA_MAX_ATTEMPTS = 5: four answers "invalid", the fifth burns the code, the rest meet a burned code.
+    assert reasons.count("invalid") == 4 and [r[3] for r in results].count(True) == 1, results
+    assert raw_redis.hget(keys.tagged("mfa", "bob", "login", "code"), "a") == b"5"
+    assert int(raw_redis.hget(keys.tagged("mfa", "bob", "login", "code"), "f")) == 5
+    assert mfa.verify("bob", code).reason is Reason.TOO_MANY_ATTEMPTS
