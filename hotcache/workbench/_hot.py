@@ -350,7 +350,7 @@ def _read_session(keys_: list[str], now: float, session_id: str) -> Any:
         # No session, or a hash without one (one more command, on a miss only).
         return False if not redis_backend.call(FEATURE, lambda r: r.exists(data)) else None
     try:
-        due = abs(now - float(refreshed)) >= _refresh_every()
+        due = not abs(now - float(refreshed)) < _refresh_every()  # NaN: due
     except (TypeError, ValueError):
         due = True  # never refreshed by this release (written before field t), or not a time
     if due:
