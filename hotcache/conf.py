@@ -36,10 +36,13 @@ DEFAULTS: dict[str, Any] = {
     # --- Redis (foundation) ---
     "REDIS_ALIAS": "default",  # django-redis alias whose server, credentials and TLS hotcache uses
     "KEY_PREFIX": "hc",  # every hotcache key starts with "<KEY_PREFIX>:"
-    "REDIS_SOCKET_TIMEOUT": 0.05,  # seconds; a sick Redis costs at most this per call (loopback RTT is ~0.1 ms)
-    "REDIS_CONNECT_TIMEOUT": 0.05,  # seconds
-    "HEALTH_FAILURE_THRESHOLD": 3,  # consecutive timeouts that open the gate (a refused connection opens it at once)
+    # Timeouts fit a TLS Redis in another region (round trip up to 125 ms: timeout >= 4 x round trip; rule in
+    # docs/operations/resilience.md); a hanging Redis costs at most this per call until the gate opens.
+    "REDIS_SOCKET_TIMEOUT": 0.5,  # seconds: a reply, and the TLS handshake
+    "REDIS_CONNECT_TIMEOUT": 0.5,  # seconds: the TCP connect
+    "HEALTH_FAILURE_THRESHOLD": 3,  # consecutive timeouts (or server-state errors) that open the gate
     "HEALTH_COOLDOWN": 5.0,  # seconds the gate stays open before one probe
+    "HEALTH_QUOTA_COOLDOWN": 300.0,  # seconds after a provider quota error (a daily quota: until the next UTC day)
     "REDIS_DAILY_COMMAND_BUDGET": 10_000,  # billed commands per UTC day (Upstash's former free tier)
     "REDIS_MONTHLY_COMMAND_BUDGET": 500_000,  # billed commands per UTC month (Upstash free tier since 2025)
     "REDIS_MEMORY_LIMIT": 256 * 1024 * 1024,  # bytes (Upstash free tier)

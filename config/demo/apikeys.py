@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario
 from hotcache import apikeys
 
 __all__ = ["scenario"]
@@ -56,35 +56,98 @@ def _on_response(ctx: DemoContext, req: DemoRequest, resp: DemoResponse) -> None
     ctx.data[NAME]["statuses"][req.tag][resp.status] += 1
 
 
-def _finish(ctx: DemoContext) -> dict[str, Any]:
+def _finish(ctx: DemoContext) -> list[Figure]:
     result = apikeys.sync_usage()
-    return {"usage sync": f"{result.written} (key, day) totals written, redis available: {result.redis_available}"}
+    return [
+        Figure(
+            "usage_sync_written",
+            "Usage sync: totals written",
+            result.written,
+            "(key, day) totals",
+            "the usage sync's writes to MongoDB: one per key and day, not one per call",
+        ),
+        Figure(
+            "usage_sync_redis_available",
+            "Usage sync: Redis available",
+            result.redis_available,
+            "",
+            "whether the sync could read the counters from Redis",
+        ),
+    ]
 
 
-def _report(ctx: DemoContext) -> dict[str, Any]:
+def _slug(label: str) -> str:
+    return label.split(" (")[0].replace("-", "_").replace(" ", "_")
+
+
+def _report(ctx: DemoContext) -> list[Figure]:
     data = ctx.data[NAME]
     used = {k.key_id: k for k in apikeys.list_keys()}
-    figures: dict[str, Any] = {}
+    figures: list[Figure] = []
     for label in _KEYS:
-        statuses = data["statuses"][label]
-        seen = ", ".join(f"{code}: {n}" for code, n in sorted(statuses.items())) or "no calls"
+        statuses = {str(code): n for code, n in sorted(data["statuses"][label].items())}
+        seen = ", ".join(f"{code} x{n:,}" for code, n in statuses.items()) or "no calls"
         new = data["keys"].get(label)
         if new is None:
-            figures[label] = seen
+            figures.append(
+                Figure(
+                    _slug(label),
+                    f"Calls with a {label}",
+                    {"responses": statuses},
+                    "calls",
+                    f"calls with a {label} (must be refused with 401)",
+                    text=f"answered {seen}",
+                )
+            )
             continue
         info = used[new.key_id]
-        limit = "no limit" if info.daily_limit is None else f"limit {info.daily_limit}"
-        figures[f"{label} [{info.prefix}]"] = f"used today {info.used_today} ({limit}); HTTP {seen}"
+        limit = "no daily limit" if info.daily_limit is None else f"daily limit {info.daily_limit:,}"
+        meaning = {
+            "revoked": "a key revoked before the run: every call must be refused with 401",
+        }.get(label, f"a key with {limit}: calls past the limit are refused with 429")
+        figures.append(
+            Figure(
+                f"key_{_slug(label)}",
+                f"Key '{label}' ({info.prefix})",
+                {
+                    "prefix": info.prefix,
+                    "used_today": info.used_today,
+                    "daily_limit": info.daily_limit,
+                    "responses": statuses,
+                },
+                "calls",
+                meaning,
+                text=f"{info.used_today:,} used today ({limit}); answered {seen}",
+            )
+        )
     return figures
+
+
+def _verify(ctx: DemoContext) -> list[str]:
+    problems = []
+    statuses = ctx.data[NAME]["statuses"]
+    for label in ("revoked", "made-up key", "malformed header"):
+        accepted = statuses[label][200]
+        if accepted:
+            problems.append(f"{accepted} call(s) with a {label} were accepted")
+    return problems
+
+
+def _without_hotcache(ctx: DemoContext) -> int:
+    # The "before" path: a MongoDB query on every API call (to find the key and count its use).
+    return ctx.requests_by_scenario[NAME]
 
 
 def scenario() -> Scenario:
     return Scenario(
         name=NAME,
         make_request=_request,
+        expected_statuses=frozenset({200, 401, 429}),  # 401: revoked, made up, malformed; 429: over the limit
         weight=1.0,
         setup=_setup,
         on_response=_on_response,
         finish=_finish,
         report=_report,
+        verify=_verify,
+        mongo_ops_without_hotcache=_without_hotcache,
     )

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario
 
 __all__ = ["mfa_logins"]
 
@@ -87,22 +87,96 @@ def _on_response(ctx: DemoContext, req: DemoRequest, resp: DemoResponse) -> None
         out["replay_accepted"] += 1  # must stay 0
 
 
-def _report(ctx: DemoContext) -> dict[str, Any]:
+def _report(ctx: DemoContext) -> list[Figure]:
     out = _state(ctx)["outcomes"]
-    return {
-        "issued": out["issued"],
-        "verified": out["verified"],
-        "failed": out["failed"],
-        "resend_blocked": out["resend_blocked"],
-        "issue_unavailable": out["issue_unavailable"],
-        "typos_rejected": out["typo:invalid"] + out["typo:too_many_attempts"],
-        "replays_rejected": sum(n for k, n in out.items() if k.startswith("replay:")) - out["replay_accepted"],
-        "replays_accepted": out["replay_accepted"],
-        "attacker_guesses": sum(n for k, n in out.items() if k.startswith("guess:")),
-        "attacker_successes": out["guess:ok"],
-    }
+    return [
+        Figure("issued", "Codes issued", out["issued"], "codes", "POST /mfa/issue/ answered with a new code"),
+        Figure("verified", "Codes verified", out["verified"], "codes", "a right code typed in time, accepted once"),
+        Figure(
+            "failed",
+            "Verifications failed",
+            out["failed"],
+            "attempts",
+            "typos, replays, guesses and expired codes refused (answered 401, or 429 once a code burns)",
+        ),
+        Figure(
+            "resend_blocked",
+            "Resends blocked",
+            out["resend_blocked"],
+            "requests",
+            "a new code asked for inside the resend cooldown (answered 429)",
+        ),
+        Figure(
+            "issue_unavailable",
+            "Issues unavailable",
+            out["issue_unavailable"],
+            "requests",
+            "no code could be stored (Redis and MongoDB both down): must be 0 in a normal run",
+        ),
+        Figure(
+            "typos_rejected",
+            "Typos rejected",
+            out["typo:invalid"] + out["typo:too_many_attempts"],
+            "attempts",
+            "a wrong code from the right user",
+        ),
+        Figure(
+            "replays_rejected",
+            "Replays rejected",
+            sum(n for k, n in out.items() if k.startswith("replay:")) - out["replay_accepted"],
+            "attempts",
+            "a code already used, typed again",
+        ),
+        Figure(
+            "replays_accepted",
+            "Replays accepted",
+            out["replay_accepted"],
+            "attempts",
+            "a used code accepted a second time: must be 0",
+        ),
+        Figure(
+            "attacker_guesses",
+            "Attacker guesses",
+            sum(n for k, n in out.items() if k.startswith("guess:")),
+            "attempts",
+            "random codes tried against one victim's pending code",
+        ),
+        Figure(
+            "attacker_successes",
+            "Attacker successes",
+            out["guess:ok"],
+            "attempts",
+            "guesses accepted: must be 0 (the code burns after MFA_MAX_ATTEMPTS)",
+        ),
+    ]
+
+
+def _verify(ctx: DemoContext) -> list[str]:
+    out = _state(ctx)["outcomes"]
+    problems = []
+    if out["replay_accepted"]:
+        problems.append(f"{out['replay_accepted']} replayed code(s) accepted")
+    if out["guess:ok"]:
+        problems.append(f"{out['guess:ok']} attacker guess(es) accepted")
+    if not out["verified"] and ctx.requests_by_scenario["mfa"] >= 50:
+        problems.append("no code was verified")
+    return problems
+
+
+def _without_hotcache(ctx: DemoContext) -> int:
+    # The "before" path kept codes in MongoDB: at least one operation per issue or verification.
+    return ctx.requests_by_scenario["mfa"]
 
 
 def mfa_logins() -> Scenario:
-    return Scenario(name="mfa", make_request=_request, weight=0.5, setup=_setup, on_response=_on_response,
-                    report=_report)
+    return Scenario(
+        name="mfa",
+        make_request=_request,
+        expected_statuses=frozenset({200, 401, 429}),
+        weight=0.5,
+        setup=_setup,
+        on_response=_on_response,
+        report=_report,
+        verify=_verify,
+        mongo_ops_without_hotcache=_without_hotcache,
+    )

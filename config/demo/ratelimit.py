@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
 
-from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario
 from hotcache import metering
 
 __all__ = ["scenario"]
 
 _RULES = [
-    {"name": "demo-login-burst", "rate": "5/10s", "key": "ip", "path": "/rl/login/", "methods": ["POST"],
-     "policy": "closed", "headers": True},
+    {
+        "name": "demo-login-burst",
+        "rate": "5/10s",
+        "key": "ip",
+        "path": "/rl/login/",
+        "methods": ["POST"],
+        "policy": "closed",
+        "headers": True,
+    },
     {"name": "demo-api-per-ip", "rate": "30/m", "key": "ip", "path": "/rl/api/", "headers": True},
     {"name": "demo-api-per-key", "rate": "60/m", "key": "header:x-client", "path": "/rl/api/", "headers": True},
 ]
@@ -32,8 +38,9 @@ def _make(ctx: DemoContext, i: int) -> DemoRequest:
         ip = f"198.51.100.{rng.randint(200, 204)}"
         return DemoRequest("GET", "/rl/api/", headers={"REMOTE_ADDR": ip, "HTTP_X_CLIENT": "scraper"}, tag="api")
     n = rng.randint(1, 40)
-    return DemoRequest("GET", "/rl/api/", headers={"REMOTE_ADDR": f"198.51.100.{n}", "HTTP_X_CLIENT": f"client-{n}"},
-                       tag="api")
+    return DemoRequest(
+        "GET", "/rl/api/", headers={"REMOTE_ADDR": f"198.51.100.{n}", "HTTP_X_CLIENT": f"client-{n}"}, tag="api"
+    )
 
 
 def _setup(ctx: DemoContext) -> None:
@@ -54,32 +61,89 @@ def _on_response(ctx: DemoContext, req: DemoRequest, resp: DemoResponse) -> None
             pass
 
 
-def _report(ctx: DemoContext) -> dict[str, Any]:
+def _report(ctx: DemoContext) -> list[Figure]:
     data = ctx.data["ratelimit"]
     delta = metering.snapshot()
     delta.subtract(data["before"])
-    events = {k[len("ev:ratelimit:"):]: v for k, v in delta.items() if k.startswith("ev:ratelimit:") and v}
+    events = {k[len("ev:ratelimit:") :]: v for k, v in delta.items() if k.startswith("ev:ratelimit:") and v}
     per_rule = {
         r["name"]: {"allowed": events.get(f"allowed:{r['name']}", 0), "denied": events.get(f"denied:{r['name']}", 0)}
         for r in _RULES
     }
     retry = data["retry_after"]
-    return {
-        "rules": per_rule,
-        "requests_allowed": events.get("allowed", 0),
-        "requests_denied": events.get("denied", 0),
-        "denied_by_local_deny_cache": events.get("denied_local", 0),
-        "degraded_decisions": {k: v for k, v in events.items() if k.startswith("degraded_")},
-        "responses": dict(sorted(data["statuses"].items())),
-        "429s_by_first_denying_rule": dict(data["by_rule"]),
-        "retry_after_min_max": [min(retry), max(retry)] if retry else [],
-    }
+    degraded = {k: v for k, v in events.items() if k.startswith("degraded_")}
+    responses = dict(sorted(data["statuses"].items()))
+    return [
+        Figure(
+            "rules",
+            "Decisions per rule",
+            per_rule,
+            "requests",
+            "allowed/denied per rule: login-burst = demo-login-burst (5/10s per IP on POST /rl/login/), "
+            "api-per-ip = demo-api-per-ip (30/m), api-per-key = demo-api-per-key (60/m per X-Client)",
+            text=", ".join(
+                f"{name.removeprefix('demo-')} {v['allowed']:,}/{v['denied']:,}" for name, v in per_rule.items()
+            ),
+        ),
+        Figure(
+            "requests_allowed",
+            "Requests allowed",
+            events.get("allowed", 0),
+            "requests",
+            "requests every matching rule allowed",
+        ),
+        Figure(
+            "requests_denied",
+            "Requests denied",
+            events.get("denied", 0),
+            "requests",
+            "requests at least one rule denied (answered 429 with Retry-After)",
+        ),
+        Figure(
+            "denied_by_local_deny_cache",
+            "Denied from the local deny cache",
+            events.get("denied_local", 0),
+            "requests",
+            "denials answered in-process, without a Redis command, for a client already refused",
+        ),
+        Figure(
+            "degraded_decisions",
+            "Degraded decisions",
+            degraded,
+            "requests",
+            "decisions made by a rule's outage policy because Redis was unavailable (none with Redis up)",
+        ),
+        Figure(
+            "responses",
+            "Responses",
+            responses,
+            "responses",
+            "HTTP statuses by kind of request (login: POST /rl/login/, api: GET /rl/api/)",
+            text=", ".join(f"{k.replace(':', ' ')} x{v:,}" for k, v in responses.items()) or "none",
+        ),
+        Figure(
+            "429s_by_first_denying_rule",
+            "429s by first denying rule",
+            dict(data["by_rule"]),
+            "responses",
+            "the rule named in each 429's body",
+        ),
+        Figure(
+            "retry_after_min_max",
+            "Retry-After, shortest and longest",
+            [min(retry), max(retry)] if retry else [],
+            "s",
+            "the Retry-After header of the 429s: how long the client was told to wait",
+            text=f"{min(retry)} to {max(retry)}" if retry else "no 429",
+        ),
+    ]
 
 
 def scenario() -> Scenario:
     return Scenario(
         name="ratelimit",
         make_request=_make,
+        expected_statuses=frozenset({200, 429}),
         weight=1.0,
         settings={"RATELIMIT_RULES": _RULES},
         middleware=["hotcache.middleware.RateLimitMiddleware"],

@@ -11,7 +11,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
 
-from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Scenario
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario
 from hotcache import metering
 
 __all__ = ["scenario"]
@@ -93,35 +93,113 @@ def _on_response(ctx: DemoContext, req: DemoRequest, resp: DemoResponse) -> None
             state["stale"] += 1
 
 
-def _report(ctx: DemoContext) -> dict[str, Any]:
+def _report(ctx: DemoContext) -> list[Figure]:
     state = ctx.data[NAME]
     counter: _UserQueries = state["counter"]
     if counter in connection.execute_wrappers:
         connection.execute_wrappers.remove(counter)
     delta = metering.snapshot()
     delta.subtract(state["events_before"])
-    hits = delta["ev:users:hit"]
-    return {
-        "logged-in users": _USERS,
-        "authenticated page views served": state["ok"],
-        "user-cache hits (= user DB queries avoided)": hits,
-        "user-cache misses (loaded, then cached)": delta["ev:users:miss"],
-        "fallbacks to the DB (Redis unavailable)": delta["ev:users:fallback"],
-        "invalidations (saves, deactivation)": delta["ev:users:invalidated"],
-        "user-table SELECTs actually made": counter.n,
-        "renames mid-run / accounts deactivated": f"{state['renames']} / {state['deactivated']}",
-        "responses with a stale name": state["stale"],
-        "responses with the wrong login state": state["wrong_auth"],
-    }
+    return [
+        Figure(
+            "logged_in_users",
+            "Logged-in users",
+            _USERS,
+            "users",
+            "accounts with a session, created in the demo's throwaway database",
+        ),
+        Figure(
+            "authenticated_views",
+            "Authenticated page views",
+            state["ok"],
+            "requests",
+            "GET /users/me/ answered 200 for an active account",
+        ),
+        Figure(
+            "cache_hits",
+            "User-cache hits",
+            delta["ev:users:hit"],
+            "lookups",
+            "request.user served from Redis: each is a user-table query the database did not run",
+        ),
+        Figure(
+            "cache_misses",
+            "User-cache misses",
+            delta["ev:users:miss"],
+            "lookups",
+            "user loaded from the database, then cached",
+        ),
+        Figure(
+            "fallbacks",
+            "Fallbacks to the database",
+            delta["ev:users:fallback"],
+            "lookups",
+            "Redis unavailable: the user was loaded from the database",
+        ),
+        Figure(
+            "invalidations",
+            "Invalidations",
+            delta["ev:users:invalidated"],
+            "entries",
+            "cache entries dropped because the user was saved or deactivated",
+        ),
+        Figure(
+            "user_selects",
+            "User-table SELECTs made",
+            counter.n,
+            "queries",
+            "SELECTs on the user table the database actually ran (misses, saves, sessions)",
+        ),
+        Figure(
+            "renames",
+            "Renames mid-run",
+            state["renames"],
+            "requests",
+            "users who changed their first name while browsing (the next page must show the new name)",
+        ),
+        Figure(
+            "deactivated",
+            "Accounts deactivated",
+            state["deactivated"],
+            "accounts",
+            "an account closed halfway through (its session must stop working at once)",
+        ),
+        Figure(
+            "stale_names",
+            "Responses with a stale name",
+            state["stale"],
+            "responses",
+            "a page showing a first name older than the last rename: must be 0",
+        ),
+        Figure(
+            "wrong_login_state",
+            "Responses with the wrong login state",
+            state["wrong_auth"],
+            "responses",
+            "a closed account served, or an active one refused: must be 0",
+        ),
+    ]
+
+
+def _verify(ctx: DemoContext) -> list[str]:
+    state = ctx.data[NAME]
+    problems = []
+    if state["stale"]:
+        problems.append(f"{state['stale']} response(s) showed a stale first name after a rename")
+    if state["wrong_auth"]:
+        problems.append(f"{state['wrong_auth']} response(s) had the wrong login state")
+    return problems
 
 
 def scenario() -> Scenario:
     return Scenario(
         name=NAME,
         make_request=_make_request,
+        expected_statuses=frozenset({200, 401}),  # 401: the deactivated account's requests after it closed
         weight=2.0,
         replaces_middleware={_DJANGO_AUTH: "hotcache.middleware.CachedAuthenticationMiddleware"},
         setup=_setup,
         on_response=_on_response,
         report=_report,
+        verify=_verify,
     )

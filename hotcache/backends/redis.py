@@ -22,12 +22,11 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from hotcache import metering
+from hotcache.backends import errors
 from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
@@ -37,7 +36,6 @@ __all__ = ["Script", "after_call", "call", "eval_lua", "get_client", "reset", "s
 T = TypeVar("T")
 
 log = logging.getLogger("hotcache.redis")
-_SERVER_STATE_ERRORS = {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS"}
 _LUA_DIR = Path(__file__).with_name("lua")
 _lock = threading.Lock()
 _wire = threading.local()  # .sent: the current call's last command reached the socket
@@ -133,23 +131,8 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     try:
         with metering.feature(feature):
             result = fn(get_client())
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        refused = isinstance(exc, RedisConnectionError) and not isinstance(exc, RedisTimeoutError)
-        redis_gate.failure(exc, immediate=refused)
-        metering.event(feature, "redis_error")
-        maybe_applied = bool(getattr(_wire, "sent", False))
-        raise RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied) from exc
-    except RedisError as exc:
-        # The server answered with an error. Overload and failover states (OOM, READONLY replica, BUSY
-        # script, LOADING...) mean Redis cannot serve anyone: they count against the gate. Anything
-        # else (WRONGTYPE, an unknown command) is specific to this call: the caller falls back, the gate stays.
-        if str(exc).split(" ", 1)[0].upper() in _SERVER_STATE_ERRORS:
-            redis_gate.failure(exc)
-        else:
-            redis_gate.success()  # Redis answered: it is reachable, whatever this call's own error
-            log.error("hotcache: redis rejected a %s call: %s", feature, exc)
-        metering.event(feature, "redis_error")
-        raise RedisUnavailable(f"redis refused the call for {feature}: {exc}") from exc
+    except (RedisError, OSError) as exc:
+        raise _failed(feature, exc) from exc
     except BaseException:
         redis_gate.abandon()  # the caller's own code raised: no verdict on Redis, and never a stuck probe
         raise
@@ -158,6 +141,35 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     if hook is not None:
         hook()
     return result
+
+
+def _failed(feature: str, exc: BaseException) -> RedisUnavailable:
+    """Tell the gate what a failed call says about Redis (hotcache.backends.errors) and build the caller's error.
+
+    Unreachable (refused, reset): the gate opens at once. Timeouts: after HEALTH_FAILURE_THRESHOLD in a row.
+    Redis answered it cannot serve (OOM, READONLY, LOADING, CLUSTERDOWN...): after HEALTH_FAILURE_THRESHOLD
+    such answers. The provider's quota ran out: at once, for a long cool-down. Any other error reply
+    (WRONGTYPE, an unknown command, a request too large) is specific to this call: Redis answered, the gate
+    records a success and the error is logged.
+    """
+    verdict = errors.classify(exc)
+    if verdict.kind == errors.CONNECTION:
+        redis_gate.failure(exc, immediate=True)
+    elif verdict.kind == errors.TIMEOUT:
+        redis_gate.failure(exc)
+    elif verdict.kind == errors.SERVER_STATE:
+        redis_gate.server_state(exc, verdict.condition)
+    elif verdict.kind == errors.QUOTA:
+        redis_gate.quota(exc, verdict.condition, daily=verdict.daily)
+    else:
+        redis_gate.success()  # Redis answered: it is reachable, whatever this call's own error
+        log.error("hotcache: redis rejected a %s call: %s", feature, exc)
+    metering.event(feature, "redis_error")
+    if verdict.server_answered:
+        return RedisUnavailable(f"redis refused the call for {feature}: {exc}")
+    # Once the bytes were on the wire, a failure to read the reply leaves the outcome unknown.
+    maybe_applied = bool(getattr(_wire, "sent", False))
+    return RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied)
 
 
 _after_call: Callable[[], None] | None = None
@@ -171,10 +183,11 @@ def after_call(hook: Callable[[], None] | None) -> None:
 
 # Every script runs inside this prelude, so it reports the commands it ran: ``redis`` is shadowed by a table
 # whose call/pcall count each command, the file's body becomes a function, and the reply is
-# {count, the body's reply}. A body that fails still reports its count: the error (a redis.call error, or a
-# Lua error as ERR) comes back as the reply's second element and Script.reply() raises it. The prelude ends
-# without a newline, so the file's line numbers are kept in error messages. Script.reply() strips the count
-# (callers see the body's reply, or its error raised as before) and meters it as billed.
+# {count, the body's reply}. A body that fails still reports its count: the error (a redis.call error with its
+# own code, e.g. OOM, which the health gate reads; or a Lua error as ERR) comes back as the reply's second
+# element and Script.reply() raises it. The prelude ends without a newline, so the file's line numbers are
+# kept in error messages. Script.reply() strips the count (callers see the body's reply, or its error raised
+# as before) and meters it as billed.
 _PRELUDE = (
     "local _hc_redis, _hc_billed = redis, 0 "
     "local redis = setmetatable({"
@@ -186,7 +199,11 @@ _PRELUDE = (
 _POSTLUDE = (
     "\nend\n"
     "local _hc_ok, _hc_reply = pcall(_hc_script)\n"
-    "if not _hc_ok and type(_hc_reply) ~= 'table' then _hc_reply = {err = 'ERR ' .. tostring(_hc_reply)} end\n"
+    "if not _hc_ok and type(_hc_reply) ~= 'table' then\n"
+    "  _hc_reply = tostring(_hc_reply)\n"
+    "  if not string.match(_hc_reply, '^%u+ ') then _hc_reply = 'ERR ' .. _hc_reply end\n"
+    "  _hc_reply = {err = _hc_reply}\n"
+    "end\n"
     "return {_hc_billed, _hc_reply}\n"
 )
 

@@ -2,7 +2,8 @@
 
 Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030-E039 MFA;
 E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports; E080-E089 the periodic jobs'
-schedule. W0xx are warnings.
+schedule; E090-E099 django-ratelimit's settings (rate limiting);
+E100-E109 managed Redis (provider requirements, what shares the command budget). Wxxx are warnings.
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 
@@ -12,8 +13,9 @@ from hotcache.checks._common import number_setting_errors
 from hotcache.checks.analytics import check_analytics
 from hotcache.checks.apikeys import check_apikeys
 from hotcache.checks.foundation import check_foundation
+from hotcache.checks.managed_redis import check_managed_redis
 from hotcache.checks.mfa import check_mfa
-from hotcache.checks.ratelimit import check_ratelimit
+from hotcache.checks.ratelimit import check_django_ratelimit_settings, check_ratelimit
 from hotcache.checks.reports import check_reports
 from hotcache.checks.schedule import check_schedule
 from hotcache.checks.users import check_users
@@ -22,7 +24,9 @@ from hotcache.checks.workbench import check_workbench
 __all__ = [
     "check_analytics",
     "check_apikeys",
+    "check_django_ratelimit_settings",
     "check_foundation",
+    "check_managed_redis",
     "check_mfa",
     "check_ratelimit",
     "check_reports",

@@ -80,16 +80,12 @@ def test_exit_status_from_a_real_process():
     import sys
 
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
-    ok = subprocess.run([sys.executable, "manage.py", "hotcache_status", "--days", "3"],
-                        env=env, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "manage.py", "hotcache_status", "--days", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "Redis billed commands today" in ok.stdout
-
-
-@pytest.mark.django_db
-def test_demo_staff_opens_report_pages_through_the_middleware_stack():
-    out = StringIO()
-    call_command("hotcache_demo", "--requests", "200", "--json", stdout=out, stderr=StringIO())
-    figures = json.loads(out.getvalue())["features"]["reports"]
-    assert figures["report_pages"] and set(figures["report_pages"]) == {"200"}
-    assert figures["overview_round_trips"] == 2 and figures["redis_available"] is True
