@@ -36,7 +36,7 @@ from hotcache.workbench._envelope import (
     _ts,
 )
 from hotcache.workbench._fallback import _drop_durable_copy, _mongo_end, _mongo_load, _mongo_save
-from hotcache.workbench._fence import _fence_args, _fence_sent
+from hotcache.workbench._fence import _fence_args, _fence_sent, _fence_session
 from hotcache.workbench._layout import (
     _END,
     _LOAD,
@@ -102,6 +102,9 @@ def save(
         version = _redis_save(session_id, text, owner, expected_version, expected_owner, token)
     except RedisUnavailable as exc:
         metering.event(FEATURE, "fallback")
+        if exc.answered or exc.gate_open:
+            # Redis refused it but may still serve this session's older copy to other processes.
+            _fence_session(session_id)
         version = _mongo_save(
             session_id, text, owner, expected_version, expected_owner, token, in_redis=exc.maybe_applied
         )
@@ -427,6 +430,8 @@ def end(session_id: str) -> bool:
             ended = _mongo_end(session_id)
     except RedisUnavailable as exc:
         metering.event(FEATURE, "fallback")
+        if exc.answered or exc.gate_open:
+            _fence_session(session_id)  # as in save(): other processes must not serve the ended session
         # Reply lost (maybe_applied): Redis may or may not have ended it. _mongo_end writes history from the
         # MongoDB copy (same incarnation token, so Redis's ended record, if any, lands on the same _id) and
         # leaves a tombstone that drops Redis's copy if the end did not run there. Without a MongoDB copy the

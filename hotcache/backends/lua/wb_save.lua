@@ -11,9 +11,10 @@
 --       create), 10 refresh interval (seconds)
 -- Returns {1} the next envelope written; {2} the session created; {0, current envelope} nothing written
 -- ('' = no session, '!' = a key hotcache did not write); {-2, current envelope} when the session must first be
--- checked against its MongoDB copy (a recovery fence is up).
+-- checked against its MongoDB copy (a recovery fence is up, or the session has no field t: a write of it that
+-- Redis refused went to MongoDB, see _fence.py; or it was written before field t existed).
 -- Billed, warm: GET (fence), HMGET, HSET. The lifetime (EXPIRE, the index entry and its TTL, field t = when)
--- is refreshed only once the last refresh is ARGV[10] old (or unknown: a session written before t existed):
+-- is refreshed only once the last refresh is ARGV[10] old:
 -- the key's TTL is the idle timeout plus that interval, so a session still lives at least the idle timeout
 -- after its last use, and the persister sees it idle within that interval of the truth.
 if ARGV[7] ~= '' then
@@ -32,7 +33,7 @@ elseif redis.call('EXISTS', KEYS[1]) == 1 then
 else
   cur = ''
 end
-if fence and cur ~= '' and cur ~= '!' and row[2] ~= fence then
+if cur ~= '' and cur ~= '!' and ((fence and row[2] ~= fence) or not row[3]) then
   return {-2, cur}
 end
 local fields, status = {'s', ARGV[1]}, 0
