@@ -333,6 +333,8 @@ def _read_session(keys_: list[str], now: float, session_id: str) -> Any:
 
     Returns a wb_load-shaped row (False: no session), or None when the session's lifetime is due for a
     refresh (field t older than the refresh interval, or absent): then wb_load.lua reads and refreshes at once.
+    Field t absent also flags a session whose write Redis refused (_fence_session): wb_load.lua, whose first
+    write a full Redis refuses, then asks for the check against MongoDB.
     Not a script, so not atomic; the fence is read first, so a session read without a check was either read
     before a fence went up (as an atomic load just before it would) or written since by a call that checked
     it under that fence. A load never writes, so it cannot undo anything.
@@ -355,7 +357,7 @@ def _read_session(keys_: list[str], now: float, session_id: str) -> Any:
     try:
         due = not abs(now - float(refreshed)) < _refresh_every()  # NaN: due
     except (TypeError, ValueError):
-        due = True  # never refreshed by this release (written before field t), or not a time
+        due = True  # flagged by a refused write, written before field t existed, or not a time
     if due:
         return None
     check = 0
