@@ -96,7 +96,7 @@ DEFAULTS: dict[str, Any] = {
     "APIKEY_HEADER": "X-Api-Key",  # header read when Authorization carries no "Api-Key <key>"
 
     # --- Workbench sessions ---
-    "WORKBENCH_IDLE_TIMEOUT": 3600,  # seconds; a session's Redis lifetime, renewed by every save and load
+    "WORKBENCH_IDLE_TIMEOUT": 3600,  # seconds; a session's Redis lifetime after its last save or load
     "WORKBENCH_MAX_STATE_BYTES": 1_000_000,  # largest state, as UTF-8 JSON
     "WORKBENCH_MAX_DEPTH": 64,  # deepest nesting of objects and arrays in a state, checked before encoding
     "WORKBENCH_PERSIST_IDLE_AFTER": 2700,  # seconds unused before the persister moves a session to history
