@@ -233,3 +233,17 @@ def test_feature_page_shows_billed_commands_beside_round_trips(staff_client):
         r'<td class="n">4</td></tr></tfoot>',
         body,
     )
+
+
+def test_overview_says_why_the_gate_is_open_and_when_it_retries(staff_client, clock, hotcache_config):
+    from redis.exceptions import ReadOnlyError
+
+    from hotcache.backends.health import redis_gate
+
+    hotcache_config(HEALTH_FAILURE_THRESHOLD=1, HEALTH_COOLDOWN=60)
+    clock.advance(-(clock.time() % 86_400) + 9 * 3600)  # 09:00:00 UTC today
+    redis_gate.server_state(ReadOnlyError("You can't write against a read only replica."), "a read-only replica")
+    body = text(staff_client.get(reverse("hotcache:reports")))
+    reason = "Redis cannot serve: a read-only replica, retry at 09:01 UTC"
+    assert f'<div id="hc-gate-reason">{reason}</div>' in body
+    assert f"Health gate: open: {reason}." in body  # the banner (the meter could not be read either)
