@@ -47,6 +47,24 @@ class GateState:
     last_error: str
     condition: str = ""  # what Redis reported when the gate opened ("OOM", "the daily request quota"...); "" otherwise
     retry_at: float | None = None  # epoch seconds after which the next caller probes; None while closed
+    quota: bool = False  # opened because the provider's quota ran out (condition names it)
+
+    def reason(self, now: float | None = None) -> str:
+        """Why the gate is not closed and when it tries Redis again, in one line for the reports and
+        hotcache_status ("Redis cannot serve: memory full (OOM...), retry at 07:12:30 UTC"); "" when closed."""
+        if self.state == CLOSED:
+            return ""
+        if self.quota:
+            why = f"{self.name.capitalize()} refused calls: {self.condition} ran out"
+        elif self.condition:
+            why = f"{self.name.capitalize()} cannot serve: {self.condition}"
+        else:
+            why = f"{self.name.capitalize()} unavailable" + (f" ({self.last_error})" if self.last_error else "")
+        if self.state == PROBING:
+            return f"{why}; one call is probing it now"
+        if self.retry_at is None:
+            return why
+        return f"{why}, retry at {_utc_time(self.retry_at, clock.time() if now is None else now)}"
 
 
 class HealthGate:
@@ -74,6 +92,7 @@ class HealthGate:
             self._open_logged = False
             self._retry_at: float | None = None
             self._answering = False  # opened by a server state: Redis still answers (reads, deletions)
+            self._quota = False
 
     def allow(self) -> bool:
         """True if the caller may talk to Redis now."""
@@ -105,6 +124,7 @@ class HealthGate:
                 self._cooldown = None
                 self._condition = ""
                 self._retry_at = None
+                self._quota = False
                 self._recoveries += 1
                 if self._open_logged:
                     log.warning("hotcache: %s is back; leaving fallback mode", self.name)
@@ -164,6 +184,7 @@ class HealthGate:
         self._opened_at = clock.monotonic()
         self._cooldown = cooldown
         self._condition = condition
+        self._quota = quota
         self._retry_at = clock.time() + self._current_cooldown()
         if not was_closed:
             return  # a failed probe: the gate was never closed, nothing new to say
@@ -220,11 +241,21 @@ class HealthGate:
                 last_error=self._last_error,
                 condition=self._condition,
                 retry_at=self._retry_at,
+                quota=self._quota,
             )
 
 
 def _threshold() -> int:
     return max(1, int(hotcache_settings.HEALTH_FAILURE_THRESHOLD))
+
+
+def _utc_time(at: float, now: float) -> str:
+    """``at`` as "HH:MM[:SS] UTC", with its date when that is not ``now``'s UTC day."""
+    when = dt.datetime.fromtimestamp(round(at), tz=dt.UTC)  # a daily quota's midnight, not 23:59:59.999
+    text = when.strftime("%H:%M" if when.second == 0 else "%H:%M:%S") + " UTC"
+    if when.date() != dt.datetime.fromtimestamp(now, tz=dt.UTC).date():
+        text += when.strftime(" on %Y-%m-%d")
+    return text
 
 
 def _describe(error: BaseException) -> str:

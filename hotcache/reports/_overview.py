@@ -99,8 +99,15 @@ class Overview:
                 "(pool exhausted or server unreachable; see HOTCACHE['MONGO_MAX_POOL_SIZE'])"
             )
         if self.gate.state != CLOSED:
-            out.append(f"Redis health gate is {self.gate.state}: features are using their fallbacks")
+            out.append(
+                f"Redis health gate is {self.gate.state}: features are using their fallbacks. {self.gate_reason}"
+            )
         return out
+
+    @property
+    def gate_reason(self) -> str:
+        """Why the gate is open and when it retries (GateState.reason at generated_at); "" while closed."""
+        return self.gate.reason(self.generated_at.timestamp())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -120,7 +127,13 @@ class Overview:
                 "server_source": self.mongo.server_source,
                 "server_status": self.mongo.server_status,
             },
-            "gate": asdict(self.gate),
+            "gate": asdict(self.gate)
+            | {
+                "reason": self.gate_reason,
+                "retry_at_utc": None
+                if self.gate.retry_at is None
+                else dt.datetime.fromtimestamp(self.gate.retry_at, tz=dt.UTC).isoformat(),
+            },
             "fallbacks_today": self.fallbacks_today,
             "fallbacks": self.fallbacks,
             "features": [asdict(f) for f in self.features],

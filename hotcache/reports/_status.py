@@ -34,7 +34,10 @@ def _text(ov: Overview) -> list[str]:
     w = out.append
     width = max(30, *(len(lim.name) for lim in ov.limits))
     if not ov.redis_available:
-        w(f"!! {ov.redis_note} Health gate: {ov.gate.state}. Run hotcache_check.")
+        w(
+            f"!! {ov.redis_note} Health gate: {ov.gate.state}. {ov.gate_reason + '. ' if ov.gate_reason else ''}"
+            "Run hotcache_check."
+        )
     for lim in ov.limits:
         value = "unknown" if lim.value is None else f"{lim.value:,}"
         pct = "" if lim.percent is None else f"  {lim.percent}%"
@@ -49,6 +52,8 @@ def _text(ov: Overview) -> list[str]:
         f"{'Health gate':<{width}} {ov.gate.state}; fallback events today {sum(ov.fallbacks_today.values())}, "
         f"last {len(ov.days)} days {sum(ov.fallbacks.values())}"
     )
+    if ov.gate_reason:
+        w(f"{'':<{width}} {ov.gate_reason}")
     w("")
     w(
         f"{'Feature':<20} {'enabled':>7} {'billed today':>12} {'billed':>10} {'cmds':>9} {'RT':>9} {'mongo':>7} "

@@ -1,5 +1,6 @@
-"""A feature's page: its meter events per day and over the period, the figures it derives from them and
-the detail sections it registered (hotcache.reports._registry). See docs/reports.md."""
+"""A feature's page: its meter events per day and over the period, its Redis billed commands beside round trips
+and commands sent (the overview's wording), the figures it derives from them and the detail sections it
+registered (hotcache.reports._registry). See docs/reports.md."""
 
 from __future__ import annotations
 
@@ -31,16 +32,21 @@ class FeatureSummary:
     per_day: list[tuple[dt.date, dict[str, int]]]  # newest first
     totals: dict[str, int]
     today: dict[str, int]
-    commands: int
+    commands: int  # Redis commands sent
     mongo_ops: int
     figures: list[Figure]
     sections: list[Section]
     filters: dict[str, str] = field(default_factory=dict)  # the detail filters applied (e.g. analytics event)
     notes: list[str] = field(default_factory=list)  # e.g. a filter that was ignored, and why
+    billed: int = 0  # Redis billed commands over the period: what REDIS_DAILY_COMMAND_BUDGET counts
+    round_trips: int = 0
+    billed_today: int = 0
+    # Per day, newest first, aligned with per_day: (billed, round trips, commands sent).
+    redis_per_day: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def has_data(self) -> bool:
-        return any(self.totals.values()) or self.commands > 0
+        return any(self.totals.values()) or self.commands > 0 or self.billed > 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,12 +57,18 @@ class FeatureSummary:
             "redis_available": self.redis_available,
             "totals": self.totals,
             "today": self.today,
+            "billed": self.billed,
+            "billed_today": self.billed_today,
+            "round_trips": self.round_trips,
             "commands": self.commands,
             "mongo_ops": self.mongo_ops,
             "figures": [asdict(f) for f in self.figures],
             "filters": self.filters,
             "notes": self.notes,
-            "per_day": [{"day": d.isoformat(), **counts} for d, counts in self.per_day],
+            "per_day": [
+                {"day": d.isoformat(), **counts, "billed": b, "round_trips": rt, "commands": c}
+                for (d, counts), (b, rt, c) in zip(self.per_day, self.redis_per_day, strict=True)
+            ],
             "sections": [
                 {"title": s.title, "columns": s.columns, "rows": s.rows, "note": s.note} for s in self.sections
             ],
@@ -76,12 +88,15 @@ def feature_summary(feature: str, days: int | None = None, filters: dict[str, st
     prefix = f"ev:{feature}:"
     per_day: list[tuple[dt.date, dict[str, int]]] = []
     totals: Counter[str] = Counter()
-    commands = mongo_ops = 0
+    redis_per_day: list[tuple[int, int, int]] = []
+    mongo_ops = 0
     for u in view.meter.days:
         counts = {k[len(prefix) :]: n for k, n in u.fields.items() if k.startswith(prefix) and n}
         per_day.append((_meter.day_of(u.day), counts))
         totals.update(counts)
-        commands += u.fields.get(f"cmd:{feature}", 0)
+        redis_per_day.append(
+            (u.fields.get(f"billed:{feature}", 0), u.fields.get(f"rt:{feature}", 0), u.fields.get(f"cmd:{feature}", 0))
+        )
         mongo_ops += u.fields.get(f"mongo:{feature}", 0)
     known = FEATURE_EVENTS[feature]
     # Per-rule events (allowed:<rule>) go to their own section, not the per-day columns.
@@ -98,10 +113,14 @@ def feature_summary(feature: str, days: int | None = None, filters: dict[str, st
         per_day=[(d, {e: c.get(e, 0) for e in events}) for d, c in per_day],
         totals={e: totals.get(e, 0) for e in events},
         today={e: per_day[0][1].get(e, 0) for e in events},
-        commands=commands,
+        commands=sum(c for _, _, c in redis_per_day),
         mongo_ops=mongo_ops,
         figures=[],
         sections=[],
+        billed=sum(b for b, _, _ in redis_per_day),
+        round_trips=sum(rt for _, rt, _ in redis_per_day),
+        billed_today=redis_per_day[0][0] if redis_per_day else 0,
+        redis_per_day=redis_per_day,
     )
     derive = _registry.figures_for(feature)
     if derive is not None:

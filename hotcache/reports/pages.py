@@ -67,6 +67,10 @@ def feature_page(feature: str, days: int, query: Mapping[str, str]) -> dict[str,
             {"section": s, "chart": bar_chart(s.chart, time_series=s.chart.time_series) if s.chart else None}
             for s in summary.sections
         ],
-        "per_day_rows": [(d, [counts.get(e, 0) for e in summary.events]) for d, counts in summary.per_day],
+        # The events, then the feature's Redis billed commands, round trips and commands sent that day.
+        "per_day_rows": [
+            (d, [counts.get(e, 0) for e in summary.events], redis)
+            for (d, counts), redis in zip(summary.per_day, summary.redis_per_day, strict=True)
+        ],
         "filter_fields": [{"name": n, "value": summary.filters.get(n, "")} for n in accepted],
     }

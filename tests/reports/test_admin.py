@@ -93,8 +93,8 @@ def test_overview_flags_an_exceeded_budget(staff_client, hotcache_config):
 def test_user_cache_page_shows_hit_ratio_and_queries_avoided(staff_client):
     workload()
     body = text(staff_client.get(reverse("hotcache:reports-feature", args=["users"])))
-    assert "<h3>Cache hit ratio</h3><div class=\"hc-big\">90.0%</div>" in body
-    assert "<h3>Database queries avoided</h3><div class=\"hc-big\">9</div>" in body
+    assert '<h3>Cache hit ratio</h3><div class="hc-big">90.0%</div>' in body
+    assert '<h3>Database queries avoided</h3><div class="hc-big">9</div>' in body
 
 
 def test_ratelimit_page_shows_allowed_and_denied_per_rule(staff_client):
@@ -107,8 +107,8 @@ def test_ratelimit_page_shows_allowed_and_denied_per_rule(staff_client):
 def test_mfa_page_shows_issued_verified_failed(staff_client):
     workload()
     body = text(staff_client.get(reverse("hotcache:reports-feature", args=["mfa"])))
-    assert "<h3>Codes issued</h3><div class=\"hc-big\">5</div>" in body
-    assert "<h3>Verification success rate</h3><div class=\"hc-big\">80.0%</div>" in body
+    assert '<h3>Codes issued</h3><div class="hc-big">5</div>' in body
+    assert '<h3>Verification success rate</h3><div class="hc-big">80.0%</div>' in body
 
 
 @pytest.mark.parametrize("feature", ["apikeys", "analytics"])
@@ -222,3 +222,45 @@ def test_redis_down_still_renders_with_a_banner(staff_client, redis_down, page):
     response = staff_client.get(url(page))
     assert response.status_code == 200
     assert "Redis is unavailable" in response.content.decode()
+
+
+def test_feature_page_shows_billed_commands_beside_round_trips(staff_client):
+    def three_in_a_pipeline(r):
+        pipe = r.pipeline(transaction=False)
+        for _ in range(3):
+            pipe.exists("hc-billed-probe")
+        return pipe.execute()
+
+    redis_backend.call("mfa", three_in_a_pipeline)  # 3 billed, 1 round trip, 3 sent
+    redis_backend.call("mfa", lambda r: r.ping())  # free: 0 billed, 1 round trip, 1 sent
+    metering.event("mfa", "issued", 2)
+    assert metering.flush()
+    body = text(staff_client.get(reverse("hotcache:reports-feature", args=["mfa"])))
+    assert '<h3>Redis billed commands</h3><div class="hc-big">3</div>' in body
+    assert "3 billed, 2 round trips, 4 commands sent" in body
+    # The per-day table: the events, then billed, round trips and commands sent; the same in the total row.
+    assert '<th class="n">Redis billed</th><th class="n">round trips</th><th class="n">commands sent</th>' in body
+    assert re.search(
+        r'<tbody><tr><th scope="row">[-0-9]+</th>(<td class="n">\d+</td>)+'
+        r'<td class="n">3</td><td class="n">2</td><td class="n">4</td></tr>',
+        body,
+    )  # today, first
+    assert re.search(
+        r'<th scope="row">total</th>(<td class="n">\d+</td>)+<td class="n">3</td><td class="n">2</td>'
+        r'<td class="n">4</td></tr></tfoot>',
+        body,
+    )
+
+
+def test_overview_says_why_the_gate_is_open_and_when_it_retries(staff_client, clock, hotcache_config):
+    from redis.exceptions import ReadOnlyError
+
+    from hotcache.backends.health import redis_gate
+
+    hotcache_config(HEALTH_FAILURE_THRESHOLD=1, HEALTH_COOLDOWN=60)
+    clock.advance(-(clock.time() % 86_400) + 9 * 3600)  # 09:00:00 UTC today
+    redis_gate.server_state(ReadOnlyError("You can't write against a read only replica."), "a read-only replica")
+    body = text(staff_client.get(reverse("hotcache:reports")))
+    reason = "Redis cannot serve: a read-only replica, retry at 09:01 UTC"
+    assert f'<div id="hc-gate-reason">{reason}</div>' in body
+    assert f"Health gate: open: {reason}." in body  # the banner (the meter could not be read either)

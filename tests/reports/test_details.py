@@ -3,6 +3,7 @@ workload, at a cost that does not grow with traffic, and still render from Mongo
 
 import datetime as dt
 import re
+import uuid
 
 import pytest
 from django.contrib.auth.models import User
@@ -208,9 +209,12 @@ def test_workbench_page_shows_sessions_in_redis_now(staff_client, frozen, raw_re
     from hotcache import keys
 
     raw_redis.delete(*(keys.tagged("workbench", "s", n) for n in ("idx", "ended", "claims")))
+    # New sessions (fresh ids on each store variant): a session already in Redis whose lifetime was refreshed
+    # moments ago is not re-indexed by its next save, and this test emptied the index above.
+    run = uuid.uuid4().hex[:8]
     for i in range(3):
-        workbench.save(f"s{i}", {"n": i})
-    workbench.end("s0")
+        workbench.save(f"{run}-s{i}", {"n": i})
+    workbench.end(f"{run}-s0")
     body = page(staff_client, "workbench")
     assert row("active (hot or waiting to be persisted)", 2) in body
     assert row("ended, queued for history", 1) in body

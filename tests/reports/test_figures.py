@@ -202,7 +202,8 @@ def test_users_summary_hit_ratio_and_queries_avoided():
     assert figures["Cache hit ratio"] == "80.0%"
     assert figures["Database queries avoided"] == 8
     assert s.totals["hit"] == 8 and s.today["miss"] == 2
-    assert s.commands == 1
+    assert (s.billed, s.round_trips, s.commands, s.billed_today) == (1, 1, 1, 1)
+    assert s.as_dict()["per_day"][0] | {"billed": 1, "round_trips": 1, "commands": 1} == s.as_dict()["per_day"][0]
 
 
 def test_ratelimit_summary_per_rule():
@@ -276,9 +277,14 @@ def test_days_are_clamped_to_what_the_meter_keeps():
 
 @pytest.mark.parametrize(
     ("name", "value", "code"),
-    [("REPORTS_DAYS", 0, "hotcache.E070"), ("REPORTS_DAYS", 41, "hotcache.E070"),
-     ("REPORTS_DAYS", "30", "hotcache.E070"), ("REPORTS_WARNING_PERCENT", 0, "hotcache.E071"),
-     ("REPORTS_WARNING_PERCENT", 120, "hotcache.E071"), ("REPORTS_PERMISSION", "view_user", "hotcache.E072")],
+    [
+        ("REPORTS_DAYS", 0, "hotcache.E070"),
+        ("REPORTS_DAYS", 41, "hotcache.E070"),
+        ("REPORTS_DAYS", "30", "hotcache.E070"),
+        ("REPORTS_WARNING_PERCENT", 0, "hotcache.E071"),
+        ("REPORTS_WARNING_PERCENT", 120, "hotcache.E071"),
+        ("REPORTS_PERMISSION", "view_user", "hotcache.E072"),
+    ],
 )
 def test_report_settings_checks_name_the_setting(hotcache_config, name, value, code):
     hotcache_config(**{name: value})

@@ -113,3 +113,60 @@ def test_exit_status_from_a_real_process():
     )
     assert ok.returncode == 0, ok.stderr
     assert "Redis billed commands today" in ok.stdout
+
+
+# 2026-11-29 13:20:00 UTC: a daily quota opens the gate until the next UTC midnight.
+NOON_ISH = 1_795_958_400.0
+
+
+def daily_quota_runs_out():
+    from redis.exceptions import ResponseError
+
+    from hotcache.backends.health import redis_gate
+
+    redis_gate.quota(ResponseError("ERR max daily request limit exceeded"), "the daily request quota", daily=True)
+
+
+def test_an_open_gate_says_why_and_when_it_retries_in_text_and_json():
+    from hotcache.testing import frozen_clock
+
+    with frozen_clock(NOON_ISH):
+        daily_quota_runs_out()
+        out = StringIO()
+        call_command("hotcache_status", stdout=out)
+        text = out.getvalue()
+        assert "Redis refused calls: the daily request quota ran out, retry at 00:00 UTC on 2026-11-30" in text
+        out = StringIO()
+        call_command("hotcache_status", "--json", stdout=out)
+    gate = json.loads(out.getvalue())["gate"]
+    assert gate["state"] == "open" and gate["condition"] == "the daily request quota" and gate["quota"]
+    assert gate["retry_at_utc"] == "2026-11-30T00:00:00+00:00"
+    assert gate["reason"] == "Redis refused calls: the daily request quota ran out, retry at 00:00 UTC on 2026-11-30"
+
+
+def test_a_server_state_names_the_condition_and_the_cool_down_end(clock, hotcache_config):
+    from redis.exceptions import OutOfMemoryError
+
+    from hotcache.backends.health import redis_gate
+
+    hotcache_config(HEALTH_FAILURE_THRESHOLD=2, HEALTH_COOLDOWN=30)
+    oom = OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    for _ in range(2):
+        redis_gate.server_state(oom, "memory full (OOM: maxmemory reached, writes refused)")
+    out = StringIO()
+    call_command("hotcache_status", "--json", stdout=out)
+    gate = json.loads(out.getvalue())["gate"]
+    assert gate["condition"] == "memory full (OOM: maxmemory reached, writes refused)" and not gate["quota"]
+    assert gate["retry_at"] == clock.time() + 30
+    assert gate["reason"].startswith(
+        "Redis cannot serve: memory full (OOM: maxmemory reached, writes refused), retry at "
+    )
+    clock.advance(31)
+    redis_backend.call("warm", lambda r: r.ping())  # the probe succeeds: the gate closes and says nothing more
+    out = StringIO()
+    call_command("hotcache_status", stdout=out)
+    assert "cannot serve" not in out.getvalue()
+    out = StringIO()
+    call_command("hotcache_status", "--json", stdout=out)
+    gate = json.loads(out.getvalue())["gate"]
+    assert gate["state"] == "closed" and gate["reason"] == "" and gate["retry_at_utc"] is None

@@ -1,7 +1,8 @@
 """The benchmark harness. Arms of one group run interleaved (round-robin, shuffled each round) so drift
 in the machine's load hits every arm alike. Per arm it reports latency p50/p99 over all operations, the
-spread of per-round medians, and Redis commands, round trips and MongoDB operations per operation
-(from the metered connections, so they are exact counts, not estimates).
+spread of per-round medians, and Redis billed commands, commands sent, round trips and MongoDB operations per
+operation (from the metered connections and the counts hotcache's scripts report, so they are exact counts,
+not estimates; hotcache's own meter flushes excluded).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hotcache import metering
+from hotcache.testing import count_redis
 
 __all__ = ["Arm", "ArmResult", "run_group"]
 
@@ -39,6 +41,10 @@ class ArmResult:
     redis_commands_per_op: float
     redis_round_trips_per_op: float
     mongo_ops_per_op: float
+    # What a per-command provider bills per operation: every command the server ran, those inside hotcache's
+    # scripts, pipelines and transactions included (count_redis().billed); a foreign client's (e.g.
+    # django-ratelimit's own connection) are not metered: 0 here, see the arm's extra columns.
+    redis_billed_per_op: float
     extra_per_op: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -57,7 +63,7 @@ def run_group(arms: list[Arm], *, rounds: int = 5, ops_per_round: int = 200, war
     rng = random.Random(7)
     timings: dict[str, list[float]] = {a.name: [] for a in arms}
     round_medians: dict[str, list[float]] = {a.name: [] for a in arms}
-    counters: dict[str, dict[str, int]] = {a.name: {"cmd": 0, "rt": 0, "mongo": 0} for a in arms}
+    counters: dict[str, dict[str, int]] = {a.name: {"cmd": 0, "rt": 0, "mongo": 0, "billed": 0} for a in arms}
     extras: dict[str, dict[str, int]] = {a.name: {} for a in arms}
     for arm in arms:
         if arm.setup:
@@ -72,11 +78,13 @@ def run_group(arms: list[Arm], *, rounds: int = 5, ops_per_round: int = 200, war
             before = metering.snapshot()
             extra_before = arm.counts() if arm.counts else {}
             samples = []
-            for _ in range(ops_per_round):
-                t0 = time.perf_counter()
-                arm.op(index)
-                samples.append((time.perf_counter() - t0) * 1e6)
-                index += 1
+            with count_redis() as redis_count:
+                for _ in range(ops_per_round):
+                    t0 = time.perf_counter()
+                    arm.op(index)
+                    samples.append((time.perf_counter() - t0) * 1e6)
+                    index += 1
+            counters[arm.name]["billed"] += redis_count.billed - redis_count.billed_by_feature["meter"]
             delta = metering.snapshot()
             delta.subtract(before)
             if arm.counts:
@@ -84,7 +92,7 @@ def run_group(arms: list[Arm], *, rounds: int = 5, ops_per_round: int = 200, war
                     extras[arm.name][k] = extras[arm.name].get(k, 0) + v - extra_before.get(k, 0)
             for k, v in delta.items():
                 kind = k.split(":", 1)[0]
-                if kind in counters[arm.name] and not k.endswith(":meter"):
+                if kind in ("cmd", "rt", "mongo") and not k.endswith(":meter"):
                     counters[arm.name][kind] += v
             timings[arm.name].extend(samples)
             round_medians[arm.name].append(statistics.median(samples))
@@ -107,6 +115,7 @@ def run_group(arms: list[Arm], *, rounds: int = 5, ops_per_round: int = 200, war
                 redis_commands_per_op=round(c["cmd"] / n, 3),
                 redis_round_trips_per_op=round(c["rt"] / n, 3),
                 mongo_ops_per_op=round(c["mongo"] / n, 3),
+                redis_billed_per_op=round(c["billed"] / n, 3),
                 extra_per_op={k: round(v / n, 3) for k, v in extras[arm.name].items()},
                 note=arm.note,
             )

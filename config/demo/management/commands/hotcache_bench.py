@@ -1,4 +1,5 @@
-"""manage.py hotcache_bench: latency, Redis commands and round trips per operation, arms interleaved."""
+"""manage.py hotcache_bench: latency, Redis billed commands, commands sent and round trips per operation, arms
+interleaved."""
 
 from __future__ import annotations
 
@@ -24,21 +25,29 @@ BENCH_PREFIX = f"hcbench-{os.getpid()}"
 class Command(BaseCommand):
     help = (
         "Benchmark hotcache against its anchors. Arms of a group run interleaved in this process; reports "
-        "latency p50/p99 (µs), spread of round medians, and Redis commands / round trips / MongoDB operations "
-        "per operation. Writes only under its own key prefix 'hcbench-<pid>' and deletes it afterwards."
+        "latency p50/p99 (µs), spread of round medians, and Redis billed commands / commands sent / round trips / "
+        "MongoDB operations per operation. Writes only under its own key prefix 'hcbench-<pid>' and deletes it "
+        "afterwards."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("features", nargs="*", help=f"features to run (default all): {', '.join(all_groups())}; "
-                            "or 'connections' (MongoDB connections and operations per request, all on MongoDB "
-                            "vs on Redis, worker processes against a real MongoDB server)")
+        parser.add_argument(
+            "features",
+            nargs="*",
+            help=f"features to run (default all): {', '.join(all_groups())}; "
+            "or 'connections' (MongoDB connections and operations per request, all on MongoDB "
+            "vs on Redis, worker processes against a real MongoDB server)",
+        )
         parser.add_argument("--redis-url", help="run against this Redis instead of the configured alias")
         parser.add_argument("--rounds", type=int, default=5)
         parser.add_argument("--ops", type=int, default=200, help="operations per arm per round")
         parser.add_argument("--json", action="store_true")
         conn = parser.add_argument_group("connections (the MongoDB connections benchmark, several processes)")
-        conn.add_argument("--mongo-url", help="a real MongoDB server (default: MONGO_URL if mongodb://, else a "
-                          "SecantusDB started for the run from the test requirements)")
+        conn.add_argument(
+            "--mongo-url",
+            help="a real MongoDB server (default: MONGO_URL if mongodb://, else a "
+            "SecantusDB started for the run from the test requirements)",
+        )
         conn.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
         conn.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
         conn.add_argument("--requests", type=int, default=2000, help="requests per arm (default 2000)")
@@ -80,7 +89,6 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
 
-
     def _connections(self, options: dict[str, Any]) -> None:
         from config.demo.bench.connections import format_table, run_connections
 
@@ -94,8 +102,12 @@ class Command(BaseCommand):
             hot = {**hotcache_settings.user_settings, "MONGO_URL": url}
             with override_settings(CACHES=caches, HOTCACHE=hot):
                 try:
-                    results = run_connections(workers=options["workers"], threads=options["threads"],
-                                              requests=options["requests"], progress=self.stderr.write)
+                    results = run_connections(
+                        workers=options["workers"],
+                        threads=options["threads"],
+                        requests=options["requests"],
+                        progress=self.stderr.write,
+                    )
                 except ValueError as exc:
                     raise CommandError(str(exc)) from exc
         if options["json"]:
@@ -145,12 +157,16 @@ def _cleanup() -> None:
 
 
 def _format(title: str, results: list[Any]) -> str:
-    head = f"{'arm':<58} {'p50 µs':>9} {'p99 µs':>9} {'spread':>8} {'cmds/op':>8} {'RT/op':>6} {'mongo/op':>8}"
+    head = (
+        f"{'arm':<58} {'p50 µs':>9} {'p99 µs':>9} {'spread':>8} {'billed/op':>9} {'cmds/op':>8} {'RT/op':>6} "
+        f"{'mongo/op':>8}"
+    )
     lines = [f"\n== {title}", head, "-" * len(head)]
     for r in results:
         extra = "  " + " ".join(f"{k}={v}" for k, v in r.extra_per_op.items()) if r.extra_per_op else ""
         lines.append(
-            f"{r.name:<58} {r.p50_us:>9} {r.p99_us:>9} {r.spread_us:>8} {r.redis_commands_per_op:>8} "
+            f"{r.name:<58} {r.p50_us:>9} {r.p99_us:>9} {r.spread_us:>8} {r.redis_billed_per_op:>9} "
+            f"{r.redis_commands_per_op:>8} "
             f"{r.redis_round_trips_per_op:>6} {r.mongo_ops_per_op:>8}{extra}"
         )
     return "\n".join(lines)
