@@ -16,8 +16,8 @@ from hotcache.apikeys import _recovery
 from hotcache.apikeys._documents import keys_coll, usage_coll
 from hotcache.apikeys._index import Entry, read_touched, replies, verified_members
 from hotcache.apikeys._inputs import days_window
-from hotcache.apikeys._reads import live_count
-from hotcache.apikeys._records import day_name, tag_of, touched_key, undo_key, use_key
+from hotcache.apikeys._reads import counter_keys, live_count
+from hotcache.apikeys._records import day_name, tag_of, touched_key
 from hotcache.apikeys._results import FEATURE, UsageSyncResult
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
@@ -144,11 +144,11 @@ def _next_midnight_of(day: dt.date) -> dt.datetime:
 
 
 def _read_counters(r: Any, pairs: list[Entry]) -> list[Any]:
-    """One ``MGET counter undo`` per (key, day), 2,000 to a round trip."""
+    """One ``MGET`` of a (key, day)'s counters (counter_keys) per (key, day), 2,000 to a round trip."""
     values: list[Any] = []
     for i in range(0, len(pairs), _SYNC_CHUNK):
         pipe = r.pipeline(transaction=False)
         for _, tag, day in pairs[i : i + _SYNC_CHUNK]:
-            pipe.mget(use_key(tag, day), undo_key(tag, day))
+            pipe.mget(counter_keys(tag, day))
         values += replies(pipe)
     return values
