@@ -30,7 +30,7 @@ __all__ = ["DEFAULTS", "FEATURES", "HotcacheSettings", "hotcache_settings"]
 T = TypeVar("T")
 
 # The features hotcache ships; HOTCACHE["FEATURES"] may name a subset.
-FEATURES = ("ratelimit", "users", "mfa", "apikeys", "workbench", "analytics")
+FEATURES = ("ratelimit", "users", "sessions", "mfa", "apikeys", "workbench", "analytics")
 
 DEFAULTS: dict[str, Any] = {
     # --- Redis (foundation) ---
@@ -52,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_URL": None,  # mongodb://, mongodb+srv://, or mongomock://<db> (tests, embedded default)
     "MONGO_DATABASE": None,  # default: the database in MONGO_URL's path, else "hotcache"
     "MONGO_MAX_POOL_SIZE": 10,  # pymongo maxPoolSize per process
+    # pymongo serverMonitoringMode: "poll" keeps 1 monitoring connection per process and server, "stream" (and
+    # "auto" outside FaaS) 2; poll notices a topology change on its next check (heartbeatFrequencyMS, 10 s) or
+    # when an operation fails on it. A serverMonitoringMode option in MONGO_URL wins over this setting.
+    "MONGO_SERVER_MONITORING_MODE": "poll",
     "MONGO_WAIT_QUEUE_TIMEOUT_MS": 2000,  # an exhausted pool fails fast instead of hanging
     "MONGO_SERVER_SELECTION_TIMEOUT_MS": 2000,
     "MONGO_CONNECT_TIMEOUT_MS": 2000,
@@ -92,7 +96,7 @@ DEFAULTS: dict[str, Any] = {
     "APIKEY_HEADER": "X-Api-Key",  # header read when Authorization carries no "Api-Key <key>"
 
     # --- Workbench sessions ---
-    "WORKBENCH_IDLE_TIMEOUT": 3600,  # seconds; a session's Redis lifetime, renewed by every save and load
+    "WORKBENCH_IDLE_TIMEOUT": 3600,  # seconds; a session's Redis lifetime after its last save or load
     "WORKBENCH_MAX_STATE_BYTES": 1_000_000,  # largest state, as UTF-8 JSON
     "WORKBENCH_MAX_DEPTH": 64,  # deepest nesting of objects and arrays in a state, checked before encoding
     "WORKBENCH_PERSIST_IDLE_AFTER": 2700,  # seconds unused before the persister moves a session to history

@@ -33,11 +33,16 @@ class BackendUnavailable(HotcacheError):
 
     backend = "backend"
 
-    def __init__(self, message: str = "", *, gate_open: bool = False, maybe_applied: bool = False) -> None:
+    def __init__(
+        self, message: str = "", *, gate_open: bool = False, maybe_applied: bool = False, answered: bool = False
+    ) -> None:
         super().__init__(message or f"{self.backend} is unavailable")
         self.gate_open = gate_open
         # True when the request reached the store and only the reply was lost: it may have been applied.
         self.maybe_applied = maybe_applied
+        # True when the store answered with a refusal (a full or read-only Redis, a quota, this call's own
+        # error): it is reachable, and still serves reads to other processes.
+        self.answered = answered
 
 
 class RedisUnavailable(BackendUnavailable):

@@ -63,6 +63,13 @@ def test_mongo_url_with_wrong_scheme(hotcache_config):
     assert "hotcache.E008" in ids()
 
 
+@pytest.mark.parametrize("mode", ["streaming", "", None, 1])
+def test_unknown_server_monitoring_mode_is_e009_naming_the_setting(hotcache_config, mode):
+    hotcache_config(MONGO_SERVER_MONITORING_MODE=mode)
+    e009 = [m for m in check_foundation() if m.id == "hotcache.E009"]
+    assert e009 and "MONGO_SERVER_MONITORING_MODE" in e009[0].msg and "'poll'" in e009[0].hint
+
+
 def test_typo_in_setting_name_is_a_warning(hotcache_config):
     hotcache_config(REDIS_ALAIS="x")
     assert "hotcache.W001" in ids()
@@ -108,3 +115,18 @@ def test_a_real_mongodb_url_gets_no_stand_in_warning(settings, monkeypatch):
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "mysite.settings")
     settings.HOTCACHE = {**settings.HOTCACHE, "MONGO_URL": "mongodb://db.example:27017/app"}
     assert not [m for m in check_foundation() if m.id == "hotcache.W003"]
+
+
+def test_every_check_id_belongs_to_one_checks_module():
+    """Two modules raising the same id would make `SILENCED_SYSTEM_CHECKS` silence both (it happened in a merge)."""
+    import re
+    from pathlib import Path
+
+    import hotcache.checks
+
+    owners: dict[str, set[str]] = {}
+    for module in Path(hotcache.checks.__file__).parent.glob("*.py"):
+        for check_id in re.findall(r"id=\"(hotcache\.[EW]\d{3})\"", module.read_text(encoding="utf-8")):
+            owners.setdefault(check_id, set()).add(module.name)
+    shared = {check_id: sorted(names) for check_id, names in owners.items() if len(names) > 1}
+    assert not shared

@@ -180,3 +180,37 @@ def test_a_feature_stops_paying_timeouts_once_the_gate_opens(settings, clock, ho
         server.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_deletion_passes_a_gate_opened_by_a_full_redis_and_leaves_it_open(oom_redis, clock, hotcache_config):
+    """A full Redis still deletes (and serves reads to other processes): a feature's deletion is sent past the
+    gate its refusals opened, and its success does not close the gate (it says nothing about writes)."""
+    hotcache_config(HEALTH_FAILURE_THRESHOLD=1)
+    raw = oom_redis.client()
+    raw.set("k", "v")
+    raw.config_set("maxmemory", 1)
+    with pytest.raises(RedisUnavailable) as refused:
+        redis_backend.call("test", lambda r: r.set("k2", "v"))
+    assert refused.value.answered and not refused.value.maybe_applied
+    assert redis_gate.state == OPEN and redis_gate.answering()
+    with pytest.raises(RedisUnavailable) as rejected:
+        redis_backend.call("test", lambda r: r.delete("k"))  # not declared a deletion: turned away
+    assert rejected.value.gate_open
+    assert redis_backend.call("test", lambda r: r.delete("k"), deletion=True) == 1
+    assert redis_gate.state == OPEN and redis_gate.snapshot().rejected == 1
+    oom_redis.stop()  # now unreachable: recorded, and no deletion is sent past the gate any more
+    with pytest.raises(RedisUnavailable):
+        redis_backend.call("test", lambda r: r.delete("k"), deletion=True)
+    assert not redis_gate.answering()
+    with pytest.raises(RedisUnavailable) as rejected:
+        redis_backend.call("test", lambda r: r.delete("k"), deletion=True)
+    assert rejected.value.gate_open
+
+
+def test_a_deletion_does_not_pass_a_gate_opened_by_an_unreachable_redis(redis_down, clock, connect_attempts):
+    with pytest.raises(RedisUnavailable):
+        ping()
+    assert redis_gate.state == OPEN and not redis_gate.answering()
+    with pytest.raises(RedisUnavailable) as rejected:
+        redis_backend.call("test", lambda r: r.delete("k"), deletion=True)
+    assert rejected.value.gate_open and len(connect_attempts) == 1

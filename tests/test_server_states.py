@@ -266,3 +266,46 @@ def test_on_a_full_redis_no_process_loads_a_workbench_state_older_than_a_refused
     assert workbench.save("s1", {"n": 2}) == 2  # refused by Redis: on MongoDB
     new_process()  # another process: it does not owe the recovery fence
     assert workbench.load("s1").state == {"n": 2}  # the load is refused for memory too: the durable copy
+
+
+def _another_process_with_its_gate_closed() -> None:
+    new_process()
+    redis_gate.reset()
+
+
+def test_on_a_full_redis_a_save_made_while_the_gate_is_open_is_not_shadowed_either(oom_redis, clock, hotcache_config):
+    """Other features' refusals opened this process's gate, so its save goes to MongoDB without meeting a
+    refusal of its own; another process (gate closed) still reads Redis. The save's deletion of the session's
+    field t, sent past the gate, sends that process to the durable copy too; once memory is freed, the
+    session is compared with MongoDB before Redis serves or changes it: no stale read, no lost update."""
+    hotcache_config(HEALTH_FAILURE_THRESHOLD=1)
+    assert workbench.save("s1", {"n": 1}) == 1
+    oom_redis.client().config_set("maxmemory", 1)
+    assert evaluate([Limit("burst", "c", limit=10, window=60)]).degraded  # refused for memory: the gate opens
+    assert redis_gate.state == OPEN
+    assert workbench.save("s1", {"n": 2}) == 2  # the gate is open: on MongoDB
+    _another_process_with_its_gate_closed()
+    assert workbench.load("s1").state == {"n": 2}
+    oom_redis.client().config_set("maxmemory", 0)
+    _another_process_with_its_gate_closed()
+    with pytest.raises(workbench.Conflict):
+        workbench.save("s1", {"n": "from version 1"}, expected_version=1)
+    loaded = workbench.load("s1")
+    assert (loaded.state, loaded.version) == ({"n": 2}, 2)
+    assert workbench.save("s1", {"n": 3}, expected_version=2) == 3
+
+
+def test_on_a_full_redis_no_process_loads_a_workbench_session_whose_end_was_refused(oom_redis, clock):
+    assert workbench.save("s1", {"n": 1}) == 1
+    assert workbench.save("s2", {"n": 1}) == 1
+    oom_redis.client().config_set("maxmemory", 1)
+    assert workbench.save("s2", {"n": 2}) == 2  # refused: this process now owes the recovery fence
+    assert workbench.end("s1") is True  # the end script raises the fence first: refused, ended on MongoDB
+    new_process()
+    assert workbench.load("s1") is None
+    oom_redis.client().config_set("maxmemory", 0)
+    new_process()
+    assert workbench.load("s1") is None  # the tombstone drops Redis's copy
+    assert workbench.load("s2").state == {"n": 2}
+    workbench.persist()
+    assert [(e.session_id, e.state) for e in workbench.history() if e.session_id == "s1"] == [("s1", {"n": 1})]

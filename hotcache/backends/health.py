@@ -73,6 +73,7 @@ class HealthGate:
             self._logged: set[tuple[str, int]] = set()  # (condition, UTC day) already logged
             self._open_logged = False
             self._retry_at: float | None = None
+            self._answering = False  # opened by a server state: Redis still answers (reads, deletions)
 
     def allow(self) -> bool:
         """True if the caller may talk to Redis now."""
@@ -87,11 +88,19 @@ class HealthGate:
             self._rejected += 1
             return False
 
+    def answering(self) -> bool:
+        """True while the gate is open because Redis answered that it cannot serve (a server state: memory
+        full, read-only...), not because it was unreachable or a quota ran out. Such a Redis still serves
+        reads and deletions to every process (see redis.call(..., deletion=True))."""
+        with self._lock:
+            return self._state != CLOSED and self._answering
+
     def success(self) -> None:
         with self._lock:
             self._failures = 0
             if self._state != CLOSED:
                 self._state = CLOSED
+                self._answering = False
                 self._opened_at = None
                 self._cooldown = None
                 self._condition = ""
@@ -112,6 +121,7 @@ class HealthGate:
         with self._lock:
             self._failures += 1
             self._last_error = _describe(error)
+            self._answering = False  # unreachable or hanging now, whatever opened the gate
             if self._state == PROBING or immediate or self._failures >= _threshold():
                 self._open("", None)
 
@@ -132,6 +142,7 @@ class HealthGate:
             threshold = _threshold()
             if self._state == PROBING or self._condition_count >= threshold or self._failures >= threshold:
                 self._open(condition, None)
+                self._answering = True
 
     def quota(self, error: BaseException, condition: str, *, daily: bool) -> None:
         """The provider refused the call because ``condition`` ran out: open at once, for a long cool-down
@@ -143,6 +154,7 @@ class HealthGate:
                 cooldown = _DAY - clock.time() % _DAY
             else:
                 cooldown = float(hotcache_settings.HEALTH_QUOTA_COOLDOWN)
+            self._answering = False  # a request quota refuses every call
             self._open(condition, cooldown, quota=True)
 
     def _open(self, condition: str, cooldown: float | None, *, quota: bool = False) -> None:

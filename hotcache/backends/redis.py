@@ -116,15 +116,23 @@ def reset() -> None:
     redis_gate.reset()
 
 
-def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
+def call(feature: str, fn: Callable[[redis.Redis], T], *, deletion: bool = False) -> T:
     """Run ``fn(client)`` for ``feature`` through the health gate; raise RedisUnavailable on any failure.
 
     Commands sent by ``fn`` are metered under ``feature``. At most one attempt is made. When the
     connection failed after a command was sent (reply lost, read timeout), the error says
     ``maybe_applied=True``: Redis may have run it. Callers whose fallback would apply the same change
-    again (counters) use that to avoid counting twice.
+    again (counters) use that to avoid counting twice. When Redis answered with a refusal, it says
+    ``answered=True``.
+
+    ``deletion``: ``fn`` only deletes (commands a full Redis never refuses). It is sent even while the gate
+    is open because Redis answered that it cannot serve (``redis_gate.answering()``: memory full, read-only),
+    as such a Redis still serves reads to every process; it then leaves the gate as it is (a deletion that
+    succeeds says nothing about writes), except that a connection failure or timeout is recorded.
     """
-    if not redis_gate.allow():
+    # Past an open gate (never its probe, never counted as turned away), or through it.
+    past_gate = deletion and redis_gate.answering()
+    if not past_gate and not redis_gate.allow():
         metering.event(feature, "gate_rejected")
         raise RedisUnavailable("redis health gate is open", gate_open=True)
     _wire.sent = False
@@ -132,10 +140,13 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
         with metering.feature(feature):
             result = fn(get_client())
     except (RedisError, OSError) as exc:
-        raise _failed(feature, exc) from exc
+        raise _failed(feature, exc, report=not past_gate) from exc
     except BaseException:
-        redis_gate.abandon()  # the caller's own code raised: no verdict on Redis, and never a stuck probe
+        if not past_gate:
+            redis_gate.abandon()  # the caller's own code raised: no verdict on Redis, and never a stuck probe
         raise
+    if past_gate:
+        return result
     redis_gate.success()
     hook = _after_call
     if hook is not None:
@@ -143,17 +154,21 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     return result
 
 
-def _failed(feature: str, exc: BaseException) -> RedisUnavailable:
+def _failed(feature: str, exc: BaseException, *, report: bool = True) -> RedisUnavailable:
     """Tell the gate what a failed call says about Redis (hotcache.backends.errors) and build the caller's error.
 
     Unreachable (refused, reset): the gate opens at once. Timeouts: after HEALTH_FAILURE_THRESHOLD in a row.
     Redis answered it cannot serve (OOM, READONLY, LOADING, CLUSTERDOWN...): after HEALTH_FAILURE_THRESHOLD
     such answers. The provider's quota ran out: at once, for a long cool-down. Any other error reply
     (WRONGTYPE, an unknown command, a request too large) is specific to this call: Redis answered, the gate
-    records a success and the error is logged.
+    records a success and the error is logged. ``report=False`` (a deletion sent past an open gate): only a
+    connection failure or a timeout is recorded.
     """
     verdict = errors.classify(exc)
-    if verdict.kind == errors.CONNECTION:
+    if not report:
+        if not verdict.server_answered:
+            redis_gate.failure(exc, immediate=verdict.kind == errors.CONNECTION)
+    elif verdict.kind == errors.CONNECTION:
         redis_gate.failure(exc, immediate=True)
     elif verdict.kind == errors.TIMEOUT:
         redis_gate.failure(exc)
@@ -166,7 +181,7 @@ def _failed(feature: str, exc: BaseException) -> RedisUnavailable:
         log.error("hotcache: redis rejected a %s call: %s", feature, exc)
     metering.event(feature, "redis_error")
     if verdict.server_answered:
-        return RedisUnavailable(f"redis refused the call for {feature}: {exc}")
+        return RedisUnavailable(f"redis refused the call for {feature}: {exc}", answered=True)
     # Once the bytes were on the wire, a failure to read the reply leaves the outcome unknown.
     maybe_applied = bool(getattr(_wire, "sent", False))
     return RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied)

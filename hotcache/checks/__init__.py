@@ -3,7 +3,8 @@
 Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030-E039 MFA;
 E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports; E080-E089 the periodic jobs'
 schedule; E090-E099 django-ratelimit's settings (rate limiting);
-E100-E109 managed Redis (provider requirements, what shares the command budget). Wxxx are warnings.
+E100-E109 managed Redis (provider requirements, what shares the command budget); E110-E119 sessions.
+Wxxx are warnings.
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 
@@ -18,6 +19,7 @@ from hotcache.checks.mfa import check_mfa
 from hotcache.checks.ratelimit import check_django_ratelimit_settings, check_ratelimit
 from hotcache.checks.reports import check_reports
 from hotcache.checks.schedule import check_schedule
+from hotcache.checks.sessions import check_sessions
 from hotcache.checks.users import check_users
 from hotcache.checks.workbench import check_workbench
 
@@ -31,6 +33,7 @@ __all__ = [
     "check_ratelimit",
     "check_reports",
     "check_schedule",
+    "check_sessions",
     "check_users",
     "check_workbench",
     "number_setting_errors",

@@ -1,8 +1,9 @@
 """The Redis path: the issue and verify scripts, the outage marker in the same pipeline, the record's signature
 check, and the burns owed for records a lost reply may have left. See docs/mfa.md.
 
-Keys (one hash tag per user): ``{mfa:<user>}:<purpose>:code`` (hash d/a/iat/st/s), ``...:cool``,
-``...:sends``, ``...:fails``; the scripts are hotcache/backends/lua/mfa_*.lua.
+Keys: one hash per user and purpose, ``{mfa:<user>}:<purpose>:code``: the code record (d/a/iat/st/s) and the
+user's windows beside it (c cooldown, n/nw sends, f/fw failures), so an issue or a verify reads and writes one
+key (billed: 3-4 commands). The scripts are hotcache/backends/lua/mfa_*.lua.
 """
 
 from __future__ import annotations
@@ -41,15 +42,13 @@ _RECORD_STATUSES = ("ok", "invalid", "burned_now", "used", "burned")  # the veri
 
 
 class _Keys(NamedTuple):
-    code: str
-    cool: str
-    sends: str
-    fails: str
+    code: str  # the code record and the user's cooldown, send and failure windows (one hash)
 
 
 def _keys(user: str, purpose: str) -> _Keys:
-    # One hash tag per user: the scripts touch these keys together.
-    return _Keys(*(keys.tagged(FEATURE, user, purpose, name) for name in _Keys._fields))
+    # One hash tag per user. The name is the code record's from before the windows moved into it: a record
+    # written by an earlier release reads the same (docs/mfa.md, "Upgrading").
+    return _Keys(keys.tagged(FEATURE, user, purpose, "code"))
 
 
 class _IssueReply(NamedTuple):
@@ -58,7 +57,7 @@ class _IssueReply(NamedTuple):
     issued: bool
     retry_ms: int
     reason: str
-    bad: str  # 'sends' when the send counter was malformed (reset by the script)
+    bad: str  # 'sends' when the cooldown or send window was malformed (reset by the script)
 
     @classmethod
     def parse(cls, out: Any) -> _IssueReply:
@@ -96,7 +95,6 @@ class _Burn(NamedTuple):
     """A code record Redis may hold although its code was never handed out (the issue's reply was lost)."""
 
     code_key: str
-    fails_key: str
     signature: str  # deletes that record only, never a newer one
 
 
@@ -106,14 +104,14 @@ _BURNS: recovery.Deferred[_Burn] = recovery.Deferred()
 def owe_burn(user: str, purpose: str, code_digest: str, issued_at_ms: int) -> None:
     """Delete, with this process's next mfa call that reaches Redis, the record a lost issue may have written."""
     k = _keys(user, purpose)
-    _BURNS.add(_Burn(k.code, k.fails, record_signature(user, purpose, code_digest, issued_at_ms)))
+    _BURNS.add(_Burn(k.code, record_signature(user, purpose, code_digest, issued_at_ms)))
 
 
 def _burn(r: Any, burns: set[_Burn]) -> None:
     # mfa_drop.lua deletes a record only while it carries this signature (a code issued since is kept);
     # 0: no failure to give back. Idempotent, so a burn whose own reply is lost is simply sent again.
     for burn in burns:
-        DROP(r, [burn.code_key, burn.fails_key], [burn.signature, 0])
+        DROP(r, [burn.code_key], [burn.signature, 0])
 
 
 # --- issue and verify -------------------------------------------------------------------------------
@@ -126,7 +124,7 @@ def issue(user: str, purpose: str, code_digest: str, now_ms: int, conf: Limits) 
     one more round trip on the call that sends owed burns. Raises RedisUnavailable.
     """
     k = _keys(user, purpose)
-    issue_keys = [k.code, k.cool, k.sends]
+    issue_keys = [k.code]
     issue_args = [
         code_digest,
         now_ms,
@@ -135,6 +133,7 @@ def issue(user: str, purpose: str, code_digest: str, now_ms: int, conf: Limits) 
         conf.cap,
         HOUR_MS,
         record_signature(user, purpose, code_digest, now_ms),
+        conf.window_ms,
     ]
     generation, owed = _marker.to_publish()
     publish_ms = now_ms + conf.ttl_ms if owed else None
@@ -152,7 +151,7 @@ def issue(user: str, purpose: str, code_digest: str, now_ms: int, conf: Limits) 
     reply = _IssueReply.parse(redis_backend.call(FEATURE, run))
     _BURNS.done(burns)
     if reply.bad:
-        signing.tampered(FEATURE, k.sends, "was not a send counter; reset")
+        signing.tampered(FEATURE, k.code, "held a cooldown or send count that was not a number; reset")
     if not reply.issued:
         metering.event(FEATURE, "resend_blocked")
         raise ResendTooSoon(seconds(reply.retry_ms), reply.reason)
@@ -164,8 +163,8 @@ def verify(user: str, purpose: str, code_digest: str, now_ms: int, conf: Limits)
     A record whose signature fails, or that outlived its TTL, is answered as ``missing``.
     """
     k = _keys(user, purpose)
-    verify_keys = [k.code, k.fails]
-    verify_args = [code_digest, conf.max_attempts, conf.fail_limit, conf.window_ms]
+    verify_keys = [k.code]
+    verify_args = [code_digest, conf.max_attempts, conf.fail_limit, conf.window_ms, now_ms, conf.ttl_ms]
     generation, owed = _marker.to_publish()
     publish_ms = now_ms + conf.ttl_ms if owed else None
     burns = _BURNS.snapshot() if _BURNS else set()
@@ -251,7 +250,7 @@ def _checked(reply: _VerifyReply, user: str, purpose: str, k: _Keys, now_ms: int
     """
     repaired = reply.bad.split()
     if "fails" in repaired:
-        signing.tampered(FEATURE, k.fails, "was not a failure counter; reset")
+        signing.tampered(FEATURE, k.code, "held a failure count that was not a number; reset")
     if "record" in repaired:
         signing.tampered(FEATURE, k.code, "was not a code record; deleted")
     if reply.status not in _RECORD_STATUSES:
@@ -265,7 +264,7 @@ def _checked(reply: _VerifyReply, user: str, purpose: str, k: _Keys, now_ms: int
     signing.tampered(FEATURE, k.code, why)
     counted = reply.status in ("invalid", "burned_now")
     try:
-        redis_backend.call(FEATURE, lambda r: DROP(r, [k.code, k.fails], [reply.sig, 1 if counted else 0]))
+        redis_backend.call(FEATURE, lambda r: DROP(r, [k.code], [reply.sig, 1 if counted else 0]))
     except RedisUnavailable:
         log.warning("hotcache: mfa could not delete a forged code record for purpose %s", purpose)
     return _VerifyReply("missing", "", 0, b"", b"", "")

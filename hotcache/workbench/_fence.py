@@ -1,7 +1,8 @@
 """The recovery fence: a process that wrote to workbench_active because Redis was unreachable owes Redis a
 sealed fence value (a hotcache.recovery.OutageNotice), sent with its next workbench call. While the fence is
-up, each session is compared with its MongoDB copy once before Redis serves or changes it. See
-docs/workbench.md#recovery-after-an-outage.
+up, each session is compared with its MongoDB copy once before Redis serves or changes it. A write that a
+Redis which still answers refused (memory full) raises a fence on that one session instead, by a deletion.
+See docs/workbench.md#recovery-after-an-outage and #a-redis-that-refuses-writes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 from hotcache.workbench._envelope import _FENCE_RECORD, _FOREIGN, _text
-from hotcache.workbench._layout import _UNFENCE, FEATURE, _fence_key
+from hotcache.workbench._layout import _UNFENCE, FEATURE, _data_key, _fence_key
 
 _notice = recovery.OutageNotice()
 
@@ -69,3 +70,19 @@ def _current_fence() -> str:
         pass
     return ""
 
+
+def _fence_session(session_id: str) -> None:
+    """Before a write of the session goes to MongoDB because Redis refused it (or refuses calls: the gate is
+    open for a server state): delete its field t, so that every process's next load, save or end of it in
+    Redis compares it with its MongoDB copy first (and a full Redis refuses the load's refresh script).
+
+    A deletion, which a full Redis never refuses, sent past a gate that Redis's refusals opened: so the
+    first refused write of the session is never served from Redis's older copy. A read-only replica refuses
+    it too (nothing to do there: see docs/workbench.md#a-redis-that-refuses-writes); an unreachable Redis is
+    not tried.
+    """
+    key = _data_key(session_id)
+    try:
+        redis_backend.call(FEATURE, lambda r: r.hdel(key, "t"), deletion=True)
+    except RedisUnavailable:
+        pass

@@ -20,6 +20,7 @@ from hotcache.exceptions import (
 from hotcache.workbench._archive import _history_record, _write_history
 from hotcache.workbench._envelope import (
     _ENDED_RECORD,
+    _FOREIGN,
     _NONE,
     _digest,
     _Envelope,
@@ -35,7 +36,7 @@ from hotcache.workbench._envelope import (
     _ts,
 )
 from hotcache.workbench._fallback import _drop_durable_copy, _mongo_end, _mongo_load, _mongo_save
-from hotcache.workbench._fence import _fence_args, _fence_sent
+from hotcache.workbench._fence import _fence_args, _fence_sent, _fence_session
 from hotcache.workbench._layout import (
     _END,
     _LOAD,
@@ -49,6 +50,8 @@ from hotcache.workbench._layout import (
     _ended_queue,
     _fence_key,
     _index_key,
+    _key_ttl,
+    _refresh_every,
 )
 from hotcache.workbench._recover import _migrate, _reconcile
 from hotcache.workbench._results import Conflict, OwnerConflict, Session, SessionCounts
@@ -67,6 +70,7 @@ _durable_failed_logged = False
 
 
 _SAVE_ATTEMPTS = 10  # compare-and-set rounds of one save while others keep saving the same session
+
 
 def save(
     session_id: str,
@@ -98,6 +102,9 @@ def save(
         version = _redis_save(session_id, text, owner, expected_version, expected_owner, token)
     except RedisUnavailable as exc:
         metering.event(FEATURE, "fallback")
+        if exc.answered or exc.gate_open:
+            # Redis refused it but may still serve this session's older copy to other processes.
+            _fence_session(session_id)
         version = _mongo_save(
             session_id, text, owner, expected_version, expected_owner, token, in_redis=exc.maybe_applied
         )
@@ -118,7 +125,12 @@ class _SaveRequest:
 
     def create(self) -> _Envelope:
         return _seal_envelope(
-            self.session_id, version=1, token=self.token, owner=self.owner, created=self.now, updated=self.now,
+            self.session_id,
+            version=1,
+            token=self.token,
+            owner=self.owner,
+            created=self.now,
+            updated=self.now,
             digest=self.digest,
         )
 
@@ -172,7 +184,7 @@ def _redis_save(
     """
     now = clock.time()
     request = _SaveRequest(session_id, text, _digest(text), owner, expected, expected_owner, token, now)
-    ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
+    ttl, refresh = _key_ttl(), _refresh_every()
     keys_ = [_data_key(session_id), _index_key(), _fence_key()]
     seen, fresh = _recall(session_id), False
     checked = migrated = False
@@ -180,7 +192,7 @@ def _redis_save(
         base, following, create = request.plan(seen, fresh)
         fence = _fence_args()
         args = [text, base, following.raw if following else _NONE, repr(now), ttl, session_id]
-        args += [fence.value, fence.ttl, create.raw if create else _NONE]
+        args += [fence.value, fence.ttl, create.raw if create else _NONE, refresh]
         out = redis_backend.call(FEATURE, lambda r, a=args: _SAVE(r, keys_, a))
         _fence_sent(fence)
         status = int(out[0])
@@ -296,12 +308,14 @@ def load(session_id: str) -> Session | None:
     """
     session_id = _check_id(session_id)
     now = clock.time()
-    ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
     keys_ = [_data_key(session_id), _index_key(), _fence_key()]
     fence = _fence_args()
     try:
-        load_args = [repr(now), ttl, session_id, fence.value, fence.ttl]
-        row = redis_backend.call(FEATURE, lambda r: _LOAD(r, keys_, load_args))
+        row = _read_session(keys_, now, session_id) if not fence.value else None
+        if row is None:
+            # A refresh is due (or a fence is owed): the script reads and refreshes atomically.
+            load_args = [repr(now), _key_ttl(), session_id, fence.value, fence.ttl]
+            row = redis_backend.call(FEATURE, lambda r: _LOAD(r, keys_, load_args))
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
         session = _mongo_load(session_id)
@@ -312,6 +326,44 @@ def load(session_id: str) -> Session | None:
     if session is not None:
         metering.event(FEATURE, "loaded")
     return session
+
+
+def _read_session(keys_: list[str], now: float, session_id: str) -> Any:
+    """The common load: GET of the fence and HMGET of the session in one pipeline (2 billed commands).
+
+    Returns a wb_load-shaped row (False: no session), or None when the session's lifetime is due for a
+    refresh (field t older than the refresh interval, or absent): then wb_load.lua reads and refreshes at once.
+    Field t absent also flags a session whose write Redis refused (_fence_session): wb_load.lua, whose first
+    write a full Redis refuses, then asks for the check against MongoDB.
+    Not a script, so not atomic; the fence is read first, so a session read without a check was either read
+    before a fence went up (as an atomic load just before it would) or written since by a call that checked
+    it under that fence. A load never writes, so it cannot undo anything.
+    """
+    data, _index, fence_key = keys_
+
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        pipe.get(fence_key)
+        pipe.hmget(data, "s", "m", "k", "t")
+        return pipe.execute(raise_on_error=False)
+
+    fence, row = redis_backend.call(FEATURE, read)
+    if isinstance(row, Exception):
+        return [b"", _FOREIGN, 0]  # not a hash: a key hotcache did not write
+    state, envelope, checked, refreshed = row
+    if state is None and envelope is None:
+        # No session, or a hash without one (one more command, on a miss only).
+        return False if not redis_backend.call(FEATURE, lambda r: r.exists(data)) else None
+    try:
+        due = not abs(now - float(refreshed)) < _refresh_every()  # NaN: due
+    except (TypeError, ValueError):
+        due = True  # flagged by a refused write, written before field t existed, or not a time
+    if due:
+        return None
+    check = 0
+    if fence is not None:
+        check = int(isinstance(fence, Exception) or checked != fence)
+    return [state or b"", envelope or _FOREIGN, check]
 
 
 def _hot_from_row(session_id: str, row: Any) -> _Hot | None:
@@ -380,6 +432,8 @@ def end(session_id: str) -> bool:
             ended = _mongo_end(session_id)
     except RedisUnavailable as exc:
         metering.event(FEATURE, "fallback")
+        if exc.answered or exc.gate_open:
+            _fence_session(session_id)  # as in save(): other processes must not serve the ended session
         # Reply lost (maybe_applied): Redis may or may not have ended it. _mongo_end writes history from the
         # MongoDB copy (same incarnation token, so Redis's ended record, if any, lands on the same _id) and
         # leaves a tombstone that drops Redis's copy if the end did not run there. Without a MongoDB copy the

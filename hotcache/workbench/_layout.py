@@ -9,11 +9,13 @@ import functools
 from hotcache import keys
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
+from hotcache.conf import hotcache_settings
 
 FEATURE = "workbench"
 HISTORY = "workbench_history"
 ACTIVE = "workbench_active"
 _QUEUE_TTL_FACTOR = 4  # the queue keys outlive every session in them
+_REFRESH_FRACTION = 10  # a session's lifetime is refreshed once per this fraction of its idle timeout
 
 _SAVE = redis_backend.Script("wb_save")
 _LOAD = redis_backend.Script("wb_load")
@@ -28,6 +30,24 @@ _UNFENCE = redis_backend.Script("wb_unfence")
 # "fallback" = written on MongoDB during a Redis outage (may be newer than Redis: reconcile it);
 # "fork" = an outage incarnation that Redis holds a different incarnation for (goes to history when idle).
 _REDIS, _FALLBACK, _FORK = "redis", "fallback", "fork"
+
+
+def _refresh_every() -> int:
+    """Seconds between refreshes of a session's lifetime (its TTL and its index entry), at least 1.
+
+    Saves and loads in between only read and write the session (2-4 billed commands instead of 6-7): the key's
+    TTL is the idle timeout plus this interval, so a session lives at least WORKBENCH_IDLE_TIMEOUT after its
+    last use, and the persister sees it idle at most this interval early (it is below
+    WORKBENCH_PERSIST_IDLE_AFTER, so a session used after it was claimed is always refreshed back into the index).
+    """
+    idle = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
+    persist_after = int(float(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER))
+    return max(1, min(idle, persist_after) // _REFRESH_FRACTION)
+
+
+def _key_ttl() -> int:
+    """The TTL a refresh gives a session's key: the idle timeout plus the refresh interval."""
+    return int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT) + _refresh_every()
 
 
 def _data_key(session_id: str) -> str:
@@ -78,5 +98,6 @@ def _active() -> mongo.Collection:
         c.create_index([("last_seen", mongo.ASCENDING)], name="last_seen")
 
     return mongo.ensure_indexes(ACTIVE, feature=FEATURE, create=create)
+
 
 _LIVE = {"ended": {"$ne": True}}  # tombstones (ended on MongoDB during an outage) are not sessions

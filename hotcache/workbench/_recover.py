@@ -42,6 +42,7 @@ from hotcache.workbench._layout import (
     _data_key,
     _fence_key,
     _index_key,
+    _key_ttl,
 )
 from hotcache.workbench._results import PersistResult
 
@@ -57,8 +58,7 @@ def _reconcile_args(action: str, fence: str, observed: bytes, doc: Mapping[str, 
     envelope, state = _NONE, ""
     if action == "put":
         envelope, state = _envelope_from_doc(session_id, doc).raw, doc["state"]
-    ttl = int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
-    return [action, fence, observed, envelope, state, repr(clock.time()), ttl, session_id]
+    return [action, fence, observed, envelope, state, repr(clock.time()), _key_ttl(), session_id]
 
 
 def _plan(
@@ -130,7 +130,7 @@ def _reconcile(
         _remember(session_id, hot.envelope)
         return hot
     now = clock.time()
-    load_args = [repr(now), int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT), session_id, "", 1]
+    load_args = [repr(now), _key_ttl(), session_id, "", 1]
     row = redis_backend.call(FEATURE, lambda r: _LOAD(r, [*keys_, _fence_key()], load_args))
     result = _open_hot(session_id, row[0], _observed(row[1])) if row else None
     if row and result is None:

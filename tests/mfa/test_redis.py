@@ -70,13 +70,15 @@ def test_guesses_for_users_without_a_code_cost_no_mongodb():
     assert (counted.round_trips, counted.mongo_ops) == (20, 0)
 
 
-def test_code_record_expires_with_the_code_ttl(raw_redis, hotcache_config):
+def test_a_code_ends_with_the_code_ttl_and_its_key_with_the_last_window(raw_redis, hotcache_config, clock):
     hotcache_config(MFA_CODE_TTL=120)
-    mfa.issue("alice")
+    code = mfa.issue("alice")
     key = keys.tagged("mfa", "alice", "login", "code")
-    assert 119_000 < raw_redis.pttl(key) <= 120_000
-    for name in ("cool", "sends"):
-        assert raw_redis.pttl(keys.tagged("mfa", "alice", "login", name)) > 0
+    # One hash holds the code and the user's windows: it lives as long as the longest (the hour of sends).
+    assert 3_599_000 < raw_redis.pttl(key) <= 3_600_000
+    clock.advance(120)  # the code's lifetime is over, whatever the key's TTL
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
+    assert raw_redis.hget(key, "d") is None
 
 
 def test_every_key_mfa_writes_has_a_ttl(raw_redis, key_prefix):
@@ -84,8 +86,36 @@ def test_every_key_mfa_writes_has_a_ttl(raw_redis, key_prefix):
     mfa.verify("alice", wrong(code))
     mfa.verify("alice", code)
     written = list(raw_redis.scan_iter(match=f"{key_prefix}:{{mfa:*"))
-    assert len(written) == 4
+    assert len(written) == 1  # the code record and the user's windows share one hash
     assert all(raw_redis.pttl(k) > 0 for k in written)
+
+
+def test_a_code_issued_before_the_upgrade_still_verifies_once(raw_redis, clock):
+    """A record written by the earlier layout (a hash of d/a/iat/st/s alone with the code's TTL, windows in
+    keys of their own) reads the same: the code handed out before a deploy verifies once after it."""
+    from hotcache.mfa import _codes
+
+    now = int(clock.time() * 1000)
+    code = "123456"
+    digest = _codes.digest("alice", "login", code)
+    key = keys.tagged("mfa", "alice", "login", "code")
+    raw_redis.hset(
+        key,
+        mapping={
+            "d": digest,
+            "a": 0,
+            "iat": now,
+            "st": "live",
+            "s": _codes.record_signature("alice", "login", digest, now),
+        },
+    )
+    raw_redis.pexpire(key, 300_000)
+    raw_redis.set(keys.tagged("mfa", "alice", "login", "fails"), 1, px=900_000)  # the old window: not read
+    clock.advance(10)
+    result = mfa.verify("alice", wrong(code))
+    assert result.reason is Reason.INVALID and result.attempts_left == 4
+    assert mfa.verify("alice", code)
+    assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
 def test_server_side_expiry_ends_the_code(raw_redis):
@@ -145,6 +175,7 @@ def recover(proxy, clock):
     clock.advance(hotcache_settings.HEALTH_COOLDOWN)  # let the health gate probe again
 
 
+@pytest.mark.mongo_contract
 def test_code_issued_before_an_outage_verifies_after_redis_returns(redis_proxy, clock):
     code = mfa.issue("alice")
     redis_proxy.down()
@@ -156,6 +187,7 @@ def test_code_issued_before_an_outage_verifies_after_redis_returns(redis_proxy, 
     assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
+@pytest.mark.mongo_contract
 def test_code_issued_during_an_outage_verifies_once_after_redis_returns(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
@@ -166,6 +198,7 @@ def test_code_issued_during_an_outage_verifies_once_after_redis_returns(redis_pr
     assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
+@pytest.mark.mongo_contract
 def test_wrong_guesses_during_an_outage_still_burn_the_code_after_it(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
@@ -176,6 +209,7 @@ def test_wrong_guesses_during_an_outage_still_burn_the_code_after_it(redis_proxy
     assert mfa.verify("alice", code).reason is Reason.TOO_MANY_ATTEMPTS
 
 
+@pytest.mark.mongo_contract
 def test_a_code_issued_during_an_outage_supersedes_the_redis_one(redis_proxy, clock):
     old = mfa.issue("alice")
     redis_proxy.down()
@@ -186,6 +220,7 @@ def test_a_code_issued_during_an_outage_supersedes_the_redis_one(redis_proxy, cl
     assert not mfa.verify("alice", old)  # the older Redis code was removed when the newer one succeeded
 
 
+@pytest.mark.mongo_contract
 def test_a_code_issued_after_the_outage_supersedes_the_mongodb_one(redis_proxy, clock):
     redis_proxy.down()
     old = mfa.issue("alice")
@@ -199,6 +234,7 @@ def test_a_code_issued_after_the_outage_supersedes_the_mongodb_one(redis_proxy, 
     assert not mfa.verify("alice", old)
 
 
+@pytest.mark.mongo_contract
 def test_a_replayed_mongodb_code_fails_after_a_newer_redis_code_was_used(redis_proxy, clock):
     redis_proxy.down()
     old = mfa.issue("alice")
@@ -263,6 +299,7 @@ def test_scripts_unknown_to_the_server_are_sent_once_inside_the_pipeline(redis_p
     assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
+@pytest.mark.mongo_contract
 def test_another_process_verifies_an_outage_code_through_the_marker(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
@@ -311,6 +348,7 @@ def test_a_gate_opened_by_another_feature_also_makes_the_process_publish(redis_p
     assert mfa.verify("alice", code)
 
 
+@pytest.mark.mongo_contract
 def test_without_any_witness_an_outage_code_fails_closed(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
@@ -324,6 +362,7 @@ def test_without_any_witness_an_outage_code_fails_closed(redis_proxy, clock):
     assert counted.mongo_ops == 0  # the residual gap (module docstring): the user asks for a new code
 
 
+@pytest.mark.mongo_contract
 def test_misses_stop_consulting_mongodb_once_outage_codes_have_expired(redis_proxy, clock):
     redis_proxy.down()
     mfa.issue("alice")
@@ -362,3 +401,35 @@ def test_mongodb_down_does_not_matter_while_redis_is_up():
         code = mfa.issue("alice")
         assert mfa.verify("alice", wrong(code)).reason is Reason.INVALID
         assert mfa.verify("alice", code)
+
+
+# --- races between processes on the real Redis ----------------------------------------------------
+
+
+def _verify_in_process(index, barrier, user, code):
+    barrier.wait()
+    result = mfa.verify(user, code)
+    return result.ok, result.reason.value, result.store, result.burned
+
+
+def test_one_code_verified_by_8_processes_on_redis_succeeds_exactly_once():
+    from tests.support.processes import race
+
+    code = mfa.issue("alice")
+    results = race(8, _verify_in_process, "alice", code)
+    assert [r[0] for r in results].count(True) == 1, results
+    assert {r[1] for r in results if not r[0]} == {"expired_or_missing"}
+    assert {r[2] for r in results} == {"redis"}
+
+
+def test_wrong_guesses_from_8_processes_count_each_attempt_once(raw_redis):
+    from tests.support.processes import race
+
+    code = mfa.issue("bob")
+    results = race(8, _verify_in_process, "bob", wrong(code))
+    reasons = sorted(r[1] for r in results)
+    # MFA_MAX_ATTEMPTS = 5: four answers "invalid", the fifth burns the code, the rest meet a burned code.
+    assert reasons.count("invalid") == 4 and [r[3] for r in results].count(True) == 1, results
+    assert raw_redis.hget(keys.tagged("mfa", "bob", "login", "code"), "a") == b"5"
+    assert int(raw_redis.hget(keys.tagged("mfa", "bob", "login", "code"), "f")) == 5
+    assert mfa.verify("bob", code).reason is Reason.TOO_MANY_ATTEMPTS

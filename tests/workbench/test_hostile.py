@@ -257,8 +257,14 @@ def test_a_state_over_the_size_limit_within_the_body_limit_answers_400(client, s
 
 @pytest.mark.parametrize(
     "path",
-    ["/workbench/s%00/save", "/workbench/s%ED%A0%80/save", "/workbench/" + "s" * 65 + "/save", "/workbench/a:b/save",
-     "/workbench/s%0A1/save", "/workbench/%C2%85/save"],
+    [
+        "/workbench/s%00/save",
+        "/workbench/s%ED%A0%80/save",
+        "/workbench/" + "s" * 65 + "/save",
+        "/workbench/a:b/save",
+        "/workbench/s%0A1/save",
+        "/workbench/%C2%85/save",
+    ],
 )
 def test_bad_session_ids_in_the_path_answer_400(client, store, unchanged, path):
     with unchanged():
@@ -319,8 +325,11 @@ def test_an_edit_of_a_state_with_unexpected_shapes_does_not_fail(client, store):
 
 
 def test_the_views_still_do_their_work(client, store):
-    response = client.post("/workbench/s2/save", '{"state": {"n": 1}, "owner": "bob", "expected_version": 0}',
-                           content_type="application/json")
+    response = client.post(
+        "/workbench/s2/save",
+        '{"state": {"n": 1}, "owner": "bob", "expected_version": 0}',
+        content_type="application/json",
+    )
     assert response.status_code == 200 and response.json() == {"version": 1}
     assert client.post("/workbench/s2/edit", '{"cell": "x"}', content_type="application/json").json()["edits"] == 1
     assert client.get("/workbench/s2/").json()["state"] == {"n": 1, "edits": 1, "cells": ["x"]}
@@ -345,8 +354,11 @@ def forge(raw, **changes):
 
 def replace_key(r, key, kind):
     r.delete(key)
-    {"string": lambda: r.set(key, "mallory"), "list": lambda: r.rpush(key, "mallory"),
-     "zset": lambda: r.zadd(key, {"mallory": 1})}[kind]()
+    {
+        "string": lambda: r.set(key, "mallory"),
+        "list": lambda: r.rpush(key, "mallory"),
+        "zset": lambda: r.zadd(key, {"mallory": 1}),
+    }[kind]()
 
 
 def swap(r, a, b):
@@ -364,7 +376,9 @@ TAMPER_SESSION = {
     "incarnation token flipped": lambda r, k: r.hset(k, "m", forge(r.hget(k, "m"), g="000000000000")),
     "state replaced": lambda r, k: r.hset(k, "s", EVIL),
     "state and its digest replaced": lambda r, k: (
-        r.hset(k, "s", EVIL), r.hset(k, "m", forge(r.hget(k, "m"), h=hashlib.sha256(EVIL.encode()).hexdigest()))),
+        r.hset(k, "s", EVIL),
+        r.hset(k, "m", forge(r.hget(k, "m"), h=hashlib.sha256(EVIL.encode()).hexdigest())),
+    ),
     "envelope truncated": lambda r, k: r.hset(k, "m", r.hget(k, "m")[:-7]),
     "signature stripped": lambda r, k: r.hset(k, "m", r.hget(k, "m").split(b".", 1)[1]),
     "non-ASCII signature": lambda r, k: r.hset(k, "m", "é".encode() * 32 + b"." + r.hget(k, "m").split(b".", 1)[1]),
@@ -374,7 +388,8 @@ TAMPER_SESSION = {
     "envelope removed": lambda r, k: r.hdel(k, "m"),
     "envelope empty": lambda r, k: r.hset(k, "m", b""),
     "envelope sealed for another session": lambda r, k: r.hset(
-        k, "m", signing.seal_json("workbench.session", _layout._data_key("s2"), {"v": 1, "o": "mallory"})),
+        k, "m", signing.seal_json("workbench.session", _layout._data_key("s2"), {"v": 1, "o": "mallory"})
+    ),
     "replaced by a string": lambda r, k: replace_key(r, k, "string"),
     "replaced by a list": lambda r, k: replace_key(r, k, "list"),
     "replaced by a sorted set": lambda r, k: replace_key(r, k, "zset"),
@@ -489,8 +504,9 @@ TAMPER_ENDED = {
     "state replaced": lambda r, k, other: r.hset(k, "s", EVIL),
     "end time replaced": lambda r, k, other: r.hset(k, "e", b"0" * 64 + b'.{"e":0}'),
     "end record removed": lambda r, k, other: r.hdel(k, "e"),
-    "end records swapped": lambda r, k, other: (
-        lambda a, b: (r.hset(k, "e", b), r.hset(other, "e", a)))(r.hget(k, "e"), r.hget(other, "e")),
+    "end records swapped": lambda r, k, other: (lambda a, b: (r.hset(k, "e", b), r.hset(other, "e", a)))(
+        r.hget(k, "e"), r.hget(other, "e")
+    ),
     "envelope removed": lambda r, k, other: r.hdel(k, "m"),
     "replaced by a string": lambda r, k, other: replace_key(r, k, "string"),
 }
@@ -514,8 +530,10 @@ def test_a_tampered_ended_session_never_reaches_history(raw_redis, key_prefix, t
 def test_members_hotcache_never_queued_are_dropped_from_the_queues(raw_redis, clock, two_sessions):
     now = hotcache_clock.time()
     # The ended queue holds "<id>:<end token>", the index ids; the claim prefixes them with "e:" and "i:".
-    raw_redis.zadd(_layout._ended_queue(), {"garbage": now, b"\xff\xfe": now, "../x:tok": now, "s9:t-1": now,
-                                              "s9:" + "t" * 65: now, "nobody:abc123": now})
+    raw_redis.zadd(
+        _layout._ended_queue(),
+        {"garbage": now, b"\xff\xfe": now, "../x:tok": now, "s9:t-1": now, "s9:" + "t" * 65: now, "nobody:abc123": now},
+    )
     raw_redis.zadd(_layout._index_key(), {"../x": 0, b"\xff": 0, "i:": 0, "a" * 65: 0})
     result = workbench.persist()
     assert result.errors == [] and result.tampered == 9 and result.missing == 1  # nobody:abc123 was never there
@@ -566,8 +584,9 @@ def test_the_persister_repairs_a_tampered_copy_while_reconciling(redis_proxy, cl
 
 
 @pytest.mark.parametrize("name", ["_index_key", "_ended_queue", "_claims_key", "_owners_key"])
-def test_a_retyped_shared_key_sends_sessions_to_the_fallback_until_the_persister_deletes_it(raw_redis, clock,
-                                                                                             two_sessions, name):
+def test_a_retyped_shared_key_sends_sessions_to_the_fallback_until_the_persister_deletes_it(
+    raw_redis, clock, two_sessions, name
+):
     key = getattr(_layout, name)()
     raw_redis.delete(key)
     raw_redis.set(key, "mallory")
@@ -584,14 +603,14 @@ def test_a_retyped_shared_key_sends_sessions_to_the_fallback_until_the_persister
 
 
 @pytest.mark.parametrize("case", ["owner flipped", "state and its digest replaced", "replaced by a string"])
-def test_over_http_a_tampered_session_answers_with_its_durable_copy_never_a_500(client, raw_redis, two_sessions,
-                                                                                 case):
+def test_over_http_a_tampered_session_answers_with_its_durable_copy_never_a_500(client, raw_redis, two_sessions, case):
     TAMPER_SESSION[case](raw_redis, _layout._data_key("s1"))
     new_process()
     response = client.get("/workbench/s1/")
     assert response.status_code == 200 and response.json() == {"version": 2, "state": {"n": 1}}
-    response = client.post("/workbench/s1/save", '{"state": {"evil": true}, "owner": "mallory"}',
-                           content_type="application/json")
+    response = client.post(
+        "/workbench/s1/save", '{"state": {"evil": true}, "owner": "mallory"}', content_type="application/json"
+    )
     assert response.status_code == 409 and response.json()["field"] == "owner"
     response = client.post("/workbench/s1/edit", '{"cell": "x"}', content_type="application/json")
     assert response.status_code == 200 and response.json() == {"version": 3, "edits": 1}
@@ -599,3 +618,20 @@ def test_over_http_a_tampered_session_answers_with_its_durable_copy_never_a_500(
     assert tampered_count() >= 1
     workbench.persist()
     assert_nothing_of_mallory(history_docs())
+
+
+@pytest.mark.parametrize("value", [b"soon", b"", b"\xff\xfe", b"1e400", b"nan", b"-inf", b"99999999999999"], ids=repr)
+def test_a_tampered_refresh_time_only_brings_the_refresh_forward(value, raw_redis, clock):
+    """Field t (the last lifetime refresh) is not signed: a value written there can only make the next save or
+    load renew the session's lifetime at once, never keep it from being renewed or fail a call."""
+    key = _layout._data_key("s1")
+    workbench.save("s1", {"n": 1})
+    for step in ("load", "save"):
+        raw_redis.hset(key, "t", value)
+        raw_redis.expire(key, 10)
+        if step == "load":
+            assert workbench.load("s1").state == {"n": 1}
+        else:
+            assert workbench.save("s1", {"n": 2}, expected_version=1) == 2
+        assert raw_redis.ttl(key) > hotcache_settings.WORKBENCH_IDLE_TIMEOUT
+        assert float(raw_redis.hget(key, "t")) == pytest.approx(hotcache_clock.time())

@@ -16,6 +16,9 @@ from hotcache.exceptions import MongoUnavailable, MongoWriteError
 from hotcache.testing import count_redis, mongo_down, new_process
 from hotcache.workbench import _persist
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 
 @pytest.fixture(autouse=True)
 def _clean_workbench_keys(raw_redis, key_prefix):
@@ -101,6 +104,41 @@ def test_a_session_used_again_after_the_idle_claim_stays_hot_and_history_keeps_o
     assert entry.version == 2 and entry.state == {"n": 2}
 
 
+def test_a_session_only_loaded_after_the_idle_claim_stays_hot(clock, monkeypatch):
+    """A load renews the lifetime lazily (once per refresh interval), but a session the persister claimed is
+    always due: the load puts it back into the index atomically with its read, and the ack keeps it."""
+    workbench.save("s1", {"n": 1})
+    clock.advance(idle_after() + 1)
+    real_write = _persist._write_history
+
+    def write_then_user_reads(records):
+        result = real_write(records)
+        assert workbench.load("s1").state == {"n": 1}  # between the history write and the ack
+        return result
+
+    monkeypatch.setattr(_persist, "_write_history", write_then_user_reads)
+    result = workbench.persist()
+    monkeypatch.setattr(_persist, "_write_history", real_write)
+    assert result.kept == 1
+    assert workbench.load("s1").state == {"n": 1}  # still hot
+    assert history_ids() == Counter({"s1": 1})
+
+
+def test_a_session_saved_before_the_refresh_field_existed_is_persisted_once_idle(clock, raw_redis):
+    """The layout before issue 17 (no field t; TTL = the idle timeout): such a session still reaches history."""
+    from hotcache.workbench import _layout
+
+    workbench.save("old", {"n": 1}, owner="alice")
+    raw_redis.hdel(_layout._data_key("old"), "t")
+    raw_redis.expire(_layout._data_key("old"), hotcache_settings.WORKBENCH_IDLE_TIMEOUT)
+    clock.advance(idle_after() + 1)
+    result = workbench.persist()
+    assert (result.idle, result.errors) == (1, [])
+    [entry] = workbench.history()
+    assert entry.session_id == "old" and entry.state == {"n": 1} and entry.owner == "alice"
+    assert not raw_redis.exists(_layout._data_key("old"))
+
+
 def test_a_reused_id_after_end_gets_its_own_history_record():
     workbench.save("s1", {"first": True})
     workbench.end("s1")
@@ -136,7 +174,8 @@ def _fail_after_write_before_ack(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "inject", [_fail_after_claim, _fail_after_partial_write, _fail_after_write_before_ack],
+    "inject",
+    [_fail_after_claim, _fail_after_partial_write, _fail_after_write_before_ack],
     ids=["after-claim", "after-partial-bulk-write", "after-write-before-ack"],
 )
 @pytest.mark.parametrize("crash", [False, True], ids=["failure-reported", "process-killed"])

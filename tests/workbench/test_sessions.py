@@ -1,12 +1,13 @@
 """Workbench sessions on the real Redis: versions, lifetimes, validation, and the MongoDB fallback."""
 
-
 import pytest
 
 from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
+from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis, new_process
+from hotcache.workbench import _layout
 from tests.support.concurrency import increment_concurrently
 
 
@@ -45,7 +46,8 @@ def test_save_and_load_take_one_round_trip_each():
     assert version == 1 and c.round_trips == 1 and c.commands == 1 and c.mongo_ops == 1
     with count_redis() as c:
         session = workbench.load("s1")
-    assert c.round_trips == 1 and c.commands == 1 and c.mongo_ops == 0
+    # A pipeline of HMGET (the session) and GET (the recovery fence): 2 billed commands.
+    assert c.round_trips == 1 and c.commands == 2 and c.billed == 2 and c.mongo_ops == 0
     assert session.state == {"doc": [1, 2]} and session.version == 1 and session.owner == "alice"
     assert session.created_at == session.updated_at and session.created_at.tzinfo is not None
 
@@ -72,16 +74,43 @@ def test_expected_version_zero_creates_only():
         workbench.save("s1", {"n": 2}, expected_version=0)
 
 
-def test_load_and_save_renew_the_idle_lifetime(clock, raw_redis, key_prefix):
+def test_load_and_save_renew_the_idle_lifetime_once_per_refresh_interval(clock, raw_redis, key_prefix):
+    idle, every = hotcache_settings.WORKBENCH_IDLE_TIMEOUT, _layout._refresh_every()
+    assert 0 < every < hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER
     workbench.save("s1", {})
     key = f"{key_prefix}:{{workbench:s}}:d:s1"
     index = f"{key_prefix}:{{workbench:s}}:idx"
+    # The key outlives its last refresh by the idle timeout plus the interval: every use within the interval
+    # is followed by at least the idle timeout.
+    assert idle + every - 5 < raw_redis.ttl(key) <= idle + every
     first_seen = raw_redis.zscore(index, "s1")
-    raw_redis.expire(key, 10)
-    clock.advance(100)
+    clock.advance(every - 1)
     workbench.load("s1")
-    assert raw_redis.ttl(key) > 3000
-    assert raw_redis.zscore(index, "s1") == pytest.approx(first_seen + 100)
+    workbench.save("s1", {"n": 1})
+    assert raw_redis.zscore(index, "s1") == first_seen  # within the interval: read and written, not refreshed
+    raw_redis.expire(key, 10)  # time passes on the server too
+    clock.advance(1)
+    workbench.load("s1")
+    assert raw_redis.ttl(key) > idle and raw_redis.zscore(index, "s1") == pytest.approx(first_seen + every)
+    raw_redis.expire(key, 10)
+    clock.advance(every)
+    workbench.save("s1", {"n": 2})
+    assert raw_redis.ttl(key) > idle and raw_redis.zscore(index, "s1") == pytest.approx(first_seen + 2 * every)
+    assert workbench.load("s1").state == {"n": 2}
+
+
+def test_a_session_saved_before_the_refresh_field_existed_loads_saves_and_gets_it(raw_redis, key_prefix):
+    """A session written by the release before (no field t) is read the same and refreshed on first use."""
+    workbench.save("s1", {"n": 1})
+    key = f"{key_prefix}:{{workbench:s}}:d:s1"
+    raw_redis.hdel(key, "t")
+    raw_redis.expire(key, 10)
+    assert workbench.load("s1").state == {"n": 1}
+    assert raw_redis.hget(key, "t") is not None and raw_redis.ttl(key) > hotcache_settings.WORKBENCH_IDLE_TIMEOUT
+    raw_redis.hdel(key, "t")
+    raw_redis.expire(key, 10)
+    assert workbench.save("s1", {"n": 2}, expected_version=1) == 2
+    assert raw_redis.hget(key, "t") is not None and raw_redis.ttl(key) > hotcache_settings.WORKBENCH_IDLE_TIMEOUT
 
 
 def test_concurrent_read_modify_write_with_expected_version_loses_no_update():
@@ -150,6 +179,7 @@ def test_bad_expected_version_is_rejected():
 # --- Redis down: the MongoDB fallback (workbench_active) ----------------------------------------------
 
 
+@pytest.mark.mongo_contract
 def test_with_redis_down_save_load_and_conflicts_work_on_mongodb(redis_down):
     with count_redis() as c:
         assert workbench.save("s1", {"n": 1}, owner="alice") == 1
@@ -162,12 +192,14 @@ def test_with_redis_down_save_load_and_conflicts_work_on_mongodb(redis_down):
     assert [d["_id"] for d in active_docs()] == ["s1"]
 
 
+@pytest.mark.mongo_contract
 def test_with_redis_down_expected_version_zero_creates_only(redis_down):
     workbench.save("s1", {}, expected_version=0)
     with pytest.raises(workbench.Conflict):
         workbench.save("s1", {}, expected_version=0)
 
 
+@pytest.mark.mongo_contract
 def test_with_redis_down_end_writes_history_directly(redis_down):
     workbench.save("s1", {"n": 1}, owner="alice")
     assert workbench.end("s1") is True
@@ -177,6 +209,7 @@ def test_with_redis_down_end_writes_history_directly(redis_down):
     assert active_docs() == []
 
 
+@pytest.mark.mongo_contract
 def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(
     redis_proxy, clock, settings, hotcache_config
 ):
@@ -197,6 +230,7 @@ def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(
     assert workbench.save("s2", {"n": 3}, expected_version=2) == 3
 
 
+@pytest.mark.mongo_contract
 def test_save_with_expected_version_after_an_outage_continues_from_the_mongodb_copy(
     redis_proxy, clock, hotcache_config
 ):
@@ -210,6 +244,7 @@ def test_save_with_expected_version_after_an_outage_continues_from_the_mongodb_c
     assert active_docs() == []
 
 
+@pytest.mark.mongo_contract
 def test_redis_taken_away_between_a_save_and_a_load_returns_the_saved_state(redis_proxy, clock):
     """A save made while Redis is unreachable is returned by the next load, whether Redis is back or not."""
     redis_proxy.down()
@@ -220,6 +255,7 @@ def test_redis_taken_away_between_a_save_and_a_load_returns_the_saved_state(redi
     assert workbench.load("s1").state == {"draft": "v1"}  # back: migrated into Redis
 
 
+@pytest.mark.mongo_contract
 def test_during_an_outage_a_versioned_save_of_a_redis_only_session_conflicts_instead_of_forking(
     redis_proxy, hotcache_config
 ):
@@ -231,6 +267,7 @@ def test_during_an_outage_a_versioned_save_of_a_redis_only_session_conflicts_ins
     redis_proxy.up()
 
 
+@pytest.mark.mongo_contract
 def test_end_after_an_outage_ends_the_mongodb_copy(redis_proxy, clock):
     redis_proxy.down()
     workbench.save("s1", {"n": 1})

@@ -7,11 +7,11 @@
 --       5 fence to set ('' = none), 6 fence ttl, 7 the sealed end record (hash field e of the ended key)
 -- Returns {1, envelope, state} ended (Python verifies both: what it ended must reach history); {0} no session; {-1, '!'} a key hotcache did not write (not a hash, or a
 -- hash without an envelope): nothing ended; {-2, envelope} when the session must first be checked against
--- its MongoDB copy (a recovery fence is up).
+-- its MongoDB copy (a recovery fence is up, or the session has no field t: see wb_save.lua).
 if ARGV[5] ~= '' then
   redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6])
 end
-local row = redis.pcall('HMGET', KEYS[1], 'm', 's')
+local row = redis.pcall('HMGET', KEYS[1], 'm', 's', 't')
 if row.err then
   return {-1, '!'}
 end
@@ -22,7 +22,7 @@ if not cur or cur == '' then
 end
 local fence = redis.pcall('GET', KEYS[5])
 if type(fence) == 'table' and fence.err then fence = '!' end
-if fence and redis.call('HGET', KEYS[1], 'k') ~= fence then
+if not row[3] or (fence and redis.call('HGET', KEYS[1], 'k') ~= fence) then
   return {-2, cur}
 end
 redis.call('RENAME', KEYS[1], KEYS[4])

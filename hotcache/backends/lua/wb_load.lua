@@ -1,14 +1,19 @@
--- Workbench load: read the session and extend its idle lifetime (one round trip).
+-- Workbench load with a refresh: read the session and extend its idle lifetime, atomically (one round trip).
+-- The common load is a pipeline of HMGET + GET (hotcache/workbench/_hot.py, 2 billed); this script runs
+-- instead when the session's lifetime is due for a refresh (see wb_save.lua), when a fence is to be raised,
+-- and after a recovery.
 -- KEYS[1]: the session hash   KEYS[2]: the last-seen index   KEYS[3]: the recovery fence
--- ARGV: 1 now (hotcache clock), 2 ttl seconds, 3 session id, 4 fence to set ('' = none), 5 fence ttl
+-- ARGV: 1 now (hotcache clock), 2 the key's TTL (seconds), 3 session id, 4 fence to set ('' = none), 5 fence ttl
 -- Returns false when there is no session, else {state, envelope, check}: Python verifies the envelope (hash
 -- field m, sealed) and the state against it; envelope '!' = a key hotcache did not write (not a hash, or a
 -- hash without an envelope).
--- check = 1 when a recovery fence is up and this session was not compared with its MongoDB copy under it.
+-- check = 1 when a recovery fence is up and this session was not compared with its MongoDB copy under it, or
+-- when it has no field t: a write of it that Redis refused went to MongoDB (the field was deleted then, see
+-- _fence.py), or it was written before field t existed. Field t is then left to the check (wb_reconcile).
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
 end
-local row = redis.pcall('HMGET', KEYS[1], 's', 'm', 'k')
+local row = redis.pcall('HMGET', KEYS[1], 's', 'm', 'k', 't')
 if row.err then
   return {'', '!', 0}
 end
@@ -18,7 +23,7 @@ end
 local fence = redis.pcall('GET', KEYS[3])
 if type(fence) == 'table' and fence.err then fence = '!' end
 local check = 0
-if fence and row[3] ~= fence then
+if (fence and row[3] ~= fence) or not row[4] then
   check = 1
 end
 -- ZADD is the first write: a full Redis (maxmemory, noeviction) refuses it, and with it the whole load, which
@@ -26,6 +31,9 @@ end
 -- first write) and serve this copy while another process's save, refused here, went to MongoDB.
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if row[4] then
+  redis.call('HSET', KEYS[1], 't', ARGV[1])
+end
 redis.call('EXPIRE', KEYS[2], ARGV[2] * 2)
 if not row[2] or row[2] == '' then row[2] = '!' end
 return {row[1] or '', row[2], check}

@@ -3,9 +3,11 @@
 -- concurrent save is never undone. Python built and sealed the envelope of a 'put' from workbench_active.
 -- KEYS[1]: the session hash   KEYS[2]: the last-seen index
 -- ARGV: 1 action, 2 fence ('' = none), 3 the envelope Python saw ('' = none, '!' = a key hotcache did not write),
---       4 new envelope ('put'), 5 state ('put'), 6 now, 7 ttl, 8 session id
+--       4 new envelope ('put'), 5 state ('put'), 6 now (also field t: the lifetime's last refresh, see
+--       wb_save.lua), 7 the key's TTL, 8 session id
 -- Actions:
---   'mark' : the Redis copy is current; remember it was checked under this fence.
+--   'mark' : the Redis copy is current; remember it was checked under this fence; a copy without field t
+--            (flagged for this check, see _fence.py) gets it back with its lifetime refreshed.
 --   'drop' : delete the Redis copy (an incarnation ended on MongoDB during the outage, or a tampered copy).
 --   'put'  : replace the Redis copy (none, older, or tampered) with MongoDB's.
 -- Returns 1 if the action changed Redis, else 0.
@@ -28,7 +30,7 @@ if ARGV[1] == 'drop' then
 end
 if ARGV[1] == 'put' then
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 's', ARGV[5], 'm', ARGV[4])
+  redis.call('HSET', KEYS[1], 's', ARGV[5], 'm', ARGV[4], 't', ARGV[6])
   if ARGV[2] ~= '' then
     redis.call('HSET', KEYS[1], 'k', ARGV[2])
   end
@@ -37,7 +39,15 @@ if ARGV[1] == 'put' then
   redis.call('EXPIRE', KEYS[2], ARGV[7] * 2)
   return 1
 end
-if cur ~= '' and cur ~= '!' and ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'k', ARGV[2])
+if cur ~= '' and cur ~= '!' then
+  if redis.call('HEXISTS', KEYS[1], 't') == 0 then
+    redis.call('HSET', KEYS[1], 't', ARGV[6])
+    redis.call('EXPIRE', KEYS[1], ARGV[7])
+    redis.call('ZADD', KEYS[2], ARGV[6], ARGV[8])
+    redis.call('EXPIRE', KEYS[2], ARGV[7] * 2)
+  end
+  if ARGV[2] ~= '' then
+    redis.call('HSET', KEYS[1], 'k', ARGV[2])
+  end
 end
 return 0
