@@ -53,6 +53,21 @@ local function parsed(v)
   return tonumber(v)
 end
 
+-- An error a write's pcall caught: the key's type or value (someone else's record: false is returned, the
+-- caller treats the record as malformed) or the server refusing the write (out of memory, read-only: raised,
+-- as redis.call would have, so the caller falls back as on any outage and nothing is reported as tampered).
+local function record_error(e)
+  if type(e) ~= 'table' then
+    return false
+  end
+  local msg = tostring(e.err)
+  if string.sub(msg, 1, 9) == 'WRONGTYPE' or string.find(msg, 'not an integer', 1, true)
+      or string.find(msg, 'overflow', 1, true) then
+    return true
+  end
+  error(e)
+end
+
 local function tombstone(v)
   return type(v) == 'string' and #v == 72 and string.sub(v, 65) == '.revoked'
 end
@@ -97,6 +112,7 @@ end
 
 -- Count first: the script is atomic, so an INCR taken back below is never seen by anyone.
 local n = redis.pcall('INCR', KEYS[2])
+record_error(n)
 if type(n) ~= 'number' or n < 1 then
   -- Not an integer (or not a string), or negative (hotcache never leaves one so): nothing was done.
   if type(n) == 'number' then
@@ -132,7 +148,7 @@ end
 local seq = tonumber(ARGV[6])
 local tok_ttl = tonumber(ARGV[7])
 local prev = redis.pcall('SET', KEYS[3], ARGV[6] .. ':' .. math.floor(now), 'EX', tok_ttl, 'GET')
-if type(prev) == 'table' then
+if record_error(prev) then
   -- Not a string: nothing of ours is in it.
   redis.call('DEL', KEYS[3])
   redis.call('SET', KEYS[3], ARGV[6] .. ':' .. math.floor(now), 'EX', tok_ttl)
