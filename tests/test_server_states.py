@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from hotcache import analytics, apikeys, mfa, workbench
+from hotcache import analytics, apikeys, metering, mfa, workbench
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import CLOSED, OPEN, redis_gate
 from hotcache.exceptions import RedisUnavailable
@@ -166,6 +166,7 @@ def _scenario(condition: Condition, clock, *, gate_opens: bool) -> None:
     assert sum(n for _, n in counted.daily) == tracked
     apikeys.sync_usage()
     assert apikeys.usage(key.key_id, days=1)[0][1] == uses
+    assert metering.snapshot()["ev:apikeys:tampered"] == 0  # a refused write is an outage, not a malformed record
     assert redis_gate.snapshot().opens == (1 if gate_opens else 0)  # it stayed closed
 
 

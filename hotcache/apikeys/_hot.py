@@ -23,6 +23,7 @@ from hotcache.apikeys._records import (
     TOKEN_TTL,
     Cached,
     base_key,
+    count_key,
     counter_ttl,
     day_name,
     meta_key,
@@ -30,8 +31,8 @@ from hotcache.apikeys._records import (
     parse,
     tag_of,
     text,
-    token_key,
     use_key,
+    writer_key,
 )
 from hotcache.apikeys._results import FEATURE, Usage, invalid, usage_result
 from hotcache.backends import redis as redis_backend
@@ -88,7 +89,7 @@ class Reply(NamedTuple):
     meta: bytes  # the cached value the script decided on, as stored: Python verifies it (Lua cannot)
     first: bool  # this call created the day's counter
     note: str  # records the script found malformed: "use", "base", "tok"
-    time: int  # Redis's clock (seconds): the base of the "u" of a record cached next
+    time: int  # Redis's clock (seconds) when the script read it, else 0: the base of the "u" of a record cached next
 
 
 def _check_on_redis(digest: str, prefix: str, tag: str, now: dt.datetime, call: _Call) -> Usage:
@@ -99,17 +100,18 @@ def _check_on_redis(digest: str, prefix: str, tag: str, now: dt.datetime, call: 
     for _ in range(_ATTEMPTS):
         reply = run_check(tag, today, now, fill=fill, writer=call.writer, seq=call.seq, expect=expect or None)
         if "tok" in reply.note:
-            signing.tampered(FEATURE, token_key(tag), "held a malformed writer record (dropped)")
+            signing.tampered(FEATURE, writer_key(tag, call.writer), "held a malformed writer record (dropped)")
         if reply.status in ("miss", "old"):
             if reply.status == "old":
                 signing.tampered(FEATURE, meta_key(tag), "was used past its validity (written back?)")
             fill = load_record(digest, reply.time)
             continue
         if reply.status == "badcount":  # nothing was done; put MongoDB's counts back, then check again
-            for name, key in (("use", use_key(tag, today)), ("base", base_key(tag, today))):
-                if name in reply.note:
+            replaced = set(reply.note.split()) | _fix_counters(digest, tag, today)
+            counters = (("use", count_key(tag, today)), ("base", base_key(tag, today)), ("old", use_key(tag, today)))
+            for name, key in counters:
+                if name in replaced:
                     signing.tampered(FEATURE, key, "is not a count")
-            _fix_counters(digest, tag, today)
             continue
         if reply.status == "stale":  # cannot happen: each sequence number is sent once (and settled before the next)
             log.error("hotcache apikeys: check refused as stale by redis; counted on MongoDB")
@@ -123,7 +125,7 @@ def _check_on_redis(digest: str, prefix: str, tag: str, now: dt.datetime, call: 
         if reply.status == "ok" and not _give_back(call, tag, today):
             metering.event(FEATURE, "fallback")
             return check_on_mongo(digest, prefix, now)
-        fill, expect = load_record(digest, reply.time), reply.meta
+        fill, expect = load_record(digest, reply.time or _redis_time()), reply.meta
     log.error("hotcache apikeys: redis kept answering with values hotcache did not sign; decided on MongoDB")
     return check_on_mongo(digest, prefix, now)
 
@@ -176,10 +178,16 @@ def run_check(
     args: list[Any] = [repr(now.timestamp()), str(counter_ttl()), fill, str(ttl), writer, str(seq), str(TOKEN_TTL)]
     if expect is not None:
         args.append(expect)
-    keys = [meta_key(tag), use_key(tag, today), base_key(tag, today), token_key(tag)]
+    keys = [meta_key(tag), count_key(tag, today), writer_key(tag, writer), base_key(tag, today), use_key(tag, today)]
     status, used, meta, first, note, redis_now = redis_backend.call(FEATURE, lambda r: _CHECK(r, keys, args))
-    return Reply(text(status), int(used), meta if isinstance(meta, bytes) else str(meta).encode(),
-                 str(first) == "1", text(note), int(redis_now))
+    return Reply(
+        text(status),
+        int(used),
+        meta if isinstance(meta, bytes) else str(meta).encode(),
+        str(first) == "1",
+        text(note),
+        int(redis_now),
+    )
 
 
 def _mark_touched(day: dt.date, body: str) -> None:
@@ -195,15 +203,23 @@ def _mark_touched(day: dt.date, body: str) -> None:
         log.warning("hotcache apikeys: redis unavailable while indexing today's use; retried on the next check")
 
 
-def _fix_counters(digest: str, tag: str, day: dt.date) -> None:
-    """Replace the day's counters that are not integers by MongoDB's copies (2 queries, 1 script call).
+def _fix_counters(digest: str, tag: str, day: dt.date) -> set[str]:
+    """Replace the day's counters that are not integers by MongoDB's copies (2 queries, 1 script call); the
+    names of those replaced ("use", "base", "old").
 
-    The counter gets MongoDB's last synced value of it (uses since that sync are lost, as when Redis loses
-    its data), the base MongoDB's own count for the day. MongoDB down: MongoUnavailable (fail closed).
+    The count gets MongoDB's last synced copy of this Redis's uses (uses since that sync are lost, as when
+    Redis loses its data) plus the base, the base MongoDB's own count for the day. MongoDB down:
+    MongoUnavailable (fail closed).
     """
     doc = keys_coll().find_one({"key_sha256": digest}, projection={"key_id": 1})
     counts = usage_coll().find_one({"key_id": doc["key_id"], "day": day_name(day)}) if doc else None
     copied, undone = synced_redis_count(counts)
     floor, base = max(0, copied - undone), int((counts or {}).get("fallback", 0) or 0)
     args = [str(floor), str(base), str(counter_ttl())]
-    redis_backend.call(FEATURE, lambda r: _FIX(r, [use_key(tag, day), base_key(tag, day)], args))
+    keys = [count_key(tag, day), base_key(tag, day), use_key(tag, day)]
+    return {text(name) for name in redis_backend.call(FEATURE, lambda r: _FIX(r, keys, args))}
+
+
+def _redis_time() -> int:
+    """Redis's clock (seconds), when a script reply did not carry it (a forged record on the warm path)."""
+    return int(redis_backend.call(FEATURE, lambda r: r.time()[0]))

@@ -13,13 +13,13 @@ from hotcache import clock, signing
 from hotcache.apikeys._documents import keys_coll, synced_redis_count, usage_coll
 from hotcache.apikeys._index import Entry, replies
 from hotcache.apikeys._inputs import days_window, key_id_or_none, not_found, owner_text
-from hotcache.apikeys._records import count, day_name, tag_of, undo_key, use_key
+from hotcache.apikeys._records import base_key, count, count_key, day_name, tag_of, undo_key, use_key
 from hotcache.apikeys._results import FEATURE, KeyInfo
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["get", "list_keys", "live_count", "read_counters", "usage", "usage_many"]
+__all__ = ["counter_keys", "get", "list_keys", "live_count", "read_counters", "usage", "usage_many"]
 
 _CHUNK = 2000  # MGETs per pipeline
 
@@ -37,7 +37,7 @@ def get(key_id: str) -> KeyInfo | None:
 def list_keys(owner: str | int | None = None, limit: int | None = None) -> list[KeyInfo]:
     """Keys of ``owner`` (all keys when None), newest first, with today's use; at most ``limit`` when given.
 
-    Cost: 2 MongoDB queries and 1 Redis round trip of one MGET per listed key (``limit`` bounds it).
+    Cost: 2 MongoDB queries and 1 Redis round trip of one MGET (of 4 keys) per listed key (``limit`` bounds it).
     """
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         msg = f"limit must be a positive whole number or None, not {limit!r}"
@@ -105,25 +105,39 @@ def _info(doc: dict[str, Any], used_today: int) -> KeyInfo:
 
 
 def live_count(tag: str, day: dt.date, reply: Any) -> tuple[int, int] | None:
-    """(counter + uses taken back, uses taken back) from an ``MGET use undo`` reply; None when the counter is
-    not a count (counted as tampered: absent). An undo that is not a count is counted as tampered and read as 0."""
-    use, undo = (count(v) for v in reply) if isinstance(reply, list) and len(reply) == 2 else (None, 0)
-    if use is None:
-        signing.tampered(FEATURE, use_key(tag, day), "is not a count")
+    """(this Redis's uses + uses taken back, uses taken back) from an ``MGET n base use undo`` reply (see
+    read_counters); None when the day's count is not a count (counted as tampered: absent). This Redis's uses
+    are the count less the base it includes, plus the previous layout's counter (not yet folded, or written
+    by a process still running the previous version). Any other value that is not a count is counted as
+    tampered and read as 0."""
+    if not (isinstance(reply, list) and len(reply) == 4):
+        signing.tampered(FEATURE, count_key(tag, day), "is not a count")
         return None
-    if undo is None:
-        signing.tampered(FEATURE, undo_key(tag, day), "is not a count")
-        undo = 0
-    return use + undo, undo
+    total, base, old, undo = (count(v) for v in reply)
+    if total is None:
+        signing.tampered(FEATURE, count_key(tag, day), "is not a count")
+        return None
+    for key, value in ((base_key(tag, day), base), (use_key(tag, day), old), (undo_key(tag, day), undo)):
+        if value is None:
+            signing.tampered(FEATURE, key, "is not a count")
+    base, old, undo = base or 0, old or 0, undo or 0
+    uses = (max(0, total - base) if reply[0] is not None else 0) + old
+    return uses + undo, undo
+
+
+def counter_keys(tag: str, day: dt.date) -> list[str]:
+    """The keys live_count() reads, in its order (one MGET: they share the key's hash slot)."""
+    return [count_key(tag, day), base_key(tag, day), use_key(tag, day), undo_key(tag, day)]
 
 
 def read_counters(r: Any, pairs: list[Entry]) -> list[Any]:
-    """One ``MGET counter undo`` per (key, day), 2,000 to a round trip (read them with live_count)."""
+    """One ``MGET`` of a (key, day)'s counters (counter_keys) per (key, day), 2,000 to a round trip (read them
+    with live_count)."""
     values: list[Any] = []
     for i in range(0, len(pairs), _CHUNK):
         pipe = r.pipeline(transaction=False)
         for _, tag, day in pairs[i : i + _CHUNK]:
-            pipe.mget(use_key(tag, day), undo_key(tag, day))
+            pipe.mget(counter_keys(tag, day))
         values += replies(pipe)
     return values
 
@@ -143,7 +157,7 @@ def _totals(key_tags: list[tuple[str, str]], days: list[dt.date]) -> dict[tuple[
         pipe = r.pipeline(transaction=False)
         for _, tag in key_tags:
             for day in days:
-                pipe.mget(use_key(tag, day), undo_key(tag, day))
+                pipe.mget(counter_keys(tag, day))
         return replies(pipe)
 
     try:

@@ -23,6 +23,7 @@ __all__ = [
     "Cached",
     "base_key",
     "count",
+    "count_key",
     "counter_ttl",
     "day_name",
     "digest_of",
@@ -39,6 +40,7 @@ __all__ = [
     "undo_key",
     "unknown",
     "use_key",
+    "writer_key",
 ]
 
 KEY_RE = re.compile(r"[a-z0-9]{8}\.[A-Za-z0-9_\-]{43}", re.ASCII)
@@ -82,7 +84,13 @@ def meta_key(tag: str) -> str:
     return keys.tagged(FEATURE, tag, "meta")
 
 
+def count_key(tag: str, day: dt.date) -> str:
+    # The day's count the limit is checked on: this Redis's uses plus the base (uses counted on MongoDB).
+    return keys.tagged(FEATURE, tag, "n", day.strftime("%Y%m%d"))
+
+
 def use_key(tag: str, day: dt.date) -> str:
+    # The previous layout's day counter (this Redis's uses only): a new count_key starts from it, then deletes it.
     return keys.tagged(FEATURE, tag, "use", day.strftime("%Y%m%d"))
 
 
@@ -96,8 +104,13 @@ def undo_key(tag: str, day: dt.date) -> str:
 
 
 def token_key(tag: str) -> str:
-    # writer -> "<seq>:<time>[:u]": the last check each writer (process nonce:thread) counted on this key.
+    # The previous layout's writer hash (writer -> "<seq>:<time>[:u]"); nothing reads it now, it expires.
     return keys.tagged(FEATURE, tag, "tok")
+
+
+def writer_key(tag: str, writer: str) -> str:
+    # "<seq>:<time>[:u]": the last check this writer (process nonce:thread) counted on this key (SET ... GET).
+    return keys.tagged(FEATURE, tag, "w", writer)
 
 
 def touched_key(day: dt.date) -> str:

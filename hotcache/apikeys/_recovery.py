@@ -17,7 +17,17 @@ from hotcache import clock, recovery, signing
 from hotcache.apikeys._documents import usage_coll
 from hotcache.apikeys._index import write_index
 from hotcache.apikeys._reads import live_count, read_counters
-from hotcache.apikeys._records import TOKEN_TTL, base_key, counter_ttl, day_name, text, token_key, undo_key, use_key
+from hotcache.apikeys._records import (
+    TOKEN_TTL,
+    base_key,
+    count_key,
+    counter_ttl,
+    day_name,
+    text,
+    undo_key,
+    use_key,
+    writer_key,
+)
 from hotcache.apikeys._results import FEATURE
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
@@ -105,8 +115,10 @@ def settle_and_replay() -> None:
     if owed_bases:
         try:
             docs = usage_coll().find(
-                {"key_id": {"$in": sorted({k for k, _, _ in owed_bases})},
-                 "day": {"$in": sorted({day_name(d) for _, _, d in owed_bases})}},
+                {
+                    "key_id": {"$in": sorted({k for k, _, _ in owed_bases})},
+                    "day": {"$in": sorted({day_name(d) for _, _, d in owed_bases})},
+                },
                 projection={"key_id": 1, "day": 1, "fallback": 1},
             )
         except BackendUnavailable:
@@ -122,14 +134,20 @@ def settle_doubts(r: Any, settling: list[Doubt]) -> None:
     ttl, token_ttl = str(counter_ttl()), str(TOKEN_TTL)
     for d in settling:
         args = [d.writer, str(d.seq), "1" if d.allowed else "0", ttl, now, token_ttl]
-        keys = [use_key(d.tag, d.day), token_key(d.tag), undo_key(d.tag, d.day)]
+        keys = [
+            count_key(d.tag, d.day),
+            writer_key(d.tag, d.writer),
+            undo_key(d.tag, d.day),
+            base_key(d.tag, d.day),
+            use_key(d.tag, d.day),
+        ]
         outcome, first, note = (text(v) for v in _RESOLVE(r, keys, args))
         if "use" in note:
-            signing.tampered(FEATURE, use_key(d.tag, d.day), "is not a count (restarted)")
+            signing.tampered(FEATURE, count_key(d.tag, d.day), "is not a count (restarted)")
         if "undo" in note:
             signing.tampered(FEATURE, undo_key(d.tag, d.day), "is not a count (restarted)")
         if "tok" in note:
-            signing.tampered(FEATURE, token_key(d.tag), "held a malformed writer record (dropped)")
+            signing.tampered(FEATURE, writer_key(d.tag, d.writer), "held a malformed writer record (dropped)")
         if doubts.settled(d.writer, d):
             if d.held:
                 reservations.add((d.key_id, d.tag, d.day))
@@ -176,6 +194,6 @@ def push_bases(items: list[tuple[str, dt.date, int]]) -> int:
 
     def push(r: Any) -> int:
         # One script call per key: each key lives in its own hash slot.
-        return sum(int(_BASE(r, [base_key(tag, day)], [str(n), ttl])) for tag, day, n in items)
+        return sum(int(_BASE(r, [base_key(tag, day), count_key(tag, day)], [str(n), ttl])) for tag, day, n in items)
 
     return redis_backend.call(FEATURE, push)

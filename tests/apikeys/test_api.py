@@ -222,12 +222,52 @@ def test_counters_and_cached_records_have_ttls(raw_redis, key_prefix, hotcache_c
     apikeys.check(new.raw_key)
     tag = _records.tag_of(_records.digest_of(new.raw_key))
     found = list(raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:{tag}}}:*"))
-    assert len(found) == 3  # record, today's counter, the writers' last-counted sequence (token hash)
-    ttls = {k.decode().rsplit(":", 2)[-2] if b":use:" in k else k.decode().rsplit(":", 1)[-1]: raw_redis.ttl(k)
-            for k in found}
-    assert 0 < ttls["use"] <= 7 * 86400 and ttls["use"] > 6 * 86400
+    assert len(found) == 3  # record, today's count, this writer's last-counted sequence
+    ttls = {k.decode().split("}:", 1)[1].split(":", 1)[0]: raw_redis.ttl(k) for k in found}
+    assert 0 < ttls["n"] <= 7 * 86400 and ttls["n"] > 6 * 86400
     assert 0 < ttls["meta"] <= 120
-    assert 0 < ttls["tok"] <= _records.TOKEN_TTL
+    assert 0 < ttls["w"] <= _records.TOKEN_TTL
+
+
+def test_a_key_counted_under_the_previous_layout_keeps_its_uses_today(raw_redis, key_prefix):
+    """An upgrade mid-day: the previous check script's counter (this Redis's uses only), its base, writer hash
+    and touched-index entry; the new layout starts today's count from them, so the limit and the history
+    still see every use of the day."""
+    from hotcache.apikeys import _index
+    from hotcache.backends import redis as redis_backend
+
+    new = apikeys.create("alice", daily_limit=7)
+    tag, now = _records.tag_of(_records.digest_of(new.raw_key)), hotcache_clock.utcnow()
+    day, ttl = now.date(), _records.counter_ttl()
+    assert _documents.add_use(new.key_id, day, "fallback", None, now) == (True, 1)  # counted on MongoDB
+    raw_redis.set(_records.base_key(tag, day), 1, ex=ttl)
+    raw_redis.set(_records.use_key(tag, day), 3, ex=ttl)
+    raw_redis.hset(_records.token_key(tag), "previous-process:1", f"3:{int(now.timestamp())}")
+    raw_redis.expire(_records.token_key(tag), _records.TOKEN_TTL)
+    redis_backend.call("t", lambda r: _index.write_index(r, [], [(day, f"{new.key_id}:{tag}")]))
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 4  # read before any check of the new layout
+
+    usage = apikeys.check(new.raw_key)
+    assert usage.allowed and usage.used_today == 5
+    assert raw_redis.get(_records.use_key(tag, day)) is None  # folded into the new count
+    assert int(raw_redis.get(_records.count_key(tag, day))) == 5  # 3 + 1 on Redis, the base 1
+    assert [apikeys.check(new.raw_key).allowed for _ in range(3)] == [True, True, False]
+    assert apikeys.list_keys("alice")[0].used_today == 7
+    apikeys.sync_usage()
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 7
+    for k in raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:{tag}}}:*"):
+        assert raw_redis.ttl(k) > 0, k
+
+
+def test_uses_written_by_a_process_still_on_the_previous_layout_are_counted_in_the_history(raw_redis):
+    """During a rolling upgrade a process running the previous version may still count on the previous
+    counter after the new layout started the day's count: the reads and the sync add it."""
+    new = apikeys.create("alice")
+    tag, day = _records.tag_of(_records.digest_of(new.raw_key)), hotcache_clock.utcnow().date()
+    apikeys.check(new.raw_key)
+    raw_redis.set(_records.use_key(tag, day), 2, ex=_records.counter_ttl())
+    assert apikeys.usage(new.key_id, days=1)[0][1] == 3
+    assert apikeys.sync_usage().written == 1 and apikeys.usage(new.key_id, days=1)[0][1] == 3
 
 
 def test_counters_are_per_utc_day(clock):

@@ -54,7 +54,7 @@ def _usage_doc(key_id):
 
 def _counter(raw_redis, raw_key, clock):
     tag = _records.tag_of(_records.digest_of(raw_key))
-    return int(raw_redis.get(_records.use_key(tag, hotcache_clock.utcnow().date())) or 0)
+    return int(raw_redis.get(_records.count_key(tag, hotcache_clock.utcnow().date())) or 0)
 
 
 def test_applied_check_whose_reply_was_lost_is_counted_once(losing, clock, raw_redis):
@@ -155,7 +155,13 @@ def test_lost_check_arriving_after_its_resolution_is_not_counted(raw_redis, cloc
     tag, today = _records.tag_of(_records.digest_of(new.raw_key)), hotcache_clock.utcnow().date()
     writer, seq = "late:1", 10**6
     args = [writer, str(seq), "1", "3600", str(int(clock.time())), "3600"]
-    keys_ = [_records.use_key(tag, today), _records.token_key(tag), _records.undo_key(tag, today)]
+    keys_ = [
+        _records.count_key(tag, today),
+        _records.writer_key(tag, writer),
+        _records.undo_key(tag, today),
+        _records.base_key(tag, today),
+        _records.use_key(tag, today),
+    ]
     resolved = redis_backend.call("t", lambda r: RESOLVE_SCRIPT(r, keys_, args))
     assert resolved[0] == b"counted"
     # Re-running the resolution (its own reply lost) changes nothing.

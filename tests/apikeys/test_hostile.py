@@ -116,8 +116,8 @@ def _today():
     return hotcache_clock.utcnow().date()
 
 
-def _use_key(raw_key):
-    return _records.use_key(_tag(raw_key), _today())
+def _count_key(raw_key):
+    return _records.count_key(_tag(raw_key), _today())
 
 
 def _usage_today(key_id):
@@ -475,7 +475,7 @@ def test_lifted_limit_counts_nothing_beyond_the_true_limit(raw_redis):
         usage = apikeys.check(new.raw_key)
         assert usage.owner == "alice" and usage.limit == 3
     assert _usage_today(new.key_id) == 3
-    assert int(raw_redis.get(_use_key(new.raw_key))) == 3
+    assert int(raw_redis.get(_count_key(new.raw_key))) == 3
     assert _tampered() == 5
 
 
@@ -546,7 +546,7 @@ def test_tampered_record_with_mongodb_down_fails_closed_and_gives_the_use_back(r
         with pytest.raises(MongoUnavailable):
             apikeys.check(new.raw_key)
         assert http.get("/api/usage/", HTTP_X_API_KEY=new.raw_key).status_code == 503
-    assert int(raw_redis.get(_use_key(new.raw_key))) == 1  # both forged uses given back
+    assert int(raw_redis.get(_count_key(new.raw_key))) == 1  # both forged uses given back
     assert apikeys.check(new.raw_key).used_today == 2
 
 
@@ -583,9 +583,9 @@ def test_give_back_that_cannot_reach_redis_is_settled_before_the_next_check(raw_
     monkeypatch.setattr(_recovery, "settle_doubts", flaky)
     usage = apikeys.check(new.raw_key)  # decided (and counted) on MongoDB; the forged use still on Redis
     assert usage.allowed and usage.owner == "alice" and usage.limit == 5 and failed
-    assert int(raw_redis.get(_use_key(new.raw_key))) == 2 and _recovery.doubts
+    assert int(raw_redis.get(_count_key(new.raw_key))) == 2 and _recovery.doubts
     assert apikeys.check(new.raw_key).used_today == 3  # given back, MongoDB's use pushed as base, then counted
-    assert not _recovery.doubts and int(raw_redis.get(_use_key(new.raw_key))) == 2
+    assert not _recovery.doubts and int(raw_redis.get(_count_key(new.raw_key))) == 3  # 2 on Redis + the base
     apikeys.sync_usage()
     assert _usage_today(new.key_id) == 3
 
@@ -604,7 +604,7 @@ def test_300_concurrent_checks_under_a_forged_limit_count_exactly_the_allowed_ca
     with ThreadPoolExecutor(30) as pool:
         allowed = 1 + sum(a for batch in pool.map(burst, range(30)) for a in batch)
     assert allowed <= 100
-    assert _usage_today(new.key_id) == allowed == int(raw_redis.get(_use_key(new.raw_key)))
+    assert _usage_today(new.key_id) == allowed == int(raw_redis.get(_count_key(new.raw_key)))
     while apikeys.check(new.raw_key).allowed:  # what the forgery held back is still there to use
         allowed += 1
     assert allowed == 100 == _usage_today(new.key_id)
@@ -644,14 +644,16 @@ def test_counter_that_is_not_an_integer_is_restored_from_mongodb(raw_redis, whic
     apikeys.check(new.raw_key)
     apikeys.sync_usage()  # MongoDB's copy: 2
     tag, day = _tag(new.raw_key), _today()
-    key = _records.use_key(tag, day) if which == "use" else _records.base_key(tag, day)
+    key = _records.count_key(tag, day) if which == "use" else _records.base_key(tag, day)
     raw_redis.delete(key)
     if value is None:
         raw_redis.hset(key, "n", "1") if which == "use" else raw_redis.rpush(key, "1")
     else:
         raw_redis.set(key, value)
     usage = apikeys.check(new.raw_key)
-    assert usage.allowed and usage.used_today == 3 and _tampered() == 1
+    # The day's count includes the base: a check reads the base only when it starts the count, so a base
+    # replaced afterwards changes no decision (the reads below count it as tampered and read it as 0).
+    assert usage.allowed and usage.used_today == 3 and _tampered() == (1 if which == "use" else 0)
     assert [apikeys.check(new.raw_key).allowed for _ in range(2)] == [True, False]
     apikeys.sync_usage()
     assert _usage_today(new.key_id) == 4
@@ -664,7 +666,7 @@ def test_negative_counter_and_base_are_not_counts_and_cannot_lift_the_limit(raw_
     apikeys.sync_usage()  # MongoDB's copy of the counter: 1
     tag, day = _tag(new.raw_key), _today()
     raw_redis.set(_records.base_key(tag, day), -1000)
-    raw_redis.set(_records.use_key(tag, day), -5)
+    raw_redis.set(_records.count_key(tag, day), -5)
     allowed = sum(apikeys.check(new.raw_key).allowed for _ in range(20))
     assert allowed == 2 and _tampered() == 2  # both restored from MongoDB: 1 + 2 = the limit
 
@@ -673,28 +675,28 @@ def test_garbage_counters_in_reports_and_sync_are_absent_not_errors(raw_redis):
     new = apikeys.create("alice")
     apikeys.check(new.raw_key)
     apikeys.sync_usage()
-    raw_redis.set(_use_key(new.raw_key), b"\xff\xfe")
+    raw_redis.set(_count_key(new.raw_key), b"\xff\xfe")
     assert apikeys.usage(new.key_id, days=1)[0][1] == 1  # MongoDB's copy stands
     assert apikeys.list_keys()[0].used_today == 1
     assert apikeys.usage_many([new.key_id], days=2)[new.key_id][0][1] == 1
     assert apikeys.sync_usage().written == 0
-    raw_redis.delete(_use_key(new.raw_key))
-    raw_redis.hset(_use_key(new.raw_key), "a", "b")
+    raw_redis.delete(_count_key(new.raw_key))
+    raw_redis.hset(_count_key(new.raw_key), "a", "b")
     assert apikeys.usage(new.key_id, days=1)[0][1] == 1 and apikeys.sync_usage().redis_available
     assert _tampered() >= 4
 
 
-@pytest.mark.parametrize("kind", ["string", "garbage field", "huge sequence"])
+@pytest.mark.parametrize("kind", ["a hash", "garbage", "huge sequence"])
 def test_tampered_writer_records_are_dropped_and_the_use_counted_once(raw_redis, kind):
     new = apikeys.create("alice", daily_limit=10)
     apikeys.check(new.raw_key)
-    tok = _records.token_key(_tag(new.raw_key))
-    if kind == "string":
+    tok = _records.writer_key(_tag(new.raw_key), recovery.writer())
+    if kind == "a hash":
         raw_redis.delete(tok)
-        raw_redis.set(tok, "x")
+        raw_redis.hset(tok, "x", "y")
     else:
-        value = "not-a-seq" if kind == "garbage field" else "9" * 30 + ":0"
-        raw_redis.hset(tok, recovery.writer(), value)
+        value = "not-a-seq" if kind == "garbage" else "9" * 30 + ":0"
+        raw_redis.set(tok, value)
     usage = apikeys.check(new.raw_key)
     assert usage.allowed and usage.used_today == 2 and _tampered() == 1
     assert apikeys.check(new.raw_key).used_today == 3
@@ -704,16 +706,16 @@ def test_resolve_and_base_scripts_survive_tampered_records(raw_redis, clock):
     new = apikeys.create("alice")
     apikeys.check(new.raw_key)
     tag, day = _tag(new.raw_key), _today()
-    raw_redis.set(_records.use_key(tag, day), "junk")
-    raw_redis.delete(_records.token_key(tag))
-    raw_redis.set(_records.token_key(tag), "junk")
+    raw_redis.set(_records.count_key(tag, day), "junk")
+    raw_redis.hset(_records.writer_key(tag, "w:1"), "junk", "junk")
     doubt = _recovery.Doubt("w:1", 5, tag, day, key_id=new.key_id, allowed=True)
     _recovery.doubts.add(doubt.writer, doubt)
     redis_backend.call("t", lambda r: _recovery.settle_doubts(r, [doubt]))
-    assert int(raw_redis.get(_records.use_key(tag, day))) == 1  # restarted, then this doubt's use
+    assert int(raw_redis.get(_records.count_key(tag, day))) == 1  # restarted, then this doubt's use
     raw_redis.set(_records.base_key(tag, day), "junk")
     assert _recovery.push_bases([(tag, day, 3)]) == 1
     assert raw_redis.get(_records.base_key(tag, day)) == b"3"
+    assert raw_redis.get(_records.count_key(tag, day)) == b"4"  # the count includes the base
     assert _tampered() == 2
 
 
@@ -728,10 +730,10 @@ def test_taken_back_count_that_is_not_a_count_is_absent_and_restarted(raw_redis,
     assert apikeys.sync_usage().written == 1 and _usage_today(new.key_id) == 2
     assert _tampered() == (0 if value is None else 4)  # each read counts it; a hash reads as absent (MGET)
     doubt = _recovery.Doubt("w:1", 5, _tag(new.raw_key), _today(), key_id=new.key_id)
-    raw_redis.hset(_records.token_key(doubt.tag), doubt.writer, "5:0")  # as if that check had counted
+    raw_redis.set(_records.writer_key(doubt.tag, doubt.writer), "5:0")  # as if that check had counted
     _recovery.doubts.add(doubt.writer, doubt)
     redis_backend.call("t", lambda r: _recovery.settle_doubts(r, [doubt]))  # refused: taken back
-    assert raw_redis.get(undo) == b"1" and int(raw_redis.get(_use_key(new.raw_key))) == 1
+    assert raw_redis.get(undo) == b"1" and int(raw_redis.get(_count_key(new.raw_key))) == 1
     apikeys.sync_usage()
     assert _usage_today(new.key_id) == 1
 

@@ -1,10 +1,13 @@
 -- Settle one API key check whose reply was lost (hotcache.apikeys: "checks in doubt"). Idempotent: run it
 -- again (its own reply lost) and it changes nothing more.
--- KEYS[1] <prefix>:{apikeys:<digest>}:use:<YYYYMMDD> the check's day counter
--- KEYS[2] <prefix>:{apikeys:<digest>}:tok            writer -> "<seq>:<time>[:u]"
+-- KEYS[1] <prefix>:{apikeys:<digest>}:n:<YYYYMMDD>   the check's day count (base included)
+-- KEYS[2] <prefix>:{apikeys:<digest>}:w:<writer>      "<seq>:<time>[:u]": the last check the writer counted
 -- KEYS[3] <prefix>:{apikeys:<digest>}:undo:<YYYYMMDD> uses taken back from the counter that day: the usage sync
 --                                                     copies counter + undo and undo, so a copy taken before
 --                                                     the take-back cannot keep the history one use high
+-- KEYS[4] <prefix>:{apikeys:<digest>}:base:<YYYYMMDD>, KEYS[5] <prefix>:{apikeys:<digest>}:use:<YYYYMMDD> (the
+--                                                     previous layout's counter): a new count starts from both,
+--                                                     as in apikey_check.lua
 -- ARGV[1] writer id; ARGV[2] the check's sequence number; ARGV[3] '1' when the request was allowed (answered
 -- from MongoDB), '0' when it was refused; ARGV[4] counter TTL seconds; ARGV[5] now; ARGV[6] writer-field TTL
 -- Returns {outcome, first, note}: outcome is 'applied' (the check counted it: nothing to do), 'counted' (it did
@@ -32,7 +35,7 @@ if undo ~= false then
   end
 end
 local seq = tonumber(ARGV[2])
-local prev = redis.pcall('HGET', KEYS[2], ARGV[1])
+local prev = redis.pcall('GET', KEYS[2])
 if type(prev) == 'table' then
   redis.call('DEL', KEYS[2])
   prev = false
@@ -57,6 +60,19 @@ if ARGV[3] == '1' then
   end
   local n = redis.call('INCR', KEYS[1])
   if n == 1 then
+    -- A new count: from the base and the previous layout's counter (a value that is not a count adds nothing).
+    local start = 0
+    for i = 4, 5 do
+      local v = redis.pcall('GET', KEYS[i])
+      local digits = type(v) == 'string' and string.match(v, '^(%d+)$')
+      if digits and #digits <= 18 then
+        start = start + tonumber(v)
+      end
+    end
+    if start > 0 then
+      redis.call('INCRBY', KEYS[1], start)
+      redis.call('DEL', KEYS[5])
+    end
     redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
     first = 1
   end
@@ -74,6 +90,5 @@ elseif prev_seq >= seq then
   return {'none', 0, note}
 end
 -- Record the sequence so the lost check, should it still arrive, is refused as stale.
-redis.call('HSET', KEYS[2], ARGV[1], mark)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+redis.call('SET', KEYS[2], mark, 'EX', tonumber(ARGV[6]))
 return {outcome, first, note}
