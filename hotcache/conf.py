@@ -35,6 +35,8 @@ FEATURES = ("ratelimit", "users", "mfa", "apikeys", "workbench", "analytics")
 DEFAULTS: dict[str, Any] = {
     # --- Redis (foundation) ---
     "REDIS_ALIAS": "default",  # django-redis alias whose server, credentials and TLS hotcache uses
+    "REDIS_URL": None,  # redis://, rediss:// (TLS), unix://: hotcache's own Redis, used instead of REDIS_ALIAS
+    "REDIS_CLUSTER": False,  # True: REDIS_URL names a node of a Redis Cluster (hotcache builds a RedisCluster)
     "KEY_PREFIX": "hc",  # every hotcache key starts with "<KEY_PREFIX>:"
     "REDIS_SOCKET_TIMEOUT": 0.05,  # seconds; a sick Redis costs at most this per call (loopback RTT is ~0.1 ms)
     "REDIS_CONNECT_TIMEOUT": 0.05,  # seconds

@@ -15,6 +15,7 @@ import redis as redis_py
 
 from hotcache.backends import mongo, reset_all
 from hotcache.testing import RedisProxy, frozen_clock, reset
+from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.secantus import RealMongo, SecantusServer, external_url, new_database_name, with_database
 from tests.support.stores import StandInMongo
 
@@ -25,6 +26,14 @@ def _hotcache_isolation() -> Iterator[None]:
     reset()
     yield
     reset_all()
+
+
+@pytest.fixture(autouse=True)
+def _redis_target_switch(request: pytest.FixtureRequest) -> None:
+    """HOTCACHE_TEST_REDIS_TARGET=cluster runs every test with hotcache on the session's Redis Cluster
+    (``cluster_redis``) instead of the single server: the survey of what breaks on a cluster (issue 18)."""
+    if os.environ.get("HOTCACHE_TEST_REDIS_TARGET") == "cluster":
+        request.getfixturevalue("cluster_redis")
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +55,16 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def raw_redis() -> Iterator[redis_py.Redis]:
-    """A plain redis-py client to the test Redis, for assertions (not metered, no gate)."""
+def raw_redis(request: pytest.FixtureRequest) -> Iterator[redis_py.Redis]:
+    """A plain redis-py client to the test Redis, for assertions (not metered, no gate); a RedisCluster client
+    when the test runs on the cluster (HOTCACHE_TEST_REDIS_TARGET=cluster)."""
+    if os.environ.get("HOTCACHE_TEST_REDIS_TARGET") == "cluster":
+        from redis.cluster import RedisCluster
+
+        cluster_client = RedisCluster.from_url(request.getfixturevalue("redis_cluster").url)
+        yield cluster_client  # type: ignore[misc]
+        cluster_client.close()
+        return
     client = redis_py.Redis.from_url(_redis_url())
     yield client
     client.close()
@@ -117,6 +134,54 @@ def redis_down(settings: Any) -> int:
     caches["default"] = {**caches["default"], "LOCATION": f"redis://127.0.0.1:{port}/0"}
     settings.CACHES = caches
     return port
+
+
+# --- Redis Cluster ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    """The session's real Redis Cluster: 6 Debian redis-server nodes (3 masters, 3 replicas) on loopback,
+    started on first use (~8 s) and SIGKILLed at the end. Fails (never skips) when it cannot start. Tests
+    that kill nodes use ``own_redis_cluster`` instead, so the others keep a whole cluster."""
+    cluster = RedisClusterNodes()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def own_redis_cluster() -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of this test's own, for failover tests (``kill_master``, ``wait_for_promotion``)."""
+    cluster = RedisClusterNodes()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _use_cluster(settings: Any, cluster: RedisClusterNodes) -> RedisClusterNodes:
+    settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": cluster.url, "REDIS_CLUSTER": True}
+    return cluster
+
+
+@pytest.fixture
+def cluster_redis(settings: Any, redis_cluster: RedisClusterNodes) -> RedisClusterNodes:
+    """hotcache's Redis is the session's cluster (HOTCACHE['REDIS_URL'] + HOTCACHE['REDIS_CLUSTER'] = True)."""
+    return _use_cluster(settings, redis_cluster)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_target(request: pytest.FixtureRequest, settings: Any) -> RedisClusterNodes | None:
+    """One contract, two Redis targets: the single server (None) and the session's Redis Cluster."""
+    if request.param == "cluster":
+        return request.getfixturevalue("cluster_redis")
+    if os.environ.get("HOTCACHE_TEST_REDIS_TARGET") == "cluster":
+        pytest.skip("HOTCACHE_TEST_REDIS_TARGET=cluster: every test already runs on the cluster")
+    return None
 
 
 @pytest.fixture

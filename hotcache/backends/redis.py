@@ -3,7 +3,9 @@
 The client is built from the django-redis alias ``HOTCACHE['REDIS_ALIAS']``: same server, database,
 credentials, TLS and connection class (so fakeredis works for the embedded default), in a pool of its
 own so hotcache's calls keep their short timeouts (REDIS_SOCKET_TIMEOUT / REDIS_CONNECT_TIMEOUT)
-while the host's cache keeps its own, and so every command hotcache sends is counted.
+while the host's cache keeps its own, and so every command hotcache sends is counted. With
+``HOTCACHE['REDIS_URL']`` it is built from that URL instead, and with ``HOTCACHE['REDIS_CLUSTER']`` it is a
+``redis.cluster.RedisCluster`` with the same timeouts and metering (hotcache.backends.cluster).
 
 Features never touch redis-py errors: call() runs a function against the client and turns every
 failure (error, timeout, gate open) into RedisUnavailable, which the feature maps to its fallback.
@@ -22,17 +24,29 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from hotcache import metering
+from hotcache.backends import cluster
 from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["Script", "after_call", "call", "eval_lua", "get_client", "reset", "server_info", "wrap_lua"]
+__all__ = [
+    "Script",
+    "after_call",
+    "call",
+    "cluster_mode_mismatch",
+    "eval_lua",
+    "get_client",
+    "reset",
+    "server_info",
+    "wrap_lua",
+]
 
 T = TypeVar("T")
 
@@ -41,7 +55,7 @@ _SERVER_STATE_ERRORS = {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "CLU
 _LUA_DIR = Path(__file__).with_name("lua")
 _lock = threading.Lock()
 _wire = threading.local()  # .sent: the current call's last command reached the socket
-_clients: dict[tuple[str, int], redis.Redis] = {}
+_clients: dict[tuple[str, str, bool, int], redis.Redis] = {}
 
 
 @cache
@@ -71,12 +85,26 @@ def _metered_class(base: type) -> type:
 
 
 def _build_client() -> redis.Redis:
-    from django_redis import get_redis_connection
+    url = hotcache_settings.REDIS_URL
+    if hotcache_settings.REDIS_CLUSTER:
+        # A RedisCluster offers the same command methods; features only call those.
+        return cluster.build(  # type: ignore[return-value]
+            str(url),
+            socket_timeout=float(hotcache_settings.REDIS_SOCKET_TIMEOUT),
+            connect_timeout=float(hotcache_settings.REDIS_CONNECT_TIMEOUT),
+            metered_class=_metered_class,
+        )
+    if url:
+        kwargs = parse_url(str(url))
+        connection_class = kwargs.pop("connection_class", redis.Connection)
+        max_connections = 50
+    else:
+        from django_redis import get_redis_connection
 
-    alias = hotcache_settings.REDIS_ALIAS
-    host_client = get_redis_connection(alias)
-    source = host_client.connection_pool
-    kwargs = dict(source.connection_kwargs)
+        source = get_redis_connection(hotcache_settings.REDIS_ALIAS).connection_pool
+        kwargs = dict(source.connection_kwargs)
+        connection_class = source.connection_class
+        max_connections = getattr(source, "max_connections", None) or 50
     kwargs["socket_timeout"] = float(hotcache_settings.REDIS_SOCKET_TIMEOUT)
     kwargs["socket_connect_timeout"] = float(hotcache_settings.REDIS_CONNECT_TIMEOUT)
     # One attempt per call: the health gate decides about retries, not the socket layer.
@@ -85,16 +113,15 @@ def _build_client() -> redis.Redis:
     # Named connections: CLIENT LIST shows which connections (and commands) are hotcache's.
     kwargs.setdefault("client_name", "hotcache")
     pool = redis.ConnectionPool(
-        connection_class=_metered_class(source.connection_class),
-        max_connections=getattr(source, "max_connections", None) or 50,
-        **kwargs,
+        connection_class=_metered_class(connection_class), max_connections=max_connections, **kwargs
     )
     return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
 def get_client() -> redis.Redis:
     """hotcache's client for this process (rebuilt after fork and when settings change)."""
-    key = (str(hotcache_settings.REDIS_ALIAS), os.getpid())
+    target = hotcache_settings.REDIS_URL or f"alias:{hotcache_settings.REDIS_ALIAS}"
+    key = (str(target), str(hotcache_settings.REDIS_ALIAS), bool(hotcache_settings.REDIS_CLUSTER), os.getpid())
     client = _clients.get(key)
     if client is None:
         with _lock:
@@ -111,8 +138,8 @@ def reset() -> None:
     with _lock:
         for client in _clients.values():
             try:
-                client.connection_pool.disconnect()
-            except RedisError:
+                cluster.close(client)
+            except (RedisError, RedisClusterException):
                 pass
         _clients.clear()
     redis_gate.reset()
@@ -150,6 +177,8 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
             log.error("hotcache: redis rejected a %s call: %s", feature, exc)
         metering.event(feature, "redis_error")
         raise RedisUnavailable(f"redis refused the call for {feature}: {exc}") from exc
+    except RedisClusterException as exc:
+        raise _cluster_failed(feature, exc) from exc
     except BaseException:
         redis_gate.abandon()  # the caller's own code raised: no verdict on Redis, and never a stuck probe
         raise
@@ -158,6 +187,19 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     if hook is not None:
         hook()
     return result
+
+
+def _cluster_failed(feature: str, exc: RedisClusterException) -> RedisUnavailable:
+    """The cluster client's errors outside RedisError (none reachable, a slot unserved, keys on two slots)."""
+    kind = cluster.failure_kind(exc)
+    if kind == cluster.CALL:
+        redis_gate.success()  # Redis was not even asked, or answered: this call's own fault
+        log.error("hotcache: the redis cluster client refused a %s call: %s", feature, exc)
+    else:
+        redis_gate.failure(exc, immediate=kind == cluster.CONNECTION)
+    metering.event(feature, "redis_error")
+    maybe_applied = kind == cluster.CONNECTION and bool(getattr(_wire, "sent", False))
+    return RedisUnavailable(f"redis cluster call for {feature} failed: {exc}", maybe_applied=maybe_applied)
 
 
 _after_call: Callable[[], None] | None = None
@@ -257,3 +299,23 @@ def eval_lua(client: redis.Redis, source: str, keys: Sequence[str] = (), args: S
 def server_info(section: str = "memory") -> dict[str, Any]:
     """INFO <section> through the gate (feature 'status')."""
     return call("status", lambda r: r.info(section))
+
+
+def cluster_mode_mismatch() -> str | None:
+    """A message when a single-server client's Redis is a cluster node (``cluster_enabled:1``), else None.
+
+    That Redis serves only its own slots: every other key gets MOVED and falls back. None too when Redis
+    cannot be asked (hotcache_check reports that) or hotcache already uses a cluster client.
+    """
+    if hotcache_settings.REDIS_CLUSTER:
+        return None
+    try:
+        info = call("status", lambda r: r.info("cluster"))
+    except RedisUnavailable:
+        return None
+    if not cluster.single_server_on_cluster(info):
+        return None
+    return (
+        "hotcache's Redis is a node of a Redis Cluster (INFO cluster says cluster_enabled:1) but hotcache uses a "
+        "single-server client: set HOTCACHE['REDIS_CLUSTER'] = True (with HOTCACHE['REDIS_URL'] naming a node)."
+    )

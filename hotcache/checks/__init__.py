@@ -2,7 +2,7 @@
 
 Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030-E039 MFA;
 E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports; E080-E089 the periodic jobs'
-schedule. W0xx are warnings.
+schedule; E090-E099 the Redis target (REDIS_URL, REDIS_CLUSTER). W0xx are warnings.
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 
@@ -14,6 +14,7 @@ from hotcache.checks.apikeys import check_apikeys
 from hotcache.checks.foundation import check_foundation
 from hotcache.checks.mfa import check_mfa
 from hotcache.checks.ratelimit import check_ratelimit
+from hotcache.checks.redis_target import check_cluster_mode, check_redis_target
 from hotcache.checks.reports import check_reports
 from hotcache.checks.schedule import check_schedule
 from hotcache.checks.users import check_users
@@ -22,9 +23,11 @@ from hotcache.checks.workbench import check_workbench
 __all__ = [
     "check_analytics",
     "check_apikeys",
+    "check_cluster_mode",
     "check_foundation",
     "check_mfa",
     "check_ratelimit",
+    "check_redis_target",
     "check_reports",
     "check_schedule",
     "check_users",
