@@ -214,18 +214,32 @@ def describe(client: RedisCluster, samples: int = 3) -> ClusterReport:
 def _probe(client: RedisCluster, node: NodeReport, samples: int) -> None:
     host, port = node.address.rsplit(":", 1)
     target = client.get_node(host=host, port=int(port))
-    if target is None:
-        node.ok, node.error = False, "not in the client's node table"
-        return
+    owned = None
+    if target is not None and target.redis_connection is not None:
+        conn = target.redis_connection
+    else:
+        # A node the client does not route to (a replica): a one-off client with the same connection settings.
+        primary = client.get_primaries()[0].redis_connection
+        if primary is None:
+            node.ok, node.error = False, "the client has no connection settings to probe it with"
+            return
+        pool = primary.connection_pool
+        kwargs = {**pool.connection_kwargs, "host": host, "port": int(port)}
+        owned = conn = redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
     timings = []
     try:
         for _ in range(samples):
             start = time.perf_counter()
-            client.execute_command("PING", target_nodes=target)
+            conn.ping()
             timings.append((time.perf_counter() - start) * 1000)
     except (RedisError, RedisClusterException, OSError) as exc:
         node.ok, node.error = False, f"{type(exc).__name__}: {exc}"
         return
+    finally:
+        if owned is not None:
+            owned.close()
     timings.sort()
     node.rtt_ms = round(timings[len(timings) // 2], 3)
 
