@@ -112,3 +112,28 @@ def test_a_single_server_client_on_a_cluster_node_is_reported_with_the_fix(setti
 
 def test_a_single_server_that_is_no_cluster_node_passes_the_cluster_mode_check():
     assert check_cluster_mode() == []
+
+
+def test_the_host_project_reads_redis_cluster_from_the_environment(redis_cluster, tmp_path):
+    """REDIS_URL + REDIS_CLUSTER=1 (config/settings/base.py): manage.py hotcache_check reports the cluster."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOTCACHE_", "CELERY_", "DJANGO_"))}
+    env.update(
+        REDIS_URL=redis_cluster.url,
+        REDIS_CLUSTER="1",
+        DJANGO_SETTINGS_MODULE="config.settings.demo",
+        DJANGO_DB_PATH=str(tmp_path / "db.sqlite3"),
+    )
+    done = subprocess.run(
+        [sys.executable, "manage.py", "hotcache_check", "--json"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["redis"]["mode"] == "cluster"
+    assert report["redis"]["cluster"]["masters"] == 3
