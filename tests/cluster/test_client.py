@@ -75,6 +75,25 @@ def test_commands_round_trips_and_billed_are_counted_on_the_cluster(cluster_redi
     assert counted.by_feature["status"] == 13
 
 
+def test_a_cluster_pipeline_is_one_round_trip_per_node_it_reaches(cluster_redis, key_prefix):
+    client = redis_backend.get_client()
+    keys = [f"{key_prefix}:pipe:{uuid.uuid4().hex}" for _ in range(30)]
+    nodes = {client.get_node_from_key(k).name for k in keys}
+    assert len(nodes) == 3
+    for key in keys:  # warm every node's connection
+        redis_backend.call("status", lambda r, k=key: r.set(k, 1, ex=60))
+
+    def pipelined(r):
+        pipe = r.pipeline(transaction=False)
+        for key in keys:
+            pipe.incr(key)
+        return pipe.execute()
+
+    with count_redis() as counted:
+        assert redis_backend.call("status", pipelined) == [2] * 30
+    assert (counted.commands, counted.round_trips, counted.billed) == (30, 3, 30)
+
+
 def test_a_script_runs_on_the_cluster_and_reports_its_commands(cluster_redis):
     lim = Limit("cluster-one", uuid.uuid4().hex, 3, 60)
     assert ratelimit.evaluate([lim]).allowed  # warm: discovery, the node's connection, the script's first EVAL
