@@ -15,7 +15,7 @@ import redis as redis_py
 
 from hotcache.backends import mongo, reset_all
 from hotcache.testing import RedisProxy, frozen_clock, reset
-from tests.support.redis_cluster import RedisClusterNodes
+from tests.support.redis_cluster import CLUSTER_URL_ENV, RedisClusterNodes, on_cluster
 from tests.support.secantus import RealMongo, SecantusServer, external_url, new_database_name, with_database
 from tests.support.stores import StandInMongo
 
@@ -32,8 +32,29 @@ def _hotcache_isolation() -> Iterator[None]:
 def _redis_target_switch(request: pytest.FixtureRequest) -> None:
     """HOTCACHE_TEST_REDIS_TARGET=cluster runs every test with hotcache on the session's Redis Cluster
     (``cluster_redis``) instead of the single server: the survey of what breaks on a cluster (issue 18)."""
-    if os.environ.get("HOTCACHE_TEST_REDIS_TARGET") == "cluster":
+    if on_cluster():
         request.getfixturevalue("cluster_redis")
+        log_path = os.environ.get("HOTCACHE_TEST_CLUSTER_LOG")
+        if log_path:
+            _log_refusals(request, log_path)
+
+
+def _log_refusals(request: pytest.FixtureRequest, path: str) -> None:
+    """Append every call Redis (or the cluster client) refused to ``path``, with the test's id: a test can pass
+    on a fallback while the cluster refused its calls (CROSSSLOT, a command blocked in a cluster pipeline)."""
+    import logging
+
+    class Refusals(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if "rejected" in text or "refused" in text:
+                with open(path, "a", encoding="utf-8") as out:
+                    out.write(f"{request.node.nodeid}\t{text[:400]}\n")
+
+    handler = Refusals(logging.ERROR)
+    logger = logging.getLogger("hotcache")
+    logger.addHandler(handler)
+    request.addfinalizer(lambda: logger.removeHandler(handler))
 
 
 @pytest.fixture(autouse=True)
@@ -146,9 +167,11 @@ def redis_cluster() -> Iterator[RedisClusterNodes]:
     that kill nodes use ``own_redis_cluster`` instead, so the others keep a whole cluster."""
     cluster = RedisClusterNodes()
     cluster.start()
+    os.environ[CLUSTER_URL_ENV] = cluster.url
     try:
         yield cluster
     finally:
+        os.environ.pop(CLUSTER_URL_ENV, None)
         cluster.close()
 
 

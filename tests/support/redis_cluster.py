@@ -29,15 +29,43 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
-__all__ = ["ClusterNode", "ClusterStartError", "NodeInfo", "RedisClusterNodes", "free_cluster_ports"]
+__all__ = [
+    "CLUSTER_URL_ENV",
+    "ClusterNode",
+    "ClusterStartError",
+    "NodeInfo",
+    "RedisClusterNodes",
+    "free_cluster_ports",
+    "on_cluster",
+    "raw_test_client",
+]
+
+TARGET_ENV = "HOTCACHE_TEST_REDIS_TARGET"  # "cluster": every test runs with hotcache on the session's cluster
+CLUSTER_URL_ENV = "HOTCACHE_TEST_CLUSTER_URL"  # set by the redis_cluster fixture once the cluster is up
 
 MAX_PORT = 55535  # the cluster bus port is port + 10000, and must be a valid port too
 NODE_TIMEOUT_MS = 2000  # issue 18: failover in a few seconds instead of the default 15 s node timeout's ~20 s
 START_TIMEOUT = 60.0
 FAILOVER_TIMEOUT = 60.0
+
+
+def on_cluster() -> bool:
+    """Whether this test run has hotcache on the cluster (HOTCACHE_TEST_REDIS_TARGET=cluster)."""
+    return os.environ.get(TARGET_ENV) == "cluster"
+
+
+def raw_test_client() -> Any:
+    """A plain client for test set-up and assertions on the Redis hotcache uses in this run: the single test
+    server, or (HOTCACHE_TEST_REDIS_TARGET=cluster) a RedisCluster client to the session's cluster."""
+    if on_cluster():
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(os.environ[CLUSTER_URL_ENV])
+    return redis.Redis.from_url(os.environ["HOTCACHE_TEST_REDIS_URL"])
 
 
 class ClusterStartError(RuntimeError):
