@@ -130,7 +130,7 @@ def _totals(key_tags: list[tuple[str, str]], days: list[dt.date]) -> dict[tuple[
         pipe = r.pipeline(transaction=False)
         for _, tag in key_tags:
             for day in days:
-                pipe.mget(use_key(tag, day), undo_key(tag, day))
+                pipe.execute_command("MGET", use_key(tag, day), undo_key(tag, day))  # cluster pipelines block .mget()
         return replies(pipe)
 
     try:

@@ -149,6 +149,6 @@ def _read_counters(r: Any, pairs: list[Entry]) -> list[Any]:
     for i in range(0, len(pairs), _SYNC_CHUNK):
         pipe = r.pipeline(transaction=False)
         for _, tag, day in pairs[i : i + _SYNC_CHUNK]:
-            pipe.mget(use_key(tag, day), undo_key(tag, day))
+            pipe.execute_command("MGET", use_key(tag, day), undo_key(tag, day))  # cluster pipelines block .mget()
         values += replies(pipe)
     return values
