@@ -27,3 +27,7 @@ def test_a_killed_master_is_replaced_by_its_replica(own_redis_cluster: RedisClus
     assert new in replicas
     assert own_redis_cluster.master_for_slot(0) is new
     assert not old.alive
+    own_redis_cluster.restart(old)  # it rejoins from its nodes.conf, as a replica of the promoted node
+    view = {n.port: n for n in own_redis_cluster.topology()}
+    assert view[old.port].role == "replica"
+    assert view[old.port].master_id == view[new.port].node_id
