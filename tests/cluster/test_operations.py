@@ -137,3 +137,23 @@ def test_the_host_project_reads_redis_cluster_from_the_environment(redis_cluster
     report = json.loads(done.stdout)
     assert report["redis"]["mode"] == "cluster"
     assert report["redis"]["cluster"]["masters"] == 3
+
+
+def test_ratelimit_check_drives_a_rule_on_the_cluster(cluster_redis, hotcache_config):
+    hotcache_config(RATELIMIT_RULES=[{"name": "login-burst", "rate": "5/10s", "key": "ip"}])
+    out = io.StringIO()
+    call_command("ratelimit_check", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["ok"] and report["admitted"] == 5 and report["denied"] == 3
+
+
+def test_ratelimit_check_names_redis_url_when_the_cluster_is_unreachable(settings):
+    from tests.support.secantus import free_port
+
+    settings.HOTCACHE = {
+        **settings.HOTCACHE,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "REDIS_CLUSTER": True,
+    }
+    with pytest.raises(CommandError, match=r"unreachable.*HOTCACHE\['REDIS_URL'\]"):
+        call_command("ratelimit_check", "--rate", "3/m", stdout=io.StringIO())
