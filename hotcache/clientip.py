@@ -13,7 +13,14 @@ request has no usable client address unless ``TRUSTED_PROXIES`` holds ``"unix"``
 the socket is a trusted proxy and its header is walked as above.
 
 Buckets group addresses: IPv6 by ``IPV6_PREFIX`` (default /64, what one subscriber usually gets),
-IPv4 by ``IPV4_PREFIX`` (default /32).
+IPv4 by ``IPV4_PREFIX`` (default /32); django-ratelimit's ``RATELIMIT_IPV6_MASK`` / ``RATELIMIT_IPV4_MASK`` when
+HOTCACHE does not set them.
+
+django-ratelimit's ``RATELIMIT_IP_META_KEY`` names where the client address is instead: a callable
+``(request)`` or its dotted path, or a ``request.META`` key. A META key that is a request header (``HTTP_*``,
+which any client can send) is believed only from a trusted proxy when ``TRUSTED_PROXIES`` is set (from every
+peer when it is empty, as django-ratelimit; ``manage.py check`` warns). No usable address from that source
+falls back to the walk above.
 """
 
 from __future__ import annotations
@@ -25,11 +32,20 @@ from functools import lru_cache
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
 
-from hotcache.conf import hotcache_settings
+from hotcache.conf import DEFAULTS, hotcache_settings
 
-__all__ = ["MAX_HOPS", "UNIX_PEER", "bucket", "client_bucket", "client_ip", "parse_address", "trusted_networks",
-           "trusts_unix_peer"]
+__all__ = [
+    "MAX_HOPS",
+    "UNIX_PEER",
+    "bucket",
+    "client_bucket",
+    "client_ip",
+    "parse_address",
+    "trusted_networks",
+    "trusts_unix_peer",
+]
 
 log = logging.getLogger("hotcache.ratelimit")
 
@@ -123,13 +139,34 @@ def _hops_forwarded(meta: Any) -> list[str] | None:
     return hops or None
 
 
+def _from_meta_key(request: Any, meta: Any, source: Any) -> IPAddress | None:
+    """The address RATELIMIT_IP_META_KEY's ``source`` gives (a callable, or a META key), if usable."""
+    if callable(source):
+        raw = source(request)
+    else:
+        if source.startswith("HTTP_") and (trusted_networks() or trusts_unix_peer()):
+            # A request header: believed only from a trusted proxy once TRUSTED_PROXIES says which those are.
+            peer = meta.get("REMOTE_ADDR")
+            addr = parse_address(peer) if isinstance(peer, str) else None
+            if not (_trusted(addr, trusted_networks()) if addr is not None else trusts_unix_peer()):
+                return None
+        raw = meta.get(source)
+    return parse_address(raw) if isinstance(raw, str) else None
+
+
 def client_ip(request: Any) -> IPAddress | None:
-    """The client's address: REMOTE_ADDR, or the first untrusted hop of the trusted proxies' header.
+    """The client's address: RATELIMIT_IP_META_KEY's source when set and usable, else REMOTE_ADDR, or the
+    first untrusted hop of the trusted proxies' header.
 
     None when there is no usable address: REMOTE_ADDR is not an IP and no trusted Unix-socket proxy
     (``"unix"`` in TRUSTED_PROXIES) named the client.
     """
     meta = getattr(request, "META", {}) or {}
+    source = _fast_settings()[3]  # RATELIMIT_IP_META_KEY
+    if source is not None:
+        found = _from_meta_key(request, meta, source)
+        if found is not None:
+            return found
     raw = meta.get("REMOTE_ADDR")
     remote = parse_address(raw) if isinstance(raw, str) else None
     networks = trusted_networks()
@@ -158,12 +195,17 @@ def client_ip(request: Any) -> IPAddress | None:
 
 def bucket(addr: IPAddress) -> str:
     """The rate-limit bucket of an address: its /IPV4_PREFIX or /IPV6_PREFIX network."""
+    _, v4, v6, _ = _fast_settings()
+    return _bucket(addr, v4, v6)
+
+
+def _bucket(addr: IPAddress, v4: int, v6: int) -> str:
     if addr.version == 6:
-        prefix = _prefix(hotcache_settings.IPV6_PREFIX, 128, 64)
+        prefix = v6
         if prefix == 128:
             return str(addr)
         return str(ipaddress.IPv6Network((addr, prefix), strict=False))
-    prefix = _prefix(hotcache_settings.IPV4_PREFIX, 32, 32)
+    prefix = v4
     if prefix == 32:
         return str(addr)
     return str(ipaddress.IPv4Network((addr, prefix), strict=False))
@@ -175,35 +217,55 @@ def _prefix(value: Any, top: int, default: int) -> int:
     return default
 
 
-_fast: tuple[Any, bool, Any, Any] | None = None
+def _effective_prefix(name: str, mask: str, top: int) -> int:
+    """HOTCACHE[name] when set there, else django-ratelimit's ``mask`` setting, else the default."""
+    user = hotcache_settings.user_settings
+    value = user[name] if name in user else getattr(django_settings, mask, DEFAULTS[name])
+    return _prefix(value, top, DEFAULTS[name])
 
 
-def _fast_settings() -> tuple[Any, bool, Any, Any]:
-    """(HOTCACHE dict, proxies configured?, IPV4_PREFIX, IPV6_PREFIX), re-read when HOTCACHE is a new object."""
-    global _fast
-    source = getattr(django_settings, "HOTCACHE", None)
-    fast = _fast
-    if fast is None or fast[0] is not source:
-        fast = _fast = (source, bool(hotcache_settings.TRUSTED_PROXIES), hotcache_settings.IPV4_PREFIX,
-                        hotcache_settings.IPV6_PREFIX)
-    return fast
+def _meta_source() -> Any:
+    """RATELIMIT_IP_META_KEY as a callable or a META key, or None (unset, or unusable: manage.py check says)."""
+    value = getattr(django_settings, "RATELIMIT_IP_META_KEY", None)
+    if isinstance(value, str) and "." in value:
+        try:
+            value = import_string(value)
+        except ImportError:
+            log.error("hotcache: RATELIMIT_IP_META_KEY %r does not import; the client address is REMOTE_ADDR", value)
+            return None
+    return value if callable(value) or (isinstance(value, str) and value) else None
+
+
+def _build_fast() -> tuple[bool, int, int, Any]:
+    return (
+        bool(hotcache_settings.TRUSTED_PROXIES),
+        _effective_prefix("IPV4_PREFIX", "RATELIMIT_IPV4_MASK", 32),
+        _effective_prefix("IPV6_PREFIX", "RATELIMIT_IPV6_MASK", 128),
+        _meta_source(),
+    )
+
+
+def _fast_settings() -> tuple[bool, int, int, Any]:
+    """(proxies configured?, IPv4 prefix, IPv6 prefix, IP_META_KEY source), built once per settings
+    (HOTCACHE a new dict, or setting_changed for HOTCACHE or a RATELIMIT_* setting)."""
+    return hotcache_settings.derived("clientip.fast", _build_fast)
 
 
 def client_bucket(request: Any) -> str | None:
-    """client_ip() grouped into its bucket, or None when REMOTE_ADDR itself is unusable."""
+    """client_ip() grouped into its bucket, or None when there is no usable client address."""
     meta = getattr(request, "META", None) or {}
-    _, proxies, v4, v6 = _fast_settings()
-    if not proxies:
+    proxies, v4, v6, source = _fast_settings()
+    if not proxies and source is None:
         # The common case (no proxies): the bucket depends on REMOTE_ADDR alone; parse each address once.
         remote = meta.get("REMOTE_ADDR")
         if not isinstance(remote, str) or len(remote) > 64:
             return None  # not an address (parse_address refuses it), and not worth a cache entry
         return _bucket_of(remote, v4, v6)
     addr = client_ip(request)
-    return None if addr is None else bucket(addr)
+    return None if addr is None else _bucket(addr, v4, v6)
 
 
 @lru_cache(maxsize=4096)
-def _bucket_of(remote: str, v4: Any, v6: Any) -> str | None:
+def _bucket_of(remote: str, v4: int, v6: int) -> str | None:
     addr = parse_address(remote)
-    return None if addr is None else bucket(addr)
+    return None if addr is None else _bucket(addr, v4, v6)

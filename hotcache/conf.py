@@ -30,7 +30,7 @@ __all__ = ["DEFAULTS", "FEATURES", "HotcacheSettings", "hotcache_settings"]
 T = TypeVar("T")
 
 # The features hotcache ships; HOTCACHE["FEATURES"] may name a subset.
-FEATURES = ("ratelimit", "users", "mfa", "apikeys", "workbench", "analytics")
+FEATURES = ("ratelimit", "users", "sessions", "mfa", "apikeys", "workbench", "analytics")
 
 DEFAULTS: dict[str, Any] = {
     # --- Redis (foundation) ---
@@ -38,10 +38,13 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": None,  # redis://, rediss:// (TLS), unix://: hotcache's own Redis, used instead of REDIS_ALIAS
     "REDIS_CLUSTER": False,  # True: REDIS_URL names a node of a Redis Cluster (hotcache builds a RedisCluster)
     "KEY_PREFIX": "hc",  # every hotcache key starts with "<KEY_PREFIX>:"
-    "REDIS_SOCKET_TIMEOUT": 0.05,  # seconds; a sick Redis costs at most this per call (loopback RTT is ~0.1 ms)
-    "REDIS_CONNECT_TIMEOUT": 0.05,  # seconds
-    "HEALTH_FAILURE_THRESHOLD": 3,  # consecutive timeouts that open the gate (a refused connection opens it at once)
+    # Timeouts fit a TLS Redis in another region (round trip up to 125 ms: timeout >= 4 x round trip; rule in
+    # docs/operations/resilience.md); a hanging Redis costs at most this per call until the gate opens.
+    "REDIS_SOCKET_TIMEOUT": 0.5,  # seconds: a reply, and the TLS handshake
+    "REDIS_CONNECT_TIMEOUT": 0.5,  # seconds: the TCP connect
+    "HEALTH_FAILURE_THRESHOLD": 3,  # consecutive timeouts (or server-state errors) that open the gate
     "HEALTH_COOLDOWN": 5.0,  # seconds the gate stays open before one probe
+    "HEALTH_QUOTA_COOLDOWN": 300.0,  # seconds after a provider quota error (a daily quota: until the next UTC day)
     "REDIS_DAILY_COMMAND_BUDGET": 10_000,  # billed commands per UTC day (Upstash's former free tier)
     "REDIS_MONTHLY_COMMAND_BUDGET": 500_000,  # billed commands per UTC month (Upstash free tier since 2025)
     "REDIS_MEMORY_LIMIT": 256 * 1024 * 1024,  # bytes (Upstash free tier)
@@ -109,6 +112,7 @@ DEFAULTS: dict[str, Any] = {
     "ANALYTICS_SYNC_GRACE": 300,  # seconds after an hour ends before the sync claims it
     "ANALYTICS_SYNC_CHUNK": 1000,  # counters per MongoDB bulk write (at most 1000)
     "ANALYTICS_SYNC_LOCK_TIMEOUT": 900,  # seconds; saves duplicate work only (0 disables the lock)
+    "ANALYTICS_BATCH_SECONDS": 0,  # 0: one script per event; > 0: events summed per process, one script per interval
     "ANALYTICS_FALLBACK_BUFFER_SIZE": 1000,  # counters buffered in-process while Redis is down
     "ANALYTICS_FALLBACK_FLUSH_INTERVAL": 2.0,  # seconds between bulk flushes of that buffer to MongoDB
     "ANALYTICS_TRACK_MAX_BODY": 4096,  # bytes accepted by POST /hotcache/analytics/track

@@ -8,8 +8,9 @@ ones (FREE_COMMANDS). Only hotcache's own connections are seen: other clients of
 
 Counts are buffered in-process and written with a single EVALSHA per flush (holding every field), after
 METER_FLUSH_EVERY commands, or at most once a minute when at least 100 are buffered; the flush is metered
-too (feature ``meter``: its script bills one HINCRBY per field).
-The daily hash ``<prefix>:{meter:usage}:<YYYYMMDD>`` keeps fields:
+too (feature ``meter``: 3 billed commands, EVALSHA + HGET + HSET per day, written by the flush itself).
+The daily hash ``<prefix>:{meter:usage}:<YYYYMMDD>`` keeps the day's counts as JSON in its field ``*``
+(MERGED; written by meter_flush.lua) and, from versions before it, as integer fields of the same names:
 
     cmd:<feature>   Redis commands sent     rt:<feature>    Redis round trips
     billed:<feature> billed commands (what the server executed, free commands excluded)
@@ -44,6 +45,7 @@ __all__ = [
     "meter",
     "mongo_op",
     "read",
+    "self_counted",
     "server_billed",
     "snapshot",
     "usage",
@@ -53,6 +55,10 @@ __all__ = [
 log = logging.getLogger("hotcache.metering")
 
 _feature: contextvars.ContextVar[str] = contextvars.ContextVar("hotcache_feature", default="other")
+# Inside self_counted(): counts go to the totals and to this Counter instead of the store's buffer.
+_self_counted: contextvars.ContextVar[Counter[tuple[str, str]] | None] = contextvars.ContextVar(
+    "hotcache_meter_self_counted", default=None
+)
 _TIME_FLUSH_SECONDS = 60.0
 _TIME_FLUSH_MINIMUM = 100  # a time-based flush only when it costs <= 1% of what it reports
 # Processes publish their MongoDB pool figures with each flush; reports show those heard from this recently.
@@ -132,15 +138,18 @@ class Meter:
         name = _feature.get()
         day = _day()
         billed = n if billed is None else billed
+        aside = _self_counted.get()
         with self._lock:
-            self._pending[(day, f"cmd:{name}")] += n
-            self._pending[(day, f"rt:{name}")] += round_trips
+            pending = self._pending if aside is None else aside
+            pending[(day, f"cmd:{name}")] += n
+            pending[(day, f"rt:{name}")] += round_trips
             self._totals[f"cmd:{name}"] += n
             self._totals[f"rt:{name}"] += round_trips
             if billed:
-                self._pending[(day, f"billed:{name}")] += billed
+                pending[(day, f"billed:{name}")] += billed
                 self._totals[f"billed:{name}"] += billed
-            self._pending_commands += n
+            if aside is None:
+                self._pending_commands += n
 
     def billed(self, n: int) -> None:
         """``n`` more billed commands the server ran for one sent (a script's redis.call/pcall count)."""
@@ -148,8 +157,9 @@ class Meter:
             return
         name = _feature.get()
         day = _day()
+        aside = _self_counted.get()
         with self._lock:
-            self._pending[(day, f"billed:{name}")] += n
+            (self._pending if aside is None else aside)[(day, f"billed:{name}")] += n
             self._totals[f"billed:{name}"] += n
 
     def add(self, fld: str, n: int = 1) -> None:
@@ -199,6 +209,20 @@ class Meter:
 
 
 meter = Meter()
+
+
+@contextlib.contextmanager
+def self_counted() -> Iterator[Counter[tuple[str, str]]]:
+    """Commands sent inside the block count in the totals (snapshot(), count_redis()) but are not buffered for
+    the store: they are collected in the yielded Counter. The meter flush writes its own cost in the write
+    itself (so the last flush before exit is counted too) and buffers with restore() only what it did not
+    write (a NOSCRIPT retry's refused EVALSHA, a failed flush)."""
+    aside: Counter[tuple[str, str]] = Counter()
+    token = _self_counted.set(aside)
+    try:
+        yield aside
+    finally:
+        _self_counted.reset(token)
 
 
 def event(feature_name: str, name: str, n: int = 1) -> None:

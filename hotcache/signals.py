@@ -17,6 +17,11 @@ def settings_changed(*, setting: str, **kwargs: Any) -> None:
 
         hotcache_settings.reload()
         reset_all()
+    elif setting.startswith("RATELIMIT_"):
+        # django-ratelimit's top-level settings, which the rate limiter reads through derived snapshots.
+        from hotcache.conf import hotcache_settings
+
+        hotcache_settings.reload()
 
 
 def connect_signals() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 try:
     from celery import shared_task
+    from celery.signals import worker_process_shutdown, worker_shutdown
 except ImportError as exc:  # Celery is an extra: teams that schedule the syncs with cron do without it
     msg = "hotcache.tasks needs Celery: pip install 'hotcache[celery]' (or run the sync commands from cron)"
     raise ImportError(msg) from exc
@@ -77,3 +78,14 @@ def sync_analytics(include_current_hour: bool = False) -> dict:
 
     result = analytics.sync(include_current_hour=include_current_hour)
     return _outcome(result.as_dict(), result.why_stopped())
+
+
+def _flush_analytics_batch(**kwargs: object) -> None:
+    """A prefork child leaves with os._exit (no atexit): write its analytics batch (ANALYTICS_BATCH_SECONDS) first."""
+    from hotcache import analytics
+
+    analytics.flush_batch()
+
+
+worker_process_shutdown.connect(_flush_analytics_batch, weak=False, dispatch_uid="hotcache.analytics.flush_batch")
+worker_shutdown.connect(_flush_analytics_batch, weak=False, dispatch_uid="hotcache.analytics.flush_batch.main")

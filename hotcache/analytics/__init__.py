@@ -22,7 +22,7 @@ from hotcache.analytics._events import (
 from hotcache.analytics._events import FEATURE as FEATURE
 from hotcache.analytics._fallback import SLOTS as SLOTS
 from hotcache.analytics._fallback import flush_fallback
-from hotcache.analytics._hot import track
+from hotcache.analytics._hot import flush_batch, track
 from hotcache.analytics._report import AnalyticsReport, report
 from hotcache.analytics._sync import AnalyticsSyncResult, sync
 from hotcache.analytics.middleware import AnalyticsMiddleware
@@ -38,6 +38,7 @@ __all__ = [
     "AnalyticsReport",
     "AnalyticsSyncResult",
     "SyncResult",
+    "flush_batch",
     "flush_fallback",
     "normalize_path",
     "report",

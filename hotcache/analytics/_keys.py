@@ -1,4 +1,4 @@
-"""The Redis keys of analytics: live hours, pending batches, visitor HyperLogLogs, indexes, writers' tokens.
+"""The Redis keys of analytics: live hours, pending batches, visitor HyperLogLogs and marks, indexes, writers' tokens.
 
 Every key carries the hash tag ``{analytics:a}``: the track and claim scripts touch several at once.
 Layout: docs/design/keys-and-lua.md.
@@ -11,7 +11,17 @@ from typing import NamedTuple
 from hotcache import keys
 from hotcache.analytics._events import FEATURE
 
-__all__ = ["Indexes", "day_events_key", "hll_key", "hour_key", "index_keys", "key", "pending_key", "writer_key"]
+__all__ = [
+    "Indexes",
+    "day_events_key",
+    "hll_key",
+    "hour_key",
+    "index_keys",
+    "key",
+    "pending_key",
+    "visitor_marks_key",
+    "writer_key",
+]
 
 
 def key(*parts: object) -> str:
@@ -31,6 +41,12 @@ def pending_key(batch: str) -> str:
 def hll_key(day: str, event: str) -> str:
     """The HyperLogLog of an event's distinct visitors of a day."""
     return key("v", day, event)
+
+
+def visitor_marks_key(hour: str) -> str:
+    """The hash of an hour's visitor marks (event -> 2 per call with visitors; odd: the day's overflow HLL), so
+    the per-day visitor work runs once per hour and event, not on every call."""
+    return key("vm", hour)
 
 
 def day_events_key(day: str) -> str:

@@ -8,7 +8,7 @@ commands per node as it does for one server. redis-py's ``rediss://`` parsing se
 
 Some of the cluster client's errors are not ``RedisError`` subclasses (``RedisClusterException``: no node
 reachable, a slot no node serves, keys of one call on different slots, a command refused in a cluster
-pipeline): ``failure_kind`` sorts them for ``hotcache.backends.redis.call``, the one boundary.
+pipeline): ``hotcache.backends.errors.classify`` sorts them for ``hotcache.backends.redis.call``, the one boundary.
 """
 
 from __future__ import annotations
@@ -30,24 +30,19 @@ from redis.commands.policies import (
     ResponsePolicy,
     StaticPolicyResolver,
 )
-from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 __all__ = [
-    "CALL",
-    "CONNECTION",
-    "SERVER_STATE",
     "ClusterReport",
     "HotcacheCluster",
     "NodeReport",
     "build",
     "describe",
-    "failure_kind",
     "single_server_on_cluster",
     "url_problems",
 ]
 
-CONNECTION, SERVER_STATE, CALL = "connection", "server_state", "call"
 SLOTS = 16384
 SCHEMES = ("redis", "rediss")
 
@@ -134,21 +129,6 @@ def build(
         require_full_coverage=False,
         policy_resolver=_ScriptsByTheirKeys(),
     )
-
-
-def failure_kind(exc: RedisClusterException) -> str:
-    """How the health gate treats a cluster error that is not a RedisError.
-
-    CONNECTION: no node could be reached (the client's topology refresh failed). SERVER_STATE: a slot that
-    no node serves (a failover under way). CALL: this call's own fault (keys on different slots, a command
-    the cluster client refuses): Redis is fine, the call is logged and falls back.
-    """
-    if isinstance(exc, SlotNotCoveredError):
-        return SERVER_STATE
-    text = str(exc).lower()
-    if "cannot be connected" in text or "reachable" in text or "timeout" in text:
-        return CONNECTION
-    return CALL
 
 
 def close(client: Any) -> None:

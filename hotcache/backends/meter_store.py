@@ -1,8 +1,9 @@
 """The meter's store: hotcache.metering counts in-process; this module writes and reads the counts in Redis.
 
 Flush: one EVALSHA (meter_flush.lua) holding every buffered field of every day, plus this process's
-MongoDB pool figures, so metering costs well under 1% extra commands. Read: one pipeline of HGETALL
-(the daily hashes not cached yet and the published pools). Installed by HotcacheConfig.ready().
+MongoDB pool figures: 3 billed commands (EVALSHA, HGET and HSET of the day's JSON counts), its own cost
+included in what it writes. Read: one pipeline of HGETALL (the daily hashes not cached yet, and the pools
+hash of versions before pools moved into the daily hash). Installed by HotcacheConfig.ready().
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ __all__ = ["RedisMeterStore", "install", "store"]
 
 log = logging.getLogger("hotcache.metering")
 _METER_TTL = 40 * 86400  # a little over the 30 days the reports show
+MERGED = "*"  # field of a daily hash holding the day's counts as JSON (meter_flush.lua); no counter is named so
+POOL = "pool:"  # prefix of a daily hash's fields holding a process's MongoDB pool figures (JSON)
 
 
 class RedisMeterStore:
@@ -54,25 +57,32 @@ class RedisMeterStore:
         pool = _pool_report()
         if not batch and pool is None:
             return True
-        by_day: dict[str, list[str]] = {}
+        today = clock.utcnow().strftime("%Y%m%d")
+        by_day: dict[str, list[str]] = {today: []}  # today first: it also gets the flush's own cost
         for (day, fld), n in batch.items():
             by_day.setdefault(day, []).extend((_encodable(fld), str(n)))
         day_keys = [keys.tagged("meter", "usage", day) for day in by_day]
-        args: list[str] = [str(_METER_TTL), str(len(by_day))]
+        own = ("billed:meter", "cmd:meter", "rt:meter")
+        args: list[str] = [str(_METER_TTL), str(len(by_day)), MERGED, *own, *(pool or ("", ""))]
         for day in by_day:
             args.append(str(len(by_day[day]) // 2))
             args.extend(by_day[day])
-        if pool is not None:
-            day_keys.append(keys.tagged("meter", "usage", "pools"))
-            args.extend(pool)
         self._flushing.active = True
         try:
-            redis_backend.call("meter", lambda r: self._script(r, day_keys, args))
+            with metering.self_counted() as sent:
+                written, reset = redis_backend.call("meter", lambda r: self._script(r, day_keys, args))
         except RedisUnavailable:
             metering.meter.restore(batch)
+            metering.meter.restore(sent)  # the attempt is billed with the next flush
             return False
         finally:
             self._flushing.active = False
+        # The script wrote its own EVALSHA, what it ran, one command and one round trip; what the meter saw
+        # beyond that (a NOSCRIPT retry's refused EVALSHA) goes out with the next flush.
+        sent.subtract({(today, own[0]): int(written), (today, own[1]): 1, (today, own[2]): 1})
+        metering.meter.restore(+sent)
+        for _ in range(int(reset)):
+            log.warning("hotcache: a meter record in Redis was not written by hotcache; reset")
         return True
 
     def read(self, days: int = 30, *, feature: str = "reports") -> metering.MeterRead:
@@ -88,9 +98,7 @@ class RedisMeterStore:
         result = {d: metering.DayUsage(d) for d in day_names}
         prefix, now = keys.prefix(), clock.monotonic()
         with self._past_lock:
-            cached = {
-                d: hit[1] for d in day_names[1:] if (hit := self._past_days.get((prefix, d))) and hit[0] > now
-            }
+            cached = {d: hit[1] for d in day_names[1:] if (hit := self._past_days.get((prefix, d))) and hit[0] > now}
         to_read = [d for d in day_names if d not in cached]
         pools_key = keys.tagged("meter", "usage", "pools")
 
@@ -105,16 +113,23 @@ class RedisMeterStore:
             *rows, raw_pools = redis_backend.call(feature, fetch)
         except RedisUnavailable:
             rows, to_read, raw_pools = [], [], {}
+        published: dict[Any, Any] = {}
         for d, row in zip(to_read, rows, strict=True):
             for k, v in row.items():
                 fld = k.decode() if isinstance(k, bytes) else k
-                result[d].fields[fld] += int(v)
+                if fld == MERGED:
+                    result[d].fields.update(_merged(v))
+                elif fld.startswith(POOL):
+                    published[fld.removeprefix(POOL)] = v
+                else:
+                    result[d].fields[fld] += int(v)  # written by a version before the JSON field
         with self._past_lock:
             for d in to_read[1:]:  # to_read[0] is today, never cached
                 self._past_days[(prefix, d)] = (now + metering.PAST_DAYS_CACHE_SECONDS, Counter(result[d].fields))
         for d, fields in cached.items():
             result[d].fields.update(fields)
-        pools = _fresh_pools(raw_pools, pools_key, feature)
+        pools = _fresh_pools(raw_pools, pools_key, feature)  # published by versions before the daily hash's
+        pools.update(_fresh_pools(published, "", feature))
         for (d, fld), n in metering.meter.pending().items():
             if d in result:
                 result[d].fields[fld] += n
@@ -126,6 +141,17 @@ def _encodable(fld: str) -> str:
     return fld if fld.isascii() else fld.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _merged(raw: Any) -> Counter[str]:
+    """The counts of a daily hash's JSON field; empty if it is not what meter_flush.lua writes."""
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, TypeError):
+        return Counter()
+    if not isinstance(parsed, dict):
+        return Counter()
+    return Counter({str(k): int(v) for k, v in parsed.items() if isinstance(v, int | float)})
+
+
 def _pool_report() -> tuple[str, str] | None:
     """(field, JSON) of this process's MongoDB pool for the deployment-wide view, if it has a pool."""
     stats = mongo.local_pool_stats()
@@ -133,7 +159,7 @@ def _pool_report() -> tuple[str, str] | None:
         return None
     figures = {k: v for k, v in stats.as_dict().items() if k != "monitored"}
     figures["at"] = round(clock.time(), 1)
-    return f"{socket.gethostname()}:{os.getpid()}", json.dumps(figures, separators=(",", ":"))
+    return f"{POOL}{socket.gethostname()}:{os.getpid()}", json.dumps(figures, separators=(",", ":"))
 
 
 def _fresh_pools(raw: dict[Any, Any], key: str, feature: str) -> dict[str, dict[str, Any]]:
@@ -154,7 +180,7 @@ def _fresh_pools(raw: dict[Any, Any], key: str, feature: str) -> dict[str, dict[
             fresh[name] = figures
         elif age > 86400:
             gone.append(name)
-    if gone:
+    if gone and key:
         try:
             redis_backend.call(feature, lambda r: r.hdel(key, *gone))
         except RedisUnavailable:

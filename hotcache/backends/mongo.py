@@ -63,6 +63,7 @@ __all__ = [
     "collection",
     "database_name",
     "inject_failures",
+    "is_process_local",
     "local_pool_stats",
     "ping",
     "pool_stats",
@@ -148,6 +149,14 @@ _failures = threading.Event()  # set: every operation fails as if the network we
 
 def url_scheme(url: str | None) -> str:
     return urlsplit(url or "").scheme
+
+
+def is_process_local(url: str | None = None) -> bool:
+    """Whether ``url`` (default: ``HOTCACHE['MONGO_URL']``) is the in-process stand-in, whose data no other
+    process sees and which is gone when this process exits (check W003; commands refuse to write to it)."""
+    if url is None:
+        url = str(hotcache_settings.MONGO_URL or "")
+    return url_scheme(url) == "mongomock"
 
 
 def database_name() -> str:

@@ -25,13 +25,11 @@ from typing import Any, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from hotcache import metering
-from hotcache.backends import cluster
+from hotcache.backends import cluster, errors
 from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
@@ -41,6 +39,7 @@ __all__ = [
     "after_call",
     "call",
     "cluster_mode_mismatch",
+    "connection_source",
     "eval_lua",
     "get_client",
     "reset",
@@ -51,7 +50,6 @@ __all__ = [
 T = TypeVar("T")
 
 log = logging.getLogger("hotcache.redis")
-_SERVER_STATE_ERRORS = {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS"}
 _LUA_DIR = Path(__file__).with_name("lua")
 _lock = threading.Lock()
 _wire = threading.local()  # .sent: the current call's last command reached the socket
@@ -84,27 +82,30 @@ def _metered_class(base: type) -> type:
     return Metered
 
 
-def _build_client() -> redis.Redis:
+def connection_source() -> tuple[type, dict[str, Any], int]:
+    """(connection class, connection kwargs, pool size) of hotcache's Redis as configured, before hotcache's own
+    timeouts: HOTCACHE['REDIS_URL'] (for a cluster, the node it names), else the REDIS_ALIAS cache's pool."""
     url = hotcache_settings.REDIS_URL
+    if url:
+        kwargs = parse_url(str(url))
+        return kwargs.pop("connection_class", redis.Connection), kwargs, 50
+    from django_redis import get_redis_connection
+
+    source = get_redis_connection(hotcache_settings.REDIS_ALIAS).connection_pool
+    max_connections = getattr(source, "max_connections", None) or 50
+    return source.connection_class, dict(source.connection_kwargs), max_connections
+
+
+def _build_client() -> redis.Redis:
     if hotcache_settings.REDIS_CLUSTER:
         # A RedisCluster offers the same command methods; features only call those.
         return cluster.build(  # type: ignore[return-value]
-            str(url),
+            str(hotcache_settings.REDIS_URL),
             socket_timeout=float(hotcache_settings.REDIS_SOCKET_TIMEOUT),
             connect_timeout=float(hotcache_settings.REDIS_CONNECT_TIMEOUT),
             metered_class=_metered_class,
         )
-    if url:
-        kwargs = parse_url(str(url))
-        connection_class = kwargs.pop("connection_class", redis.Connection)
-        max_connections = 50
-    else:
-        from django_redis import get_redis_connection
-
-        source = get_redis_connection(hotcache_settings.REDIS_ALIAS).connection_pool
-        kwargs = dict(source.connection_kwargs)
-        connection_class = source.connection_class
-        max_connections = getattr(source, "max_connections", None) or 50
+    connection_class, kwargs, max_connections = connection_source()
     kwargs["socket_timeout"] = float(hotcache_settings.REDIS_SOCKET_TIMEOUT)
     kwargs["socket_connect_timeout"] = float(hotcache_settings.REDIS_CONNECT_TIMEOUT)
     # One attempt per call: the health gate decides about retries, not the socket layer.
@@ -160,25 +161,9 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     try:
         with metering.feature(feature):
             result = fn(get_client())
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        refused = isinstance(exc, RedisConnectionError) and not isinstance(exc, RedisTimeoutError)
-        redis_gate.failure(exc, immediate=refused)
-        metering.event(feature, "redis_error")
-        maybe_applied = bool(getattr(_wire, "sent", False))
-        raise RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied) from exc
-    except RedisError as exc:
-        # The server answered with an error. Overload and failover states (OOM, READONLY replica, BUSY
-        # script, LOADING...) mean Redis cannot serve anyone: they count against the gate. Anything
-        # else (WRONGTYPE, an unknown command) is specific to this call: the caller falls back, the gate stays.
-        if str(exc).split(" ", 1)[0].upper() in _SERVER_STATE_ERRORS:
-            redis_gate.failure(exc)
-        else:
-            redis_gate.success()  # Redis answered: it is reachable, whatever this call's own error
-            log.error("hotcache: redis rejected a %s call: %s", feature, exc)
-        metering.event(feature, "redis_error")
-        raise RedisUnavailable(f"redis refused the call for {feature}: {exc}") from exc
-    except RedisClusterException as exc:
-        raise _cluster_failed(feature, exc) from exc
+    except (RedisError, RedisClusterException, OSError) as exc:
+        # RedisClusterException: the cluster client's errors outside RedisError (errors.classify).
+        raise _failed(feature, exc) from exc
     except BaseException:
         redis_gate.abandon()  # the caller's own code raised: no verdict on Redis, and never a stuck probe
         raise
@@ -189,17 +174,33 @@ def call(feature: str, fn: Callable[[redis.Redis], T]) -> T:
     return result
 
 
-def _cluster_failed(feature: str, exc: RedisClusterException) -> RedisUnavailable:
-    """The cluster client's errors outside RedisError (none reachable, a slot unserved, keys on two slots)."""
-    kind = cluster.failure_kind(exc)
-    if kind == cluster.CALL:
-        redis_gate.success()  # Redis was not even asked, or answered: this call's own fault
-        log.error("hotcache: the redis cluster client refused a %s call: %s", feature, exc)
+def _failed(feature: str, exc: BaseException) -> RedisUnavailable:
+    """Tell the gate what a failed call says about Redis (hotcache.backends.errors) and build the caller's error.
+
+    Unreachable (refused, reset): the gate opens at once. Timeouts: after HEALTH_FAILURE_THRESHOLD in a row.
+    Redis answered it cannot serve (OOM, READONLY, LOADING, CLUSTERDOWN...): after HEALTH_FAILURE_THRESHOLD
+    such answers. The provider's quota ran out: at once, for a long cool-down. Any other error reply
+    (WRONGTYPE, an unknown command, a request too large) is specific to this call: Redis answered, the gate
+    records a success and the error is logged.
+    """
+    verdict = errors.classify(exc)
+    if verdict.kind == errors.CONNECTION:
+        redis_gate.failure(exc, immediate=True)
+    elif verdict.kind == errors.TIMEOUT:
+        redis_gate.failure(exc)
+    elif verdict.kind == errors.SERVER_STATE:
+        redis_gate.server_state(exc, verdict.condition)
+    elif verdict.kind == errors.QUOTA:
+        redis_gate.quota(exc, verdict.condition, daily=verdict.daily)
     else:
-        redis_gate.failure(exc, immediate=kind == cluster.CONNECTION)
+        redis_gate.success()  # Redis answered: it is reachable, whatever this call's own error
+        log.error("hotcache: redis rejected a %s call: %s", feature, exc)
     metering.event(feature, "redis_error")
-    maybe_applied = kind == cluster.CONNECTION and bool(getattr(_wire, "sent", False))
-    return RedisUnavailable(f"redis cluster call for {feature} failed: {exc}", maybe_applied=maybe_applied)
+    if verdict.server_answered:
+        return RedisUnavailable(f"redis refused the call for {feature}: {exc}")
+    # Once the bytes were on the wire, a failure to read the reply leaves the outcome unknown.
+    maybe_applied = bool(getattr(_wire, "sent", False))
+    return RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied)
 
 
 _after_call: Callable[[], None] | None = None
@@ -213,10 +214,11 @@ def after_call(hook: Callable[[], None] | None) -> None:
 
 # Every script runs inside this prelude, so it reports the commands it ran: ``redis`` is shadowed by a table
 # whose call/pcall count each command, the file's body becomes a function, and the reply is
-# {count, the body's reply}. A body that fails still reports its count: the error (a redis.call error, or a
-# Lua error as ERR) comes back as the reply's second element and Script.reply() raises it. The prelude ends
-# without a newline, so the file's line numbers are kept in error messages. Script.reply() strips the count
-# (callers see the body's reply, or its error raised as before) and meters it as billed.
+# {count, the body's reply}. A body that fails still reports its count: the error (a redis.call error with its
+# own code, e.g. OOM, which the health gate reads; or a Lua error as ERR) comes back as the reply's second
+# element and Script.reply() raises it. The prelude ends without a newline, so the file's line numbers are
+# kept in error messages. Script.reply() strips the count (callers see the body's reply, or its error raised
+# as before) and meters it as billed.
 _PRELUDE = (
     "local _hc_redis, _hc_billed = redis, 0 "
     "local redis = setmetatable({"
@@ -228,7 +230,11 @@ _PRELUDE = (
 _POSTLUDE = (
     "\nend\n"
     "local _hc_ok, _hc_reply = pcall(_hc_script)\n"
-    "if not _hc_ok and type(_hc_reply) ~= 'table' then _hc_reply = {err = 'ERR ' .. tostring(_hc_reply)} end\n"
+    "if not _hc_ok and type(_hc_reply) ~= 'table' then\n"
+    "  _hc_reply = tostring(_hc_reply)\n"
+    "  if not string.match(_hc_reply, '^%u+ ') then _hc_reply = 'ERR ' .. _hc_reply end\n"
+    "  _hc_reply = {err = _hc_reply}\n"
+    "end\n"
     "return {_hc_billed, _hc_reply}\n"
 )
 

@@ -2,7 +2,9 @@
 
 Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030-E039 MFA;
 E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports; E080-E089 the periodic jobs'
-schedule; E090-E099 the Redis target (REDIS_URL, REDIS_CLUSTER). W0xx are warnings.
+schedule; E090-E099 django-ratelimit's settings (rate limiting);
+E100-E109 managed Redis (provider requirements, what shares the command budget); E110-E119 sessions;
+E120-E129 the Redis target (REDIS_URL, REDIS_CLUSTER). Wxxx are warnings.
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 
@@ -12,11 +14,13 @@ from hotcache.checks._common import number_setting_errors
 from hotcache.checks.analytics import check_analytics
 from hotcache.checks.apikeys import check_apikeys
 from hotcache.checks.foundation import check_foundation
+from hotcache.checks.managed_redis import check_managed_redis
 from hotcache.checks.mfa import check_mfa
-from hotcache.checks.ratelimit import check_ratelimit
+from hotcache.checks.ratelimit import check_django_ratelimit_settings, check_ratelimit
 from hotcache.checks.redis_target import check_cluster_mode, check_redis_target
 from hotcache.checks.reports import check_reports
 from hotcache.checks.schedule import check_schedule
+from hotcache.checks.sessions import check_sessions
 from hotcache.checks.users import check_users
 from hotcache.checks.workbench import check_workbench
 
@@ -24,12 +28,15 @@ __all__ = [
     "check_analytics",
     "check_apikeys",
     "check_cluster_mode",
+    "check_django_ratelimit_settings",
     "check_foundation",
+    "check_managed_redis",
     "check_mfa",
     "check_ratelimit",
     "check_redis_target",
     "check_reports",
     "check_schedule",
+    "check_sessions",
     "check_users",
     "check_workbench",
     "number_setting_errors",

@@ -33,7 +33,7 @@ def check_analytics(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
         integer=True,
     )
     errors += number_setting_errors(("ANALYTICS_SYNC_LOCK_TIMEOUT",), integer=True, allow_zero=True)
-    errors += number_setting_errors(("ANALYTICS_SYNC_GRACE",), allow_zero=True)
+    errors += number_setting_errors(("ANALYTICS_SYNC_GRACE", "ANALYTICS_BATCH_SECONDS"), allow_zero=True)
     errors += number_setting_errors(("ANALYTICS_FALLBACK_FLUSH_INTERVAL",))
     chunk = hotcache_settings.ANALYTICS_SYNC_CHUNK
     if isinstance(chunk, int) and chunk > 1000:

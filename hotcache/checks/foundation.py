@@ -83,7 +83,9 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             )
         )
 
-    errors += number_setting_errors(("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "HEALTH_COOLDOWN"))
+    errors += number_setting_errors(
+        ("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "HEALTH_COOLDOWN", "HEALTH_QUOTA_COOLDOWN")
+    )
     errors += number_setting_errors(
         (
             "HEALTH_FAILURE_THRESHOLD",
@@ -106,7 +108,8 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             errors.append(
                 Warning(
                     f"{_setting(name)}={value!r} seconds: every request may wait this long on a sick Redis.",
-                    hint="Keep hotcache's Redis timeouts well under 1 second (default 0.05).",
+                    hint="Keep hotcache's Redis timeouts near 4 x the round trip 'manage.py hotcache_check' measures "
+                    "(default 0.5, which fits a TLS Redis in another region).",
                     id="hotcache.W002",
                 )
             )
@@ -137,7 +140,7 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             )
         )
     elif url:
-        from hotcache.backends.mongo import SCHEMES, url_scheme
+        from hotcache.backends.mongo import SCHEMES, is_process_local, url_scheme
 
         if not isinstance(url, str) or url_scheme(url) not in SCHEMES:
             errors.append(
@@ -147,14 +150,15 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                     id="hotcache.E008",
                 )
             )
-        elif url_scheme(url) == "mongomock" and "test" not in _settings_module():
+        elif is_process_local(url) and "test" not in _settings_module():
             errors.append(
                 Warning(
                     f"{_setting('MONGO_URL')} uses the in-process MongoDB stand-in (mongomock://): what hotcache "
                     "keeps durably lives only in the process that wrote it and is gone when it exits.",
-                    hint="Lost between processes: API keys made by 'manage.py apikeys create' (runserver never "
-                    "sees them), analytics moved by sync_analytics, workbench history and usage history written "
-                    "by a command or a worker. Fine for the demo and tests; point MONGO_URL at a real MongoDB "
+                    hint="Lost between processes: what a Celery worker's syncs write (analytics, usage and "
+                    "workbench history) never reaches the web process, and the commands that write durable data "
+                    "('manage.py apikeys create', sync_analytics, persist_workbench, sync_apikey_usage) refuse "
+                    "to run against it. Fine for the demo and tests; point MONGO_URL at a real MongoDB "
                     "(mongodb:// or mongodb+srv://) for anything else.",
                     id="hotcache.W003",
                 )

@@ -1,6 +1,6 @@
-"""System checks for hotcache's Redis target (E090-E099, W090-W099): REDIS_URL, REDIS_CLUSTER.
+"""System checks for hotcache's Redis target (E120-E129, W120-W129): REDIS_URL, REDIS_CLUSTER.
 
-W090 connects to Redis, so it runs only with ``manage.py check --deploy`` (and ``hotcache_check`` reports the
+W120 connects to Redis, so it runs only with ``manage.py check --deploy`` (and ``hotcache_check`` reports the
 same): a single-server client pointed at one node of a Redis Cluster serves only that node's slots.
 """
 
@@ -26,7 +26,7 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             Error(
                 f"{_setting('REDIS_CLUSTER')}={is_cluster!r} is not True or False.",
                 hint="Set it to True when HOTCACHE['REDIS_URL'] names a node of a Redis Cluster, else leave it out.",
-                id="hotcache.E090",
+                id="hotcache.E120",
             )
         )
         is_cluster = False
@@ -36,7 +36,7 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 f"{_setting('REDIS_CLUSTER')} is True but {_setting('REDIS_URL')} is not set.",
                 hint="Set HOTCACHE['REDIS_URL'] to any node of the cluster (redis://host:port/0 or rediss://...): "
                 "django-redis has no cluster client, so the REDIS_ALIAS cache cannot be used for a cluster.",
-                id="hotcache.E091",
+                id="hotcache.E121",
             )
         )
     elif url:
@@ -45,7 +45,7 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 Error(
                     f"{_setting('REDIS_URL')}: {problem}",
                     hint="See README.md, section Settings (REDIS_URL, REDIS_CLUSTER).",
-                    id="hotcache.E092",
+                    id="hotcache.E122",
                 )
             )
     return errors
@@ -53,7 +53,7 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
 
 @register(Tags.caches, deploy=True)
 def check_cluster_mode(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """W090: the configured Redis says ``cluster_enabled:1`` but hotcache uses a single-server client."""
+    """W120: the configured Redis says ``cluster_enabled:1`` but hotcache uses a single-server client."""
     from hotcache.backends.redis import cluster_mode_mismatch
 
     message = cluster_mode_mismatch()
@@ -65,6 +65,6 @@ def check_cluster_mode(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             hint="Set HOTCACHE['REDIS_CLUSTER'] = True and HOTCACHE['REDIS_URL'] to a node of the cluster: a "
             "single-server client reaches only that node's slots (MOVED everywhere else, every other key "
             "falls back).",
-            id="hotcache.W090",
+            id="hotcache.W120",
         )
     ]

@@ -1,14 +1,16 @@
 """Rate limiting: a sliding-window counter on Redis, every rule of a request in one atomic round trip.
 
 The public API: ``RateLimitMiddleware`` (global rules, ``hotcache.middleware``), the django-ratelimit drop-in
-(``ratelimit``, ``is_ratelimited``, ``get_usage``, ``ALL``, ``UNSAFE``, ``Ratelimited``) and the core
+(``ratelimit``, ``is_ratelimited``, ``get_usage``, ``ALL``, ``UNSAFE``, ``Ratelimited``, and its settings; the
+middleware as ``hotcache.ratelimit.middleware.RatelimitMiddleware``) and the core
 (``evaluate`` of ``Limit`` s into a ``Decision``). How it works, what it costs and how it fails: docs/ratelimit.md.
 """
 
 from __future__ import annotations
 
 from hotcache.ratelimit.core import evaluate, limit_keys, refuse_missing
-from hotcache.ratelimit.decorators import Ratelimited, ratelimit
+from hotcache.ratelimit.decorators import ratelimit
+from hotcache.ratelimit.exceptions import Ratelimited
 from hotcache.ratelimit.identifiers import MISSING_KEY_CHOICES, default_on_missing_key, key_value
 from hotcache.ratelimit.limits import Decision, Limit, RuleResult
 from hotcache.ratelimit.outage import POLICIES

@@ -1,5 +1,6 @@
-"""django-ratelimit's ``@ratelimit`` decorator (same arguments, same ``request.limited``) for sync and async views,
-and ``Ratelimited``, what it raises. The decision is ``get_usage``'s. See docs/ratelimit.md ("Per view").
+"""django-ratelimit's ``@ratelimit`` decorator (same arguments, same ``request.limited``, same ``ratelimit.ALL`` /
+``ratelimit.UNSAFE``) for sync and async views. The decision is ``get_usage``'s; it raises ``Ratelimited``
+(or RATELIMIT_EXCEPTION_CLASS). See docs/ratelimit.md ("Per view").
 """
 
 from __future__ import annotations
@@ -10,33 +11,20 @@ from inspect import iscoroutinefunction
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.core.exceptions import PermissionDenied
 from django.utils.module_loading import import_string
 
-from hotcache.exceptions import HotcacheError
+from hotcache.ratelimit.exceptions import Ratelimited
 from hotcache.ratelimit.usage import ALL, UNSAFE, get_usage
 
 __all__ = ["Ratelimited", "ratelimit"]
-
-
-class Ratelimited(HotcacheError, PermissionDenied):
-    """Raised by ``@ratelimit(block=True)``; a PermissionDenied, so Django answers 403 unless handled.
-
-    ``retry_after`` is whole seconds (>= 1) until the request would be admitted.
-    """
-
-    def __init__(self, message: str = "rate limited", *, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def _exception(usage: dict[str, Any] | None) -> Exception:
     cls: Any = getattr(django_settings, "RATELIMIT_EXCEPTION_CLASS", Ratelimited)
     if isinstance(cls, str):
         cls = import_string(cls)
-    retry = usage["retry_after"] if usage else None
     if isinstance(cls, type) and issubclass(cls, Ratelimited):
-        return cls(retry_after=retry)
+        return cls(retry_after=usage["retry_after"], decision=usage["decision"]) if usage else cls()
     return cls()
 
 

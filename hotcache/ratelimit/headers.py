@@ -4,13 +4,18 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import re
 from typing import Any
 
 from hotcache.ratelimit.limits import Decision
 from hotcache.ratelimit.options import Snapshot, settings_snapshot
 
 __all__ = ["add_headers", "set_headers"]
+
+_SF_SAFE = re.compile(r"[\x20-\x7e]{1,200}")  # what a structured-field string may hold (RFC 8941)
 
 
 def add_headers(response: Any, decision: Decision) -> None:
@@ -23,10 +28,19 @@ def set_headers(response: Any, decision: Decision, snapshot: Snapshot) -> None:
     shown = [r for r in decision.results if r.headers and r.evaluated]
     if not shown:
         return
-    response["RateLimit-Policy"] = ", ".join(f'"{r.name}";q={r.limit};w={r.window}' for r in shown)
-    response["RateLimit"] = ", ".join(f'"{r.name}";r={r.remaining};t={math.ceil(r.reset)}' for r in shown)
+    response["RateLimit-Policy"] = ", ".join(f"{_sf_string(r.name)};q={r.limit};w={r.window}" for r in shown)
+    response["RateLimit"] = ", ".join(f"{_sf_string(r.name)};r={r.remaining};t={math.ceil(r.reset)}" for r in shown)
     if snapshot.legacy_headers:
         tightest = min(shown, key=lambda r: (r.remaining, -r.reset))
         response["X-RateLimit-Limit"] = str(tightest.limit)
         response["X-RateLimit-Remaining"] = str(tightest.remaining)
         response["X-RateLimit-Reset"] = str(math.ceil(tightest.reset))  # delta seconds, not an epoch
+
+
+@functools.lru_cache(maxsize=1024)
+def _sf_string(name: str) -> str:
+    """A policy name as a structured-field string. Rule names always fit; a decorator's group (any printable
+    text) is escaped, or replaced by a digest when it holds characters a header field cannot carry."""
+    if _SF_SAFE.fullmatch(name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"~' + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16] + '"'

@@ -1,7 +1,9 @@
 """RateLimitMiddleware: every rule of HOTCACHE['RATELIMIT_RULES'] that matches a request, in one Redis round trip;
 429 + Retry-After when any denies. Sync and async (the user resolved with ``auser()``, the core in a worker thread).
 
-Place it after AuthenticationMiddleware when a rule keys on the user. See docs/ratelimit.md ("Global rules").
+Place it after AuthenticationMiddleware when a rule keys on the user. It is also django-ratelimit's
+``RatelimitMiddleware`` (same name here): a ``Ratelimited`` raised by a view goes to ``RATELIMIT_VIEW`` when set,
+else becomes the rules' 429. See docs/ratelimit.md ("Global rules", "Per view").
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
+from django.utils.module_loading import import_string
 
 from hotcache.ratelimit.core import evaluate_in, refuse_missing
-from hotcache.ratelimit.decorators import Ratelimited
+from hotcache.ratelimit.exceptions import Ratelimited
 from hotcache.ratelimit.headers import set_headers
 from hotcache.ratelimit.limits import Decision
-from hotcache.ratelimit.options import Snapshot
+from hotcache.ratelimit.options import Snapshot, compat_settings
 from hotcache.ratelimit.rules import compiled_rules, limits_for
 from hotcache.ratelimit.state import LocalState, local_state
 
-__all__ = ["RateLimitMiddleware", "check_request"]
+__all__ = ["RateLimitMiddleware", "RatelimitMiddleware", "check_request"]
 
 
 def check_request(request: HttpRequest) -> Decision:
@@ -64,8 +67,9 @@ def _too_many(retry: int, rule: str | None, snapshot: Snapshot) -> HttpResponse:
 class RateLimitMiddleware:
     """Apply HOTCACHE['RATELIMIT_RULES'] to every request; 429 + Retry-After when any matching rule denies.
 
-    Also turns a ``Ratelimited`` raised by a view (``@ratelimit(block=True)``) into the same answer (the
-    status of RATELIMIT_STATUS_CODE with Retry-After) instead of Django's 403 page and a logged traceback.
+    Also turns a ``Ratelimited`` raised by a view (``@ratelimit(block=True)``) into django-ratelimit's
+    ``RATELIMIT_VIEW(request, exception)`` when that is set, else into the rules' answer (RATELIMIT_STATUS_CODE
+    with Retry-After); either way with the RateLimit headers, instead of Django's 403 and a logged traceback.
     """
 
     sync_capable = True
@@ -92,7 +96,19 @@ class RateLimitMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, Ratelimited):
             return None
-        return _too_many(max(1, int(exception.retry_after or 1)), None, local_state().settings)
+        snapshot = local_state().settings
+        retry = max(1, int(exception.retry_after or 1))
+        view = compat_settings().view
+        if view:
+            response: HttpResponse = import_string(view)(request, exception)
+            if not response.has_header("Retry-After"):
+                response["Retry-After"] = str(retry)
+        else:
+            denied = exception.decision.denied if exception.decision is not None else ()
+            response = _too_many(retry, denied[0].name if denied else None, snapshot)
+        if exception.decision is not None:
+            set_headers(response, exception.decision, snapshot)
+        return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
         if hasattr(request, "auser") and any(r.needs_user for r in compiled_rules()):
@@ -105,3 +121,8 @@ class RateLimitMiddleware:
             response = await self.get_response(request)
         set_headers(response, decision, state.settings)
         return response
+
+
+# django-ratelimit's name and place (``django_ratelimit.middleware.RatelimitMiddleware``): MIDDLEWARE switches by
+# changing the path alone. It is the same class: with no RATELIMIT_RULES it only handles Ratelimited.
+RatelimitMiddleware = RateLimitMiddleware

@@ -1,7 +1,9 @@
-"""django-ratelimit's core methods, ``get_usage`` and ``is_ratelimited``, on hotcache's check (same signatures).
+"""django-ratelimit's core methods, ``get_usage`` and ``is_ratelimited`` (``django_ratelimit.core``), and its method
+sentinels ``ALL`` / ``UNSAFE``, on hotcache's check (same signatures, same function attributes).
 
-A key with no value is one shared bucket per group, as in django-ratelimit, unless RATELIMIT_ON_MISSING_KEY says
-``skip`` or ``deny``. See docs/ratelimit.md ("Per view").
+A key's value reaches Redis only as its digest (RATELIMIT_HASH_ALGORITHM, as django-ratelimit). A key with no
+value is one shared bucket per group, as in django-ratelimit, unless RATELIMIT_ON_MISSING_KEY says ``skip``
+or ``deny``. See docs/ratelimit.md ("Per view").
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
@@ -19,8 +20,9 @@ from hotcache import metering
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
 from hotcache.ratelimit.core import evaluate, refuse_missing
-from hotcache.ratelimit.identifiers import MISSING_KEY_CHOICES, SHARED_IDENTIFIER, key_value
+from hotcache.ratelimit.identifiers import MISSING_KEY_CHOICES, key_value
 from hotcache.ratelimit.limits import Limit
+from hotcache.ratelimit.options import compat_settings
 from hotcache.ratelimit.outage import policy_of
 from hotcache.ratelimit.rates import InvalidRate, parse_rate
 
@@ -50,6 +52,12 @@ def _group_of(fn: Any) -> str:
     return ".".join(parts)
 
 
+@functools.lru_cache(maxsize=4096)
+def _digest(hash_fn: Callable[[bytes], Any], text: str) -> str:
+    # Cached like the Redis key built from it: a returning client costs a dict lookup, not a hash.
+    return str(hash_fn(text.encode("utf-8", "surrogatepass")).hexdigest()[:32])
+
+
 def _on_missing_key() -> str:
     choice = hotcache_settings.RATELIMIT_ON_MISSING_KEY
     return choice if choice in MISSING_KEY_CHOICES else "shared"
@@ -68,7 +76,8 @@ def get_usage(
     ``retry_after``, ``decision``), or None when the method does not match or the rate is None."""
     if group is None and fn is None:
         raise ImproperlyConfigured("get_usage must be called with either `group` or `fn` arguments")
-    if not getattr(django_settings, "RATELIMIT_ENABLE", True):
+    compat = compat_settings()
+    if not compat.enable:
         return None
     if not _method_match(request, method):
         return None
@@ -87,13 +96,19 @@ def get_usage(
     if not key:
         raise ImproperlyConfigured("Ratelimit key must be specified")
     value = key_value(key, request, group)
-    methods = "" if method == ALL or method is None else "".join(sorted(str(m).upper() for m in
-                                                                        (method if isinstance(method, list | tuple)
-                                                                         else [method])))
-    # As django-ratelimit by default: a key with no value (anonymous 'user', no address) is one shared bucket.
+    methods = (
+        ""
+        if method == ALL or method is None
+        else "".join(sorted(str(m).upper() for m in (method if isinstance(method, list | tuple) else [method])))
+    )
+    # As django-ratelimit: a value (a username, an address) reaches Redis only as a digest, which covers the rate
+    # too, so two stacked decorators of one view with different rates count apart; and by default a key with no
+    # value (an anonymous 'user', no address) is one shared bucket (of the group and rate).
+    ident = _digest(compat.hash, f"{count}/{period}|" + ("" if value is None else value))
+    fail_open = compat.fail_open
+    policy = policy_of(None) if fail_open is None else ("open" if fail_open else "closed")
     try:
-        lim = Limit(f"{group}|{methods}" if methods else group, SHARED_IDENTIFIER if value is None else value,
-                    count, period, policy_of(None))
+        lim = Limit(f"{group}|{methods}" if methods else group, ident, count, period, policy, headers=True)
     except (InvalidName, InvalidRate) as exc:  # an odd group or method list
         raise ImproperlyConfigured(str(exc)) from exc
     choice = "shared" if value is not None else _on_missing_key()
@@ -105,6 +120,8 @@ def get_usage(
         decision = refuse_missing([lim], [lim], increment=increment)
     else:
         decision = evaluate([lim], increment=increment)
+    if fail_open and decision.degraded:
+        return None  # RATELIMIT_FAIL_OPEN: as django-ratelimit, an outage means "not limited, not counted"
     res = decision.results[0]
     return {
         "count": res.count,
@@ -126,5 +143,13 @@ def is_ratelimited(
     method: Any = ALL,
     increment: bool = False,
 ) -> bool:
+    """django-ratelimit's is_ratelimited: ``get_usage``'s ``should_limit`` (False when it returns None)."""
     usage = get_usage(request, group, fn, key, rate, method, increment)
     return False if usage is None else bool(usage["should_limit"])
+
+
+# django-ratelimit exposes the method sentinels on its functions too (``is_ratelimited.UNSAFE``).
+is_ratelimited.ALL = ALL  # type: ignore[attr-defined]
+is_ratelimited.UNSAFE = UNSAFE  # type: ignore[attr-defined]
+get_usage.ALL = ALL  # type: ignore[attr-defined]
+get_usage.UNSAFE = UNSAFE  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ __all__ = ["FEATURE_EVENTS", "FEATURE_TITLES", "Chart", "Figure", "Gauge", "Sect
 FEATURE_TITLES: dict[str, str] = {
     "ratelimit": "Rate limiting",
     "users": "User cache",
+    "sessions": "Sessions",
     "mfa": "MFA codes",
     "apikeys": "API keys",
     "workbench": "Workbench sessions",
@@ -21,6 +22,7 @@ FEATURE_TITLES: dict[str, str] = {
 FEATURE_EVENTS: dict[str, tuple[str, ...]] = {
     "ratelimit": ("allowed", "denied", "denied_local", "degraded_open", "degraded_closed", "degraded_local"),
     "users": ("hit", "miss", "fallback", "invalidated"),
+    "sessions": ("hit", "miss", "fallback", "saved", "invalidated", "deferred"),
     "mfa": ("issued", "verified", "failed", "burned", "expired", "unavailable", "fallback", "resend_blocked"),
     "apikeys": ("allowed", "over_limit", "invalid", "fallback", "created", "revoked"),
     "workbench": ("saved", "loaded", "conflict", "ended", "persisted", "fallback"),

@@ -439,10 +439,15 @@ def test_every_index_of_the_wrong_type_is_repaired_by_track(raw_redis, key_prefi
     raw_redis.hset(_k(key_prefix, "ev", day), "x", "y")
     raw_redis.set(_k(key_prefix, "v", day, "ok"), "not a hyperloglog")
     before = _tampered()
-    assert analytics.track("ok", path="/a", visitor_id="w") == "redis"
+    assert analytics.track("ok", path="/a", visitor_id="w") == "redis"  # the warm path touches no index
+    assert _tampered() == before + 1  # the HyperLogLog
+    # The indexes are repaired by the next call that uses them: a new field (the hour index), the event's
+    # first visitor of an hour (the day index and the day's event set; its marks are gone here).
+    raw_redis.delete(_k(key_prefix, "vm", _hour()))
+    assert analytics.track("ok", path="/b", visitor_id="x") == "redis"
     assert _tampered() == before + 4
     assert analytics.sync(include_current_hour=True).error == ""
-    assert hourly_total() == 2
+    assert hourly_total() == 3
 
 
 def test_junk_in_the_hour_and_day_indexes_is_dropped_by_the_sync(raw_redis, key_prefix, clock):

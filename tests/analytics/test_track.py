@@ -111,9 +111,9 @@ def test_ten_thousand_distinct_paths_keep_redis_bounded(hotcache_config, raw_red
     assert len(fields) == 201
     assert int(fields[b"page_view\t(other)"]) == 10_000 - 200
     assert sum(int(v) for v in fields.values()) == 10_000
-    # hour hash, hour index, the event's HLL, the day's event set, the day index, and this thread's applied
-    # token (one short string per writer): six keys whatever the input.
-    assert len(keys_after) == 6
+    # hour hash, hour index, the hour's visitor marks, the event's HLL, the day's event set, the day index, and
+    # this thread's applied token (one short string per writer): seven keys whatever the input.
+    assert len(keys_after) == 7
 
 
 def test_many_event_names_share_one_overflow_visitor_counter(hotcache_config, raw_redis, key_prefix, clock):

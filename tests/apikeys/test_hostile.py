@@ -69,8 +69,10 @@ def _redis_state(raw_redis, key_prefix):
     """Every API key record of this run in Redis, with its value (whatever its type)."""
     out = {}
     for key in raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:*"):
-        kind = raw_redis.type(key)
-        out[key] = (kind, raw_redis.dump(key))
+        kind, value = raw_redis.type(key), raw_redis.dump(key)
+        if kind == b"none" or value is None:
+            continue  # expired between SCAN and DUMP: absent, as the expiry rule in unchanged() expects
+        out[key] = (kind, value)
     return out
 
 

@@ -26,7 +26,7 @@ from redis.exceptions import (
 )
 
 from hotcache import analytics, apikeys, mfa, ratelimit, workbench
-from hotcache.backends import cluster
+from hotcache.backends import cluster, errors
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import redis_gate
 from hotcache.exceptions import RedisUnavailable
@@ -140,10 +140,10 @@ def test_every_cluster_client_error_becomes_redis_unavailable(error):
 
 
 def test_cluster_errors_that_are_not_redis_errors_tell_the_gate_what_they_mean():
-    assert not issubclass(RedisClusterException, RedisError)  # why call() needs a clause of its own
-    assert cluster.failure_kind(SlotNotCoveredError("Slot 1 is not covered")) == cluster.SERVER_STATE
-    assert cluster.failure_kind(RedisClusterException("Redis Cluster cannot be connected.")) == cluster.CONNECTION
-    assert cluster.failure_kind(RedisClusterException("EVAL - all keys must map to the same key slot")) == cluster.CALL
+    assert not issubclass(RedisClusterException, RedisError)  # why call() names them
+    assert errors.classify(SlotNotCoveredError("Slot 1 is not covered")).kind == errors.SERVER_STATE
+    assert errors.classify(RedisClusterException("Redis Cluster cannot be connected.")).kind == errors.CONNECTION
+    assert errors.classify(RedisClusterException("EVAL - all keys must map to the same key slot")).kind == errors.CALL
 
     def unreachable(_client):
         raise RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node")

@@ -22,7 +22,7 @@ def _ids(messages):
 def test_redis_cluster_without_a_url_is_an_error_naming_both_settings(hotcache_config):
     hotcache_config(REDIS_CLUSTER=True)
     [error] = check_redis_target()
-    assert error.id == "hotcache.E091"
+    assert error.id == "hotcache.E121"
     assert "HOTCACHE['REDIS_CLUSTER']" in error.msg and "HOTCACHE['REDIS_URL']" in error.msg
 
 
@@ -38,7 +38,7 @@ def test_redis_cluster_without_a_url_is_an_error_naming_both_settings(hotcache_c
 def test_a_cluster_url_that_cannot_work_is_an_error(hotcache_config, url, problem):
     hotcache_config(REDIS_URL=url, REDIS_CLUSTER=True)
     [error] = check_redis_target()
-    assert error.id == "hotcache.E092"
+    assert error.id == "hotcache.E122"
     assert problem in error.msg and "HOTCACHE['REDIS_URL']" in error.msg
 
 
@@ -49,7 +49,7 @@ def test_a_single_server_url_may_name_any_database(hotcache_config):
 
 def test_redis_cluster_must_be_a_boolean(hotcache_config):
     hotcache_config(REDIS_URL="redis://127.0.0.1:7000/0", REDIS_CLUSTER="yes")
-    assert "hotcache.E090" in _ids(check_redis_target())
+    assert "hotcache.E120" in _ids(check_redis_target())
 
 
 def test_the_alias_is_not_required_when_a_url_is_set(hotcache_config):
@@ -106,7 +106,7 @@ def test_a_single_server_client_on_a_cluster_node_is_reported_with_the_fix(setti
     assert "cluster_enabled:1" in report["redis"]["error"]
     assert "set HOTCACHE['REDIS_CLUSTER'] = True" in report["redis"]["error"]
     [warning] = check_cluster_mode()
-    assert warning.id == "hotcache.W090"
+    assert warning.id == "hotcache.W120"
     assert "HOTCACHE['REDIS_CLUSTER'] = True" in warning.msg
 
 

@@ -91,13 +91,45 @@ def test_rate_limit_three_rules(server):
     check(server, "rate limit, 3 rules", lambda: evaluate(rules))
 
 
+def averaged(server: redis_py.Redis, name: str, op: Callable[[int], Any], n: int = 1000) -> float:
+    """Billed commands per operation over ``n`` warm operations (``op(i)``), meter == server, exactly."""
+    op(-1)
+    with measured(server) as (c, executed):
+        for i in range(n):
+            op(i)
+    figures(f"{name}, {n} operations", c, executed)
+    return c.billed / n
+
+
 def test_analytics_track_without_visitor(server):
     assert analytics.track("signup", path="/join") == "redis"
-    check(server, "analytics.track", lambda: analytics.track("signup", path="/join"))
+    assert check(server, "analytics.track", lambda: analytics.track("signup", path="/join")) <= 5
+    paths = [f"/p{i}" for i in range(20)]
+    assert averaged(server, "analytics.track, 20 paths", lambda i: analytics.track("view", path=paths[i % 20])) <= 5
 
 
 def test_analytics_track_with_visitor(server):
-    check(server, "analytics.track, visitor id", lambda: analytics.track("view", path="/", visitor_id=_id()))
+    billed = check(server, "analytics.track, visitor id", lambda: analytics.track("view", path="/", visitor_id=_id()))
+    assert billed <= 6
+    per_op = averaged(server, "analytics.track, new visitor each", lambda i: analytics.track("v", visitor_id=_id()))
+    assert per_op <= 6
+
+
+def test_analytics_batch(server, hotcache_config):
+    from hotcache.analytics._batch import batch
+
+    hotcache_config(ANALYTICS_BATCH_SECONDS=3600)
+
+    def interval() -> None:
+        for i in range(100):
+            assert analytics.track("view", path=f"/p{i % 5}", visitor_id=_id()) == "batched"
+        assert analytics.flush_batch() == 100
+
+    try:
+        billed = check(server, "analytics batch, 100 events on 5 paths with visitors", interval)
+    finally:
+        batch.stop()
+    assert billed == 1 + 5 + 2 + 1  # EVALSHA, a HINCRBY per path, the marks and one PFADD, the writer's SET
 
 
 def test_apikeys_check(server):
@@ -149,9 +181,15 @@ def test_meter_flush(server):
         with measured(server) as (c, executed):
             assert metering.flush() is True
         figures("meter flush", c, executed)
+        assert c.billed <= 3
 
+    stored_before = metering.usage(days=1)[0].fields["billed:meter"]
     flush()  # loads the script
     flush()
+    # Each flush wrote its own cost: the last one before exit is counted too, and nothing is left pending.
+    assert not [f for (_, f) in metering.meter.pending() if f.endswith(":meter")]
+    stored = metering.usage(days=1)[0].fields["billed:meter"] - stored_before
+    assert stored == metering.snapshot()["billed:meter"]
 
 
 def test_a_noscript_retry_bills_the_refused_evalsha_and_the_eval(server):

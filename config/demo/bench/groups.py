@@ -9,7 +9,7 @@ from config.demo.bench.runner import Arm
 
 __all__ = ["FEATURES", "all_groups"]
 
-FEATURES = ("foundation", "ratelimit", "users", "mfa", "apikeys", "workbench", "analytics", "reports")
+FEATURES = ("foundation", "ratelimit", "users", "sessions", "mfa", "apikeys", "workbench", "analytics", "reports")
 
 
 def _lazy(feature: str) -> Callable[[], dict[str, list[Arm]]]:

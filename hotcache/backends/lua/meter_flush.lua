@@ -1,21 +1,67 @@
--- Add buffered meter counts to the daily hashes in one command, and publish this process's MongoDB pool.
--- KEYS[1..n]: <prefix>:{meter:usage}:<YYYYMMDD>; KEYS[n+1] (optional): <prefix>:{meter:usage}:pools
--- ARGV[1]: ttl seconds; ARGV[2]: n; then for each day key: m, followed by m (field, increment) pairs;
--- then, with a pools key: the process's field and its JSON figures.
+-- Add buffered meter counts to the daily hashes, count this flush itself, and publish this process's MongoDB
+-- pool: per day one HGET and one HSET of the day's counts as JSON (field ARGV[3]), whatever the number of
+-- fields; EXPIRE only when the day's counts are new. Billed: EVALSHA + 2 per day (+1 for a new day).
+-- KEYS[1..n]: <prefix>:{meter:usage}:<YYYYMMDD>, KEYS[1] today's (it also gets this flush's own cost)
+-- ARGV[1] ttl seconds, ARGV[2] n, ARGV[3] the JSON field, ARGV[4..6] this flush's billed, command and round-trip
+-- fields (billed:meter, cmd:meter, rt:meter), ARGV[7] this process's pool field ('' = none), ARGV[8] its JSON
+-- figures; then for each day key: m, followed by m (field, increment) pairs.
+-- Returns {billed commands this flush wrote for itself (EVALSHA included), records reset as not hotcache's}
 local ttl = tonumber(ARGV[1])
 local days = tonumber(ARGV[2])
-local pos = 3
+local ran, reset = 0, 0
+local counts, new = {}, {}
 for i = 1, days do
+  local raw = redis.pcall('HGET', KEYS[i], ARGV[3])
+  ran = ran + 1
+  if type(raw) == 'table' and raw['err'] then
+    -- Not a hash: not written by hotcache; deleted, so the meter keeps counting.
+    redis.call('DEL', KEYS[i])
+    ran = ran + 1
+    reset = reset + 1
+    raw = false
+  end
+  local t = {}
+  if raw then
+    local ok, decoded = pcall(cjson.decode, raw)
+    if ok and type(decoded) == 'table' then
+      t = decoded
+    else
+      reset = reset + 1
+    end
+  end
+  counts[i] = t
+  new[i] = not raw
+end
+local pos = 9
+for i = 1, days do
+  local t = counts[i]
   local m = tonumber(ARGV[pos])
   pos = pos + 1
   for _ = 1, m do
-    redis.call('HINCRBY', KEYS[i], ARGV[pos], ARGV[pos + 1])
+    t[ARGV[pos]] = (tonumber(t[ARGV[pos]]) or 0) + tonumber(ARGV[pos + 1])
     pos = pos + 2
   end
-  redis.call('EXPIRE', KEYS[i], ttl)
 end
-if #KEYS > days then
-  redis.call('HSET', KEYS[days + 1], ARGV[pos], ARGV[pos + 1])
-  redis.call('EXPIRE', KEYS[days + 1], 86400)
+-- This flush's own cost, counted before it is written: EVALSHA, what ran so far, an HSET per day, an EXPIRE
+-- per new day.
+local own = 1 + ran + days
+for i = 1, days do
+  if new[i] then
+    own = own + 1
+  end
 end
-return days
+local t = counts[1]
+t[ARGV[4]] = (tonumber(t[ARGV[4]]) or 0) + own
+t[ARGV[5]] = (tonumber(t[ARGV[5]]) or 0) + 1
+t[ARGV[6]] = (tonumber(t[ARGV[6]]) or 0) + 1
+for i = 1, days do
+  if i == 1 and ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[i], ARGV[3], cjson.encode(counts[i]), ARGV[7], ARGV[8])
+  else
+    redis.call('HSET', KEYS[i], ARGV[3], cjson.encode(counts[i]))
+  end
+  if new[i] then
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+end
+return {own, reset}

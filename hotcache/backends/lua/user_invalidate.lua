@@ -3,9 +3,14 @@
 -- Returns how many version counters were not integer counters (reset here; Python counts them as tampered).
 -- The counter outlives any entry and any in-flight load by far (a day), so a load that read it can
 -- never see it vanish and come back with the same value (which would let a stale write-back through).
+-- DEL comes first: a full Redis (maxmemory, noeviction) refuses a script (OOM) only at a command that may
+-- grow memory issued before the script wrote anything, and DEL never grows memory; after it the script runs
+-- whole. So an invalidation is not refused while every other process keeps reading the stale entry (reads
+-- still succeed on a full Redis).
 local ttl = tonumber(ARGV[1])
 local reset = 0
 for i = 1, #KEYS, 2 do
+  redis.call('DEL', KEYS[i])
   local bumped = redis.pcall('INCR', KEYS[i + 1])
   if type(bumped) == 'table' and bumped['err'] then
     -- Not an integer (or of another type): only a write from outside hotcache makes that. Start a
@@ -16,6 +21,5 @@ for i = 1, #KEYS, 2 do
     reset = reset + 1
   end
   redis.call('EXPIRE', KEYS[i + 1], ttl)
-  redis.call('DEL', KEYS[i])
 end
 return reset

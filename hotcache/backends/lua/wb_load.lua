@@ -21,8 +21,11 @@ local check = 0
 if fence and row[3] ~= fence then
   check = 1
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+-- ZADD is the first write: a full Redis (maxmemory, noeviction) refuses it, and with it the whole load, which
+-- then reads the durable copy. EXPIRE first would let the load through (Redis stops a script only before its
+-- first write) and serve this copy while another process's save, refused here, went to MongoDB.
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2] * 2)
 if not row[2] or row[2] == '' then row[2] = '!' end
 return {row[1] or '', row[2], check}

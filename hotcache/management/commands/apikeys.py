@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from hotcache.apikeys import KeyNotFound, commands
+from hotcache.management.durable import DurableWriteCommand
+
+# What each writing action would lose against the in-process stand-in (list and usage only read).
+_WRITES = {
+    "create": "the new key",
+    "revoke": "the revocation",
+}
 
 
-class Command(BaseCommand):
+class Command(DurableWriteCommand):
     help = "Create, revoke, list API keys and show their daily usage."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -30,8 +37,11 @@ class Command(BaseCommand):
         use.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"]
+        if action in _WRITES:
+            self.require_shared_store(f"apikeys {action}", _WRITES[action])
         try:
-            lines = commands.run(options["action"], options)
+            lines = commands.run(action, options)
         except (KeyNotFound, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         for line in lines:

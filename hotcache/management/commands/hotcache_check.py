@@ -9,8 +9,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from redis.exceptions import RedisError
 
-from hotcache.backends import cluster, mongo
+from hotcache.backends import cluster, mongo, redis_profile
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import BackendUnavailable, MongoWriteError
@@ -47,6 +48,7 @@ def check_connections(samples: int = 5) -> dict[str, Any]:
             version=version,
             socket_timeout_s=hotcache_settings.REDIS_SOCKET_TIMEOUT,
         )
+        report["redis"].update(_profile())
         report["redis"].update(_cluster_state())
     except BackendUnavailable as exc:
         report["redis"].update(
@@ -73,11 +75,15 @@ def check_connections(samples: int = 5) -> dict[str, Any]:
     return report
 
 
+def _first_node(info: dict[str, Any]) -> dict[str, Any]:
+    """INFO of one server (a cluster client answers with one INFO per node: the first node's)."""
+    if info and all(isinstance(v, dict) for v in info.values()):
+        return next(iter(info.values()))
+    return info
+
+
 def _version(info: dict[str, Any]) -> str:
-    """redis_version from INFO server (a cluster client answers with one INFO per node: the first node's)."""
-    if "redis_version" not in info and info and all(isinstance(v, dict) for v in info.values()):
-        info = next(iter(info.values()))
-    return str(info.get("redis_version", "?"))
+    return str(_first_node(info).get("redis_version", "?"))
 
 
 def _cluster_state() -> dict[str, Any]:
@@ -93,6 +99,24 @@ def _cluster_state() -> dict[str, Any]:
     out: dict[str, Any] = {"cluster": state.as_dict()}
     if not state.ok:
         out.update(ok=False, error="Redis Cluster: " + "; ".join(state.problems))
+    return out
+
+
+def _profile() -> dict[str, Any]:
+    """Connect, TLS handshake and round-trip times against the timeouts; the eviction policy (run-time only)."""
+    out: dict[str, Any] = {}
+    try:
+        timings = redis_profile.measure()
+    except (OSError, RedisError) as exc:
+        out["timing"] = {"error": f"could not time a new connection: {exc}"}
+    else:
+        out["timing"] = timings.as_dict() if timings is not None else None
+    try:
+        policy = str(_first_node(redis_backend.server_info("memory")).get("maxmemory_policy", "?"))
+    except BackendUnavailable:
+        policy = "?"
+    eviction = redis_profile.eviction_advice(policy)
+    out["eviction"] = {"maxmemory_policy": eviction.policy, "ok": eviction.ok, "advice": eviction.advice}
     return out
 
 
@@ -123,6 +147,7 @@ class Command(BaseCommand):
                     f"Redis    OK   {r['location']}  v{r['version']}  rtt {r['rtt_ms_median']} ms "
                     f"(max {r['rtt_ms_max']})  lua {'yes' if r['lua'] else 'NO'}"
                 )
+                self._write_profile(r)
             else:
                 self.stdout.write(f"Redis    FAIL {r['error']}")
             self._write_cluster(r.get("cluster"))
@@ -152,3 +177,26 @@ class Command(BaseCommand):
             )
             rtt = f"rtt {node['rtt_ms']} ms" if node["rtt_ms"] is not None else f"DOWN ({node.get('error', '')})"
             self.stdout.write(f"         {node['role']:<7} {node['address']:<21} {where:<22} {rtt}")
+
+    def _write_profile(self, r: dict[str, Any]) -> None:
+        t = r.get("timing")
+        if t and "error" in t:
+            self.stdout.write(f"Timing   WARN {t['error']}")
+        elif t:
+            tls = "no TLS"
+            if t["tls_handshake_ms"] is not None:
+                tls = f"TLS handshake {t['tls_handshake_ms']} ms (+ {t['tls_client_setup_ms']} ms client CPU)"
+            connect = "unix socket" if t["connect_ms"] is None else f"connect {t['connect_ms']} ms"
+            fits = t["socket_timeout_fits"] and t["connect_timeout_fits"]
+            self.stdout.write(
+                f"Timing   {'OK  ' if fits else 'WARN'} {connect}, {tls}, new connection {t['setup_ms']} ms, "
+                f"round trip {t['rtt_ms_median']} ms (max {t['rtt_ms_max']}); timeouts: socket "
+                f"{t['socket_timeout_s']} s, connect {t['connect_timeout_s']} s "
+                f"{'fit' if fits else 'do not fit'} (rule: >= {redis_profile.TIMEOUT_MULTIPLE} x measured)"
+            )
+            if t["advice"]:
+                self.stdout.write(f"         {t['advice']}")
+        e = r["eviction"]
+        self.stdout.write(f"Eviction {'OK  ' if e['ok'] else 'WARN'} maxmemory-policy {e['maxmemory_policy']}")
+        if e["advice"]:
+            self.stdout.write(f"         {e['advice']}")

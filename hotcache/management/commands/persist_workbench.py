@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from hotcache import workbench
+from hotcache.management.durable import DurableWriteCommand
 
 
-class Command(BaseCommand):
+class Command(DurableWriteCommand):
     help = (
         "Move ended workbench sessions, and sessions idle past WORKBENCH_PERSIST_IDLE_AFTER, into MongoDB "
         "history (the same service as the beat task hotcache.tasks.persist_workbench_sessions)."
@@ -22,6 +23,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not options["dry_run"]:
+            self.require_shared_store(
+                "persist_workbench", "the sessions it moves into history (removed from Redis once moved)"
+            )
         result = workbench.persist(dry_run=options["dry_run"], limit=options["limit"])
         if options["json"]:
             self.stdout.write(json.dumps(result.as_dict(), indent=2))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from hotcache import analytics
+from hotcache.management.durable import DurableWriteCommand
 
 
-class Command(BaseCommand):
+class Command(DurableWriteCommand):
     help = (
         "Move closed hours of analytics counters (and batches left pending by earlier runs) from Redis into "
         "MongoDB analytics_hourly, and distinct visitors into analytics_visitors. Safe to run at any time, "
@@ -26,6 +27,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not options["dry_run"]:
+            self.require_shared_store("sync_analytics", "the counters it moves out of Redis (deleted there once moved)")
         several = False
 
         def progress(done: int, total: int) -> None:
@@ -63,4 +66,3 @@ class Command(BaseCommand):
         )
         if result.error:
             raise CommandError(result.why_stopped())
-

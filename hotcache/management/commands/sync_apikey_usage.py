@@ -6,12 +6,13 @@ import dataclasses
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from hotcache import apikeys
+from hotcache.management.durable import DurableWriteCommand
 
 
-class Command(BaseCommand):
+class Command(DurableWriteCommand):
     help = (
         "Copy API keys' per-day usage counters of the last --days UTC days from Redis into MongoDB's usage history "
         "(the same service as the beat task hotcache.tasks.sync_apikey_usage; run it every 10 minutes from cron "
@@ -26,6 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.require_shared_store("sync_apikey_usage", "the usage history it writes")
         try:
             result = apikeys.sync_usage(days=options["days"])
         except ValueError as exc:

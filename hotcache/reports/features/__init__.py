@@ -2,4 +2,4 @@
 and the detail sections it reads from its stores. Importing this package registers them, in FEATURES order.
 See docs/reports.md#per-feature-pages."""
 
-from hotcache.reports.features import analytics, apikeys, mfa, ratelimit, users, workbench  # noqa: F401
+from hotcache.reports.features import analytics, apikeys, mfa, ratelimit, sessions, users, workbench  # noqa: F401

@@ -1,0 +1,132 @@
+"""Analytics batching (ANALYTICS_BATCH_SECONDS > 0): events summed in-process and written in one track script
+call per interval and process, exactly once through the same lost-reply protocol as a single event.
+
+A killed process loses at most its unwritten batch: the events of at most one interval (or of one full batch,
+MAX_COUNTERS / MAX_VISITORS, whichever comes first). The batch is written at exit (atexit, Celery's
+worker_process_shutdown, gunicorn's worker_exit hook), when an event finds the interval over, and by a
+daemon thread once the interval is over with no further events. See docs/analytics.md ("Batching").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from hotcache import clock, metering, recovery
+from hotcache.analytics._events import FEATURE, Event
+from hotcache.analytics._fallback import buffer
+from hotcache.analytics._send import send, settle_own_doubt
+from hotcache.analytics._write import CounterKey, VisitorKey, build
+from hotcache.conf import hotcache_settings
+
+__all__ = ["MAX_COUNTERS", "MAX_VISITORS", "Batch", "batch", "batch_writer"]
+
+log = logging.getLogger("hotcache.analytics")
+
+MAX_COUNTERS = 1000  # distinct (hour, event, path) counters in one batch before it is written early
+MAX_VISITORS = 10_000  # visitor digests in one batch before it is written early
+
+
+def batch_writer() -> str:
+    """The writer (hotcache.recovery) of this process's batches: one per process, whichever thread writes."""
+    return f"{recovery.process_nonce()}:batch"
+
+
+class Batch(recovery.ProcessLocal):
+    """This process's events of the current interval, summed: {(hour, event, path): n} and {(hour, event):
+    visitor digests}. A forked child starts empty (its parent writes what it summed)."""
+
+    def __init__(self) -> None:
+        self._write_lock = threading.Lock()  # one write (and its doubt's settling) at a time
+        super().__init__()
+        self._forget()
+
+    def _renew_locks(self) -> None:
+        super()._renew_locks()
+        self._write_lock = threading.Lock()
+
+    def _forget(self) -> None:
+        self._counters: dict[CounterKey, int] = {}
+        self._visitors: dict[VisitorKey, set[str]] = {}
+        self._n_visitors = 0
+        self._started: float | None = None  # clock.time() of the batch's first event
+        self._timer: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def __len__(self) -> int:
+        """Events summed and not written yet."""
+        with self._lock:
+            return sum(self._counters.values())
+
+    def add(self, hour: str, ev: Event) -> str:
+        """Sum ``ev`` (of ``hour``) into the batch; write the batch if its interval is over or it is full."""
+        with self._lock:
+            if self._started is None:
+                self._started = clock.time()
+            key = (hour, ev.event, ev.path)
+            self._counters[key] = self._counters.get(key, 0) + ev.count
+            if ev.visitor:
+                seen = self._visitors.setdefault((hour, ev.event), set())
+                if ev.visitor not in seen:
+                    seen.add(ev.visitor)
+                    self._n_visitors += 1
+            full = len(self._counters) >= MAX_COUNTERS or self._n_visitors >= MAX_VISITORS
+            self._ensure_timer()
+        metering.event(FEATURE, "batched", ev.count)
+        if full or self.due():
+            self.flush()
+        return "batched"
+
+    def due(self) -> bool:
+        """Whether the batch's interval (ANALYTICS_BATCH_SECONDS from its first event) is over."""
+        started = self._started
+        return started is not None and clock.time() - started >= float(hotcache_settings.ANALYTICS_BATCH_SECONDS)
+
+    def flush(self) -> int:
+        """Write the batch now (one script call, after settling a previous batch whose reply was lost); the
+        events written to Redis or, Redis down, to the outage buffer. Safe from any thread."""
+        with self._write_lock:
+            with self._lock:
+                counters, visitors = self._counters, self._visitors
+                self._counters, self._visitors, self._n_visitors, self._started = {}, {}, 0, None
+            writer = batch_writer()
+            if not settle_own_doubt(writer):
+                return self._to_buffer(counters)  # Redis does not answer: the outage path (visitors are not kept)
+            if not counters:
+                return 0
+            events = sum(counters.values())
+            sent = send(writer, build(writer, counters, visitors, label="batch"))
+            if sent.outcome == "unavailable":
+                return self._to_buffer(counters)
+            if sent.outcome == "redis" and buffer.has_data():
+                buffer.flush_if_due()
+            return events
+
+    def _to_buffer(self, counters: dict[CounterKey, int]) -> int:
+        for key, n in counters.items():
+            buffer.add(key, n)
+        return sum(counters.values())
+
+    # --- the daemon that writes a batch whose interval ended with no later event ------------------------
+
+    def _ensure_timer(self) -> None:
+        if self._timer is None or not self._timer.is_alive():
+            self._wake = threading.Event()
+            self._timer = threading.Thread(target=self._run, args=(self._wake,), name="hotcache-analytics-batch")
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _run(self, wake: threading.Event) -> None:
+        while not wake.wait(max(0.05, float(hotcache_settings.ANALYTICS_BATCH_SECONDS))):
+            try:
+                if self.due():
+                    self.flush()
+            except Exception:
+                log.warning("hotcache analytics: batch write failed", exc_info=True)
+
+    def stop(self) -> None:
+        """Stop the daemon (tests); the next event starts it again."""
+        self._wake.set()
+
+
+batch = Batch()

@@ -1,0 +1,165 @@
+"""The sessions' Redis copy: one read (entry + version), versioned writes, invalidations owed after an outage.
+
+Every call goes through hotcache.backends.redis.call() (health gate, short timeouts, metering under
+``sessions``). The database is the source of truth; this module only ever makes Redis hold what the
+database holds, or nothing:
+
+- ``reserve`` (inside the save's database transaction) bumps the version and drops the entry;
+  ``publish`` (after commit) stores the saved session only if its version is still the newest.
+- ``fill`` writes back a session read from the database after a miss, only if no save or delete
+  happened since the miss (the version the reader saw) and no newer entry was published.
+- ``invalidate`` (after a database delete) bumps the version and drops the entry.
+
+Whatever could not reach Redis (an outage, a reply lost after the command was sent) is owed: the session is
+kept in ``pending_invalidations`` and invalidated before this process's next session read. See
+docs/sessions.md ("Consistency").
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hotcache import metering, recovery, signing
+from hotcache.backends import redis as redis_backend
+from hotcache.exceptions import RedisUnavailable
+from hotcache.sessions.entries import FEATURE, Entry, decode, encode, entry_key, version_key
+
+__all__ = ["Lookup", "fill", "invalidate", "log", "pending_invalidations", "publish", "read", "reserve"]
+
+log = logging.getLogger("hotcache.sessions")
+
+_RESERVE = redis_backend.Script("session_reserve")
+_PUBLISH = redis_backend.Script("session_publish")
+_FILL = redis_backend.Script("session_fill")
+_VERSION_SLACK = 86_400  # the counter outlives its entry by a day, so no in-flight fill or publish sees it vanish
+_REPLAY_BATCH = 500  # owed invalidations per pipeline (one round trip each)
+
+# Sessions whose Redis copy may be stale because a write or delete could not reach Redis. Bounded: beyond
+# max_items the oldest are dropped (logged and counted as sessions:pending_dropped).
+pending_invalidations: recovery.Deferred[str] = recovery.Deferred(max_items=100_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    entry: Entry | None  # None: a miss (absent, expired, or not trusted)
+    version: bytes | None  # what the version counter held, for fill()
+
+
+def read(session_key: str) -> Lookup | None:
+    """The session's entry and version in one command (MGET); None when Redis is unavailable."""
+    pending = pending_invalidations.snapshot() if pending_invalidations else set()
+
+    def op(r: Any) -> Any:
+        if pending:
+            _invalidate_all(r, sorted(pending))
+        return r.mget([entry_key(session_key), version_key(session_key)])
+
+    try:
+        raw, version = redis_backend.call(FEATURE, op)
+    except RedisUnavailable:
+        metering.event(FEATURE, "fallback")
+        return None
+    if pending:
+        pending_invalidations.done(pending)
+    entry = decode(session_key, raw) if raw is not None else None
+    metering.event(FEATURE, "hit" if entry is not None else "miss")
+    return Lookup(entry, version)
+
+
+def fill(session_key: str, version: bytes | None, data: str, expiry_ms: int, user: str | None, ttl: int) -> bool:
+    """Store a session read from the database after a miss, unless a write or delete happened since."""
+    if ttl <= 0:
+        return False
+    payload = encode(session_key, data, expiry_ms, user)
+    seen = version if version is not None else b""
+    try:
+        stored = redis_backend.call(
+            FEATURE, lambda r: _FILL(r, [entry_key(session_key), version_key(session_key)], [seen, payload, ttl])
+        )
+    except RedisUnavailable as exc:
+        if exc.maybe_applied:  # it may have stored a session a concurrent save has just replaced
+            _owe(session_key)
+        return False
+    return bool(stored)
+
+
+def reserve(session_key: str, ttl: int) -> int | None:
+    """The version of a save about to commit (entry dropped); None when Redis is unavailable (then owed)."""
+    try:
+        version, reset = redis_backend.call(
+            FEATURE,
+            lambda r: _RESERVE(r, [entry_key(session_key), version_key(session_key)], [max(ttl, 0) + _VERSION_SLACK]),
+        )
+    except RedisUnavailable:
+        _owe(session_key)
+        return None
+    if reset:
+        signing.tampered(FEATURE, version_key(session_key), "was not a version counter; reset")
+    return int(version)
+
+
+def publish(session_key: str, version: int, data: str, expiry_ms: int, user: str | None, ttl: int) -> bool:
+    """Store a committed save if ``version`` is still the newest; a failure is owed (the entry stays absent)."""
+    if ttl <= 0:
+        return False
+    payload = encode(session_key, data, expiry_ms, user)
+    try:
+        stored = redis_backend.call(
+            FEATURE,
+            lambda r: _PUBLISH(r, [entry_key(session_key), version_key(session_key)], [version, payload, ttl]),
+        )
+    except RedisUnavailable as exc:
+        if exc.maybe_applied:
+            _owe(session_key)  # stored or not: a later save's publish may have been refused meanwhile
+        return False
+    if stored:
+        metering.event(FEATURE, "saved")
+    return bool(stored)
+
+
+def invalidate(session_key: str) -> bool:
+    """Drop a deleted session's entry and bump its version; False when owed (Redis unavailable)."""
+    try:
+        redis_backend.call(FEATURE, lambda r: _invalidate_all(r, [session_key]))
+    except RedisUnavailable:
+        _owe(session_key)
+        return False
+    metering.event(FEATURE, "invalidated")
+    return True
+
+
+def _invalidate_all(r: Any, session_keys: list[str]) -> None:
+    """Invalidate each session: the first alone (EVAL on NOSCRIPT), the rest in pipelines of _REPLAY_BATCH."""
+    if not session_keys:
+        return
+    first = session_keys[0]
+    _check_reset(first, _RESERVE(r, [entry_key(first), version_key(first)], [_VERSION_SLACK]))
+    for start in range(1, len(session_keys), _REPLAY_BATCH):
+        batch = session_keys[start : start + _REPLAY_BATCH]
+        pipe = r.pipeline(transaction=False)
+        for key in batch:
+            _RESERVE.queue(pipe, [entry_key(key), version_key(key)], [_VERSION_SLACK])
+        for key, raw in zip(batch, pipe.execute(), strict=True):
+            _check_reset(key, _RESERVE.reply(raw))
+
+
+def _check_reset(session_key: str, reply: Any) -> None:
+    if isinstance(reply, Exception):
+        raise reply
+    if reply[1]:
+        signing.tampered(FEATURE, version_key(session_key), "was not a version counter; reset")
+
+
+def _owe(session_key: str) -> None:
+    """Keep ``session_key``'s Redis copy for invalidation before this process's next session read."""
+    dropped = pending_invalidations.add(session_key)
+    metering.event(FEATURE, "deferred")
+    if dropped:
+        metering.event(FEATURE, "pending_dropped", dropped)
+        log.warning(
+            "hotcache: %d owed session invalidations were dropped (over %d); their Redis copies may be stale",
+            dropped,
+            pending_invalidations.max_items,
+        )

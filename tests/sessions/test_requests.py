@@ -1,0 +1,113 @@
+"""Whole requests: hotcache.sessions + CachedAuthenticationMiddleware serve a warm authenticated request with no
+database query; logins, logouts and session writes behave as with Django's own engines."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
+from django.db import connection
+from django.test import AsyncClient, Client
+from django.test.utils import CaptureQueriesContext
+
+from hotcache.sessions.entries import entry_key
+from hotcache.testing import count_redis
+
+User = get_user_model()
+PROFILE = "/users/me/"
+DJANGO_AUTH_MW = "django.contrib.auth.middleware.AuthenticationMiddleware"
+OUR_MW = "hotcache.middleware.CachedAuthenticationMiddleware"
+
+
+@pytest.fixture(autouse=True)
+def cached_stack(settings):
+    settings.MIDDLEWARE = [OUR_MW if m == DJANGO_AUTH_MW else m for m in settings.MIDDLEWARE]
+    settings.ROOT_URLCONF = "config.demo.urls"
+
+
+@pytest.fixture
+def alice():
+    return User.objects.create_user(username="alice", password="pw-1")
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    return client
+
+
+def test_warm_authenticated_request_makes_no_database_query(alice):
+    client = logged_in(alice)
+    assert client.get(PROFILE).json()["username"] == "alice"  # fills the cached user
+    with CaptureQueriesContext(connection) as queries, count_redis() as redis:
+        response = client.get(PROFILE)
+    assert response.json() == {
+        "authenticated": True,
+        "id": alice.pk,
+        "username": "alice",
+        "first_name": "",
+        "is_staff": False,
+    }
+    assert queries.captured_queries == []
+    # The session's MGET (entry + version), then the user's MGET (entry + version): 2 commands, 2 round trips.
+    assert redis.round_trips == 2 and redis.commands == 2
+    assert redis.by_feature == {"sessions": 1, "users": 1}
+    assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
+
+
+def test_warm_async_request_makes_no_database_query(alice):
+    client = AsyncClient()
+    async_to_sync(client.aforce_login)(alice, backend="django.contrib.auth.backends.ModelBackend")
+    async_to_sync(client.get)("/users/me/async/")
+    with CaptureQueriesContext(connection) as queries, count_redis() as redis:
+        response = async_to_sync(client.get)("/users/me/async/")
+    assert response.json() == {"authenticated": True, "username": "alice"}
+    assert queries.captured_queries == []
+    assert redis.round_trips == 2
+
+
+def test_login_through_the_login_view_persists_in_both_stores(alice, raw_redis, settings):
+    client = Client()
+    assert client.login(username="alice", password="pw-1")
+    key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    assert Session.objects.filter(session_key=key).exists()
+    assert raw_redis.exists(entry_key(key))
+    assert client.get(PROFILE).json()["username"] == "alice"
+
+
+def test_logout_deletes_both_copies_and_the_old_cookie_is_anonymous(alice, raw_redis, settings):
+    client = logged_in(alice)
+    key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    stolen = Client()
+    stolen.cookies[settings.SESSION_COOKIE_NAME] = key
+    assert stolen.get(PROFILE).status_code == 200
+    client.logout()
+    assert not raw_redis.exists(entry_key(key))
+    assert not Session.objects.filter(session_key=key).exists()
+    assert stolen.get(PROFILE).status_code == 401
+
+
+def test_password_change_elsewhere_logs_the_session_out(alice):
+    client = logged_in(alice)
+    assert client.get(PROFILE).status_code == 200
+    alice.set_password("pw-2")
+    alice.save()
+    assert client.get(PROFILE).status_code == 401
+
+
+def test_save_every_request_writes_the_database_and_keeps_redis_current(alice, settings, raw_redis):
+    settings.SESSION_SAVE_EVERY_REQUEST = True
+    client = logged_in(alice)
+    client.get(PROFILE)
+    key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    before = Session.objects.get(session_key=key).expire_date
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(PROFILE).status_code == 200
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(writes) == 1 and "django_session" in writes[0]
+    assert Session.objects.get(session_key=key).expire_date >= before
+    assert raw_redis.exists(entry_key(key))
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(PROFILE).status_code == 200
+    assert not any(q["sql"].startswith("SELECT") for q in queries.captured_queries)  # the read stayed on Redis
