@@ -54,6 +54,10 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_URL": None,  # mongodb://, mongodb+srv://, or mongomock://<db> (tests, embedded default)
     "MONGO_DATABASE": None,  # default: the database in MONGO_URL's path, else "hotcache"
     "MONGO_MAX_POOL_SIZE": 10,  # pymongo maxPoolSize per process
+    # pymongo serverMonitoringMode: "poll" keeps 1 monitoring connection per process and server, "stream" (and
+    # "auto" outside FaaS) 2; poll notices a topology change on its next check (heartbeatFrequencyMS, 10 s) or
+    # when an operation fails on it. A serverMonitoringMode option in MONGO_URL wins over this setting.
+    "MONGO_SERVER_MONITORING_MODE": "poll",
     "MONGO_WAIT_QUEUE_TIMEOUT_MS": 2000,  # an exhausted pool fails fast instead of hanging
     "MONGO_SERVER_SELECTION_TIMEOUT_MS": 2000,
     "MONGO_CONNECT_TIMEOUT_MS": 2000,

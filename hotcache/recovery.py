@@ -243,7 +243,8 @@ class Deferred(_ForkLocal, Generic[K]):
 
 
 class DeferredCounts(_ForkLocal, Generic[K]):
-    """Like Deferred, for amounts owed per key (e.g. reservations to take back); ``done`` subtracts."""
+    """Like Deferred, for amounts owed per key (e.g. reservations to take back); ``done`` subtracts, ``take``
+    claims them all."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -259,6 +260,13 @@ class DeferredCounts(_ForkLocal, Generic[K]):
     def snapshot(self) -> dict[K, int]:
         with self._lock:
             return dict(self._counts)
+
+    def take(self) -> dict[K, int]:
+        """Everything owed, removed at once: for writes that must not be applied twice (an ``$inc``), so two
+        threads replaying together never both send them. ``add`` back what could not be written."""
+        with self._lock:
+            taken, self._counts = self._counts, {}
+            return taken
 
     def done(self, counts: Mapping[K, int]) -> None:
         with self._lock:

@@ -28,6 +28,26 @@ def _hotcache_isolation() -> Iterator[None]:
     reset_all()
 
 
+MONGO_STORES = ("standin", "real")
+_OWN_STORE = frozenset({"mongo_store", "real_mongo", "restartable_mongo"})
+
+
+def _every_test_on_the_real_server() -> bool:
+    return os.environ.get("HOTCACHE_TEST_MONGO_STORE") == "real"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``mongo_contract`` (a module's ``pytestmark``, a class or one test) runs once per MongoDB
+    store: ``[standin]`` and ``[real]``, through ``_mongo_store_switch``. Not when the test picks its store itself
+    (``mongo_store``, ``real_mongo``, ``restartable_mongo``) or HOTCACHE_TEST_MONGO_STORE=real runs every test
+    on the real server already."""
+    if metafunc.definition.get_closest_marker("mongo_contract") is None or _every_test_on_the_real_server():
+        return
+    if _OWN_STORE & set(metafunc.fixturenames):
+        return
+    metafunc.parametrize("_mongo_store_switch", MONGO_STORES, indirect=True)
+
+
 @pytest.fixture(autouse=True)
 def _redis_target_switch(request: pytest.FixtureRequest) -> None:
     """HOTCACHE_TEST_REDIS_TARGET=cluster runs every test with hotcache on the session's Redis Cluster
@@ -58,11 +78,14 @@ def _log_refusals(request: pytest.FixtureRequest, path: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _mongo_store_switch(request: pytest.FixtureRequest) -> None:
-    """HOTCACHE_TEST_MONGO_STORE=real runs every test on the real server (its own database) instead of the
-    stand-in: a survey of where the two disagree, ahead of the contract suites' own parametrisation."""
-    if os.environ.get("HOTCACHE_TEST_MONGO_STORE") == "real":
+def _mongo_store_switch(request: pytest.FixtureRequest) -> str:
+    """Which MongoDB store this test runs on. The stand-in unless the test is a ``mongo_contract`` run with the
+    ``real`` parameter, or HOTCACHE_TEST_MONGO_STORE=real (every test on the real server: a survey of where the
+    two disagree). Autouse and defined here, so it runs before any feature fixture writes to MongoDB."""
+    store = getattr(request, "param", "real" if _every_test_on_the_real_server() else "standin")
+    if store == "real":
         request.getfixturevalue("real_mongo")
+    return store
 
 
 def _redis_url() -> str:
@@ -356,6 +379,6 @@ def mongo_store(request: pytest.FixtureRequest, settings: Any) -> StandInMongo |
     """One contract, two stores: the in-process stand-in (mongomock, the default) and a real server."""
     if request.param == "real":
         return request.getfixturevalue("real_mongo")
-    if os.environ.get("HOTCACHE_TEST_MONGO_STORE") == "real":
+    if _every_test_on_the_real_server():
         pytest.skip("HOTCACHE_TEST_MONGO_STORE=real: every test already runs on the real server")
     return StandInMongo(settings.HOTCACHE["MONGO_URL"])

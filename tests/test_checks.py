@@ -63,6 +63,13 @@ def test_mongo_url_with_wrong_scheme(hotcache_config):
     assert "hotcache.E008" in ids()
 
 
+@pytest.mark.parametrize("mode", ["streaming", "", None, 1])
+def test_unknown_server_monitoring_mode_is_e009_naming_the_setting(hotcache_config, mode):
+    hotcache_config(MONGO_SERVER_MONITORING_MODE=mode)
+    e009 = [m for m in check_foundation() if m.id == "hotcache.E009"]
+    assert e009 and "MONGO_SERVER_MONITORING_MODE" in e009[0].msg and "'poll'" in e009[0].hint
+
+
 def test_typo_in_setting_name_is_a_warning(hotcache_config):
     hotcache_config(REDIS_ALAIS="x")
     assert "hotcache.W001" in ids()

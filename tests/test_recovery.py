@@ -97,6 +97,19 @@ def test_deferred_counts_subtract_what_was_replayed() -> None:
     assert not owed
 
 
+def test_counts_taken_are_owed_by_nobody_else_until_given_back() -> None:
+    """take() claims everything at once: a second replayer finds nothing (an $inc is never sent twice); what
+    could not be written is added back, with what was owed meanwhile."""
+    owed: recovery.DeferredCounts[str] = recovery.DeferredCounts()
+    owed.add("k", 2)
+    taken = owed.take()
+    assert taken == {"k": 2} and not owed and owed.take() == {}
+    owed.add("k")
+    for key, n in taken.items():
+        owed.add(key, n)  # the write failed
+    assert owed.snapshot() == {"k": 3}
+
+
 def test_an_outage_notice_sent_for_an_older_outage_keeps_the_newer_one_owed() -> None:
     notice = recovery.OutageNotice()
     generation = notice.owe("t1")

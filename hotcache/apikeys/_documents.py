@@ -125,7 +125,9 @@ def load_record(digest: str, redis_now: float | None = None) -> str:
     ``redis_now``: Redis's clock as the last script reply gave it (the record's "u" is on that clock).
     """
     tag = tag_of(digest)
-    doc = keys_coll().find_one({"key_sha256": digest})
+    # Shared: the threads of a process missing one key at once (a cold start) send one query. A raw key is
+    # known only once create() returned, so no load of its digest can have begun before its record existed.
+    doc = keys_coll().find_one({"key_sha256": digest}, shared=True)
     if doc is None or not hmac.compare_digest(doc["key_sha256"], digest):
         return unknown(tag)
     if doc.get("revoked_at") is not None:

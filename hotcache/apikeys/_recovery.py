@@ -16,6 +16,7 @@ from typing import Any
 from hotcache import clock, recovery, signing
 from hotcache.apikeys._documents import usage_coll
 from hotcache.apikeys._index import write_index
+from hotcache.apikeys._reads import live_count, read_counters
 from hotcache.apikeys._records import TOKEN_TTL, base_key, counter_ttl, day_name, text, token_key, undo_key, use_key
 from hotcache.apikeys._results import FEATURE
 from hotcache.backends import mongo
@@ -59,7 +60,8 @@ doubts: recovery.InDoubt[Doubt] = recovery.InDoubt()
 bases: recovery.Deferred[tuple[str, str, dt.date]] = recovery.Deferred()  # (key_id, tag, day) counted on MongoDB
 revokes: recovery.Deferred[str] = recovery.Deferred()  # tags whose tombstone could not be written
 touched: recovery.Deferred[tuple[dt.date, str]] = recovery.Deferred()  # (day, "<key_id>:<tag>") not yet indexed
-reservations: recovery.DeferredCounts[tuple[str, dt.date]] = recovery.DeferredCounts()  # "doubt" uses to take back
+# "doubt" uses to take back, per (key_id, tag, day)
+reservations: recovery.DeferredCounts[tuple[str, str, dt.date]] = recovery.DeferredCounts()
 
 _seq = itertools.count(1)  # check sequence numbers: grow per process, so per writer (recovery.writer())
 
@@ -87,9 +89,15 @@ def settle_and_replay() -> None:
         # Probe first (no network while the health gate is open): no MongoDB read is spent while Redis is down.
         redis_backend.call(FEATURE, lambda r: r.ping())
     owed_bases, owed_revokes, owed_touched = bases.snapshot(), revokes.snapshot(), touched.snapshot()
-    owed_reservations = reservations.snapshot()
-    if owed_reservations:
-        _release_reservations(owed_reservations)
+    # Claimed, not snapshotted: an $inc taken back by two threads replaying at once would be taken back twice.
+    owed_reservations = reservations.take()
+    released = False
+    try:
+        released = not owed_reservations or _release_reservations(owed_reservations)
+    finally:
+        if not released:
+            for item, n in owed_reservations.items():
+                reservations.add(item, n)  # retried on the next check
     if owed_revokes or owed_touched:
         redis_backend.call(FEATURE, lambda r: write_index(r, owed_revokes, owed_touched))
         revokes.done(owed_revokes)
@@ -124,23 +132,39 @@ def settle_doubts(r: Any, settling: list[Doubt]) -> None:
             signing.tampered(FEATURE, token_key(d.tag), "held a malformed writer record (dropped)")
         if doubts.settled(d.writer, d):
             if d.held:
-                reservations.add((d.key_id, d.day))
+                reservations.add((d.key_id, d.tag, d.day))
             if first == "1":
                 touched.add((d.day, f"{d.key_id}:{d.tag}"))
         log.info("hotcache apikeys: check in doubt resolved (%s): %s", d.key_id or "-", outcome)
 
 
-def _release_reservations(owed_reservations: dict[tuple[str, dt.date], int]) -> None:
-    """Take back the ``doubt`` reservations of settled checks (their uses are on Redis now, or were refused)."""
-    ops: list[mongo.Update | mongo.Insert] = [
-        mongo.Update({"key_id": key_id, "day": day_name(day)}, {"$inc": {"doubt": -n}})
-        for (key_id, day), n in owed_reservations.items()
-    ]
+def _release_reservations(owed_reservations: dict[tuple[str, str, dt.date], int]) -> bool:
+    """Take back the ``doubt`` reservations of settled checks (their uses are on Redis now, or were refused).
+
+    In the same update, the day's ``redis`` / ``undone`` copies are raised to Redis's counter as it stands
+    (read after settling, as sync_usage copies it): the settled uses leave ``doubt`` and arrive in ``redis`` at
+    once, so a fallback deciding meanwhile in another thread or process never sees the day's total drop
+    below what Redis has counted (it used to drop to the last sync's copy and allow that many more).
+    Returns False when Redis or MongoDB failed (nothing taken back; the caller owes them again).
+    """
+    pairs = sorted(owed_reservations)
+    try:
+        values = redis_backend.call(FEATURE, lambda r: read_counters(r, pairs))
+    except BackendUnavailable:
+        return False
+    ops: list[mongo.Update | mongo.Insert] = []
+    for (key_id, tag, day), value in zip(pairs, values, strict=True):
+        update: dict[str, Any] = {"$inc": {"doubt": -owed_reservations[(key_id, tag, day)]}}
+        counted = live_count(tag, day, value)  # None: not a count (counted as tampered), nothing to copy
+        if counted is not None and counted[0]:
+            gross, undo = counted
+            update["$max"] = {"redis": gross, **({"undone": undo} if undo else {})}
+        ops.append(mongo.Update({"key_id": key_id, "day": day_name(day)}, update))
     try:
         usage_coll().bulk(ops)
     except BackendUnavailable:
-        return  # retried on the next check
-    reservations.done(owed_reservations)
+        return False
+    return True
 
 
 def push_bases(items: list[tuple[str, dt.date, int]]) -> int:

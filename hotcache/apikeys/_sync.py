@@ -9,15 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from hotcache import clock
 from hotcache.apikeys import _recovery
 from hotcache.apikeys._documents import keys_coll, usage_coll
-from hotcache.apikeys._index import Entry, read_touched, replies, verified_members
+from hotcache.apikeys._index import read_touched, verified_members
 from hotcache.apikeys._inputs import days_window
-from hotcache.apikeys._reads import live_count
-from hotcache.apikeys._records import day_name, tag_of, touched_key, undo_key, use_key
+from hotcache.apikeys._reads import live_count, read_counters
+from hotcache.apikeys._records import day_name, tag_of, touched_key
 from hotcache.apikeys._results import FEATURE, UsageSyncResult
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
@@ -28,7 +27,6 @@ __all__ = ["sync_usage"]
 log = logging.getLogger("hotcache.apikeys")
 
 _CLOSE_GRACE = 3600  # seconds after a UTC day ends before the sync deletes that day's touched index
-_SYNC_CHUNK = 2000  # MGETs per pipeline
 
 
 def sync_usage(days: int = 2) -> UsageSyncResult:
@@ -89,7 +87,7 @@ def _sync(run: _Run) -> None:
     ]
     touched = redis_backend.call(FEATURE, lambda r: read_touched(r, revoked, day_list))
     pairs = verified_members(touched)
-    values = redis_backend.call(FEATURE, lambda r: _read_counters(r, pairs)) if pairs else []
+    values = redis_backend.call(FEATURE, lambda r: read_counters(r, pairs)) if pairs else []
     tags: dict[str, str] = {}
     ops: list[mongo.Update | mongo.Insert] = []
     for (key_id, tag, day), value in zip(pairs, values, strict=True):
@@ -141,14 +139,3 @@ def _sync(run: _Run) -> None:
 
 def _next_midnight_of(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-
-
-def _read_counters(r: Any, pairs: list[Entry]) -> list[Any]:
-    """One ``MGET counter undo`` per (key, day), 2,000 to a round trip."""
-    values: list[Any] = []
-    for i in range(0, len(pairs), _SYNC_CHUNK):
-        pipe = r.pipeline(transaction=False)
-        for _, tag, day in pairs[i : i + _SYNC_CHUNK]:
-            pipe.execute_command("MGET", use_key(tag, day), undo_key(tag, day))  # cluster pipelines block .mget()
-        values += replies(pipe)
-    return values

@@ -23,7 +23,9 @@ MongoUnavailable.maybe_applied says so (tests/mongo/test_fail_points.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import copy
 import functools
 import os
 import threading
@@ -191,8 +193,15 @@ def _make_state(url: str) -> _State:
         msg = f"HOTCACHE['MONGO_URL'] must start with mongodb://, mongodb+srv:// or mongomock://, not {scheme!r}"
         raise MongoUnavailable(msg)
     stats = PoolStats(max_pool_size=int(hotcache_settings.MONGO_MAX_POOL_SIZE))
+    # One monitoring connection per process with "poll" (the default) instead of two: the connection budget
+    # is processes x (monitoring + pool). An option written in the URL wins.
+    monitoring = (
+        {} if "servermonitoringmode=" in urlsplit(url).query.lower()
+        else {"serverMonitoringMode": str(hotcache_settings.MONGO_SERVER_MONITORING_MODE)}
+    )
     client = pymongo.MongoClient(
         url,
+        **monitoring,
         maxPoolSize=int(hotcache_settings.MONGO_MAX_POOL_SIZE),
         waitQueueTimeoutMS=int(hotcache_settings.MONGO_WAIT_QUEUE_TIMEOUT_MS),
         serverSelectionTimeoutMS=int(hotcache_settings.MONGO_SERVER_SELECTION_TIMEOUT_MS),
@@ -343,7 +352,16 @@ class Collection:
     def insert_one(self, document: Mapping[str, Any]) -> Any:
         return _run(self.feature, lambda: self._raw().insert_one(dict(document)).inserted_id)
 
-    def find_one(self, filter: Mapping[str, Any], projection: Mapping[str, Any] | None = None) -> dict | None:
+    def find_one(
+        self, filter: Mapping[str, Any], projection: Mapping[str, Any] | None = None, *, shared: bool = False
+    ) -> dict | None:
+        """``shared``: a call made while the same query of this process is in flight waits for that one's
+        answer instead of sending its own (a cold start's herd of misses for one key would otherwise take a
+        pooled connection each). Only for reads whose caller tolerates an answer read just before its call
+        began (nothing it wrote itself a moment ago)."""
+        if shared:
+            marker = (str(hotcache_settings.MONGO_URL), database_name(), self.name, repr(filter), repr(projection))
+            return _shared_reads.run(self.feature, marker, lambda: self.find_one(filter, projection))
         return _run(self.feature, lambda: self._raw().find_one(dict(filter), projection))
 
     def find(
@@ -461,6 +479,41 @@ class Collection:
         return _run(self.feature, lambda: self._raw().index_information())
 
 
+class _SharedReads:
+    """Identical reads in flight in this process, each answered once to every caller that asked meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[Any, concurrent.futures.Future[Any]] = {}
+        os.register_at_fork(after_in_child=self._forget)  # a flight of the parent never lands in a child
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._flights = {}
+
+    def run(self, feature: str, marker: Any, read: Callable[[], T]) -> T:
+        with self._lock:
+            flight = self._flights.get(marker)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[marker] = concurrent.futures.Future()
+        if not leader:
+            metering.event(feature, "mongo_read_shared")  # a query not sent
+            return copy.deepcopy(flight.result())  # each caller its own document, as if it had read it
+        try:
+            value = read()
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            flight.set_result(value)
+            return value
+        finally:
+            with self._lock:
+                self._flights.pop(marker, None)
+
+
+_shared_reads = _SharedReads()
 _collections: dict[tuple[str, str], Collection] = {}
 _indexed: set[tuple[str, str, str]] = set()
 _indexing_lock = threading.Lock()

@@ -25,6 +25,8 @@ from hotcache.checks._common import (
 )
 from hotcache.conf import DEFAULTS, FEATURES, hotcache_settings
 
+MONGO_MONITORING_MODES = ("poll", "stream", "auto")  # pymongo serverMonitoringMode
+
 
 @register(Tags.compatibility, Tags.caches)
 def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -102,6 +104,16 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         ),
         integer=True,
     )
+    monitoring = hotcache_settings.MONGO_SERVER_MONITORING_MODE
+    if monitoring not in MONGO_MONITORING_MODES:
+        errors.append(
+            Error(
+                f"{_setting('MONGO_SERVER_MONITORING_MODE')}={monitoring!r} is not a pymongo serverMonitoringMode.",
+                hint=f"Use one of {list(MONGO_MONITORING_MODES)}: 'poll' (the default) keeps one monitoring "
+                "connection per process, 'stream' two.",
+                id="hotcache.E009",
+            )
+        )
     for name in ("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT"):
         value = getattr(hotcache_settings, name)
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 5:

@@ -25,10 +25,11 @@ log = logging.getLogger("hotcache.ratelimit")
 
 _FEATURE = "ratelimit"
 _SCRIPT = redis_backend.Script("sliding_window")
+_LAYOUT = "b"  # the BITFIELD layout of sliding_window.lua (the hash layout before it had no marker)
 
 
 def limit_keys(limit: Limit) -> list[str]:
-    """The Redis key of a rule+identifier: one hash (window id, even and odd window counts).
+    """The Redis key of a rule+identifier: one 24-byte string (window id, even and odd window counts).
 
     The hash tag is the identifier alone, so every rule keyed on the same identifier (a burst and a
     sustained limit per IP) lands in one Redis Cluster slot and one EVALSHA can serve them there too.
@@ -40,7 +41,9 @@ def limit_keys(limit: Limit) -> list[str]:
 def _key_for(prefix: str, identifier: str, name: str, window: int) -> str:
     # Cached: hashing the parts is the costliest step of building a request's keys. Rule name and
     # window are in the key (a changed window gets fresh counters; a changed limit keeps the counts).
-    return keys.tagged(_FEATURE, identifier, name, window)
+    # _LAYOUT names the counter's layout: counters of an older layout (hashes) are never read, so an
+    # upgrade restarts them once instead of reporting each as tampered; they expire on their own TTL.
+    return keys.tagged(_FEATURE, identifier, name, window, _LAYOUT)
 
 
 def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailable: bool = False) -> Decision:
@@ -70,7 +73,7 @@ def evaluate_in(
     redis_keys = [_key_for(prefix, lim.identifier, lim.name, lim.window) for lim in limits]
     args: list[int] = [1 if increment else 0]
     for lim in limits:
-        args += (lim.limit, lim.window * 1000, lim.cost)
+        args += lim.wire
     try:
         raw = redis_backend.call(_FEATURE, lambda r: _SCRIPT(r, redis_keys, args))
     except RedisUnavailable as exc:
@@ -78,27 +81,26 @@ def evaluate_in(
             raise
         return _degraded(state.outage, limits, increment, str(exc))
     try:
-        out = _results(limits, raw, redis_keys)
+        results, allowed = _results(limits, raw, redis_keys)
     except (TypeError, ValueError, LookupError):
         # Not the script's reply shape (our SHA names our script; a proxy or a patched server could
         # still answer anything): never trusted, never a 500; the outage policies decide.
         log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
         return _degraded(state.outage, limits, increment, "unexpected script reply")
     state.outage.recovered()
-    allowed = all(r.allowed for r in out)
     if not allowed:
-        for lim, res in zip(limits, out, strict=True):
+        for lim, res in zip(limits, results, strict=True):
             if not res.allowed and lim.cost <= lim.limit:
                 # reset is server-computed from the moment the script ran, which is after `now`: safe.
                 denials.put(lim, now + res.reset)
-    results = tuple(out)
     if increment:
         _count(results, allowed=allowed)
     return Decision(allowed, results)
 
 
-def _results(limits: Sequence[Limit], raw: Any, redis_keys: list[str]) -> list[RuleResult]:
-    """The script's reply as RuleResults; corrupt hashes it reports, and figures out of range, count as tampered.
+def _results(limits: Sequence[Limit], raw: Any, redis_keys: list[str]) -> tuple[tuple[RuleResult, ...], bool]:
+    """The script's reply as RuleResults (and whether all allowed); corrupt counters it reports, and figures out
+    of range, count as tampered.
 
     Counters are only counts (whoever can write Redis can reset or raise them, as deleting or writing
     the key would); what is checked is that nothing read from Redis can make a reply non-finite or a
@@ -107,8 +109,9 @@ def _results(limits: Sequence[Limit], raw: Any, redis_keys: list[str]) -> list[R
     n = len(limits)
     for index in raw[4 * n] if len(raw) > 4 * n else ():
         if 1 <= int(index) <= n:
-            signing.tampered(_FEATURE, redis_keys[int(index) - 1], "is not a sound counter hash; counted as absent")
+            signing.tampered(_FEATURE, redis_keys[int(index) - 1], "is not a sound counter; counted as absent")
     out: list[RuleResult] = []
+    allowed = True
     i = 0
     for lim, key in zip(limits, redis_keys, strict=True):
         ok, remaining, reset_ms, count = raw[i] == 1, int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3])
@@ -117,10 +120,12 @@ def _results(limits: Sequence[Limit], raw: Any, redis_keys: list[str]) -> list[R
             remaining = min(max(remaining, 0), lim.limit)
             reset_ms = min(max(reset_ms, 1 if not ok else 0), 2000 * lim.window)
             count = max(count, 0)
-        out.append(RuleResult(lim.name, ok, lim.limit, remaining, reset_ms / 1000, lim.window, count, "redis",
-                              lim.headers))
+        allowed = allowed and ok
+        out.append(
+            RuleResult(lim.name, ok, lim.limit, remaining, reset_ms / 1000, lim.window, count, "redis", lim.headers)
+        )
         i += 4
-    return out
+    return tuple(out), allowed
 
 
 def refuse_missing(limits: Sequence[Limit], refused: Sequence[Limit], *, increment: bool = True) -> Decision:
@@ -168,6 +173,12 @@ def _count(results: Sequence[RuleResult], *, allowed: bool) -> None:
         if not r.evaluated:
             continue
         if allowed:
-            metering.event(_FEATURE, f"allowed:{r.name}")
+            metering.event(_FEATURE, _event("allowed:", r.name))
         elif not r.allowed:
-            metering.event(_FEATURE, f"denied:{r.name}")
+            metering.event(_FEATURE, _event("denied:", r.name))
+
+
+@functools.lru_cache(maxsize=4096)
+def _event(kind: str, name: str) -> str:
+    # The per-rule event name, formatted once per rule rather than on every request.
+    return kind + name

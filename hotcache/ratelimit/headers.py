@@ -28,13 +28,26 @@ def set_headers(response: Any, decision: Decision, snapshot: Snapshot) -> None:
     shown = [r for r in decision.results if r.headers and r.evaluated]
     if not shown:
         return
-    response["RateLimit-Policy"] = ", ".join(f"{_sf_string(r.name)};q={r.limit};w={r.window}" for r in shown)
-    response["RateLimit"] = ", ".join(f"{_sf_string(r.name)};r={r.remaining};t={math.ceil(r.reset)}" for r in shown)
+    if len(shown) == 1:  # the common case, without the joins
+        r = shown[0]
+        response["RateLimit-Policy"] = _policy(r.name, r.limit, r.window)
+        response["RateLimit"] = f"{_sf_string(r.name)};r={r.remaining};t={math.ceil(r.reset)}"
+    else:
+        response["RateLimit-Policy"] = ", ".join([_policy(r.name, r.limit, r.window) for r in shown])
+        response["RateLimit"] = ", ".join(
+            [f"{_sf_string(r.name)};r={r.remaining};t={math.ceil(r.reset)}" for r in shown]
+        )
     if snapshot.legacy_headers:
         tightest = min(shown, key=lambda r: (r.remaining, -r.reset))
         response["X-RateLimit-Limit"] = str(tightest.limit)
         response["X-RateLimit-Remaining"] = str(tightest.remaining)
         response["X-RateLimit-Reset"] = str(math.ceil(tightest.reset))  # delta seconds, not an epoch
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy(name: str, limit: int, window: int) -> str:
+    """One rule's RateLimit-Policy item: the same for every request, so formatted once."""
+    return f"{_sf_string(name)};q={limit};w={window}"
 
 
 @functools.lru_cache(maxsize=1024)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hotcache import keys
@@ -35,6 +35,10 @@ class Limit:
     policy: str = "local"
     cost: int = 1
     headers: bool = False
+    # Derived once per Limit, not per request (the middleware reuses one Limit per rule and identifier): the
+    # deny-cache identity and the script's arguments. Not compared, not shown.
+    identity: str = field(init=False, repr=False, compare=False)
+    wire: tuple[int, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The one check of what reaches keys, metering event names (``allowed:<name>``) and the
@@ -44,16 +48,23 @@ class Limit:
             keys.text(self.name, what="rate limit name", max_length=MAX_NAME)  # raises, naming the problem
         if type(self.identifier) is not str or len(self.identifier) > MAX_IDENTIFIER:
             raise InvalidName(f"rate limit identifier must be a string of at most {MAX_IDENTIFIER} characters")
-        if not (type(self.limit) is int and 0 <= self.limit <= MAX_COUNT and type(self.window) is int
-                and 1 <= self.window <= MAX_WINDOW and type(self.cost) is int and 1 <= self.cost <= MAX_COUNT):
-            raise InvalidRate(f"rate limit ({self.limit!r:.40}, {self.window!r:.40}, cost {self.cost!r:.40}) must be "
-                              f"whole numbers: 0 <= limit <= 10**12, 1 <= window <= {MAX_WINDOW}, 1 <= cost <= 10**12")
-
-    @property
-    def identity(self) -> str:
-        # Rule name, window and identifier: a changed window gets fresh counters (the parity keys
-        # depend on it); a changed limit keeps the counts.
-        return f"{self.name}|{self.window}|{self.identifier}"
+        if not (
+            type(self.limit) is int
+            and 0 <= self.limit <= MAX_COUNT
+            and type(self.window) is int
+            and 1 <= self.window <= MAX_WINDOW
+            and type(self.cost) is int
+            and 1 <= self.cost <= MAX_COUNT
+        ):
+            raise InvalidRate(
+                f"rate limit ({self.limit!r:.40}, {self.window!r:.40}, cost {self.cost!r:.40}) must be "
+                f"whole numbers: 0 <= limit <= 10**12, 1 <= window <= {MAX_WINDOW}, 1 <= cost <= 10**12"
+            )
+        # identity: rule name, window and identifier: a changed window gets fresh counters (the parity
+        # keys depend on it); a changed limit keeps the counts.
+        derived = object.__setattr__  # frozen: set once here, never changed
+        derived(self, "identity", f"{self.name}|{self.window}|{self.identifier}")
+        derived(self, "wire", (self.limit, self.window * 1000, self.cost))
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,6 +129,7 @@ def test_ten_thousand_distinct_paths_through_the_endpoint_stay_bounded(hotcache_
     assert _total() == 10_000
 
 
+@pytest.mark.mongo_contract
 def test_the_endpoint_answers_204_with_redis_down(client, redis_down, clock):
     assert _post(client, {"event": "signup"}).status_code == 204
     assert analytics.flush_fallback() == 1

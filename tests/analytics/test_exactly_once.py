@@ -14,6 +14,9 @@ from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis
 from tests.analytics.fixtures import LostReplyProxy, _empty_fallback_buffer, close_hours, hourly_total  # noqa: F401
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 
 def _hour_total(raw_redis, key_prefix):
     hour = hc_clock.utcnow().strftime("%Y%m%d%H")

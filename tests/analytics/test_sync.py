@@ -19,6 +19,9 @@ from tests.analytics.fixtures import (  # noqa: F401
     lose_ack_of_bulk_call,
 )
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 
 class Crash(Exception):
     """Stands in for a process dying at a step: nothing after it runs."""

@@ -137,6 +137,7 @@ def test_keys_carry_no_user_input_beyond_the_validated_event(raw_redis, key_pref
 # --- Redis down ----------------------------------------------------------------------------------
 
 
+@pytest.mark.mongo_contract
 def test_redis_down_events_reach_mongodb_through_the_buffer(redis_down, clock):
     with count_redis() as c:
         assert analytics.track("signup", path="/a") == "fallback"
@@ -148,6 +149,7 @@ def test_redis_down_events_reach_mongodb_through_the_buffer(redis_down, clock):
     assert c.events["analytics:fallback"] == 2
 
 
+@pytest.mark.mongo_contract
 def test_redis_down_flushes_in_bulk_when_the_buffer_is_full(redis_down, hotcache_config, clock):
     hotcache_config(ANALYTICS_FALLBACK_BUFFER_SIZE=10, ANALYTICS_FALLBACK_FLUSH_INTERVAL=3600)
     _documents.hourly_collection()  # index creation is once per process, not per flush
@@ -162,6 +164,7 @@ def test_redis_down_flushes_in_bulk_when_the_buffer_is_full(redis_down, hotcache
     assert hourly_total() == 25
 
 
+@pytest.mark.mongo_contract
 def test_events_that_do_not_fit_are_dropped_counted_and_logged(redis_down, hotcache_config, clock, caplog):
     hotcache_config(ANALYTICS_FALLBACK_BUFFER_SIZE=3, ANALYTICS_FALLBACK_FLUSH_INTERVAL=3600)
     with mongo_down(), count_redis() as c:
@@ -175,6 +178,7 @@ def test_events_that_do_not_fit_are_dropped_counted_and_logged(redis_down, hotca
     assert hourly_total() == 10 - dropped
 
 
+@pytest.mark.mongo_contract
 def test_a_fallback_flush_whose_ack_was_lost_is_applied_once(redis_down, monkeypatch, clock):
     analytics.track("signup", path="/a", count=5)
     lose_ack_of_bulk_call(monkeypatch, nth=1)
@@ -184,6 +188,7 @@ def test_a_fallback_flush_whose_ack_was_lost_is_applied_once(redis_down, monkeyp
     assert hourly_total() == 5
 
 
+@pytest.mark.mongo_contract
 def test_a_forked_child_starts_with_an_empty_outage_buffer(redis_down, clock):
     """The parent flushes what it buffered; a child forked meanwhile (a preforked worker) never writes it again."""
     analytics.track("signup", path="/a", count=3)
@@ -209,6 +214,7 @@ def test_redis_down_track_never_raises_for_an_outage(redis_down):
 # --- report --------------------------------------------------------------------------------------
 
 
+@pytest.mark.mongo_contract
 def test_report_adds_unsynced_redis_counts_to_mongodb_figures(clock):
     clock.advance(3600 - hc_clock.time() % 3600)  # start of an hour: close_hours() then lands in the next one
     start = hc_clock.utcnow().replace(minute=0, second=0, microsecond=0)
@@ -235,6 +241,7 @@ def _days(hourly):
     return sorted(out.items())
 
 
+@pytest.mark.mongo_contract
 def test_report_for_one_event(clock):
     start = hc_clock.utcnow() - dt.timedelta(hours=1)
     analytics.track("signup", path="/a", count=3)
@@ -243,6 +250,7 @@ def test_report_for_one_event(clock):
     assert rep.top_events == [("login", 2)] and rep.top_paths == [("/b", 2)] and rep.unsynced == 2
 
 
+@pytest.mark.mongo_contract
 def test_report_top_lists_hold_at_most_twenty(clock):
     for i in range(25):
         analytics.track(f"e{i:02d}", path=f"/{i}", count=i + 1)
@@ -326,6 +334,7 @@ def test_default_settings_pass_the_analytics_checks():
     assert not [m for m in run_checks() if m.id.startswith("hotcache.E06")]
 
 
+@pytest.mark.mongo_contract
 def test_outage_flushes_do_not_evict_sync_batch_ids(redis_down, hotcache_config, clock):
     """Many buffer flushes to one document keep their own id window, so a pending sync batch stays recognisable."""
     coll = _documents.hourly_collection()

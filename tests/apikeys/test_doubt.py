@@ -22,6 +22,9 @@ from hotcache.exceptions import MongoUnavailable
 from hotcache.testing import count_redis, mongo_down
 from tests.support.lost_reply import LostReplyProxy
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 COOLDOWN = 6  # past HEALTH_COOLDOWN (5 s): the gate lets the next call probe Redis
 CHECK_SCRIPT = redis_backend.Script("apikey_check")
 RESOLVE_SCRIPT = redis_backend.Script("apikey_resolve")

@@ -13,6 +13,9 @@ from hotcache.backends import mongo
 from hotcache.exceptions import MongoUnavailable
 from hotcache.testing import count_redis, mongo_down, new_process
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 
 @pytest.fixture(params=["redis", "redis_down"])
 def store(request):

@@ -13,6 +13,9 @@ from hotcache.exceptions import RedisUnavailable
 from hotcache.reports.features import apikeys as apikeys_page
 from hotcache.testing import count_redis, new_process
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 
 def _usage_docs():
     docs = mongo.collection(apikeys.USAGE_COLLECTION, feature="test").find({})

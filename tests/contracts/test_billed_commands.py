@@ -81,14 +81,31 @@ def _id() -> str:
 
 def test_rate_limit_one_rule(server):
     who = _id()
-    billed = check(server, "rate limit, 1 rule", lambda: evaluate([Limit("one", who, 1000, 60)]))
-    assert billed > 1  # EVALSHA plus what the script ran
+    billed = check(server, "rate limit, 1 rule", lambda: evaluate([Limit("one", who, 1000, 86400)]))
+    assert billed <= 3  # issue 17: at most 1 + 2 per rule (EVALSHA, TIME, one BITFIELD)
 
 
 def test_rate_limit_three_rules(server):
     who = _id()
     rules = [Limit("a", who, 1000, 60), Limit("b", who, 1000, 3600), Limit("c", who, 1000, 10)]
-    check(server, "rate limit, 3 rules", lambda: evaluate(rules))
+    billed = check(server, "rate limit, 3 rules", lambda: evaluate(rules))
+    assert billed <= 7  # 1 + 2 per rule (the 10 s rule may start a window in between: one SET more)
+
+
+def test_rate_limit_averaged_over_warm_requests_and_a_refusal(server):
+    """1,000 warm requests on one counter (first writes of a window included), then a refusal Redis decides."""
+    who = _id()
+    lim = Limit("avg", who, 1001, 86400)
+    evaluate([lim])
+    with measured(server) as (c, executed):
+        for _ in range(1000):
+            evaluate([lim])
+    figures("rate limit, 1 rule x 1000", c, executed)  # the meter's own flushes run in between: billed too
+    assert c.billed_by_feature["ratelimit"] <= 3 * 1000
+    with measured(server) as (c, executed):
+        assert not evaluate([lim]).allowed  # the 1,002nd: refused, its speculative increment undone
+    figures("rate limit, 1 rule, refused", c, executed)
+    assert c.billed_by_feature["ratelimit"] <= 4
 
 
 def averaged(server: redis_py.Redis, name: str, op: Callable[[int], Any], n: int = 1000) -> float:

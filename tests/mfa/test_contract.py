@@ -45,10 +45,13 @@ class MongoStore:
         self.clock.advance(seconds)
 
 
-@pytest.fixture(params=["redis", "mongodb"])
+@pytest.fixture(params=["redis", "mongodb", "mongodb-real"])
 def store(request, clock, raw_redis, key_prefix):
+    """Redis; the MongoDB fallback on the in-process stand-in; the same on a real MongoDB server."""
     if request.param == "redis":
         return RedisStore(raw_redis, clock, key_prefix)
+    if request.param == "mongodb-real":
+        request.getfixturevalue("real_mongo")
     request.getfixturevalue("redis_down")
     return MongoStore(clock)
 

@@ -3,11 +3,16 @@ once across the outage, and the record Redis may hold is burned when Redis answe
 
 from __future__ import annotations
 
+import pytest
+
 from hotcache import keys, mfa
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.mfa import Reason, _codes, _hot
 from hotcache.testing import count_redis, new_process
+
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
 
 
 def lose_the_next_issue_reply(proxy, raw_redis, mode):

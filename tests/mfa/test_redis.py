@@ -145,6 +145,7 @@ def recover(proxy, clock):
     clock.advance(hotcache_settings.HEALTH_COOLDOWN)  # let the health gate probe again
 
 
+@pytest.mark.mongo_contract
 def test_code_issued_before_an_outage_verifies_after_redis_returns(redis_proxy, clock):
     code = mfa.issue("alice")
     redis_proxy.down()
@@ -156,6 +157,7 @@ def test_code_issued_before_an_outage_verifies_after_redis_returns(redis_proxy, 
     assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
+@pytest.mark.mongo_contract
 def test_code_issued_during_an_outage_verifies_once_after_redis_returns(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
@@ -166,6 +168,7 @@ def test_code_issued_during_an_outage_verifies_once_after_redis_returns(redis_pr
     assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
+@pytest.mark.mongo_contract
 def test_wrong_guesses_during_an_outage_still_burn_the_code_after_it(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
@@ -176,6 +179,7 @@ def test_wrong_guesses_during_an_outage_still_burn_the_code_after_it(redis_proxy
     assert mfa.verify("alice", code).reason is Reason.TOO_MANY_ATTEMPTS
 
 
+@pytest.mark.mongo_contract
 def test_a_code_issued_during_an_outage_supersedes_the_redis_one(redis_proxy, clock):
     old = mfa.issue("alice")
     redis_proxy.down()
@@ -186,6 +190,7 @@ def test_a_code_issued_during_an_outage_supersedes_the_redis_one(redis_proxy, cl
     assert not mfa.verify("alice", old)  # the older Redis code was removed when the newer one succeeded
 
 
+@pytest.mark.mongo_contract
 def test_a_code_issued_after_the_outage_supersedes_the_mongodb_one(redis_proxy, clock):
     redis_proxy.down()
     old = mfa.issue("alice")
@@ -199,6 +204,7 @@ def test_a_code_issued_after_the_outage_supersedes_the_mongodb_one(redis_proxy, 
     assert not mfa.verify("alice", old)
 
 
+@pytest.mark.mongo_contract
 def test_a_replayed_mongodb_code_fails_after_a_newer_redis_code_was_used(redis_proxy, clock):
     redis_proxy.down()
     old = mfa.issue("alice")
@@ -263,6 +269,7 @@ def test_scripts_unknown_to_the_server_are_sent_once_inside_the_pipeline(redis_p
     assert mfa.verify("alice", code).reason is Reason.EXPIRED_OR_MISSING
 
 
+@pytest.mark.mongo_contract
 def test_another_process_verifies_an_outage_code_through_the_marker(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
@@ -311,6 +318,7 @@ def test_a_gate_opened_by_another_feature_also_makes_the_process_publish(redis_p
     assert mfa.verify("alice", code)
 
 
+@pytest.mark.mongo_contract
 def test_without_any_witness_an_outage_code_fails_closed(redis_proxy, clock):
     redis_proxy.down()
     code = mfa.issue("alice")
@@ -324,6 +332,7 @@ def test_without_any_witness_an_outage_code_fails_closed(redis_proxy, clock):
     assert counted.mongo_ops == 0  # the residual gap (module docstring): the user asks for a new code
 
 
+@pytest.mark.mongo_contract
 def test_misses_stop_consulting_mongodb_once_outage_codes_have_expired(redis_proxy, clock):
     redis_proxy.down()
     mfa.issue("alice")

@@ -5,6 +5,8 @@ test says so and pins the real server's behaviour (the stand-in's is noted, not 
 """
 
 import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -38,6 +40,43 @@ def test_insert_find_update_delete_round_trip(mongo_store):
     assert coll.delete_one({"_id": "a"}) == 0
     assert mongo_store.db()["things"].count_documents({}) == 0
 
+
+
+def test_a_shared_read_made_while_the_same_query_is_in_flight_waits_for_its_answer(mongo_store, monkeypatch):
+    """find_one(shared=True): 8 threads asking for one document at once send one query (a cold start's herd
+    of misses for one key takes one pooled connection, not 8); each gets the answer, counted as not sent."""
+    coll = _coll()
+    coll.insert_one({"_id": "k", "n": 1})
+    sent, joined, release = [], threading.Semaphore(0), threading.Event()
+    real_find_one, real_event = mongo.Collection.find_one, metering.event
+
+    def find_one(self, filter, projection=None, **options):
+        if not options.get("shared"):
+            sent.append(filter)
+            assert release.wait(30)  # in flight until every other thread has joined it
+        return real_find_one(self, filter, projection, **options)
+
+    def event(feature, name, n=1):
+        real_event(feature, name, n)
+        if name == "mongo_read_shared":
+            joined.release()
+
+    monkeypatch.setattr(mongo.Collection, "find_one", find_one)
+    monkeypatch.setattr(metering, "event", event)
+    before = metering.snapshot()
+    with ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(coll.find_one, {"_id": "k"}, shared=True) for _ in range(8)]
+        for _ in range(7):
+            assert joined.acquire(timeout=30)
+        release.set()
+        assert [a.result() for a in answers] == [{"_id": "k", "n": 1}] * 8
+    assert sent == [{"_id": "k"}]
+    delta = metering.snapshot()
+    delta.subtract(before)
+    assert delta["mongo:contract"] == 1 and delta["ev:contract:mongo_read_shared"] == 7
+    # Nothing stays in flight: the next shared read is sent again.
+    assert coll.find_one({"_id": "k"}, shared=True) == {"_id": "k", "n": 1}
+    assert len(sent) == 2
 
 def test_upsert_copies_only_equality_conditions_and_set_on_insert_applies_once(mongo_store):
     """The analytics/apikeys idiom: filter {_id, field: {$ne: x}} + $inc + $setOnInsert, upsert."""
@@ -369,3 +408,20 @@ def test_unreachable_server_is_unavailable_within_the_selection_timeout(real_mon
         _coll().find_one({"_id": 1})
     assert time.monotonic() - started < 3
     assert mongo.server_status_connections() is None
+
+
+# --- connections --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "query", "mode"),
+    [("poll", "", "poll"), ("stream", "", "stream"), ("poll", "?serverMonitoringMode=stream", "stream")],
+)
+def test_monitoring_mode_comes_from_the_setting_unless_the_url_names_one(real_mongo, hotcache_config, setting,
+                                                                       query, mode):
+    """MONGO_SERVER_MONITORING_MODE ('poll' by default: one monitoring connection per process, not two) is what
+    hotcache's client uses; a serverMonitoringMode written in MONGO_URL wins."""
+    hotcache_config(MONGO_URL=real_mongo.url + query, MONGO_SERVER_MONITORING_MODE=setting)
+    mongo.reset()
+    assert mongo.ping() >= 0
+    assert mongo._current().client.options.server_monitoring_mode == mode

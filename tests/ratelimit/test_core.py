@@ -3,6 +3,7 @@ edge, all-or-nothing, deny cache, TTLs, server time."""
 
 import multiprocessing
 import random
+import struct
 import threading
 import uuid
 
@@ -26,10 +27,29 @@ def ident():
     return uuid.uuid4().hex
 
 
+def read_counter(raw_redis, key):
+    """A counter as the script stores it: (window id, even window's count, odd window's count)."""
+    return struct.unpack(">qqq", raw_redis.get(key))
+
+
+def write_counter(raw_redis, key, w, counts):
+    """Store window ``w`` with ``counts`` ({window id: count}) in the script's layout."""
+    even = sum(v for k, v in counts.items() if k % 2 == 0)
+    odd = sum(v for k, v in counts.items() if k % 2 == 1)
+    raw_redis.set(key, struct.pack(">qqq", w, even, odd))
+
+
 @pytest.mark.parametrize(
     ("rate", "expected"),
-    [("100/m", (100, 60)), ("5/10s", (5, 10)), ("1000/5m", (1000, 300)), ("10000/d", (10000, 86400)),
-     ("7/h", (7, 3600)), ("3/2hour", (3, 7200)), ((4, 30), (4, 30))],
+    [
+        ("100/m", (100, 60)),
+        ("5/10s", (5, 10)),
+        ("1000/5m", (1000, 300)),
+        ("10000/d", (10000, 86400)),
+        ("7/h", (7, 3600)),
+        ("3/2hour", (3, 7200)),
+        ((4, 30), (4, 30)),
+    ],
 )
 def test_parse_rate_accepts_counts_multipliers_and_units(rate, expected):
     assert parse_rate(rate) == expected
@@ -103,8 +123,8 @@ def test_all_or_nothing_across_rules(raw_redis):
     outcomes = [evaluate([tight, loose]).allowed for _ in range(5)]
     assert outcomes == [True, True, False, False, False]
     (key,) = limit_keys(loose)
-    counts = raw_redis.hmget(key, "0", "1")
-    assert sorted(int(v) for v in counts if v is not None and int(v)) == [2]  # the denied requests did not count
+    _, even, odd = read_counter(raw_redis, key)
+    assert sorted(v for v in (even, odd) if v) == [2]  # the denied requests did not count
     d = evaluate([loose], increment=False)
     assert d.results[0].remaining == 97
 
@@ -200,15 +220,15 @@ def test_every_key_has_a_ttl_within_two_windows(raw_redis, key_prefix):
     assert 86400_000 < raw_redis.pttl(k3[0]) <= 2 * 86400_000
 
 
-def test_storage_is_one_small_hash_whatever_the_limit(raw_redis):
+def test_storage_is_one_small_string_whatever_the_limit(raw_redis):
     lim = Limit("big", ident(), 70_000, 86400)
     for _ in range(50):
         evaluate([lim])
     keys = limit_keys(lim)
     assert len(keys) == 1
-    stored = raw_redis.hgetall(keys[0])
-    assert set(stored) <= {b"w", b"0", b"1"}  # the window id and the two window counts, nothing per request
-    assert sorted(int(v) for f, v in stored.items() if f != b"w" and int(v)) == [50]
+    assert raw_redis.strlen(keys[0]) == 24  # the window id and the two window counts, nothing per request
+    _, even, odd = read_counter(raw_redis, keys[0])
+    assert sorted(v for v in (even, odd) if v) == [50]
     assert raw_redis.memory_usage(keys[0]) <= 200  # bytes, key name included
 
 
@@ -262,10 +282,10 @@ def test_a_hash_left_from_two_windows_ago_counts_as_empty(raw_redis):
     lim = Limit("stale", ident(), 3, 86400)
     (key,) = limit_keys(lim)
     w = _window_id(raw_redis, 86400)
-    raw_redis.hset(key, mapping={"w": w - 2, "0": 1_000_000, "1": 1_000_000})
+    raw_redis.set(key, struct.pack(">qqq", w - 2, 1_000_000, 1_000_000))
     raw_redis.pexpire(key, 60_000)
     assert [evaluate([lim]).allowed for _ in range(4)] == [True, True, True, False]
-    assert int(raw_redis.hget(key, "w")) == w
+    assert read_counter(raw_redis, key)[0] == w
     assert 86400_000 < raw_redis.pttl(key) <= 2 * 86400_000
 
 
@@ -273,11 +293,12 @@ def test_the_previous_window_is_weighted_into_the_estimate(raw_redis):
     lim = Limit("prevw", ident(), 10, 86400)
     (key,) = limit_keys(lim)
     w = _window_id(raw_redis, 86400)
-    raw_redis.hset(key, mapping={"w": w - 1, str((w - 1) % 2): 10**9, str(w % 2): 0})
+    write_counter(raw_redis, key, w - 1, {w - 1: 10**9, w: 0})
     raw_redis.pexpire(key, 60_000)
+    before = raw_redis.get(key)
     d = evaluate([lim])
     assert not d.allowed and d.results[0].remaining == 0
-    assert int(raw_redis.hget(key, "w")) == w - 1  # a denied request writes nothing
+    assert raw_redis.get(key) == before  # a denied request writes nothing (its speculative increment undone)
 
 
 def test_a_window_ahead_of_the_server_clock_keeps_its_counts(raw_redis):
@@ -285,10 +306,11 @@ def test_a_window_ahead_of_the_server_clock_keeps_its_counts(raw_redis):
     lim = Limit("ahead", ident(), 5, 86400)
     (key,) = limit_keys(lim)
     w = _window_id(raw_redis, 86400)
-    raw_redis.hset(key, mapping={"w": w + 1, str((w + 1) % 2): 4, str(w % 2): 0})
+    write_counter(raw_redis, key, w + 1, {w + 1: 4, w: 0})
     raw_redis.pexpire(key, 60_000)
     assert [evaluate([lim]).allowed for _ in range(2)] == [True, False]
-    assert int(raw_redis.hget(key, str((w + 1) % 2))) == 5
+    stored, even, odd = read_counter(raw_redis, key)
+    assert stored == w + 1 and (odd, even) == ((5, 0) if (w + 1) % 2 else (0, 5))
 
 
 def test_rules_on_one_identifier_share_a_cluster_slot():
@@ -299,3 +321,32 @@ def test_rules_on_one_identifier_share_a_cluster_slot():
     assert limit_keys(Limit("burst", who, 5, 10)) != limit_keys(Limit("burst", who, 5, 60))
     tag = limit_keys(Limit("burst", "a:b}{c", 5, 10))[0].split("{", 1)[1].split("}")[0]
     assert tag.startswith("ratelimit:~") and len(tag) == len("ratelimit:~") + 32  # hostile input is digested
+
+
+def test_a_refusal_by_a_later_rule_undoes_the_earlier_rules_increments(raw_redis):
+    """The script adds each rule's cost speculatively; a later rule's refusal must leave every counter as it was."""
+    who = ident()
+    loose, tight = Limit("loose1", who, 100, 86400), Limit("tight1", who, 1, 86400)
+    assert evaluate([loose, tight]).allowed
+    (key,) = limit_keys(loose)
+    before = raw_redis.get(key)
+    rl.reset_local_state()
+    assert not evaluate([loose, tight]).allowed
+    assert raw_redis.get(key) == before
+    fresh = Limit("fresh1", who, 100, 86400)
+    rl.reset_local_state()  # Redis decides, not the deny cache
+    assert not evaluate([fresh, tight]).allowed  # a counter the speculation created is deleted again
+    assert not raw_redis.exists(limit_keys(fresh)[0])
+    assert evaluate([loose], increment=False).results[0].remaining == 98  # 1 counted + this peek's 1
+
+
+def test_counters_of_the_old_hash_layout_are_ignored_not_misread(raw_redis, key_prefix):
+    """Upgrading from the hash layout restarts counters once (docs/ratelimit.md); an old hash is never read."""
+    from hotcache import keys
+
+    lim = Limit("upgrade", ident(), 2, 86400)
+    old = keys.tagged("ratelimit", lim.identifier, lim.name, lim.window)
+    raw_redis.hset(old, mapping={"w": 1, "0": 2, "1": 2})
+    raw_redis.pexpire(old, 60_000)
+    assert old not in limit_keys(lim)
+    assert [evaluate([lim]).allowed for _ in range(3)] == [True, True, False]

@@ -170,8 +170,9 @@ def test_staff_with_the_configured_permission_is_let_in(client, hotcache_config)
     assert client.get(reverse("hotcache:reports")).status_code == 200
 
 
+@pytest.mark.mongo_contract
 @pytest.mark.parametrize("page", PAGES)
-def test_page_cost_is_bounded(staff_client, django_assert_max_num_queries, page):
+def test_page_cost_is_bounded(staff_client, django_assert_max_num_queries, page, _mongo_store_switch):
     workload()
     staff_client.get(url(page))  # warm: sessions, content types
     with count_redis() as c, django_assert_max_num_queries(4):
@@ -179,7 +180,10 @@ def test_page_cost_is_bounded(staff_client, django_assert_max_num_queries, page)
     # (round trips, commands, MongoDB ops) with this workload: the meter pipeline (31 HGETALLs incl. its
     # handshake) plus, on the overview, INFO memory; workbench: 4 ZCARD/ZCOUNTs + a history count;
     # analytics: report() (index pipeline; nothing unsynced) + 4 MongoDB reads; apikeys: no keys, 1 find.
+    # The overview adds one MongoDB serverStatus where the store has one (a real server; not the stand-in).
+    server_status = 1 if _mongo_store_switch == "real" else 0
     bounds = {"workbench": (2, 35, 1), "analytics": (2, 34, 4), "apikeys": (1, 31, 1)}
+    bounds["hotcache:reports"] = (2, 31, server_status)
     rt, commands, mongo_ops = bounds.get(page[1] if isinstance(page, tuple) else page, (2, 31, 0))
     assert c.round_trips <= rt
     assert c.commands <= commands
@@ -197,6 +201,19 @@ def test_page_cost_does_not_grow_with_traffic(staff_client):
     with count_redis() as busy:
         staff_client.get(reverse("hotcache:reports"))
     assert (busy.round_trips, busy.commands) == (quiet.round_trips, quiet.commands)
+
+
+def test_overview_shows_the_real_servers_connections_from_server_status(staff_client, real_mongo):
+    """The overview page's server figure is serverStatus.connections.current of the real server."""
+    response = staff_client.get(reverse("hotcache:reports"))
+    current = real_mongo.client().admin.command("serverStatus")["connections"]["current"]
+    mongo = response.context["ov"].mongo
+    assert mongo.server_source == "serverStatus" and mongo.server_status["current"] == mongo.server_limit.value
+    # Read moments apart: only the connections the assertion's own client opened in between differ.
+    assert mongo.server_limit.value <= current <= mongo.server_limit.value + 3
+    assert f"Server connections (serverStatus)</th><td class=\"n\">{mongo.server_limit.value} of 500" in (
+        response.content.decode()
+    )
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -14,7 +14,8 @@ from hotcache.testing import count_redis, frozen_clock
 from tests.analytics_fixtures import _empty_fallback_buffer  # noqa: F401 - autouse
 from tests.reports.fixtures import empty_meter_hashes  # noqa: F401 - autouse
 
-pytestmark = pytest.mark.django_db
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = [pytest.mark.django_db, pytest.mark.mongo_contract]
 
 
 def _two_am_today():

@@ -112,11 +112,19 @@ def test_memory_unknown_on_a_server_without_info(fake_redis):
     assert "not supported" in ov.memory.note
 
 
-def test_mongo_stand_in_has_no_pool_figures():
+def test_mongo_pool_and_server_figures_per_store(mongo_store):
+    """The stand-in has neither a pool nor serverStatus: no figures. A real server: this process's pool from
+    pymongo's events, the server's connections from serverStatus."""
     ov = reports.overview()
-    assert not ov.mongo.pool.monitored
-    assert ov.mongo.pool_limit.value is None and ov.mongo.server_limit.value is None
     assert ov.mongo.pool_limit.limit == 10 and ov.mongo.server_limit.limit == 500
+    if mongo_store.kind == "standin":
+        assert not ov.mongo.pool.monitored
+        assert ov.mongo.pool_limit.value is None and ov.mongo.server_limit.value is None
+        assert ov.mongo.server_source == "unknown"
+    else:
+        assert ov.mongo.pool.monitored and ov.mongo.pool_limit.value == ov.mongo.pool.open >= 1
+        assert ov.mongo.server_source == "serverStatus"
+        assert ov.mongo.server_limit.value == ov.mongo.server_status["current"] >= ov.mongo.pool.open
 
 
 def test_real_driver_pool_is_reported_against_the_server_limit(hotcache_config):
@@ -147,15 +155,18 @@ def test_redis_down_gives_local_figures_and_says_so(redis_down):
     assert ov.days[0].commands == 0
 
 
-def test_overview_costs_one_meter_round_trip_and_one_info():
+def test_overview_costs_one_meter_round_trip_and_one_info(mongo_store):
     warm()
+    before = metering.snapshot()
     with count_redis() as c:
         reports.overview(days=30)
     assert c.round_trips == 2
     # 30 daily meters + the published MongoDB pools in one pipeline, and INFO memory, commandstats and server
     # in another (free: not billed)
     assert c.by_feature["reports"] == 31 and c.by_feature["status"] == 3 and c.billed_by_feature["status"] == 0
-    assert c.mongo_ops == 0
+    # MongoDB: one serverStatus where the store has one (a real server), nothing on the stand-in.
+    server_status = 1 if mongo_store.kind == "real" else 0
+    assert c.mongo_ops == metering.snapshot()["mongo:status"] - before["mongo:status"] == server_status
     with count_redis() as again:  # past days come from the per-process cache: only today is read
         reports.overview(days=30)
     assert again.round_trips == 2 and again.by_feature["reports"] == 2
@@ -280,8 +291,11 @@ def test_default_report_settings_pass_the_checks():
     assert check_reports() == []
 
 
-def test_mongodb_connections_of_the_whole_deployment_from_published_pools(raw_redis, key_prefix):
-    """Without serverStatus, the server figure is the sum of the pools hotcache's processes published."""
+def test_mongodb_connections_of_the_whole_deployment_from_published_pools(raw_redis, key_prefix, mongo_store):
+    """Without serverStatus (the stand-in has none; a real server refuses it as Atlas does without the
+    clusterMonitor role), the server figure is the sum of the pools hotcache's processes published, this
+    process's own included when it has one."""
+    import contextlib
     import json
     import time
 
@@ -295,10 +309,18 @@ def test_mongodb_connections_of_the_whole_deployment_from_published_pools(raw_re
         "worker:303": json.dumps({"open": 9, "peak_open": 9, "at": now - 3600}),  # silent: not counted
         "gone:404": json.dumps({"open": 2, "at": now - 2 * 86400}),  # dead a day: deleted
     })
+    refused = (
+        mongo_store.fail_point(["serverStatus"], error_code=13, times=None)  # 13: Unauthorized
+        if mongo_store.kind == "real"
+        else contextlib.nullcontext()
+    )
     try:
-        ov = reports.overview()
-        assert ov.mongo.server_limit.value == 7
-        assert ov.mongo.server_source == "2 processes"
+        with refused:
+            ov = reports.overview()
+        assert ov.mongo.server_status is None
+        own = ov.mongo.pool.open if mongo_store.kind == "real" else 0
+        assert ov.mongo.server_limit.value == 7 + own
+        assert ov.mongo.server_source == ("3 processes" if mongo_store.kind == "real" else "2 processes")
         assert not raw_redis.hexists(key, "gone:404") and raw_redis.hexists(key, "worker:303")
     finally:
         raw_redis.delete(key)

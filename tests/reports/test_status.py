@@ -68,6 +68,30 @@ def test_mongo_server_connections_over_the_limit_exit_non_zero(monkeypatch):
         call_command("hotcache_status", stdout=StringIO())
 
 
+def test_server_connections_are_the_real_servers_server_status(real_mongo):
+    """On a real server hotcache_status reads serverStatus.connections: the figure is the whole server's, so
+    connections of other clients count (the pools hotcache's processes publish could not see them)."""
+    before = json.loads(_status_json())["mongo"]
+    assert before["server_source"] == "serverStatus"
+    assert before["server_status"]["current"] == before["server_limit"]["value"] >= 1
+    others = [real_mongo.client(directConnection=True) for _ in range(8)]
+    for other in others:
+        other.admin.command("ping")  # each holds a pooled connection from here on
+    after = json.loads(_status_json())["mongo"]
+    assert after["server_source"] == "serverStatus"
+    assert after["server_limit"]["value"] >= before["server_limit"]["value"] + 8
+    assert after["server_status"]["totalCreated"] >= before["server_status"]["totalCreated"] + 8
+    text = StringIO()
+    call_command("hotcache_status", stdout=text)
+    assert "per serverStatus" in text.getvalue()
+
+
+def _status_json():
+    out = StringIO()
+    call_command("hotcache_status", "--json", stdout=out)
+    return out.getvalue()
+
+
 def test_redis_down_reports_local_figures_and_exits_zero(redis_down):
     out = StringIO()
     call_command("hotcache_status", stdout=out)

@@ -83,10 +83,13 @@ class MongoStore:
         out.n = metering.snapshot()["mongo:users"] - before
 
 
-@pytest.fixture(params=["django", "mongo"])
+@pytest.fixture(params=["django", "mongo", "mongo-real"])
 def store(request, settings, hotcache_config, db):
+    """The ORM; MongoUserLoader on the in-process stand-in; MongoUserLoader on a real MongoDB server."""
     if request.param == "django":
         return DjangoStore()
+    if request.param == "mongo-real":
+        request.getfixturevalue("real_mongo")
     settings.AUTHENTICATION_BACKENDS = [MONGO_BACKEND]
     hotcache_config(USER_LOADER="hotcache.users.MongoUserLoader")
     return MongoStore()

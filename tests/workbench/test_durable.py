@@ -13,6 +13,9 @@ from hotcache.testing import count_redis, mongo_down, new_process
 from hotcache.workbench import _envelope, _hot, _layout
 from tests.support.concurrency import increment_concurrently
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 
 @pytest.fixture(autouse=True)
 def _clean_workbench_keys(raw_redis, key_prefix):

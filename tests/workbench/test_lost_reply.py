@@ -13,6 +13,9 @@ from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis, new_process
 from hotcache.workbench import _envelope, _layout
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 
 @pytest.fixture(autouse=True)
 def _clean_workbench_keys(raw_redis, key_prefix):

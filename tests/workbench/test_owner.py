@@ -21,9 +21,12 @@ def _clean_workbench_keys(raw_redis, key_prefix):
     new_process()  # and without envelopes this process remembers from an earlier test
 
 
-@pytest.fixture(params=["redis", "mongodb fallback"])
+@pytest.fixture(params=["redis", "mongodb fallback", "mongodb fallback, real server"])
 def store(request):
-    if request.param == "mongodb fallback":
+    """Redis; the MongoDB fallback on the in-process stand-in; the same on a real MongoDB server."""
+    if request.param == "mongodb fallback, real server":
+        request.getfixturevalue("real_mongo")
+    if request.param != "redis":
         request.getfixturevalue("redis_down")
     return request.param
 
@@ -120,6 +123,7 @@ def test_a_bad_expected_owner_is_invalid_input(store, bad):
     assert workbench.load("s1").owner == "alice"
 
 
+@pytest.mark.mongo_contract
 def test_the_owner_rule_holds_on_the_fallback_for_a_session_saved_on_redis(redis_proxy):
     workbench.save("s1", {"n": 1}, owner="alice")  # Redis, plus its durable copy
     redis_proxy.down()

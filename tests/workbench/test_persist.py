@@ -16,6 +16,9 @@ from hotcache.exceptions import MongoUnavailable, MongoWriteError
 from hotcache.testing import count_redis, mongo_down, new_process
 from hotcache.workbench import _persist
 
+# MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
+pytestmark = pytest.mark.mongo_contract
+
 
 @pytest.fixture(autouse=True)
 def _clean_workbench_keys(raw_redis, key_prefix):

@@ -150,6 +150,7 @@ def test_bad_expected_version_is_rejected():
 # --- Redis down: the MongoDB fallback (workbench_active) ----------------------------------------------
 
 
+@pytest.mark.mongo_contract
 def test_with_redis_down_save_load_and_conflicts_work_on_mongodb(redis_down):
     with count_redis() as c:
         assert workbench.save("s1", {"n": 1}, owner="alice") == 1
@@ -162,12 +163,14 @@ def test_with_redis_down_save_load_and_conflicts_work_on_mongodb(redis_down):
     assert [d["_id"] for d in active_docs()] == ["s1"]
 
 
+@pytest.mark.mongo_contract
 def test_with_redis_down_expected_version_zero_creates_only(redis_down):
     workbench.save("s1", {}, expected_version=0)
     with pytest.raises(workbench.Conflict):
         workbench.save("s1", {}, expected_version=0)
 
 
+@pytest.mark.mongo_contract
 def test_with_redis_down_end_writes_history_directly(redis_down):
     workbench.save("s1", {"n": 1}, owner="alice")
     assert workbench.end("s1") is True
@@ -177,6 +180,7 @@ def test_with_redis_down_end_writes_history_directly(redis_down):
     assert active_docs() == []
 
 
+@pytest.mark.mongo_contract
 def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(
     redis_proxy, clock, settings, hotcache_config
 ):
@@ -197,6 +201,7 @@ def test_session_saved_during_an_outage_continues_in_redis_when_it_returns(
     assert workbench.save("s2", {"n": 3}, expected_version=2) == 3
 
 
+@pytest.mark.mongo_contract
 def test_save_with_expected_version_after_an_outage_continues_from_the_mongodb_copy(
     redis_proxy, clock, hotcache_config
 ):
@@ -210,6 +215,7 @@ def test_save_with_expected_version_after_an_outage_continues_from_the_mongodb_c
     assert active_docs() == []
 
 
+@pytest.mark.mongo_contract
 def test_redis_taken_away_between_a_save_and_a_load_returns_the_saved_state(redis_proxy, clock):
     """A save made while Redis is unreachable is returned by the next load, whether Redis is back or not."""
     redis_proxy.down()
@@ -220,6 +226,7 @@ def test_redis_taken_away_between_a_save_and_a_load_returns_the_saved_state(redi
     assert workbench.load("s1").state == {"draft": "v1"}  # back: migrated into Redis
 
 
+@pytest.mark.mongo_contract
 def test_during_an_outage_a_versioned_save_of_a_redis_only_session_conflicts_instead_of_forking(
     redis_proxy, hotcache_config
 ):
@@ -231,6 +238,7 @@ def test_during_an_outage_a_versioned_save_of_a_redis_only_session_conflicts_ins
     redis_proxy.up()
 
 
+@pytest.mark.mongo_contract
 def test_end_after_an_outage_ends_the_mongodb_copy(redis_proxy, clock):
     redis_proxy.down()
     workbench.save("s1", {"n": 1})

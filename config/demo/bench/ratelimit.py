@@ -1,5 +1,8 @@
 """Rate limiting arms: a bare Django view, the same view under django-ratelimit (key="ip", django-redis on
-the same Redis) and under hotcache's RateLimitMiddleware with 1 and 3 rules (and a deny-cache hit).
+the same Redis) and under hotcache's RateLimitMiddleware with 1 and 3 rules (and a deny-cache hit), beside the
+wire's floor: the same rate-limit script's EVALSHA, packed once by redis-py's own packer, written on one open
+``redis.Connection`` and its reply read with hiredis (no pool checkout, no client, no Django), so the limiter
+arms read as "x the floor" (issue 19).
 
 Requests are built with RequestFactory and passed to the view / decorator / middleware directly (no
 URL resolution, no other middleware), so the difference to the bare arm is what each limiter adds.
@@ -22,7 +25,7 @@ from django.test.utils import override_settings
 from config.demo.bench.runner import Arm
 from hotcache.conf import hotcache_settings
 
-__all__ = ["CountingConnection", "arms"]
+__all__ = ["CountingConnection", "Floor", "arms"]
 
 _lock = threading.Lock()
 _counts = {"drl_cmds": 0, "drl_rt": 0}
@@ -43,6 +46,38 @@ class CountingConnection(redis.Connection):
             _counts["drl_cmds"] += len(commands)
             _counts["drl_rt"] += 1
         return super().pack_commands(commands)
+
+
+class Floor:
+    """The raw round trip of one rate-limit decision: EVALSHA of ``sliding_window`` (the script hotcache sends,
+    with the same keys and arguments as the 1-rule arm) pre-packed with ``Connection.pack_command`` once per
+    client, written with ``send_packed_command`` on one open connection and read with ``read_response``
+    (hiredis when installed). It is what any client must pay per decision; not metered (no hotcache code runs).
+    """
+
+    def __init__(self, url: str, keys: list[str], limit: int, window: int) -> None:
+        from hotcache.backends.redis import Script
+
+        self.script = Script("sliding_window")
+        self.conn = redis.ConnectionPool.from_url(url).make_connection()
+        self.packed = [
+            self.conn.pack_command("EVALSHA", self.script.sha, 1, key, 1, limit, window * 1000, 1) for key in keys
+        ]
+        self.parser = type(self.conn._parser).__name__
+
+    def setup(self) -> None:
+        self.conn.connect()
+        self.conn.send_command("SCRIPT", "LOAD", self.script.body)
+        sha = self.conn.read_response()
+        if sha not in (self.script.sha, self.script.sha.encode()):
+            raise RuntimeError(f"SCRIPT LOAD answered {sha!r}, not the script's SHA {self.script.sha}")
+
+    def op(self, i: int) -> Any:
+        self.conn.send_packed_command(self.packed[i % len(self.packed)], check_health=False)
+        return self.conn.read_response()
+
+    def teardown(self) -> None:
+        self.conn.disconnect()
 
 
 def _view(request: HttpRequest) -> HttpResponse:
@@ -96,12 +131,31 @@ def arms() -> dict[str, list[Arm]]:
     def deny_op(i: int) -> Any:
         return mw(rf.get("/deny/", REMOTE_ADDR="10.255.255.1"))
 
-    return {
-        "ratelimit: one request through a limiter (added latency = arm - bare view)": [
-            Arm("bare Django view", lambda i: _view(req("/one/", i)), counts=counts),
-            Arm("django-ratelimit 4.1 key=ip (django-redis)", lambda i: drl_view(req("/one/", i)), counts=counts),
-            Arm("hotcache middleware, 1 rule", lambda i: mw(req("/one/", i)), counts=counts),
-            Arm("hotcache middleware, 3 rules", lambda i: mw(req("/three/", i)), counts=counts),
-            Arm("hotcache, known-denied client (deny cache)", deny_op, counts=counts, teardown=teardown),
-        ]
-    }
+    from hotcache.ratelimit.core import limit_keys
+    from hotcache.ratelimit.limits import Limit
+
+    floor: Floor | None = Floor(
+        location, [limit_keys(Limit("floor", ip, 1_000_000, 60))[0] for ip in ips], 1_000_000, 60
+    )
+    try:
+        floor.setup()
+    except (redis.ConnectionError, OSError):
+        floor = None  # not a real server (the embedded fakeredis default): a raw socket has nothing to reach
+
+    group = [
+        Arm("bare Django view", lambda i: _view(req("/one/", i)), counts=counts),
+        Arm("django-ratelimit 4.1 key=ip (django-redis)", lambda i: drl_view(req("/one/", i)), counts=counts),
+        Arm("hotcache middleware, 1 rule", lambda i: mw(req("/one/", i)), counts=counts),
+        Arm("hotcache middleware, 3 rules", lambda i: mw(req("/three/", i)), counts=counts),
+        Arm("hotcache, known-denied client (deny cache)", deny_op, counts=counts, teardown=teardown),
+    ]
+    if floor is not None:
+        group.append(
+            Arm(
+                "floor: raw EVALSHA pre-packed on one connection",
+                floor.op,
+                teardown=floor.teardown,
+                note=f"parser {floor.parser}; not metered",
+            )
+        )
+    return {"ratelimit: one request through a limiter (added latency = arm - bare view)": group}

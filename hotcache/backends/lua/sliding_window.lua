@@ -1,46 +1,64 @@
 -- Sliding-window counter for every rule of one request, all-or-nothing, on Redis server time.
 --
--- KEYS: one per rule, in rule order: a hash holding the rule+identifier's two most recent windows.
+-- KEYS: one per rule, in rule order: a 24-byte string, three big-endian signed 64-bit integers: the window
+-- id of the last write, then the count of the even window and the count of the odd window.
 -- ARGV[1]: 1 = count this request if every rule allows it, 0 = peek only.
 -- ARGV[2 + 3*(i-1) ..]: limit, window_ms, cost for rule i.
 -- Returns {allowed, remaining, reset_ms, count} per rule (flat), then one array: the 1-based indexes of
--- the rules whose hash was corrupt (see below; empty normally). allowed is 1/0; remaining is what is
+-- the rules whose counter was corrupt (see below; empty normally). allowed is 1/0; remaining is what is
 -- left after this request; reset_ms is, when denied, how long until this cost would fit, and when
 -- allowed, how long until the current window ends; count is the weighted estimate (including this
 -- request's cost when it is allowed or would be over).
 --
--- Layout: field "w" is the window id of the last write (window id = floor(now_ms / window_ms), from
--- TIME, so clients' clocks never matter); field "0"/"1" is the count of the even/odd window. Invariant
--- after every write in window w: field w%2 holds w's count and field (w-1)%2 holds w-1's count (0 when
--- w-1 saw no write). Reading is one HMGET; a write is one HINCRBY, or, for the first write of a window,
--- one HSET of all three fields plus PEXPIREAT (w + 2) * window: the hash lives as long as its newest
--- window can still be the "previous" one, and never longer. Because the owner window is stored, a hash
--- that is past its expiry instant but still visible (lazy expiry; Redis freezes key expiry at script
--- start while TIME moves on) is recognised as stale by its "w" and rewritten, never misread. Storage is
--- three small fields per rule+identifier, whatever the limit.
+-- Billed cost (every command a script runs is billed by per-command providers): TIME, then ONE command
+-- per rule on the common path. A counting call adds the cost speculatively with a single BITFIELD that
+-- also returns the stored window id and the other window's count (GET, GET, INCRBY in one command), then
+-- decides; an admitted request in a window the counter already holds needs nothing more (1 + 1 + n
+-- commands with the EVALSHA). The first write of a window rewrites the counter with SET ... PXAT (value
+-- and expiry in one command); a refused request undoes its increment (BITFIELD INCRBY -cost, or DEL of a
+-- counter the speculation created), so refused requests are never counted and nobody ever sees the
+-- intermediate state (a script is atomic). After the first refusing rule the remaining rules are only
+-- read (nothing to undo). A peek reads with BITFIELD GETs, which never create the key.
 --
--- Corrupt hashes (written by someone else): every field must be canonical decimal digits, as HSET and
--- HINCRBY write them, and all three present. Anything else (a wrong key type, a missing field, "nan",
--- "-5", "1e9", "0x10", non-ASCII) would make the arithmetic non-finite or HINCRBY fail, so such a hash
--- counts as absent (zero counts) and is reported; a counting call deletes and rewrites it (with its
--- TTL). Valid digits are still only counts: this script cannot tell who wrote them.
-local call, tonumber, floor, find = redis.call, tonumber, math.floor, string.find
+-- Window id = floor(now_ms / window_ms), from TIME, so clients' clocks never matter. Invariant after every
+-- write in window w: the field of w's parity holds w's count and the other field w-1's count (0 when w-1
+-- saw no write). The expiry is (w + 2) * window: the counter lives as long as its newest window can still
+-- be the "previous" one, and never longer. Because the owner window is stored, a counter that is past its
+-- expiry instant but still visible (lazy expiry; Redis freezes key expiry at script start while TIME moves
+-- on) is recognised as stale by its window id and rewritten, never misread. 24 bytes per rule+identifier,
+-- whatever the limit.
+--
+-- Corrupt counters (written by someone else): a key of another type (the BITFIELD's own WRONGTYPE error,
+-- caught by pcall, so no TYPE call is needed), or a string whose window id or counts are out of range (a
+-- string of another length reads as such). Such a counter counts as absent (zero counts) and is reported;
+-- a counting call rewrites it (SET replaces any type), or deletes it when the request is refused. Counts in
+-- range are still only counts: this script cannot tell who wrote them.
+local call, pcall, tonumber, floor, char = redis.call, redis.pcall, tonumber, math.floor, string.char
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local n = #KEYS
-local FIELD = {[0] = '0', [1] = '1'}
+local counting = ARGV[1] == '1'
+local MAX = 1e15 -- bound of a sound window id or count (counts are at most 10**12 per window)
+local OFF = {[0] = '#1', [1] = '#2'} -- BITFIELD offsets (in i64 units) of the even / odd window count
 
--- a stored field as a number when it is canonical digits (what HSET / HINCRBY write), else nil
-local function digits(v)
-  if v and #v <= 15 and (v == '0' or find(v, '^[1-9]%d*$')) then
-    return tonumber(v)
+-- v (a whole number, 0 <= v < 2^53) as 8 big-endian bytes: what BITFIELD reads as i64 (no struct library
+-- needed, which not every Redis-compatible server offers)
+local function be64(v)
+  local b = {}
+  for k = 8, 1, -1 do
+    b[k] = v % 256
+    v = floor(v / 256)
   end
-  return nil
+  return char(b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8])
 end
 
-local plan = {} -- per rule: first write of the window?, window id, prev count, cost, window_ms
+local function sound(v)
+  return type(v) == 'number' and v >= 0 and v <= MAX
+end
+
+local plan = {} -- per rule: {state, w, prev, cost, window, p}; state: see below
 local out = {}
-local bad = {} -- 1-based indexes of corrupt hashes
+local bad = {} -- 1-based indexes of corrupt counters
 local all_ok = true
 local a, o = 2, 0
 for i = 1, n do
@@ -48,27 +66,44 @@ for i = 1, n do
   a = a + 3
   local w = floor(now / window)
   local elapsed = now - w * window
-  local h = redis.pcall('HMGET', KEYS[i], 'w', '0', '1')
-  local stored, c0, c1
+  local p = w % 2
+  -- speculate (add the cost) while every rule so far allows; after a refusal, only read
+  local spec = counting and all_ok
+  local h
+  if spec then
+    h = pcall('BITFIELD', KEYS[i], 'GET', 'i64', '#0', 'GET', 'i64', OFF[1 - p], 'INCRBY', 'i64', OFF[p], cost)
+  else
+    h = pcall('BITFIELD', KEYS[i], 'GET', 'i64', '#0', 'GET', 'i64', OFF[1 - p], 'GET', 'i64', OFF[p])
+  end
+  -- state: 'err' (another type: nothing written), 'bad' (corrupt string), 'none' (absent or all zero),
+  -- 'ok' (sound); c[0], c[1]: the stored even / odd counts before this call
+  local state, stored = 'none', nil
+  local c = {[0] = 0, [1] = 0}
   if h.err then
-    bad[#bad + 1] = i -- not a hash
-  elseif h[1] or h[2] or h[3] then
-    stored, c0, c1 = digits(h[1]), digits(h[2]), digits(h[3])
-    if not (stored and c0 and c1) then
-      stored = nil
-      bad[#bad + 1] = i
+    state = 'err'
+  else
+    local sw, other, mine = h[1], h[2], h[3]
+    if spec then mine = mine - cost end
+    if sw ~= 0 or other ~= 0 or mine ~= 0 then
+      if sound(sw) and sw >= 1 and sound(other) and sound(mine) then
+        state, stored = 'ok', sw
+        c[p], c[1 - p] = mine, other
+      else
+        state = 'bad'
+      end
     end
   end
+  if state == 'err' or state == 'bad' then bad[#bad + 1] = i end
   local cur, prev, fresh = 0, 0, true
   if stored then
     if stored >= w then
       -- this window (or, should the server clock ever step back, a later one: keep its counts, never
       -- forget admissions)
-      if stored % 2 == 0 then cur, prev = c0, c1 else cur, prev = c1, c0 end
+      cur, prev = c[stored % 2], c[(stored + 1) % 2]
       fresh = false
       w = stored
     elseif stored == w - 1 then
-      if stored % 2 == 0 then prev = c0 else prev = c1 end
+      prev = c[stored % 2]
     end
   end
   -- weighted estimate, in integers scaled by window: prev * (window - elapsed) + cur * window
@@ -101,28 +136,34 @@ for i = 1, n do
       if reset < 1 then reset = 1 end
     end
   end
-  local p = 5 * (i - 1)
-  plan[p + 1], plan[p + 2], plan[p + 3], plan[p + 4], plan[p + 5] = fresh, w, prev, cost, window
+  plan[i] = {spec and state ~= 'err', state, fresh, w, prev, cost, window, p}
   out[o + 1], out[o + 2], out[o + 3], out[o + 4] = ok and 1 or 0, remaining, reset, count
   o = o + 4
 end
 
-if ARGV[1] == '1' then
-  -- a counting call repairs corrupt hashes (zero counts, as if absent), whether or not it is admitted
-  for j = 1, #bad do
-    call('DEL', KEYS[bad[j]])
-  end
-end
-if all_ok and ARGV[1] == '1' then
+if counting then
   for i = 1, n do
-    local p = 5 * (i - 1)
-    local w = plan[p + 2]
-    if plan[p + 1] then
-      -- first write in this window: both count fields and the owner, then the expiry
-      call('HSET', KEYS[i], 'w', w, FIELD[w % 2], plan[p + 4], FIELD[(w + 1) % 2], plan[p + 3])
-      call('PEXPIREAT', KEYS[i], (w + 2) * plan[p + 5])
-    else
-      call('HINCRBY', KEYS[i], FIELD[w % 2], plan[p + 4])
+    local q = plan[i]
+    local written, state, fresh, w, prev, cost, window, p = q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8]
+    if all_ok then
+      if fresh then
+        -- first write in this window (or a rewrite of a corrupt counter): owner, both counts, expiry
+        local even, odd = cost, prev
+        if w % 2 == 1 then even, odd = prev, cost end
+        call('SET', KEYS[i], be64(w) .. be64(even) .. be64(odd), 'PXAT', (w + 2) * window)
+      elseif w % 2 ~= p then
+        -- the stored window is ahead of TIME by an odd number of windows (clock stepped back): the
+        -- speculative increment went to the other field; move it
+        call('BITFIELD', KEYS[i], 'INCRBY', 'i64', OFF[p], -cost, 'INCRBY', 'i64', OFF[1 - p], cost)
+      end
+    elseif written then
+      if state == 'ok' then
+        call('BITFIELD', KEYS[i], 'INCRBY', 'i64', OFF[p], -cost) -- undo: refused requests are not counted
+      else
+        call('DEL', KEYS[i]) -- created by the speculation, or corrupt: gone, as if never written
+      end
+    elseif state == 'err' or state == 'bad' then
+      call('DEL', KEYS[i]) -- a refused counting call still repairs a corrupt counter (zero counts, as if absent)
     end
   end
 end
