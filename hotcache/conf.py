@@ -35,6 +35,8 @@ FEATURES = ("ratelimit", "users", "sessions", "mfa", "apikeys", "workbench", "an
 DEFAULTS: dict[str, Any] = {
     # --- Redis (foundation) ---
     "REDIS_ALIAS": "default",  # django-redis alias whose server, credentials and TLS hotcache uses
+    "REDIS_URL": None,  # redis://, rediss:// (TLS), unix://: hotcache's own Redis, used instead of REDIS_ALIAS
+    "REDIS_CLUSTER": False,  # True: REDIS_URL names a node of a Redis Cluster (hotcache builds a RedisCluster)
     "KEY_PREFIX": "hc",  # every hotcache key starts with "<KEY_PREFIX>:"
     # Timeouts fit a TLS Redis in another region (round trip up to 125 ms: timeout >= 4 x round trip; rule in
     # docs/operations/resilience.md); a hanging Redis costs at most this per call until the gate opens.

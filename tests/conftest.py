@@ -15,6 +15,7 @@ import redis as redis_py
 
 from hotcache.backends import mongo, reset_all
 from hotcache.testing import RedisProxy, frozen_clock, reset
+from tests.support.redis_cluster import CLUSTER_URL_ENV, RedisClusterNodes, on_cluster
 from tests.support.secantus import RealMongo, SecantusServer, external_url, new_database_name, with_database
 from tests.support.stores import StandInMongo
 
@@ -48,6 +49,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _redis_target_switch(request: pytest.FixtureRequest) -> None:
+    """HOTCACHE_TEST_REDIS_TARGET=cluster runs every test with hotcache on the session's Redis Cluster
+    (``cluster_redis``) instead of the single server: the survey of what breaks on a cluster (issue 18)."""
+    if on_cluster():
+        request.getfixturevalue("cluster_redis")
+        log_path = os.environ.get("HOTCACHE_TEST_CLUSTER_LOG")
+        if log_path:
+            _log_refusals(request, log_path)
+
+
+def _log_refusals(request: pytest.FixtureRequest, path: str) -> None:
+    """Append every call Redis (or the cluster client) refused to ``path``, with the test's id: a test can pass
+    on a fallback while the cluster refused its calls (CROSSSLOT, a command blocked in a cluster pipeline)."""
+    import logging
+
+    class Refusals(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if "rejected" in text or "refused" in text:
+                with open(path, "a", encoding="utf-8") as out:
+                    out.write(f"{request.node.nodeid}\t{text[:400]}\n")
+
+    handler = Refusals(logging.ERROR)
+    logger = logging.getLogger("hotcache")
+    logger.addHandler(handler)
+    request.addfinalizer(lambda: logger.removeHandler(handler))
+
+
+@pytest.fixture(autouse=True)
 def _mongo_store_switch(request: pytest.FixtureRequest) -> str:
     """Which MongoDB store this test runs on. The stand-in unless the test is a ``mongo_contract`` run with the
     ``real`` parameter, or HOTCACHE_TEST_MONGO_STORE=real (every test on the real server: a survey of where the
@@ -69,8 +99,16 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def raw_redis() -> Iterator[redis_py.Redis]:
-    """A plain redis-py client to the test Redis, for assertions (not metered, no gate)."""
+def raw_redis(request: pytest.FixtureRequest) -> Iterator[redis_py.Redis]:
+    """A plain redis-py client to the test Redis, for assertions (not metered, no gate); a RedisCluster client
+    when the test runs on the cluster (HOTCACHE_TEST_REDIS_TARGET=cluster)."""
+    if os.environ.get("HOTCACHE_TEST_REDIS_TARGET") == "cluster":
+        from redis.cluster import RedisCluster
+
+        cluster_client = RedisCluster.from_url(request.getfixturevalue("redis_cluster").url)
+        yield cluster_client  # type: ignore[misc]
+        cluster_client.close()
+        return
     client = redis_py.Redis.from_url(_redis_url())
     yield client
     client.close()
@@ -140,6 +178,56 @@ def redis_down(settings: Any) -> int:
     caches["default"] = {**caches["default"], "LOCATION": f"redis://127.0.0.1:{port}/0"}
     settings.CACHES = caches
     return port
+
+
+# --- Redis Cluster ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    """The session's real Redis Cluster: 6 Debian redis-server nodes (3 masters, 3 replicas) on loopback,
+    started on first use (~8 s) and SIGKILLed at the end. Fails (never skips) when it cannot start. Tests
+    that kill nodes use ``own_redis_cluster`` instead, so the others keep a whole cluster."""
+    cluster = RedisClusterNodes()
+    cluster.start()
+    os.environ[CLUSTER_URL_ENV] = cluster.url
+    try:
+        yield cluster
+    finally:
+        os.environ.pop(CLUSTER_URL_ENV, None)
+        cluster.close()
+
+
+@pytest.fixture
+def own_redis_cluster() -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of this test's own, for failover tests (``kill_master``, ``wait_for_promotion``)."""
+    cluster = RedisClusterNodes()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _use_cluster(settings: Any, cluster: RedisClusterNodes) -> RedisClusterNodes:
+    settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": cluster.url, "REDIS_CLUSTER": True}
+    return cluster
+
+
+@pytest.fixture
+def cluster_redis(settings: Any, redis_cluster: RedisClusterNodes) -> RedisClusterNodes:
+    """hotcache's Redis is the session's cluster (HOTCACHE['REDIS_URL'] + HOTCACHE['REDIS_CLUSTER'] = True)."""
+    return _use_cluster(settings, redis_cluster)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_target(request: pytest.FixtureRequest, settings: Any) -> RedisClusterNodes | None:
+    """One contract, two Redis targets: the single server (None) and the session's Redis Cluster."""
+    if request.param == "cluster":
+        return request.getfixturevalue("cluster_redis")
+    if os.environ.get("HOTCACHE_TEST_REDIS_TARGET") == "cluster":
+        pytest.skip("HOTCACHE_TEST_REDIS_TARGET=cluster: every test already runs on the cluster")
+    return None
 
 
 def _point_at(settings: Any, url: str) -> None:

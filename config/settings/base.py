@@ -4,6 +4,11 @@ With no environment, everything runs in-process: SQLite for Django, fakeredis fo
 mongomock for MongoDB ("embedded defaults"). Set REDIS_URL and MONGO_URL to use real servers:
 
     REDIS_URL=redis://127.0.0.1:6379/0 MONGO_URL=mongodb+srv://user:pass@cluster0.example.net/app
+
+With REDIS_CLUSTER=1, REDIS_URL names any node of a Redis Cluster: hotcache builds a cluster client from it
+(HOTCACHE['REDIS_URL'], HOTCACHE['REDIS_CLUSTER']). Django's own cache stays in this process (django-redis has
+no cluster client) and Celery needs a broker of its own (CELERY_BROKER_URL: a plain Redis or RabbitMQ; Celery's
+Redis transport cannot use a cluster), else tasks run eagerly.
 """
 
 import os
@@ -74,7 +79,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis ---------------------------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
+REDIS_CLUSTER = os.environ.get("REDIS_CLUSTER", "") == "1"
+if REDIS_URL and REDIS_CLUSTER:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+elif REDIS_URL:
     CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL}}
 else:
     # Embedded default: fakeredis (with Lua) behind the same django-redis backend, in this process.
@@ -91,6 +99,7 @@ else:
 # --- hotcache ------------------------------------------------------------------------------------
 HOTCACHE = {
     "REDIS_ALIAS": "default",
+    **({"REDIS_URL": REDIS_URL, "REDIS_CLUSTER": True} if REDIS_URL and REDIS_CLUSTER else {}),
     "MONGO_URL": os.environ.get("MONGO_URL", "mongomock://hotcache"),
     "REDIS_DAILY_COMMAND_BUDGET": int(os.environ.get("HOTCACHE_DAILY_BUDGET", "10000")),
     "REDIS_MONTHLY_COMMAND_BUDGET": int(os.environ.get("HOTCACHE_MONTHLY_BUDGET", "500000")),
@@ -99,8 +108,9 @@ HOTCACHE = {
 }
 
 # --- Celery --------------------------------------------------------------------------------------
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL or "memory://")
-CELERY_TASK_ALWAYS_EAGER = not (REDIS_URL or os.environ.get("CELERY_BROKER_URL"))  # embedded: no worker
+_BROKER_REDIS = "" if REDIS_CLUSTER else REDIS_URL  # a cluster cannot be Celery's broker
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", _BROKER_REDIS or "memory://")
+CELERY_TASK_ALWAYS_EAGER = not (_BROKER_REDIS or os.environ.get("CELERY_BROKER_URL"))  # embedded: no worker
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -218,7 +218,8 @@ def day_counts(days: list[str], tally: Tally) -> dict[tuple[str, str], int]:
         pairs += [(d, e) for e in events]
     if not pairs:
         return {}
-    counts = read_many(lambda pipe: [pipe.pfcount(hll_key(d, e)) for d, e in pairs])
+    # execute_command: redis-py's cluster pipeline blocks its .pfcount() (a one-key PFCOUNT is routed like any key).
+    counts = read_many(lambda pipe: [pipe.execute_command("PFCOUNT", hll_key(d, e)) for d, e in pairs])
     out: dict[tuple[str, str], int] = {}
     for (d, e), n in zip(pairs, counts, strict=True):
         if isinstance(n, Exception) or not isinstance(n, int):

@@ -137,7 +137,7 @@ def read_counters(r: Any, pairs: list[Entry]) -> list[Any]:
     for i in range(0, len(pairs), _CHUNK):
         pipe = r.pipeline(transaction=False)
         for _, tag, day in pairs[i : i + _CHUNK]:
-            pipe.mget(counter_keys(tag, day))
+            pipe.execute_command("MGET", *counter_keys(tag, day))  # cluster pipelines block .mget()
         values += replies(pipe)
     return values
 
@@ -157,7 +157,7 @@ def _totals(key_tags: list[tuple[str, str]], days: list[dt.date]) -> dict[tuple[
         pipe = r.pipeline(transaction=False)
         for _, tag in key_tags:
             for day in days:
-                pipe.mget(counter_keys(tag, day))
+                pipe.execute_command("MGET", *counter_keys(tag, day))  # cluster pipelines block .mget()
         return replies(pipe)
 
     try:

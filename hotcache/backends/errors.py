@@ -93,6 +93,8 @@ def error_code(exc: BaseException) -> str:
 
 def classify(exc: BaseException) -> Verdict:
     """The verdict on a redis-py error (or a bare OSError) raised by a call."""
+    if isinstance(exc, rx.RedisClusterException):
+        return _cluster_verdict(exc)
     text = _message(exc).lower()
     for phrase, (what, daily) in _QUOTAS.items():
         if phrase in text:
@@ -117,3 +119,18 @@ def classify(exc: BaseException) -> Verdict:
 def _message(exc: BaseException) -> str:
     text = str(exc.args[0]) if exc.args else str(exc)
     return _PIPELINE_PREFIX.sub("", text, count=1)
+
+
+def _cluster_verdict(exc: rx.RedisClusterException) -> Verdict:
+    """redis-py's cluster client raises these outside RedisError (hotcache.backends.cluster).
+
+    No node reachable (its topology refresh failed): like a refused connection. A slot no node serves (a
+    failover under way): a server state. Anything else (keys of one call on different slots, a command the
+    cluster client refuses) is raised before sending: this call's own fault.
+    """
+    if isinstance(exc, rx.SlotNotCoveredError):
+        return Verdict(SERVER_STATE, "CLUSTERDOWN", "a hash slot no cluster node serves")
+    text = str(exc).lower()
+    if "cannot be connected" in text or "reachable" in text:
+        return Verdict(CONNECTION, "", "")
+    return Verdict(CALL, "", "")

@@ -3,7 +3,9 @@
 The client is built from the django-redis alias ``HOTCACHE['REDIS_ALIAS']``: same server, database,
 credentials, TLS and connection class (so fakeredis works for the embedded default), in a pool of its
 own so hotcache's calls keep their short timeouts (REDIS_SOCKET_TIMEOUT / REDIS_CONNECT_TIMEOUT)
-while the host's cache keeps its own, and so every command hotcache sends is counted.
+while the host's cache keeps its own, and so every command hotcache sends is counted. With
+``HOTCACHE['REDIS_URL']`` it is built from that URL instead, and with ``HOTCACHE['REDIS_CLUSTER']`` it is a
+``redis.cluster.RedisCluster`` with the same timeouts and metering (hotcache.backends.cluster).
 
 Features never touch redis-py errors: call() runs a function against the client and turns every
 failure (error, timeout, gate open) into RedisUnavailable, which the feature maps to its fallback.
@@ -22,16 +24,28 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.connection import parse_url
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from hotcache import metering
-from hotcache.backends import errors
+from hotcache.backends import cluster, errors
 from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["Script", "after_call", "call", "eval_lua", "get_client", "reset", "server_info", "wrap_lua"]
+__all__ = [
+    "Script",
+    "after_call",
+    "call",
+    "cluster_mode_mismatch",
+    "connection_source",
+    "eval_lua",
+    "get_client",
+    "reset",
+    "server_info",
+    "wrap_lua",
+]
 
 T = TypeVar("T")
 
@@ -39,7 +53,7 @@ log = logging.getLogger("hotcache.redis")
 _LUA_DIR = Path(__file__).with_name("lua")
 _lock = threading.Lock()
 _wire = threading.local()  # .sent: the current call's last command reached the socket
-_clients: dict[tuple[str, int], redis.Redis] = {}
+_clients: dict[tuple[str, str, bool, int], redis.Redis] = {}
 
 
 @cache
@@ -68,13 +82,30 @@ def _metered_class(base: type) -> type:
     return Metered
 
 
-def _build_client() -> redis.Redis:
+def connection_source() -> tuple[type, dict[str, Any], int]:
+    """(connection class, connection kwargs, pool size) of hotcache's Redis as configured, before hotcache's own
+    timeouts: HOTCACHE['REDIS_URL'] (for a cluster, the node it names), else the REDIS_ALIAS cache's pool."""
+    url = hotcache_settings.REDIS_URL
+    if url:
+        kwargs = parse_url(str(url))
+        return kwargs.pop("connection_class", redis.Connection), kwargs, 50
     from django_redis import get_redis_connection
 
-    alias = hotcache_settings.REDIS_ALIAS
-    host_client = get_redis_connection(alias)
-    source = host_client.connection_pool
-    kwargs = dict(source.connection_kwargs)
+    source = get_redis_connection(hotcache_settings.REDIS_ALIAS).connection_pool
+    max_connections = getattr(source, "max_connections", None) or 50
+    return source.connection_class, dict(source.connection_kwargs), max_connections
+
+
+def _build_client() -> redis.Redis:
+    if hotcache_settings.REDIS_CLUSTER:
+        # A RedisCluster offers the same command methods; features only call those.
+        return cluster.build(  # type: ignore[return-value]
+            str(hotcache_settings.REDIS_URL),
+            socket_timeout=float(hotcache_settings.REDIS_SOCKET_TIMEOUT),
+            connect_timeout=float(hotcache_settings.REDIS_CONNECT_TIMEOUT),
+            metered_class=_metered_class,
+        )
+    connection_class, kwargs, max_connections = connection_source()
     kwargs["socket_timeout"] = float(hotcache_settings.REDIS_SOCKET_TIMEOUT)
     kwargs["socket_connect_timeout"] = float(hotcache_settings.REDIS_CONNECT_TIMEOUT)
     # One attempt per call: the health gate decides about retries, not the socket layer.
@@ -83,16 +114,15 @@ def _build_client() -> redis.Redis:
     # Named connections: CLIENT LIST shows which connections (and commands) are hotcache's.
     kwargs.setdefault("client_name", "hotcache")
     pool = redis.ConnectionPool(
-        connection_class=_metered_class(source.connection_class),
-        max_connections=getattr(source, "max_connections", None) or 50,
-        **kwargs,
+        connection_class=_metered_class(connection_class), max_connections=max_connections, **kwargs
     )
     return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
 def get_client() -> redis.Redis:
     """hotcache's client for this process (rebuilt after fork and when settings change)."""
-    key = (str(hotcache_settings.REDIS_ALIAS), os.getpid())
+    target = hotcache_settings.REDIS_URL or f"alias:{hotcache_settings.REDIS_ALIAS}"
+    key = (str(target), str(hotcache_settings.REDIS_ALIAS), bool(hotcache_settings.REDIS_CLUSTER), os.getpid())
     client = _clients.get(key)
     if client is None:
         with _lock:
@@ -109,8 +139,8 @@ def reset() -> None:
     with _lock:
         for client in _clients.values():
             try:
-                client.connection_pool.disconnect()
-            except RedisError:
+                cluster.close(client)
+            except (RedisError, RedisClusterException):
                 pass
         _clients.clear()
     redis_gate.reset()
@@ -139,7 +169,8 @@ def call(feature: str, fn: Callable[[redis.Redis], T], *, deletion: bool = False
     try:
         with metering.feature(feature):
             result = fn(get_client())
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
+        # RedisClusterException: the cluster client's errors outside RedisError (errors.classify).
         raise _failed(feature, exc, report=not past_gate) from exc
     except BaseException:
         if not past_gate:
@@ -256,11 +287,15 @@ class Script:
         return self.reply(raw)
 
     def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any] = (), *, load: bool = False) -> None:
-        """Add this script to a pipeline (EVALSHA; EVAL with ``load``); pass its result to reply()."""
+        """Add this script to a pipeline (EVALSHA; EVAL with ``load``); pass its result to reply().
+
+        Queued with ``execute_command``: redis-py's cluster pipeline blocks its ``evalsha`` method outright,
+        while the command itself is routed by its keys (which must share a slot, checked before sending).
+        """
         if load:
-            pipe.eval(self.body, len(keys), *keys, *args)
+            pipe.execute_command("EVAL", self.body, len(keys), *keys, *args)
         else:
-            pipe.evalsha(self.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
     @staticmethod
     def reply(raw: Any) -> Any:
@@ -289,3 +324,23 @@ def eval_lua(client: redis.Redis, source: str, keys: Sequence[str] = (), args: S
 def server_info(section: str = "memory") -> dict[str, Any]:
     """INFO <section> through the gate (feature 'status')."""
     return call("status", lambda r: r.info(section))
+
+
+def cluster_mode_mismatch() -> str | None:
+    """A message when a single-server client's Redis is a cluster node (``cluster_enabled:1``), else None.
+
+    That Redis serves only its own slots: every other key gets MOVED and falls back. None too when Redis
+    cannot be asked (hotcache_check reports that) or hotcache already uses a cluster client.
+    """
+    if hotcache_settings.REDIS_CLUSTER:
+        return None
+    try:
+        info = call("status", lambda r: r.info("cluster"))
+    except RedisUnavailable:
+        return None
+    if not cluster.single_server_on_cluster(info):
+        return None
+    return (
+        "hotcache's Redis is a node of a Redis Cluster (INFO cluster says cluster_enabled:1) but hotcache uses a "
+        "single-server client: set HOTCACHE['REDIS_CLUSTER'] = True (with HOTCACHE['REDIS_URL'] naming a node)."
+    )

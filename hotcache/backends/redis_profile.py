@@ -56,13 +56,11 @@ class Eviction:
 
 def measure(samples: int = 20) -> Timings | None:
     """Time the configured Redis; None for an in-process Redis (fakeredis): nothing to time."""
-    from django_redis import get_redis_connection
+    from hotcache.backends.redis import connection_source
 
-    source = get_redis_connection(hotcache_settings.REDIS_ALIAS).connection_pool
-    cls = source.connection_class
+    cls, kwargs, _ = connection_source()  # REDIS_URL (a cluster: the node it names), else the REDIS_ALIAS cache
     if cls.__module__.split(".", 1)[0] == "fakeredis":
         return None
-    kwargs = dict(source.connection_kwargs)
     kwargs.update(socket_timeout=_MEASURE_TIMEOUT, socket_connect_timeout=_MEASURE_TIMEOUT)
     kwargs.setdefault("client_name", "hotcache-check")
     connect_ms = tls_ms = tls_client_ms = None

@@ -3,8 +3,8 @@
 Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030-E039 MFA;
 E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports; E080-E089 the periodic jobs'
 schedule; E090-E099 django-ratelimit's settings (rate limiting);
-E100-E109 managed Redis (provider requirements, what shares the command budget); E110-E119 sessions.
-Wxxx are warnings.
+E100-E109 managed Redis (provider requirements, what shares the command budget); E110-E119 sessions;
+E120-E129 the Redis target (REDIS_URL, REDIS_CLUSTER). Wxxx are warnings.
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 
@@ -17,6 +17,7 @@ from hotcache.checks.foundation import check_foundation
 from hotcache.checks.managed_redis import check_managed_redis
 from hotcache.checks.mfa import check_mfa
 from hotcache.checks.ratelimit import check_django_ratelimit_settings, check_ratelimit
+from hotcache.checks.redis_target import check_cluster_mode, check_redis_target
 from hotcache.checks.reports import check_reports
 from hotcache.checks.schedule import check_schedule
 from hotcache.checks.sessions import check_sessions
@@ -26,11 +27,13 @@ from hotcache.checks.workbench import check_workbench
 __all__ = [
     "check_analytics",
     "check_apikeys",
+    "check_cluster_mode",
     "check_django_ratelimit_settings",
     "check_foundation",
     "check_managed_redis",
     "check_mfa",
     "check_ratelimit",
+    "check_redis_target",
     "check_reports",
     "check_schedule",
     "check_sessions",

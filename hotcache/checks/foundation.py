@@ -49,10 +49,12 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             )
         )
 
-    # Redis alias
+    # Redis alias (unused when HOTCACHE['REDIS_URL'] is set: checks/redis_target.py)
     alias = hotcache_settings.REDIS_ALIAS
     caches = getattr(settings, "CACHES", {})
-    if alias not in caches:
+    if hotcache_settings.REDIS_URL:
+        pass
+    elif alias not in caches:
         errors.append(
             Error(
                 f"{_setting('REDIS_ALIAS')}={alias!r} is not in CACHES.",

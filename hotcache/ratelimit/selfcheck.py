@@ -95,7 +95,12 @@ def drive_rule(rule: str | None = None, rate: str | None = None) -> DriveReport:
         raise CannotDrive(f"rule {name[:80]!r} cannot be driven: {exc}") from exc
     reset_local_state()
     redis_backend.reset()  # try Redis now, not a cached "down" verdict
-    location = settings.CACHES.get(hotcache_settings.REDIS_ALIAS, {}).get("LOCATION", "?")
+    alias = hotcache_settings.REDIS_ALIAS
+    if hotcache_settings.REDIS_URL:
+        location, fix = "HOTCACHE['REDIS_URL']", "check HOTCACHE['REDIS_URL'] (and REDIS_CLUSTER)"
+    else:
+        location = settings.CACHES.get(alias, {}).get("LOCATION", "?")
+        fix = f"set CACHES[{alias!r}] (the alias named by HOTCACHE['REDIS_ALIAS'])"
     rows: list[dict[str, Any]] = []
     try:
         for i in range(limit + 3):
@@ -110,8 +115,7 @@ def drive_rule(rule: str | None = None, rate: str | None = None) -> DriveReport:
         redis_backend.call("ratelimit", lambda r: r.delete(*keys))
     except RedisUnavailable as exc:
         raise CannotDrive(
-            f"Redis at {location} is unreachable ({exc}); set CACHES[{hotcache_settings.REDIS_ALIAS!r}] "
-            "(the alias named by HOTCACHE['REDIS_ALIAS'])"
+            f"Redis at {location} is unreachable ({exc}); {fix}"
         ) from exc
     finally:
         reset_local_state()

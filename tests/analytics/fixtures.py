@@ -6,18 +6,18 @@ import datetime as dt
 import os
 
 import pytest
-import redis as redis_py
 
 from hotcache import analytics, metering
 from hotcache.backends import mongo
 from hotcache.testing import new_process
 from tests.support.lost_reply import LostReplyProxy  # noqa: F401 - shared by the analytics tests
+from tests.support.redis_cluster import raw_test_client
 
 GRACE = 300
 
 
 def _drop_analytics_keys():
-    client = redis_py.Redis.from_url(os.environ["HOTCACHE_TEST_REDIS_URL"])
+    client = raw_test_client()  # the cluster too (HOTCACHE_TEST_REDIS_TARGET=cluster)
     try:
         prefix = os.environ["HOTCACHE_TEST_PREFIX"]
         found = list(client.scan_iter(match=f"{prefix}:{{analytics:*", count=1000))
@@ -42,7 +42,7 @@ def _drop_future_meter_keys():
     hashes. Drop those (this run's prefix only) so they do not show up as extra days in other tests."""
     metering.meter.reset()
     today = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
-    client = redis_py.Redis.from_url(os.environ["HOTCACHE_TEST_REDIS_URL"])
+    client = raw_test_client()  # the cluster too (HOTCACHE_TEST_REDIS_TARGET=cluster)
     try:
         prefix = os.environ["HOTCACHE_TEST_PREFIX"]
         for key in client.scan_iter(match=f"{prefix}:{{meter:usage}}:*", count=1000):

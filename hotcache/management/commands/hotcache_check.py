@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
-from hotcache.backends import mongo, redis_profile
+from hotcache.backends import cluster, mongo, redis_profile
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import BackendUnavailable, MongoWriteError
@@ -20,8 +20,13 @@ from hotcache.exceptions import BackendUnavailable, MongoWriteError
 def check_connections(samples: int = 5) -> dict[str, Any]:
     """Probe Redis and MongoDB; returns a report dict with 'ok' and, per store, 'ok', figures and 'error'."""
     alias = hotcache_settings.REDIS_ALIAS
-    location = settings.CACHES.get(alias, {}).get("LOCATION", "?")
-    report: dict[str, Any] = {"redis": {"alias": alias, "location": _redact(str(location))}}
+    url = hotcache_settings.REDIS_URL
+    location = url or settings.CACHES.get(alias, {}).get("LOCATION", "?")
+    source = (
+        "HOTCACHE['REDIS_URL']" if url else f"CACHES[{alias!r}]['LOCATION'], the alias named by HOTCACHE['REDIS_ALIAS']"
+    )
+    report: dict[str, Any] = {"redis": {"alias": None if url else alias, "location": _redact(str(location))}}
+    report["redis"]["mode"] = "cluster" if hotcache_settings.REDIS_CLUSTER else "single"
     # A fresh client and gate: the check must try, not trust a cached "down".
     redis_backend.reset()
     try:
@@ -32,7 +37,7 @@ def check_connections(samples: int = 5) -> dict[str, Any]:
             timings.append((time.perf_counter() - start) * 1000)
         lua = redis_backend.call("status", lambda r: redis_backend.eval_lua(r, "return redis.call('TIME')[1]"))
         try:
-            version = redis_backend.server_info("server").get("redis_version", "?")
+            version = _version(redis_backend.server_info("server"))
         except BackendUnavailable:  # a server without INFO (fakeredis) still serves hotcache
             version = "?"
         report["redis"].update(
@@ -44,11 +49,11 @@ def check_connections(samples: int = 5) -> dict[str, Any]:
             socket_timeout_s=hotcache_settings.REDIS_SOCKET_TIMEOUT,
         )
         report["redis"].update(_profile())
+        report["redis"].update(_cluster_state())
     except BackendUnavailable as exc:
         report["redis"].update(
             ok=False,
-            error=f"Redis at {_redact(str(location))} is unreachable ({exc.__cause__ or exc}). "
-            f"It comes from CACHES[{alias!r}]['LOCATION'], the alias named by HOTCACHE['REDIS_ALIAS'].",
+            error=f"Redis at {_redact(str(location))} is unreachable ({exc.__cause__ or exc}). It comes from {source}.",
         )
     url = hotcache_settings.MONGO_URL
     report["mongodb"] = {
@@ -70,6 +75,33 @@ def check_connections(samples: int = 5) -> dict[str, Any]:
     return report
 
 
+def _first_node(info: dict[str, Any]) -> dict[str, Any]:
+    """INFO of one server (a cluster client answers with one INFO per node: the first node's)."""
+    if info and all(isinstance(v, dict) for v in info.values()):
+        return next(iter(info.values()))
+    return info
+
+
+def _version(info: dict[str, Any]) -> str:
+    return str(_first_node(info).get("redis_version", "?"))
+
+
+def _cluster_state() -> dict[str, Any]:
+    """For a cluster: each node, its role, slots and round trip; not ok if a slot is unserved or a node down.
+    For a single server: not ok if that server is a cluster node (the client would get MOVED for most keys)."""
+    if not hotcache_settings.REDIS_CLUSTER:
+        mismatch = redis_backend.cluster_mode_mismatch()
+        return {} if mismatch is None else {"ok": False, "error": mismatch}
+    try:
+        state = redis_backend.call("status", cluster.describe)
+    except BackendUnavailable as exc:
+        return {"ok": False, "error": f"could not read the cluster's nodes (CLUSTER SHARDS): {exc}"}
+    out: dict[str, Any] = {"cluster": state.as_dict()}
+    if not state.ok:
+        out.update(ok=False, error="Redis Cluster: " + "; ".join(state.problems))
+    return out
+
+
 def _profile() -> dict[str, Any]:
     """Connect, TLS handshake and round-trip times against the timeouts; the eviction policy (run-time only)."""
     out: dict[str, Any] = {}
@@ -80,7 +112,7 @@ def _profile() -> dict[str, Any]:
     else:
         out["timing"] = timings.as_dict() if timings is not None else None
     try:
-        policy = str(redis_backend.server_info("memory").get("maxmemory_policy", "?"))
+        policy = str(_first_node(redis_backend.server_info("memory")).get("maxmemory_policy", "?"))
     except BackendUnavailable:
         policy = "?"
     eviction = redis_profile.eviction_advice(policy)
@@ -118,6 +150,7 @@ class Command(BaseCommand):
                 self._write_profile(r)
             else:
                 self.stdout.write(f"Redis    FAIL {r['error']}")
+            self._write_cluster(r.get("cluster"))
             if m["ok"]:
                 self.stdout.write(
                     f"MongoDB  OK   {m['url']} db={m['database']}  rtt {m['rtt_ms']} ms  "
@@ -128,6 +161,22 @@ class Command(BaseCommand):
         if not report["ok"]:
             failed = [name for name in ("redis", "mongodb") if not report[name]["ok"]]
             raise CommandError(f"hotcache cannot reach: {', '.join(failed)}")
+
+    def _write_cluster(self, state: dict[str, Any] | None) -> None:
+        if not state:
+            return
+        self.stdout.write(
+            f"Cluster  {'OK  ' if state['ok'] else 'FAIL'} {state['masters']} masters, {state['replicas']} replicas, "
+            f"{state['slots_covered']} of {cluster.SLOTS} slots served"
+        )
+        for node in state["nodes"]:
+            where = (
+                "slots " + ",".join(f"{low}-{high}" for low, high in node["slots"])
+                if node["role"] == "master"
+                else f"replica of {node['master']}"
+            )
+            rtt = f"rtt {node['rtt_ms']} ms" if node["rtt_ms"] is not None else f"DOWN ({node.get('error', '')})"
+            self.stdout.write(f"         {node['role']:<7} {node['address']:<21} {where:<22} {rtt}")
 
     def _write_profile(self, r: dict[str, Any]) -> None:
         t = r.get("timing")

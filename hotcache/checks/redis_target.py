@@ -1,0 +1,70 @@
+"""System checks for hotcache's Redis target (E120-E129, W120-W129): REDIS_URL, REDIS_CLUSTER.
+
+W120 connects to Redis, so it runs only with ``manage.py check --deploy`` (and ``hotcache_check`` reports the
+same): a single-server client pointed at one node of a Redis Cluster serves only that node's slots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from hotcache.checks._common import setting as _setting
+from hotcache.conf import hotcache_settings
+
+
+@register(Tags.compatibility, Tags.caches)
+def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from hotcache.backends.cluster import url_problems
+
+    errors: list[CheckMessage] = []
+    url = hotcache_settings.REDIS_URL
+    is_cluster = hotcache_settings.REDIS_CLUSTER
+    if not isinstance(is_cluster, bool):
+        errors.append(
+            Error(
+                f"{_setting('REDIS_CLUSTER')}={is_cluster!r} is not True or False.",
+                hint="Set it to True when HOTCACHE['REDIS_URL'] names a node of a Redis Cluster, else leave it out.",
+                id="hotcache.E120",
+            )
+        )
+        is_cluster = False
+    if is_cluster and not url:
+        errors.append(
+            Error(
+                f"{_setting('REDIS_CLUSTER')} is True but {_setting('REDIS_URL')} is not set.",
+                hint="Set HOTCACHE['REDIS_URL'] to any node of the cluster (redis://host:port/0 or rediss://...): "
+                "django-redis has no cluster client, so the REDIS_ALIAS cache cannot be used for a cluster.",
+                id="hotcache.E121",
+            )
+        )
+    elif url:
+        for problem in url_problems(url, cluster=bool(is_cluster)):
+            errors.append(
+                Error(
+                    f"{_setting('REDIS_URL')}: {problem}",
+                    hint="See README.md, section Settings (REDIS_URL, REDIS_CLUSTER).",
+                    id="hotcache.E122",
+                )
+            )
+    return errors
+
+
+@register(Tags.caches, deploy=True)
+def check_cluster_mode(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W120: the configured Redis says ``cluster_enabled:1`` but hotcache uses a single-server client."""
+    from hotcache.backends.redis import cluster_mode_mismatch
+
+    message = cluster_mode_mismatch()
+    if message is None:
+        return []
+    return [
+        Warning(
+            message,
+            hint="Set HOTCACHE['REDIS_CLUSTER'] = True and HOTCACHE['REDIS_URL'] to a node of the cluster: a "
+            "single-server client reaches only that node's slots (MOVED everywhere else, every other key "
+            "falls back).",
+            id="hotcache.W120",
+        )
+    ]
