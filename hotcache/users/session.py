@@ -57,7 +57,8 @@ def get_user(request: HttpRequest) -> Any:
         return auth.get_user(request)
     can_authenticate = getattr(backend, "user_can_authenticate", lambda u: True)
 
-    cached, fill = cache.lookup(user_id, loader)
+    # With hotcache.sessions, the session's read may have brought this user's entry (one round trip for both).
+    cached, fill = cache.lookup(user_id, loader, getattr(request.session, "hotcache_user", None))
     if cached is not None:
         if not can_authenticate(cached.user):
             return AnonymousUser()
