@@ -38,7 +38,8 @@ class CachedAuthenticationMiddleware(AuthenticationMiddleware):
 
 def _request_user(request: HttpRequest) -> Any:
     if not hasattr(request, "_cached_user"):
-        request._cached_user = get_user(request)
+        # An async view resolved it already (auser()): the same user, not a second read.
+        request._cached_user = getattr(request, "_acached_user", None) or get_user(request)
     return request._cached_user
 
 

@@ -58,7 +58,11 @@ def get_user(request: HttpRequest) -> Any:
     can_authenticate = getattr(backend, "user_can_authenticate", lambda u: True)
 
     # With hotcache.sessions, the session's read may have brought this user's entry (one round trip for both).
-    cached, fill = cache.lookup(user_id, loader, getattr(request.session, "hotcache_user", None))
+    # Used once: a later get_user() in the same request (after a save or an invalidation) reads again.
+    prefetched = getattr(request.session, "hotcache_user", None)
+    if prefetched is not None:
+        request.session.hotcache_user = None
+    cached, fill = cache.lookup(user_id, loader, prefetched)
     if cached is not None:
         if not can_authenticate(cached.user):
             return AnonymousUser()
