@@ -2,7 +2,8 @@
 
 No middleware of its own: combining happens when hotcache's pieces meet on a request (docs/sessions.md, "One
 round trip per request"). With ``SESSION_ENGINE = "hotcache.sessions"`` and hotcache.users'
-``CachedAuthenticationMiddleware`` installed, a session read also reads the user its entry names
+``CachedAuthenticationMiddleware`` on the request (it sets ``hotcache_user_wanted`` on the session), a session
+read also reads the user its entry names
 (session_user_read.lua); with ``RateLimitMiddleware`` too, that read rides in the rate-limit decision's pipeline
 (``companion_for``). Each part keeps its own checks, gate and fallbacks; only the round trips are shared. On Redis
 Cluster the script cannot run (the user's keys are derived inside it): each read is made on its own there.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest
 from redis.exceptions import RedisError
 
@@ -23,15 +23,14 @@ from hotcache.sessions.entries import FEATURE, valid_key
 
 __all__ = ["Companion", "companion_for", "wanted"]
 
-_USER_MIDDLEWARE = "CachedAuthenticationMiddleware"
 
-
-def wanted() -> bool:
-    """Whether a session read should bring its user: hotcache.users' middleware is installed and enabled,
-    and the server can run the combined script (not a cluster)."""
+def wanted(session: Any) -> bool:
+    """Whether ``session``'s read should bring its user: hotcache.users' middleware asked for it on this request
+    (``session.hotcache_user_wanted``), the feature is enabled, and the server can run the combined script (not a
+    cluster)."""
     return (
-        hotcache_settings.enabled("users")
-        and any(m.rpartition(".")[2] == _USER_MIDDLEWARE for m in settings.MIDDLEWARE)
+        getattr(session, "hotcache_user_wanted", False)
+        and hotcache_settings.enabled("users")
         and cache.combined_read_possible(redis_backend.get_client())
     )
 
@@ -68,6 +67,6 @@ def companion_for(request: HttpRequest) -> Companion | None:
     session_key = session.session_key
     if not valid_key(session_key) or not hotcache_settings.enabled(FEATURE) or cache.pending_invalidations:
         return None
-    if not wanted():
+    if not wanted(session):
         return None
     return Companion(session, session_key)

@@ -34,6 +34,8 @@ class SessionStore(DBStore):
     # The cached user's raw values read in the session's round trip (None: not read with it); hotcache.users'
     # get_user() takes them instead of reading again when they are for the session's user.
     hotcache_user: cache.UserRead | None = None
+    # Set by CachedAuthenticationMiddleware on the request's session: read the user with the session.
+    hotcache_user_wanted = False
 
     # --- reads ---
 
@@ -61,7 +63,7 @@ class SessionStore(DBStore):
         if prefetched is not None and prefetched[0] == session_key:
             lookup, self.hotcache_user = prefetched[1]
             return lookup
-        if combined.wanted() and not cache.pending_invalidations:
+        if combined.wanted(self) and not cache.pending_invalidations:
             found = cache.read_with_user(session_key)
             if found is None:
                 return None

@@ -32,6 +32,9 @@ class CachedAuthenticationMiddleware(AuthenticationMiddleware):
                 "Put 'django.contrib.sessions.middleware.SessionMiddleware' before it in MIDDLEWARE."
             )
             raise ImproperlyConfigured(msg)
+        if hasattr(request.session, "hotcache_user_wanted"):
+            # hotcache.sessions: read this request's user in the session's round trip (docs/sessions.md).
+            request.session.hotcache_user_wanted = True
         request.user = SimpleLazyObject(lambda: _request_user(request))
         request.auser = partial(_arequest_user, request)
 

@@ -72,9 +72,9 @@ def test_warm_authenticated_rate_limited_tracked_request_is_one_round_trip(alice
     assert redis.events["ratelimit:allowed"] == 1
     assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
     assert redis.events["analytics:batched"] >= 0  # tracked in-process, nothing sent
-    # Billed exactly as on separate round trips: the rate-limit script for one rule 3 (as alone, docs/ratelimit.md),
-    # session_user_read.lua 3 (EVALSHA + the session's MGET + the user's MGET). The pipeline's sent commands are
-    # metered under the feature that sends it (ratelimit), the scripts' own commands under each feature.
+    # Billed exactly: the rate-limit script for one rule 3 (as alone, docs/ratelimit.md), session_user_read.lua 3
+    # (EVALSHA + the session's MGET + the user's MGET; 2 on separate round trips). The pipeline's sent commands
+    # are metered under the feature that sends it (ratelimit), the scripts' own commands under each feature.
     assert redis.billed == 6
     assert redis.by_feature == {"ratelimit": 2}
     assert redis.billed_by_feature == {"ratelimit": 4, "sessions": 2}
