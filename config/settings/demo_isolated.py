@@ -14,6 +14,8 @@ demo's traffic never opens another project's database, cache or logging configur
   (config/demo/logs.py).
 """
 
+import os
+
 from config.demo.isolation import DEMO_DATABASE_NAME
 from config.settings.base import *  # noqa: F403
 
@@ -25,7 +27,16 @@ ALLOWED_HOSTS = ["testserver"]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DEMO_DATABASE_NAME}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # throwaway demo accounts: speed
 
-HOTCACHE = {**HOTCACHE, "KEY_PREFIX": "hcdemo", "MONGO_DATABASE": "hotcache_demo"}  # noqa: F405
+# One Redis round trip per request at most for hotcache's middleware together (issue 19; docs/demo.md): page views
+# batched (0 round trips per request, one write per interval) and sessions on hotcache's Redis path, read with
+# the cached user in one round trip (docs/sessions.md, "One round trip per request").
+HOTCACHE = {
+    **HOTCACHE,  # noqa: F405
+    "KEY_PREFIX": "hcdemo",
+    "MONGO_DATABASE": "hotcache_demo",
+    "ANALYTICS_BATCH_SECONDS": float(os.environ.get("HOTCACHE_ANALYTICS_BATCH_SECONDS", "5")),
+}
+SESSION_ENGINE = "hotcache.sessions"
 
 # W003 says the in-process MongoDB stand-in loses what it keeps when the process exits: for the demo that is
 # the point (its data is throwaway), and the report names the stand-in as the MongoDB it ran on.

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
+
+from redis.exceptions import NoScriptError
 
 from hotcache import clock, keys, metering, signing
 from hotcache.backends import redis as redis_backend
@@ -19,13 +21,21 @@ from hotcache.ratelimit.limits import Decision, Limit, RuleResult
 from hotcache.ratelimit.outage import Outage
 from hotcache.ratelimit.state import LocalState, local_state
 
-__all__ = ["evaluate", "evaluate_in", "limit_keys", "refuse_missing"]
+__all__ = ["Companion", "evaluate", "evaluate_in", "limit_keys", "refuse_missing"]
 
 log = logging.getLogger("hotcache.ratelimit")
 
 _FEATURE = "ratelimit"
 _SCRIPT = redis_backend.Script("sliding_window")
 _LAYOUT = "b"  # the BITFIELD layout of sliding_window.lua (the hash layout before it had no marker)
+
+
+class Companion(Protocol):
+    """Another feature's read sent in the decision's round trip (hotcache.sessions.combined.Companion)."""
+
+    def queue(self, pipe: Any) -> None: ...
+
+    def settle(self, raw: Any) -> None: ...
 
 
 def limit_keys(limit: Limit) -> list[str]:
@@ -57,9 +67,18 @@ def evaluate(limits: Sequence[Limit], *, increment: bool = True, raise_unavailab
 
 
 def evaluate_in(
-    state: LocalState, limits: Sequence[Limit], *, increment: bool = True, raise_unavailable: bool = False
+    state: LocalState,
+    limits: Sequence[Limit],
+    *,
+    increment: bool = True,
+    raise_unavailable: bool = False,
+    companion: Companion | None = None,
 ) -> Decision:
-    """``evaluate`` with the process state the caller already holds (the middleware reads it once per request)."""
+    """``evaluate`` with the process state the caller already holds (the middleware reads it once per request).
+
+    ``companion``: another feature's read to send in the same round trip (a pipeline) when the decision needs
+    Redis; it is settled whatever the decision, and left to read on its own when the round trip fails.
+    """
     if not limits:
         return Decision(True)
     now = clock.monotonic()
@@ -75,7 +94,10 @@ def evaluate_in(
     for lim in limits:
         args += lim.wire
     try:
-        raw = redis_backend.call(_FEATURE, lambda r: _SCRIPT(r, redis_keys, args))
+        if companion is None:
+            raw = redis_backend.call(_FEATURE, lambda r: _SCRIPT(r, redis_keys, args))
+        else:
+            raw = redis_backend.call(_FEATURE, lambda r: _with_companion(r, redis_keys, args, companion))
     except RedisUnavailable as exc:
         if raise_unavailable:
             raise
@@ -96,6 +118,20 @@ def evaluate_in(
     if increment:
         _count(results, allowed=allowed)
     return Decision(allowed, results)
+
+
+def _with_companion(r: Any, redis_keys: list[str], args: list[int], companion: Companion) -> Any:
+    """The decision and the companion's read in one pipeline; the decision alone again after a NOSCRIPT."""
+    pipe = r.pipeline(transaction=False)
+    _SCRIPT.queue(pipe, redis_keys, args)
+    companion.queue(pipe)
+    raw, other = pipe.execute(raise_on_error=False)
+    companion.settle(other)
+    if isinstance(raw, NoScriptError):  # first use on this server: EVAL loads it (once)
+        return _SCRIPT(r, redis_keys, args)
+    if isinstance(raw, Exception):
+        raise raw
+    return _SCRIPT.reply(raw)
 
 
 def _results(limits: Sequence[Limit], raw: Any, redis_keys: list[str]) -> tuple[tuple[RuleResult, ...], bool]:

@@ -16,7 +16,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
-from hotcache.ratelimit.core import evaluate_in, refuse_missing
+from hotcache.conf import hotcache_settings
+from hotcache.ratelimit.core import Companion, evaluate_in, refuse_missing
 from hotcache.ratelimit.exceptions import Ratelimited
 from hotcache.ratelimit.headers import set_headers
 from hotcache.ratelimit.limits import Decision
@@ -46,9 +47,23 @@ def _check(request: HttpRequest, state: LocalState) -> Decision:
         return names
 
     limits, refused = limits_for(request, url_names)
-    decision = refuse_missing(limits, refused) if refused else evaluate_in(state, limits)
+    if refused:
+        decision = refuse_missing(limits, refused)
+    else:
+        decision = evaluate_in(state, limits, companion=_companion(request) if limits else None)
     request.ratelimit = decision  # type: ignore[attr-defined]
     return decision
+
+
+def _companion(request: HttpRequest) -> Companion | None:
+    """The request's session-and-user read to send in the decision's round trip (hotcache.sessions.combined)."""
+    if not hotcache_settings.enabled("sessions"):
+        return None
+    try:
+        from hotcache.sessions.combined import companion_for
+    except ImportError:  # django.contrib.sessions absent: no session to read
+        return None
+    return companion_for(request)
 
 
 def _denied_response(decision: Decision, snapshot: Snapshot) -> HttpResponse:

@@ -21,18 +21,32 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from hotcache import metering, recovery, signing
+from hotcache import keys, metering, recovery, signing
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 from hotcache.sessions.entries import FEATURE, Entry, decode, encode, entry_key, version_key
 
-__all__ = ["Lookup", "fill", "invalidate", "log", "pending_invalidations", "publish", "read", "reserve"]
+__all__ = [
+    "Lookup",
+    "UserRead",
+    "fill",
+    "invalidate",
+    "log",
+    "pending_invalidations",
+    "publish",
+    "queue_read_with_user",
+    "read",
+    "read_with_user",
+    "reserve",
+    "settle_read_with_user",
+]
 
 log = logging.getLogger("hotcache.sessions")
 
 _RESERVE = redis_backend.Script("session_reserve")
 _PUBLISH = redis_backend.Script("session_publish")
 _FILL = redis_backend.Script("session_fill")
+_READ_WITH_USER = redis_backend.Script("session_user_read")
 _VERSION_SLACK = 86_400  # the counter outlives its entry by a day, so no in-flight fill or publish sees it vanish
 _REPLAY_BATCH = 500  # owed invalidations per pipeline (one round trip each)
 
@@ -66,6 +80,65 @@ def read(session_key: str) -> Lookup | None:
     entry = decode(session_key, raw) if raw is not None else None
     metering.event(FEATURE, "hit" if entry is not None else "miss")
     return Lookup(entry, version)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRead:
+    """The cached user's raw values read with the session (not yet verified): hotcache.users checks them."""
+
+    uid: str  # the user key part the session entry names (``u``)
+    entry: bytes | None
+    version: bytes | None
+
+
+def read_with_user(session_key: str) -> tuple[Lookup, UserRead | None] | None:
+    """The session and the user its entry names, in one round trip (session_user_read.lua); None when Redis
+    is unavailable. Only for a single server (the user's keys are derived inside the script); callers check
+    ``combined_read_possible()`` first, and use read() while invalidations are owed."""
+    try:
+        raw = redis_backend.call(FEATURE, lambda r: _READ_WITH_USER(r, *_read_with_user_args(session_key)))
+    except RedisUnavailable:
+        metering.event(FEATURE, "fallback")
+        return None
+    return _settle(session_key, raw)
+
+
+def queue_read_with_user(pipe: Any, session_key: str) -> None:
+    """Add the combined read to ``pipe`` (another feature's pipeline); its reply goes to settle_read_with_user()."""
+    _READ_WITH_USER.queue(pipe, *_read_with_user_args(session_key))
+
+
+def settle_read_with_user(session_key: str, raw: Any) -> tuple[Lookup, UserRead | None] | None:
+    """The combined read's pipeline reply (metered under ``sessions``); None when it failed there (NOSCRIPT...)."""
+    if isinstance(raw, Exception):  # a pipeline error in place of the reply (NOSCRIPT): the store reads again
+        return None
+    with metering.feature(FEATURE):
+        return _settle(session_key, _READ_WITH_USER.reply(raw))
+
+
+def combined_read_possible(client: Any) -> bool:
+    """Whether the session-and-user script can run: a single server (Redis Cluster forbids the undeclared keys)."""
+    from redis.cluster import RedisCluster
+
+    return not isinstance(client, RedisCluster)
+
+
+def _read_with_user_args(session_key: str) -> tuple[list[str], list[str]]:
+    return [entry_key(session_key), version_key(session_key)], [keys.prefix()]
+
+
+def _settle(session_key: str, raw: Any) -> tuple[Lookup, UserRead | None]:
+    entry_raw, version, uid, user_entry, user_version = raw
+    entry = decode(session_key, entry_raw) if entry_raw is not None else None
+    metering.event(FEATURE, "hit" if entry is not None else "miss")
+    user = None
+    if entry is not None and uid is not None and entry.user is not None and _text(uid) == entry.user:
+        user = UserRead(entry.user, user_entry, user_version)  # the verified entry names the user that was read
+    return Lookup(entry, version), user
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def fill(session_key: str, version: bytes | None, data: str, expiry_ms: int, user: str | None, ttl: int) -> bool:

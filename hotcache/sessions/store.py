@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
-from hotcache.sessions import cache
+from hotcache.sessions import cache, combined
 from hotcache.sessions.entries import FEATURE, valid_key
 
 __all__ = ["SessionStore"]
@@ -31,6 +31,12 @@ __all__ = ["SessionStore"]
 class SessionStore(DBStore):
     """Django's ``db`` session store, read through hotcache's Redis path and written through to both."""
 
+    # The cached user's raw values read in the session's round trip (None: not read with it); hotcache.users'
+    # get_user() takes them instead of reading again when they are for the session's user.
+    hotcache_user: cache.UserRead | None = None
+    # Set by CachedAuthenticationMiddleware on the request's session: read the user with the session.
+    hotcache_user_wanted = False
+
     # --- reads ---
 
     def load(self) -> dict[str, Any]:
@@ -38,7 +44,7 @@ class SessionStore(DBStore):
         if not valid_key(session_key):
             self._session_key = None  # never a Redis key name, and no row of Django's can have it
             return {}
-        lookup = cache.read(session_key) if self._redis_enabled() else None
+        lookup = self._lookup(session_key) if self._redis_enabled() else None
         if lookup is not None and lookup.entry is not None:
             return self.decode(lookup.entry.data)
         row = self._get_session_from_db()  # type: ignore[attr-defined]  # Django's, not in django-stubs
@@ -49,6 +55,25 @@ class SessionStore(DBStore):
             ttl = self.get_expiry_age(expiry=row.expire_date)
             cache.fill(session_key, lookup.version, row.session_data, _ms(row.expire_date), _user_part(data), ttl)
         return data
+
+    def _lookup(self, session_key: str) -> cache.Lookup | None:
+        """The Redis read: a combined read already made for this request (``prefetch``), else the session alone,
+        or the session and its cached user in one round trip when hotcache.users' middleware will want the user."""
+        prefetched = self.__dict__.pop("_hotcache_prefetched", None)
+        if prefetched is not None and prefetched[0] == session_key:
+            lookup, self.hotcache_user = prefetched[1]
+            return lookup
+        if combined.wanted(self) and not cache.pending_invalidations:
+            found = cache.read_with_user(session_key)
+            if found is None:
+                return None
+            lookup, self.hotcache_user = found
+            return lookup
+        return cache.read(session_key)
+
+    def prefetched(self, session_key: str, found: tuple[cache.Lookup, cache.UserRead | None]) -> None:
+        """Hand this store a combined read made in another feature's round trip (hotcache.combined)."""
+        self._hotcache_prefetched = (session_key, found)
 
     async def aload(self) -> dict[str, Any]:
         return await sync_to_async(self.load)()

@@ -85,13 +85,21 @@ def fill(uid: str, version: bytes | None, user: Any, loader: Codec) -> bool:
     return bool(stored)
 
 
-def lookup(uid: UserId, loader: Codec) -> tuple[Cached | None, Callable[[Any], bool] | None]:
-    """(cached, fill) where fill(user) writes a freshly loaded user back, or is None when Redis is unavailable."""
-    try:
-        raw, version = read(uid.key)
-    except RedisUnavailable:
-        metering.event(FEATURE, "fallback")
-        return None, None
+def lookup(uid: UserId, loader: Codec, prefetched: Any = None) -> tuple[Cached | None, Callable[[Any], bool] | None]:
+    """(cached, fill) where fill(user) writes a freshly loaded user back, or is None when Redis is unavailable.
+
+    ``prefetched``: the user's entry and version already read with the session (``.uid``, ``.entry``,
+    ``.version``; hotcache.sessions.cache.UserRead); used when it is this user's and no invalidation is owed,
+    else the user is read here. Its values are checked exactly as a read's.
+    """
+    if prefetched is not None and prefetched.uid == uid.key and not pending_invalidations:
+        raw, version = prefetched.entry, prefetched.version
+    else:
+        try:
+            raw, version = read(uid.key)
+        except RedisUnavailable:
+            metering.event(FEATURE, "fallback")
+            return None, None
     cached = decode(uid.key, raw, loader) if raw is not None else None
     if cached is not None:
         metering.event(FEATURE, "hit")

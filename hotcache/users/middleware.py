@@ -32,13 +32,17 @@ class CachedAuthenticationMiddleware(AuthenticationMiddleware):
                 "Put 'django.contrib.sessions.middleware.SessionMiddleware' before it in MIDDLEWARE."
             )
             raise ImproperlyConfigured(msg)
+        if hasattr(request.session, "hotcache_user_wanted"):
+            # hotcache.sessions: read this request's user in the session's round trip (docs/sessions.md).
+            request.session.hotcache_user_wanted = True
         request.user = SimpleLazyObject(lambda: _request_user(request))
         request.auser = partial(_arequest_user, request)
 
 
 def _request_user(request: HttpRequest) -> Any:
     if not hasattr(request, "_cached_user"):
-        request._cached_user = get_user(request)
+        # An async view resolved it already (auser()): the same user, not a second read.
+        request._cached_user = getattr(request, "_acached_user", None) or get_user(request)
     return request._cached_user
 
 

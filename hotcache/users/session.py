@@ -57,7 +57,12 @@ def get_user(request: HttpRequest) -> Any:
         return auth.get_user(request)
     can_authenticate = getattr(backend, "user_can_authenticate", lambda u: True)
 
-    cached, fill = cache.lookup(user_id, loader)
+    # With hotcache.sessions, the session's read may have brought this user's entry (one round trip for both).
+    # Used once: a later get_user() in the same request (after a save or an invalidation) reads again.
+    prefetched = getattr(request.session, "hotcache_user", None)
+    if prefetched is not None:
+        request.session.hotcache_user = None
+    cached, fill = cache.lookup(user_id, loader, prefetched)
     if cached is not None:
         if not can_authenticate(cached.user):
             return AnonymousUser()
