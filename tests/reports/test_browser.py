@@ -54,6 +54,9 @@ def workload():
     metering.event("mfa", "verified", 5)
     metering.event("mfa", "failed", 2)
     metering.event("workbench", "fallback", 1)
+    metering.event("sessions", "hit", 45)
+    metering.event("sessions", "miss", 5)
+    metering.event("sessions", "deferred", 2)
     assert metering.flush()
 
 
@@ -123,6 +126,7 @@ def test_admin_reports_in_a_real_browser(live_server, transactional_db, monkeypa
                 "apikeys": ["Keys by use today", "near or at their daily limit today", "revoked and expired keys"],
                 "workbench": ["Persisted sessions in MongoDB", "workbench_history", "Sessions in Redis now"],
                 "analytics": ["Events per hour", "Top events", "Top paths", "Distinct visitors"],
+                "sessions": ["Cache hit ratio", "90.0%", "Database queries avoided", "owed after an outage"],
             }
             for feature in FEATURES:
                 page.goto(f"{live_server.url}/hotcache/reports/{feature}/")
