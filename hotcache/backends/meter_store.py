@@ -77,17 +77,22 @@ class RedisMeterStore:
         """Flush when METER_FLUSH_EVERY commands are buffered (or a minute passed with enough of them)."""
         every = int(hotcache_settings.METER_FLUSH_EVERY)
         if not getattr(self._flushing, "active", False) and metering.meter.due(every):
-            self.flush()
+            self.flush(wait=False)
 
-    def flush(self) -> bool:
+    def flush(self, *, wait: bool = True) -> bool:
+        """Write the buffered counts (after re-sending a flush whose reply was lost); False if Redis did not
+        answer, or (``wait=False``) another thread is flushing: a request thread never waits for the meter."""
         if getattr(self._flushing, "active", False):
             return False
-        with self._write_lock:  # one flush at a time: the writer's tokens must reach Redis in order
-            self._flushing.active = True
-            try:
-                return self._flush()
-            finally:
-                self._flushing.active = False
+        # One flush at a time: the writer's tokens must reach Redis in order.
+        if not self._write_lock.acquire(blocking=wait):
+            return False
+        self._flushing.active = True
+        try:
+            return self._flush()
+        finally:
+            self._flushing.active = False
+            self._write_lock.release()
 
     def _flush(self) -> bool:
         writer = meter_writer()
