@@ -2,7 +2,10 @@
 
 Flush: one EVALSHA (meter_flush.lua) holding every buffered field of every day, plus this process's
 MongoDB pool figures: 3 billed commands (EVALSHA, HGET and HSET of the day's JSON counts), its own cost
-included in what it writes. Read: one pipeline of HGETALL (the daily hashes not cached yet, and the pools
+included in what it writes. Exactly once: each flush carries this process's writer and a rising token, which the
+script records in today's JSON in the same step; a flush whose reply was lost is this writer's doubt
+(hotcache.recovery), re-sent unchanged before anything else, and skipped by the script if it had run.
+Read: one pipeline of HGETALL (the daily hashes not cached yet, and the pools
 hash of versions before pools moved into the daily hash). Installed by HotcacheConfig.ready().
 """
 
@@ -10,15 +13,17 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import itertools
 import json
 import logging
 import os
 import socket
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from hotcache import clock, keys, metering
+from hotcache import clock, keys, metering, recovery
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
@@ -30,14 +35,38 @@ log = logging.getLogger("hotcache.metering")
 _METER_TTL = 40 * 86400  # a little over the 30 days the reports show
 MERGED = "*"  # field of a daily hash holding the day's counts as JSON (meter_flush.lua); no counter is named so
 POOL = "pool:"  # prefix of a daily hash's fields holding a process's MongoDB pool figures (JSON)
+_OWN = ("billed:meter", "cmd:meter", "rt:meter")
+
+
+@dataclass(slots=True)
+class _Doubt:
+    """A flush whose reply was lost: re-sent unchanged (same day keys, token and counts) before the next one."""
+
+    day_keys: list[str]
+    args: list[str]
+    today: str
+
+
+_doubts: recovery.InDoubt[_Doubt] = recovery.InDoubt()
+_tokens = itertools.count(1)  # rising in this process; the writer's nonce is new in a forked child
+
+
+def meter_writer() -> str:
+    """The writer (hotcache.recovery) of this process's meter flushes: one per process, flushes serialised."""
+    return f"{recovery.process_nonce()}:meter"
 
 
 class RedisMeterStore:
     def __init__(self) -> None:
         self._flushing = threading.local()  # a flush's own Redis call must not start another flush
         self._past_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._renew_lock)
         self._past_days: dict[tuple[str, str], tuple[float, Counter[str]]] = {}
         self._script = redis_backend.Script("meter_flush")
+
+    def _renew_lock(self) -> None:
+        self._write_lock = threading.Lock()  # one held by another thread at fork time would stay held
 
     def reset(self) -> None:
         """Forget the cached past days (tests)."""
@@ -48,11 +77,28 @@ class RedisMeterStore:
         """Flush when METER_FLUSH_EVERY commands are buffered (or a minute passed with enough of them)."""
         every = int(hotcache_settings.METER_FLUSH_EVERY)
         if not getattr(self._flushing, "active", False) and metering.meter.due(every):
-            self.flush()
+            self.flush(wait=False)
 
-    def flush(self) -> bool:
+    def flush(self, *, wait: bool = True) -> bool:
+        """Write the buffered counts (after re-sending a flush whose reply was lost); False if Redis did not
+        answer, or (``wait=False``) another thread is flushing: a request thread never waits for the meter."""
         if getattr(self._flushing, "active", False):
             return False
+        # One flush at a time: the writer's tokens must reach Redis in order.
+        if not self._write_lock.acquire(blocking=wait):
+            return False
+        self._flushing.active = True
+        try:
+            return self._flush()
+        finally:
+            self._flushing.active = False
+            self._write_lock.release()
+
+    def _flush(self) -> bool:
+        writer = meter_writer()
+        doubt = _doubts.get(writer)
+        if doubt is not None and not self._send(writer, doubt):
+            return False  # Redis still does not answer: the buffer keeps growing, the doubt waits
         batch = metering.meter.take()
         pool = _pool_report()
         if not batch and pool is None:
@@ -62,24 +108,42 @@ class RedisMeterStore:
         for (day, fld), n in batch.items():
             by_day.setdefault(day, []).extend((_encodable(fld), str(n)))
         day_keys = [keys.tagged("meter", "usage", day) for day in by_day]
-        own = ("billed:meter", "cmd:meter", "rt:meter")
-        args: list[str] = [str(_METER_TTL), str(len(by_day)), MERGED, *own, *(pool or ("", ""))]
+        args: list[str] = [str(_METER_TTL), str(len(by_day)), MERGED, *_OWN, *(pool or ("", ""))]
+        args.extend((writer, str(next(_tokens))))
         for day in by_day:
             args.append(str(len(by_day[day]) // 2))
             args.extend(by_day[day])
-        self._flushing.active = True
+        return self._send(writer, _Doubt(day_keys, args, today), batch)
+
+    def _send(self, writer: str, call: _Doubt, batch: Counter[tuple[str, str]] | None = None) -> bool:
+        """Send one flush (``batch`` given) or re-send ``writer``'s doubt; False if Redis did not answer.
+
+        A lost reply makes the flush the writer's doubt: its counts are not put back (the script may have
+        added them), and the lost attempt's own cost is in Redis if the script ran, billed nowhere if not."""
+        day = clock.utcnow().strftime("%Y%m%d")  # the day the meter counts this call's commands under
         try:
             with metering.self_counted() as sent:
-                written, reset = redis_backend.call("meter", lambda r: self._script(r, day_keys, args))
-        except RedisUnavailable:
-            metering.meter.restore(batch)
+                written, reset, *skipped = redis_backend.call(
+                    "meter", lambda r: self._script(r, call.day_keys, call.args)
+                )
+        except RedisUnavailable as exc:
+            if exc.maybe_applied:
+                sent.subtract({(day, _OWN[0]): 1, (day, _OWN[1]): 1, (day, _OWN[2]): 1})
+                metering.meter.restore(+sent)
+                if batch is not None:
+                    _doubts.add(writer, call)
+                    log.warning("hotcache: reply to a meter flush lost; re-sent before the next flush")
+                return False
+            if batch is not None:
+                metering.meter.restore(batch)
             metering.meter.restore(sent)  # the attempt is billed with the next flush
             return False
-        finally:
-            self._flushing.active = False
+        if batch is None:
+            _doubts.settled(writer, call)
+            metering.event("meter", "in_doubt_replayed" if skipped and int(skipped[0]) else "in_doubt_applied")
         # The script wrote its own EVALSHA, what it ran, one command and one round trip; what the meter saw
         # beyond that (a NOSCRIPT retry's refused EVALSHA) goes out with the next flush.
-        sent.subtract({(today, own[0]): int(written), (today, own[1]): 1, (today, own[2]): 1})
+        sent.subtract({(day, _OWN[0]): int(written), (day, _OWN[1]): 1, (day, _OWN[2]): 1})
         metering.meter.restore(+sent)
         for _ in range(int(reset)):
             log.warning("hotcache: a meter record in Redis was not written by hotcache; reset")

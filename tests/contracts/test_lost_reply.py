@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hotcache import analytics, apikeys, workbench
+from hotcache import analytics, apikeys, metering, workbench
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
@@ -103,3 +103,29 @@ def test_a_call_whose_reply_was_lost_counts_exactly_once(feature, mode, lost_rep
     _reopen_gate(clock)
     feature.call(ctx)  # settles this writer's doubt before anything else
     assert feature.total(ctx, clock) == 5
+
+
+def _stored(field: str) -> int:
+    """``field``'s count for today as the meter's store holds it (this process's unflushed counts aside)."""
+    pending = sum(n for (_, f), n in metering.meter.pending().items() if f == field)
+    return metering.usage(days=1)[0].fields[field] - pending
+
+
+@pytest.mark.parametrize("mode", ["apply", "drop"])
+def test_a_meter_flush_whose_reply_was_lost_counts_exactly_once(mode, lost_reply_proxy, raw_redis, clock):
+    metering.event("contract", "metered", 1)
+    assert metering.flush() is True
+    before = _stored("ev:contract:metered")
+    script = redis_backend.Script("meter_flush")
+    raw_redis.script_load(script.body)
+    lost_reply_proxy.arm(script.sha.encode(), mode)
+    metering.event("contract", "metered", 5)
+    assert metering.flush() is False  # Redis added the batch or never saw it; the meter cannot tell
+    assert lost_reply_proxy.lost == [mode]
+    metering.event("contract", "metered", 7)  # metered while the flush is in doubt
+    _reopen_gate(clock)
+    assert metering.flush() is True  # re-sends the flush in doubt first, then this one
+    assert metering.flush() is True  # nothing in doubt any more: nothing is sent twice
+    assert _stored("ev:contract:metered") - before == 12
+    replayed = "ev:meter:in_doubt_replayed" if mode == "apply" else "ev:meter:in_doubt_applied"
+    assert metering.snapshot()[replayed] == 1

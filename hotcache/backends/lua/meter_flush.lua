@@ -4,8 +4,12 @@
 -- KEYS[1..n]: <prefix>:{meter:usage}:<YYYYMMDD>, KEYS[1] today's (it also gets this flush's own cost)
 -- ARGV[1] ttl seconds, ARGV[2] n, ARGV[3] the JSON field, ARGV[4..6] this flush's billed, command and round-trip
 -- fields (billed:meter, cmd:meter, rt:meter), ARGV[7] this process's pool field ('' = none), ARGV[8] its JSON
--- figures; then for each day key: m, followed by m (field, increment) pairs.
--- Returns {billed commands this flush wrote for itself (EVALSHA included), records reset as not hotcache's}
+-- figures, ARGV[9] this process's meter writer, ARGV[10] this flush's token (a number rising per writer); then
+-- for each day key: m, followed by m (field, increment) pairs.
+-- Exactly once (docs/design/lost-replies.md): today's JSON keeps, under "~w", each writer's last applied token. A
+-- flush re-sent after a lost reply whose token is already there adds only its own cost (HSET of today alone).
+-- Returns {billed commands this flush wrote for itself (EVALSHA included), records reset as not hotcache's,
+-- 1 if the batch had already been applied (skipped) else 0}
 local ttl = tonumber(ARGV[1])
 local days = tonumber(ARGV[2])
 local ran, reset = 0, 0
@@ -32,8 +36,19 @@ for i = 1, days do
   counts[i] = t
   new[i] = not raw
 end
-local pos = 9
-for i = 1, days do
+local writer, token = ARGV[9], tonumber(ARGV[10])
+local applied = type(counts[1]['~w']) == 'table' and (tonumber(counts[1]['~w'][writer]) or 0) >= token
+if type(counts[1]['~w']) ~= 'table' then
+  counts[1]['~w'] = {}
+end
+local written = days
+if applied then
+  written = 1
+else
+  counts[1]['~w'][writer] = token
+end
+local pos = 11
+for i = 1, (applied and 0 or days) do
   local t = counts[i]
   local m = tonumber(ARGV[pos])
   pos = pos + 1
@@ -42,10 +57,10 @@ for i = 1, days do
     pos = pos + 2
   end
 end
--- This flush's own cost, counted before it is written: EVALSHA, what ran so far, an HSET per day, an EXPIRE
--- per new day.
-local own = 1 + ran + days
-for i = 1, days do
+-- This flush's own cost, counted before it is written: EVALSHA, what ran so far, an HSET per day written, an
+-- EXPIRE per new day written.
+local own = 1 + ran + written
+for i = 1, written do
   if new[i] then
     own = own + 1
   end
@@ -54,7 +69,7 @@ local t = counts[1]
 t[ARGV[4]] = (tonumber(t[ARGV[4]]) or 0) + own
 t[ARGV[5]] = (tonumber(t[ARGV[5]]) or 0) + 1
 t[ARGV[6]] = (tonumber(t[ARGV[6]]) or 0) + 1
-for i = 1, days do
+for i = 1, written do
   if i == 1 and ARGV[7] ~= '' then
     redis.call('HSET', KEYS[i], ARGV[3], cjson.encode(counts[i]), ARGV[7], ARGV[8])
   else
@@ -64,4 +79,4 @@ for i = 1, days do
     redis.call('EXPIRE', KEYS[i], ttl)
   end
 end
-return {own, reset}
+return {own, reset, applied and 1 or 0}
