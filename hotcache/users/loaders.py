@@ -45,7 +45,7 @@ class UserLoader:
         """Whether ``backend.get_user(pk)`` is "load(pk), then user_can_authenticate()" for this loader."""
         raise NotImplementedError
 
-    def cached_fields(self) -> list[models.Field]:
+    def cached_fields(self) -> list[models.Field[Any, Any]]:
         return [f for f in self.model._meta.concrete_fields if f.attname not in self.uncached_fields]
 
     def dump(self, user: Any) -> dict[str, Any]:
@@ -79,7 +79,7 @@ class DjangoUserLoader(UserLoader):
         model = self.model
         try:
             return model._default_manager.get(pk=user_id)
-        except model.DoesNotExist:
+        except model.DoesNotExist:  # type: ignore[attr-defined]  # the user model is concrete; the stubs' Model is not
             return None
 
     def handles(self, backend: Any) -> bool:
