@@ -195,7 +195,7 @@ def _make_state(url: str) -> _State:
     stats = PoolStats(max_pool_size=int(hotcache_settings.MONGO_MAX_POOL_SIZE))
     # One monitoring connection per process with "poll" (the default) instead of two: the connection budget
     # is processes x (monitoring + pool). An option written in the URL wins.
-    monitoring = (
+    monitoring: dict[str, Any] = (
         {} if "servermonitoringmode=" in urlsplit(url).query.lower()
         else {"serverMonitoringMode": str(hotcache_settings.MONGO_SERVER_MONITORING_MODE)}
     )
@@ -501,7 +501,8 @@ class _SharedReads:
                 flight = self._flights[marker] = concurrent.futures.Future()
         if not leader:
             metering.event(feature, "mongo_read_shared")  # a query not sent
-            return copy.deepcopy(flight.result())  # each caller its own document, as if it had read it
+            shared: T = copy.deepcopy(flight.result())  # each caller its own document, as if it had read it
+            return shared
         try:
             value = read()
         except BaseException as exc:

@@ -346,7 +346,8 @@ def _read_session(keys_: list[str], now: float, session_id: str) -> Any:
         pipe = r.pipeline(transaction=False)
         pipe.get(fence_key)
         pipe.hmget(data, "s", "m", "k", "t")
-        return pipe.execute(raise_on_error=False)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
 
     fence, row = redis_backend.call(FEATURE, read)
     if isinstance(row, Exception):
