@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.conf import settings as django_settings
 
@@ -160,7 +160,7 @@ class HotcacheSettings:
         source = getattr(django_settings, "HOTCACHE", None)
         if self._derived_source is source:
             try:
-                return self._derived[name]
+                return cast(T, self._derived[name])  # stored by build() for this name
             except KeyError:
                 pass
         value = build()
@@ -171,7 +171,7 @@ class HotcacheSettings:
                 self._derived = {}
             # Two threads building at once: the first stored value wins, so state another thread already
             # holds (a deny cache, a local limiter) is never replaced by a second, empty copy.
-            return self._derived.setdefault(name, value)
+            return cast(T, self._derived.setdefault(name, value))
 
     def reload(self) -> None:
         """Forget every derived value (settings changed)."""

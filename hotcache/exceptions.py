@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackendUnavailable",
     "DuplicateKey",
@@ -77,7 +79,7 @@ class SyncIncomplete(HotcacheError):
     non-zero. ``outcome`` holds the run's figures as a dict. What the run did not move stays queued: rerun.
     """
 
-    def __init__(self, message: str, outcome: dict | None = None) -> None:
+    def __init__(self, message: str, outcome: dict[str, Any] | None = None) -> None:
         super().__init__(message, outcome)  # both in args: Celery's result backend rebuilds it from them
         self.message = message
         self.outcome = outcome or {}

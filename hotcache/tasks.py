@@ -46,7 +46,7 @@ def _outcome(outcome: dict[str, Any], why_stopped: str) -> dict[str, Any]:
 
 
 @shared_task(name="hotcache.tasks.sync_apikey_usage", ignore_result=False, **RETRY_POLICY)
-def sync_apikey_usage(days: int = 2) -> dict:
+def sync_apikey_usage(days: int = 2) -> dict[str, Any]:
     """Copy API keys' daily Redis counters into MongoDB (idempotent; beat runs it every 10 minutes)."""
     import dataclasses
 
@@ -60,7 +60,7 @@ def sync_apikey_usage(days: int = 2) -> dict:
 
 
 @shared_task(name="hotcache.tasks.persist_workbench_sessions", ignore_result=False, **RETRY_POLICY)
-def persist_workbench_sessions() -> dict:
+def persist_workbench_sessions() -> dict[str, Any]:
     """Move ended and abandoned workbench sessions into MongoDB history (safe to overlap and to rerun)."""
     from hotcache import workbench
 
@@ -72,7 +72,7 @@ def persist_workbench_sessions() -> dict:
 
 
 @shared_task(name="hotcache.tasks.sync_analytics", ignore_result=False, **RETRY_POLICY)
-def sync_analytics(include_current_hour: bool = False) -> dict:
+def sync_analytics(include_current_hour: bool = False) -> dict[str, Any]:
     """Move analytics counters to MongoDB exactly once; safe to run twice or redelivered (claim/apply/release)."""
     from hotcache import analytics
 

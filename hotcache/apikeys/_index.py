@@ -46,7 +46,7 @@ def tombstone_ttl() -> int:
 def replies(pipe: Any) -> list[Any]:
     """Run a pipeline. A WRONGTYPE reply (someone replaced a key by another type) stays in the list as the
     error, for the caller to treat as absent; any other error is raised (call() translates it)."""
-    out = pipe.execute(raise_on_error=False)
+    out: list[Any] = pipe.execute(raise_on_error=False)
     for reply in out:
         if isinstance(reply, Exception) and not str(reply).startswith("WRONGTYPE"):
             raise reply

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.commands.policies import (
+from redis.commands.policies import (  # type: ignore[attr-defined]  # redis-py re-exports them without __all__
     BasePolicyResolver,
     CommandPolicies,
     PolicyResolver,
@@ -100,7 +100,7 @@ class HotcacheCluster(RedisCluster):
     on to ClusterPipeline; tests/cluster/test_pipelines.py counts the round trips, so a change shows)."""
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
-        pipe = super().pipeline(transaction, shard_hint)
+        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]  # unannotated in redis-py
         pipe._policy_resolver = self._policy_resolver
         return pipe
 

@@ -171,7 +171,8 @@ class RedisMeterStore:
             for d in to_read:
                 pipe.hgetall(keys.tagged("meter", "usage", d))
             pipe.hgetall(pools_key)
-            return pipe.execute()
+            replies: list[Any] = pipe.execute()
+            return replies
 
         try:
             *rows, raw_pools = redis_backend.call(feature, fetch)

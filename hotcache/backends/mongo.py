@@ -195,11 +195,11 @@ def _make_state(url: str) -> _State:
     stats = PoolStats(max_pool_size=int(hotcache_settings.MONGO_MAX_POOL_SIZE))
     # One monitoring connection per process with "poll" (the default) instead of two: the connection budget
     # is processes x (monitoring + pool). An option written in the URL wins.
-    monitoring = (
+    monitoring: dict[str, Any] = (
         {} if "servermonitoringmode=" in urlsplit(url).query.lower()
         else {"serverMonitoringMode": str(hotcache_settings.MONGO_SERVER_MONITORING_MODE)}
     )
-    client = pymongo.MongoClient(
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         url,
         **monitoring,
         maxPoolSize=int(hotcache_settings.MONGO_MAX_POOL_SIZE),
@@ -346,15 +346,17 @@ class Collection:
         self.name = name
         self.feature = feature
 
-    def _raw(self) -> Any:
-        return _current().client[database_name()][self.name]
+    def _raw(self) -> pymongo.collection.Collection[dict[str, Any]]:
+        # A pymongo collection, or mongomock's (the in-process stand-in), which has the same interface.
+        collection: pymongo.collection.Collection[dict[str, Any]] = _current().client[database_name()][self.name]
+        return collection
 
     def insert_one(self, document: Mapping[str, Any]) -> Any:
         return _run(self.feature, lambda: self._raw().insert_one(dict(document)).inserted_id)
 
     def find_one(
         self, filter: Mapping[str, Any], projection: Mapping[str, Any] | None = None, *, shared: bool = False
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """``shared``: a call made while the same query of this process is in flight waits for that one's
         answer instead of sending its own (a cold start's herd of misses for one key would otherwise take a
         pooled connection each). Only for reads whose caller tolerates an answer read just before its call
@@ -371,8 +373,8 @@ class Collection:
         sort: Sequence[tuple[str, int]] | None = None,
         limit: int = 0,
         projection: Mapping[str, Any] | None = None,
-    ) -> list[dict]:
-        def op() -> list[dict]:
+    ) -> list[dict[str, Any]]:
+        def op() -> list[dict[str, Any]]:
             cursor = self._raw().find(dict(filter), projection)
             if sort:
                 cursor = cursor.sort(list(sort))
@@ -385,7 +387,7 @@ class Collection:
     def count(self, filter: Mapping[str, Any]) -> int:
         return _run(self.feature, lambda: self._raw().count_documents(dict(filter)))
 
-    def aggregate(self, pipeline: Sequence[Mapping[str, Any]]) -> list[dict]:
+    def aggregate(self, pipeline: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return _run(self.feature, lambda: list(self._raw().aggregate([dict(s) for s in pipeline])))
 
     def update_one(self, filter: Mapping[str, Any], update: Mapping[str, Any], *, upsert: bool = False) -> int:
@@ -406,7 +408,7 @@ class Collection:
         return_new: bool = True,
         projection: Mapping[str, Any] | None = None,
         sort: Sequence[tuple[str, int]] | None = None,
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         document = pymongo.ReturnDocument.AFTER if return_new else pymongo.ReturnDocument.BEFORE
         return _run(
             self.feature,
@@ -416,7 +418,7 @@ class Collection:
             ),
         )
 
-    def find_one_and_delete(self, filter: Mapping[str, Any]) -> dict | None:
+    def find_one_and_delete(self, filter: Mapping[str, Any]) -> dict[str, Any] | None:
         return _run(self.feature, lambda: self._raw().find_one_and_delete(dict(filter)))
 
     def delete_one(self, filter: Mapping[str, Any]) -> int:
@@ -475,7 +477,7 @@ class Collection:
             options["name"] = name
         return _run(self.feature, lambda: self._raw().create_index(list(keys), **options))
 
-    def index_information(self) -> dict[str, Any]:
+    def index_information(self) -> Mapping[str, Any]:
         return _run(self.feature, lambda: self._raw().index_information())
 
 
@@ -499,7 +501,8 @@ class _SharedReads:
                 flight = self._flights[marker] = concurrent.futures.Future()
         if not leader:
             metering.event(feature, "mongo_read_shared")  # a query not sent
-            return copy.deepcopy(flight.result())  # each caller its own document, as if it had read it
+            shared: T = copy.deepcopy(flight.result())  # each caller its own document, as if it had read it
+            return shared
         try:
             value = read()
         except BaseException as exc:
@@ -526,7 +529,7 @@ def collection(name: str, *, feature: str) -> Collection:
     return coll
 
 
-def ensure_indexes(name: str, *, feature: str, create: Callable[[Collection], None]) -> Collection:
+def ensure_indexes(name: str, *, feature: str, create: Callable[[Collection], object]) -> Collection:
     """Run ``create`` (index creation) once per process, database and collection; return the collection.
 
     Single-flight: the threads of a process that starts under load wait for one creation instead of each

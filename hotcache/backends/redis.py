@@ -60,7 +60,7 @@ _clients: dict[tuple[str, str, bool, int], redis.Redis] = {}
 def _metered_class(base: type) -> type:
     """A subclass of the alias's connection class that counts commands and round trips as they are sent."""
 
-    class Metered(base):  # type: ignore[misc, valid-type]
+    class Metered(base):  # type: ignore[misc]  # a base class known at run time only
         def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
             # Once bytes are on the wire, a failure to read the reply leaves the outcome unknown.
             _wire.sent = False

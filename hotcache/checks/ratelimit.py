@@ -174,7 +174,7 @@ def check_django_ratelimit_settings(app_configs: Any = None, **kwargs: Any) -> l
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
             error(name, "is not a prefix length", f"Use a whole number from 0 to {top}.")
     if hasattr(settings, "RATELIMIT_VIEW"):
-        view = settings.RATELIMIT_VIEW
+        view = getattr(settings, "RATELIMIT_VIEW", None)  # the project's settings, unknown to the stubs' plugin
         if not isinstance(view, str) or not view:
             error("RATELIMIT_VIEW", "is not a dotted path", "Give the dotted path of a view (request, exception).")
         elif (found := imported("RATELIMIT_VIEW")) is not _MISSING and not callable(found):

@@ -139,7 +139,7 @@ def verify(
     return VerifyResult(False, Reason.INVALID, attempts_left=left, store="mongodb")
 
 
-def _count_failure(coll: mongo.Collection, doc: dict, now_ms: int, conf: Limits) -> None:
+def _count_failure(coll: mongo.Collection, doc: dict[str, Any], now_ms: int, conf: Limits) -> None:
     now = _at(now_ms)
     reset_at = doc.get("fails_reset_at")
     if reset_at is not None and reset_at > now:
@@ -157,7 +157,7 @@ def _count_failure(coll: mongo.Collection, doc: dict, now_ms: int, conf: Limits)
         coll.update_one({"_id": doc["_id"]}, {"$inc": {"fails": 1}})
 
 
-def _refusal(doc: dict | None, now: dt.datetime, conf: Limits) -> VerifyResult:
+def _refusal(doc: dict[str, Any] | None, now: dt.datetime, conf: Limits) -> VerifyResult:
     """Why the MongoDB fallback found no usable code (Redis is down, so MongoDB's answer is the answer)."""
     if doc is None:
         return VerifyResult(False, Reason.EXPIRED_OR_MISSING, store="mongodb")

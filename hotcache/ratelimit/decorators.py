@@ -25,7 +25,8 @@ def _exception(usage: dict[str, Any] | None) -> Exception:
         cls = import_string(cls)
     if isinstance(cls, type) and issubclass(cls, Ratelimited):
         return cls(retry_after=usage["retry_after"], decision=usage["decision"]) if usage else cls()
-    return cls()
+    exception: Exception = cls()
+    return exception
 
 
 def ratelimit(

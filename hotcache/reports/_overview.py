@@ -244,7 +244,8 @@ def _server_info(redis_ok: bool) -> dict[str, Any]:
         pipe = r.pipeline(transaction=False)
         for section in _INFO_SECTIONS:
             pipe.info(section)
-        return pipe.execute(raise_on_error=False)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
 
     try:
         replies = redis_backend.call("status", read)

@@ -39,7 +39,7 @@ def _days_param(request: HttpRequest) -> int:
 
 
 def _nav(current: str) -> list[dict[str, Any]]:
-    items = [{"key": "overview", "title": "Overview", "url": reverse("hotcache:reports")}]
+    items: list[dict[str, Any]] = [{"key": "overview", "title": "Overview", "url": reverse("hotcache:reports")}]
     for feature in FEATURES:
         if hotcache_settings.enabled(feature):
             items.append(

@@ -25,7 +25,7 @@ def bar_chart(chart: Chart, *, time_series: bool = True) -> dict[str, Any]:
     totals = [sum(values[i] for _, values in chart.series) for i in range(len(chart.labels))]
     peak = max([*totals, 0])
     # The budget line is drawn when it is on a readable scale; far above the bars it would flatten them.
-    show_limit = bool(chart.limit) and chart.limit <= max(peak, 1) * 4
+    show_limit = bool(chart.limit and chart.limit <= max(peak, 1) * 4)
     top = max(peak, chart.limit if show_limit and chart.limit else 0, 1) * 1.1
     plot_w, plot_h = _W - _PAD_L - 8, _H - _PAD_B - _PAD_T
     slot = plot_w / n

@@ -61,6 +61,7 @@ class SessionStore(DBStore):
         or the session and its cached user in one round trip when hotcache.users' middleware will want the user."""
         prefetched = self.__dict__.pop("_hotcache_prefetched", None)
         if prefetched is not None and prefetched[0] == session_key:
+            lookup: cache.Lookup | None
             lookup, self.hotcache_user = prefetched[1]
             return lookup
         if combined.wanted(self) and not cache.pending_invalidations:

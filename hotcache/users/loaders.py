@@ -45,7 +45,7 @@ class UserLoader:
         """Whether ``backend.get_user(pk)`` is "load(pk), then user_can_authenticate()" for this loader."""
         raise NotImplementedError
 
-    def cached_fields(self) -> list[models.Field]:
+    def cached_fields(self) -> list[models.Field[Any, Any]]:
         return [f for f in self.model._meta.concrete_fields if f.attname not in self.uncached_fields]
 
     def dump(self, user: Any) -> dict[str, Any]:
@@ -79,7 +79,7 @@ class DjangoUserLoader(UserLoader):
         model = self.model
         try:
             return model._default_manager.get(pk=user_id)
-        except model.DoesNotExist:
+        except model.DoesNotExist:  # type: ignore[attr-defined]  # the user model is concrete; the stubs' Model is not
             return None
 
     def handles(self, backend: Any) -> bool:
@@ -166,7 +166,7 @@ class MongoUserBackend(ModelBackend):
     def authenticate(
         self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any
     ) -> Any | None:
-        from django.contrib.auth.hashers import check_password
+        from django.contrib.auth.hashers import check_password, make_password
 
         model = auth.get_user_model()
         if username is None:
@@ -176,7 +176,7 @@ class MongoUserBackend(ModelBackend):
         loader = MongoUserLoader()
         doc = loader._collection().find_one({model.USERNAME_FIELD: username})
         if doc is None:
-            check_password(password, None)  # same work as a wrong password (timing)
+            make_password(password)  # the hasher's work, as for a wrong password (timing), as ModelBackend does
             return None
         user = loader.from_document(doc)
         # hashers.check_password, not user.check_password: the latter would upgrade the hash through the ORM.

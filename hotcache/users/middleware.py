@@ -35,15 +35,18 @@ class CachedAuthenticationMiddleware(AuthenticationMiddleware):
         if hasattr(request.session, "hotcache_user_wanted"):
             # hotcache.sessions: read this request's user in the session's round trip (docs/sessions.md).
             request.session.hotcache_user_wanted = True
-        request.user = SimpleLazyObject(lambda: _request_user(request))
+        # A lazy proxy for the user, as Django's AuthenticationMiddleware sets; the stubs type the attribute as a user.
+        request.user = SimpleLazyObject(lambda: _request_user(request))  # type: ignore[assignment]
         request.auser = partial(_arequest_user, request)
 
 
+# _cached_user and _acached_user are the memo attributes Django's own auth middleware sets on the request; the
+# stubs do not declare them.
 def _request_user(request: HttpRequest) -> Any:
     if not hasattr(request, "_cached_user"):
         # An async view resolved it already (auser()): the same user, not a second read.
-        request._cached_user = getattr(request, "_acached_user", None) or get_user(request)
-    return request._cached_user
+        request._cached_user = getattr(request, "_acached_user", None) or get_user(request)  # type: ignore[attr-defined]
+    return request._cached_user  # type: ignore[attr-defined]
 
 
 async def _arequest_user(request: HttpRequest) -> Any:
@@ -51,5 +54,5 @@ async def _arequest_user(request: HttpRequest) -> Any:
         return request._cached_user
     if not hasattr(request, "_acached_user"):
         # Redis and the session store are used synchronously; one hop to the sync thread per request.
-        request._acached_user = await sync_to_async(get_user)(request)
-    return request._acached_user
+        request._acached_user = await sync_to_async(get_user)(request)  # type: ignore[attr-defined]
+    return request._acached_user  # type: ignore[attr-defined]

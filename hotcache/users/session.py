@@ -61,7 +61,7 @@ def get_user(request: HttpRequest) -> Any:
     # Used once: a later get_user() in the same request (after a save or an invalidation) reads again.
     prefetched = getattr(request.session, "hotcache_user", None)
     if prefetched is not None:
-        request.session.hotcache_user = None
+        request.session.hotcache_user = None  # type: ignore[attr-defined]  # hotcache.sessions' store has it
     cached, fill = cache.lookup(user_id, loader, prefetched)
     if cached is not None:
         if not can_authenticate(cached.user):

@@ -5,11 +5,12 @@ connect() is called from hotcache.signals.connect_signals() (HotcacheConfig.read
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import auth
 from django.core.exceptions import FieldDoesNotExist
 from django.db import router
+from django.db.models import ManyToManyRel
 
 from hotcache.exceptions import InvalidName
 from hotcache.users import entries
@@ -28,7 +29,8 @@ def connect() -> None:
     post_delete.connect(_on_user_deleted, sender=user, dispatch_uid="hotcache.users.deleted")
     for name in ("groups", "user_permissions"):
         try:
-            through = user._meta.get_field(name).remote_field.through
+            # groups and user_permissions are PermissionsMixin's many-to-many fields
+            through = cast(ManyToManyRel, user._meta.get_field(name).remote_field).through
         except FieldDoesNotExist:  # a custom user model without PermissionsMixin
             continue
         m2m_changed.connect(_on_m2m_changed, sender=through, dispatch_uid=f"hotcache.users.m2m.{name}")
@@ -64,9 +66,10 @@ def _on_m2m_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_s
 def _reverse_accessor(through: Any, user_model: Any) -> str:
     user = auth.get_user_model()
     for name in ("groups", "user_permissions"):
-        field = user._meta.get_field(name)
-        if field.remote_field.through is through:
-            return field.remote_field.get_accessor_name()
+        rel = cast(ManyToManyRel, user._meta.get_field(name).remote_field)
+        accessor = rel.get_accessor_name()
+        if rel.through is through and accessor is not None:
+            return accessor
     msg = f"{through} is not a user m2m table"
     raise LookupError(msg)
 

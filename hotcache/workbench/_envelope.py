@@ -138,7 +138,8 @@ def _read_envelopes(session_ids: list[str]) -> list[bytes]:
         for session_id in session_ids:
             pipe.hget(_data_key(session_id), "m")
             pipe.exists(_data_key(session_id))
-        return pipe.execute(raise_on_error=False)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
 
     replies = redis_backend.call(FEATURE, run)
     return [_observed(m, exists) for m, exists in zip(replies[0::2], replies[1::2], strict=True)]

@@ -47,7 +47,7 @@ def _fresh_doc(
     tomb: Mapping[str, Any] | None,
     token: str,
     in_redis: bool,
-) -> dict:
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "_id": session_id,
         "version": 1,

@@ -53,7 +53,8 @@ def _current_fence() -> str:
     def read(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
         pipe.get(key)
-        return pipe.execute(raise_on_error=False)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
 
     try:
         [raw] = redis_backend.call(FEATURE, read)

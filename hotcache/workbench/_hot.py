@@ -4,6 +4,7 @@ save in workbench_active, and counts(). Redis unreachable: the calls go to _fall
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ def _redis_save(
         fence = _fence_args()
         args = [text, base, following.raw if following else _NONE, repr(now), ttl, session_id]
         args += [fence.value, fence.ttl, create.raw if create else _NONE, refresh]
-        out = redis_backend.call(FEATURE, lambda r, a=args: _SAVE(r, keys_, a))
+        out = redis_backend.call(FEATURE, functools.partial(_SAVE, keys=keys_, args=args))
         _fence_sent(fence)
         status = int(out[0])
         written = following if status == 1 else create if status == 2 else None
@@ -345,7 +346,8 @@ def _read_session(keys_: list[str], now: float, session_id: str) -> Any:
         pipe = r.pipeline(transaction=False)
         pipe.get(fence_key)
         pipe.hmget(data, "s", "m", "k", "t")
-        return pipe.execute(raise_on_error=False)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
 
     fence, row = redis_backend.call(FEATURE, read)
     if isinstance(row, Exception):
@@ -405,7 +407,7 @@ def end(session_id: str) -> bool:
         for attempt in range(3):
             fence = _fence_args()
             end_args = [*args, fence.value, fence.ttl, record]
-            out = redis_backend.call(FEATURE, lambda r, a=end_args: _END(r, keys_, a))
+            out = redis_backend.call(FEATURE, functools.partial(_END, keys=keys_, args=end_args))
             _fence_sent(fence)
             status = int(out[0])
             observed = _observed(out[1]) if len(out) > 1 else _NONE
@@ -457,7 +459,8 @@ def counts() -> SessionCounts:
         pipe.zcount(_index_key(), "-inf", stale)
         pipe.zcard(_ended_queue())
         pipe.zcard(_claims_key())
-        return pipe.execute()
+        replies: list[Any] = pipe.execute()
+        return replies
 
     active, idle, ended, claimed = (int(n) for n in redis_backend.call(FEATURE, read))
     return SessionCounts(active=active, idle=idle, ended=ended, claimed=claimed)

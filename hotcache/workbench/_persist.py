@@ -105,7 +105,8 @@ def _read(claimed: list[_Claimed]) -> None:
         for c in readable:
             pipe.hgetall(c.key)
             pipe.expire(c.key, ended_ttl if c.kind == "e" else idle_ttl)
-        return pipe.execute(raise_on_error=False)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
 
     replies = redis_backend.call(FEATURE, run)
     for c, raw in zip(readable, replies[0::2], strict=True):
@@ -263,7 +264,7 @@ def _sweep_active(result: PersistResult, limit: int, max_batches: int) -> None:
             return
 
 
-def _live_in_redis(docs: list[dict]) -> set[str]:
+def _live_in_redis(docs: list[dict[str, Any]]) -> set[str]:
     """Ids whose document's incarnation (token) Redis holds now, verified (one pipeline). Redis down: durable
     copies count as live (they are Redis's; the next run decides), outage copies as not."""
 
@@ -347,7 +348,8 @@ def _repair_shared_keys() -> int:
         pipe = r.pipeline(transaction=False)
         for key in expected:
             pipe.type(key)
-        return pipe.execute()
+        replies: list[Any] = pipe.execute()
+        return replies
 
     try:
         found = redis_backend.call(FEATURE, types)
@@ -374,7 +376,8 @@ def _pending() -> dict[str, int]:
         pipe.zcard(_ended_queue())
         pipe.zcount(_index_key(), "-inf", repr(idle_cutoff))
         pipe.zcount(_claims_key(), "-inf", repr(stale_cutoff))
-        return pipe.execute()
+        replies: list[Any] = pipe.execute()
+        return replies
 
     try:
         ended, idle, stale = redis_backend.call(FEATURE, run)

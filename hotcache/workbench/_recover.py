@@ -5,6 +5,7 @@ See docs/workbench.md#recovery-after-an-outage.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -119,7 +120,7 @@ def _reconcile(
     for action, seen, src in _plan(doc, current, observed, tampered):
         args = _reconcile_args(action, fence, seen, src, session_id)
         try:
-            changed = bool(redis_backend.call(FEATURE, lambda r, a=args: _RECONCILE(r, keys_, a))) or changed
+            changed = bool(redis_backend.call(FEATURE, functools.partial(_RECONCILE, keys=keys_, args=args))) or changed
         except RedisUnavailable:
             if doc is None or doc.get("ended"):
                 return hot
@@ -183,7 +184,7 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
                 _tampered(d["_id"], observed)
             plans.append((d, _plan(d, current, observed, tampered)))
 
-        def apply(r: Any, batch: list = plans) -> list[Any]:
+        def apply(r: Any, batch: list[Any] = plans) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for d, actions in batch:
                 for action, seen, src in actions:

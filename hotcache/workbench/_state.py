@@ -117,7 +117,7 @@ def _encode_state(state: object) -> str:
     return text
 
 
-def _owner_refused(current: str | None, owner: str | None, expected_owner: Any) -> bool:
+def _owner_refused(current: str | None, owner: str | None, expected_owner: object) -> bool:
     """The owner rule: a save may not change the owner unless it names the current one in expected_owner."""
     if expected_owner is not _ANY:
         return expected_owner != current

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.contrib.auth import get_user_model
+from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.test import AsyncClient, Client
@@ -229,6 +229,13 @@ def test_a_password_changed_on_a_cached_user_is_saved_and_checked(store):
     cached.set_password("pw-2")
     cached.save()
     assert store.get(user.pk).check_password("pw-2")
+
+
+def test_login_with_a_password_takes_the_right_one_and_refuses_a_wrong_one_or_an_unknown_username(store):
+    store.create(username="alice", password="pw-1")
+    assert authenticate(username="alice", password="pw-1").username == "alice"
+    assert authenticate(username="alice", password="pw-2") is None
+    assert authenticate(username="nobody", password="pw-1") is None
 
 
 def test_redis_outage_mid_test_keeps_requests_working_and_refills_after_recovery(

@@ -93,7 +93,7 @@ def _cluster_state() -> dict[str, Any]:
         mismatch = redis_backend.cluster_mode_mismatch()
         return {} if mismatch is None else {"ok": False, "error": mismatch}
     try:
-        state = redis_backend.call("status", cluster.describe)
+        state = redis_backend.call("status", cluster.describe)  # type: ignore[arg-type]  # REDIS_CLUSTER: a RedisCluster
     except BackendUnavailable as exc:
         return {"ok": False, "error": f"could not read the cluster's nodes (CLUSTER SHARDS): {exc}"}
     out: dict[str, Any] = {"cluster": state.as_dict()}

@@ -116,7 +116,7 @@ def _apikeys_detail(days: int) -> list[Section]:
             "Revoked and expired keys",
             ["Key", "Name", "Owner", "Status", "Since (UTC)"],
             [[k.prefix, k.name, k.owner, status(k),
-              (k.revoked_at or k.expires_at).strftime("%Y-%m-%d %H:%M")] for k in gone],
+              (k.revoked_at or k.expires_at or now).strftime("%Y-%m-%d %H:%M")] for k in gone],
             empty="No revoked or expired keys.",
         ),
     ]

@@ -4,7 +4,7 @@ decisions, and allowed/denied per rule, from the meter. See docs/reports.md#per-
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hotcache.reports._figures import Chart, Figure, Section, ratio
 from hotcache.reports._registry import register_figures
@@ -31,7 +31,7 @@ def _figures(s: FeatureSummary, totals: Counter[str]) -> None:
         ),
     ]
     rules = sorted({e.split(":", 1)[1] for e in totals if e.startswith(("allowed:", "denied:"))})
-    rows = [
+    rows: list[list[Any]] = [
         [
             rule,
             totals[f"allowed:{rule}"],
