@@ -1,0 +1,160 @@
+"""The background writer of durable copies (WORKBENCH_DURABLE_INTERVAL > 0, the default): saves cost no MongoDB
+operation on the request path; each process writes the newest version of each session in one bulk per interval,
+at exit, and before it uses workbench_active itself (a Redis outage). Real Redis; the stand-in and a real server.
+The daemon's timing is not tested here (no sleeps): the clock is frozen and the writer is driven by its flush.
+"""
+
+import atexit
+import os
+import threading
+
+import pytest
+
+from hotcache import workbench
+from hotcache.backends import mongo
+from hotcache.checks import check_workbench
+from hotcache.testing import count_redis, new_process
+from hotcache.workbench._durable import writer
+
+pytestmark = pytest.mark.mongo_contract
+
+
+@pytest.fixture(autouse=True)
+def _clean(raw_redis, key_prefix, clock):
+    for key in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"):
+        raw_redis.unlink(key)
+    new_process()
+    yield
+    writer.clear()
+
+
+def active(session_id):
+    return mongo.collection(workbench.ACTIVE, feature="test").find_one({"_id": session_id})
+
+
+def test_saves_of_one_session_in_an_interval_are_one_mongodb_write_of_the_last_version():
+    workbench.save("warm", {})
+    workbench.flush_durable()  # workbench_active's indexes are created on first use
+    with count_redis() as c:
+        for n in range(1, 6):
+            workbench.save("s1", {"n": n}, owner="alice")
+    assert c.mongo_ops == 0 and active("s1") is None  # nothing on the request path
+    with count_redis() as c:
+        assert workbench.flush_durable() == 1
+    assert c.mongo_ops == 1
+    doc = active("s1")
+    assert (doc["version"], doc["state"], doc["owner"], doc["origin"]) == (5, '{"n":5}', "alice", "redis")
+    assert workbench.flush_durable() == 0  # nothing left to write
+
+
+def test_later_saves_of_many_sessions_are_one_bulk_write():
+    for sid in ("a", "b", "c"):
+        workbench.save(sid, {"v": 0})
+    workbench.flush_durable()
+    for sid in ("a", "b", "c"):
+        for v in (1, 2):
+            workbench.save(sid, {"v": v})
+    with count_redis() as c:
+        assert workbench.flush_durable() == 3
+    assert c.mongo_ops == 1
+    assert [active(sid)["version"] for sid in ("a", "b", "c")] == [3, 3, 3]
+
+
+def test_a_late_write_of_an_older_version_changes_nothing():
+    workbench.save("s1", {"n": 1})
+    workbench.save("s1", {"n": 2})
+    workbench.flush_durable()
+    older = workbench.load("s1")  # the copy another process still holds is older: the guard refuses it
+    from hotcache.workbench import _envelope
+
+    stale = _envelope._recall("s1")
+    workbench.save("s1", {"n": 3})
+    workbench.flush_durable()
+    writer.add("s1", stale, '{"n":2}', created=False)
+    workbench.flush_durable()
+    assert older.version == 2 and (active("s1")["version"], active("s1")["state"]) == (3, '{"n":3}')
+
+
+def test_an_ended_session_is_not_brought_back_by_its_pending_copy():
+    workbench.save("s1", {"n": 1})
+    assert workbench.end("s1")
+    workbench.flush_durable()
+    assert active("s1") is None
+
+
+def test_a_session_saved_just_before_redis_goes_down_is_loadable_in_the_same_process(redis_proxy):
+    workbench.save("s1", {"draft": "v1"}, owner="alice")
+    workbench.save("s1", {"draft": "v2"}, expected_version=1)
+    assert len(writer) == 1 and active("s1") is None
+    redis_proxy.down()
+    session = workbench.load("s1")  # the outage path writes what this process owes first
+    assert (session.state, session.version, session.owner) == ({"draft": "v2"}, 2, "alice")
+    assert workbench.save("s1", {"draft": "v3"}, expected_version=2) == 3
+
+
+def test_several_threads_saving_leave_each_session_at_its_last_version():
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def work(i):
+        try:
+            barrier.wait()
+            for n in range(10):
+                workbench.save(f"own-{i}", {"n": n})
+                while True:
+                    current = workbench.load("shared")
+                    base = current.version if current else 0
+                    try:
+                        workbench.save("shared", {"by": i, "n": n}, expected_version=base)
+                        break
+                    except workbench.Conflict:
+                        continue
+                if n == 4:
+                    workbench.flush_durable()  # a flush under way while the others keep saving
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    workbench.flush_durable()
+    assert [active(f"own-{i}")["version"] for i in range(8)] == [10] * 8
+    assert active("shared")["version"] == workbench.load("shared").version == 80
+
+
+def test_the_interval_setting_is_checked(hotcache_config):
+    for bad in (-1, "1", None, 61, True):
+        hotcache_config(WORKBENCH_DURABLE_INTERVAL=bad)
+        ids = [m.id for m in check_workbench()]
+        assert "hotcache.E057" in ids, bad
+        assert any("WORKBENCH_DURABLE_INTERVAL" in m.msg for m in check_workbench())
+    for good in (0, 0.25, 1, 60):
+        hotcache_config(WORKBENCH_DURABLE_INTERVAL=good)
+        assert "hotcache.E057" not in [m.id for m in check_workbench()]
+
+
+@pytest.mark.django_db(databases=[])
+def test_a_process_writes_its_pending_copies_at_exit(real_mongo, hotcache_config):
+    """A forked child saves and exits the way the interpreter does (its atexit handlers, then os._exit): its
+    copy is in MongoDB although its interval (60 s) never ended. The parent's own pending copy is not the
+    child's to write."""
+    hotcache_config(WORKBENCH_DURABLE_INTERVAL=60)
+    workbench.save("parent", {"p": 1})
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            workbench.save("child", {"c": 1}, owner="kid")
+            workbench.save("child", {"c": 2})
+            code = 0 if len(writer) == 1 else 2
+        finally:
+            atexit._run_exitfuncs()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    doc = real_mongo.db()[workbench.ACTIVE].find_one({"_id": "child"})
+    assert (doc["version"], doc["state"], doc["owner"]) == (2, '{"c":2}', "kid")
+    assert real_mongo.db()[workbench.ACTIVE].find_one({"_id": "parent"}) is None and len(writer) == 1
