@@ -89,20 +89,28 @@ def _durable_write(session_id: str, envelope: _Envelope, text: str, *, created: 
 
 
 def _write_copies(copies: Mapping[str, _Copy]) -> None:
-    """Write pending copies: the updates of existing incarnations in ONE unordered bulk (E11000 rows: a newer
-    version is already there), each creation on its own (it may hand back a replaced copy to keep)."""
-    plain = [(sid, c) for sid, c in copies.items() if not c.created]
-    if plain:
-        ops = [_filter_and_doc(sid, c.envelope, c.text) for sid, c in plain]
-        try:
-            _active().bulk([mongo.Update(flt, {"$set": doc}, upsert=True) for flt, doc in ops])
-        except BackendUnavailable:
-            _failed(len(plain))
-        else:
-            _succeeded()
-    for sid, c in copies.items():
-        if c.created:
-            _durable_write(sid, c.envelope, c.text, created=True)
+    """Write pending copies in ONE unordered bulk (E11000 rows: a newer version is already there). Creations
+    first get one read of the copies they may replace (another incarnation, which left Redis: kept in history
+    as abandoned, as a lone creation's upsert does)."""
+    created = [sid for sid, c in copies.items() if c.created]
+    try:
+        if created:
+            for doc in _active().find({"_id": {"$in": created}, "origin": _REDIS}):
+                if doc.get("token") != copies[doc["_id"]].envelope.token:
+                    _keep_replaced(doc["_id"], doc)
+        ops = []
+        for sid, c in copies.items():
+            flt, doc = _filter_and_doc(sid, c.envelope, c.text)
+            ops.append(mongo.Update(flt, {"$set": doc}, upsert=True))
+        _active().bulk(ops)
+    except BackendUnavailable:
+        _failed(len(copies))
+        return
+    _succeeded()
+
+
+def _drop_filter(session_id: str, token: str, version: int) -> dict[str, Any]:
+    return {"_id": session_id, "token": token, "version": {"$lte": version}, "origin": _REDIS}
 
 
 def _failed(n: int) -> None:
@@ -143,6 +151,14 @@ def _keep_replaced(session_id: str, doc: Mapping[str, Any]) -> None:
         log.warning("hotcache.workbench: the replaced copy of %s:%s stays out of history", session_id, doc["token"])
 
 
+def _drop_now(session_id: str, token: str, version: int) -> None:
+    """After end() in Redis: remove the durable copy (the persister's sweep is the backstop)."""
+    try:
+        _active().delete_one(_drop_filter(session_id, token, version))
+    except BackendUnavailable:
+        log.warning("hotcache.workbench: ended %s; its durable copy stays until the persister removes it", session_id)
+
+
 class DurableWriter(recovery.ProcessLocal):
     """This process's pending durable copies, newest version per session, and the daemon that writes them.
     A forked child starts empty with no thread (its parent writes what it holds); its first save starts one."""
@@ -166,6 +182,7 @@ class DurableWriter(recovery.ProcessLocal):
         self._wake = threading.Event()
 
     def __len__(self) -> int:
+        """Sessions whose copy is pending."""
         with self._lock:
             return len(self._pending)
 
@@ -185,13 +202,17 @@ class DurableWriter(recovery.ProcessLocal):
                 self._started = clock.time()
             self._ensure_timer()
 
-    def discard(self, session_id: str, token: str, version: int) -> None:
-        """end() ended this incarnation in Redis at ``version``: its pending copy must not be written after the
-        durable copy is dropped (it would bring the ended session back in workbench_active)."""
+    def drop(self, session_id: str, token: str, version: int) -> None:
+        """end() ended this incarnation in Redis at ``version``: its pending copy is not written (it would bring
+        the ended session back) and its durable copy is deleted now, on the request path: a durable copy left
+        behind is what a Redis miss in any process would bring back."""
+        if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
+            return
         with self._lock:
             old = self._pending.get(session_id)
             if old is not None and old.envelope.token == token and old.envelope.version <= version:
                 del self._pending[session_id]
+        _drop_now(session_id, token, version)
 
     def due(self) -> bool:
         started = self._started

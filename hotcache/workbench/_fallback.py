@@ -12,9 +12,7 @@ from typing import Any
 
 from hotcache import clock, metering
 from hotcache.backends import mongo
-from hotcache.conf import hotcache_settings
 from hotcache.exceptions import (
-    BackendUnavailable,
     DuplicateKey,
     MongoUnavailable,
 )
@@ -22,7 +20,7 @@ from hotcache.workbench._archive import _history_record, _write_history
 from hotcache.workbench._durable import _flush_before_fallback
 from hotcache.workbench._envelope import _ts
 from hotcache.workbench._fence import _raise_fence_later
-from hotcache.workbench._layout import _FALLBACK, _LIVE, _REDIS, FEATURE, _active
+from hotcache.workbench._layout import _FALLBACK, _LIVE, FEATURE, _active
 from hotcache.workbench._results import Conflict, OwnerConflict, Session
 from hotcache.workbench._state import _ANY, _owner_refused
 
@@ -198,13 +196,3 @@ def _mongo_end(session_id: str, *, redis_gone: bool = False) -> bool:
     else:
         coll.delete_one(current)
     return True
-
-
-def _drop_durable_copy(session_id: str, token: str, version: int) -> None:
-    """After end() in Redis: remove the durable copy (one MongoDB op per end; the persister is the backstop)."""
-    if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
-        return
-    try:
-        _active().delete_one({"_id": session_id, "token": token, "version": {"$lte": version}, "origin": _REDIS})
-    except BackendUnavailable:
-        log.warning("hotcache.workbench: ended %s; its durable copy stays until the persister removes it", session_id)

@@ -32,7 +32,7 @@ from hotcache.workbench._envelope import (
     _tampered,
     _token,
 )
-from hotcache.workbench._fallback import _drop_durable_copy, _mongo_end, _mongo_load, _mongo_save
+from hotcache.workbench._fallback import _mongo_end, _mongo_load, _mongo_save
 from hotcache.workbench._fence import _fence_args, _fence_sent, _fence_session
 from hotcache.workbench._layout import (
     _END,
@@ -336,8 +336,7 @@ def end(session_id: str) -> bool:
             current = _open_envelope(session_id, observed)
             if status == 1 and _open_hot(session_id, out[2], observed) is not None:
                 assert current is not None
-                writer.discard(session_id, current.token, current.version)
-                _drop_durable_copy(session_id, current.token, current.version)
+                writer.drop(session_id, current.token, current.version)
                 ended = True
             elif status == 1:
                 # Redis ended a record hotcache did not write: the persister will drop it, so the session

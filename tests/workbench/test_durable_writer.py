@@ -33,18 +33,32 @@ def active(session_id):
 
 
 def test_saves_of_one_session_in_an_interval_are_one_mongodb_write_of_the_last_version():
-    workbench.save("warm", {})
-    workbench.flush_durable()  # workbench_active's indexes are created on first use
+    workbench.save("s1", {"n": 0}, owner="alice")
+    workbench.flush_durable()  # (the creation; workbench_active's indexes are created on first use)
     with count_redis() as c:
         for n in range(1, 6):
-            workbench.save("s1", {"n": n}, owner="alice")
-    assert c.mongo_ops == 0 and active("s1") is None  # nothing on the request path
+            workbench.save("s1", {"n": n})
+    assert c.mongo_ops == 0 and active("s1")["version"] == 1  # nothing on the request path
     with count_redis() as c:
         assert workbench.flush_durable() == 1
     assert c.mongo_ops == 1
     doc = active("s1")
-    assert (doc["version"], doc["state"], doc["owner"], doc["origin"]) == (5, '{"n":5}', "alice", "redis")
+    assert (doc["version"], doc["state"], doc["owner"], doc["origin"]) == (6, '{"n":5}', "alice", "redis")
     assert workbench.flush_durable() == 0  # nothing left to write
+
+
+def test_creations_of_an_interval_cost_one_read_and_one_bulk():
+    workbench.save("warm", {})
+    workbench.flush_durable()
+    with count_redis() as c:
+        for sid in ("a", "b", "c"):
+            workbench.save(sid, {"v": 1})
+            workbench.save(sid, {"v": 2})
+    assert c.mongo_ops == 0
+    with count_redis() as c:
+        assert workbench.flush_durable() == 3
+    assert c.mongo_ops == 2  # one read of the copies creations may replace, one bulk
+    assert [active(sid)["version"] for sid in ("a", "b", "c")] == [2, 2, 2]
 
 
 def test_later_saves_of_many_sessions_are_one_bulk_write():
@@ -77,7 +91,10 @@ def test_a_late_write_of_an_older_version_changes_nothing():
 
 def test_an_ended_session_is_not_brought_back_by_its_pending_copy():
     workbench.save("s1", {"n": 1})
+    workbench.flush_durable()
+    workbench.save("s1", {"n": 2})
     assert workbench.end("s1")
+    assert active("s1") is None and len(writer) == 0  # the copy is dropped at once, the pending one with it
     workbench.flush_durable()
     assert active("s1") is None
 
