@@ -297,13 +297,6 @@ class Insert:
     document: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
-    """A delete_one for bulk(): filter."""
-
-    filter: Mapping[str, Any]
-
-
 @dataclass(slots=True)
 class BulkResult:
     matched: int = 0
@@ -432,15 +425,13 @@ class Collection:
     def delete_many(self, filter: Mapping[str, Any]) -> int:
         return _run(self.feature, lambda: self._raw().delete_many(dict(filter)).deleted_count)
 
-    def bulk(self, operations: Sequence[Update | Insert | Delete], *, ordered: bool = False) -> BulkResult:
+    def bulk(self, operations: Sequence[Update | Insert], *, ordered: bool = False) -> BulkResult:
         """One bulk_write (pymongo splits it into server batches). E11000 errors are reported, not raised."""
         if not operations:
             return BulkResult()
-        requests: list[Any] = [
+        requests = [
             pymongo.UpdateOne(dict(o.filter), dict(o.update), upsert=o.upsert)
             if isinstance(o, Update)
-            else pymongo.DeleteOne(dict(o.filter))
-            if isinstance(o, Delete)
             else pymongo.InsertOne(dict(o.document))
             for o in operations
         ]
