@@ -65,7 +65,6 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_SERVER_CONNECTION_LIMIT": 500,  # the server's connection limit (Atlas M0: 500), for reports
     # --- Periodic jobs (foundation) ---
     "SYNC_SCHEDULER": "celery",  # what runs the syncs: "celery" (beat entries, checked) | "cron" (manage.py commands)
-
     # --- Rate limiting ---
     "RATELIMIT_RULES": [],  # list of rule dicts, see README "Rate limiting"
     "RATELIMIT_STATUS_CODE": 429,  # status of a denied request (403 for django-ratelimit's behaviour)
@@ -77,11 +76,9 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXY_HEADER": "x-forwarded-for",  # which header your proxies append: x-forwarded-for | forwarded
     "IPV6_PREFIX": 64,  # IPv6 clients are grouped by this network prefix
     "IPV4_PREFIX": 32,
-
     # --- Cached users ---
     "USER_CACHE_TTL": 300,  # seconds a cached user lives; also bounds out-of-band writes (no signals)
     "USER_LOADER": "hotcache.users.DjangoUserLoader",  # or "hotcache.users.MongoUserLoader", or your subclass
-
     # --- MFA codes ---
     "MFA_CODE_TTL": 300,
     "MFA_DIGITS": 6,
@@ -90,13 +87,11 @@ DEFAULTS: dict[str, Any] = {
     "MFA_USER_FAILURE_WINDOW": 900,
     "MFA_RESEND_COOLDOWN": 30,
     "MFA_HOURLY_SEND_CAP": 5,
-
     # --- API keys ---
     "APIKEY_USAGE_RETENTION_DAYS": 30,  # days a per-key daily counter lives in Redis (MongoDB keeps the history)
     "APIKEY_CACHE_TTL": 300,  # seconds a key record stays cached in Redis (revocation does not wait for it)
     "APIKEY_INVALID_CACHE_TTL": 60,  # seconds an unknown key is remembered, so floods of made-up keys skip MongoDB
     "APIKEY_HEADER": "X-Api-Key",  # header read when Authorization carries no "Api-Key <key>"
-
     # --- Workbench sessions ---
     "WORKBENCH_IDLE_TIMEOUT": 3600,  # seconds; a session's Redis lifetime after its last save or load
     "WORKBENCH_MAX_STATE_BYTES": 1_000_000,  # largest state, as UTF-8 JSON
@@ -107,7 +102,9 @@ DEFAULTS: dict[str, Any] = {
     "WORKBENCH_ENDED_TTL": 86_400,  # seconds an ended session waits in Redis for the persister (MongoDB outages)
     "WORKBENCH_PERSIST_BATCH": 1000,  # sessions per claim and per MongoDB bulk write
     "WORKBENCH_DURABLE_SAVES": True,  # copy every Redis save to MongoDB workbench_active (visible in a Redis outage)
-
+    # seconds between this process's bulk writes of the durable copies (newest version per session), off the
+    # request path; 0 writes each copy on the request path. A killed process loses at most one interval of copies.
+    "WORKBENCH_DURABLE_INTERVAL": 1.0,
     # --- Analytics ---
     "ANALYTICS_RETENTION_HOURS": 168,  # TTL of Redis counters, pending batches and HLLs: the sync must run within it
     "ANALYTICS_MAX_COUNTERS_PER_HOUR": 5000,  # (event, path) counters per hour before "(other)" takes new paths
@@ -122,7 +119,6 @@ DEFAULTS: dict[str, Any] = {
     "ANALYTICS_TRACK_MAX_BODY": 4096,  # bytes accepted by POST /hotcache/analytics/track
     "ANALYTICS_MIDDLEWARE_INCLUDE": ["/"],  # path prefixes AnalyticsMiddleware tracks
     "ANALYTICS_MIDDLEWARE_EXCLUDE": ["/static/", "/media/", "/admin/", "/hotcache/", "/favicon.ico"],
-
     # --- Reports ---
     "REPORTS_DAYS": 30,  # days the admin reports and hotcache_status show (1-40; the meter keeps 40)
     "REPORTS_WARNING_PERCENT": 80,  # share of a budget or limit at which the reports warn

@@ -89,3 +89,14 @@ def _flush_analytics_batch(**kwargs: object) -> None:
 
 worker_process_shutdown.connect(_flush_analytics_batch, weak=False, dispatch_uid="hotcache.analytics.flush_batch")
 worker_shutdown.connect(_flush_analytics_batch, weak=False, dispatch_uid="hotcache.analytics.flush_batch.main")
+
+
+def _flush_workbench_durable(**kwargs: object) -> None:
+    """A prefork child leaves with os._exit (no atexit): write its pending workbench durable copies first."""
+    from hotcache import workbench
+
+    workbench.flush_durable()
+
+
+worker_process_shutdown.connect(_flush_workbench_durable, weak=False, dispatch_uid="hotcache.workbench.flush_durable")
+worker_shutdown.connect(_flush_workbench_durable, weak=False, dispatch_uid="hotcache.workbench.flush_durable.main")

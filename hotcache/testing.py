@@ -42,9 +42,13 @@ __all__ = [
 
 def new_process() -> None:
     """Forget what this process knows about lost replies, outages and writes it owes Redis, as if the next
-    call came from another process that never saw them (hotcache.recovery's registries)."""
+    call came from another process that never saw them (hotcache.recovery's registries). The workbench
+    durable copies this process owes MongoDB are written first, as its own writer does within
+    WORKBENCH_DURABLE_INTERVAL: the next call comes from another process at least that much later."""
     from hotcache import recovery
+    from hotcache.workbench._durable import writer
 
+    writer.flush()
     recovery.forget_all()
 
 
@@ -52,7 +56,7 @@ def reset() -> None:
     """Forget everything hotcache keeps in this process: clients, health gate, meter counts and caches,
     values derived from settings (with the rate limiter's deny cache and local limiter), the tampering log.
     Use it between tests (an autouse fixture) so each starts like a fresh process."""
-    from hotcache import signing
+    from hotcache import recovery, signing
     from hotcache.backends import meter_store, reset_all
     from hotcache.conf import hotcache_settings
 
@@ -61,7 +65,7 @@ def reset() -> None:
     metering.meter.reset()
     meter_store.store.reset()
     signing._reset()
-    new_process()
+    recovery.forget_all()  # not new_process(): nothing this process owes is written into the next test
 
 
 @dataclass(slots=True)

@@ -32,7 +32,6 @@ _WORKBENCH_NUMBERS = (
 _WORKBENCH_TASK = "hotcache.tasks.persist_workbench_sessions"
 
 
-
 # Python's json (like most JSON libraries) recurses once per level and fails near 1000 levels: a deeper
 # limit would let a state through the depth check only to fail in the encoder or in a client's decoder.
 _WORKBENCH_DEPTH_CEILING = 512
@@ -52,14 +51,35 @@ def _workbench_depth_errors() -> list[CheckMessage]:
     ]
 
 
+# A process killed outright loses at most one interval of durable copies: keep that window short.
+_DURABLE_INTERVAL_CEILING = 60
+
+
+def _durable_interval_errors() -> list[CheckMessage]:
+    interval = hotcache_settings.WORKBENCH_DURABLE_INTERVAL
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+        if 0 <= interval <= _DURABLE_INTERVAL_CEILING:
+            return []
+    return [
+        Error(
+            f"{_setting('WORKBENCH_DURABLE_INTERVAL')}={interval!r} is not a number of seconds from 0 to "
+            f"{_DURABLE_INTERVAL_CEILING}.",
+            hint="It is how often each process writes its pending durable copies of workbench saves to MongoDB "
+            "in one bulk (default 1.0); 0 writes each copy on the request path. A process killed outright "
+            "loses at most one interval of copies (the sessions stay in Redis).",
+            id="hotcache.E057",
+        )
+    ]
+
+
 @register(Tags.compatibility)
 def check_workbench(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not hotcache_settings.enabled("workbench"):
         return []
     errors = number_setting_errors(_WORKBENCH_NUMBERS, integer=True)
     if errors:
-        return errors + _workbench_depth_errors()
-    errors = _workbench_depth_errors()
+        return errors + _workbench_depth_errors() + _durable_interval_errors()
+    errors = _workbench_depth_errors() + _durable_interval_errors()
     idle = hotcache_settings.WORKBENCH_IDLE_TIMEOUT
     after = hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER
     every = hotcache_settings.WORKBENCH_PERSIST_INTERVAL

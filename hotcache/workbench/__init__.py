@@ -9,6 +9,7 @@ rules, failure table and benchmarks: docs/workbench.md.
 from __future__ import annotations
 
 from hotcache.workbench._archive import history
+from hotcache.workbench._durable import flush_durable
 from hotcache.workbench._hot import counts, end, load, save
 from hotcache.workbench._layout import ACTIVE as ACTIVE
 from hotcache.workbench._layout import FEATURE as FEATURE
@@ -34,6 +35,7 @@ __all__ = [
     "SessionCounts",
     "counts",
     "end",
+    "flush_durable",
     "history",
     "load",
     "persist",

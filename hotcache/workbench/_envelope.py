@@ -28,10 +28,16 @@ _SESSION_RECORD = "workbench.session"
 _ENDED_RECORD = "workbench.ended"
 _FENCE_RECORD = "workbench.fence"
 _ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "v": int, "g": str, "o": (str, type(None)), "c": (int, float), "u": (int, float), "h": str,
+    "v": int,
+    "g": str,
+    "o": (str, type(None)),
+    "c": (int, float),
+    "u": (int, float),
+    "h": str,
 }
 # What the scripts report for no session, and for a key hotcache did not write (not a hash, or no envelope).
 _NONE, _FOREIGN = b"", b"!"
+
 
 @dataclass(frozen=True, slots=True)
 class _Envelope:

@@ -12,16 +12,15 @@ from typing import Any
 
 from hotcache import clock, metering
 from hotcache.backends import mongo
-from hotcache.conf import hotcache_settings
 from hotcache.exceptions import (
-    BackendUnavailable,
     DuplicateKey,
     MongoUnavailable,
 )
 from hotcache.workbench._archive import _history_record, _write_history
+from hotcache.workbench._durable import _flush_before_fallback
 from hotcache.workbench._envelope import _ts
 from hotcache.workbench._fence import _raise_fence_later
-from hotcache.workbench._layout import _FALLBACK, _LIVE, _REDIS, FEATURE, _active
+from hotcache.workbench._layout import _FALLBACK, _LIVE, FEATURE, _active
 from hotcache.workbench._results import Conflict, OwnerConflict, Session
 from hotcache.workbench._state import _ANY, _owner_refused
 
@@ -99,6 +98,7 @@ def _mongo_save(
     attempt may have been applied (its reply was lost). The owner rule is part of each update's filter, so
     the check and the write are one atomic operation, as the compare-and-set is on Redis.
     """
+    _flush_before_fallback()
     coll = _active()
     now = clock.utcnow()
     # Written while Redis is unreachable: Redis may hold an older copy when it returns (see "recovery").
@@ -128,9 +128,7 @@ def _mongo_save(
             current = coll.find_one({"_id": session_id, **_LIVE}, {"version": 1, "owner": 1})
             if current is not None and int(current["version"]) == expected:
                 if _owner_refused(current.get("owner"), owner, expected_owner):
-                    raise OwnerConflict(
-                        session_id, owner, current.get("owner"), expected=expected_owner is not _ANY
-                    )
+                    raise OwnerConflict(session_id, owner, current.get("owner"), expected=expected_owner is not _ANY)
             metering.event(FEATURE, "conflict")
             raise Conflict(session_id, expected, int(current["version"]) if current else 0)
         _raise_fence_later()
@@ -161,6 +159,7 @@ def _mongo_save(
 
 
 def _mongo_load(session_id: str) -> Session | None:
+    _flush_before_fallback()
     doc = _active().find_one_and_update({"_id": session_id, **_LIVE}, {"$set": {"last_seen": clock.utcnow()}})
     return _mongo_doc_session(doc) if doc else None
 
@@ -168,6 +167,7 @@ def _mongo_load(session_id: str) -> Session | None:
 def _mongo_end(session_id: str, *, redis_gone: bool = False) -> bool:
     """End the session from its workbench_active copy: history now, then the copy leaves. ``redis_gone``: Redis
     holds no incarnation of it any more (so no tombstone is needed to drop one when Redis returns)."""
+    _flush_before_fallback()
     coll = _active()
     doc = coll.find_one({"_id": session_id, **_LIVE})
     if doc is None:
@@ -196,13 +196,3 @@ def _mongo_end(session_id: str, *, redis_gone: bool = False) -> bool:
     else:
         coll.delete_one(current)
     return True
-
-
-def _drop_durable_copy(session_id: str, token: str, version: int) -> None:
-    """After end() in Redis: remove the durable copy (one MongoDB op per end; the persister is the backstop)."""
-    if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
-        return
-    try:
-        _active().delete_one({"_id": session_id, "token": token, "version": {"$lte": version}, "origin": _REDIS})
-    except BackendUnavailable:
-        log.warning("hotcache.workbench: ended %s; its durable copy stays until the persister removes it", session_id)

@@ -1,12 +1,12 @@
-"""The Redis path of save(), load() and end() (one EVALSHA each in the common case), the durable copy of each
-save in workbench_active, and counts(). Redis unreachable: the calls go to _fallback. See docs/workbench.md.
+"""The Redis path of save(), load() and end() (one EVALSHA each in the common case), handing each save's
+durable copy to _durable (written off the request path), and counts(). Redis unreachable: the calls go to
+_fallback. See docs/workbench.md.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +14,9 @@ from hotcache import clock, metering, signing
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import (
-    BackendUnavailable,
-    DuplicateKey,
     RedisUnavailable,
 )
-from hotcache.workbench._archive import _history_record, _write_history
+from hotcache.workbench._durable import writer
 from hotcache.workbench._envelope import (
     _ENDED_RECORD,
     _FOREIGN,
@@ -34,17 +32,14 @@ from hotcache.workbench._envelope import (
     _seal_envelope,
     _tampered,
     _token,
-    _ts,
 )
-from hotcache.workbench._fallback import _drop_durable_copy, _mongo_end, _mongo_load, _mongo_save
+from hotcache.workbench._fallback import _mongo_end, _mongo_load, _mongo_save
 from hotcache.workbench._fence import _fence_args, _fence_sent, _fence_session
 from hotcache.workbench._layout import (
     _END,
     _LOAD,
-    _REDIS,
     _SAVE,
     FEATURE,
-    _active,
     _claims_key,
     _data_key,
     _ended_key,
@@ -66,9 +61,6 @@ from hotcache.workbench._state import (
 )
 
 log = logging.getLogger("hotcache.workbench")
-
-_durable_failed_logged = False
-
 
 _SAVE_ATTEMPTS = 10  # compare-and-set rounds of one save while others keep saving the same session
 
@@ -201,7 +193,7 @@ def _redis_save(
         if written is not None:
             _remember(session_id, written)
             if hotcache_settings.WORKBENCH_DURABLE_SAVES:
-                _durable_write(session_id, written, text, created=status == 2)
+                writer.add(session_id, written, text, created=status == 2)
             return written.version
         observed = _observed(out[1])
         current = _open_envelope(session_id, observed)
@@ -232,74 +224,6 @@ def _redis_save(
     metering.event(FEATURE, "conflict")
     current_version = seen.version if seen is not None else 0
     raise Conflict(session_id, expected if expected is not None else current_version, current_version)
-
-
-def _durable_write(session_id: str, envelope: _Envelope, text: str, *, created: bool = False) -> None:
-    """Copy a Redis save to workbench_active: ONE conditional upsert that never replaces a newer version.
-
-    The filter matches the session's document only if it holds an older version (or a durable copy of
-    another incarnation, which has left Redis: ended or persisted, or lost; a save that ``created`` the
-    session gets such a copy back and keeps it in history). Otherwise the upsert tries to insert on the
-    existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do.
-    """
-    global _durable_failed_logged
-    updated = _ts(envelope.updated)
-    doc = {
-        "state": text,
-        "version": envelope.version,
-        "token": envelope.token,
-        "owner": envelope.owner,
-        "created_at": _ts(envelope.created),
-        "updated_at": updated,
-        "last_seen": updated,
-        "origin": _REDIS,
-        "from_redis": True,
-    }
-    version, token = envelope.version, envelope.token
-    flt = {"_id": session_id, "$or": [{"version": {"$lt": version}}, {"token": {"$ne": token}, "origin": _REDIS}]}
-    try:
-        if created:
-            # A new incarnation may replace another one's copy: get it back (same single operation).
-            before = _active().find_one_and_update(flt, {"$set": doc}, upsert=True, return_new=False)
-        else:
-            before = None
-            _active().update_one(flt, {"$set": doc}, upsert=True)
-    except DuplicateKey:
-        return  # a newer version is already there
-    except BackendUnavailable:
-        metering.event(FEATURE, "durable_save_failed")
-        if not _durable_failed_logged:
-            _durable_failed_logged = True
-            log.warning(
-                "hotcache.workbench: MongoDB unavailable for durable saves; sessions stay in Redis only "
-                "(not visible during a Redis outage) until it is back"
-            )
-        return
-    _durable_failed_logged = False
-    if before is not None and before.get("token") != token:
-        _keep_replaced(session_id, before)
-
-
-def _keep_replaced(session_id: str, doc: Mapping[str, Any]) -> None:
-    """A new incarnation replaced another one's durable copy, which means that one left Redis. Ended or
-    persisted, its history record is there or on its way (this write is then a no-op or replaced: history is
-    rank-guarded); lost from Redis (deleted, evicted, a restart without persistence), this copy is its last
-    trace: it goes to history as abandoned. Only on this path: one bulk write (two if already there)."""
-    record = _history_record(
-        session_id=session_id,
-        token=doc["token"],
-        text=doc["state"],
-        version=int(doc["version"]),
-        owner=doc.get("owner"),
-        created=_ts(doc["created_at"]),
-        updated=_ts(doc["updated_at"]),
-        closed=_ts(doc.get("last_seen") or doc["updated_at"]),
-        reason="idle",
-    )
-    try:
-        _write_history([record])
-    except BackendUnavailable:
-        log.warning("hotcache.workbench: the replaced copy of %s:%s stays out of history", session_id, doc["token"])
 
 
 def load(session_id: str) -> Session | None:
@@ -414,7 +338,7 @@ def end(session_id: str) -> bool:
             current = _open_envelope(session_id, observed)
             if status == 1 and _open_hot(session_id, out[2], observed) is not None:
                 assert current is not None
-                _drop_durable_copy(session_id, current.token, current.version)
+                writer.drop(session_id, current.token, current.version)
                 ended = True
             elif status == 1:
                 # Redis ended a record hotcache did not write: the persister will drop it, so the session

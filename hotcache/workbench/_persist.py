@@ -22,6 +22,7 @@ from hotcache.exceptions import (
     RedisUnavailable,
 )
 from hotcache.workbench._archive import _history_record, _write_history
+from hotcache.workbench._durable import _flush_before_fallback
 from hotcache.workbench._envelope import (
     _ENDED_RECORD,
     _FOREIGN,
@@ -59,6 +60,7 @@ log = logging.getLogger("hotcache.workbench")
 _MEMBER = re.compile(
     r"e:(?P<ended>[A-Za-z0-9_.@+\-]{1,64}):(?P<token>[A-Za-z0-9]{1,64})|i:(?P<idle>[A-Za-z0-9_.@+\-]{1,64})"
 )
+
 
 def _claim(run_id: str, limit: int) -> list[bytes]:
     now = clock.time()
@@ -292,6 +294,7 @@ def persist(*, dry_run: bool = False, limit: int | None = None) -> PersistResult
     if dry_run:
         result.pending = _pending()
         return result
+    _flush_before_fallback()  # the durable copies this process owes are what the run reads for tampered sessions
     batch = int(hotcache_settings.WORKBENCH_PERSIST_BATCH)
     remaining = limit if limit is not None else None
     run_id = uuid.uuid4().hex
@@ -340,7 +343,10 @@ def _repair_shared_keys() -> int:
     (tampered): each script touching one fails, sending every session to the fallback and failing every
     persister run. Run after a run failed on Redis; returns how many keys were deleted (each counted)."""
     expected = {
-        _index_key(): b"zset", _ended_queue(): b"zset", _claims_key(): b"zset", _owners_key(): b"hash",
+        _index_key(): b"zset",
+        _ended_queue(): b"zset",
+        _claims_key(): b"zset",
+        _owners_key(): b"hash",
         _fence_key(): b"string",
     }
 

@@ -18,6 +18,7 @@ from hotcache.exceptions import (
     BackendUnavailable,
     RedisUnavailable,
 )
+from hotcache.workbench._durable import _flush_before_fallback
 from hotcache.workbench._envelope import (
     _NONE,
     _Envelope,
@@ -107,6 +108,7 @@ def _reconcile(
     session, returned as is when nothing changes. One MongoDB read and one Redis round trip per action, plus
     one to read the result.
     """
+    _flush_before_fallback(session_id)
     try:
         doc = _active().find_one({"_id": session_id})
     except BackendUnavailable:

@@ -47,7 +47,6 @@ class OwnerConflict(HotcacheError, ValueError):
         self.current_owner = current_owner
 
 
-
 class Conflict(HotcacheError):
     """save(expected_version=N) found another version: someone saved in between. Load, merge, retry."""
 

@@ -19,6 +19,7 @@ _ID_PATTERN = r"[A-Za-z0-9_.@+\-]{1,64}"
 _OWNER_PATTERN = r"[A-Za-z0-9_.:@+\-]{1,128}"
 _MAX_VERSION = 2**53 - 1  # versions stay exact in JSON, Lua and MongoDB's int64
 
+
 class _AnyOwner:
     def __repr__(self) -> str:
         return "ANY"

@@ -10,11 +10,19 @@ from hotcache.backends import mongo
 from hotcache.checks import check_workbench
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis, mongo_down, new_process
-from hotcache.workbench import _envelope, _hot, _layout
+from hotcache.workbench import _durable, _envelope, _layout
 from tests.support.concurrency import increment_concurrently
 
 # MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
 pytestmark = pytest.mark.mongo_contract
+
+
+@pytest.fixture(autouse=True)
+def _copies_on_the_request_path(hotcache_config):
+    """These tests pin what each durable copy does (the version-guarded upsert the background writer also
+    sends, one per session): with WORKBENCH_DURABLE_INTERVAL=0 each save's copy is written before it returns.
+    The writer itself (coalescing, bulk, exit, outage) is tested in test_durable_writer.py."""
+    hotcache_config(WORKBENCH_DURABLE_INTERVAL=0)
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +185,7 @@ def test_an_older_version_never_overwrites_a_newer_durable_copy():
         updated=_envelope._ts(doc["updated_at"]).timestamp(),
         digest=_envelope._digest('{"n":1}'),
     )
-    _hot._durable_write("s1", late, '{"n":1}')
+    _durable._durable_write("s1", late, '{"n":1}')
     assert active("s1")["version"] == 2 and active("s1")["state"] == '{"n":2}'
 
 
@@ -243,8 +251,6 @@ def test_durable_saves_setting_must_be_a_bool(hotcache_config):
     hotcache_config(WORKBENCH_DURABLE_SAVES="yes")
     [message] = check_workbench()
     assert message.id == "hotcache.E055" and "WORKBENCH_DURABLE_SAVES" in message.msg and message.hint
-
-
 
 
 def test_a_session_lost_from_redis_and_replaced_by_a_new_one_still_reaches_history(raw_redis, clock):

@@ -197,6 +197,10 @@ def _worker(
             t.start()
         for t in pool:
             t.join()
+        # What the process still owes MongoDB (workbench durable copies) is written, as at its exit, and counted.
+        from hotcache import workbench
+
+        workbench.flush_durable()
         delta = metering.snapshot()
         delta.subtract(before)
         db_connections.close_all()

@@ -1,0 +1,282 @@
+"""The durable copy of each Redis save in workbench_active, written off the request path: saves are coalesced
+per session in this process (only the newest version is written) and written in one bulk per
+WORKBENCH_DURABLE_INTERVAL by a daemon thread; 0 writes each copy on the request path.
+
+Every copy is a version-guarded upsert, so a late, duplicate or out-of-order write never replaces a newer one.
+Pending copies are written at exit (atexit, Celery's worker shutdown signals, ``flush_durable()`` from a
+gunicorn ``worker_exit`` hook) and before this process reads or writes workbench_active itself (the Redis
+outage path), so a session it saved before an outage is loadable here during it. A process killed outright
+loses at most one interval of copies (the sessions are still in Redis). See docs/workbench.md ("durable saves").
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hotcache import clock, metering, recovery
+from hotcache.backends import mongo
+from hotcache.conf import hotcache_settings
+from hotcache.exceptions import BackendUnavailable, DuplicateKey
+from hotcache.workbench._archive import _history_record, _write_history
+from hotcache.workbench._envelope import _Envelope, _ts
+from hotcache.workbench._layout import _REDIS, FEATURE, _active
+
+log = logging.getLogger("hotcache.workbench")
+
+_durable_failed_logged = False
+
+
+def _interval() -> float:
+    return float(hotcache_settings.WORKBENCH_DURABLE_INTERVAL)
+
+
+@dataclass(slots=True)
+class _Copy:
+    """The newest save of one session this process has not copied yet."""
+
+    envelope: _Envelope
+    text: str
+    created: bool  # the save created this incarnation: it may replace another one's copy (kept in history)
+
+
+def _filter_and_doc(session_id: str, envelope: _Envelope, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The upsert of one copy. The filter matches the session's document only if it holds an older version
+    (or a copy of another incarnation, which has left Redis); otherwise the upsert tries to insert on the
+    existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do."""
+    updated = _ts(envelope.updated)
+    doc = {
+        "state": text,
+        "version": envelope.version,
+        "token": envelope.token,
+        "owner": envelope.owner,
+        "created_at": _ts(envelope.created),
+        "updated_at": updated,
+        "last_seen": updated,
+        "origin": _REDIS,
+        "from_redis": True,
+    }
+    version, token = envelope.version, envelope.token
+    flt = {"_id": session_id, "$or": [{"version": {"$lt": version}}, {"token": {"$ne": token}, "origin": _REDIS}]}
+    return flt, doc
+
+
+def _durable_write(session_id: str, envelope: _Envelope, text: str, *, created: bool = False) -> None:
+    """Copy one Redis save to workbench_active now: ONE conditional upsert that never replaces a newer version.
+
+    A save that ``created`` the session gets a replaced copy of another incarnation back (same single
+    operation) and keeps it in history.
+    """
+    flt, doc = _filter_and_doc(session_id, envelope, text)
+    try:
+        if created:
+            before = _active().find_one_and_update(flt, {"$set": doc}, upsert=True, return_new=False)
+        else:
+            before = None
+            _active().update_one(flt, {"$set": doc}, upsert=True)
+    except DuplicateKey:
+        return  # a newer version is already there
+    except BackendUnavailable:
+        _failed(1)
+        return
+    _succeeded()
+    if before is not None and before.get("token") != envelope.token:
+        _keep_replaced(session_id, before)
+
+
+def _write_copies(copies: Mapping[str, _Copy]) -> None:
+    """Write pending copies in ONE unordered bulk (E11000 rows: a newer version is already there). Creations
+    first get one read of the copies they may replace (another incarnation, which left Redis: kept in history
+    as abandoned, as a lone creation's upsert does)."""
+    created = [sid for sid, c in copies.items() if c.created]
+    try:
+        if created:
+            for doc in _active().find({"_id": {"$in": created}, "origin": _REDIS}):
+                if doc.get("token") != copies[doc["_id"]].envelope.token:
+                    _keep_replaced(doc["_id"], doc)
+        ops = []
+        for sid, c in copies.items():
+            flt, doc = _filter_and_doc(sid, c.envelope, c.text)
+            ops.append(mongo.Update(flt, {"$set": doc}, upsert=True))
+        _active().bulk(ops)
+    except BackendUnavailable:
+        _failed(len(copies))
+        return
+    _succeeded()
+
+
+def _drop_filter(session_id: str, token: str, version: int) -> dict[str, Any]:
+    return {"_id": session_id, "token": token, "version": {"$lte": version}, "origin": _REDIS}
+
+
+def _failed(n: int) -> None:
+    global _durable_failed_logged
+    metering.event(FEATURE, "durable_save_failed", n)
+    if not _durable_failed_logged:
+        _durable_failed_logged = True
+        log.warning(
+            "hotcache.workbench: MongoDB unavailable for durable saves; sessions stay in Redis only "
+            "(not visible during a Redis outage) until it is back"
+        )
+
+
+def _succeeded() -> None:
+    global _durable_failed_logged
+    _durable_failed_logged = False
+
+
+def _keep_replaced(session_id: str, doc: Mapping[str, Any]) -> None:
+    """A new incarnation replaced another one's durable copy, which means that one left Redis. Ended or
+    persisted, its history record is there or on its way (this write is then a no-op or replaced: history is
+    rank-guarded); lost from Redis (deleted, evicted, a restart without persistence), this copy is its last
+    trace: it goes to history as abandoned. Only on this path: one bulk write (two if already there)."""
+    record = _history_record(
+        session_id=session_id,
+        token=doc["token"],
+        text=doc["state"],
+        version=int(doc["version"]),
+        owner=doc.get("owner"),
+        created=_ts(doc["created_at"]),
+        updated=_ts(doc["updated_at"]),
+        closed=_ts(doc.get("last_seen") or doc["updated_at"]),
+        reason="idle",
+    )
+    try:
+        _write_history([record])
+    except BackendUnavailable:
+        log.warning("hotcache.workbench: the replaced copy of %s:%s stays out of history", session_id, doc["token"])
+
+
+def _drop_now(session_id: str, token: str, version: int) -> None:
+    """After end() in Redis: remove the durable copy (the persister's sweep is the backstop)."""
+    try:
+        _active().delete_one(_drop_filter(session_id, token, version))
+    except BackendUnavailable:
+        log.warning("hotcache.workbench: ended %s; its durable copy stays until the persister removes it", session_id)
+
+
+class DurableWriter(recovery.ProcessLocal):
+    """This process's pending durable copies, newest version per session, and the daemon that writes them.
+    A forked child starts empty with no thread (its parent writes what it holds); its first save starts one."""
+
+    def __init__(self) -> None:
+        self._write_lock = threading.Lock()  # one write at a time: a flush waits for the one under way
+        super().__init__()
+        self._forget()
+
+    def _renew_locks(self) -> None:
+        super()._renew_locks()
+        self._write_lock = threading.Lock()
+
+    def _forget(self) -> None:
+        old = getattr(self, "_wake", None)
+        if old is not None:
+            old.set()  # the daemon of what is forgotten stops (in a forked child there is none)
+        self._pending: dict[str, _Copy] = {}
+        self._started: float | None = None  # clock.time() of the oldest pending copy
+        self._timer: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def __len__(self) -> int:
+        """Sessions whose copy is pending."""
+        with self._lock:
+            return len(self._pending)
+
+    def add(self, session_id: str, envelope: _Envelope, text: str, *, created: bool) -> None:
+        """Copy this save: now (interval 0), else with the next write (replacing an older pending version)."""
+        if _interval() <= 0:
+            _durable_write(session_id, envelope, text, created=created)
+            return
+        with self._lock:
+            old = self._pending.get(session_id)
+            if old is not None and old.envelope.token == envelope.token:
+                if old.envelope.version >= envelope.version:
+                    return  # a newer save of this incarnation is already pending
+                created = created or old.created  # the creation's replaced copy is still owed to history
+            self._pending[session_id] = _Copy(envelope, text, created)
+            if self._started is None:
+                self._started = clock.time()
+            self._ensure_timer()
+
+    def drop(self, session_id: str, token: str, version: int) -> None:
+        """end() ended this incarnation in Redis at ``version``: its pending copy is not written (it would bring
+        the ended session back) and its durable copy is deleted now, on the request path: a durable copy left
+        behind is what a Redis miss in any process would bring back."""
+        if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
+            return
+        with self._lock:
+            old = self._pending.get(session_id)
+            if old is not None and old.envelope.token == token and old.envelope.version <= version:
+                del self._pending[session_id]
+        _drop_now(session_id, token, version)
+
+    def due(self) -> bool:
+        started = self._started
+        return started is not None and clock.time() - started >= _interval()
+
+    def flush(self) -> int:
+        """Write every pending copy now (one bulk); how many sessions were written. Safe from any thread."""
+        with self._write_lock:
+            with self._lock:
+                pending, self._pending, self._started = self._pending, {}, None
+            if pending:
+                _write_copies(pending)
+            return len(pending)
+
+    def _ensure_timer(self) -> None:
+        if self._timer is None or not self._timer.is_alive():
+            self._wake = threading.Event()
+            self._timer = threading.Thread(target=self._run, args=(self._wake,), name="hotcache-workbench-durable")
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _run(self, wake: threading.Event) -> None:
+        while True:
+            started, interval = self._started, max(0.05, _interval())
+            wait = interval if started is None else max(0.05, started + interval - clock.time())
+            if wake.wait(min(wait, interval)):
+                return
+            try:
+                if self.due():
+                    self.flush()
+            except Exception:
+                log.warning("hotcache.workbench: durable copy write failed", exc_info=True)
+
+    def stop(self) -> None:
+        """Stop the daemon (tests); the next save starts it again."""
+        self._wake.set()
+
+
+writer = DurableWriter()
+
+
+def flush_durable() -> int:
+    """Write this process's pending durable copies now (WORKBENCH_DURABLE_INTERVAL > 0); how many sessions.
+    Runs at exit by itself; call it from a gunicorn ``worker_exit`` hook (docs/workbench.md, "durable saves")."""
+    return writer.flush()
+
+
+def _flush_before_fallback(session_id: str | None = None) -> None:
+    """This process is about to use workbench_active itself (Redis unreachable; or a recovery check of
+    ``session_id``, then only if that session's copy is pending): the copies it owes go first, so a session
+    it saved before the outage is found there."""
+    pending = writer._pending
+    if pending and (session_id is None or session_id in pending):
+        try:
+            writer.flush()
+        except Exception:
+            log.warning("hotcache.workbench: durable copies not written before the fallback", exc_info=True)
+
+
+def _at_exit() -> None:
+    try:
+        writer.flush()
+    except Exception:
+        log.warning("hotcache.workbench: durable copies not written at exit", exc_info=True)
+
+
+atexit.register(_at_exit)
