@@ -124,7 +124,8 @@ def check(cluster: Cluster, load: dict[str, Any], final: dict[str, Any], result:
         tolerance = w["apikeys"]["allowed_in_outage"].get(key["key_id"], 0)
         overruns.append(f"{key['name']}: {allowed.get(key['key_id'], 0)}/{key['limit']}")
         if over > tolerance:
-            overruns.append("EXCEEDED beyond the outage tolerance")
+            by_phase = w["apikeys"].get("allowed_by_phase", {}).get(key["key_id"], {})
+            overruns.append(f"EXCEEDED beyond the outage tolerance (allowed per phase: {by_phase})")
     add(Check("no API key past its daily limit beyond the outage tolerance",
               not any("EXCEEDED" in o for o in overruns), "; ".join(overruns)))
 
