@@ -66,6 +66,9 @@ def reset() -> None:
     meter_store.store.reset()
     signing._reset()
     recovery.forget_all()  # not new_process(): nothing this process owes is written into the next test
+    from hotcache.sessions import cache as session_cache
+
+    session_cache.forget_users_seen()
 
 
 @dataclass(slots=True)

@@ -38,19 +38,20 @@ def wanted(session: Any) -> bool:
 class Companion:
     """The session-and-user read of one request, queued in another feature's pipeline (the rate limit's)."""
 
-    __slots__ = ("session", "session_key")
+    __slots__ = ("plan", "session", "session_key")
 
     def __init__(self, session: Any, session_key: str) -> None:
         self.session = session
         self.session_key = session_key
+        self.plan: cache.ReadPlan | None = None
 
     def queue(self, pipe: Any) -> None:
-        cache.queue_read_with_user(pipe, self.session_key)
+        self.plan = cache.queue_read_with_user(pipe, self.session_key)
 
     def settle(self, raw: Any) -> None:
         """Hand the reply to the session store; any failure leaves the store to read on its own, as without it."""
         try:
-            found = cache.settle_read_with_user(self.session_key, raw)
+            found = cache.settle_read_with_user(self.session_key, raw, self.plan)
         except (RedisError, TypeError, ValueError):
             return
         if found is not None:
