@@ -170,6 +170,33 @@ def test_workbench_save_and_load(server):
     assert check(server, "workbench.load", lambda: workbench.load(sid)) <= 2
 
 
+def test_workbench_save_that_creates_a_session(server):
+    """A blind save of a new session: the compare (GET fence, HMGET) and the lifetime (HSET, EXPIRE, ZADD, EXPIRE
+    of the index), no EXISTS (8 before: the HMGET's fields tell a hash hotcache wrote)."""
+    workbench.save(_id(), {"n": 0})  # the script is loaded
+    assert check(server, "workbench.save, creating", lambda: workbench.save(_id(), {"n": 0})) == 7
+
+
+def test_session_read_with_its_user(server, settings):
+    """The session and its cached user in one round trip: session_user_read.lua (3) from a process that has not
+    seen the session, then one MGET of the four keys (1) once it knows which user the entry names."""
+    from hotcache.sessions import cache as sessions
+
+    settings.HOTCACHE = {**settings.HOTCACHE, "KEY_PREFIX": f"b{_id()}"}
+    key = _id() + "abcdefgh"
+    assert sessions.fill(key, None, "data", 4_102_444_800_000, "42", 3600)
+    sessions.forget_users_seen()
+    sessions.read_with_user(key)  # loads the script on this server
+    sessions.forget_users_seen()
+
+    def unseen() -> None:
+        sessions.forget_users_seen()
+        sessions.read_with_user(key)
+
+    assert check(server, "session + user, not seen", unseen) == 3
+    assert check(server, "session + user, seen", lambda: sessions.read_with_user(key)) == 1
+
+
 def test_workbench_lifetime_refresh_and_its_average(server, clock):
     """Once per refresh interval a save or load also renews the session's TTL and index entry: what that
     costs, and the average over 1,000 warm operations at one save or load per second (the refresh included)."""
@@ -253,6 +280,26 @@ def test_cached_user_hit(server):
     user = get_user_model().objects.create_user(username=f"u{_id()}", password="pw")
     users.get_cached_user(user.pk)  # the miss fills the cache
     check(server, "cached user hit", lambda: users.get_cached_user(user.pk))
+
+
+@pytest.mark.django_db
+def test_cached_user_fill(server):
+    """A miss's write-back (user_fill.lua): EVALSHA, GET (version), SET ... GET (entry); 5 before (two TYPEs)."""
+    from hotcache.users import cache as user_cache
+    from hotcache.users.loaders import get_loader
+
+    user = get_user_model().objects.create_user(username=f"u{_id()}", password="pw")
+    uid = str(user.pk)
+
+    def fill() -> None:
+        _, version = user_cache.read(uid)
+        assert user_cache.fill(uid, version, user, get_loader())
+
+    fill()
+    with measured(server) as (c, executed):
+        fill()
+    figures("cached user fill (read, then the write-back)", c, executed)
+    assert c.billed == 4  # the read's MGET 1, the fill 3
 
 
 def test_meter_flush(server):
