@@ -285,6 +285,24 @@ def test_cached_user_hit(server):
 
 
 @pytest.mark.django_db
+def test_cached_user_invalidation(server):
+    """user_invalidate.lua: EVALSHA, DEL (entry), INCR (version); a new counter adds its EXPIRE (4 before: every
+    invalidation renewed the TTL)."""
+    from hotcache.users import cache as user_cache
+    from hotcache.users.entries import version_key
+
+    user = get_user_model().objects.create_user(username=f"u{_id()}", password="pw")
+    users.invalidate_user(user.pk)  # the script is loaded
+    server.delete(version_key(str(user.pk)))
+    with measured(server) as (c, executed):
+        assert users.invalidate_user(user.pk)  # the counter is new here: its TTL is set
+    figures("cached user invalidation, new counter", c, executed)
+    assert c.billed == 4
+    assert check(server, "cached user invalidation", lambda: users.invalidate_user(user.pk)) == 3
+    assert 0 < server.ttl(version_key(str(user.pk))) <= user_cache._VERSION_TTL
+
+
+@pytest.mark.django_db
 def test_cached_user_fill(server):
     """A miss's write-back (user_fill.lua): EVALSHA, GET (version), SET ... GET (entry); 5 before (two TYPEs)."""
     from hotcache.users import cache as user_cache
