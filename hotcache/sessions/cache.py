@@ -91,6 +91,8 @@ def read(session_key: str) -> Lookup | None:
         pending_invalidations.done(pending)
     entry = decode(session_key, raw) if raw is not None else None
     metering.event(FEATURE, "hit" if entry is not None else "miss")
+    if entry is not None:
+        _remember(session_key, entry.user)
     return Lookup(entry, version)
 
 
