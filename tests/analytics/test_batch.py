@@ -206,3 +206,30 @@ def test_a_known_hours_marks_are_not_sent_again_and_an_overflowed_event_stays_in
     assert c.events["analytics:visitor_overflow"] == 1  # "second" stayed in overflow
     assert not raw_redis.exists(hll_key(day, "second"))
     assert raw_redis.pfcount(hll_key(day, OVERFLOW)) == 2 and raw_redis.pfcount(hll_key(day, "first")) == 2
+
+
+def test_a_batch_of_many_new_fields_fills_an_hour_exactly_as_one_call_per_event(
+    raw_redis, key_prefix, hotcache_config, clock
+):
+    """A batch reads an hour's field count once and renews its TTL and index once (issue 17: not once per new
+    field); the cap and its overflow fields come out exactly as when the same events are written one per call."""
+    hotcache_config(ANALYTICS_MAX_COUNTERS_PER_HOUR=3, ANALYTICS_BATCH_SECONDS=0)
+    traffic = [(f"e{i % 120}", f"/p{i % 7}") for i in range(400)]  # 120 events: past the cap and its slack of 100
+    for event, path in traffic:
+        assert analytics.track(event, path=path) == "redis"
+    one_per_call = _hour_counts(raw_redis, key_prefix)
+    clock.advance(3600)
+    hotcache_config(ANALYTICS_MAX_COUNTERS_PER_HOUR=3, ANALYTICS_BATCH_SECONDS=60)
+    try:
+        for event, path in traffic:
+            assert analytics.track(event, path=path) == "batched"
+        with count_redis() as c:
+            assert analytics.flush_batch() == 400
+    finally:
+        _batch.batch.stop()
+    assert c.events["analytics:tracked"] == 400
+    assert _hour_counts(raw_redis, key_prefix) == one_per_call
+    assert sum(one_per_call.values()) == 400 and len(one_per_call) == 3 + 100 + 1
+    hour = hc_clock.utcnow().strftime("%Y%m%d%H")
+    assert 0 < raw_redis.ttl(f"{key_prefix}:{{analytics:a}}:h:{hour}")
+    assert raw_redis.zscore(f"{key_prefix}:{{analytics:a}}:hours", hour) is not None
