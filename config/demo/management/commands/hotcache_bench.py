@@ -42,6 +42,13 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", type=int, default=5)
         parser.add_argument("--ops", type=int, default=200, help="operations per arm per round")
         parser.add_argument("--json", action="store_true")
+        parser.add_argument(
+            "--latency-ms",
+            type=float,
+            default=0.0,
+            help="put a TCP relay adding this many ms each way in front of Redis and of the database (when it is "
+            "a network server, e.g. PostgreSQL): what a deployment whose stores are not on loopback sees",
+        )
         conn = parser.add_argument_group("connections (the MongoDB connections benchmark, several processes)")
         conn.add_argument(
             "--mongo-url",
@@ -63,11 +70,35 @@ class Command(BaseCommand):
         unknown = [f for f in selected if f not in groups]
         if unknown:
             raise CommandError(f"unknown feature(s) {unknown}; choose from {list(groups)}")
+        with contextlib.ExitStack() as stack:
+            redis_url = options["redis_url"]
+            if options["latency_ms"]:
+                from config.demo.bench.latency import delayed
+
+                try:
+                    mode = stack.enter_context(
+                        delayed(redis_url or _configured_redis_url(), options["latency_ms"], say=self.stderr.write)
+                    )
+                except (ValueError, RuntimeError) as exc:
+                    raise CommandError(str(exc)) from exc
+                redis_url = mode.redis_url
+                if not options["json"]:
+                    self.stdout.write(mode.describe())
+            report = self._run_groups(selected, redis_url, options)
+            if options["latency_ms"]:
+                report["latency_mode"] = {"delay_ms_each_way": options["latency_ms"], **mode.relays}
+        if options["json"]:
+            self.stdout.write(json.dumps(report, indent=2))
+
+    def _run_groups(self, selected: list[str], redis_url: str | None, options: dict[str, Any]) -> dict[str, Any]:
+        groups = all_groups()
         caches = dict(settings.CACHES)
-        if options["redis_url"]:
-            alias = hotcache_settings.REDIS_ALIAS
-            caches[alias] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": options["redis_url"]}
         hot = {**hotcache_settings.user_settings, "KEY_PREFIX": BENCH_PREFIX, "MONGO_DATABASE": "hotcache_bench"}
+        if redis_url:
+            alias = hotcache_settings.REDIS_ALIAS
+            caches[alias] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url}
+            if hot.get("REDIS_URL"):
+                hot["REDIS_URL"] = redis_url
         report: dict[str, Any] = {}
         with override_settings(CACHES=caches, HOTCACHE=hot):
             try:
@@ -86,8 +117,7 @@ class Command(BaseCommand):
                             self.stdout.write(_format(title, results))
             finally:
                 _cleanup()
-        if options["json"]:
-            self.stdout.write(json.dumps(report, indent=2))
+        return report
 
     def _connections(self, options: dict[str, Any]) -> None:
         from config.demo.bench.connections import format_table, run_connections
@@ -137,6 +167,14 @@ def _mongo_server(url: str | None, say: Any) -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+def _configured_redis_url() -> str:
+    """The Redis the arms use when no --redis-url is given: HOTCACHE['REDIS_URL'], else the alias's LOCATION."""
+    url = hotcache_settings.REDIS_URL or settings.CACHES.get(hotcache_settings.REDIS_ALIAS, {}).get("LOCATION")
+    if not isinstance(url, str):
+        raise CommandError("--latency-ms needs a Redis URL: pass --redis-url")
+    return url
 
 
 def _cleanup() -> None:
