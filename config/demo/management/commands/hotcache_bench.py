@@ -43,6 +43,16 @@ class Command(BaseCommand):
         parser.add_argument("--ops", type=int, default=200, help="operations per arm per round")
         parser.add_argument("--json", action="store_true")
         parser.add_argument(
+            "--cluster",
+            nargs="?",
+            const="start",
+            metavar="URL",
+            help="run every selected group a second time with hotcache on a Redis Cluster (HOTCACHE REDIS_URL + "
+            "REDIS_CLUSTER): this URL, or without one a 6-node cluster started on loopback for the run from the "
+            "test requirements. The anchors (django-ratelimit, the floor, Django's cached_db) stay on the single"
+            " server",
+        )
+        parser.add_argument(
             "--latency-ms",
             type=float,
             default=0.0,
@@ -85,12 +95,20 @@ class Command(BaseCommand):
                 if not options["json"]:
                     self.stdout.write(mode.describe())
             report = self._run_groups(selected, redis_url, options)
+            if options["cluster"]:
+                cluster_url = stack.enter_context(_cluster(options["cluster"], self.stderr.write))
+                if not options["json"]:
+                    self.stdout.write(f"\n== the same groups with hotcache on the Redis Cluster at {cluster_url}")
+                for title, arms in self._run_groups(selected, redis_url, options, cluster_url=cluster_url).items():
+                    report[f"{title} [cluster]"] = arms
             if options["latency_ms"]:
                 report["latency_mode"] = {"delay_ms_each_way": options["latency_ms"], **mode.relays}
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
 
-    def _run_groups(self, selected: list[str], redis_url: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    def _run_groups(
+        self, selected: list[str], redis_url: str | None, options: dict[str, Any], *, cluster_url: str | None = None
+    ) -> dict[str, Any]:
         groups = all_groups()
         caches = dict(settings.CACHES)
         hot = {**hotcache_settings.user_settings, "KEY_PREFIX": BENCH_PREFIX, "MONGO_DATABASE": "hotcache_bench"}
@@ -99,6 +117,8 @@ class Command(BaseCommand):
             caches[alias] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url}
             if hot.get("REDIS_URL"):
                 hot["REDIS_URL"] = redis_url
+        if cluster_url:
+            hot.update(REDIS_URL=cluster_url, REDIS_CLUSTER=True)
         report: dict[str, Any] = {}
         with override_settings(CACHES=caches, HOTCACHE=hot):
             try:
@@ -167,6 +187,28 @@ def _mongo_server(url: str | None, say: Any) -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def _cluster(url: str, say: Any) -> Iterator[str]:
+    """The Redis Cluster of --cluster: its URL, or a 6-node cluster started for the run
+    (tests/support/redis_cluster.py, Debian's redis-server) and stopped after it."""
+    if url != "start":
+        yield url
+        return
+    try:
+        from tests.support.redis_cluster import ClusterStartError, RedisClusterNodes
+    except ImportError as exc:
+        raise CommandError("--cluster without a URL needs the repository's tests/support: pass --cluster URL") from exc
+    try:
+        nodes = RedisClusterNodes().start()
+    except ClusterStartError as exc:
+        raise CommandError(f"no Redis Cluster for the benchmark: {exc}") from exc
+    say(f"started a 6-node Redis Cluster for this run at {nodes.url}")
+    try:
+        yield nodes.url
+    finally:
+        nodes.close()
 
 
 def _configured_redis_url() -> str:
