@@ -117,7 +117,8 @@ def test_an_ended_session_is_not_brought_back_by_its_pending_copy():
     workbench.save("s1", {"n": 2})
     with count_redis() as c:
         assert workbench.end("s1")
-    assert c.mongo_ops == 0 and c.round_trips == 1  # the end costs MongoDB nothing on the request path
+    # The end costs MongoDB nothing on the request path; Redis: the script (billed 11 with its ended record).
+    assert c.mongo_ops == 0 and c.round_trips == 1 and c.billed == 11, c
     assert len(writer) == 1 and active("s1")["version"] == 1  # the pending copy is replaced by the ended mark
     with count_redis() as c:
         assert workbench.flush_durable() == 1
