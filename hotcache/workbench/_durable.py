@@ -315,9 +315,11 @@ def flush_durable() -> int:
 def _flush_before_fallback(session_id: str | None = None) -> None:
     """This process is about to use workbench_active itself (Redis unreachable; or a recovery check of
     ``session_id``, then only if that session's copy is pending): the copies it owes go first, so a session
-    it saved before the outage is found there."""
+    it saved before the outage is found there. A pending ended mark needs no flush before a recovery check:
+    that check reads Redis's ended record (a load of a session this process just ended costs no bulk)."""
     pending = writer._pending
-    if pending and (session_id is None or session_id in pending):
+    mine = pending.get(session_id) if session_id is not None else None
+    if pending and (session_id is None or (mine is not None and not mine.ended)):
         try:
             writer.flush()
         except Exception:

@@ -121,6 +121,11 @@ def test_an_ended_session_is_not_brought_back_by_its_pending_copy():
     assert c.mongo_ops == 0 and c.round_trips == 1 and c.billed == 11, c
     assert len(writer) == 1 and active("s1")["version"] == 1  # the pending copy is replaced by the ended mark
     with count_redis() as c:
+        assert workbench.load("s1") is None  # a miss before the mark landed: Redis's ended record says no
+    # The miss's one read of workbench_active (it finds the copy of v1, ended in Redis at v2: marked ended);
+    # the pending mark is not flushed first.
+    assert c.mongo_ops == 2 and len(writer) == 1 and active("s1")["ended"] is True
+    with count_redis() as c:
         assert workbench.flush_durable() == 1
     assert c.mongo_ops == 1
     mark = active("s1")
