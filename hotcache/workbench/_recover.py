@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from hotcache import clock
+from hotcache import clock, signing
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
@@ -71,7 +71,18 @@ def _reconcile_args(
 def _ended_records(session_id: str) -> tuple[int, list[_Envelope]]:
     """The session's ended records in Redis (wb_end.lua): how many, and the envelopes ended, verified (one
     round trip). A record that fails verification counts (so the script's check holds) but ends nothing."""
-    raw = redis_backend.call(FEATURE, lambda r: r.hvals(_gone_key(session_id)))
+    key = _gone_key(session_id)
+
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        pipe.hvals(key)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    [raw] = redis_backend.call(FEATURE, read)
+    if isinstance(raw, Exception):
+        signing.tampered(FEATURE, key, "is not a hash (ended records): none are trusted")
+        return 0, []
     ended = [e for e in (_open_envelope(session_id, v) for v in raw) if e is not None]
     return len(raw), ended
 

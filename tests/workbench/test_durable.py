@@ -315,3 +315,27 @@ def test_a_put_back_is_refused_when_an_end_ran_after_the_check_read_the_ended_re
 
     assert put(read_before) == 0 and not raw_redis.exists(_layout._data_key("s1"))
     assert put(1) == 1  # the count is what refused it (the script would put it back on what it was told)
+
+
+def test_a_retyped_ended_record_breaks_neither_end_nor_the_recovery_check(raw_redis):
+    """Someone who can write to Redis retypes a session's ended records: end() still ends it in Redis (the
+    key is replaced), and a recovery check counts it tampered and trusts no record in it (as if deleted)."""
+    gone = _layout._gone_key("s1")
+    raw_redis.set(gone, "not a hash")
+    workbench.save("s1", {"n": 1})
+    with count_redis() as c:
+        assert workbench.end("s1")
+    assert c.events["workbench:fallback"] == 0 and raw_redis.type(gone) == b"hash"
+    assert active("s1")["ended"] is True
+
+    workbench.save("s2", {"n": 1})
+    late = _envelope._recall("s2")
+    workbench.end("s2")
+    mongo.collection(workbench.ACTIVE, feature="test").delete_one({"_id": "s2"})
+    _durable._durable_write("s2", late, '{"n":1}')  # a late copy, its mark not landed
+    raw_redis.set(_layout._gone_key("s2"), "not a hash")
+    new_process()
+    with count_redis() as c:
+        session = workbench.load("s2")  # no exception, no fallback: the record is absent, as if deleted
+    assert c.events["workbench:tampered"] == 1 and c.events["workbench:fallback"] == 0
+    assert session is not None and session.version == 1  # the documented limit of a Redis writer (deletion)

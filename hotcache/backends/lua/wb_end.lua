@@ -36,7 +36,11 @@ redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 if ARGV[8] == '1' then
-  redis.call('HSET', KEYS[6], ARGV[3], cur)
+  if type(redis.pcall('HSET', KEYS[6], ARGV[3], cur)) == 'table' then
+    -- Not a hash (someone else retyped it): replaced, as deleting it would.
+    redis.call('DEL', KEYS[6])
+    redis.call('HSET', KEYS[6], ARGV[3], cur)
+  end
   redis.call('EXPIRE', KEYS[6], ARGV[2])
 end
 return {1, cur, row[2] or ''}

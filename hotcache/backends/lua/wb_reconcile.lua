@@ -30,8 +30,15 @@ if ARGV[1] == 'drop' then
   return 1
 end
 if ARGV[1] == 'put' then
-  if ARGV[9] ~= '' and redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[9]) then
-    return 0
+  if ARGV[9] ~= '' then
+    local n = redis.pcall('HLEN', KEYS[3])
+    if type(n) == 'table' then
+      redis.call('DEL', KEYS[3])  -- not a hash (retyped by someone else): no records (Python read none either)
+      n = 0
+    end
+    if n ~= tonumber(ARGV[9]) then
+      return 0
+    end
   end
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 's', ARGV[5], 'm', ARGV[4], 't', ARGV[6])
