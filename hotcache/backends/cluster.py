@@ -281,7 +281,7 @@ def single_server_on_cluster(info_cluster: dict[str, Any]) -> bool:
 _NOT_RUN = (MovedError, AskError, TryAgainError)  # the node refused before running the command
 
 
-def send_once(client: RedisCluster, commands: Sequence[Sequence[Any]]) -> list[Any]:
+def send_once(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
     """Each command sent once to the node of its keys, all nodes written before any is read (one round trip per
     node, in parallel); replies in order, a command's error in its place.
 
