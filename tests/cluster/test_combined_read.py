@@ -116,7 +116,7 @@ def test_a_wrong_guess_is_never_used(alice, settings):
     decides, the guessed user's values are dropped and the right user is read."""
     settings.MIDDLEWARE = BASE
     bob = User.objects.create_user(username=f"bob-{uuid.uuid4().hex[:8]}", password="pw-2")
-    client, session, _ = logged_in(alice)
+    client, _, _ = logged_in(alice)
     assert client.get(PROFILE).json()["username"] == alice.username
     session_key = client.cookies[django_settings.SESSION_COOKIE_NAME].value
     Client().force_login(bob, backend="django.contrib.auth.backends.ModelBackend")
