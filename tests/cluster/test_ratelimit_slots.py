@@ -10,10 +10,12 @@ import threading
 import uuid
 
 import pytest
+from django.test import Client
 
 from hotcache.backends import redis as redis_backend
 from hotcache.ratelimit import Limit, evaluate, limit_keys
 from hotcache.testing import count_redis, reset
+from tests.ratelimit.fixtures import ratelimit_middleware  # noqa: F401 - fixture
 
 
 @pytest.fixture(autouse=True)
@@ -175,3 +177,43 @@ def test_concurrent_requests_on_ip_and_user_rules_admit_exactly_one_winner_set(r
     assert admitted == 5
     assert counted(by_user) == 5
     assert sum(counted(lim) for lim in by_ip) == 5
+
+
+@pytest.mark.usefixtures("ratelimit_middleware")
+def test_middleware_with_ip_and_user_rules_limits_both_and_sets_headers(
+    redis_target, hotcache_config, django_user_model
+):
+    user = django_user_model.objects.create_user(username=f"u{uuid.uuid4().hex[:8]}", password="x")
+    user_node = _node(limit_keys(Limit("per-user", str(user.pk), 1, 60))[0])
+    while True:
+        n = uuid.uuid4().int
+        addr = f"198.18.{n % 250}.{(n >> 8) % 250 + 1}"
+        if user_node is None or _node(limit_keys(Limit("per-ip", addr, 1, 60))[0]) != user_node:
+            break
+    hotcache_config(
+        RATELIMIT_DENY_CACHE_SIZE=0,
+        RATELIMIT_RULES=[
+            {"name": "per-ip", "rate": "10/m", "key": "ip", "headers": True},
+            {"name": "per-user", "rate": "2/m", "key": "user", "headers": True},
+        ],
+    )
+    c = Client()
+    c.force_login(user)
+    assert c.get("/other/", REMOTE_ADDR=addr).status_code == 200
+    with count_redis() as admitted:
+        ok = c.get("/other/", REMOTE_ADDR=addr)
+    assert ok.status_code == 200
+    assert '"per-ip";r=8;' in ok["RateLimit"] and '"per-user";r=0;' in ok["RateLimit"]
+    with count_redis() as refused:
+        denied = c.get("/other/", REMOTE_ADDR=addr)
+    assert denied.status_code == 429 and int(denied["Retry-After"]) >= 1
+    assert denied.json()["rule"] == "per-user"
+    per_ip = Limit("per-ip", addr, 10, 60)
+    assert counted(per_ip) == 2  # the refused request's count on the IP's slot was given back
+    assert c.get("/other/", REMOTE_ADDR=addr).status_code == 429
+    assert counted(per_ip) == 2
+    if on_cluster(redis_target):
+        assert admitted.round_trips == 2
+        assert refused.round_trips in (3, 4)  # + the give-back (+ its script's first load on that node)
+    else:
+        assert admitted.round_trips == 1 and refused.round_trips == 1
