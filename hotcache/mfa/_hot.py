@@ -205,7 +205,8 @@ def _run_with_marker(
     Returns the script's result and the marker's T (0 when absent or not to be trusted). The marker
     is a signed record: a forged one is ignored, and overwritten when this call publishes.
     """
-    marker = _marker.marker_key()
+    marker = _marker.marker_key_near(r, script_keys[0])
+    copies = [marker] if publish_ms is None else _marker.marker_keys()
     pipe = r.pipeline(transaction=False)
     script.queue(pipe, script_keys, args)
     steps: list[tuple[redis_backend.Script, list[str], list[Any]]] = [(script, script_keys, args)]
@@ -217,8 +218,9 @@ def _run_with_marker(
         sealed = _marker.seal(publish_ms)
         ttl_ms = max(1, publish_ms - now_ms) + _MARKER_MARGIN_MS
         mark_args = [sealed, publish_ms, ttl_ms]
-        MARK.queue(pipe, [marker], mark_args)
-        steps.append((MARK, [marker], mark_args))
+        for copy in copies:  # the one key; on a cluster every copy
+            MARK.queue(pipe, [copy], mark_args)
+            steps.append((MARK, [copy], mark_args))
     out = pipe.execute(raise_on_error=False)
     for i, (s, k, a) in enumerate(steps):
         if isinstance(out[i], NoScriptError):  # first use on this server: EVAL also caches it
@@ -231,14 +233,17 @@ def _run_with_marker(
             signing.tampered(FEATURE, marker, "is not a string")
             return out[0], 0
         return out[0], _marker.marker_ms(out[1])
-    if isinstance(out[1], Exception):
-        raise out[1]
-    until = _marker.marker_ms(out[1])
-    if until < publish_ms:
-        # MARK kept a larger T that is not ours (forged): replace it. Only after tampering; one more round trip.
-        r.set(marker, sealed, px=ttl_ms)
-        until = publish_ms
-    return out[0], until
+    highest = 0
+    for copy, reply in zip(copies, out[1:], strict=True):
+        if isinstance(reply, Exception):
+            raise reply
+        until = _marker.marker_ms(reply)
+        if until < publish_ms:
+            # MARK kept a larger T that is not ours (forged): replace it. Only after tampering; one more round trip.
+            r.set(copy, sealed, px=ttl_ms)
+            until = publish_ms
+        highest = max(highest, until)
+    return out[0], highest
 
 
 def _checked(reply: _VerifyReply, user: str, purpose: str, k: _Keys, now_ms: int, conf: Limits) -> _VerifyReply:
