@@ -166,7 +166,7 @@ def test_concurrent_requests_on_ip_and_user_rules_admit_exactly_one_winner_set(r
     for t in threads:
         t.join()
     assert errors == []
-    assert 1 <= len(winners) <= 5
+    assert len(winners) <= 5  # (even 0 is possible: each refused only by costs about to be given back)
     assert counted(by_user) == len(winners)
     assert [counted(lim) for lim in by_ip] == [sum(1 for n in winners if n % 2 == i) for i in range(2)]
     # Losers refused only by a cost about to be given back leave room: the rest of the 5, never more.

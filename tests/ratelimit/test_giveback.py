@@ -21,8 +21,11 @@ def _fresh():
     reset()
 
 
+TAG = uuid.uuid4().hex  # one identifier: one script's keys share a slot (so this also runs on a cluster)
+
+
 def key(key_prefix: str) -> str:
-    return f"{key_prefix}:{{ratelimit:{uuid.uuid4().hex}}}:r:60:b"
+    return f"{key_prefix}:{{ratelimit:{TAG}}}:r{uuid.uuid4().hex}:60:b"
 
 
 def write(raw_redis, k: str, w: int, even: int, odd: int) -> None:
