@@ -54,8 +54,8 @@ class _Hints:
     def get(self, session_key: str) -> str | None:
         return self._items.get(session_key)
 
-    def learn(self, session_key: str, found: tuple[cache.Lookup, cache.UserRead | None] | None) -> None:
-        entry = found[0].entry if found is not None else None
+    def learn(self, session_key: str, found: tuple[cache.Lookup, cache.UserRead | None]) -> None:
+        entry = found[0].entry
         uid = entry.user if entry is not None else None
         with self._lock:
             if uid is None:
@@ -78,26 +78,28 @@ def _on_cluster() -> bool:
     return bool(hotcache_settings.REDIS_CLUSTER)
 
 
-def _cluster_commands(session_key: str) -> list[tuple[Any, ...]]:
-    """The session's MGET, and the user's MGET when this process knows which user the session names."""
+def _cluster_commands(session_key: str) -> tuple[list[tuple[Any, ...]], str | None]:
+    """The session's MGET, and the user's MGET when this process knows which user the session names (that user)."""
     commands: list[tuple[Any, ...]] = [("MGET", entry_key(session_key), version_key(session_key))]
     uid = hints.get(session_key)
     if uid is not None:
         from hotcache.users import entries as user_entries
 
         commands.append(("MGET", user_entries.entry_key(uid), user_entries.version_key(uid)))
-    return commands
+    return commands, uid
 
 
-def _settle_cluster(session_key: str, replies: list[Any]) -> tuple[cache.Lookup, cache.UserRead | None] | None:
-    """The parallel reads' replies as the combined script's; None when the session's read failed."""
+def _settle_cluster(
+    session_key: str, replies: list[Any], uid: str | None
+) -> tuple[cache.Lookup, cache.UserRead | None] | None:
+    """The parallel reads' replies (``uid``: the user whose keys were read, if any) as the combined script's; None
+    when the session's read failed."""
     session = replies[0]
     if isinstance(session, Exception):
         return None
-    uid = hints.get(session_key) if len(replies) > 1 else None
-    user = replies[1] if len(replies) > 1 and not isinstance(replies[1], Exception) else None
-    if user is None:
-        uid = None
+    user = replies[1] if uid is not None and len(replies) > 1 else None
+    if user is None or isinstance(user, Exception):
+        uid, user = None, None
     entry_raw, version = session
     user_entry, user_version = user if user is not None else (None, None)
     with metering.feature(FEATURE):
@@ -111,7 +113,7 @@ def read_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRead | Non
     together, one round trip per node in parallel. None when Redis is unavailable."""
     if not _on_cluster():
         return cache.read_with_user(session_key)
-    commands = _cluster_commands(session_key)
+    commands, uid = _cluster_commands(session_key)
     try:
         replies = redis_backend.call(FEATURE, lambda r: cluster.send_once(r, commands))
     except RedisUnavailable:
@@ -120,23 +122,24 @@ def read_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRead | Non
     if isinstance(replies[0], Exception):
         metering.event(FEATURE, "fallback")
         return None
-    return _settle_cluster(session_key, replies)
+    return _settle_cluster(session_key, replies, uid)
 
 
 class Companion:
     """The session-and-user read of one request, queued in another feature's pipeline (the rate limit's)."""
 
-    __slots__ = ("commands", "session", "session_key")
+    __slots__ = ("commands", "session", "session_key", "uid")
 
     def __init__(self, session: Any, session_key: str) -> None:
         self.session = session
         self.session_key = session_key
         self.commands = 1
+        self.uid: str | None = None  # on a cluster: the user whose keys were queued
 
     def queue(self, pipe: Any) -> None:
         """The script on one server; on a cluster the session's and the user's MGETs (routed to their nodes)."""
         if _on_cluster():
-            commands = _cluster_commands(self.session_key)
+            commands, self.uid = _cluster_commands(self.session_key)
             self.commands = len(commands)
             for command in commands:
                 pipe.execute_command(*command)
@@ -148,7 +151,7 @@ class Companion:
         store to read on its own, as without it."""
         try:
             if _on_cluster():
-                found = _settle_cluster(self.session_key, raw if self.commands > 1 else [raw])
+                found = _settle_cluster(self.session_key, raw if self.commands > 1 else [raw], self.uid)
             else:
                 found = cache.settle_read_with_user(self.session_key, raw)
         except (RedisError, TypeError, ValueError):

@@ -97,7 +97,7 @@ def test_a_denial_in_one_slot_gives_back_the_counts_of_the_others(redis_target):
         assert not evaluate([by_ip, by_user]).allowed
     assert (counted(by_ip), counted(by_user)) == (1, 2)
     if on_cluster(redis_target):
-        assert first.round_trips == 4  # the give-back script's first use on that node: NOSCRIPT, then EVAL
+        assert first.round_trips in (3, 4)  # + NOSCRIPT, then EVAL on the give-back script's first use on that node
     with count_redis() as c:
         decision = evaluate([by_ip, by_user])
     assert not decision.allowed
@@ -183,18 +183,20 @@ def test_concurrent_requests_on_ip_and_user_rules_admit_exactly_one_winner_set(r
 def test_middleware_with_ip_and_user_rules_limits_both_and_sets_headers(
     redis_target, hotcache_config, django_user_model
 ):
+    # rule names of this test's own: user pks repeat across tests (each rolls its database back), counters stay
+    by_ip, by_user = f"ip-{uuid.uuid4().hex[:8]}", f"user-{uuid.uuid4().hex[:8]}"
     user = django_user_model.objects.create_user(username=f"u{uuid.uuid4().hex[:8]}", password="x")
-    user_node = _node(limit_keys(Limit("per-user", str(user.pk), 1, 60))[0])
+    user_node = _node(limit_keys(Limit(by_user, str(user.pk), 1, 60))[0])
     while True:
         n = uuid.uuid4().int
         addr = f"198.18.{n % 250}.{(n >> 8) % 250 + 1}"
-        if user_node is None or _node(limit_keys(Limit("per-ip", addr, 1, 60))[0]) != user_node:
+        if user_node is None or _node(limit_keys(Limit(by_ip, addr, 1, 60))[0]) != user_node:
             break
     hotcache_config(
         RATELIMIT_DENY_CACHE_SIZE=0,
         RATELIMIT_RULES=[
-            {"name": "per-ip", "rate": "10/m", "key": "ip", "headers": True},
-            {"name": "per-user", "rate": "2/m", "key": "user", "headers": True},
+            {"name": by_ip, "rate": "10/m", "key": "ip", "headers": True},
+            {"name": by_user, "rate": "2/m", "key": "user", "headers": True},
         ],
     )
     c = Client()
@@ -203,12 +205,12 @@ def test_middleware_with_ip_and_user_rules_limits_both_and_sets_headers(
     with count_redis() as admitted:
         ok = c.get("/other/", REMOTE_ADDR=addr)
     assert ok.status_code == 200
-    assert '"per-ip";r=8;' in ok["RateLimit"] and '"per-user";r=0;' in ok["RateLimit"]
+    assert f'"{by_ip}";r=8;' in ok["RateLimit"] and f'"{by_user}";r=0;' in ok["RateLimit"]
     with count_redis() as refused:
         denied = c.get("/other/", REMOTE_ADDR=addr)
     assert denied.status_code == 429 and int(denied["Retry-After"]) >= 1
-    assert denied.json()["rule"] == "per-user"
-    per_ip = Limit("per-ip", addr, 10, 60)
+    assert denied.json()["rule"] == by_user
+    per_ip = Limit(by_ip, addr, 10, 60)
     assert counted(per_ip) == 2  # the refused request's count on the IP's slot was given back
     assert c.get("/other/", REMOTE_ADDR=addr).status_code == 429
     assert counted(per_ip) == 2
