@@ -161,7 +161,7 @@ def _on_slots(
     except (TypeError, ValueError, LookupError):
         log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
         return _degraded(state.outage, limits, increment, "unexpected script reply")
-    if not allowed and increment and len(parts) > 1:
+    if not allowed and increment and len(parts) > 1 and raw is not None:
         slots.give_back(limits, redis_keys, parts, raw)
     return _decided(state, limits, results, allowed, increment, now)
 

@@ -90,12 +90,13 @@ def evaluate_groups(
     *,
     increment: bool,
     companion: Companion | None = None,
-) -> list[Any]:
+) -> list[Any] | None:
     """Every group's script (and the companion's read) in one round trip per node; the groups' replies merged into
     the shape of one script's reply for all rules (4 figures per rule, then the corrupt counters' indexes).
 
     A group's NOSCRIPT (the script's first use on that node) is sent again as EVAL: NOSCRIPT means it did not run.
     Any other failure of a group raises (the outage policies decide; counts other groups took stay, the safe side).
+    None when a reply is not the script's shape (core.py then applies the outage policies, as for one script).
     """
     mode = _COUNT_AND_WINDOWS if increment and len(groups) > 1 else (1 if increment else 0)
     commands = []
@@ -117,11 +118,21 @@ def evaluate_groups(
         again = cluster.send_once(r, [("EVAL", script.body, *commands[i][2:]) for i in reload])
         for i, raw in zip(reload, again, strict=True):
             replies[i] = raw
+    for raw in replies[: len(commands)]:
+        if isinstance(raw, Exception):
+            raise raw
+    try:
+        return _merged(script, limits, groups, replies, mode)
+    except (TypeError, ValueError, LookupError):
+        return None  # not the script's reply shape: core's check of the reply applies the outage policies
+
+
+def _merged(
+    script: redis_backend.Script, limits: Sequence[Limit], groups: list[Group], replies: list[Any], mode: int
+) -> list[Any]:
     merged: list[Any] = [None] * (4 * len(limits))
     bad: list[int] = []
     for group, raw in zip(groups, replies, strict=False):
-        if isinstance(raw, Exception):
-            raise raw
         reply = script.reply(raw)
         for j, i in enumerate(group.indexes):
             merged[4 * i : 4 * i + 4] = reply[4 * j : 4 * j + 4]

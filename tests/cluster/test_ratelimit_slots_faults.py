@@ -1,5 +1,6 @@
-"""A give-back whose reply is lost is never sent again (issue 18): the counts it gave back are given back once,
-never twice. redis-py's own cluster pipeline would re-send a timed-out node's commands one by one."""
+"""Rate limiting across cluster slots when something goes wrong (issue 18): a give-back whose reply is lost is never
+sent again (the counts are given back once, never twice; redis-py's own cluster pipeline would re-send a timed-out
+node's commands one by one), and a reply of another shape is an outage decision, never a 500."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from redis.cluster import NodeCommands
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from hotcache.backends import cluster
 from hotcache.ratelimit import Limit, evaluate, slots
 from hotcache.testing import count_redis, reset
 from tests.cluster.test_ratelimit_slots import counted, identifiers_on_two_masters
@@ -57,3 +59,12 @@ def test_a_lost_giveback_reply_gives_back_once(lose_giveback_reply):
     assert c.events["ratelimit:giveback_failed"] == 1 and c.events["ratelimit:given_back"] == 0
     give_backs = c.commands - 2  # the two groups' EVALSHAs, then the give-back: sent once (EVAL once if NOSCRIPT)
     assert give_backs in (1, 2)
+
+
+def test_a_group_reply_of_another_shape_is_an_outage_decision_not_a_500(monkeypatch):
+    ip, user = identifiers_on_two_masters()
+    real = cluster.send_once
+    monkeypatch.setattr(cluster, "send_once", lambda r, commands: [[1, "not a list"] for _ in real(r, commands)])
+    decision = evaluate([Limit("per-ip", ip, 10, 3600), Limit("per-user", user, 10, 3600)])
+    assert decision.allowed and decision.degraded == "redis_unavailable"
+    assert [r.source for r in decision.results] == ["local", "local"]
