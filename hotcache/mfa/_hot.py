@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from hotcache import keys, metering, recovery, signing
+from hotcache.backends import cluster
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 from hotcache.mfa import _marker
@@ -207,21 +209,20 @@ def _run_with_marker(
     """
     marker = _marker.marker_key_near(r, script_keys[0])
     copies = [marker] if publish_ms is None else _marker.marker_keys()
-    pipe = r.pipeline(transaction=False)
-    script.queue(pipe, script_keys, args)
+    commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(script_keys), *script_keys, *args)]
     steps: list[tuple[redis_backend.Script, list[str], list[Any]]] = [(script, script_keys, args)]
     sealed = ""
     ttl_ms = 0
     if publish_ms is None:
-        pipe.get(marker)
+        commands.append(("GET", marker))
     else:
         sealed = _marker.seal(publish_ms)
         ttl_ms = max(1, publish_ms - now_ms) + _MARKER_MARGIN_MS
         mark_args = [sealed, publish_ms, ttl_ms]
         for copy in copies:  # the one key; on a cluster every copy
-            MARK.queue(pipe, [copy], mark_args)
+            commands.append(("EVALSHA", MARK.sha, 1, copy, *mark_args))
             steps.append((MARK, [copy], mark_args))
-    out = pipe.execute(raise_on_error=False)
+    out = _pipelined(r, commands)
     for i, (s, k, a) in enumerate(steps):
         if isinstance(out[i], NoScriptError):  # first use on this server: EVAL also caches it
             out[i] = r.eval(s.body, len(k), *k, *a)
@@ -244,6 +245,17 @@ def _run_with_marker(
             until = publish_ms
         highest = max(highest, until)
     return out[0], highest
+
+
+def _pipelined(r: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` in one pipeline (one round trip; on a cluster one per node, each command sent once: redis-py's
+    cluster pipeline would re-send a verify whose reply timed out, and a consumed code would then answer ``used``)."""
+    if isinstance(r, RedisCluster):
+        return cluster.send_once(r, commands)
+    pipe = r.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute(raise_on_error=False))
 
 
 def _checked(reply: _VerifyReply, user: str, purpose: str, k: _Keys, now_ms: int, conf: Limits) -> _VerifyReply:

@@ -29,10 +29,13 @@ def code_key(user: str) -> str:
 
 
 def users_on_every_master(n: int) -> list[str]:
+    """``n`` users whose code records are spread over all three masters."""
     client = redis_backend.get_client()
-    users = [f"u{uuid.uuid4().hex[:10]}" for _ in range(n)]
-    assert len({client.get_node_from_key(code_key(u)).name for u in users}) == 3
-    return users
+    for _ in range(100):
+        users = [f"u{uuid.uuid4().hex[:10]}" for _ in range(n)]
+        if len({client.get_node_from_key(code_key(u)).name for u in users}) == 3:
+            return users
+    raise AssertionError("100 draws of users never reached all three masters")
 
 
 def test_the_copies_cover_every_master():
@@ -46,8 +49,10 @@ def test_the_copies_cover_every_master():
 def test_guesses_for_users_on_every_master_cost_one_round_trip_each():
     users = users_on_every_master(20)
     redis_backend.call("bench", lambda r: [r.ping(target_nodes=r.get_primaries())])
-    for user in users[:3]:
-        mfa.verify(user, "123456")  # scripts loaded on every master
+    client = redis_backend.get_client()
+    one_per_master = {client.get_node_from_key(code_key(u)).name: u for u in users}
+    for user in one_per_master.values():
+        mfa.verify(user, "123456")  # the verify script loaded on every master
     with count_redis() as counted:
         for user in users:
             assert mfa.verify(user, "123456").reason is Reason.EXPIRED_OR_MISSING
@@ -86,3 +91,31 @@ def test_a_published_marker_is_in_every_copy_and_each_verify_reads_the_copy_near
             answer = _hot.verify(user, "login", digest, _conf.now_ms(), conf)
         assert answer.marker_ms == until + _marker.marker_keys().index(near)
         assert counted.round_trips == 1
+
+
+def test_a_verify_whose_reply_is_lost_is_not_sent_again(monkeypatch):
+    """redis-py's cluster pipeline re-sends the commands of a node whose reply timed out: a wrong guess would count
+    twice (a right code, consumed by the first run, would answer ``used``). The verify pipeline sends once."""
+    from redis.cluster import NodeCommands
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    user = f"u{uuid.uuid4().hex[:10]}"
+    code = mfa.issue(user)
+    wrong = "0" * len(code) if code != "0" * len(code) else "1" * len(code)
+    assert mfa.verify(user, wrong).reason is Reason.INVALID  # the verify script loaded on that master
+    client = redis_backend.get_client()
+    assert client.hget(code_key(user), "a") == b"1"
+    read, lost = NodeCommands.read, []
+
+    def losing(self):
+        read(self)
+        if not lost and any(c.args[:2] == ("EVALSHA", _hot.VERIFY.sha) for c in self.commands):
+            lost.append(1)
+            self.connection.disconnect()
+            for c in self.commands:
+                c.result = RedisTimeout("Timeout reading from socket (test: reply lost)")
+
+    monkeypatch.setattr(NodeCommands, "read", losing)
+    mfa.verify(user, wrong)  # Redis counted the guess; its reply is lost (MongoDB then answers)
+    assert lost
+    assert client.hget(code_key(user), "a") == b"2"  # counted once, not twice
