@@ -47,7 +47,10 @@ __all__ = [
     "queue_read_with_user",
     "read",
     "read_with_user",
+    "remember_user",
+    "remembered_user",
     "reserve",
+    "settle_parts",
     "settle_read_with_user",
 ]
 
@@ -141,6 +144,17 @@ def _forget(session_key: str) -> None:
         _users_seen.pop(session_key, None)
 
 
+def remembered_user(session_key: str) -> str | None:
+    """The user key part ``session_key``'s entry named when this process last saw it; None: unknown or anonymous."""
+    with _users_seen_lock:
+        return _users_seen.get(session_key)
+
+
+def remember_user(session_key: str, uid: str | None) -> None:
+    """Record that ``session_key`` names ``uid`` (None: anonymous); only ever a hint of which keys to read."""
+    _remember(session_key, uid)
+
+
 def forget_users_seen() -> None:
     """Forget every session's remembered user (hotcache.testing.reset(): each test starts like a new process)."""
     with _users_seen_lock:
@@ -207,6 +221,14 @@ def settle_read_with_user(
         if plan is not None and plan.hinted:
             return _settle(session_key, _as_script_reply(plan, raw))
         return _settle(session_key, _READ_WITH_USER.reply(raw))
+
+
+def settle_parts(
+    session_key: str, entry: Any, version: Any, uid: str | None, user_entry: Any, user_version: Any
+) -> tuple[Lookup, UserRead | None]:
+    """The combined read made of separate replies (Redis Cluster: the session's and the user's MGETs, each on its
+    node; hotcache.sessions.combined): checked exactly as the script's reply."""
+    return _settle(session_key, (entry, version, uid, user_entry, user_version))
 
 
 def combined_read_possible(client: Any) -> bool:
