@@ -102,6 +102,7 @@ class PoolStats:
     max_pool_size: int = 0
     lane_waits: int = 0  # calls that waited for the healthy lane (MONGO_HEALTHY_POOL_SIZE) while Redis was healthy
     lane_overflows: int = 0  # of those, calls that waited MONGO_HEALTHY_WAIT_MS and went ahead on the full pool
+    lane_wait_ms: int = 0  # time those calls spent waiting, in all (milliseconds)
     monitored: bool = True  # False for the stand-in, which has no pool
 
     def as_dict(self) -> dict[str, Any]:
@@ -395,7 +396,8 @@ class _Lane:
         with self._cond:
             if self.in_flight >= limit:
                 stats.lane_waits += 1
-                deadline = time.monotonic() + int(hotcache_settings.MONGO_HEALTHY_WAIT_MS) / 1000
+                started = time.monotonic()
+                deadline = started + int(hotcache_settings.MONGO_HEALTHY_WAIT_MS) / 1000
                 while self.in_flight >= limit:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -403,6 +405,7 @@ class _Lane:
                         break
                     self._cond.wait(min(remaining, self._RECHECK))
                     limit = self.limit() or self.in_flight + 1
+                stats.lane_wait_ms += round((time.monotonic() - started) * 1000)
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
         return True

@@ -83,6 +83,7 @@ class ArmResult:
     origins: dict[str, int] = field(default_factory=dict)  # call site -> pooled connections opened (all workers)
     lane_waits: int = 0  # MongoDB calls that waited for the healthy lane (MONGO_HEALTHY_POOL_SIZE)
     lane_overflows: int = 0  # of those, calls that went ahead on the full pool after MONGO_HEALTHY_WAIT_MS
+    lane_wait_ms: int = 0  # time those calls waited, in all (noisy: a latency)
     statuses: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -217,7 +218,7 @@ def _worker(
         conn.send(("ok", {"statuses": dict(statuses), "meters": {k: v for k, v in delta.items() if v},
                           "pool_peak": pool.peak_open if pool else 0, "errors": errors[:5],
                           "origins": mongo.connection_origins(),
-                          "lane": [pool.lane_waits, pool.lane_overflows] if pool else [0, 0]}))
+                          "lane": [pool.lane_waits, pool.lane_overflows, pool.lane_wait_ms] if pool else [0, 0, 0]}))
     except BaseException as exc:  # reported to the parent, which fails the run
         conn.send(("error", f"worker {index}: {type(exc).__name__}: {exc}"))
     finally:
@@ -300,6 +301,7 @@ def _run_arm(
         origins=dict(origins.most_common()),
         lane_waits=sum(r["lane"][0] for r in results),
         lane_overflows=sum(r["lane"][1] for r in results),
+        lane_wait_ms=sum(r["lane"][2] for r in results),
         statuses=dict(sorted(statuses.items())),
     )
 
@@ -340,8 +342,8 @@ def format_table(results: list[ArmResult]) -> str:
     base = results[0] if results and results[0].name == BEFORE else None
     buf = io.StringIO()
     buf.write("| arm | requests | fallbacks | peak connections open | connections opened | pool peaks per worker | "
-              "lane waits / overflows | MongoDB ops / request | largest MongoDB shares (ops per 1,000 requests) | "
-              "peak vs all on MongoDB |\n")
+              "lane waits / overflows (ms waited) | MongoDB ops / request | "
+              "largest MongoDB shares (ops per 1,000 requests) | peak vs all on MongoDB |\n")
     buf.write("|---|---|---|---|---|---|---|---|---|---|\n")
     for r in results:
         shares = sorted(r.mongo_by_feature.items(), key=lambda kv: -kv[1])[:3]
@@ -349,8 +351,8 @@ def format_table(results: list[ArmResult]) -> str:
         ratio = f"{100 * r.peak_connections / base.peak_connections:.0f}%" if base and base.peak_connections else "-"
         pools = "/".join(str(n) for n in r.pool_peaks)
         buf.write(f"| {r.name} | {r.requests} | {r.fallbacks} | {r.peak_connections} | {r.opened_connections} | "
-                  f"{pools} | {r.lane_waits} / {r.lane_overflows} | {r.mongo_ops_per_request:.3f} | {top} | "
-                  f"{ratio} |\n")
+                  f"{pools} | {r.lane_waits} / {r.lane_overflows} ({r.lane_wait_ms}) | "
+                  f"{r.mongo_ops_per_request:.3f} | {top} | {ratio} |\n")
     buf.write("\nWhere the connections opened came from (pooled: pymongo's connection_created, per call site, all "
               "workers; monitoring: the rest, one per process with poll):\n\n")
     buf.write("| arm | call site (feature module:function) | connections opened |\n|---|---|---|\n")
