@@ -122,7 +122,8 @@ def _call_site() -> str:
     frame: Any = sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
-        if not (name.startswith((_PYMONGO_DIR, _STDLIB_DIR)) or name == __file__):
+        stdlib = name.startswith(_STDLIB_DIR) and "-packages" not in name  # not site-/dist-packages under it
+        if not (stdlib or name.startswith(_PYMONGO_DIR) or name == __file__):
             module = name.rsplit("/hotcache/", 1)[-1] if "/hotcache/" in name else os.path.basename(name)
             return f"{feature} {module}:{frame.f_code.co_name}"
         frame = frame.f_back
@@ -231,19 +232,20 @@ def _make_state(url: str) -> _State:
         raise MongoUnavailable(msg)
     stats = PoolStats(max_pool_size=int(hotcache_settings.MONGO_MAX_POOL_SIZE))
     # One monitoring connection per process with "poll" (the default) instead of two: the connection budget
-    # is processes x (monitoring + pool). An option written in the URL wins.
+    # is processes x (monitoring + pool). Idle connections closed after MONGO_MAX_IDLE_TIME_MS: an outage's
+    # extra connections are shed after it. An option written in the URL wins.
     query = urlsplit(url).query.lower()
-    monitoring: dict[str, Any] = (
+    options: dict[str, Any] = (
         {} if "servermonitoringmode=" in query
         else {"serverMonitoringMode": str(hotcache_settings.MONGO_SERVER_MONITORING_MODE)}
     )
     idle_ms = int(hotcache_settings.MONGO_MAX_IDLE_TIME_MS)
     if idle_ms > 0 and "maxidletimems=" not in query:
-        monitoring["maxIdleTimeMS"] = idle_ms
+        options["maxIdleTimeMS"] = idle_ms
     origins: Counter[str] = Counter()
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         url,
-        **monitoring,
+        **options,
         maxPoolSize=int(hotcache_settings.MONGO_MAX_POOL_SIZE),
         waitQueueTimeoutMS=int(hotcache_settings.MONGO_WAIT_QUEUE_TIMEOUT_MS),
         serverSelectionTimeoutMS=int(hotcache_settings.MONGO_SERVER_SELECTION_TIMEOUT_MS),

@@ -141,3 +141,15 @@ def test_with_the_gate_open_the_fallbacks_use_the_whole_pool_and_shed_it_after(r
     assert mongo.pool_stats().open == 0
     _in_threads(6, lambda i: mongo.collection("api_keys", feature="apikeys").find_one({"_id": i}))
     assert mongo.pool_stats().open == 1, "healthy again: one call at a time, on one new connection"
+
+
+@pytest.mark.parametrize(("setting", "query", "seconds"), [
+    (60_000, "", 60.0), (250, "", 0.25), (0, "", None), (60_000, "?maxIdleTimeMS=5000", 5.0),
+])
+def test_max_idle_time_comes_from_the_setting_unless_the_url_names_one(real_mongo, hotcache_config, setting, query,
+                                                                        seconds):
+    """MONGO_MAX_IDLE_TIME_MS (60 s by default) is the client's maxIdleTimeMS; 0 keeps pymongo's (never); a
+    maxIdleTimeMS written in MONGO_URL wins."""
+    hotcache_config(MONGO_URL=real_mongo.url + query, MONGO_MAX_IDLE_TIME_MS=setting)
+    assert mongo.ping() >= 0
+    assert mongo._current().client.options.pool_options.max_idle_time_seconds == seconds
