@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hotcache import apikeys
+from hotcache import apikeys, reports
 from hotcache.backends import mongo
 from hotcache.backends.health import CLOSED, redis_gate
 from tests.support.secantus import HOTCACHE_APPNAME
@@ -93,6 +93,9 @@ def test_cold_api_key_loads_in_8_threads_with_redis_healthy_open_one_pooled_conn
     [(site, count)] = mongo.connection_origins().items()
     assert count == 1 and site.startswith("apikeys apikeys/_documents.py:")
     assert opened == 2, "1 monitoring (poll) + 1 pooled connection, as the server counts them"
+    waits = stats.lane_waits
+    note = reports.overview().mongo.pool_limit.note  # what the overview and hotcache_status show
+    assert f"; {waits} calls waited for the healthy limit (MONGO_HEALTHY_POOL_SIZE)" in note and "0 went ahead" in note
 
 
 def test_a_call_that_waited_mongo_healthy_wait_ms_goes_ahead_on_the_pool(real_mongo, hotcache_config):
