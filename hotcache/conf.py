@@ -65,8 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_SERVER_CONNECTION_LIMIT": 500,  # the server's connection limit (Atlas M0: 500), for reports
     # MongoDB calls one process runs at once while Redis is healthy (its health gate closed): the request path's
     # rare MongoDB calls (cold API-key loads, reports, the durable writer) then share this many pooled
-    # connections instead of growing the pool to one per thread. While the gate is open (an outage) the
-    # fallbacks get MONGO_MAX_POOL_SIZE. 0 = no healthy limit (the pool grows as calls overlap).
+    # connections instead of growing the pool to one per thread. While the gate is open (an outage) the limit
+    # steps aside: the fallbacks get all MONGO_MAX_POOL_SIZE. 0 = no healthy limit (the pool grows as calls overlap).
     "MONGO_HEALTHY_POOL_SIZE": 1,
     # A call that waited this long for the healthy limit goes ahead on the full pool (counted as an overflow):
     # the limit saves connections, it never turns a slow MongoDB into failures.

@@ -27,6 +27,7 @@ MongoUnavailable.maybe_applied says so (tests/mongo/test_fail_points.py).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import copy
@@ -361,13 +362,15 @@ class BulkResult:
 
 
 class _Lane:
-    """How many MongoDB calls of this process run at once: MONGO_HEALTHY_POOL_SIZE while Redis's health gate
-    is closed (healthy), MONGO_MAX_POOL_SIZE while it is open or probing (the fallbacks' outage load).
+    """At most MONGO_HEALTHY_POOL_SIZE MongoDB calls of this process at once while Redis's health gate is
+    closed (healthy); no limit of its own while the gate is open or probing, where the fallbacks get the whole
+    pool and pymongo's wait queue (MONGO_WAIT_QUEUE_TIMEOUT_MS) governs as before.
 
     pymongo's pool opens a connection only when a call finds none idle and reuses the most recently used one,
-    so with at most N calls in flight the pool holds at most N connections. A waiting call re-reads the gate
-    every 50 ms (an outage starting widens the lane for the waiters too) and goes ahead after
-    MONGO_HEALTHY_WAIT_MS (an overflow, counted): the healthy limit saves connections, it is not a brake."""
+    so with at most N calls in flight the pool holds at most N connections. Waiting calls go first come,
+    first served (a new call never overtakes one already waiting); a waiting call re-reads the gate every
+    50 ms (an outage starting lets the waiters go at once) and goes ahead after MONGO_HEALTHY_WAIT_MS (an
+    overflow, counted): the healthy limit saves connections, it is not a brake."""
 
     _RECHECK = 0.05
 
@@ -377,45 +380,47 @@ class _Lane:
 
     def _forget(self) -> None:
         self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[object] = collections.deque()
         self.in_flight = 0
-        self.peak = 0
 
     @staticmethod
     def limit() -> int:
-        """The current limit; 0 = none (MONGO_HEALTHY_POOL_SIZE 0: the pool alone bounds the calls)."""
-        healthy = int(hotcache_settings.MONGO_HEALTHY_POOL_SIZE)
-        if healthy <= 0:
-            return 0
+        """The current limit; 0 = none (Redis's gate not closed, or MONGO_HEALTHY_POOL_SIZE 0)."""
         if redis_gate.state != CLOSED:
-            return max(healthy, int(hotcache_settings.MONGO_MAX_POOL_SIZE))
-        return healthy
+            return 0
+        return max(0, int(hotcache_settings.MONGO_HEALTHY_POOL_SIZE))
 
     def enter(self, stats: PoolStats) -> bool:
-        """Admit one call (waiting for a free place while the lane is full); False if no limit applies."""
+        """Admit one call, waiting while the limit is reached; False if no limit applies (nothing to leave)."""
         limit = self.limit()
         if limit <= 0:
             return False
         with self._cond:
-            if self.in_flight >= limit:
+            if self.in_flight >= limit or self._queue:
                 stats.lane_waits += 1
                 started = time.monotonic()
                 deadline = started + int(hotcache_settings.MONGO_HEALTHY_WAIT_MS) / 1000
-                while self.in_flight >= limit:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        stats.lane_overflows += 1
-                        break
-                    self._cond.wait(min(remaining, self._RECHECK))
-                    limit = self.limit() or self.in_flight + 1
+                ticket = object()
+                self._queue.append(ticket)
+                try:
+                    while limit > 0 and (self._queue[0] is not ticket or self.in_flight >= limit):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            stats.lane_overflows += 1
+                            break
+                        self._cond.wait(min(remaining, self._RECHECK))
+                        limit = self.limit()
+                finally:
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()  # the next in line may go now
                 stats.lane_wait_ms += round((time.monotonic() - started) * 1000)
             self.in_flight += 1
-            self.peak = max(self.peak, self.in_flight)
         return True
 
     def leave(self) -> None:
         with self._cond:
             self.in_flight -= 1
-            self._cond.notify()
+            self._cond.notify_all()
 
 
 _lane = _Lane()
