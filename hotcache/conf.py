@@ -69,8 +69,9 @@ DEFAULTS: dict[str, Any] = {
     # steps aside: the fallbacks get all MONGO_MAX_POOL_SIZE. 0 = no healthy limit (the pool grows as calls overlap).
     "MONGO_HEALTHY_POOL_SIZE": 1,
     # A call that waited this long for the healthy limit goes ahead on the full pool (counted as an overflow):
-    # the limit saves connections, it never turns a slow MongoDB into failures.
-    "MONGO_HEALTHY_WAIT_MS": 1000,
+    # the limit saves connections, it never turns a slow MongoDB into failures. As long as a call may wait for
+    # a pooled connection (MONGO_WAIT_QUEUE_TIMEOUT_MS's default): shorter opens connections on every stall.
+    "MONGO_HEALTHY_WAIT_MS": 2000,
     # pymongo maxIdleTimeMS: a pooled connection idle this long is closed, so an outage's extra connections
     # are shed after Redis recovers. 0 = never (pymongo's default). A maxIdleTimeMS in MONGO_URL wins.
     "MONGO_MAX_IDLE_TIME_MS": 60_000,
