@@ -72,6 +72,11 @@ def reset() -> None:
     meter_store.store.reset()
     signing._reset()
     recovery.forget_all()  # not new_process(): nothing this process owes is written into the next test
+    from hotcache.analytics import _write as analytics_write
+    from hotcache.sessions import cache as session_cache
+
+    session_cache.forget_users_seen()
+    analytics_write.forget_marks()
 
 
 @dataclass(slots=True)

@@ -135,11 +135,9 @@ def _scenario(condition: Condition, clock, *, gate_opens: bool) -> None:
     code = mfa.issue("alice")
     verified = mfa.verify("alice", code)
     assert verified.store == "mongodb"
-    if gate_opens or condition.name != "oom":
-        assert verified.ok
-    # Known gap (reported on issue 17): on a full Redis whose gate has not opened yet, mfa_issue.lua runs whole
-    # (its first write is a DEL, which memory never refuses) while mfa_verify.lua is refused at its first
-    # write (HSET), so a code issued in that window verifies only once memory is freed.
+    # Also on a full Redis whose gate has not opened yet: mfa_issue.lua is refused at its first write, as
+    # mfa_verify.lua is, so both take MongoDB and the code verifies at once.
+    assert verified.ok
     pending = mfa.issue("bob")  # issued during the outage, verified after it
     assert redis_gate.snapshot().opens == (1 if gate_opens else 0)
 
@@ -168,6 +166,32 @@ def _scenario(condition: Condition, clock, *, gate_opens: bool) -> None:
     assert apikeys.usage(key.key_id, days=1)[0][1] == uses
     assert metering.snapshot()["ev:apikeys:tampered"] == 0  # a refused write is an outage, not a malformed record
     assert redis_gate.snapshot().opens == (1 if gate_opens else 0)  # it stayed closed
+
+
+@pytest.mark.parametrize("before", ["no record", "a live code", "a key of another type"])
+def test_on_a_full_redis_an_mfa_code_is_issued_where_it_can_be_verified(oom_redis, hotcache_config, clock, before):
+    """The gate still closed (a high threshold): mfa_issue.lua is refused whole, whatever the user's key holds,
+    so the code lives on MongoDB, where a verify refused by the same full Redis looks; it verifies at once,
+    exactly once (issue 17: a DEL first used to let the issue run whole on Redis, out of verify's reach)."""
+    from hotcache.conf import hotcache_settings
+    from hotcache.mfa._hot import _keys
+
+    hotcache_config(HEALTH_FAILURE_THRESHOLD=10_000)
+    raw = oom_redis.client()
+    key = _keys("dora", "login").code
+    if before == "a live code":
+        mfa.issue("dora")
+        clock.advance(hotcache_settings.MFA_RESEND_COOLDOWN + 1)
+    elif before == "a key of another type":
+        raw.rpush(key, "x")
+    held = raw.dump(key)
+    raw.config_set("maxmemory", 1)
+    code = mfa.issue("dora")
+    assert raw.dump(key) == held  # nothing written on Redis
+    first = mfa.verify("dora", code)
+    assert first.ok and first.store == "mongodb"
+    assert not mfa.verify("dora", code).ok  # consumed
+    assert redis_gate.snapshot().opens == 0
 
 
 def test_a_write_refused_for_memory_is_never_half_applied(oom_redis, clock):

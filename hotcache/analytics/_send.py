@@ -88,7 +88,9 @@ def settle(writer: str, doubt: Doubt) -> bool:
         reply = redis_backend.call(FEATURE, lambda r: TRACK(r, w.keys, args))
     except RedisUnavailable:
         return False  # a lost reply again changes nothing: same token, same question next time
-    _, _, outcome, repaired, found = reply
+    outcome, repaired, found = reply[2], reply[3], reply[4]
+    if int(outcome) == 0 and len(reply) > 5:
+        w.learn_marks(reply[5])
     refused = int(outcome) == 2
     # A writer key of the wrong type is reported once, as the refusal below.
     w.report_repairs(repaired, skip_writer=refused)
@@ -122,7 +124,7 @@ def send(writer: str, w: ScriptWrite) -> Sent:
     token = signing.seal(SIGNED_WRITER, writer, str(next(_tokens)))
     args = w.args(token)
     try:
-        levels, visitor_overflow, _, repaired, _ = redis_backend.call(FEATURE, lambda r: TRACK(r, w.keys, args))
+        reply = redis_backend.call(FEATURE, lambda r: TRACK(r, w.keys, args))
     except RedisUnavailable as exc:
         if exc.maybe_applied:
             # The script reached Redis and only the reply was lost: it may have been counted. The buffer
@@ -132,6 +134,9 @@ def send(writer: str, w: ScriptWrite) -> Sent:
             log.warning("hotcache analytics: reply to a track call lost; %d %s event(s) in doubt", w.events, w.label)
             return Sent("in_doubt")
         return Sent("unavailable")
+    levels, visitor_overflow, repaired = reply[0], reply[1], reply[3]
+    if len(reply) > 5:
+        w.learn_marks(reply[5])
     confirmed.set(writer, (token, now))
     if repaired:
         w.report_repairs(repaired)

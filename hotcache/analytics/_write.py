@@ -17,12 +17,32 @@ from hotcache.analytics._keys import day_events_key, hll_key, hour_key, index_ke
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 
-__all__ = ["MAX_VISITORS_PER_ITEM", "TRACK", "CounterKey", "ScriptWrite", "VisitorKey", "build"]
+__all__ = [
+    "MAX_VISITORS_PER_ITEM",
+    "TRACK",
+    "CounterKey",
+    "ScriptWrite",
+    "VisitorKey",
+    "build",
+    "forget_marks",
+]
 
 TRACK = redis_backend.Script("analytics_track")
 CounterKey = tuple[str, str, str]  # (hour label, event, normalised path): also the outage buffer's key
 VisitorKey = tuple[str, str]  # (hour label, event)
 MAX_VISITORS_PER_ITEM = 1000  # digests per PFADD (Lua's unpack has a stack limit near 8,000)
+
+# The parity of the hour's visitor marks per (hour, event), learnt from the script's replies: 0 the event's
+# visitors of that hour go to its own HyperLogLog, 1 to the overflow one. The hour's first visitor settles it and
+# later calls only add 2, so it never changes: a call for a known (hour, event) skips the marks' HINCRBY (1 billed
+# command less per event with visitors). A hint of this process only; bounded (cleared when full).
+_marks_known: dict[VisitorKey, int] = {}
+_MARKS_KNOWN_MAX = 4096
+
+
+def forget_marks() -> None:
+    """Forget the learnt parities (hotcache.testing.reset(): each test starts like a new process)."""
+    _marks_known.clear()
 
 # What each kind of key is, for the tampered report of a key the script found of the wrong type.
 _WRONG_TYPE = {
@@ -50,6 +70,16 @@ class ScriptWrite:
     events: int  # sum of the counts
     label: str  # what it counts, for logs: an event name or "batch"
     _index: dict[str, int] = field(default_factory=dict)
+    marks: list[VisitorKey] = field(default_factory=list)  # per visitor item, its (hour, event)
+
+    def learn_marks(self, odd: Any) -> None:
+        """Remember the marks' parity of each visitor item from an applied call's reply (see _marks_known)."""
+        if not isinstance(odd, list) or len(odd) != len(self.marks):
+            return
+        if len(_marks_known) + len(odd) > _MARKS_KNOWN_MAX:
+            _marks_known.clear()
+        for key, parity in zip(self.marks, odd, strict=True):
+            _marks_known[key] = 1 if int(parity) else 0
 
     def key(self, key: str, role: str) -> int:
         """The 1-based index of ``key`` in KEYS (added if new)."""
@@ -110,10 +140,12 @@ def build(
         listed = sorted(set(digests))
         for i in range(0, len(listed), MAX_VISITORS_PER_ITEM):
             part = listed[i : i + MAX_VISITORS_PER_ITEM]
-            km = w.key(visitor_marks_key(hour), "marks")
+            known = _marks_known.get((hour, event))
+            km = w.key(visitor_marks_key(hour), "marks") if known is None else -known
             kh = w.key(hll_key(day, event), "hll")
             ko = w.key(hll_key(day, OVERFLOW), "overflow_hll")
             ke = w.key(day_events_key(day), "day_events")
             w.items += [km, kh, ko, ke, event, day, day_start, len(part), *part]
             w.visitor_items += 1
+            w.marks.append((hour, event))
     return w

@@ -10,6 +10,12 @@ database holds, or nothing:
   happened since the miss (the version the reader saw) and no newer entry was published.
 - ``invalidate`` (after a database delete) bumps the version and drops the entry.
 
+A combined read (the session and the user its entry names) is a plain MGET of the four keys, 1 billed command,
+when this process already knows which user the session names (``_users_seen``, a bounded map filled from the
+entries it verified, filled and published); only a session it has not seen yet needs session_user_read.lua
+(3 billed: EVALSHA and two MGETs), whose script learns the user from the entry. See docs/sessions.md ("The
+combined read").
+
 Whatever could not reach Redis (an outage, a reply lost after the command was sent) is owed: the session is
 kept in ``pending_invalidations`` and invalidated before this process's next session read. See
 docs/sessions.md ("Consistency").
@@ -18,6 +24,8 @@ docs/sessions.md ("Consistency").
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +36,10 @@ from hotcache.sessions.entries import FEATURE, Entry, decode, encode, entry_key,
 
 __all__ = [
     "Lookup",
+    "ReadPlan",
     "UserRead",
     "fill",
+    "forget_users_seen",
     "invalidate",
     "log",
     "pending_invalidations",
@@ -37,6 +47,8 @@ __all__ = [
     "queue_read_with_user",
     "read",
     "read_with_user",
+    "remember_user",
+    "remembered_user",
     "reserve",
     "settle_parts",
     "settle_read_with_user",
@@ -50,6 +62,8 @@ _FILL = redis_backend.Script("session_fill")
 _READ_WITH_USER = redis_backend.Script("session_user_read")
 _VERSION_SLACK = 86_400  # the counter outlives its entry by a day, so no in-flight fill or publish sees it vanish
 _REPLAY_BATCH = 500  # owed invalidations per pipeline (one round trip each)
+
+_USERS_SEEN_MAX = 16_384  # sessions whose user this process remembers (~1.5 MB at most)
 
 # Sessions whose Redis copy may be stale because a write or delete could not reach Redis. Bounded: beyond
 # max_items the oldest are dropped (logged and counted as sessions:pending_dropped).
@@ -80,6 +94,8 @@ def read(session_key: str) -> Lookup | None:
         pending_invalidations.done(pending)
     entry = decode(session_key, raw) if raw is not None else None
     metering.event(FEATURE, "hit" if entry is not None else "miss")
+    if entry is not None:
+        _remember(session_key, entry.user)
     return Lookup(entry, version)
 
 
@@ -92,28 +108,118 @@ class UserRead:
     version: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """How a combined read was sent: a plain MGET of the session's keys and those of ``uid`` (``hinted``: this
+    process knew the session's user, None for an anonymous session), or session_user_read.lua (not hinted)."""
+
+    hinted: bool
+    uid: str | None = None
+
+
+_SCRIPT_PLAN = ReadPlan(hinted=False)
+_users_seen: OrderedDict[str, str | None] = OrderedDict()
+_users_seen_lock = threading.Lock()
+
+
+def _plan(session_key: str) -> ReadPlan:
+    with _users_seen_lock:
+        if session_key not in _users_seen:
+            return _SCRIPT_PLAN
+        uid = _users_seen[session_key]
+    return ReadPlan(hinted=True, uid=uid)
+
+
+def _remember(session_key: str, uid: str | None) -> None:
+    """Note the user ``session_key``'s entry names (a hint only: every value read is verified as before)."""
+    with _users_seen_lock:
+        _users_seen[session_key] = uid
+        _users_seen.move_to_end(session_key)
+        while len(_users_seen) > _USERS_SEEN_MAX:
+            _users_seen.popitem(last=False)
+
+
+def _forget(session_key: str) -> None:
+    with _users_seen_lock:
+        _users_seen.pop(session_key, None)
+
+
+def remembered_user(session_key: str) -> str | None:
+    """The user key part ``session_key``'s entry named when this process last saw it; None: unknown or anonymous."""
+    with _users_seen_lock:
+        return _users_seen.get(session_key)
+
+
+def remember_user(session_key: str, uid: str | None) -> None:
+    """Record that ``session_key`` names ``uid`` (None: anonymous); only ever a hint of which keys to read."""
+    _remember(session_key, uid)
+
+
+def forget_users_seen() -> None:
+    """Forget every session's remembered user (hotcache.testing.reset(): each test starts like a new process)."""
+    with _users_seen_lock:
+        _users_seen.clear()
+
+
+def _mget_keys(session_key: str, plan: ReadPlan) -> list[str]:
+    names = [entry_key(session_key), version_key(session_key)]
+    if plan.uid is not None:
+        from hotcache.users import entries as user_entries
+
+        names += [user_entries.entry_key(plan.uid), user_entries.version_key(plan.uid)]
+    return names
+
+
+def _as_script_reply(plan: ReadPlan, values: list[Any]) -> list[Any]:
+    """An MGET's values in session_user_read.lua's reply shape: {entry, version, u, user entry, user version}."""
+    if plan.uid is None:
+        return [values[0], values[1], None, None, None]
+    return [values[0], values[1], plan.uid, values[2], values[3]]
+
+
 def read_with_user(session_key: str) -> tuple[Lookup, UserRead | None] | None:
-    """The session and the user its entry names, in one round trip (session_user_read.lua); None when Redis
-    is unavailable. Only for a single server (the user's keys are derived inside the script); callers check
-    ``combined_read_possible()`` first, and use read() while invalidations are owed."""
+    """The session and the user its entry names, in one round trip; None when Redis is unavailable.
+
+    A plain MGET of the session's and the user's keys (1 billed) when this process knows the session's user
+    (``_users_seen``); else session_user_read.lua (3 billed), which derives the user's keys from the entry. Only
+    for a single server (the keys span hash tags); callers check ``combined_read_possible()`` first, and use
+    read() while invalidations are owed."""
+    plan = _plan(session_key)
+
+    def op(r: Any) -> Any:
+        if plan.hinted:
+            return _as_script_reply(plan, r.mget(_mget_keys(session_key, plan)))
+        return _READ_WITH_USER(r, *_read_with_user_args(session_key))
+
     try:
-        raw = redis_backend.call(FEATURE, lambda r: _READ_WITH_USER(r, *_read_with_user_args(session_key)))
+        raw = redis_backend.call(FEATURE, op)
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
         return None
     return _settle(session_key, raw)
 
 
-def queue_read_with_user(pipe: Any, session_key: str) -> None:
-    """Add the combined read to ``pipe`` (another feature's pipeline); its reply goes to settle_read_with_user()."""
-    _READ_WITH_USER.queue(pipe, *_read_with_user_args(session_key))
+def queue_read_with_user(pipe: Any, session_key: str) -> ReadPlan:
+    """Add the combined read to ``pipe`` (another feature's pipeline); its reply and the plan returned here go
+    to settle_read_with_user()."""
+    plan = _plan(session_key)
+    if plan.hinted:
+        pipe.execute_command("MGET", *_mget_keys(session_key, plan))
+    else:
+        _READ_WITH_USER.queue(pipe, *_read_with_user_args(session_key))
+    return plan
 
 
-def settle_read_with_user(session_key: str, raw: Any) -> tuple[Lookup, UserRead | None] | None:
-    """The combined read's pipeline reply (metered under ``sessions``); None when it failed there (NOSCRIPT...)."""
+def settle_read_with_user(
+    session_key: str, raw: Any, plan: ReadPlan | None = None
+) -> tuple[Lookup, UserRead | None] | None:
+    """The combined read's pipeline reply (metered under ``sessions``); None when it failed there (NOSCRIPT...).
+    ``plan``: what queue_read_with_user() returned (None: the script was queued)."""
     if isinstance(raw, Exception):  # a pipeline error in place of the reply (NOSCRIPT): the store reads again
         return None
     with metering.feature(FEATURE):
+        if plan is not None and plan.hinted:
+            return _settle(session_key, _as_script_reply(plan, raw))
         return _settle(session_key, _READ_WITH_USER.reply(raw))
 
 
@@ -140,6 +246,8 @@ def _settle(session_key: str, raw: Any) -> tuple[Lookup, UserRead | None]:
     entry_raw, version, uid, user_entry, user_version = raw
     entry = decode(session_key, entry_raw) if entry_raw is not None else None
     metering.event(FEATURE, "hit" if entry is not None else "miss")
+    if entry is not None:
+        _remember(session_key, entry.user)
     user = None
     if entry is not None and uid is not None and entry.user is not None and _text(uid) == entry.user:
         user = UserRead(entry.user, user_entry, user_version)  # the verified entry names the user that was read
@@ -164,6 +272,8 @@ def fill(session_key: str, version: bytes | None, data: str, expiry_ms: int, use
         if exc.maybe_applied:  # it may have stored a session a concurrent save has just replaced
             _owe(session_key)
         return False
+    if stored:
+        _remember(session_key, user)
     return bool(stored)
 
 
@@ -198,6 +308,7 @@ def publish(session_key: str, version: int, data: str, expiry_ms: int, user: str
         return False
     if stored:
         metering.event(FEATURE, "saved")
+        _remember(session_key, user)
     return bool(stored)
 
 
@@ -208,6 +319,7 @@ def invalidate(session_key: str) -> bool:
     except RedisUnavailable:
         _owe(session_key)
         return False
+    _forget(session_key)
     metering.event(FEATURE, "invalidated")
     return True
 

@@ -18,8 +18,6 @@ verified entry decides, as on one server: a user read for another id is never us
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 from django.http import HttpRequest
@@ -43,32 +41,23 @@ def wanted(session: Any) -> bool:
 
 
 class _Hints:
-    """Which user each session named when this process last read it (a Redis Cluster's combined read sends the
-    user's read with the session's on that guess; the session's verified entry decides). Bounded, oldest out."""
-
-    def __init__(self, max_items: int = 10_000) -> None:
-        self.max_items = max_items
-        self._items: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
+    """Which user each session named when this process last read it: hotcache.sessions.cache's record (learnt from
+    every verified entry, fill and publish; bounded, oldest out), one for both targets. On one server it makes the
+    combined read one MGET; on a cluster the user's read is sent with the session's on that guess. The session's
+    verified entry decides: a user read for another id is never used."""
 
     def get(self, session_key: str) -> str | None:
-        return self._items.get(session_key)
+        return cache.remembered_user(session_key)
 
     def learn(self, session_key: str, found: tuple[cache.Lookup, cache.UserRead | None]) -> None:
-        entry = found[0].entry
-        uid = entry.user if entry is not None else None
-        with self._lock:
-            if uid is None:
-                self._items.pop(session_key, None)
-                return
-            self._items[session_key] = uid
-            self._items.move_to_end(session_key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+        """Nothing more to record: the settle of every read (cache.settle_parts) records what the entry names."""
+
+    def put(self, session_key: str, uid: str | None) -> None:
+        """Plant a guess (tests: a session whose user changed since)."""
+        cache.remember_user(session_key, uid)
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+        cache.forget_users_seen()
 
 
 hints = _Hints()
@@ -128,23 +117,25 @@ def read_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRead | Non
 class Companion:
     """The session-and-user read of one request, queued in another feature's pipeline (the rate limit's)."""
 
-    __slots__ = ("commands", "session", "session_key", "uid")
+    __slots__ = ("commands", "plan", "session", "session_key", "uid")
 
     def __init__(self, session: Any, session_key: str) -> None:
         self.session = session
         self.session_key = session_key
         self.commands = 1
         self.uid: str | None = None  # on a cluster: the user whose keys were queued
+        self.plan: cache.ReadPlan | None = None  # on one server: how the read was queued
 
     def queue(self, pipe: Any) -> None:
-        """The script on one server; on a cluster the session's and the user's MGETs (routed to their nodes)."""
+        """On one server one MGET (the session's user known here) or the script; on a cluster the session's and
+        the user's MGETs (routed to their nodes)."""
         if _on_cluster():
             commands, self.uid = _cluster_commands(self.session_key)
             self.commands = len(commands)
             for command in commands:
                 pipe.execute_command(*command)
         else:
-            cache.queue_read_with_user(pipe, self.session_key)
+            self.plan = cache.queue_read_with_user(pipe, self.session_key)
 
     def settle(self, raw: Any) -> None:
         """Hand the reply (a list of replies for several commands) to the session store; any failure leaves the
@@ -153,7 +144,7 @@ class Companion:
             if _on_cluster():
                 found = _settle_cluster(self.session_key, raw if self.commands > 1 else [raw], self.uid)
             else:
-                found = cache.settle_read_with_user(self.session_key, raw)
+                found = cache.settle_read_with_user(self.session_key, raw, self.plan)
         except (RedisError, TypeError, ValueError):
             return
         if found is not None:

@@ -68,14 +68,15 @@ def test_events_are_summed_and_written_in_one_script_call_per_interval(batching,
     }
     assert c.events["analytics:tracked"] == 36
     # The next interval, the same traffic: billed per counter and per event with visitors, not per event:
-    # EVALSHA, 4 HINCRBY, the view event's marks HINCRBY and PFADD, the writer's SET.
+    # EVALSHA, 4 HINCRBY, the view event's PFADD, the writer's SET (the view event's marks of this hour are known
+    # from the first interval's reply: no HINCRBY of them).
     for i in range(36):
         analytics.track("view", path=f"/p{i % 3}", visitor_id=f"w{i % 10}")
     analytics.track("signup", path="/join")
     clock.advance(60)
     with count_redis() as c:
         assert analytics.flush_batch() == 37
-    assert c.billed_by_feature["analytics"] == 8
+    assert c.billed_by_feature["analytics"] == 7
     report = analytics.report(hc_clock.utcnow().replace(minute=0, second=0, microsecond=0), hc_clock.utcnow())
     # Distinct visitors: each interval's are summed in-process, then added to the day's HyperLogLog.
     assert [n for e, _, n in report.visitors if e == "view"] == [20]
@@ -180,3 +181,55 @@ def test_a_killed_process_loses_at_most_its_unwritten_interval(raw_redis, key_pr
     assert counted == tracked - unwritten  # intervals written exactly once; only the unwritten batch is lost
     assert 0 < counted  # earlier intervals were written while the process ran
     assert unwritten < tracked
+
+
+def test_a_known_hours_marks_are_not_sent_again_and_an_overflowed_event_stays_in_overflow(
+    raw_redis, hotcache_config, clock
+):
+    """The writer learns each (hour, event)'s marks parity from the reply (issue 17: 1 billed command less per
+    event with visitors): the event's own HyperLogLog (even) or, past the day's event cap, the overflow one (odd),
+    for the rest of the hour, whichever process decided it first."""
+    from hotcache.analytics._events import OVERFLOW
+    from hotcache.analytics._keys import hll_key
+
+    hotcache_config(ANALYTICS_MAX_EVENTS_PER_DAY=1, ANALYTICS_BATCH_SECONDS=0)
+    day = hc_clock.utcnow().strftime("%Y%m%d")
+    assert analytics.track("first", path="/a", visitor_id="v1") == "redis"  # the day's one event with visitors
+    with count_redis() as c:
+        assert analytics.track("second", path="/a", visitor_id="v2") == "redis"  # past the cap: overflow
+    assert c.events["analytics:visitor_overflow"] == 1
+    with count_redis() as c:
+        assert analytics.track("second", path="/a", visitor_id="v3") == "redis"
+        assert analytics.track("first", path="/a", visitor_id="v4") == "redis"
+    # Each: EVALSHA, HINCRBY (counter), PFADD, SET: the marks' HINCRBY is not sent again.
+    assert c.billed_by_feature["analytics"] == 8
+    assert c.events["analytics:visitor_overflow"] == 1  # "second" stayed in overflow
+    assert not raw_redis.exists(hll_key(day, "second"))
+    assert raw_redis.pfcount(hll_key(day, OVERFLOW)) == 2 and raw_redis.pfcount(hll_key(day, "first")) == 2
+
+
+def test_a_batch_of_many_new_fields_fills_an_hour_exactly_as_one_call_per_event(
+    raw_redis, key_prefix, hotcache_config, clock
+):
+    """A batch reads an hour's field count once and renews its TTL and index once (issue 17: not once per new
+    field); the cap and its overflow fields come out exactly as when the same events are written one per call."""
+    hotcache_config(ANALYTICS_MAX_COUNTERS_PER_HOUR=3, ANALYTICS_BATCH_SECONDS=0)
+    traffic = [(f"e{i % 120}", f"/p{i % 7}") for i in range(400)]  # 120 events: past the cap and its slack of 100
+    for event, path in traffic:
+        assert analytics.track(event, path=path) == "redis"
+    one_per_call = _hour_counts(raw_redis, key_prefix)
+    clock.advance(3600)
+    hotcache_config(ANALYTICS_MAX_COUNTERS_PER_HOUR=3, ANALYTICS_BATCH_SECONDS=60)
+    try:
+        for event, path in traffic:
+            assert analytics.track(event, path=path) == "batched"
+        with count_redis() as c:
+            assert analytics.flush_batch() == 400
+    finally:
+        _batch.batch.stop()
+    assert c.events["analytics:tracked"] == 400
+    assert _hour_counts(raw_redis, key_prefix) == one_per_call
+    assert sum(one_per_call.values()) == 400 and len(one_per_call) == 3 + 100 + 1
+    hour = hc_clock.utcnow().strftime("%Y%m%d%H")
+    assert 0 < raw_redis.ttl(f"{key_prefix}:{{analytics:a}}:h:{hour}")
+    assert raw_redis.zscore(f"{key_prefix}:{{analytics:a}}:hours", hour) is not None

@@ -120,6 +120,6 @@ def test_a_wrong_guess_is_never_used(alice, settings):
     assert client.get(PROFILE).json()["username"] == alice.username
     session_key = client.cookies[django_settings.SESSION_COOKIE_NAME].value
     Client().force_login(bob, backend="django.contrib.auth.backends.ModelBackend")
-    combined.hints._items[session_key] = user_entries.user_id(bob.pk, User).key
+    combined.hints.put(session_key, user_entries.user_id(bob.pk, User).key)
     assert client.get(PROFILE).json()["username"] == alice.username
     assert combined.hints.get(session_key) == user_entries.user_id(alice.pk, User).key

@@ -128,7 +128,7 @@ def test_analytics_track_without_visitor(server):
 
 def test_analytics_track_with_visitor(server):
     billed = check(server, "analytics.track, visitor id", lambda: analytics.track("view", path="/", visitor_id=_id()))
-    assert billed <= 6
+    assert billed == 4  # EVALSHA, HINCRBY, PFADD, SET: the hour's marks known from the warm-up's reply (5 before)
     per_op = averaged(server, "analytics.track, new visitor each", lambda i: analytics.track("v", visitor_id=_id()))
     assert per_op <= 6
 
@@ -147,7 +147,9 @@ def test_analytics_batch(server, hotcache_config):
         billed = check(server, "analytics batch, 100 events on 5 paths with visitors", interval)
     finally:
         batch.stop()
-    assert billed == 1 + 5 + 2 + 1  # EVALSHA, a HINCRBY per path, the marks and one PFADD, the writer's SET
+    # EVALSHA, a HINCRBY per path, one PFADD, the writer's SET: the hour's marks of the event are known from the
+    # warm-up interval's reply (their HINCRBY is sent once per hour and event by a writer)
+    assert billed == 1 + 5 + 1 + 1
 
 
 def test_apikeys_check(server):
@@ -168,6 +170,33 @@ def test_workbench_save_and_load(server):
     workbench.save(sid, {"n": 0}, owner="alice")
     assert check(server, "workbench.save", lambda: workbench.save(sid, {"n": 1}, owner="alice")) <= 4  # issue 17
     assert check(server, "workbench.load", lambda: workbench.load(sid)) <= 2
+
+
+def test_workbench_save_that_creates_a_session(server):
+    """A blind save of a new session: the compare (GET fence, HMGET) and the lifetime (HSET, EXPIRE, ZADD, EXPIRE
+    of the index), no EXISTS (8 before: the HMGET's fields tell a hash hotcache wrote)."""
+    workbench.save(_id(), {"n": 0})  # the script is loaded
+    assert check(server, "workbench.save, creating", lambda: workbench.save(_id(), {"n": 0})) == 7
+
+
+def test_session_read_with_its_user(server, settings):
+    """The session and its cached user in one round trip: session_user_read.lua (3) from a process that has not
+    seen the session, then one MGET of the four keys (1) once it knows which user the entry names."""
+    from hotcache.sessions import cache as sessions
+
+    settings.HOTCACHE = {**settings.HOTCACHE, "KEY_PREFIX": f"b{_id()}"}
+    key = _id() + "abcdefgh"
+    assert sessions.fill(key, None, "data", 4_102_444_800_000, "42", 3600)
+    sessions.forget_users_seen()
+    sessions.read_with_user(key)  # loads the script on this server
+    sessions.forget_users_seen()
+
+    def unseen() -> None:
+        sessions.forget_users_seen()
+        sessions.read_with_user(key)
+
+    assert check(server, "session + user, not seen", unseen) == 3
+    assert check(server, "session + user, seen", lambda: sessions.read_with_user(key)) == 1
 
 
 def test_workbench_lifetime_refresh_and_its_average(server, clock):
@@ -253,6 +282,44 @@ def test_cached_user_hit(server):
     user = get_user_model().objects.create_user(username=f"u{_id()}", password="pw")
     users.get_cached_user(user.pk)  # the miss fills the cache
     check(server, "cached user hit", lambda: users.get_cached_user(user.pk))
+
+
+@pytest.mark.django_db
+def test_cached_user_invalidation(server):
+    """user_invalidate.lua: EVALSHA, DEL (entry), INCR (version); a new counter adds its EXPIRE (4 before: every
+    invalidation renewed the TTL)."""
+    from hotcache.users import cache as user_cache
+    from hotcache.users.entries import version_key
+
+    user = get_user_model().objects.create_user(username=f"u{_id()}", password="pw")
+    users.invalidate_user(user.pk)  # the script is loaded
+    server.delete(version_key(str(user.pk)))
+    with measured(server) as (c, executed):
+        assert users.invalidate_user(user.pk)  # the counter is new here: its TTL is set
+    figures("cached user invalidation, new counter", c, executed)
+    assert c.billed == 4
+    assert check(server, "cached user invalidation", lambda: users.invalidate_user(user.pk)) == 3
+    assert 0 < server.ttl(version_key(str(user.pk))) <= user_cache._VERSION_TTL
+
+
+@pytest.mark.django_db
+def test_cached_user_fill(server):
+    """A miss's write-back (user_fill.lua): EVALSHA, GET (version), SET ... GET (entry); 5 before (two TYPEs)."""
+    from hotcache.users import cache as user_cache
+    from hotcache.users.loaders import get_loader
+
+    user = get_user_model().objects.create_user(username=f"u{_id()}", password="pw")
+    uid = str(user.pk)
+
+    def fill() -> None:
+        _, version = user_cache.read(uid)
+        assert user_cache.fill(uid, version, user, get_loader())
+
+    fill()
+    with measured(server) as (c, executed):
+        fill()
+    figures("cached user fill (read, then the write-back)", c, executed)
+    assert c.billed == 4  # the read's MGET 1, the fill 3
 
 
 def test_meter_flush(server):

@@ -67,17 +67,36 @@ def test_warm_authenticated_rate_limited_tracked_request_is_one_round_trip(alice
     assert response.status_code == 200 and response.json()["username"] == "alice"
     assert response.has_header("RateLimit-Policy") or "ratelimit" not in response  # the decision was made
     assert queries.captured_queries == []
-    # One pipeline: the rate-limit script and session_user_read.lua (session entry + version, then the user's).
+    # One pipeline: the rate-limit script and one MGET of the session's entry + version and the user's (this
+    # process saw the session name alice when it filled it).
     assert redis.round_trips == 1 and redis.commands == 2
     assert redis.events["ratelimit:allowed"] == 1
     assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
     assert redis.events["analytics:batched"] >= 0  # tracked in-process, nothing sent
-    # Billed exactly: the rate-limit script for one rule 3 (as alone, docs/ratelimit.md), session_user_read.lua 3
-    # (EVALSHA + the session's MGET + the user's MGET; 2 on separate round trips). The pipeline's sent commands
-    # are metered under the feature that sends it (ratelimit), the scripts' own commands under each feature.
-    assert redis.billed == 6
+    # Billed exactly: the rate-limit script for one rule 3 (as alone, docs/ratelimit.md), the MGET 1. The
+    # pipeline's sent commands are metered under the feature that sends it (ratelimit).
+    assert redis.billed == 4
     assert redis.by_feature == {"ratelimit": 2}
-    assert redis.billed_by_feature == {"ratelimit": 4, "sessions": 2}
+    assert redis.billed_by_feature == {"ratelimit": 4}
+
+
+def test_a_process_that_has_not_seen_the_session_reads_it_with_the_script(alice):
+    """Another process (here: this one after forgetting) does not know which user the session names: the pipeline
+    carries session_user_read.lua instead (EVALSHA + the session's MGET + the user's), still one round trip."""
+    from hotcache.sessions import cache
+
+    client, ip = logged_in(alice), address()
+    assert client.get(PROFILE, REMOTE_ADDR=ip).json()["username"] == "alice"
+    cache.forget_users_seen()
+    with CaptureQueriesContext(connection) as queries, count_redis() as redis:
+        response = client.get(PROFILE, REMOTE_ADDR=ip)
+    assert response.json()["username"] == "alice" and queries.captured_queries == []
+    assert redis.round_trips == 1 and redis.commands == 2
+    assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
+    assert redis.billed == 6 and redis.billed_by_feature == {"ratelimit": 4, "sessions": 2}
+    with count_redis() as redis:  # the script's read taught this process the user: back to the MGET
+        assert client.get(PROFILE, REMOTE_ADDR=ip).json()["username"] == "alice"
+    assert redis.billed == 4
 
 
 def test_denial_is_a_429_in_the_same_single_round_trip(alice):

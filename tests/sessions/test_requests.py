@@ -50,11 +50,56 @@ def test_warm_authenticated_request_makes_no_database_query(alice):
         "is_staff": False,
     }
     assert queries.captured_queries == []
-    # One script (session_user_read.lua): the session's MGET (entry + version), then the user's MGET (entry +
-    # version) named by the entry's `u`: 1 command sent, 1 round trip, 3 billed (EVALSHA + 2 MGET).
-    assert redis.round_trips == 1 and redis.commands == 1 and redis.billed == 3
+    # This process filled the session, so it knows the user the entry names: one MGET of the session's entry
+    # and version and the user's entry and version: 1 command sent, 1 round trip, 1 billed.
+    assert redis.round_trips == 1 and redis.commands == 1 and redis.billed == 1
     assert redis.by_feature == {"sessions": 1}
     assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
+
+
+def test_a_session_this_process_has_not_seen_is_read_with_its_user_by_the_script(alice):
+    """A process that has not seen the session (forgotten here) runs session_user_read.lua: the session's MGET
+    (entry + version), then the user's MGET named by the entry's `u`: 1 round trip, 3 billed (EVALSHA + 2 MGET)."""
+    from hotcache.sessions import cache
+
+    client = logged_in(alice)
+    assert client.get(PROFILE).json()["username"] == "alice"
+    cache.forget_users_seen()
+    with CaptureQueriesContext(connection) as queries, count_redis() as redis:
+        assert client.get(PROFILE).json()["username"] == "alice"
+    assert queries.captured_queries == []
+    assert redis.round_trips == 1 and redis.commands == 1 and redis.billed == 3
+    assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
+    with count_redis() as redis:
+        assert client.get(PROFILE).json()["username"] == "alice"
+    assert redis.billed == 1
+
+
+def test_a_wrong_remembered_user_is_never_served(alice):
+    """The remembered user is only a hint of which keys to read: when the entry names another user (here a hint
+    planted for bob), the user read with it is not used; the user is read on its own and alice is served."""
+    from hotcache.sessions import cache
+
+    bob = User.objects.create_user(username="bob", password="pw-2")
+    client = logged_in(alice)
+    assert client.get(PROFILE).json()["username"] == "alice"
+    logged_in(bob).get(PROFILE)  # bob's cached entry exists
+    key = client.cookies[settings_cookie()].value
+    cache._remember(key, str(bob.pk))
+    with CaptureQueriesContext(connection) as queries, count_redis() as redis:
+        assert client.get(PROFILE).json()["username"] == "alice"
+    assert queries.captured_queries == []
+    assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
+    assert redis.round_trips == 2 and redis.billed == 2  # the hinted MGET, then alice's own MGET
+    with count_redis() as redis:
+        assert client.get(PROFILE).json()["username"] == "alice"
+    assert redis.billed == 1  # the hint corrected from the verified entry
+
+
+def settings_cookie() -> str:
+    from django.conf import settings
+
+    return str(settings.SESSION_COOKIE_NAME)
 
 
 def test_warm_async_request_makes_no_database_query(alice):

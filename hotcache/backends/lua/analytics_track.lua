@@ -1,7 +1,9 @@
 -- Count analytics events: hour counters (event, path) and the day's distinct visitors, for one event (track)
 -- or a process's batch of an interval (ANALYTICS_BATCH_SECONDS), in one call, exactly once per writer token.
--- Billed cost on the warm path: HINCRBY per counter, HINCRBY + PFADD per (hour, event) with visitors, one SET.
--- What only a new field, hour or day needs (cap check, TTLs, indexes, the day's event set) runs only then.
+-- Billed cost on the warm path: HINCRBY per counter, PFADD per (hour, event) with visitors (+ the marks' HINCRBY
+-- the first time a writer sends that (hour, event)), one SET.
+-- What only a new field, hour or day needs (cap check, TTLs, indexes, the day's event set) runs only then, and
+-- once per call and hour for a batch's many new fields (one HLEN, one EXPIRE, one index ZADD).
 -- KEYS[1] hour index (zset)  KEYS[2] day index (zset)  KEYS[3] the writer's last applied token (one string per
 -- writer)  KEYS[4..] the keys the items below name by index: hour hashes, visitor marks of an hour (hash:
 -- event -> 2 per call, odd once the event's visitors of that hour go to the day's overflow HyperLogLog),
@@ -13,7 +15,10 @@
 --       hour key index, hour label, hour start, field "<event>\t<path>", "<event>\t(other)", "(other)\t(other)",
 --       count; then visitor items of 8 + n: marks key index, event HLL index, overflow HLL index, day's event
 --       set index, event, day label, day start, n, then n visitor digests.
--- Returns {counters that overflowed, visitor items that overflowed, outcome, repaired, the writer key's value}
+-- Returns {counters that overflowed, visitor items that overflowed, outcome, repaired, the writer key's value,
+--   and, when applied, per visitor item 1 if its visitors went to the overflow HyperLogLog else 0 (the parity
+--   of the hour's marks: the writer remembers it and sends the item's marks key index as 0 / -1 from then on,
+--   so a warm event with visitors costs no HINCRBY of the marks)}
 --   outcome: 0 applied, 1 skipped (the call in doubt was applied: KEYS[3] holds its token), 2 refused (KEYS[3]
 --   holds neither its token nor the previous one: someone else wrote it; applied or not cannot be told)
 --   repaired: flat list of (key index, what): 1 the key had the wrong type (or was a corrupt HyperLogLog) and
@@ -35,12 +40,18 @@ local function first(k, command, ...)
   end
   return reply
 end
+-- Per hour hash (key index), within this call: its field count once HLEN has read it (then kept up to date by
+-- the HINCRBYs that add a field and the HDELs below, so a batch of many new fields reads it once), and whether
+-- its TTL and hour-index entry were already written (once per call, not once per new field: the script is
+-- atomic, so a second EXPIRE or ZADD of the same values would change nothing).
+local fields, renewed = {}, {}
 -- HINCRBY of a counter; true as second value when the field is new (its total is this call's count).
 local function incr(k, f, n)
   local total = redis.pcall('HINCRBY', KEYS[k], f, n)
   if type(total) == 'table' and total['err'] then
     if string.find(total['err'], 'WRONGTYPE', 1, true) then
       redis.call('DEL', KEYS[k])
+      fields[k], renewed[k] = nil, nil
       mark(k, 1)
       return redis.call('HINCRBY', KEYS[k], f, n), true
     end
@@ -81,36 +92,61 @@ for _ = 1, tonumber(ARGV[9]) do
     -- Cardinality cap: a new (event, path) beyond the cap goes to the event's "(other)" path; past a small
     -- slack of those, to one global overflow field. So an hour hash never holds more than cap + slack + 1
     -- fields. Only a new field is checked: the warm path pays nothing for it.
-    local len = redis.call('HLEN', KEYS[k])
+    local len = fields[k]
+    if len then
+      len = len + 1
+    else
+      len = redis.call('HLEN', KEYS[k])
+    end
+    local now = len
     if len > cap then
       redis.call('HDEL', KEYS[k], f)
+      now = now - 1
       f = ARGV[pos + 4]
       levels = levels + 1
       _, new = incr(k, f, n)
+      if new then now = now + 1 end
       if new and len > cap + slack then
         redis.call('HDEL', KEYS[k], f)
+        now = now - 1
         f = ARGV[pos + 5]
-        incr(k, f, n)
+        local _, added = incr(k, f, n)
+        if added then now = now + 1 end
       end
     end
+    fields[k] = now
     -- A new field (the hash's first one included) renews the hour's TTL and indexes the hour, so the sync
-    -- finds live hours without KEYS/SCAN (a claim removes the hour: a late event re-adds it here).
-    redis.call('EXPIRE', KEYS[k], ttl)
-    if first(1, 'ZADD', ARGV[pos + 2], ARGV[pos + 1]) == 1 then
-      redis.call('EXPIRE', KEYS[1], ttl)
+    -- finds live hours without KEYS/SCAN (a claim removes the hour: a late event re-adds it here); once per
+    -- call and hour.
+    if not renewed[k] then
+      renewed[k] = true
+      redis.call('EXPIRE', KEYS[k], ttl)
+      if first(1, 'ZADD', ARGV[pos + 2], ARGV[pos + 1]) == 1 then
+        redis.call('EXPIRE', KEYS[1], ttl)
+      end
     end
   end
   pos = pos + 7
 end
 local vover = 0
 local events_cap = tonumber(ARGV[4])
-for _ = 1, tonumber(ARGV[10]) do
+local odd = {} -- per visitor item: 1 when its visitors went to the overflow HyperLogLog, else 0
+for v = 1, tonumber(ARGV[10]) do
   local km, kh, ko, ke = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
   local event, n = ARGV[pos + 4], tonumber(ARGV[pos + 7])
-  local marks = first(km, 'HINCRBY', event, 2)
+  -- km 0 / -1: the writer already knows the marks' parity for this (hour, event) from an earlier reply (even /
+  -- odd), which never changes once the hour's first visitor settled it (calls add 2): no HINCRBY.
+  local marks = 0
+  if km > 0 then
+    marks = first(km, 'HINCRBY', event, 2)
+  elseif km < 0 then
+    marks = 1
+  end
   local hll = kh
+  odd[v] = 0
   if marks % 2 == 1 then
     hll = ko
+    odd[v] = 1
     vover = vover + 1
   end
   if marks == 2 then
@@ -120,6 +156,7 @@ for _ = 1, tonumber(ARGV[10]) do
     if first(ke, 'SISMEMBER', event) == 0 and redis.call('SCARD', KEYS[ke]) >= events_cap then
       redis.call('HINCRBY', KEYS[km], event, 1) -- odd: this hour's later visitors of the event go to overflow
       hll = ko
+      odd[v] = 1
       listed = '(other)'
       vover = vover + 1
     end
@@ -139,4 +176,4 @@ end
 -- Exactly once at the reply-lost edge: the writer's token says whether this call was applied (SET replaces
 -- a value of any type).
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ttl)
-return {levels, vover, 0, repaired, ''}
+return {levels, vover, 0, repaired, '', odd}

@@ -6,6 +6,8 @@
 -- ARGV: digest, issued_at_ms (= now), ttl_ms, cooldown_ms, hourly_cap, hour_ms, signature, failure window ms
 -- Returns {1, 0, '', bad} when issued, {0, retry_after_ms, 'cooldown'|'hourly_cap', bad} when refused;
 -- bad is 'sends' when a cooldown or send field was not a number (reset here; Python counts it as tampered).
+-- On a full Redis (maxmemory, noeviction) every path that writes is refused at its first write, always a
+-- command that may grow memory, so the script is refused whole and the issue takes MongoDB, as verify does.
 -- Billed: HMGET, HSET, PEXPIRE. One key, so one slot on Redis Cluster. No value read here can make the script
 -- fail or hold a send back for longer than the configured windows (a stretched window is cut back to them).
 local now, ttl, cool = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -13,7 +15,11 @@ local cap, hour, window = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[8]
 local bad = ''
 local row = redis.pcall('HMGET', KEYS[1], 'c', 'n', 'nw', 'fw')
 if row.err then
-  -- Not a hash: not something hotcache wrote.
+  -- Not a hash: not something hotcache wrote. Replaced by a SET first, which a full Redis refuses (OOM) before
+  -- the script has written anything, then deleted: a DEL first would let the script run whole on a full Redis
+  -- (memory is checked at a script's first write, and a DEL never needs memory), storing a code there that
+  -- mfa_verify.lua, refused at its HSET, could not consume; refused whole, the issue goes to MongoDB instead.
+  redis.call('SET', KEYS[1], '')
   redis.call('DEL', KEYS[1])
   row, bad = {}, 'sends'
 end

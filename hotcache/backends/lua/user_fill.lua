@@ -7,20 +7,24 @@
 -- dropped here: a stale write-back can never resurrect data an invalidation removed.
 -- Keys of the wrong type are only made by writes from outside hotcache: the script replaces them
 -- (GET would fail on them) and says so, and Python counts them as tampered.
-local vtype = redis.call('TYPE', KEYS[2])['ok']
-if vtype ~= 'string' and vtype ~= 'none' then
+-- Billed, warm: EVALSHA, GET (version), SET (entry): the types are learnt from the commands' own WRONGTYPE
+-- errors (pcall), so TYPE runs only on a key of the wrong type.
+local current = redis.pcall('GET', KEYS[2])
+if type(current) == 'table' and current['err'] then
+  local vtype = redis.call('TYPE', KEYS[2])['ok']
   -- A fresh counter value (server time in microseconds) that no reader can have seen.
   local now = redis.call('TIME')
   redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])), 'EX', tonumber(ARGV[4]))
   return {0, 'version:' .. vtype}
 end
-local current = redis.call('GET', KEYS[2]) or ''
-if current ~= ARGV[1] then
+if (current or '') ~= ARGV[1] then
   return {0, ''}
 end
-local etype = redis.call('TYPE', KEYS[1])['ok']
-redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
-if etype ~= 'string' and etype ~= 'none' then
+-- SET ... GET refuses (WRONGTYPE, nothing written) when the entry's key holds another type.
+local old = redis.pcall('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]), 'GET')
+if type(old) == 'table' and old['err'] then
+  local etype = redis.call('TYPE', KEYS[1])['ok']
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
   return {1, 'entry:' .. etype}
 end
 return {1, ''}

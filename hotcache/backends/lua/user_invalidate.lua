@@ -1,8 +1,9 @@
 -- Invalidate cached users: bump each version counter, delete each entry, in one command.
 -- KEYS: pairs (entry, version) for each user. ARGV[1]: ttl of the version counter in seconds.
 -- Returns how many version counters were not integer counters (reset here; Python counts them as tampered).
--- The counter outlives any entry and any in-flight load by far (a day), so a load that read it can
--- never see it vanish and come back with the same value (which would let a stale write-back through).
+-- The counter is created with a TTL of a day, which outlives any entry and any in-flight load by far, so a
+-- load that read it can never see it vanish and come back with the same value (which would let a stale
+-- write-back through).
 -- DEL comes first: a full Redis (maxmemory, noeviction) refuses a script (OOM) only at a command that may
 -- grow memory issued before the script wrote anything, and DEL never grows memory; after it the script runs
 -- whole. So an invalidation is not refused while every other process keeps reading the stale entry (reads
@@ -19,7 +20,13 @@ for i = 1, #KEYS, 2 do
     local now = redis.call('TIME')
     redis.call('SET', KEYS[i + 1], now[1] .. string.format('%06d', tonumber(now[2])))
     reset = reset + 1
+    redis.call('EXPIRE', KEYS[i + 1], ttl)
+  elseif bumped == 1 then
+    -- A new counter gets its TTL; a live one keeps the one it got then (billed: DEL + INCR, 2 commands per user,
+    -- not 3). The counter can then vanish a day after it was created, in the middle of the user's life: a load
+    -- that read any value before compares it with a counter that is absent or restarted at 1, and a load that
+    -- read it absent ran after every earlier invalidation, so no stale write-back gets through either way.
+    redis.call('EXPIRE', KEYS[i + 1], ttl)
   end
-  redis.call('EXPIRE', KEYS[i + 1], ttl)
 end
 return reset

@@ -13,7 +13,7 @@
 -- ('' = no session, '!' = a key hotcache did not write); {-2, current envelope} when the session must first be
 -- checked against its MongoDB copy (a recovery fence is up, or the session has no field t: a write of it that
 -- Redis refused went to MongoDB, see _fence.py; or it was written before field t existed).
--- Billed, warm: GET (fence), HMGET, HSET. The lifetime (EXPIRE, the index entry and its TTL, field t = when)
+-- Billed, warm: GET (fence), HMGET, HSET; a creation adds the lifetime below (EXPIRE, ZADD, EXPIRE). The lifetime (EXPIRE, the index entry and its TTL, field t = when)
 -- is refreshed only once the last refresh is ARGV[10] old:
 -- the key's TTL is the idle timeout plus that interval, so a session still lives at least the idle timeout
 -- after its last use, and the persister sees it idle within that interval of the truth.
@@ -22,15 +22,19 @@ if ARGV[7] ~= '' then
 end
 local fence = redis.pcall('GET', KEYS[3])
 if type(fence) == 'table' and fence.err then fence = '!' end
-local row = redis.pcall('HMGET', KEYS[1], 'm', 'k', 't')
+local row = redis.pcall('HMGET', KEYS[1], 'm', 'k', 't', 'v')
 local cur
 if row.err then
   cur, row = '!', {}
 elseif row[1] and row[1] ~= '' then
   cur = row[1]
-elseif redis.call('EXISTS', KEYS[1]) == 1 then
-  cur = '!'  -- a hash without an envelope
+elseif row[1] or row[2] or row[3] or row[4] then
+  cur = '!'  -- a hash without an envelope (v: the layout before envelopes, reconciled with its durable copy)
 else
+  -- No m, k, t or v: no session hotcache wrote (every save writes m and t, only m survives the flag of a
+  -- refused write, and the layout before envelopes had v), so no EXISTS is paid on a creation. A hash holding
+  -- only fields hotcache never wrote counts as no session: the creation writes s, m and t over it, as it would
+  -- after that key was deleted (which signing cannot prevent either).
   cur = ''
 end
 if cur ~= '' and cur ~= '!' and ((fence and row[2] ~= fence) or not row[3]) then
