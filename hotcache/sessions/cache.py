@@ -71,7 +71,7 @@ def read(session_key: str) -> Lookup | None:
         return r.mget([entry_key(session_key), version_key(session_key)])
 
     try:
-        raw, version = redis_backend.call(FEATURE, op)
+        raw, version = redis_backend.lean_call(FEATURE, op)
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
         return None
@@ -96,7 +96,7 @@ def read_with_user(session_key: str) -> tuple[Lookup, UserRead | None] | None:
     is unavailable. Only for a single server (the user's keys are derived inside the script); callers check
     ``combined_read_possible()`` first, and use read() while invalidations are owed."""
     try:
-        raw = redis_backend.call(FEATURE, lambda r: _READ_WITH_USER(r, *_read_with_user_args(session_key)))
+        raw = redis_backend.lean_call(FEATURE, lambda r: _READ_WITH_USER(r, *_read_with_user_args(session_key)))
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
         return None
