@@ -180,3 +180,15 @@ def test_a_forked_child_never_uses_its_parents_socket():
     assert os.waitstatus_to_exitcode(status) == 0
     assert child not in (0, parent)  # its own connection
     assert _client_id() == parent  # and the parent's socket still serves the parent
+
+
+def test_the_embedded_fakeredis_default_runs_the_per_request_calls_too(fake_redis):
+    """The embedded default (in-process fakeredis, HOTCACHE['REDIS_ALIAS'] = 'fake'): its connection class goes
+    through the lean path like a socket's, with the same replies and counts."""
+    limits = [Limit("lean-fake", "10.8.0.1", 2, 60)]
+    assert evaluate(limits).allowed
+    with count_redis() as c:
+        assert evaluate(limits).allowed
+        assert not evaluate(limits).allowed
+    assert (c.round_trips, c.commands) == (2, 2)
+    assert redis_backend.lean_connections() == 1
