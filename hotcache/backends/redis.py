@@ -9,6 +9,9 @@ while the host's cache keeps its own, and so every command hotcache sends is cou
 
 Features never touch redis-py errors: call() runs a function against the client and turns every
 failure (error, timeout, gate open) into RedisUnavailable, which the feature maps to its fallback.
+
+The per-request calls use lean_call() instead: the same gate, metering and errors, on a connection per thread
+(hotcache.backends.lean; docs/design/health-gate.md, "The lean path").
 """
 
 from __future__ import annotations
@@ -203,7 +206,10 @@ def _build_lean_state() -> tuple[int, object, redis.Redis, lean.Lean | None]:
     client = get_client()
     with _lock:
         state = _lean_state
-        if state is not None and state[0] == os.getpid() and state[1] is source and state[2] is client:
+        if state is not None and state[0] == os.getpid() and state[2] is client:
+            # The same pool (HOTCACHE changed elsewhere): its connections are still made right; keep them.
+            state = (state[0], source, client, state[3])
+            _lean_state = state
             return state
         if state is not None and state[3] is not None:
             state[3].close()  # a parent's (after fork) are left alone: close() checks the pid
