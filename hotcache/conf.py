@@ -63,6 +63,18 @@ DEFAULTS: dict[str, Any] = {
     "MONGO_CONNECT_TIMEOUT_MS": 2000,
     "MONGO_SOCKET_TIMEOUT_MS": 5000,
     "MONGO_SERVER_CONNECTION_LIMIT": 500,  # the server's connection limit (Atlas M0: 500), for reports
+    # MongoDB calls one process runs at once while Redis is healthy (its health gate closed): the request path's
+    # rare MongoDB calls (cold API-key loads, reports, the durable writer) then share this many pooled
+    # connections instead of growing the pool to one per thread. While the gate is open (an outage) the limit
+    # steps aside: the fallbacks get all MONGO_MAX_POOL_SIZE. 0 = no healthy limit (the pool grows as calls overlap).
+    "MONGO_HEALTHY_POOL_SIZE": 1,
+    # A call that waited this long for the healthy limit goes ahead on the full pool (counted as an overflow):
+    # the limit saves connections, it never turns a slow MongoDB into failures. As long as a call may wait for
+    # a pooled connection (MONGO_WAIT_QUEUE_TIMEOUT_MS's default): shorter opens connections on every stall.
+    "MONGO_HEALTHY_WAIT_MS": 2000,
+    # pymongo maxIdleTimeMS: a pooled connection idle this long is closed, so an outage's extra connections
+    # are shed after Redis recovers. 0 = never (pymongo's default). A maxIdleTimeMS in MONGO_URL wins.
+    "MONGO_MAX_IDLE_TIME_MS": 60_000,
     # --- Periodic jobs (foundation) ---
     "SYNC_SCHEDULER": "celery",  # what runs the syncs: "celery" (beat entries, checked) | "cron" (manage.py commands)
     # --- Rate limiting ---

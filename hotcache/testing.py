@@ -57,9 +57,15 @@ def reset() -> None:
     values derived from settings (with the rate limiter's deny cache and local limiter), the tampering log.
     Use it between tests (an autouse fixture) so each starts like a fresh process."""
     from hotcache import recovery, signing
+    from hotcache.analytics._batch import batch
     from hotcache.backends import meter_store, reset_all
     from hotcache.conf import hotcache_settings
+    from hotcache.workbench._durable import writer
 
+    recovery.forget_all()  # first: pending background writes are dropped and their daemons told to stop
+    for background in (writer, batch):
+        with background._write_lock:  # a write already under way lands now, before the stores are reset,
+            pass  # not in the middle of the next test
     reset_all()
     hotcache_settings.reload()
     metering.meter.reset()

@@ -70,6 +70,27 @@ def test_unknown_server_monitoring_mode_is_e009_naming_the_setting(hotcache_conf
     assert e009 and "MONGO_SERVER_MONITORING_MODE" in e009[0].msg and "'poll'" in e009[0].hint
 
 
+@pytest.mark.parametrize("size", [-1, 11, 1.5, True, "1", None])
+def test_healthy_pool_size_outside_0_to_the_max_pool_size_is_e150(hotcache_config, size):
+    hotcache_config(MONGO_HEALTHY_POOL_SIZE=size)
+    e150 = [m for m in check_foundation() if m.id == "hotcache.E150"]
+    assert e150 and "MONGO_HEALTHY_POOL_SIZE" in e150[0].msg and "(10)" in e150[0].msg
+
+
+@pytest.mark.parametrize("size", [0, 1, 10])
+def test_healthy_pool_size_from_0_to_the_max_pool_size_is_accepted(hotcache_config, size):
+    hotcache_config(MONGO_HEALTHY_POOL_SIZE=size)
+    assert "hotcache.E150" not in ids()
+
+
+@pytest.mark.parametrize("name", ["MONGO_HEALTHY_WAIT_MS", "MONGO_MAX_IDLE_TIME_MS"])
+def test_healthy_wait_and_idle_time_are_whole_milliseconds_zero_allowed(hotcache_config, name):
+    hotcache_config(**{name: 0})
+    assert "hotcache.E004" not in ids()
+    hotcache_config(**{name: -5})
+    assert "hotcache.E004" in ids()
+
+
 def test_typo_in_setting_name_is_a_warning(hotcache_config):
     hotcache_config(REDIS_ALAIS="x")
     assert "hotcache.W001" in ids()

@@ -4,8 +4,12 @@
 
 * ``mongodb://`` / ``mongodb+srv://``: a real server through pymongo. One MongoClient per process,
   created lazily and again after fork (gunicorn, Celery prefork), with a small ``maxPoolSize``, a
-  ``waitQueueTimeoutMS`` so an exhausted pool fails fast, and a ConnectionPoolListener counting
-  open, checked-out, peak and failed check-outs.
+  ``waitQueueTimeoutMS`` so an exhausted pool fails fast, ``maxIdleTimeMS`` so an outage's extra
+  connections are shed after it, and a ConnectionPoolListener counting open, checked-out, peak and
+  failed check-outs, and which call site opened each connection (connection_origins()).
+  While Redis is healthy (its health gate closed) at most MONGO_HEALTHY_POOL_SIZE calls of the process
+  run at once (the healthy lane), so the pool stays at that size; while the gate is open the fallbacks
+  get the whole pool (docs/operations/mongodb.md, "The pool while Redis is healthy").
 * ``mongomock://<database>``: mongomock in this process (tests, the embedded default). It keeps
   no data across processes, ignores pool options and fires no pool events; calls to it are
   serialised because it is not thread-safe.
@@ -23,12 +27,17 @@ MongoUnavailable.maybe_applied says so (tests/mongo/test_fail_points.py).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import copy
 import functools
 import os
+import sys
+import sysconfig
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -51,6 +60,7 @@ from pymongo.errors import (
 )
 
 from hotcache import metering
+from hotcache.backends.health import CLOSED, redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import DuplicateKey, MongoUnavailable, MongoWriteError
 
@@ -63,6 +73,7 @@ __all__ = [
     "PoolStats",
     "Update",
     "collection",
+    "connection_origins",
     "database_name",
     "inject_failures",
     "is_process_local",
@@ -90,21 +101,48 @@ class PoolStats:
     peak_open: int = 0
     failed_checkouts: int = 0
     max_pool_size: int = 0
+    lane_waits: int = 0  # calls that waited for the healthy lane (MONGO_HEALTHY_POOL_SIZE) while Redis was healthy
+    lane_overflows: int = 0  # of those, calls that waited MONGO_HEALTHY_WAIT_MS and went ahead on the full pool
+    lane_wait_ms: int = 0  # time those calls spent waiting, in all (milliseconds)
     monitored: bool = True  # False for the stand-in, which has no pool
 
     def as_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
 
 
+_calling = threading.local()  # .feature: the feature whose call this thread is making (connection_origins)
+_PYMONGO_DIR = os.path.dirname(pymongo.__file__)
+_STDLIB_DIR = sysconfig.get_paths()["stdlib"]
+
+
+def _call_site() -> str:
+    """``<feature> <module>:<function>`` of the hotcache code whose MongoDB call is opening a connection now
+    (the first frame outside pymongo, this module and the standard library); called on connection creation
+    only, so the stack walk costs nothing on the calls that reuse a pooled connection."""
+    feature = getattr(_calling, "feature", None) or "-"
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        stdlib = name.startswith(_STDLIB_DIR) and "-packages" not in name  # not site-/dist-packages under it
+        if not (stdlib or name.startswith(_PYMONGO_DIR) or name == __file__):
+            module = name.rsplit("/hotcache/", 1)[-1] if "/hotcache/" in name else os.path.basename(name)
+            return f"{feature} {module}:{frame.f_code.co_name}"
+        frame = frame.f_back
+    return f"{feature} pymongo (background)"
+
+
 class _PoolListener(monitoring.ConnectionPoolListener):
-    def __init__(self, stats: PoolStats) -> None:
+    def __init__(self, stats: PoolStats, origins: Counter[str]) -> None:
         self.stats = stats
+        self.origins = origins
         self._lock = threading.Lock()
 
     def connection_created(self, event: Any) -> None:
+        site = _call_site()
         with self._lock:
             self.stats.open += 1
             self.stats.peak_open = max(self.stats.peak_open, self.stats.open)
+            self.origins[site] += 1
 
     def connection_closed(self, event: Any) -> None:
         with self._lock:
@@ -142,6 +180,7 @@ class _State:
     client: Any
     stats: PoolStats
     lock: threading.RLock | None  # set for the in-process stand-in only
+    origins: Counter[str] = field(default_factory=Counter)  # call site -> pooled connections it opened
 
 
 _state_lock = threading.Lock()
@@ -194,25 +233,31 @@ def _make_state(url: str) -> _State:
         raise MongoUnavailable(msg)
     stats = PoolStats(max_pool_size=int(hotcache_settings.MONGO_MAX_POOL_SIZE))
     # One monitoring connection per process with "poll" (the default) instead of two: the connection budget
-    # is processes x (monitoring + pool). An option written in the URL wins.
-    monitoring: dict[str, Any] = (
-        {} if "servermonitoringmode=" in urlsplit(url).query.lower()
+    # is processes x (monitoring + pool). Idle connections closed after MONGO_MAX_IDLE_TIME_MS: an outage's
+    # extra connections are shed after it. An option written in the URL wins.
+    query = urlsplit(url).query.lower()
+    options: dict[str, Any] = (
+        {} if "servermonitoringmode=" in query
         else {"serverMonitoringMode": str(hotcache_settings.MONGO_SERVER_MONITORING_MODE)}
     )
+    idle_ms = int(hotcache_settings.MONGO_MAX_IDLE_TIME_MS)
+    if idle_ms > 0 and "maxidletimems=" not in query:
+        options["maxIdleTimeMS"] = idle_ms
+    origins: Counter[str] = Counter()
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         url,
-        **monitoring,
+        **options,
         maxPoolSize=int(hotcache_settings.MONGO_MAX_POOL_SIZE),
         waitQueueTimeoutMS=int(hotcache_settings.MONGO_WAIT_QUEUE_TIMEOUT_MS),
         serverSelectionTimeoutMS=int(hotcache_settings.MONGO_SERVER_SELECTION_TIMEOUT_MS),
         connectTimeoutMS=int(hotcache_settings.MONGO_CONNECT_TIMEOUT_MS),
         socketTimeoutMS=int(hotcache_settings.MONGO_SOCKET_TIMEOUT_MS),
-        event_listeners=[_PoolListener(stats)],
+        event_listeners=[_PoolListener(stats, origins)],
         appname="hotcache",
         tz_aware=True,
         connect=False,  # no sockets until first use: safe to create before a fork
     )
-    return _State(os.getpid(), url, client, stats, None)
+    return _State(os.getpid(), url, client, stats, None, origins)
 
 
 def _current() -> _State:
@@ -252,6 +297,16 @@ def pool_stats() -> PoolStats:
         return _current().stats
     except MongoUnavailable:
         return PoolStats(monitored=False)
+
+
+def connection_origins() -> dict[str, int]:
+    """Pooled connections this process's client opened, per call site (``<feature> <module>:<function>``),
+    from pymongo's connection_created events; the monitoring connection (one per process with "poll") is not
+    a pooled connection and is not counted. Empty before the first call and for the stand-in."""
+    state = _state
+    if state is None or state.pid != os.getpid():
+        return {}
+    return dict(state.origins)
 
 
 def local_pool_stats() -> PoolStats | None:
@@ -306,6 +361,71 @@ class BulkResult:
     duplicates: list[int] = field(default_factory=list)  # indexes of operations that hit E11000
 
 
+class _Lane:
+    """At most MONGO_HEALTHY_POOL_SIZE MongoDB calls of this process at once while Redis's health gate is
+    closed (healthy); no limit of its own while the gate is open or probing, where the fallbacks get the whole
+    pool and pymongo's wait queue (MONGO_WAIT_QUEUE_TIMEOUT_MS) governs as before.
+
+    pymongo's pool opens a connection only when a call finds none idle and reuses the most recently used one,
+    so with at most N calls in flight the pool holds at most N connections. Waiting calls go first come,
+    first served (a new call never overtakes one already waiting); a waiting call re-reads the gate every
+    50 ms (an outage starting lets the waiters go at once) and goes ahead after MONGO_HEALTHY_WAIT_MS (an
+    overflow, counted): the healthy limit saves connections, it is not a brake."""
+
+    _RECHECK = 0.05
+
+    def __init__(self) -> None:
+        self._forget()
+        os.register_at_fork(after_in_child=self._forget)  # a parent's calls in flight are not the child's
+
+    def _forget(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[object] = collections.deque()
+        self.in_flight = 0
+
+    @staticmethod
+    def limit() -> int:
+        """The current limit; 0 = none (Redis's gate not closed, or MONGO_HEALTHY_POOL_SIZE 0)."""
+        if redis_gate.state != CLOSED:
+            return 0
+        return max(0, int(hotcache_settings.MONGO_HEALTHY_POOL_SIZE))
+
+    def enter(self, stats: PoolStats) -> bool:
+        """Admit one call, waiting while the limit is reached; False if no limit applies (nothing to leave)."""
+        limit = self.limit()
+        if limit <= 0:
+            return False
+        with self._cond:
+            if self.in_flight >= limit or self._queue:
+                stats.lane_waits += 1
+                started = time.monotonic()
+                deadline = started + int(hotcache_settings.MONGO_HEALTHY_WAIT_MS) / 1000
+                ticket = object()
+                self._queue.append(ticket)
+                try:
+                    while limit > 0 and (self._queue[0] is not ticket or self.in_flight >= limit):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            stats.lane_overflows += 1
+                            break
+                        self._cond.wait(min(remaining, self._RECHECK))
+                        limit = self.limit()
+                finally:
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()  # the next in line may go now
+                stats.lane_wait_ms += round((time.monotonic() - started) * 1000)
+            self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+
+_lane = _Lane()
+
+
 def _run(feature: str, op: Callable[[], T]) -> T:
     state = _current()
     metering.mongo_op(feature)
@@ -316,7 +436,14 @@ def _run(feature: str, op: Callable[[], T]) -> T:
         if state.lock is not None:
             with state.lock:
                 return op()
-        return op()
+        admitted = _lane.enter(state.stats)
+        _calling.feature = feature
+        try:
+            return op()
+        finally:
+            _calling.feature = None
+            if admitted:
+                _lane.leave()
     except DuplicateKeyError as exc:
         raise DuplicateKey(str(exc), code=_DUPLICATE_KEY) from exc
     except WriteConcernError as exc:

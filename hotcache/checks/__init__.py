@@ -4,7 +4,8 @@ Ids: E001-E009 foundation; E010-E019 rate limiting; E020-E029 cached users; E030
 E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports; E080-E089 the periodic jobs'
 schedule; E090-E099 django-ratelimit's settings (rate limiting);
 E100-E109 managed Redis (provider requirements, what shares the command budget); E110-E119 sessions;
-E120-E129 the Redis target (REDIS_URL, REDIS_CLUSTER). Wxxx are warnings.
+E120-E129 the Redis target (REDIS_URL, REDIS_CLUSTER); E150-E159 the MongoDB pool (foundation.py).
+Wxxx are warnings.
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 

@@ -1,4 +1,5 @@
-"""System checks for the foundation (E001-E009, W001-W009). Each message names the setting and the fix."""
+"""System checks for the foundation (E001-E009, W001-W009; E150-E159 the MongoDB pool). Each message names the
+setting and the fix."""
 
 from __future__ import annotations
 
@@ -104,6 +105,8 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         ),
         integer=True,
     )
+    errors += number_setting_errors(("MONGO_HEALTHY_WAIT_MS", "MONGO_MAX_IDLE_TIME_MS"), integer=True, allow_zero=True)
+    errors += _healthy_pool_errors()
     monitoring = hotcache_settings.MONGO_SERVER_MONITORING_MODE
     if monitoring not in MONGO_MONITORING_MODES:
         errors.append(
@@ -176,6 +179,25 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                 )
             )
     return errors
+
+
+def _healthy_pool_errors() -> list[CheckMessage]:
+    """hotcache.E150: MONGO_HEALTHY_POOL_SIZE is a whole number from 0 to MONGO_MAX_POOL_SIZE."""
+    value = hotcache_settings.MONGO_HEALTHY_POOL_SIZE
+    top = hotcache_settings.MONGO_MAX_POOL_SIZE
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value and (
+        not isinstance(top, int) or value <= top
+    ):
+        return []
+    return [
+        Error(
+            f"{_setting('MONGO_HEALTHY_POOL_SIZE')}={value!r} is not a whole number from 0 to "
+            f"MONGO_MAX_POOL_SIZE ({top!r}).",
+            hint="It is how many MongoDB calls a process runs at once while Redis is healthy (default 1: one pooled "
+            "connection per process); the fallbacks get MONGO_MAX_POOL_SIZE during an outage. 0 removes the limit.",
+            id="hotcache.E150",
+        )
+    ]
 
 
 # Names users reach for by habit (other libraries, environment variables) and the setting they mean.

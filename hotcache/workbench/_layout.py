@@ -65,6 +65,12 @@ def _ended_key(session_id: str, token: str) -> str:
     return keys.tagged(FEATURE, "s", "e", session_id, token)
 
 
+def _gone_key(session_id: str) -> str:
+    """The session's ended records (wb_end.lua: one field per end, the envelope it ended), kept
+    WORKBENCH_ENDED_TTL: the recovery check never brings back a durable copy of an ended incarnation."""
+    return keys.tagged(FEATURE, "s", "g", session_id)
+
+
 def _index_key() -> str:
     return keys.tagged(FEATURE, "s", "idx")
 

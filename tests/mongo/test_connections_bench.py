@@ -31,3 +31,8 @@ def test_the_connections_benchmark_measures_each_arm_from_server_status(real_mon
     assert before["peak_connections"] >= 2 and before["opened_connections"] >= before["peak_connections"]
     assert before["mongo_ops_per_request"] > after["mongo_ops_per_request"]
     assert len(before["pool_peaks"]) == 2
+    # Redis healthy: each worker's pool stays within MONGO_HEALTHY_POOL_SIZE (1), and each pooled connection
+    # is attributed to the call site that opened it.
+    assert max(after["pool_peaks"]) <= 1 and after["lane_overflows"] == 0
+    assert sum(after["origins"].values()) == sum(after["pool_peaks"])
+    assert sum(before["origins"].values()) >= before["peak_connections"] - 2  # all but the 2 monitors

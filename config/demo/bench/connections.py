@@ -5,13 +5,17 @@ stack) runs in several worker processes with several threads each, once per arm:
 
 * ``hotcache on Redis``: the defaults (``WORKBENCH_DURABLE_SAVES=True``);
 * ``hotcache on Redis, durable saves off``: ``WORKBENCH_DURABLE_SAVES=False``;
+* ``hotcache on Redis, no healthy limit``: ``MONGO_HEALTHY_POOL_SIZE=0`` (each process's pool grows to as many
+  connections as its threads had MongoDB calls in flight at once: the behaviour before the healthy lane);
 * ``all on MongoDB``: Redis unreachable (a closed port) in every worker: every feature on its MongoDB
   fallback, the seed's "before" (run last, shown first).
 
 Per arm it reports, from the server's own ``serverStatus.connections`` (sampled every 20 ms while the
 workers run, minus what was open before they started), the peak of connections open and how many were
 opened, plus the MongoDB operations per request hotcache sent on the request path (exact, from its meters,
-per feature). Scenario state is set up once and copied into each worker by fork; each worker draws its own
+per feature), and which call sites opened the workers' pooled connections (pymongo's connection_created
+events, ``mongo.connection_origins()``; the rest of the connections opened are the monitors, one per process
+with "poll"). Scenario state is set up once and copied into each worker by fork; each worker draws its own
 traffic (its own seed and workbench session ids).
 """
 
@@ -53,6 +57,8 @@ BEFORE = "all on MongoDB (Redis unavailable)"
 ARMS: dict[str, dict[str, Any]] = {
     "hotcache on Redis (defaults)": {"redis": True, "hotcache": {}},
     "hotcache on Redis, WORKBENCH_DURABLE_SAVES=False": {"redis": True, "hotcache": {"WORKBENCH_DURABLE_SAVES": False}},
+    "hotcache on Redis, MONGO_HEALTHY_POOL_SIZE=0 (no healthy limit)": {
+        "redis": True, "hotcache": {"MONGO_HEALTHY_POOL_SIZE": 0}},
     BEFORE: {"redis": False, "hotcache": {}},
 }
 # Scenarios whose load never reaches MongoDB in the demo (cached users live in Django's SQLite, and their
@@ -74,6 +80,10 @@ class ArmResult:
     redis_commands: int
     fallbacks: int  # fallback events (a feature served from MongoDB or in-process because Redis failed)
     pool_peaks: list[int] = field(default_factory=list)  # each worker's pymongo pool: most connections open
+    origins: dict[str, int] = field(default_factory=dict)  # call site -> pooled connections opened (all workers)
+    lane_waits: int = 0  # MongoDB calls that waited for the healthy lane (MONGO_HEALTHY_POOL_SIZE)
+    lane_overflows: int = 0  # of those, calls that went ahead on the full pool after MONGO_HEALTHY_WAIT_MS
+    lane_wait_ms: int = 0  # time those calls waited, in all (noisy: a latency)
     statuses: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -206,7 +216,9 @@ def _worker(
         db_connections.close_all()
         pool = mongo.local_pool_stats()
         conn.send(("ok", {"statuses": dict(statuses), "meters": {k: v for k, v in delta.items() if v},
-                          "pool_peak": pool.peak_open if pool else 0, "errors": errors[:5]}))
+                          "pool_peak": pool.peak_open if pool else 0, "errors": errors[:5],
+                          "origins": mongo.connection_origins(),
+                          "lane": [pool.lane_waits, pool.lane_overflows, pool.lane_wait_ms] if pool else [0, 0, 0]}))
     except BaseException as exc:  # reported to the parent, which fails the run
         conn.send(("error", f"worker {index}: {type(exc).__name__}: {exc}"))
     finally:
@@ -267,8 +279,10 @@ def _run_arm(
     _drop_keys(prefix)
     meters: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
+    origins: Counter[str] = Counter()
     for r in results:
         meters.update(r["meters"])
+        origins.update(r["origins"])
         statuses.update({int(k): v for k, v in r["statuses"].items()})
     by_feature = {k[6:]: v for k, v in sorted(meters.items()) if k.startswith("mongo:") and v}
     return ArmResult(
@@ -284,6 +298,10 @@ def _run_arm(
         redis_commands=sum(v for k, v in meters.items() if k.startswith("cmd:") and not k.endswith(":meter")),
         fallbacks=sum(v for k, v in meters.items() if k.startswith("ev:") and k.endswith(":fallback")),
         pool_peaks=[r["pool_peak"] for r in results],
+        origins=dict(origins.most_common()),
+        lane_waits=sum(r["lane"][0] for r in results),
+        lane_overflows=sum(r["lane"][1] for r in results),
+        lane_wait_ms=sum(r["lane"][2] for r in results),
         statuses=dict(sorted(statuses.items())),
     )
 
@@ -324,13 +342,23 @@ def format_table(results: list[ArmResult]) -> str:
     base = results[0] if results and results[0].name == BEFORE else None
     buf = io.StringIO()
     buf.write("| arm | requests | fallbacks | peak connections open | connections opened | pool peaks per worker | "
-              "MongoDB ops / request | largest MongoDB shares (ops per 1,000 requests) | peak vs all on MongoDB |\n")
-    buf.write("|---|---|---|---|---|---|---|---|---|\n")
+              "lane waits / overflows (ms waited) | MongoDB ops / request | "
+              "largest MongoDB shares (ops per 1,000 requests) | peak vs all on MongoDB |\n")
+    buf.write("|---|---|---|---|---|---|---|---|---|---|\n")
     for r in results:
         shares = sorted(r.mongo_by_feature.items(), key=lambda kv: -kv[1])[:3]
         top = ", ".join(f"{k} {1000 * v / max(1, r.requests):.0f}" for k, v in shares) or "none"
         ratio = f"{100 * r.peak_connections / base.peak_connections:.0f}%" if base and base.peak_connections else "-"
         pools = "/".join(str(n) for n in r.pool_peaks)
         buf.write(f"| {r.name} | {r.requests} | {r.fallbacks} | {r.peak_connections} | {r.opened_connections} | "
-                  f"{pools} | {r.mongo_ops_per_request:.3f} | {top} | {ratio} |\n")
+                  f"{pools} | {r.lane_waits} / {r.lane_overflows} ({r.lane_wait_ms}) | "
+                  f"{r.mongo_ops_per_request:.3f} | {top} | {ratio} |\n")
+    buf.write("\nWhere the connections opened came from (pooled: pymongo's connection_created, per call site, all "
+              "workers; monitoring: the rest, one per process with poll):\n\n")
+    buf.write("| arm | call site (feature module:function) | connections opened |\n|---|---|---|\n")
+    for r in results:
+        pooled = sum(r.origins.values())
+        buf.write(f"| {r.name} | monitoring (not pooled) | {max(0, r.opened_connections - pooled)} |\n")
+        for site, n in r.origins.items():
+            buf.write(f"| {r.name} | {site} | {n} |\n")
     return buf.getvalue()
