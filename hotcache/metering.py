@@ -99,14 +99,29 @@ def current_feature() -> str:
     return _feature.get()
 
 
-@contextlib.contextmanager
-def feature(name: str) -> Iterator[None]:
-    """Attribute the Redis commands sent inside this block to ``name``."""
-    token = _feature.set(name)
-    try:
-        yield
-    finally:
-        _feature.reset(token)
+class feature:  # lower case: used as a function: ``with metering.feature("ratelimit"):``
+    """Attribute the Redis commands sent inside this block to ``name``.
+
+    A class rather than a generator context manager: it wraps every Redis call (the per-request ones too),
+    and this form costs a third of the generator's.
+    """
+
+    __slots__ = ("_name", "_token")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __enter__(self) -> None:
+        self._token = _feature.set(self._name)
+
+    def __exit__(self, *exc: object) -> None:
+        _feature.reset(self._token)
+
+
+@functools.lru_cache(maxsize=256)
+def _fields(name: str) -> tuple[str, str, str]:
+    # A feature's counter names, formatted once (every metered command and script reply names them).
+    return f"cmd:{name}", f"rt:{name}", f"billed:{name}"
 
 
 _day_cache: tuple[int, str] = (-1, "")
@@ -135,19 +150,19 @@ class Meter:
     # -- recording (hot path: a dict update under a lock) --
     def commands(self, n: int, round_trips: int = 1, billed: int | None = None) -> None:
         """``n`` commands sent in ``round_trips``, ``billed`` of them billed (default: all)."""
-        name = _feature.get()
+        cmd, rt, billed_field = _fields(_feature.get())
         day = _day()
         billed = n if billed is None else billed
         aside = _self_counted.get()
         with self._lock:
             pending = self._pending if aside is None else aside
-            pending[(day, f"cmd:{name}")] += n
-            pending[(day, f"rt:{name}")] += round_trips
-            self._totals[f"cmd:{name}"] += n
-            self._totals[f"rt:{name}"] += round_trips
+            pending[(day, cmd)] += n
+            pending[(day, rt)] += round_trips
+            self._totals[cmd] += n
+            self._totals[rt] += round_trips
             if billed:
-                pending[(day, f"billed:{name}")] += billed
-                self._totals[f"billed:{name}"] += billed
+                pending[(day, billed_field)] += billed
+                self._totals[billed_field] += billed
             if aside is None:
                 self._pending_commands += n
 
@@ -155,12 +170,12 @@ class Meter:
         """``n`` more billed commands the server ran for one sent (a script's redis.call/pcall count)."""
         if n <= 0:
             return
-        name = _feature.get()
+        billed_field = _fields(_feature.get())[2]
         day = _day()
         aside = _self_counted.get()
         with self._lock:
-            (self._pending if aside is None else aside)[(day, f"billed:{name}")] += n
-            self._totals[f"billed:{name}"] += n
+            (self._pending if aside is None else aside)[(day, billed_field)] += n
+            self._totals[billed_field] += n
 
     def add(self, fld: str, n: int = 1) -> None:
         day = _day()

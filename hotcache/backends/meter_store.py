@@ -56,6 +56,10 @@ def meter_writer() -> str:
     return f"{recovery.process_nonce()}:meter"
 
 
+def _flush_every() -> int:
+    return int(hotcache_settings.METER_FLUSH_EVERY)
+
+
 class RedisMeterStore:
     def __init__(self) -> None:
         self._flushing = threading.local()  # a flush's own Redis call must not start another flush
@@ -74,9 +78,13 @@ class RedisMeterStore:
             self._past_days.clear()
 
     def maybe_flush(self) -> None:
-        """Flush when METER_FLUSH_EVERY commands are buffered (or a minute passed with enough of them)."""
-        every = int(hotcache_settings.METER_FLUSH_EVERY)
-        if not getattr(self._flushing, "active", False) and metering.meter.due(every):
+        """Flush when METER_FLUSH_EVERY commands are buffered (or a minute passed with enough of them).
+
+        Runs after every successful Redis call (the per-request ones too) and almost always says no: the
+        setting is read once per HOTCACHE dict, and the cheap count check comes first.
+        """
+        every = hotcache_settings.derived("meter_flush_every", _flush_every)
+        if metering.meter.due(every) and not getattr(self._flushing, "active", False):
             self.flush(wait=False)
 
     def flush(self, *, wait: bool = True) -> bool:

@@ -9,6 +9,9 @@ while the host's cache keeps its own, and so every command hotcache sends is cou
 
 Features never touch redis-py errors: call() runs a function against the client and turns every
 failure (error, timeout, gate open) into RedisUnavailable, which the feature maps to its fallback.
+
+The per-request calls use lean_call() instead: the same gate, metering and errors, on a connection per thread
+(hotcache.backends.lean; docs/design/health-gate.md, "The lean path").
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from django.conf import settings as django_settings
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from hotcache import metering
-from hotcache.backends import cluster, errors
+from hotcache.backends import cluster, errors, lean
 from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
@@ -42,6 +46,8 @@ __all__ = [
     "connection_source",
     "eval_lua",
     "get_client",
+    "lean_call",
+    "lean_connections",
     "reset",
     "server_info",
     "wrap_lua",
@@ -54,6 +60,9 @@ _LUA_DIR = Path(__file__).with_name("lua")
 _lock = threading.Lock()
 _wire = threading.local()  # .sent: the current call's last command reached the socket
 _clients: dict[tuple[str, str, bool, int], redis.Redis] = {}
+# The lean path's state (lean_call): (pid, the HOTCACHE dict it was built for, the pooled client, its per-thread
+# connections or None where the lean path does not apply: Redis Cluster, a pool with a client-side cache).
+_lean_state: tuple[int, object, redis.Redis, lean.Lean | None] | None = None
 
 
 @cache
@@ -136,7 +145,11 @@ def get_client() -> redis.Redis:
 
 def reset() -> None:
     """Drop the client and reset the gate (settings changed, or a test wants a clean process state)."""
+    global _lean_state
     with _lock:
+        state, _lean_state = _lean_state, None
+        if state is not None and state[3] is not None:
+            state[3].close()
         for client in _clients.values():
             try:
                 cluster.close(client)
@@ -160,6 +173,67 @@ def call(feature: str, fn: Callable[[redis.Redis], T], *, deletion: bool = False
     as such a Redis still serves reads to every process; it then leaves the gate as it is (a deletion that
     succeeds says nothing about writes), except that a connection failure or timeout is recorded.
     """
+    return _through_gate(feature, fn, get_client, deletion)
+
+
+def lean_call(feature: str, fn: Callable[[Any], T], *, deletion: bool = False) -> T:
+    """``call()`` on the lean path (hotcache.backends.lean): ``fn`` gets this thread's ``LeanClient``.
+
+    For the per-request calls (the rate-limit decision, the session and user reads): no pool checkout or lock,
+    commands packed once. Gate, metering, timeouts, one attempt and ``maybe_applied`` are call()'s. ``fn`` may use
+    only what LeanClient offers (``Script`` calls and ``queue``, ``get``, ``mget``, ``execute_command``,
+    ``pipeline(transaction=False)``). On Redis Cluster, and for a thread past the pool's size in per-thread
+    connections, it runs on the pooled client exactly as call() does.
+    """
+    return _through_gate(feature, fn, _lean_client, deletion)
+
+
+def _lean_client() -> Any:
+    """This thread's LeanClient, or the pooled client where the lean path does not apply."""
+    state = _lean_state
+    if state is None or state[0] != os.getpid() or getattr(django_settings, "HOTCACHE", None) is not state[1]:
+        state = _build_lean_state()
+    per_thread = state[3]
+    if per_thread is None:
+        return state[2]
+    client = per_thread.client()
+    return state[2] if client is None else client
+
+
+def _build_lean_state() -> tuple[int, object, redis.Redis, lean.Lean | None]:
+    global _lean_state
+    source = getattr(django_settings, "HOTCACHE", None)
+    client = get_client()
+    with _lock:
+        state = _lean_state
+        if state is not None and state[0] == os.getpid() and state[2] is client:
+            # The same pool (HOTCACHE changed elsewhere): its connections are still made right; keep them.
+            state = (state[0], source, client, state[3])
+            _lean_state = state
+            return state
+        if state is not None and state[3] is not None:
+            state[3].close()  # a parent's (after fork) are left alone: close() checks the pid
+        pool = getattr(client, "connection_pool", None)
+        usable = (
+            not hotcache_settings.REDIS_CLUSTER
+            and isinstance(client, redis.Redis)
+            and pool is not None
+            and getattr(pool, "cache", None) is None  # client-side caching wraps connections in a proxy
+        )
+        state = (os.getpid(), source, client, lean.Lean(pool) if usable else None)
+        _lean_state = state
+        return state
+
+
+def lean_connections() -> int:
+    """Per-thread connections the lean path holds open in this process (0 before its first call, on a cluster)."""
+    state = _lean_state
+    if state is None or state[3] is None or state[0] != os.getpid():
+        return 0
+    return state[3].open_connections()
+
+
+def _through_gate(feature: str, fn: Callable[[Any], T], client: Callable[[], Any], deletion: bool) -> T:
     # Past an open gate (never its probe, never counted as turned away), or through it.
     past_gate = deletion and redis_gate.answering()
     if not past_gate and not redis_gate.allow():
@@ -168,7 +242,7 @@ def call(feature: str, fn: Callable[[redis.Redis], T], *, deletion: bool = False
     _wire.sent = False
     try:
         with metering.feature(feature):
-            result = fn(get_client())
+            result = fn(client())
     except (RedisError, RedisClusterException, OSError) as exc:
         # RedisClusterException: the cluster client's errors outside RedisError (errors.classify).
         raise _failed(feature, exc, report=not past_gate) from exc

@@ -94,9 +94,9 @@ def evaluate_in(
         args += lim.wire
     try:
         if companion is None:
-            raw = redis_backend.call(_FEATURE, lambda r: _SCRIPT(r, redis_keys, args))
+            raw = redis_backend.lean_call(_FEATURE, lambda r: _SCRIPT(r, redis_keys, args))
         else:
-            raw = redis_backend.call(_FEATURE, lambda r: _with_companion(r, redis_keys, args, companion))
+            raw = redis_backend.lean_call(_FEATURE, lambda r: _with_companion(r, redis_keys, args, companion))
     except RedisUnavailable as exc:
         if raise_unavailable:
             raise

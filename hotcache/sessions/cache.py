@@ -86,7 +86,7 @@ def read(session_key: str) -> Lookup | None:
         return r.mget([entry_key(session_key), version_key(session_key)])
 
     try:
-        raw, version = redis_backend.call(FEATURE, op)
+        raw, version = redis_backend.lean_call(FEATURE, op)
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
         return None
@@ -192,7 +192,7 @@ def read_with_user(session_key: str) -> tuple[Lookup, UserRead | None] | None:
         return _READ_WITH_USER(r, *_read_with_user_args(session_key))
 
     try:
-        raw = redis_backend.call(FEATURE, op)
+        raw = redis_backend.lean_call(FEATURE, op)
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
         return None

@@ -58,7 +58,7 @@ def read(uid: str) -> tuple[bytes | None, bytes | None]:
             reset.extend(_invalidate(r, list(pending)))
         return r.mget([entry_key(uid), version_key(uid)])
 
-    entry, version = redis_backend.call(FEATURE, op)
+    entry, version = redis_backend.lean_call(FEATURE, op)
     if pending:
         pending_invalidations.done(pending)
         _counters_reset(reset)

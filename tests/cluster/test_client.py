@@ -210,3 +210,15 @@ def test_a_running_cluster_client_whose_nodes_all_died_raises_redis_unavailable(
         redis_backend.call("status", lambda r: r.get(key))
     assert isinstance(raised.value.__cause__, ConnectionError | RedisClusterException)
     assert not redis_gate.allow()
+
+
+def test_on_a_cluster_the_per_request_calls_keep_the_cluster_clients_path(cluster_redis):
+    """The lean path (per-thread connections) is for a single server: on a cluster lean_call hands ``fn`` the
+    RedisCluster client, as call() does, and a rate-limit decision costs what it costs there."""
+    assert isinstance(redis_backend.lean_call("status", lambda r: r), RedisCluster)
+    lim = Limit("cluster-lean", uuid.uuid4().hex, 5, 60)
+    assert ratelimit.evaluate([lim]).allowed  # warm: discovery, the node's connection, the script's first EVAL
+    with count_redis() as counted:
+        assert ratelimit.evaluate([lim]).allowed
+    assert (counted.round_trips, counted.commands, counted.billed) == (1, 1, 3)
+    assert redis_backend.lean_connections() == 0

@@ -476,6 +476,7 @@ def test_many_kept_invalidations_are_replayed_in_a_few_round_trips(redis_proxy, 
     redis_proxy.up()
     clock.advance(10)
     redis_backend.call("test", lambda r: r.ping())  # connections made again (their handshakes are not counted)
+    redis_backend.lean_call("test", lambda r: r.execute_command("PING"))  # this thread's lean connection too
     with count_redis() as counted:
         users.get_cached_user(424242)
     assert not cache.pending_invalidations
