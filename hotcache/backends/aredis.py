@@ -10,8 +10,9 @@ lost-reply answer (``maybe_applied`` once the bytes were on the wire).
 A redis.asyncio client is bound to the event loop that created its connections, so there is one client (and
 pool) per loop, built on first use and dropped with the loop. Where this path cannot serve, ``client()``
 returns None and callers take the sync path in a worker thread (``sync_to_async``), as before: a Redis Cluster
-(``HOTCACHE['REDIS_CLUSTER']``; redis.asyncio.cluster is not wired yet) and connection classes redis.asyncio
-has no twin of (fakeredis, custom classes). See docs/design/async.md.
+(``HOTCACHE['REDIS_CLUSTER']``; redis.asyncio.cluster is not wired yet), connection classes redis.asyncio
+has no twin of (fakeredis, custom classes), and the throwaway loops asgiref makes for one ``async_to_sync`` call
+(async views or middleware under WSGI). See docs/design/async.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
+from asgiref.sync import AsyncToSync
 from redis.asyncio import connection as aconnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -176,8 +178,12 @@ _unsupported_logged: set[str] = set()
 
 
 def client() -> aredis.Redis | None:
-    """This event loop's client (built on first use); None when the configuration has no async path."""
+    """This event loop's client (built on first use); None when the configuration has no async path, or when the
+    loop is one asgiref made for a single ``async_to_sync`` call (async code under WSGI): a connection opened per
+    call would cost its handshake every time, more than the thread hop it saves."""
     loop = asyncio.get_running_loop()
+    if loop in AsyncToSync.loop_thread_executors:
+        return None
     key = _settings_key()
     held = _clients.get(loop)
     if held is not None and held[0] == key:

@@ -8,13 +8,13 @@ import uuid
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.test import Client
 
 from hotcache.backends import aredis
 from hotcache.backends.health import OPEN, redis_gate
 from hotcache.testing import count_redis
 from tests.ratelimit.fixtures import async_client, ratelimit_middleware  # noqa: F401 - fixture
+from tests.support.aio import serve
 from tests.support.hops import count_hops
 
 pytestmark = pytest.mark.usefixtures("ratelimit_middleware")
@@ -47,7 +47,7 @@ def _counted(path: str, remote: str, n: int = 3) -> tuple[list[Any], list[Any], 
             hops.append(hopped)
         return responses, counts, hops
 
-    return async_to_sync(run)()
+    return serve(run())
 
 
 def test_async_request_costs_what_a_sync_request_costs(rules: Any) -> None:
@@ -98,7 +98,7 @@ def test_denial_and_headers_on_the_async_path(rules: Any) -> None:
     async def run() -> list[Any]:
         return [await c.get("/async/") for _ in range(3)]
 
-    first, _, denied = async_to_sync(run)()
+    first, _, denied = serve(run())
     assert denied.status_code == 429 and int(denied["Retry-After"]) >= 1
     assert first["RateLimit"].startswith('"two";r=1;')
 
@@ -124,7 +124,7 @@ def test_the_gate_opens_from_async_code_and_the_outage_policy_answers(rules: Any
             codes = [(await c.get("/async/")).status_code for _ in range(3)]
         return codes, during, redis_gate.snapshot()
 
-    codes, during, gate = async_to_sync(run)()
+    codes, during, gate = serve(run())
     assert codes == [200, 200, 200]  # admitted by the "open" policy, though the rate is 1/m
     assert gate.state == OPEN and gate.opens == 1
     assert during.events["ratelimit:allowed"] == 3
@@ -159,5 +159,5 @@ def test_lost_reply_is_maybe_applied(rules: Any) -> None:
             return exc
         raise AssertionError("no failure")
 
-    exc = async_to_sync(run)()
+    exc = serve(run())
     assert exc.maybe_applied and not exc.answered

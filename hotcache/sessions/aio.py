@@ -1,0 +1,71 @@
+"""The sessions' Redis reads for async code (``SessionStore.aload``): hotcache.sessions.cache's read, combined read
+and fill, awaited on the event loop (hotcache.backends.aredis) with the same keys, scripts, checks and metering.
+
+While invalidations are owed (after an outage) the sync read replays them first, in a worker thread: rare, and
+it keeps one home for the replay. Where the async path cannot serve (a Redis Cluster, fakeredis), each call is
+the sync one in a worker thread. See docs/design/async.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from hotcache import metering
+from hotcache.backends import aredis
+from hotcache.exceptions import RedisUnavailable
+from hotcache.sessions import cache
+from hotcache.sessions.entries import FEATURE, decode, encode, entry_key, version_key
+
+__all__ = ["afill", "aread", "aread_with_user"]
+
+
+async def aread(session_key: str) -> cache.Lookup | None:
+    """cache.read() awaited: the entry and version in one MGET; None when Redis is unavailable."""
+    if cache.pending_invalidations or aredis.client() is None:
+        return await sync_to_async(cache.read, thread_sensitive=False)(session_key)
+    keys = [entry_key(session_key), version_key(session_key)]
+    try:
+        raw, version = await aredis.acall(FEATURE, lambda r: r.mget(keys))
+    except RedisUnavailable:
+        metering.event(FEATURE, "fallback")
+        return None
+    entry = decode(session_key, raw) if raw is not None else None
+    metering.event(FEATURE, "hit" if entry is not None else "miss")
+    return cache.Lookup(entry, version)  # type: ignore[arg-type]  # bytes: hotcache's clients never decode replies
+
+
+async def aread_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRead | None] | None:
+    """cache.read_with_user() awaited: the session and its cached user in one round trip (session_user_read.lua)."""
+    if aredis.client() is None:
+        return await sync_to_async(cache.read_with_user, thread_sensitive=False)(session_key)
+    keys, args = cache._read_with_user_args(session_key)
+    try:
+        raw = await aredis.acall(FEATURE, lambda r: aredis.run_script(cache._READ_WITH_USER, r, keys, args))
+    except RedisUnavailable:
+        metering.event(FEATURE, "fallback")
+        return None
+    return cache._settle(session_key, raw)
+
+
+async def afill(
+    session_key: str, version: bytes | None, data: str, expiry_ms: int, user: str | None, ttl: int
+) -> bool:
+    """cache.fill() awaited: store a session read from the database after a miss, unless written since."""
+    if aredis.client() is None:
+        return await sync_to_async(cache.fill, thread_sensitive=False)(session_key, version, data, expiry_ms, user, ttl)
+    if ttl <= 0:
+        return False
+    payload = encode(session_key, data, expiry_ms, user)
+    seen = version if version is not None else b""
+    keys = [entry_key(session_key), version_key(session_key)]
+    try:
+        stored: Any = await aredis.acall(
+            FEATURE, lambda r: aredis.run_script(cache._FILL, r, keys, [seen, payload, ttl])
+        )
+    except RedisUnavailable as exc:
+        if exc.maybe_applied:  # it may have stored a session a concurrent save has just replaced
+            cache._owe(session_key)
+        return False
+    return bool(stored)
