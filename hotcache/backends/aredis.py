@@ -26,12 +26,14 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import redis.asyncio as aredis
 from asgiref.sync import AsyncToSync
 from redis.asyncio import connection as aconnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.connection import HiredisRespSerializer
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from hotcache import metering
 from hotcache.backends import redis as redis_backend
@@ -39,7 +41,7 @@ from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["acall", "aclose", "client", "reset", "run_script", "supported"]
+__all__ = ["Lean", "LeanPipeline", "acall", "aclose", "client", "reset", "run_script", "supported"]
 
 T = TypeVar("T")
 
@@ -49,7 +51,7 @@ log = logging.getLogger("hotcache.redis")
 # per thread, since many calls share the loop's thread.
 _sent: contextvars.ContextVar[bool] = contextvars.ContextVar("hotcache_async_sent", default=False)
 # loop -> (settings key, client); a client never outlives its loop.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple[Any, ...], aredis.Redis]] = (
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple[int, int], Lean | None]] = (
     weakref.WeakKeyDictionary()
 )
 # Background meter flushes started from the loop (kept referenced until done).
@@ -62,6 +64,7 @@ _TWINS: dict[str, type[aconnection.AbstractConnection]] = {
     "Connection": aconnection.Connection,
 }
 _SYNC_MODULES = ("redis.connection",)
+_HIREDIS_PACKER = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
 # The sync pool's own machinery among its connection kwargs (objects of the sync client): redis.asyncio builds
 # its own (its parser, its maintenance-notification handlers).
 _SYNC_MACHINERY = frozenset(
@@ -96,12 +99,29 @@ def _metered_class(base: type) -> type:
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             # Once bytes are on the wire, a failure to read the reply leaves the outcome unknown.
             _sent.set(False)
-            await super().send_packed_command(command, check_health)
+            # redis.asyncio bounds a send with asyncio.wait_for, a task (and a loop iteration) per command; the
+            # same bound as a timeout scope costs neither. The connection serves one task at a time.
+            timeout: float | None = getattr(self, "socket_timeout", None)
+            self.socket_timeout = None
+            try:
+                async with asyncio.timeout(timeout):
+                    await super().send_packed_command(command, check_health)
+            except TimeoutError:
+                await self.disconnect(nowait=True)
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            finally:
+                self.socket_timeout = timeout
             _sent.set(True)
 
         async def send_command(self, *args: Any, **kwargs: Any) -> None:
             metering.meter.commands(1, 1, 1 if args and metering.billable(args[0]) else 0)
             await super().send_command(*args, **kwargs)
+
+        if _HIREDIS_PACKER is not None:
+
+            def pack_command(self, *args: Any) -> Any:
+                # The sync path's packer (redis-py's HiredisRespSerializer): hiredis packs the command in C.
+                return _HIREDIS_PACKER.pack(*args)
 
         def pack_commands(self, commands: Any) -> Any:
             commands = list(commands)
@@ -132,23 +152,122 @@ def _accepted(klass: type) -> frozenset[str]:
     return frozenset(names)
 
 
-def _settings_key() -> tuple[Any, ...]:
-    target = hotcache_settings.REDIS_URL or f"alias:{hotcache_settings.REDIS_ALIAS}"
-    return (
-        str(target),
-        str(hotcache_settings.REDIS_ALIAS),
-        bool(hotcache_settings.REDIS_CLUSTER),
-        float(hotcache_settings.REDIS_SOCKET_TIMEOUT),
-        float(hotcache_settings.REDIS_CONNECT_TIMEOUT),
-        os.getpid(),
-    )
+def _settings_key() -> tuple[int, int]:
+    """What a loop's client was built for: this process, and the settings generation (reset() bumps it; Django's
+    setting_changed for HOTCACHE or CACHES calls reset())."""
+    return (_generation, os.getpid())
+
+
+_generation = 0
 
 
 class _Unsupported(Exception):
     """This configuration has no async path (the caller takes the sync one)."""
 
 
-def _build() -> aredis.Redis:
+class Lean:
+    """One event loop's connections to hotcache's Redis, used directly: redis-py's async connection class packs
+    each command (its packer) and reads each reply (its parser: hiredis when installed); no pool lock, no retry
+    wrapper, no client layers per call. At most ``max_connections`` are in use at once (the sync pool's size);
+    a caller beyond waits for one. A connection that failed mid-call is dropped (never reused half-read).
+
+    The methods hotcache's async paths call: ``execute`` (one command), ``mget``, ``evalsha``/``eval`` and
+    ``pipeline`` (commands queued with ``execute_command``, as Script.queue does, sent in one round trip).
+    """
+
+    def __init__(self, pool: aconnection.ConnectionPool, max_connections: int) -> None:
+        self.connection_pool = pool  # the connection factory (its class and kwargs); never checked out from
+        self._free: list[aconnection.AbstractConnection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+
+    async def _run(self, send: Callable[[Any], Awaitable[None]], replies: int) -> Any:
+        async with self._slots:
+            conn = self._free.pop() if self._free else None
+            if conn is None:
+                conn = self.connection_pool.make_connection()
+                try:
+                    await conn.connect()
+                except BaseException:
+                    await conn.disconnect(nowait=True)
+                    raise
+            try:
+                await send(conn)
+                if replies < 0:
+                    out: Any = await conn.read_response()
+                else:
+                    out = []
+                    for _ in range(replies):
+                        try:
+                            out.append(await conn.read_response())
+                        except ResponseError as exc:  # read whole: the connection stays in step
+                            out.append(exc)
+            except ResponseError:
+                self._free.append(conn)  # an error reply, read whole
+                raise
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+            self._free.append(conn)
+            return out
+
+    async def execute(self, *args: Any) -> Any:
+        """One command, one round trip; an error reply is raised (redis-py's exception class)."""
+
+        async def send(conn: Any) -> None:
+            await conn.send_command(*args, check_health=False)
+
+        return await self._run(send, -1)
+
+    async def mget(self, keys: Sequence[str]) -> list[Any]:
+        reply: list[Any] = await self.execute("MGET", *keys)
+        return reply
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)
+
+    async def eval(self, body: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self.execute("EVAL", body, numkeys, *keys_and_args)
+
+    async def ping(self) -> Any:
+        return await self.execute("PING")
+
+    def pipeline(self, transaction: bool = False) -> LeanPipeline:
+        if transaction:
+            raise ValueError("hotcache's async path sends plain pipelines only")
+        return LeanPipeline(self)
+
+    async def aclose(self) -> None:
+        free, self._free = self._free, []
+        for conn in free:
+            await conn.disconnect()
+
+
+class LeanPipeline:
+    """Commands queued with ``execute_command`` and sent in one round trip by ``await execute()``."""
+
+    def __init__(self, lean: Lean) -> None:
+        self._lean = lean
+        self._commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> LeanPipeline:
+        self._commands.append(args)
+        return self
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        commands, self._commands = self._commands, []
+
+        async def send(conn: Any) -> None:
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+        replies: list[Any] = await self._lean._run(send, len(commands))
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
+
+
+def _build() -> Lean:
     if hotcache_settings.REDIS_CLUSTER:
         raise _Unsupported("a Redis Cluster (redis.asyncio.cluster is not wired yet)")
     sync_class, kwargs, max_connections = redis_backend.connection_source()
@@ -168,33 +287,31 @@ def _build() -> aredis.Redis:
     kwargs["retry"] = Retry(NoBackoff(), 0)
     kwargs["retry_on_timeout"] = False
     kwargs.setdefault("client_name", "hotcache")
-    pool = aconnection.ConnectionPool(
-        connection_class=_metered_class(twin), max_connections=max_connections, **kwargs
-    )
-    return aredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+    pool = aconnection.ConnectionPool(connection_class=_metered_class(twin), max_connections=max_connections, **kwargs)
+    return Lean(pool, max_connections)
 
 
 _unsupported_logged: set[str] = set()
 
 
-def client() -> aredis.Redis | None:
-    """This event loop's client (built on first use); None when the configuration has no async path, or when the
-    loop is one asgiref made for a single ``async_to_sync`` call (async code under WSGI): a connection opened per
-    call would cost its handshake every time, more than the thread hop it saves."""
+def client() -> Lean | None:
+    """This event loop's connections (made on first use); None when the configuration has no async path, or when
+    the loop is one asgiref made for a single ``async_to_sync`` call (async code under WSGI): a connection opened
+    per call would cost its handshake every time, more than the thread hop it saves."""
     loop = asyncio.get_running_loop()
-    if loop in AsyncToSync.loop_thread_executors:
-        return None
     key = _settings_key()
     held = _clients.get(loop)
     if held is not None and held[0] == key:
         return held[1]
+    if loop in AsyncToSync.loop_thread_executors:
+        return None
     try:
-        built = _build()
+        built: Lean | None = _build()
     except _Unsupported as why:
+        built = None
         if str(why) not in _unsupported_logged:
             _unsupported_logged.add(str(why))
             log.info("hotcache: no async Redis path for %s; async code uses the sync path in a worker thread", why)
-        return None
     _clients[loop] = (key, built)
     return built
 
@@ -205,7 +322,7 @@ def supported() -> bool:
 
 
 async def acall(
-    feature: str, fn: Callable[[aredis.Redis], Awaitable[T]], *, deletion: bool = False
+    feature: str, fn: Callable[[Lean], Awaitable[T]], *, deletion: bool = False
 ) -> T:
     """``await fn(client)`` for ``feature`` through the health gate; RedisUnavailable on any failure.
 
@@ -252,7 +369,7 @@ def _maybe_flush_meter() -> None:
 
 
 async def run_script(
-    script: redis_backend.Script, connection: aredis.Redis, keys: Sequence[str], args: Sequence[Any] = ()
+    script: redis_backend.Script, connection: Lean, keys: Sequence[str], args: Sequence[Any] = ()
 ) -> Any:
     """``script`` with EVALSHA (EVAL once on NOSCRIPT), its reply through Script.reply (billed commands metered)."""
     try:
@@ -266,11 +383,13 @@ async def run_script(
 async def aclose() -> None:
     """Close this event loop's connections (an ASGI server's shutdown; tests). The next call opens new ones."""
     held = _clients.pop(asyncio.get_running_loop(), None)
-    if held is not None:
-        await held[1].aclose(close_connection_pool=True)
+    if held is not None and held[1] is not None:
+        await held[1].aclose()
 
 
 def reset() -> None:
     """Forget every loop's client (settings changed; test isolation); their connections close with them."""
+    global _generation
+    _generation += 1
     _clients.clear()
     _unsupported_logged.clear()

@@ -33,7 +33,7 @@ async def aread(session_key: str) -> cache.Lookup | None:
         return None
     entry = decode(session_key, raw) if raw is not None else None
     metering.event(FEATURE, "hit" if entry is not None else "miss")
-    return cache.Lookup(entry, version)  # type: ignore[arg-type]  # bytes: hotcache's clients never decode replies
+    return cache.Lookup(entry, version)
 
 
 async def aread_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRead | None] | None:

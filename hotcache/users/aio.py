@@ -122,7 +122,7 @@ async def aread(uid: str) -> tuple[bytes | None, bytes | None]:
         return await sync_to_async(cache.read, thread_sensitive=False)(uid)
     keys = [entries.entry_key(uid), entries.version_key(uid)]
     entry, version = await aredis.acall(entries.FEATURE, lambda r: r.mget(keys))
-    return entry, version  # type: ignore[return-value]  # bytes: hotcache's clients never decode replies
+    return entry, version
 
 
 async def afill(uid: str, version: bytes | None, user: Any, loader: entries.Codec) -> bool:
