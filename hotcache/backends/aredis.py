@@ -188,6 +188,8 @@ class Lean:
                 try:
                     await conn.connect()
                 except BaseException:
+                    # The handshake (AUTH, CLIENT SETNAME, SELECT) failed: the call's own command was never sent.
+                    _sent.set(False)
                     await conn.disconnect(nowait=True)
                     raise
             try:

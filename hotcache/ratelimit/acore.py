@@ -40,16 +40,16 @@ async def aevaluate_in(
     """core.evaluate_in() awaited (same arguments, same decision)."""
     if not limits:
         return Decision(True)
-    if aredis.client() is None:
-        return await sync_to_async(core.evaluate_in, thread_sensitive=False)(
-            state, limits, increment=increment, raise_unavailable=raise_unavailable, companion=companion
-        )
     now = clock.monotonic()
     denials = state.deny_cache
     if denials:
         cached = [denials.get(lim, now) for lim in limits]
         if any(c is not None for c in cached):
             return core._denied_locally(limits, cached, increment)
+    if aredis.client() is None:
+        return await sync_to_async(core.evaluate_in, thread_sensitive=False)(
+            state, limits, increment=increment, raise_unavailable=raise_unavailable, companion=companion
+        )
 
     prefix = state.settings.key_prefix
     redis_keys = [core._key_for(prefix, lim.identifier, lim.name, lim.window) for lim in limits]
