@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import os
 import weakref
 
 from asgiref.sync import sync_to_async
@@ -42,6 +43,7 @@ from hotcache.exceptions import RedisUnavailable
 __all__ = ["atrack_event"]
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[str]] = weakref.WeakKeyDictionary()
+os.register_at_fork(after_in_child=_pools.clear)  # a forked child's writers are new ones (recovery.writer())
 _numbers = itertools.count(1)
 _background: set[asyncio.Future[int]] = set()
 

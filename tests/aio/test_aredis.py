@@ -192,3 +192,24 @@ def test_a_redis_cluster_takes_the_sync_path_in_a_worker_thread(cluster_redis: A
     allowed, hops = serve(run())
     assert allowed == [True, True, False, False]
     assert hops == ["hotcache.ratelimit.core.evaluate_in"] * 3  # the fourth: the deny cache, on the loop
+
+
+def test_a_cancelled_call_never_leaves_its_reply_for_the_next(hotcache_config: Any, redis_url: str) -> None:
+    """The request went away mid-call (its task cancelled after the command was sent): the connection is dropped,
+    so the next call never reads the cancelled call's reply, and the gate is left as it was (no stuck probe)."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    proxy = DelayProxy(port, delay=0.2)
+    try:
+        hotcache_config(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/9", REDIS_SOCKET_TIMEOUT=5.0)
+
+        async def run() -> tuple[Any, str]:
+            await aredis.acall("t", lambda r: r.ping())  # connected (the handshake outside the cancelled call)
+            with pytest.raises(TimeoutError):
+                # Cancelled long before the reply can come back (0.4 s round trip through the proxy).
+                await asyncio.wait_for(aredis.acall("t", lambda r: r.execute("ECHO", "first")), 0.05)
+            second = await aredis.acall("t", lambda r: r.execute("ECHO", "second"))
+            return second, redis_gate.snapshot().state
+
+        assert serve(run()) == (b"second", "closed")
+    finally:
+        proxy.close()
