@@ -2,8 +2,8 @@
 
 The same script, keys, arguments, reply checks, deny cache and outage policies (core's helpers); only the
 round trip is awaited (hotcache.backends.aredis), so an ASGI request makes no thread hop for its rate limit.
-Where the async path cannot serve (a Redis Cluster: core groups its rules per slot there), the sync check runs
-in a worker thread, as before. See docs/design/async.md.
+Where the async path cannot serve (a Redis Cluster: core groups its rules per slot there, with a give-back), the
+sync check runs in a worker thread, as before. See docs/design/async.md.
 """
 
 from __future__ import annotations
@@ -70,14 +70,7 @@ async def aevaluate_in(
     except (TypeError, ValueError, LookupError):
         core.log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
         return core._degraded(state.outage, limits, increment, "unexpected script reply")
-    state.outage.recovered()
-    if not allowed:
-        for lim, res in zip(limits, results, strict=True):
-            if not res.allowed and lim.cost <= lim.limit:
-                denials.put(lim, now + res.reset)
-    if increment:
-        core._count(results, allowed=allowed)
-    return Decision(allowed, results)
+    return core._decided(state, limits, results, allowed, increment, now)
 
 
 async def _with_companion(r: Any, redis_keys: list[str], args: list[int], companion: core.Companion) -> Any:
