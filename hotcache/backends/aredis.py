@@ -183,6 +183,9 @@ class Lean:
     async def _run(self, send: Callable[[Any], Awaitable[None]], replies: int) -> Any:
         async with self._slots:
             conn = self._free.pop() if self._free else None
+            if conn is not None and await _stale(conn):
+                await conn.disconnect(nowait=True)
+                conn = None
             if conn is None:
                 conn = self.connection_pool.make_connection()
                 try:
@@ -242,6 +245,16 @@ class Lean:
         free, self._free = self._free, []
         for conn in free:
             await conn.disconnect()
+
+
+async def _stale(conn: Any) -> bool:
+    """Whether an idle connection cannot serve a call: the server closed it (an idle timeout, a restart, a load
+    balancer) or it holds unread data. redis-py's pool makes the same check before lending a connection; without
+    it a closed connection would fail the call and open the gate for a Redis that is fine."""
+    try:
+        return bool(await conn.can_read())
+    except (RedisError, OSError):
+        return True
 
 
 class LeanPipeline:

@@ -122,9 +122,11 @@ def test_the_gate_opens_from_async_code_and_the_outage_buffer_takes_page_views(r
     codes, during = serve(run())
     assert codes == [200, 200, 200]
     assert redis_gate.snapshot().state == OPEN
-    # The first page view's EVALSHA went out on the open pooled connection, which the proxy then closed: its reply
-    # is lost (in doubt, settled later); the other two go to the outage buffer.
-    assert (during.events["analytics:in_doubt"], during.events["analytics:fallback"]) == (1, 2)
+    # The proxy closed the idle connection: seen before the first page view, that one finds no Redis (the outage
+    # buffer); seen only after its EVALSHA went out, its reply is lost (in doubt, settled later). Either way the
+    # other two go to the outage buffer, and no page view is counted twice or lost.
+    in_doubt, buffered = during.events["analytics:in_doubt"], during.events["analytics:fallback"]
+    assert in_doubt + buffered == 3 and in_doubt <= 1
     assert during.events["analytics:gate_rejected"] == 2  # one failed attempt, then the gate answers
 
 

@@ -213,3 +213,29 @@ def test_a_cancelled_call_never_leaves_its_reply_for_the_next(hotcache_config: A
         assert serve(run()) == (b"second", "closed")
     finally:
         proxy.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_not_a_failure(raw_redis: Any) -> None:
+    """Redis (or a load balancer) closed an idle connection: the next call opens a new one instead of failing on the
+    old one, so the gate stays closed."""
+
+    name = f"hotcache-idle-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> tuple[Any, str, int]:
+        await aredis.acall("t", lambda r: r.execute("CLIENT", "SETNAME", name))
+        _kill_named(raw_redis, name)
+        lean = aredis.client()
+        assert lean is not None
+        while not lean._free[0]._parser._stream.at_eof():  # the loop sees the server's FIN
+            await asyncio.sleep(0)
+        pong = await aredis.acall("t", lambda r: r.ping())
+        return pong, redis_gate.snapshot().state, redis_gate.snapshot().opens
+
+    pong, state, opens = serve(run())
+    assert pong in (True, b"PONG") and state == "closed" and opens == 0
+
+
+def _kill_named(raw_redis: Any, name: str) -> None:
+    for client in raw_redis.client_list():
+        if client.get("name") == name:
+            raw_redis.execute_command("CLIENT", "KILL", "ID", client["id"])
