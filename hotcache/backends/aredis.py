@@ -7,8 +7,9 @@ scripts' counting prelude through ``Script.reply``), the same timeouts, TLS and 
 connection source, mapped to redis.asyncio's classes), one attempt per call, EVAL on NOSCRIPT, and the same
 lost-reply answer (``maybe_applied`` once the bytes were on the wire).
 
-A redis.asyncio client is bound to the event loop that created its connections, so there is one client (and
-pool) per loop, built on first use and dropped with the loop. Where this path cannot serve, ``client()``
+A redis.asyncio connection is bound to the event loop that opened it, so each loop has its own connections
+(``Lean``: redis-py's async connection class used directly, hiredis packing and parsing, no pool lock or client
+layers per call), made on first use and dropped with the loop. Where this path cannot serve, ``client()``
 returns None and callers take the sync path in a worker thread (``sync_to_async``), as before: a Redis Cluster
 (``HOTCACHE['REDIS_CLUSTER']``; redis.asyncio.cluster is not wired yet), connection classes redis.asyncio
 has no twin of (fakeredis, custom classes), and the throwaway loops asgiref makes for one ``async_to_sync`` call
