@@ -37,9 +37,12 @@ async def aread(session_key: str) -> cache.Lookup | None:
 
 
 async def aread_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRead | None] | None:
-    """cache.read_with_user() awaited: the session and its cached user in one round trip (session_user_read.lua)."""
-    if aredis.client() is None:
-        return await sync_to_async(cache.read_with_user, thread_sensitive=False)(session_key)
+    """combined.read_with_user() awaited: the session and its cached user in one round trip (session_user_read.lua
+    on a single server; a Redis Cluster takes the sync path, whose reads go to each node)."""
+    if aredis.client() is None:  # a Redis Cluster among others: combined's read, one round trip per node
+        from hotcache.sessions import combined
+
+        return await sync_to_async(combined.read_with_user, thread_sensitive=False)(session_key)
     keys, args = cache._read_with_user_args(session_key)
     try:
         raw = await aredis.acall(FEATURE, lambda r: aredis.run_script(cache._READ_WITH_USER, r, keys, args))

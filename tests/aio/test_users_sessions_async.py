@@ -166,3 +166,26 @@ def test_gate_opens_from_async_code_and_the_database_answers(alice: Any, redis_p
     assert redis_gate.snapshot().state == OPEN
     assert during.events["sessions:fallback"] == 3 and during.events["users:fallback"] == 3
     assert during.round_trips <= 1  # at most the one attempt that found Redis dead
+
+
+def test_on_a_redis_cluster_the_combined_read_takes_the_sync_path_with_the_sync_counts(
+    alice: Any, cluster_redis: Any, hotcache_config: Any
+) -> None:
+    """redis.asyncio.cluster is not wired: on a cluster, auser()'s session-and-user read is the sync one (each read
+    on its node) in one worker thread, with the sync path's round trips and billed commands."""
+    hotcache_config(RATELIMIT_RULES=[])
+    sync_client = Client()
+    sync_client.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")
+    sync_client.get(SYNC_PROFILE)
+    with count_redis() as sync_count:
+        assert sync_client.get(SYNC_PROFILE).json()["username"] == alice.username
+    client = async_client(address())
+    client.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")
+    responses, counts, hops, _ = _warm_then_count(client, n=1)
+    assert responses[0].json()["username"] == alice.username
+    assert (counts[0].round_trips, counts[0].commands, counts[0].billed) == (
+        sync_count.round_trips,
+        sync_count.commands,
+        sync_count.billed,
+    )
+    assert hops[0].hotcache() == ["hotcache.sessions.combined.read_with_user"]
