@@ -180,7 +180,7 @@ def test_on_a_redis_cluster_the_combined_read_takes_the_sync_path_with_the_sync_
     with count_redis() as sync_count:
         assert sync_client.get(SYNC_PROFILE).json()["username"] == alice.username
     client = async_client(address())
-    client.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")
+    client.cookies = sync_client.cookies  # the same session: its keys and the user's on the same nodes
     responses, counts, hops, _ = _warm_then_count(client, n=1)
     assert responses[0].json()["username"] == alice.username
     assert (counts[0].round_trips, counts[0].commands, counts[0].billed) == (
