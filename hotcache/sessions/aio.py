@@ -37,15 +37,23 @@ async def aread(session_key: str) -> cache.Lookup | None:
 
 
 async def aread_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRead | None] | None:
-    """combined.read_with_user() awaited: the session and its cached user in one round trip (session_user_read.lua
-    on a single server; a Redis Cluster takes the sync path, whose reads go to each node)."""
+    """combined.read_with_user() awaited: the session and its cached user in one round trip, as cache.read_with_user
+    plans it (one MGET when this process knows the session's user, else session_user_read.lua); a Redis Cluster
+    takes the sync path, whose reads go to each node."""
     if aredis.client() is None:  # a Redis Cluster among others: combined's read, one round trip per node
         from hotcache.sessions import combined
 
         return await sync_to_async(combined.read_with_user, thread_sensitive=False)(session_key)
+    plan = cache._plan(session_key)
     keys, args = cache._read_with_user_args(session_key)
+
+    async def op(r: aredis.Lean) -> Any:
+        if plan.hinted:  # this process knows the session's user: one MGET of the four keys (1 billed)
+            return cache._as_script_reply(plan, await r.mget(cache._mget_keys(session_key, plan)))
+        return await aredis.run_script(cache._READ_WITH_USER, r, keys, args)
+
     try:
-        raw = await aredis.acall(FEATURE, lambda r: aredis.run_script(cache._READ_WITH_USER, r, keys, args))
+        raw = await aredis.acall(FEATURE, op)
     except RedisUnavailable:
         metering.event(FEATURE, "fallback")
         return None

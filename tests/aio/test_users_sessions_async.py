@@ -12,6 +12,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from hotcache.backends import aredis
 from hotcache.backends.health import OPEN, redis_gate
 from hotcache.testing import count_redis
 from tests.ratelimit.fixtures import async_client
@@ -80,10 +81,11 @@ def test_warm_authenticated_request_one_round_trip_no_query_no_hop(alice: Any) -
         assert captured == []
         assert hopped.hotcache() == []
         assert not [h for h in hopped if h.startswith("django.db")]
-        # One pipeline: the rate-limit script and session_user_read.lua, exactly as the sync path (test_combined).
-        assert (count.round_trips, count.commands, count.billed) == (1, 2, 6)
+        # One pipeline: the rate-limit script and one MGET of the session's and the user's keys (this process knows
+        # the session's user), exactly as the sync path (tests/sessions/test_combined.py).
+        assert (count.round_trips, count.commands, count.billed) == (1, 2, 4)
         assert count.by_feature == {"ratelimit": 2}
-        assert count.billed_by_feature == {"ratelimit": 4, "sessions": 2}
+        assert count.billed_by_feature == {"ratelimit": 4}
         assert count.events["sessions:hit"] == 1 and count.events["users:hit"] == 1
 
 
@@ -106,7 +108,8 @@ def test_async_counts_equal_sync_counts(alice: Any) -> None:
 
 
 def test_session_and_user_in_one_round_trip_without_rate_limit(alice: Any, hotcache_config: Any) -> None:
-    """No rule matches: auser() reads the session and its user with session_user_read.lua, one command."""
+    """No rule matches: auser() reads the session and its user in one command: one MGET of the four keys (this
+    process knows the session's user), or session_user_read.lua for a session it has not seen."""
     hotcache_config(RATELIMIT_RULES=[])
     client = async_client(address())
     client.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")
@@ -114,8 +117,22 @@ def test_session_and_user_in_one_round_trip_without_rate_limit(alice: Any, hotca
     for response, count, hopped, captured in zip(responses, counts, hops, queries, strict=True):
         assert response.json()["username"] == alice.username
         assert (count.round_trips, count.commands) == (1, 1)
-        assert count.billed_by_feature == {"sessions": 3}  # EVALSHA + the session's MGET + the user's MGET
+        assert count.billed_by_feature == {"sessions": 1}  # the MGET
         assert captured == [] and hopped.hotcache() == []
+    from hotcache.sessions import cache
+
+    cache.forget_users_seen()  # as another process: the script (EVALSHA + two MGETs), which teaches this one the user
+
+    async def unseen_then_seen() -> list[Any]:
+        await aredis.acall("t", lambda r: r.ping())  # this loop's connection, outside the counts
+        counted = []
+        for _ in range(2):
+            with count_redis() as count:
+                assert (await client.get(PROFILE)).json()["username"] == alice.username
+            counted.append(count.billed_by_feature)
+        return counted
+
+    assert serve(unseen_then_seen()) == [{"sessions": 3}, {"sessions": 1}]
 
 
 def test_cold_session_and_user_filled_from_the_database_then_warm(alice: Any) -> None:
