@@ -19,8 +19,6 @@ import itertools
 import os
 import weakref
 
-from asgiref.sync import sync_to_async
-
 from hotcache import clock, recovery
 from hotcache.analytics._batch import batch
 from hotcache.analytics._events import FEATURE, HOUR_FMT, Event, hour_start
@@ -51,7 +49,7 @@ _background: set[asyncio.Future[int]] = set()
 async def atrack_event(ev: Event) -> str:
     """track_event() awaited: same outcomes ("redis", "fallback", "dropped", "in_doubt", "batched")."""
     if aredis.client() is None:
-        return await sync_to_async(track_event, thread_sensitive=False)(ev)
+        return await aredis.in_thread(track_event)(ev)
     now = clock.time()
     hour = dt.datetime.fromtimestamp(hour_start(now), tz=dt.UTC).strftime(HOUR_FMT)
     if float(hotcache_settings.ANALYTICS_BATCH_SECONDS) > 0:
@@ -72,13 +70,13 @@ async def atrack_event(ev: Event) -> str:
     if sent.outcome == "unavailable":
         return await _to_buffer(hour, ev)
     if sent.outcome == "redis" and buffer.has_data():
-        await sync_to_async(buffer.flush_if_due, thread_sensitive=False)()  # leftovers of an outage
+        await aredis.in_thread(buffer.flush_if_due)()  # leftovers of an outage
     return sent.outcome
 
 
 async def _to_buffer(hour: str, ev: Event) -> str:
     """The outage path: the buffer, off the loop (adding may flush it to MongoDB)."""
-    return await sync_to_async(buffer.add, thread_sensitive=False)((hour, ev.event, ev.path), ev.count)
+    return await aredis.in_thread(buffer.add)((hour, ev.event, ev.path), ev.count)
 
 
 async def _settle_own_doubt(writer: str) -> bool:

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from asgiref.sync import AsyncToSync
+from asgiref.sync import AsyncToSync, sync_to_async
 from redis.asyncio import connection as aconnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -42,7 +42,7 @@ from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["Lean", "LeanPipeline", "acall", "aclose", "client", "reset", "run_script", "supported"]
+__all__ = ["Lean", "LeanPipeline", "acall", "aclose", "client", "in_thread", "reset", "run_script", "supported"]
 
 T = TypeVar("T")
 
@@ -330,6 +330,15 @@ def client() -> Lean | None:
             log.info("hotcache: no async Redis path for %s; async code uses the sync path in a worker thread", why)
     _clients[loop] = (key, built)
     return built
+
+
+def in_thread(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``fn`` (sync hotcache code) awaited from async code that has no native path here. On one of asgiref's
+    throwaway loops (async code under WSGI) it runs back in the request's own thread (thread-sensitive), whose
+    per-thread Redis connection is already open; on a long-lived loop (a Redis Cluster under ASGI) in the loop's
+    worker threads, which keep theirs, so requests do not queue behind one thread."""
+    throwaway = asyncio.get_running_loop() in AsyncToSync.loop_thread_executors
+    return sync_to_async(fn, thread_sensitive=throwaway)
 
 
 def supported() -> bool:

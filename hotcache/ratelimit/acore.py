@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from redis.exceptions import NoScriptError
 
 from hotcache import clock
@@ -47,7 +46,7 @@ async def aevaluate_in(
         if any(c is not None for c in cached):
             return core._denied_locally(limits, cached, increment)
     if aredis.client() is None:
-        return await sync_to_async(core.evaluate_in, thread_sensitive=False)(
+        return await aredis.in_thread(core.evaluate_in)(
             state, limits, increment=increment, raise_unavailable=raise_unavailable, companion=companion
         )
 

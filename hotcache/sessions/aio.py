@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from hotcache import metering
 from hotcache.backends import aredis
 from hotcache.exceptions import RedisUnavailable
@@ -24,7 +22,7 @@ __all__ = ["afill", "aread", "aread_with_user"]
 async def aread(session_key: str) -> cache.Lookup | None:
     """cache.read() awaited: the entry and version in one MGET; None when Redis is unavailable."""
     if cache.pending_invalidations or aredis.client() is None:
-        return await sync_to_async(cache.read, thread_sensitive=False)(session_key)
+        return await aredis.in_thread(cache.read)(session_key)
     keys = [entry_key(session_key), version_key(session_key)]
     try:
         raw, version = await aredis.acall(FEATURE, lambda r: r.mget(keys))
@@ -43,7 +41,7 @@ async def aread_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRea
     if aredis.client() is None:  # a Redis Cluster among others: combined's read, one round trip per node
         from hotcache.sessions import combined
 
-        return await sync_to_async(combined.read_with_user, thread_sensitive=False)(session_key)
+        return await aredis.in_thread(combined.read_with_user)(session_key)
     plan = cache._plan(session_key)
     keys, args = cache._read_with_user_args(session_key)
 
@@ -65,7 +63,7 @@ async def afill(
 ) -> bool:
     """cache.fill() awaited: store a session read from the database after a miss, unless written since."""
     if aredis.client() is None:
-        return await sync_to_async(cache.fill, thread_sensitive=False)(session_key, version, data, expiry_ms, user, ttl)
+        return await aredis.in_thread(cache.fill)(session_key, version, data, expiry_ms, user, ttl)
     if ttl <= 0:
         return False
     payload = encode(session_key, data, expiry_ms, user)

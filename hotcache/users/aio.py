@@ -119,7 +119,7 @@ async def alookup(
 async def aread(uid: str) -> tuple[bytes | None, bytes | None]:
     """cache.read() awaited: (entry, version) in one MGET. Owed invalidations are replayed by the sync read first."""
     if cache.pending_invalidations or aredis.client() is None:
-        return await sync_to_async(cache.read, thread_sensitive=False)(uid)
+        return await aredis.in_thread(cache.read)(uid)
     keys = [entries.entry_key(uid), entries.version_key(uid)]
     entry, version = await aredis.acall(entries.FEATURE, lambda r: r.mget(keys))
     return entry, version
@@ -128,7 +128,7 @@ async def aread(uid: str) -> tuple[bytes | None, bytes | None]:
 async def afill(uid: str, version: bytes | None, user: Any, loader: entries.Codec) -> bool:
     """cache.fill() awaited: write ``user`` back if the version is still ``version``."""
     if aredis.client() is None:
-        return await sync_to_async(cache.fill, thread_sensitive=False)(uid, version, user, loader)
+        return await aredis.in_thread(cache.fill)(uid, version, user, loader)
     seen = version if version is not None else b""
     ttl = int(hotcache_settings.USER_CACHE_TTL)
     payload = entries.encode(uid, user, loader, ttl)
