@@ -60,6 +60,13 @@ class Batch(recovery.ProcessLocal):
 
     def add(self, hour: str, ev: Event) -> str:
         """Sum ``ev`` (of ``hour``) into the batch; write the batch if its interval is over or it is full."""
+        if self.add_only(hour, ev):
+            self.flush()
+        return "batched"
+
+    def add_only(self, hour: str, ev: Event) -> bool:
+        """Sum ``ev`` into the batch without writing it; True when a write is due (the caller flushes: async code
+        does it off the event loop)."""
         with self._lock:
             if self._started is None:
                 self._started = clock.time()
@@ -73,9 +80,7 @@ class Batch(recovery.ProcessLocal):
             full = len(self._counters) >= MAX_COUNTERS or self._n_visitors >= MAX_VISITORS
             self._ensure_timer()
         metering.event(FEATURE, "batched", ev.count)
-        if full or self.due():
-            self.flush()
-        return "batched"
+        return full or self.due()
 
     def due(self) -> bool:
         """Whether the batch's interval (ANALYTICS_BATCH_SECONDS from its first event) is over."""

@@ -5,7 +5,7 @@ See docs/analytics.md ("Public API").
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hotcache import clientip
 from hotcache.analytics._events import check_user_id
@@ -14,12 +14,16 @@ from hotcache.exceptions import InvalidName
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
-__all__ = ["anonymous_visitor", "request_user_id"]
+__all__ = ["anonymous_visitor", "request_user_id", "user_id_of"]
 
 
 def request_user_id(request: HttpRequest) -> object:
     """The signed-in user's pk if track() takes it as a user_id, else None (the visitor id counts instead)."""
-    user = getattr(request, "user", None)
+    return user_id_of(getattr(request, "user", None))
+
+
+def user_id_of(user: Any) -> object:
+    """request_user_id() for a user already resolved (``await request.auser()`` in async code)."""
     if user is None or not user.is_authenticated:
         return None
     try:

@@ -10,6 +10,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from hotcache import clock, metering, recovery, signing
 from hotcache.analytics._events import FEATURE
@@ -18,7 +19,21 @@ from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["SIGNED_WRITER", "Doubt", "Sent", "confirmed", "doubts", "send", "settle", "settle_own_doubt"]
+__all__ = [
+    "SIGNED_WRITER",
+    "Doubt",
+    "Sent",
+    "confirmed",
+    "doubts",
+    "send",
+    "sending",
+    "sent_reply",
+    "settle",
+    "settle_args",
+    "settle_own_doubt",
+    "settled",
+    "unsent",
+]
 
 log = logging.getLogger("hotcache.analytics")
 
@@ -71,23 +86,37 @@ def settle(writer: str, doubt: Doubt) -> bool:
     holds the writer's previous token (or nothing, where the key may have expired), and refuses otherwise:
     someone else wrote the key, so applied or not cannot be told and the events are not counted a second time.
     """
+    args = settle_args(writer, doubt)
+    if args is None:
+        return True
+    w = doubt.write
+    try:
+        reply = redis_backend.call(FEATURE, lambda r: TRACK(r, w.keys, args))
+    except RedisUnavailable:
+        return False  # a lost reply again changes nothing: same token, same question next time
+    settled(writer, doubt, reply)
+    return True
+
+
+def settle_args(writer: str, doubt: Doubt) -> list[Any] | None:
+    """The settling call's ARGV; None when the doubt expired instead (settled here: applied or not, unknown)."""
     retention = int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600
     if clock.time() - doubt.at >= retention:
         # The token's key has expired with the counters of that time: applied or not can no longer be told.
         doubts.settled(writer, doubt)
         metering.event(FEATURE, "in_doubt_expired", doubt.count)
         log.warning("hotcache analytics: %d %s event(s) in doubt for too long; not counted", doubt.count, doubt.event)
-        return True
+        return None
     previous, previous_at = doubt.previous or ("", 0.0)
     # Missing is normal with no previous token, or once the previous one may have expired (its TTL ran
     # from its own call; the doubt's token, had it been applied, would still be there).
     may_be_missing = not previous or clock.time() - previous_at >= retention - 60
+    return doubt.write.args(doubt.token, resolving=True, previous=previous, may_be_missing=may_be_missing)
+
+
+def settled(writer: str, doubt: Doubt, reply: Any) -> None:
+    """What the settling call's reply says: applied, replayed, or refused (someone else wrote the key)."""
     w = doubt.write
-    args = w.args(doubt.token, resolving=True, previous=previous, may_be_missing=may_be_missing)
-    try:
-        reply = redis_backend.call(FEATURE, lambda r: TRACK(r, w.keys, args))
-    except RedisUnavailable:
-        return False  # a lost reply again changes nothing: same token, same question next time
     outcome, repaired, found = reply[2], reply[3], reply[4]
     if int(outcome) == 0 and len(reply) > 5:
         w.learn_marks(reply[5])
@@ -104,11 +133,10 @@ def settle(writer: str, doubt: Doubt) -> bool:
         signing.tampered(FEATURE, w.keys[2], f"{why}; the call in doubt is not counted")
         metering.event(FEATURE, "in_doubt_refused", doubt.count)
         confirmed.forget(writer)
-        return True
+        return
     confirmed.set(writer, (doubt.token, doubt.at))
     metering.event(FEATURE, "tracked", doubt.count)
     metering.event(FEATURE, "in_doubt_applied" if int(outcome) == 1 else "in_doubt_replayed", doubt.count)
-    return True
 
 
 def settle_own_doubt(writer: str) -> bool:
@@ -120,20 +148,34 @@ def settle_own_doubt(writer: str) -> bool:
 def send(writer: str, w: ScriptWrite) -> Sent:
     """Send ``w`` as ``writer`` (whose doubt, if any, must be settled first). A lost reply makes it the writer's
     doubt: the caller must not count it elsewhere."""
-    now = clock.time()
-    token = signing.seal(SIGNED_WRITER, writer, str(next(_tokens)))
+    now, token = sending(writer)
     args = w.args(token)
     try:
         reply = redis_backend.call(FEATURE, lambda r: TRACK(r, w.keys, args))
     except RedisUnavailable as exc:
-        if exc.maybe_applied:
-            # The script reached Redis and only the reply was lost: it may have been counted. The buffer
-            # would count it again, so it waits as the writer's doubt.
-            doubts.add(writer, Doubt(w, token, now, threading.current_thread(), confirmed.get(writer)))
-            metering.event(FEATURE, "in_doubt", w.events)
-            log.warning("hotcache analytics: reply to a track call lost; %d %s event(s) in doubt", w.events, w.label)
-            return Sent("in_doubt")
-        return Sent("unavailable")
+        return unsent(writer, w, token, now, exc)
+    return sent_reply(writer, w, token, now, reply)
+
+
+def sending(writer: str) -> tuple[float, str]:
+    """(when, sealed token) of a call ``writer`` is about to send."""
+    return clock.time(), signing.seal(SIGNED_WRITER, writer, str(next(_tokens)))
+
+
+def unsent(writer: str, w: ScriptWrite, token: str, now: float, exc: RedisUnavailable) -> Sent:
+    """A call that failed: the writer's doubt when its reply was lost after Redis got it, else unavailable."""
+    if exc.maybe_applied:
+        # The script reached Redis and only the reply was lost: it may have been counted. The buffer
+        # would count it again, so it waits as the writer's doubt.
+        doubts.add(writer, Doubt(w, token, now, threading.current_thread(), confirmed.get(writer)))
+        metering.event(FEATURE, "in_doubt", w.events)
+        log.warning("hotcache analytics: reply to a track call lost; %d %s event(s) in doubt", w.events, w.label)
+        return Sent("in_doubt")
+    return Sent("unavailable")
+
+
+def sent_reply(writer: str, w: ScriptWrite, token: str, now: float, reply: Any) -> Sent:
+    """A call Redis applied: the writer's confirmed token, and what its reply reports."""
     levels, visitor_overflow, repaired = reply[0], reply[1], reply[3]
     if len(reply) > 5:
         w.learn_marks(reply[5])

@@ -7,7 +7,8 @@ __all__ = ["reset_all"]
 
 def reset_all() -> None:
     """Forget every client and the gate state (settings changed; test isolation)."""
-    from hotcache.backends import mongo, redis
+    from hotcache.backends import aredis, mongo, redis
 
     redis.reset()
+    aredis.reset()
     mongo.reset()

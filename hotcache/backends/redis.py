@@ -41,10 +41,12 @@ from hotcache.exceptions import RedisUnavailable
 __all__ = [
     "Script",
     "after_call",
+    "after_call_hook",
     "call",
     "cluster_mode_mismatch",
     "connection_source",
     "eval_lua",
+    "failure",
     "get_client",
     "lean_call",
     "lean_connections",
@@ -259,7 +261,7 @@ def _through_gate(feature: str, fn: Callable[[Any], T], client: Callable[[], Any
     return result
 
 
-def _failed(feature: str, exc: BaseException, *, report: bool = True) -> RedisUnavailable:
+def _failed(feature: str, exc: BaseException, *, report: bool = True, sent: bool | None = None) -> RedisUnavailable:
     """Tell the gate what a failed call says about Redis (hotcache.backends.errors) and build the caller's error.
 
     Unreachable (refused, reset): the gate opens at once. Timeouts: after HEALTH_FAILURE_THRESHOLD in a row.
@@ -267,7 +269,8 @@ def _failed(feature: str, exc: BaseException, *, report: bool = True) -> RedisUn
     such answers. The provider's quota ran out: at once, for a long cool-down. Any other error reply
     (WRONGTYPE, an unknown command, a request too large) is specific to this call: Redis answered, the gate
     records a success and the error is logged. ``report=False`` (a deletion sent past an open gate): only a
-    connection failure or a timeout is recorded.
+    connection failure or a timeout is recorded. ``sent``: whether the call's last command reached the socket,
+    when the caller tracks it (the async path, per task); else this thread's record.
     """
     verdict = errors.classify(exc)
     if not report:
@@ -288,9 +291,11 @@ def _failed(feature: str, exc: BaseException, *, report: bool = True) -> RedisUn
     if verdict.server_answered:
         return RedisUnavailable(f"redis refused the call for {feature}: {exc}", answered=True)
     # Once the bytes were on the wire, a failure to read the reply leaves the outcome unknown.
-    maybe_applied = bool(getattr(_wire, "sent", False))
+    maybe_applied = bool(getattr(_wire, "sent", False)) if sent is None else sent
     return RedisUnavailable(f"redis call for {feature} failed: {exc}", maybe_applied=maybe_applied)
 
+
+failure = _failed  # the async path's name for it (hotcache.backends.aredis)
 
 _after_call: Callable[[], None] | None = None
 
@@ -299,6 +304,11 @@ def after_call(hook: Callable[[], None] | None) -> None:
     """Run ``hook`` after every successful call (the meter store's flush check); None removes it."""
     global _after_call
     _after_call = hook
+
+
+def after_call_hook() -> Callable[[], None] | None:
+    """The hook after_call() set (the async path runs it off the event loop)."""
+    return _after_call
 
 
 # Every script runs inside this prelude, so it reports the commands it ran: ``redis`` is shadowed by a table

@@ -5,7 +5,8 @@ E040-E049 API keys; E050-E059 workbench; E060-E069 analytics; E070-E079 reports;
 schedule; E090-E099 django-ratelimit's settings (rate limiting);
 E100-E109 managed Redis (provider requirements, what shares the command budget); E110-E119 sessions;
 E120-E129 the Redis target (REDIS_URL, REDIS_CLUSTER); E150-E159 the MongoDB pool (foundation.py).
-Wxxx are warnings.
+Wxxx are warnings. The order of hotcache's middleware (middleware_order) takes its ids from the feature concerned:
+E022 (cached users), W015 (rate limiting).
 Importing this package registers every check (HotcacheConfig.ready does).
 """
 
@@ -17,6 +18,7 @@ from hotcache.checks.apikeys import check_apikeys
 from hotcache.checks.foundation import check_foundation
 from hotcache.checks.managed_redis import check_managed_redis
 from hotcache.checks.mfa import check_mfa
+from hotcache.checks.middleware_order import check_middleware_order
 from hotcache.checks.ratelimit import check_django_ratelimit_settings, check_ratelimit
 from hotcache.checks.redis_target import check_cluster_mode, check_redis_target
 from hotcache.checks.reports import check_reports
@@ -33,6 +35,7 @@ __all__ = [
     "check_foundation",
     "check_managed_redis",
     "check_mfa",
+    "check_middleware_order",
     "check_ratelimit",
     "check_redis_target",
     "check_reports",

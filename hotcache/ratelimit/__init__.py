@@ -8,6 +8,7 @@ middleware as ``hotcache.ratelimit.middleware.RatelimitMiddleware``) and the cor
 
 from __future__ import annotations
 
+from hotcache.ratelimit.acore import aevaluate
 from hotcache.ratelimit.core import evaluate, limit_keys, refuse_missing
 from hotcache.ratelimit.decorators import ratelimit
 from hotcache.ratelimit.exceptions import Ratelimited
@@ -16,7 +17,7 @@ from hotcache.ratelimit.limits import Decision, Limit, RuleResult
 from hotcache.ratelimit.outage import POLICIES
 from hotcache.ratelimit.rates import InvalidRate, parse_rate
 from hotcache.ratelimit.state import reset_local_state
-from hotcache.ratelimit.usage import ALL, UNSAFE, get_usage, is_ratelimited
+from hotcache.ratelimit.usage import ALL, UNSAFE, aget_usage, get_usage, is_ratelimited
 
 __all__ = [
     "ALL",
@@ -28,6 +29,8 @@ __all__ = [
     "Limit",
     "Ratelimited",
     "RuleResult",
+    "aevaluate",
+    "aget_usage",
     "default_on_missing_key",
     "evaluate",
     "get_usage",

@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
 from hotcache.ratelimit.exceptions import Ratelimited
-from hotcache.ratelimit.usage import ALL, UNSAFE, get_usage
+from hotcache.ratelimit.usage import ALL, UNSAFE, aget_usage, get_usage
 
 __all__ = ["Ratelimited", "ratelimit"]
 
@@ -38,16 +38,13 @@ def ratelimit(
         uses_user = key in ("user", "user_or_ip") or callable(key) or (isinstance(key, str) and "." in key)
 
         if iscoroutinefunction(fn):
-            from asgiref.sync import sync_to_async
 
             @functools.wraps(fn)
             async def _awrapped(request: Any, *args: Any, **kw: Any) -> Any:
                 if uses_user and hasattr(request, "auser"):
-                    request.user = await request.auser()  # resolve here, not in the worker thread
+                    request.user = await request.auser()  # resolved on the event loop, before the key reads it
                 old_limited = getattr(request, "limited", False)
-                usage = await sync_to_async(get_usage, thread_sensitive=False)(
-                    request, group, fn, key, rate, method, True
-                )
+                usage = await aget_usage(request, group, fn, key, rate, method, True)  # no thread hop
                 limited = bool(usage and usage["should_limit"])
                 request.limited = limited or old_limited
                 if limited and block:

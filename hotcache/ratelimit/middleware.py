@@ -1,5 +1,6 @@
 """RateLimitMiddleware: every rule of HOTCACHE['RATELIMIT_RULES'] that matches a request, in one Redis round trip;
-429 + Retry-After when any denies. Sync and async (the user resolved with ``auser()``, the core in a worker thread).
+429 + Retry-After when any denies. Sync and async: under ASGI the user is resolved with ``auser()`` and the decision
+awaited on the event loop (hotcache.ratelimit.acore), with no thread hop.
 
 Place it after AuthenticationMiddleware when a rule keys on the user. It is also django-ratelimit's
 ``RatelimitMiddleware`` (same name here): a ``Ratelimited`` raised by a view goes to ``RATELIMIT_VIEW`` when set,
@@ -11,16 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
 from hotcache.conf import hotcache_settings
+from hotcache.ratelimit.acore import aevaluate_in
 from hotcache.ratelimit.core import Companion, evaluate_in, refuse_missing
 from hotcache.ratelimit.exceptions import Ratelimited
 from hotcache.ratelimit.headers import set_headers
-from hotcache.ratelimit.limits import Decision
+from hotcache.ratelimit.limits import Decision, Limit
 from hotcache.ratelimit.options import Snapshot, compat_settings
 from hotcache.ratelimit.rules import compiled_rules, limits_for
 from hotcache.ratelimit.state import LocalState, local_state
@@ -34,6 +36,28 @@ def check_request(request: HttpRequest) -> Decision:
 
 
 def _check(request: HttpRequest, state: LocalState) -> Decision:
+    limits, refused = _limits(request)
+    if refused:
+        decision = refuse_missing(limits, refused)
+    else:
+        decision = evaluate_in(state, limits, companion=_companion(request) if limits else None)
+    request.ratelimit = decision  # type: ignore[attr-defined]
+    return decision
+
+
+async def _acheck(request: HttpRequest, state: LocalState) -> Decision:
+    """_check() with the round trip awaited on the event loop."""
+    limits, refused = _limits(request)
+    if refused:
+        decision = refuse_missing(limits, refused)
+    else:
+        decision = await aevaluate_in(state, limits, companion=_companion(request) if limits else None)
+    request.ratelimit = decision  # type: ignore[attr-defined]
+    return decision
+
+
+def _limits(request: HttpRequest) -> tuple[list[Limit], list[Limit]]:
+    """The rules' limits for ``request`` and those refused for a missing identifier (rules.limits_for)."""
     names: set[str] | None = None
 
     def url_names() -> set[str]:
@@ -46,13 +70,7 @@ def _check(request: HttpRequest, state: LocalState) -> Decision:
                 names = set()
         return names
 
-    limits, refused = limits_for(request, url_names)
-    if refused:
-        decision = refuse_missing(limits, refused)
-    else:
-        decision = evaluate_in(state, limits, companion=_companion(request) if limits else None)
-    request.ratelimit = decision  # type: ignore[attr-defined]
-    return decision
+    return limits_for(request, url_names)
 
 
 def _companion(request: HttpRequest) -> Companion | None:
@@ -129,7 +147,7 @@ class RateLimitMiddleware:
         if hasattr(request, "auser") and any(r.needs_user for r in compiled_rules()):
             request.user = await request.auser()  # resolve the user on the event loop, not in the worker
         state = local_state()
-        decision = await sync_to_async(_check, thread_sensitive=False)(request, state)
+        decision = await _acheck(request, state)
         if not decision.allowed:
             response = _denied_response(decision, state.settings)
         else:

@@ -19,14 +19,15 @@ from django.utils.module_loading import import_string
 from hotcache import metering
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
+from hotcache.ratelimit.acore import aevaluate
 from hotcache.ratelimit.core import evaluate, refuse_missing
 from hotcache.ratelimit.identifiers import MISSING_KEY_CHOICES, key_value
-from hotcache.ratelimit.limits import Limit
+from hotcache.ratelimit.limits import Decision, Limit
 from hotcache.ratelimit.options import compat_settings
 from hotcache.ratelimit.outage import policy_of
 from hotcache.ratelimit.rates import InvalidRate, parse_rate
 
-__all__ = ["ALL", "UNSAFE", "get_usage", "is_ratelimited"]
+__all__ = ["ALL", "UNSAFE", "aget_usage", "get_usage", "is_ratelimited"]
 
 ALL = (None,)  # every HTTP method (django-ratelimit's sentinel)
 UNSAFE = ["DELETE", "PATCH", "POST", "PUT"]
@@ -74,6 +75,46 @@ def get_usage(
 ) -> dict[str, Any] | None:
     """django-ratelimit's get_usage: ``{count, limit, should_limit, time_left}`` (plus ``remaining``,
     ``retry_after``, ``decision``), or None when the method does not match or the rate is None."""
+    asked = _ask(request, group, fn, key, rate, method, increment)
+    if asked is None:
+        return None
+    lim, count, choice, fail_open = asked
+    if choice == "deny":
+        decision = refuse_missing([lim], [lim], increment=increment)
+    else:
+        decision = evaluate([lim], increment=increment)
+    return _usage(decision, count, fail_open)
+
+
+async def aget_usage(
+    request: Any,
+    group: str | None = None,
+    fn: Callable[..., Any] | None = None,
+    key: Any = None,
+    rate: Any = None,
+    method: Any = ALL,
+    increment: bool = False,
+) -> dict[str, Any] | None:
+    """get_usage() for async code: the same answer, its round trip awaited on the event loop (no thread hop).
+
+    A ``key`` that reads ``request.user`` needs it resolved first (``request.user = await request.auser()``),
+    as @ratelimit does on an async view."""
+    asked = _ask(request, group, fn, key, rate, method, increment)
+    if asked is None:
+        return None
+    lim, count, choice, fail_open = asked
+    if choice == "deny":
+        decision = refuse_missing([lim], [lim], increment=increment)
+    else:
+        decision = await aevaluate([lim], increment=increment)
+    return _usage(decision, count, fail_open)
+
+
+def _ask(
+    request: Any, group: str | None, fn: Any, key: Any, rate: Any, method: Any, increment: bool
+) -> tuple[Limit, int, str, bool | None] | None:
+    """get_usage's question as one Limit: (limit, count, missing-key choice, RATELIMIT_FAIL_OPEN); None when
+    nothing is to be checked (disabled, another method, no rate, a missing key to skip)."""
     if group is None and fn is None:
         raise ImproperlyConfigured("get_usage must be called with either `group` or `fn` arguments")
     compat = compat_settings()
@@ -116,10 +157,10 @@ def get_usage(
         metering.event("ratelimit", f"missing_key:{lim.name}")
     if choice == "skip":
         return None  # not limited, as when the rate is None
-    if choice == "deny":
-        decision = refuse_missing([lim], [lim], increment=increment)
-    else:
-        decision = evaluate([lim], increment=increment)
+    return lim, count, choice, fail_open
+
+
+def _usage(decision: Decision, count: int, fail_open: bool | None) -> dict[str, Any] | None:
     if fail_open and decision.degraded:
         return None  # RATELIMIT_FAIL_OPEN: as django-ratelimit, an outage means "not limited, not counted"
     res = decision.results[0]

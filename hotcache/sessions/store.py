@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
-from hotcache.sessions import cache, combined
+from hotcache.sessions import aio, cache, combined
 from hotcache.sessions.entries import FEATURE, valid_key
 
 __all__ = ["SessionStore"]
@@ -77,7 +77,38 @@ class SessionStore(DBStore):
         self._hotcache_prefetched = (session_key, found)
 
     async def aload(self) -> dict[str, Any]:
-        return await sync_to_async(self.load)()
+        """load() for async code: the Redis read awaited on the event loop (no thread hop on a hit); the database
+        only on a miss, through Django's async ORM."""
+        session_key = self.session_key
+        if not valid_key(session_key):
+            self._session_key = None
+            return {}
+        lookup = await self._alookup(session_key) if self._redis_enabled() else None
+        if lookup is not None and lookup.entry is not None:
+            return self.decode(lookup.entry.data)
+        row = await self._aget_session_from_db()  # type: ignore[attr-defined]  # Django's, not in django-stubs
+        if row is None:
+            return {}
+        data = self.decode(row.session_data)
+        if lookup is not None:
+            ttl = self.get_expiry_age(expiry=row.expire_date)
+            await aio.afill(session_key, lookup.version, row.session_data, _ms(row.expire_date), _user_part(data), ttl)
+        return data
+
+    async def _alookup(self, session_key: str) -> cache.Lookup | None:
+        """_lookup() awaited: the prefetched combined read, else the session with its user, else the session."""
+        prefetched = self.__dict__.pop("_hotcache_prefetched", None)
+        if prefetched is not None and prefetched[0] == session_key:
+            lookup: cache.Lookup | None
+            lookup, self.hotcache_user = prefetched[1]
+            return lookup
+        if combined.wanted(self) and not cache.pending_invalidations:
+            found = await aio.aread_with_user(session_key)
+            if found is None:
+                return None
+            lookup, self.hotcache_user = found
+            return lookup
+        return await aio.aread(session_key)
 
     # --- writes: the database first (it is the session), then Redis ---
 

@@ -1,19 +1,21 @@
 """CachedAuthenticationMiddleware: a lazy ``request.user`` (and ``request.auser()``) from hotcache.users.session.
 
-See docs/users.md.
+Sync and async: under ASGI it sets both without a thread hop, and ``auser()`` awaits the cached user on the
+event loop (hotcache.users.aio). See docs/users.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
+from hotcache.users.aio import aget_user
 from hotcache.users.session import get_user
 
 __all__ = ["CachedAuthenticationMiddleware"]
@@ -39,6 +41,12 @@ class CachedAuthenticationMiddleware(AuthenticationMiddleware):
         request.user = SimpleLazyObject(lambda: _request_user(request))  # type: ignore[assignment]
         request.auser = partial(_arequest_user, request)
 
+    async def __acall__(self, request: HttpRequest) -> Any:
+        # Django's MiddlewareMixin runs process_request in a worker thread under ASGI; it only sets two lazy
+        # attributes (no I/O), so it runs here, on the event loop.
+        self.process_request(request)
+        return await cast(Awaitable[Any], self.get_response(request))
+
 
 # _cached_user and _acached_user are the memo attributes Django's own auth middleware sets on the request; the
 # stubs do not declare them.
@@ -53,6 +61,6 @@ async def _arequest_user(request: HttpRequest) -> Any:
     if hasattr(request, "_cached_user"):
         return request._cached_user
     if not hasattr(request, "_acached_user"):
-        # Redis and the session store are used synchronously; one hop to the sync thread per request.
-        request._acached_user = await sync_to_async(get_user)(request)  # type: ignore[attr-defined]
+        # On the event loop: the session's aload() and the cached user's read are awaited, no thread hop.
+        request._acached_user = await aget_user(request)  # type: ignore[attr-defined]
     return request._acached_user  # type: ignore[attr-defined]

@@ -16,8 +16,8 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 def test_the_public_names_of_hotcache_ratelimit_are_unchanged():
     assert hotcache.ratelimit.__all__ == [
         "ALL", "MISSING_KEY_CHOICES", "POLICIES", "UNSAFE", "Decision", "InvalidRate", "Limit", "Ratelimited",
-        "RuleResult", "default_on_missing_key", "evaluate", "get_usage", "is_ratelimited", "key_value",
-        "limit_keys", "parse_rate", "ratelimit", "refuse_missing", "reset_local_state",
+        "RuleResult", "aevaluate", "aget_usage", "default_on_missing_key", "evaluate", "get_usage", "is_ratelimited",
+        "key_value", "limit_keys", "parse_rate", "ratelimit", "refuse_missing", "reset_local_state",
     ]
 
 

@@ -9,7 +9,18 @@ from config.demo.bench.runner import Arm
 
 __all__ = ["FEATURES", "all_groups"]
 
-FEATURES = ("foundation", "ratelimit", "users", "sessions", "mfa", "apikeys", "workbench", "analytics", "reports")
+FEATURES = (
+    "foundation",
+    "ratelimit",
+    "users",
+    "sessions",
+    "mfa",
+    "apikeys",
+    "workbench",
+    "analytics",
+    "reports",
+    "aio",
+)
 
 
 def _lazy(feature: str) -> Callable[[], dict[str, list[Arm]]]:

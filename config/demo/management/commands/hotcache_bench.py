@@ -133,8 +133,13 @@ class Command(BaseCommand):
                         self.stderr.write(f"running {title} ...")
                         results = run_group(arms, rounds=options["rounds"], ops_per_round=options["ops"])
                         report[title] = [r.as_dict() for r in results]
+                        ratios = _async_ratios(feature, title, results)
+                        if ratios:
+                            report[f"{title}: added p50, async / sync"] = ratios
                         if not options["json"]:
                             self.stdout.write(_format(title, results))
+                            for arm, ratio in ratios.items():
+                                self.stdout.write(f"  added p50 {arm} / its sync arm: {ratio}x")
             finally:
                 _cleanup()
         return report
@@ -217,6 +222,15 @@ def _configured_redis_url() -> str:
     if not isinstance(url, str):
         raise CommandError("--latency-ms needs a Redis URL: pass --redis-url")
     return url
+
+
+def _async_ratios(feature: str, title: str, results: list[Any]) -> dict[str, float]:
+    """The async group's added-latency ratios (config.demo.bench.aio.summary); {} for other groups."""
+    if feature != "aio":
+        return {}
+    from config.demo.bench.aio import summary
+
+    return summary(title, results)
 
 
 def _cleanup() -> None:
