@@ -43,6 +43,7 @@ __all__ = [
     "eval_lua",
     "get_client",
     "reset",
+    "run_scripts",
     "server_info",
     "wrap_lua",
 ]
@@ -319,6 +320,34 @@ class Script:
 def eval_lua(client: redis.Redis, source: str, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
     """EVAL an inline script (a probe, not a hot path) through the counting prelude; returns its reply."""
     return Script.reply(client.eval(wrap_lua(source), len(keys), *keys, *args))
+
+
+def run_scripts(client: Any, calls: Sequence[tuple[Script, Sequence[str], Sequence[Any]]]) -> list[Any]:
+    """Run several scripts in one pipeline (on Redis Cluster: one per node reached), each call's keys in one slot.
+
+    The bucket walks of the jobs use it. A call that got NOSCRIPT (first use on that server, or after a
+    failover) is sent again with EVAL in a second pipeline. Every reply goes through Script.reply(); the
+    first error is raised (call() translates it).
+    """
+    if not calls:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for script, keys_, args in calls:
+        script.queue(pipe, keys_, args)
+    out: list[Any] = pipe.execute(raise_on_error=False)
+    missing = [i for i, raw in enumerate(out) if isinstance(raw, NoScriptError)]
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for i in missing:
+            script, keys_, args = calls[i]
+            script.queue(pipe, keys_, args, load=True)
+        for i, raw in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+            out[i] = raw
+    replies = [Script.reply(raw) for raw in out]
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def server_info(section: str = "memory") -> dict[str, Any]:
