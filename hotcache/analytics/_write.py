@@ -13,11 +13,20 @@ from typing import Any
 from hotcache import signing
 from hotcache.analytics._events import DAY_FMT, FEATURE, OVERFLOW, OVERFLOW_SLACK, label_to_hour
 from hotcache.analytics._events import field as counter_field
-from hotcache.analytics._keys import day_events_key, hll_key, hour_key, index_keys, visitor_marks_key, writer_key
+from hotcache.analytics._keys import (
+    bucket,
+    bucket_writer,
+    day_events_key,
+    hll_key,
+    hour_key,
+    index_keys,
+    visitor_marks_key,
+    writer_key,
+)
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 
-__all__ = ["MAX_VISITORS_PER_ITEM", "TRACK", "CounterKey", "ScriptWrite", "VisitorKey", "build"]
+__all__ = ["MAX_VISITORS_PER_ITEM", "TRACK", "CounterKey", "ScriptWrite", "VisitorKey", "build", "build_split"]
 
 TRACK = redis_backend.Script("analytics_track")
 CounterKey = tuple[str, str, str]  # (hour label, event, normalised path): also the outage buffer's key
@@ -84,9 +93,14 @@ def build(
     visitors: Mapping[VisitorKey, Iterable[str]] | None = None,
     *,
     label: str,
+    tag: str | None = None,
 ) -> ScriptWrite:
-    """One script call counting ``counters`` ({(hour, event, path): n}) and ``visitors`` ({(hour, event): digests})."""
-    idx = index_keys()
+    """One script call counting ``counters`` ({(hour, event, path): n}) and ``visitors`` ({(hour, event): digests}),
+    all of events of bucket ``tag`` (None: the bucket of the first event named)."""
+    if tag is None:
+        first = next(iter(counters), None)
+        tag = bucket(first[1]) if first is not None else bucket(next(iter(visitors or {(None, "")}))[1])
+    idx = index_keys(tag)
     ttl = int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600
     header = [
         ttl,
@@ -97,10 +111,10 @@ def build(
     w = ScriptWrite([], [], [], header, 0, 0, sum(counters.values()), label)
     w.key(idx.hours, "hours")
     w.key(idx.days, "days")
-    w.key(writer_key(writer), "writer")
+    w.key(writer_key(writer, tag), "writer")
     for (hour, event, path), n in counters.items():
         start = int(label_to_hour(hour).timestamp())
-        k = w.key(hour_key(hour), "hour")
+        k = w.key(hour_key(hour, tag), "hour")
         w.items += [k, hour, start, counter_field(event, path), counter_field(event, OVERFLOW)]
         w.items += [counter_field(OVERFLOW, OVERFLOW), n]
         w.counts += 1
@@ -110,10 +124,29 @@ def build(
         listed = sorted(set(digests))
         for i in range(0, len(listed), MAX_VISITORS_PER_ITEM):
             part = listed[i : i + MAX_VISITORS_PER_ITEM]
-            km = w.key(visitor_marks_key(hour), "marks")
-            kh = w.key(hll_key(day, event), "hll")
-            ko = w.key(hll_key(day, OVERFLOW), "overflow_hll")
-            ke = w.key(day_events_key(day), "day_events")
+            km = w.key(visitor_marks_key(hour, tag), "marks")
+            kh = w.key(hll_key(day, event, tag), "hll")
+            ko = w.key(hll_key(day, OVERFLOW, tag), "overflow_hll")
+            ke = w.key(day_events_key(day, tag), "day_events")
             w.items += [km, kh, ko, ke, event, day, day_start, len(part), *part]
             w.visitor_items += 1
     return w
+
+
+def build_split(
+    writer: str,
+    counters: Mapping[CounterKey, int],
+    visitors: Mapping[VisitorKey, Iterable[str]] | None = None,
+    *,
+    label: str,
+) -> list[tuple[str, ScriptWrite, dict[CounterKey, int]]]:
+    """One script call per bucket the events fall in: (the bucket's writer, the call, the counters it carries)."""
+    groups: dict[str, tuple[dict[CounterKey, int], dict[VisitorKey, Iterable[str]]]] = {}
+    for k, n in counters.items():
+        groups.setdefault(bucket(k[1]), ({}, {}))[0][k] = n
+    for v, digests in (visitors or {}).items():
+        groups.setdefault(bucket(v[1]), ({}, {}))[1][v] = digests
+    return [
+        (bucket_writer(writer, tag), build(bucket_writer(writer, tag), c, v, label=label, tag=tag), c)
+        for tag, (c, v) in groups.items()
+    ]

@@ -172,12 +172,13 @@ def test_a_sync_whose_claim_or_release_reply_was_lost_leaves_exact_totals_after_
 ):
     hotcache_config(ANALYTICS_SYNC_LOCK_TIMEOUT=0)  # the failed run cannot unlock (gate open); no lock needed
     raw_redis.script_load(_sync.CLAIM.body)
+    raw_redis.script_load(_sync._RELEASE.body)  # the release (DEL + SREM, atomically) is a script too
     total = 0
     for p in range(5):
         analytics.track("page_view", path=f"/p{p}", count=p + 1)
         total += p + 1
     close_hours(clock)
-    needle = _sync.CLAIM.sha.encode() if step == "claim" else b"SREM"
+    needle = (_sync.CLAIM if step == "claim" else _sync._RELEASE).sha.encode()
     lost_reply_proxy.arm(needle, mode)
     first = analytics.sync()
     assert first.error and lost_reply_proxy.lost == [mode]
