@@ -59,7 +59,7 @@ _SIGNED_LOCK = "analytics.lock"  # hotcache.signing purpose of the sync lock's v
 @dataclass(frozen=True, slots=True)
 class AnalyticsSyncResult:
     dry_run: bool
-    hours_claimed: int  # live hour hashes claimed by this run
+    hours_claimed: int  # hours whose live counters this run claimed (one hash per bucket and hour)
     batches: int  # batches applied and released (claimed now or recovered)
     recovered: int  # of those, batches left pending by an earlier run
     counters: int  # (hour, event, path) counters written
@@ -269,7 +269,7 @@ def _sync_counters(
 ) -> None:
     checkpoint("before_claim")
     pending, before = _claim(include_current_hour, tally)
-    run.hours_claimed = len(set(pending) - before)
+    run.hours_claimed = len({batch_hour(x) for _, x in set(pending) - before})  # hours, whatever the buckets
     checkpoint("after_claim")
 
     chunk = min(MAX_CHUNK, int(hotcache_settings.ANALYTICS_SYNC_CHUNK))
@@ -430,7 +430,7 @@ def _dry_run(run: _Run, include_current_hour: bool, tally: Tally) -> None:
         found = counters(key, raw, tally, batch=batch) or {}
         run.counters += len(found)
         run.events += sum(found.values())
-    run.hours_claimed = sum(1 for raw in rows[: len(hours)] if raw)
+    run.hours_claimed = len({h for (_, h), raw in zip(hours, rows, strict=False) if raw})
     run.batches = len(pending)
     run.recovered = len(pending)
     days_raw = read_many(lambda pipe: [pipe.zrange(index_keys(b).days, 0, -1) for b in walk])

@@ -34,6 +34,7 @@ def test_track_is_one_round_trip_and_no_mongo_operation():
     assert c.events["analytics:tracked"] == 1
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_track_counts_in_the_current_utc_hour_by_event_and_path(clock, raw_redis, key_prefix):
     analytics.track("signup", path="/pricing")
     analytics.track("signup", path="/pricing?utm=x#top", count=2)
@@ -100,6 +101,7 @@ def test_paths_with_control_characters_or_lone_surrogates_are_rejected(raw):
         analytics.normalize_path(raw)
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_ten_thousand_distinct_paths_keep_redis_bounded(hotcache_config, raw_redis, key_prefix, clock):
     """Cardinality cap: new paths past the cap go to '(other)'; nothing is lost, keys and fields stay bounded."""
     hotcache_config(ANALYTICS_MAX_COUNTERS_PER_HOUR=200)
@@ -116,6 +118,7 @@ def test_ten_thousand_distinct_paths_keep_redis_bounded(hotcache_config, raw_red
     assert len(keys_after) == 7
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_many_event_names_share_one_overflow_visitor_counter(hotcache_config, raw_redis, key_prefix, clock):
     hotcache_config(ANALYTICS_MAX_EVENTS_PER_DAY=3, ANALYTICS_MAX_COUNTERS_PER_HOUR=5)
     for i in range(50):
@@ -128,6 +131,7 @@ def test_many_event_names_share_one_overflow_visitor_counter(hotcache_config, ra
     assert sum(int(v) for v in fields.values()) == 50
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_keys_carry_no_user_input_beyond_the_validated_event(raw_redis, key_prefix, clock):
     analytics.track("signup", path="/a:b*{c} ", visitor_id="x:y* ", user_id="u:1")
     for key in analytics_keys(raw_redis, key_prefix):

@@ -92,3 +92,46 @@ def test_the_usage_sync_reads_every_bucket_of_the_touched_index(buckets, own_pre
     assert result.written == len(made)
     assert c.round_trips <= 2 + _SLACK
     assert all(apikeys.usage(new.key_id, days=1)[0][1] == 2 for new in made)
+
+
+# --- upgrade: keys of the single-tag layout are still found after KEY_BUCKETS changes -------------------
+
+
+def test_workbench_sessions_of_the_single_tag_layout_are_adopted_or_persisted(own_prefix, hotcache_config, clock):
+    hotcache_config(KEY_BUCKETS=1, WORKBENCH_DURABLE_SAVES=False)
+    workbench.save("live", {"n": 1}, owner="o")
+    workbench.save("ends", {"n": 1}, owner="o")
+    workbench.save("ended", {"n": 1}, owner="o")
+    assert workbench.end("ended")
+    hotcache_config(KEY_BUCKETS=64)
+    session = workbench.load("live")  # moved into its bucket on the miss there
+    assert (session.state, session.version) == ({"n": 1}, 1)
+    assert workbench.save("live", {"n": 2}, expected_version=1) == 2
+    assert workbench.end("ends")  # ended from the single-tag layout, via its bucket
+    result = workbench.persist()  # walks the single-tag layout too
+    assert (result.ended, result.errors) == (2, [])
+    assert sorted(e.session_id for e in workbench.history()) == ["ended", "ends"]
+    assert workbench.load("live").state == {"n": 2}
+    assert workbench.counts().active == 1
+
+
+def test_analytics_of_the_single_tag_layout_are_synced_exactly_once(own_prefix, hotcache_config, clock):
+    hotcache_config(KEY_BUCKETS=1, ANALYTICS_BATCH_SECONDS=0)
+    analytics.track("old", path="/a", count=3)
+    hotcache_config(KEY_BUCKETS=64)
+    analytics.track("old", path="/a", count=4)
+    analytics.track("new", path="/a", count=5)
+    close_hours(clock)
+    result = sync_analytics()
+    assert not result.error and result.events == 12
+    assert sync_analytics().events == 0
+
+
+def test_the_touched_index_of_the_single_tag_layout_is_still_synced(own_prefix, hotcache_config):
+    hotcache_config(KEY_BUCKETS=1)
+    old = apikeys.create("old")
+    assert apikeys.check(old.raw_key).allowed
+    hotcache_config(KEY_BUCKETS=64)
+    new = apikeys.create("new")
+    assert apikeys.check(new.raw_key).allowed
+    assert apikeys.sync_usage().written == 2
