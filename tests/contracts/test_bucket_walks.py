@@ -18,6 +18,7 @@ from hotcache import clock as hc_clock
 from hotcache.analytics._sync import sync as sync_analytics
 from hotcache.testing import count_redis
 from tests.analytics.fixtures import close_hours
+from tests.support.redis_cluster import on_cluster
 
 
 @pytest.fixture
@@ -40,6 +41,8 @@ def _measure(name, buckets, run):
 # Round trips a job may add when spread: none per bucket; a step may be split at most once more (the NOSCRIPT
 # retry of a pipeline of scripts when one script is new to the server, as a single call's EVAL is).
 _SLACK = 3
+# A pipeline costs one round trip per node it reaches: on the cluster target (3 masters) a step costs up to 3.
+_NODES = 3 if on_cluster() else 1
 
 
 @pytest.mark.parametrize("buckets", [1, 64])
@@ -56,9 +59,9 @@ def test_persisting_walks_every_bucket_in_bounded_round_trips(buckets, own_prefi
     result, c = _measure("persist_workbench", buckets, workbench.persist)
     assert (result.ended, result.idle, result.errors) == (15, 0, [])
     # claim, read, ack (one pipeline each), the stale-claims count, the fence read of the recovery step
-    assert c.round_trips <= 5 + _SLACK
+    assert c.round_trips <= (5 + _SLACK) * _NODES
     counts, c = _measure("workbench.counts", buckets, workbench.counts)
-    assert counts.active == 15 and c.round_trips == 1
+    assert counts.active == 15 and c.round_trips <= _NODES
 
 
 @pytest.mark.parametrize("buckets", [1, 64])
@@ -70,7 +73,7 @@ def test_the_analytics_sync_walks_every_bucket_exactly_once(buckets, own_prefix,
     close_hours(clock)
     result, c = _measure("sync_analytics", buckets, sync_analytics)
     assert not result.error and result.events == sum(events.values())
-    assert c.round_trips <= 9 + _SLACK
+    assert c.round_trips <= (9 + _SLACK) * _NODES
     again = sync_analytics()
     assert again.events == 0  # exactly once: nothing moved twice
     now = hc_clock.utcnow()
@@ -78,7 +81,7 @@ def test_the_analytics_sync_walks_every_bucket_exactly_once(buckets, own_prefix,
         "analytics.report", buckets, lambda: analytics.report(now - dt.timedelta(hours=3), now, event=None)
     )
     assert sum(n for _, n in rep.top_events) == sum(events.values())
-    assert c.round_trips <= 4  # as documented for report(): the walk adds none
+    assert c.round_trips <= 4 * _NODES  # as documented for report(): the walk adds none
 
 
 @pytest.mark.parametrize("buckets", [1, 64])
@@ -90,7 +93,7 @@ def test_the_usage_sync_reads_every_bucket_of_the_touched_index(buckets, own_pre
         assert apikeys.check(new.raw_key).allowed
     result, c = _measure("sync_apikey_usage", buckets, apikeys.sync_usage)
     assert result.written == len(made)
-    assert c.round_trips <= 2 + _SLACK
+    assert c.round_trips <= (2 + _SLACK) * _NODES
     assert all(apikeys.usage(new.key_id, days=1)[0][1] == 2 for new in made)
 
 
