@@ -25,6 +25,11 @@ HOTCACHE = {
     "MONGO_WAIT_QUEUE_TIMEOUT_MS": 1000,
 }
 
+if os.environ.get("HOTCACHE_E2E_CLUSTER_URL"):
+    # hotcache on a Redis Cluster; Django's cache and the Celery broker stay on the plain REDIS_URL (neither has a
+    # cluster client), as docs/operations/redis-cluster.md tells users to deploy.
+    HOTCACHE.update(REDIS_URL=os.environ["HOTCACHE_E2E_CLUSTER_URL"], REDIS_CLUSTER=True)
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves the message for the next worker

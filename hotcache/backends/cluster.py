@@ -14,7 +14,7 @@ pipeline): ``hotcache.backends.errors.classify`` sorts them for ``hotcache.backe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,7 +30,7 @@ from redis.commands.policies import (  # type: ignore[attr-defined]  # redis-py 
     ResponsePolicy,
     StaticPolicyResolver,
 )
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError, TryAgainError
 from redis.retry import Retry
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "NodeReport",
     "build",
     "describe",
+    "send_once",
     "single_server_on_cluster",
     "url_problems",
 ]
@@ -275,3 +276,35 @@ def _text(value: Any) -> str:
 def single_server_on_cluster(info_cluster: dict[str, Any]) -> bool:
     """Whether INFO cluster of a single-server client's Redis says it is a cluster node (cluster_enabled:1)."""
     return str(info_cluster.get("cluster_enabled", "0")) == "1"
+
+
+_NOT_RUN = (MovedError, AskError, TryAgainError)  # the node refused before running the command
+
+
+def send_once(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Each command sent once to the node of its keys, all nodes written before any is read (one round trip per
+    node, in parallel); replies in order, a command's error in its place.
+
+    redis-py's cluster pipeline re-sends, one by one, every command of a node whose connection failed or timed
+    out: a script that may have run would run twice (an INCR counted twice, a give-back given twice). Here a
+    command is re-sent only when its node answered that it did not run it (MOVED, ASK, TRYAGAIN), through the
+    client, which follows the redirection.
+    """
+    pipe = client.pipeline(transaction=False)
+    for args in commands:
+        pipe.execute_command(*args)
+    try:
+        replies = list(
+            pipe.send_cluster_commands(
+                pipe._execution_strategy.command_queue, raise_on_error=False, allow_redirections=False
+            )
+        )
+    finally:
+        pipe.reset()
+    for i, reply in enumerate(replies):
+        if isinstance(reply, _NOT_RUN):
+            try:
+                replies[i] = client.execute_command(*commands[i])
+            except RedisError as exc:
+                replies[i] = exc
+    return replies

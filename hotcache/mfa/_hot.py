@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from hotcache import keys, metering, recovery, signing
+from hotcache.backends import cluster
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 from hotcache.mfa import _marker
@@ -205,21 +207,22 @@ def _run_with_marker(
     Returns the script's result and the marker's T (0 when absent or not to be trusted). The marker
     is a signed record: a forged one is ignored, and overwritten when this call publishes.
     """
-    marker = _marker.marker_key()
-    pipe = r.pipeline(transaction=False)
-    script.queue(pipe, script_keys, args)
+    marker = _marker.marker_key_near(r, script_keys[0])
+    copies = [marker] if publish_ms is None else _marker.marker_keys()
+    commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(script_keys), *script_keys, *args)]
     steps: list[tuple[redis_backend.Script, list[str], list[Any]]] = [(script, script_keys, args)]
     sealed = ""
     ttl_ms = 0
     if publish_ms is None:
-        pipe.get(marker)
+        commands.append(("GET", marker))
     else:
         sealed = _marker.seal(publish_ms)
         ttl_ms = max(1, publish_ms - now_ms) + _MARKER_MARGIN_MS
         mark_args = [sealed, publish_ms, ttl_ms]
-        MARK.queue(pipe, [marker], mark_args)
-        steps.append((MARK, [marker], mark_args))
-    out = pipe.execute(raise_on_error=False)
+        for copy in copies:  # the one key; on a cluster every copy
+            commands.append(("EVALSHA", MARK.sha, 1, copy, *mark_args))
+            steps.append((MARK, [copy], mark_args))
+    out = _pipelined(r, commands)
     for i, (s, k, a) in enumerate(steps):
         if isinstance(out[i], NoScriptError):  # first use on this server: EVAL also caches it
             out[i] = r.eval(s.body, len(k), *k, *a)
@@ -231,14 +234,28 @@ def _run_with_marker(
             signing.tampered(FEATURE, marker, "is not a string")
             return out[0], 0
         return out[0], _marker.marker_ms(out[1])
-    if isinstance(out[1], Exception):
-        raise out[1]
-    until = _marker.marker_ms(out[1])
-    if until < publish_ms:
-        # MARK kept a larger T that is not ours (forged): replace it. Only after tampering; one more round trip.
-        r.set(marker, sealed, px=ttl_ms)
-        until = publish_ms
-    return out[0], until
+    highest = 0
+    for copy, reply in zip(copies, out[1:], strict=True):
+        if isinstance(reply, Exception):
+            raise reply
+        until = _marker.marker_ms(reply)
+        if until < publish_ms:
+            # MARK kept a larger T that is not ours (forged): replace it. Only after tampering; one more round trip.
+            r.set(copy, sealed, px=ttl_ms)
+            until = publish_ms
+        highest = max(highest, until)
+    return out[0], highest
+
+
+def _pipelined(r: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` in one pipeline (one round trip; on a cluster one per node, each command sent once: redis-py's
+    cluster pipeline would re-send a verify whose reply timed out, and a consumed code would then answer ``used``)."""
+    if isinstance(r, RedisCluster):
+        return cluster.send_once(r, commands)
+    pipe = r.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute(raise_on_error=False))
 
 
 def _checked(reply: _VerifyReply, user: str, purpose: str, k: _Keys, now_ms: int, conf: Limits) -> _VerifyReply:

@@ -2,7 +2,8 @@
 
 All-or-nothing (if any rule denies, no counter moves), on Redis server time, returning allowed/remaining/reset/
 count per rule. The deny cache answers known denials without Redis; an outage hands over to the outage
-policies. See docs/ratelimit.md.
+policies. On a Redis Cluster, rules whose keys hash to different slots (an IP and a user) are evaluated per slot
+in parallel and kept all-or-nothing by a give-back (slots.py). See docs/ratelimit.md.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from hotcache import clock, keys, metering, signing
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
+from hotcache.ratelimit import slots
 from hotcache.ratelimit.limits import Decision, Limit, RuleResult
 from hotcache.ratelimit.outage import Outage
+from hotcache.ratelimit.slots import Companion
 from hotcache.ratelimit.state import LocalState, local_state
 
 __all__ = ["Companion", "evaluate", "evaluate_in", "limit_keys", "refuse_missing"]
@@ -28,14 +31,6 @@ log = logging.getLogger("hotcache.ratelimit")
 _FEATURE = "ratelimit"
 _SCRIPT = redis_backend.Script("sliding_window")
 _LAYOUT = "b"  # the BITFIELD layout of sliding_window.lua (the hash layout before it had no marker)
-
-
-class Companion(Protocol):
-    """Another feature's read sent in the decision's round trip (hotcache.sessions.combined.Companion)."""
-
-    def queue(self, pipe: Any) -> None: ...
-
-    def settle(self, raw: Any) -> None: ...
 
 
 def limit_keys(limit: Limit) -> list[str]:
@@ -90,6 +85,10 @@ def evaluate_in(
 
     prefix = state.settings.key_prefix
     redis_keys = [_key_for(prefix, lim.identifier, lim.name, lim.window) for lim in limits]
+    if state.settings.cluster:
+        groups = slots.groups_of(redis_keys) if len(limits) > 1 else None
+        if groups is not None or companion is not None:
+            return _on_slots(state, limits, redis_keys, groups, increment, raise_unavailable, companion, now)
     args: list[int] = [1 if increment else 0]
     for lim in limits:
         args += lim.wire
@@ -109,6 +108,19 @@ def evaluate_in(
         # still answer anything): never trusted, never a 500; the outage policies decide.
         log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
         return _degraded(state.outage, limits, increment, "unexpected script reply")
+    return _decided(state, limits, results, allowed, increment, now)
+
+
+def _decided(
+    state: LocalState,
+    limits: Sequence[Limit],
+    results: tuple[RuleResult, ...],
+    allowed: bool,
+    increment: bool,
+    now: float,
+) -> Decision:
+    """Redis decided: the deny cache learns the refusing rules, the events are counted."""
+    denials = state.deny_cache
     state.outage.recovered()
     if not allowed:
         for lim, res in zip(limits, results, strict=True):
@@ -118,6 +130,40 @@ def evaluate_in(
     if increment:
         _count(results, allowed=allowed)
     return Decision(allowed, results)
+
+
+def _on_slots(
+    state: LocalState,
+    limits: Sequence[Limit],
+    redis_keys: list[str],
+    groups: list[slots.Group] | None,
+    increment: bool,
+    raise_unavailable: bool,
+    companion: Companion | None,
+    now: float,
+) -> Decision:
+    """The cluster path: one group per slot (or the one group, with a companion read on another node), one round
+    trip per node in parallel; a give-back when a group refused and others counted (slots.py)."""
+    parts = groups if groups is not None else [slots.Group(list(range(len(limits))))]
+    try:
+        raw = redis_backend.call(
+            _FEATURE,
+            lambda r: slots.evaluate_groups(
+                r, _SCRIPT, limits, redis_keys, parts, increment=increment, companion=companion
+            ),
+        )
+    except RedisUnavailable as exc:
+        if raise_unavailable:
+            raise
+        return _degraded(state.outage, limits, increment, str(exc))
+    try:
+        results, allowed = _results(limits, raw, redis_keys)
+    except (TypeError, ValueError, LookupError):
+        log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
+        return _degraded(state.outage, limits, increment, "unexpected script reply")
+    if not allowed and increment and len(parts) > 1 and raw is not None:
+        slots.give_back(limits, redis_keys, parts, raw)
+    return _decided(state, limits, results, allowed, increment, now)
 
 
 def _with_companion(r: Any, redis_keys: list[str], args: list[int], companion: Companion) -> Any:

@@ -45,6 +45,7 @@ class Snapshot:
     deny_cache_size: int
     legacy_headers: bool
     status_code: int
+    cluster: bool = False  # HOTCACHE['REDIS_CLUSTER']: rules on several slots are evaluated per slot (slots.py)
 
     @classmethod
     def build(cls) -> Snapshot:
@@ -55,6 +56,7 @@ class Snapshot:
             deny_cache_size=size if isinstance(size, int) and not isinstance(size, bool) else 10_000,
             legacy_headers=bool(hotcache_settings.RATELIMIT_LEGACY_HEADERS),
             status_code=status if isinstance(status, int) and 400 <= status <= 599 else 429,
+            cluster=bool(hotcache_settings.REDIS_CLUSTER),
         )
 
 

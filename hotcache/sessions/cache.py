@@ -38,6 +38,7 @@ __all__ = [
     "read",
     "read_with_user",
     "reserve",
+    "settle_parts",
     "settle_read_with_user",
 ]
 
@@ -114,6 +115,14 @@ def settle_read_with_user(session_key: str, raw: Any) -> tuple[Lookup, UserRead 
         return None
     with metering.feature(FEATURE):
         return _settle(session_key, _READ_WITH_USER.reply(raw))
+
+
+def settle_parts(
+    session_key: str, entry: Any, version: Any, uid: str | None, user_entry: Any, user_version: Any
+) -> tuple[Lookup, UserRead | None]:
+    """The combined read made of separate replies (Redis Cluster: the session's and the user's MGETs, each on its
+    node; hotcache.sessions.combined): checked exactly as the script's reply."""
+    return _settle(session_key, (entry, version, uid, user_entry, user_version))
 
 
 def combined_read_possible(client: Any) -> bool:

@@ -65,7 +65,7 @@ class SessionStore(DBStore):
             lookup, self.hotcache_user = prefetched[1]
             return lookup
         if combined.wanted(self) and not cache.pending_invalidations:
-            found = cache.read_with_user(session_key)
+            found = combined.read_with_user(session_key)
             if found is None:
                 return None
             lookup, self.hotcache_user = found

@@ -1,8 +1,13 @@
 """The durable copy of each Redis save in workbench_active, written off the request path: saves are coalesced
 per session in this process (only the newest version is written) and written in one bulk per
-WORKBENCH_DURABLE_INTERVAL by a daemon thread; 0 writes each copy on the request path.
+WORKBENCH_DURABLE_INTERVAL by a daemon thread; 0 writes each copy on the request path. An end() in Redis
+queues its session's *ended mark* in the same bulk (0 MongoDB operations on the request path).
 
 Every copy is a version-guarded upsert, so a late, duplicate or out-of-order write never replaces a newer one.
+The ended mark is a version-guarded upsert too: it turns the incarnation's copy into a tombstone at the ended
+version, so a copy another process writes late (saved before the end, written after it) is refused by
+MongoDB whichever lands first. Until the mark lands, the recovery check reads Redis's ended records
+(_recover.py), so no process brings the ended session back from its copy.
 Pending copies are written at exit (atexit, Celery's worker shutdown signals, ``flush_durable()`` from a
 gunicorn ``worker_exit`` hook) and before this process reads or writes workbench_active itself (the Redis
 outage path), so a session it saved before an outage is loadable here during it. A process killed outright
@@ -42,6 +47,7 @@ class _Copy:
     envelope: _Envelope
     text: str
     created: bool  # the save created this incarnation: it may replace another one's copy (kept in history)
+    ended: bool = False  # end() ended this incarnation at envelope.version: the ended mark, not a copy
 
 
 def _filter_and_doc(session_id: str, envelope: _Envelope, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -65,15 +71,42 @@ def _filter_and_doc(session_id: str, envelope: _Envelope, text: str) -> tuple[di
     return flt, doc
 
 
-def _durable_write(session_id: str, envelope: _Envelope, text: str, *, created: bool = False) -> None:
-    """Copy one Redis save to workbench_active now: ONE conditional upsert that never replaces a newer version.
+def _ended_mark(session_id: str, envelope: _Envelope) -> mongo.Update:
+    """The ended mark of an incarnation ended in Redis at ``envelope.version``: its copy (of that version or
+    older) becomes a tombstone at that version, or one is inserted. The tombstone refuses any later copy of the
+    incarnation (a copy's upsert matches only an older version), whichever of the two lands first. A document
+    of another incarnation, or a newer outage version, is left as it is (the upsert meets E11000)."""
+    now = clock.utcnow()
+    flt = {"_id": session_id, "token": envelope.token, "version": {"$lte": envelope.version}, "origin": _REDIS}
+    mark = {
+        "ended": True,
+        "version": envelope.version,
+        "state": "{}",
+        "owner": envelope.owner,
+        "created_at": _ts(envelope.created),
+        "updated_at": _ts(envelope.updated),
+        "last_seen": now,
+        "from_redis": True,
+    }
+    return mongo.Update(flt, {"$set": mark}, upsert=True)
+
+
+def _durable_write(
+    session_id: str, envelope: _Envelope, text: str, *, created: bool = False, ended: bool = False
+) -> None:
+    """Copy one Redis save to workbench_active now: ONE conditional upsert that never replaces a newer version
+    (``ended``: the ended mark instead).
 
     A save that ``created`` the session gets a replaced copy of another incarnation back (same single
     operation) and keeps it in history.
     """
     flt, doc = _filter_and_doc(session_id, envelope, text)
     try:
-        if created:
+        if ended:
+            before = None
+            mark = _ended_mark(session_id, envelope)
+            _active().update_one(mark.filter, mark.update, upsert=True)
+        elif created:
             before = _active().find_one_and_update(flt, {"$set": doc}, upsert=True, return_new=False)
         else:
             before = None
@@ -84,33 +117,53 @@ def _durable_write(session_id: str, envelope: _Envelope, text: str, *, created: 
         _failed(1)
         return
     _succeeded()
-    if before is not None and before.get("token") != envelope.token:
+    if before is not None and before.get("token") != envelope.token and not before.get("ended"):
         _keep_replaced(session_id, before)
 
 
 def _write_copies(copies: Mapping[str, _Copy]) -> None:
-    """Write pending copies in ONE unordered bulk (E11000 rows: a newer version is already there). Creations
-    first get one read of the copies they may replace (another incarnation, which left Redis: kept in history
-    as abandoned, as a lone creation's upsert does)."""
-    created = [sid for sid, c in copies.items() if c.created]
+    """Write pending copies and ended marks in ONE unordered bulk (E11000 rows: a newer version, or the ended
+    mark, is already there).
+
+    A creation's row inserts only where the id holds no document; an id that holds one (E11000 on that row:
+    another incarnation's copy, which left Redis, or a newer copy of this one) takes one read and one more
+    bulk for those rows only: a replaced incarnation's copy is kept in history as abandoned, as a lone
+    creation's upsert does. So a flush is ONE MongoDB operation unless an id is reused.
+    """
+    items = list(copies.items())
     try:
-        if created:
-            for doc in _active().find({"_id": {"$in": created}, "origin": _REDIS}):
-                if doc.get("token") != copies[doc["_id"]].envelope.token:
-                    _keep_replaced(doc["_id"], doc)
         ops = []
-        for sid, c in copies.items():
-            flt, doc = _filter_and_doc(sid, c.envelope, c.text)
-            ops.append(mongo.Update(flt, {"$set": doc}, upsert=True))
-        _active().bulk(ops)
+        for sid, c in items:
+            if c.ended:
+                ops.append(_ended_mark(sid, c.envelope))
+            elif c.created:
+                _, doc = _filter_and_doc(sid, c.envelope, c.text)
+                only_new = {"_id": sid, "token": c.envelope.token, "version": {"$lt": c.envelope.version}}
+                ops.append(mongo.Update(only_new, {"$set": doc}, upsert=True))
+            else:
+                flt, doc = _filter_and_doc(sid, c.envelope, c.text)
+                ops.append(mongo.Update(flt, {"$set": doc}, upsert=True))
+        done = _active().bulk(ops)
+        reused = {items[i][0]: items[i][1] for i in done.duplicates if items[i][1].created and not items[i][1].ended}
+        if reused:
+            _replace_incarnations(reused)
     except BackendUnavailable:
         _failed(len(copies))
         return
     _succeeded()
 
 
-def _drop_filter(session_id: str, token: str, version: int) -> dict[str, Any]:
-    return {"_id": session_id, "token": token, "version": {"$lte": version}, "origin": _REDIS}
+def _replace_incarnations(copies: Mapping[str, _Copy]) -> None:
+    """Creations whose id holds a document: the copies they replace (another incarnation's, which left Redis)
+    go to history as abandoned, then the creations are written with the usual guard (one read, one bulk)."""
+    for doc in _active().find({"_id": {"$in": list(copies)}, "origin": _REDIS}):
+        if doc.get("token") != copies[doc["_id"]].envelope.token and not doc.get("ended"):
+            _keep_replaced(doc["_id"], doc)
+    ops = []
+    for sid, c in copies.items():
+        flt, doc = _filter_and_doc(sid, c.envelope, c.text)
+        ops.append(mongo.Update(flt, {"$set": doc}, upsert=True))
+    _active().bulk(ops)
 
 
 def _failed(n: int) -> None:
@@ -151,14 +204,6 @@ def _keep_replaced(session_id: str, doc: Mapping[str, Any]) -> None:
         log.warning("hotcache.workbench: the replaced copy of %s:%s stays out of history", session_id, doc["token"])
 
 
-def _drop_now(session_id: str, token: str, version: int) -> None:
-    """After end() in Redis: remove the durable copy (the persister's sweep is the backstop)."""
-    try:
-        _active().delete_one(_drop_filter(session_id, token, version))
-    except BackendUnavailable:
-        log.warning("hotcache.workbench: ended %s; its durable copy stays until the persister removes it", session_id)
-
-
 class DurableWriter(recovery.ProcessLocal):
     """This process's pending durable copies, newest version per session, and the daemon that writes them.
     A forked child starts empty with no thread (its parent writes what it holds); its first save starts one."""
@@ -195,24 +240,31 @@ class DurableWriter(recovery.ProcessLocal):
             old = self._pending.get(session_id)
             if old is not None and old.envelope.token == envelope.token:
                 if old.envelope.version >= envelope.version:
-                    return  # a newer save of this incarnation is already pending
+                    return  # a newer save of this incarnation (or its ended mark) is already pending
                 created = created or old.created  # the creation's replaced copy is still owed to history
             self._pending[session_id] = _Copy(envelope, text, created)
             if self._started is None:
                 self._started = clock.time()
             self._ensure_timer()
 
-    def drop(self, session_id: str, token: str, version: int) -> None:
-        """end() ended this incarnation in Redis at ``version``: its pending copy is not written (it would bring
-        the ended session back) and its durable copy is deleted now, on the request path: a durable copy left
-        behind is what a Redis miss in any process would bring back."""
+    def drop(self, session_id: str, envelope: _Envelope) -> None:
+        """end() ended this incarnation in Redis at ``envelope``: its pending copy is not written (it would bring
+        the ended session back); its ended mark takes its place, written with the next bulk (now, with the
+        interval 0). Until it lands, Redis's ended record keeps every process's recovery check from bringing the
+        session back (wb_end.lua, _recover.py)."""
         if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
+            return
+        if _interval() <= 0:
+            _durable_write(session_id, envelope, "", ended=True)
             return
         with self._lock:
             old = self._pending.get(session_id)
-            if old is not None and old.envelope.token == token and old.envelope.version <= version:
-                del self._pending[session_id]
-        _drop_now(session_id, token, version)
+            if old is not None and old.envelope.token == envelope.token and old.envelope.version > envelope.version:
+                return  # not reached: an incarnation takes no save after its end
+            self._pending[session_id] = _Copy(envelope, "", created=False, ended=True)
+            if self._started is None:
+                self._started = clock.time()
+            self._ensure_timer()
 
     def due(self) -> bool:
         started = self._started
@@ -263,9 +315,11 @@ def flush_durable() -> int:
 def _flush_before_fallback(session_id: str | None = None) -> None:
     """This process is about to use workbench_active itself (Redis unreachable; or a recovery check of
     ``session_id``, then only if that session's copy is pending): the copies it owes go first, so a session
-    it saved before the outage is found there."""
+    it saved before the outage is found there. A pending ended mark needs no flush before a recovery check:
+    that check reads Redis's ended record (a load of a session this process just ended costs no bulk)."""
     pending = writer._pending
-    if pending and (session_id is None or session_id in pending):
+    mine = pending.get(session_id) if session_id is not None else None
+    if pending and (session_id is None or (mine is not None and not mine.ended)):
         try:
             writer.flush()
         except Exception:

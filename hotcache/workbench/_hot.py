@@ -46,6 +46,7 @@ from hotcache.workbench._layout import (
     _ended_key,
     _ended_queue,
     _fence_key,
+    _gone_key,
     _index_key,
     _key_ttl,
     _refresh_every,
@@ -328,14 +329,16 @@ def end(session_id: str) -> bool:
     ended_key = _ended_key(session_id, token)
     bucket = _bucket(session_id)
     keys_ = [_data_key(session_id), _index_key(bucket), _ended_queue(bucket), ended_key, _fence_key(bucket)]
+    keys_.append(_gone_key(session_id))
     record = signing.seal_json(_ENDED_RECORD, ended_key, {"e": now})
     args = [repr(now), int(hotcache_settings.WORKBENCH_ENDED_TTL), f"{session_id}:{token}", session_id]
+    gone = "1" if hotcache_settings.WORKBENCH_DURABLE_SAVES else ""  # the ended record the recovery check reads
     _remember(session_id, None)
     try:
         ended: bool | None = None
         for attempt in range(3):
             fence = _fence_args()
-            end_args = [*args, fence.value, fence.ttl, record]
+            end_args = [*args, fence.value, fence.ttl, record, gone]
             out = redis_backend.call(FEATURE, functools.partial(_END, keys=keys_, args=end_args))
             _fence_sent(fence, bucket)
             status = int(out[0])
@@ -343,7 +346,7 @@ def end(session_id: str) -> bool:
             current = _open_envelope(session_id, observed)
             if status == 1 and _open_hot(session_id, out[2], observed) is not None:
                 assert current is not None
-                writer.drop(session_id, current.token, current.version)
+                writer.drop(session_id, current)  # its ended mark goes with this process's next bulk
                 ended = True
             elif status == 1:
                 # Redis ended a record hotcache did not write: the persister will drop it, so the session

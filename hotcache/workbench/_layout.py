@@ -94,6 +94,12 @@ def _ended_key(session_id: str, token: str, bucket: str | None = None) -> str:
     return keys.tagged(FEATURE, bucket if bucket is not None else _bucket(session_id), "e", session_id, token)
 
 
+def _gone_key(session_id: str, bucket: str | None = None) -> str:
+    """The session's ended records (wb_end.lua: one field per end, the envelope it ended), kept
+    WORKBENCH_ENDED_TTL: the recovery check never brings back a durable copy of an ended incarnation."""
+    return keys.tagged(FEATURE, bucket if bucket is not None else _bucket(session_id), "g", session_id)
+
+
 # A bucket's indexes and queues. ``bucket`` None: the single-tag layout's (the only bucket when KEY_BUCKETS=1).
 def _index_key(bucket: str | None = None) -> str:
     return keys.tagged(FEATURE, bucket or _LEGACY, "idx")

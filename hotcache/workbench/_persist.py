@@ -187,16 +187,17 @@ def _ack(run_id: str, claimed: list[_Claimed]) -> tuple[int, int, list[int]]:
 
 
 def _drop_durable_copies(claimed: list[_Claimed], positions: list[int]) -> None:
-    """Remove the durable copies of sessions that left Redis for history (one MongoDB op per batch).
+    """Remove the durable copies (and ended marks) of sessions that left Redis for history (one MongoDB op per
+    batch).
 
     Only a durable copy ("redis" origin) of that incarnation at that version or older: an outage copy
     that is newer stays for the recovery. If this fails, the idle sweep removes them later (history is
-    keyed, so nothing is written twice).
+    keyed, so nothing is written twice). A copy written later still (its process saved before the end and
+    wrote after this) is never brought back (Redis's ended record) and the idle sweep removes it.
     """
     if not hotcache_settings.WORKBENCH_DURABLE_SAVES:
         return
-    # Ended sessions: end() removed their copy already (one op per end); only idle ones are left here.
-    gone = [(claimed[i].session_id, claimed[i].hot) for i in positions if claimed[i].kind == "i"]
+    gone = [(claimed[i].session_id, claimed[i].hot) for i in positions if claimed[i].kind in ("i", "e")]
     envelopes = [(session_id, hot.envelope) for session_id, hot in gone if hot is not None]
     if not envelopes:
         return
@@ -258,9 +259,12 @@ def _persist_batch(run_id: str, result: PersistResult, limit: int, active: list[
 
 
 def _sweep_active(result: PersistResult, limit: int, max_batches: int) -> None:
-    """Move sessions idle in workbench_active (saved there during a Redis outage) into history."""
+    """Move sessions idle in workbench_active (saved there during a Redis outage) into history, and remove
+    ended marks as old (one that landed after the persister removed its session's copies)."""
     coll = _active()
     cutoff = clock.utcnow() - dt.timedelta(seconds=float(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER))
+    if hotcache_settings.WORKBENCH_DURABLE_SAVES:
+        coll.delete_many({"ended": True, "origin": _REDIS, "last_seen": {"$lt": cutoff}})
     for _ in range(max_batches):
         found = coll.find({"last_seen": {"$lt": cutoff}, **_LIVE}, sort=[("last_seen", mongo.ASCENDING)], limit=limit)
         if not found:

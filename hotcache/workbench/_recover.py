@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from hotcache import clock, metering
+from hotcache import clock, metering, signing
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
@@ -18,7 +18,7 @@ from hotcache.exceptions import (
     BackendUnavailable,
     RedisUnavailable,
 )
-from hotcache.workbench._durable import _flush_before_fallback
+from hotcache.workbench._durable import _ended_mark, _flush_before_fallback
 from hotcache.workbench._envelope import (
     _NONE,
     _Envelope,
@@ -45,6 +45,7 @@ from hotcache.workbench._layout import (
     _bucket,
     _data_key,
     _fence_key,
+    _gone_key,
     _index_key,
     _key_ttl,
     _walked,
@@ -117,11 +118,54 @@ def _adopt_legacy(session_id: str) -> bool:
     return True
 
 
-def _reconcile_args(action: str, fence: str, observed: bytes, doc: Mapping[str, Any], session_id: str) -> list[Any]:
+def _reconcile_args(
+    action: str, fence: str, observed: bytes, doc: Mapping[str, Any], session_id: str, gone: int | None = None
+) -> list[Any]:
+    """``gone``: how many ended records of the session Python read before deciding a 'put' (None: not read)."""
     envelope, state = _NONE, ""
     if action == "put":
         envelope, state = _envelope_from_doc(session_id, doc).raw, doc["state"]
-    return [action, fence, observed, envelope, state, repr(clock.time()), _key_ttl(), session_id]
+    ended = "" if gone is None else gone
+    return [action, fence, observed, envelope, state, repr(clock.time()), _key_ttl(), session_id, ended]
+
+
+def _ended_records(session_id: str) -> tuple[int, list[_Envelope]]:
+    """The session's ended records in Redis (wb_end.lua): how many, and the envelopes ended, verified (one
+    round trip). A record that fails verification counts (so the script's check holds) but ends nothing."""
+    key = _gone_key(session_id)
+
+    def read(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        pipe.hvals(key)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    [raw] = redis_backend.call(FEATURE, read)
+    if isinstance(raw, Exception):
+        signing.tampered(FEATURE, key, "is not a hash (ended records): none are trusted")
+        return 0, []
+    ended = [e for e in (_open_envelope(session_id, v) for v in raw) if e is not None]
+    return len(raw), ended
+
+
+def _ended_copy(session_id: str, doc: Mapping[str, Any], ended: list[_Envelope]) -> _Envelope | None:
+    """The end that makes durable copy ``doc`` stale: its incarnation ended in Redis at its version or later
+    (the copy was written late by a process that saved before the end). None: the copy is not ended."""
+    version = int(doc["version"])
+    for e in ended:
+        if e.token == doc["token"] and e.version >= version:
+            return e
+    return None
+
+
+def _mark_ended(session_id: str, doc: Mapping[str, Any], ended: _Envelope) -> None:
+    """Turn a stale durable copy into its ended mark (as the ending process's writer does), so no later look
+    reads it again; the persister removes it with the session's other copies."""
+    mark = _ended_mark(session_id, ended)
+    try:
+        _active().update_one(mark.filter, mark.update)
+    except BackendUnavailable:
+        log.warning("hotcache.workbench: the durable copy of ended %s stays until the persister removes it", doc["_id"])
 
 
 def _plan(
@@ -175,16 +219,34 @@ def _reconcile(
     except BackendUnavailable:
         log.warning("hotcache.workbench: MongoDB unavailable while checking %s for an outage copy", session_id)
         return hot
-    if doc is None and current is None and not tampered:
-        return None
+    if current is None and not tampered and (doc is None or (doc.get("ended") and doc.get("origin") == _REDIS)):
+        return None  # no session anywhere (an ended mark stays for the persister: it refuses late copies)
     bucket = _bucket(session_id)
     fence = _current_fence(bucket)
     keys_ = [_data_key(session_id), _index_key(bucket)]
-    changed = False
-    for action, seen, src in _plan(doc, current, observed, tampered):
-        args = _reconcile_args(action, fence, seen, src, session_id)
+    plan = _plan(doc, current, observed, tampered)
+    gone: int | None = None
+    if doc is not None and doc.get("origin") == _REDIS and any(a == "put" for a, _, _ in plan):
+        # A durable copy about to be put back: not if Redis ended its incarnation (a copy written late by a
+        # process that saved before the end, or the end's mark still on its way). wb_reconcile re-checks.
         try:
-            changed = bool(redis_backend.call(FEATURE, functools.partial(_RECONCILE, keys=keys_, args=args))) or changed
+            gone, ended = _ended_records(session_id)
+        except RedisUnavailable:
+            return _Hot(_envelope_from_doc(session_id, doc), doc["state"])  # as below: Redis went away
+        end = _ended_copy(session_id, doc, ended)
+        if end is not None:
+            _mark_ended(session_id, doc, end)
+            if current is None and not tampered:
+                _remember(session_id, None)
+                return None  # Redis holds nothing of it: the session stays ended
+            plan, doc, gone = _plan(None, current, observed, tampered), None, None
+    changed = False
+    script_keys = [*keys_, _gone_key(session_id)]
+    for action, seen, src in plan:
+        args = _reconcile_args(action, fence, seen, src, session_id, gone)
+        try:
+            call = functools.partial(_RECONCILE, keys=script_keys, args=args)
+            changed = bool(redis_backend.call(FEATURE, call)) or changed
         except RedisUnavailable:
             if doc is None or doc.get("ended"):
                 return hot
@@ -214,6 +276,8 @@ def _settle(doc: Mapping[str, Any], keys_: list[str]) -> None:
     """After Redis took (or refused) the MongoDB copy: it is no longer an outage copy."""
     flt = {"_id": doc["_id"], "version": doc["version"], "token": doc["token"], "origin": doc.get("origin")}
     try:
+        if doc.get("ended") and doc.get("origin") == _REDIS:
+            return  # an ended mark (_durable.py) stays until the persister: it refuses late copies
         if doc.get("ended"):
             _active().delete_one(flt)
         elif doc.get("origin") == _FALLBACK:
@@ -255,7 +319,7 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
                 for action, seen, src in actions:
                     # EVAL (not EVALSHA) in a pipeline: no NOSCRIPT round trip to handle; a rare recovery path.
                     b = _bucket(d["_id"])
-                    ks = [_data_key(d["_id"]), _index_key(b)]
+                    ks = [_data_key(d["_id"]), _index_key(b), _gone_key(d["_id"])]
                     args = _reconcile_args(action, fences.get(b, ""), seen, src, d["_id"])
                     _RECONCILE.queue(pipe, ks, args, load=True)
             return [_RECONCILE.reply(raw) for raw in pipe.execute()]

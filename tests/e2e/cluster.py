@@ -3,7 +3,10 @@ tests/support/secantus.py), gunicorn (2+ workers), a Celery worker and Celery be
 all stopped at the end.
 
 The harness owns this Redis (its own port and data directory), so it can stop and restart it, and its
-INFO/CLIENT LIST figures are hotcache's alone. Redis runs with an append-only file fsynced on every
+INFO/CLIENT LIST figures are hotcache's alone. With ``redis_cluster=True`` hotcache's Redis is instead a real
+6-node Redis Cluster (tests/support/redis_cluster.py: 3 masters, 3 replicas, 2 s node timeout) whose masters
+the scenario kills; the single redis-server then serves only what has no cluster client (Django's cache and
+the Celery broker), as the README tells cluster users to deploy. Redis runs with an append-only file fsynced on every
 write, as a production Redis that holds unsynced counters should: stopping it loses nothing.
 MongoDB failures come from the server itself: a failCommand fail point closes the connection of every
 command hotcache's processes send (their client's appName), while the harness's own client still works.
@@ -26,6 +29,7 @@ from typing import Any
 import pymongo
 import redis
 
+from tests.support.redis_cluster import ClusterNode, RedisClusterNodes
 from tests.support.secantus import HOTCACHE_APPNAME, SecantusServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,8 +58,12 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
 
 
 class Cluster:
-    def __init__(self, workdir: Path, *, web_workers: int = 2, cooldown: float = 2.0) -> None:
+    def __init__(
+        self, workdir: Path, *, web_workers: int = 2, cooldown: float = 2.0, redis_cluster: bool = False
+    ) -> None:
         self.workdir = workdir
+        self.redis_cluster = redis_cluster
+        self.redis_nodes: RedisClusterNodes | None = None
         self.web_workers = web_workers
         self.cooldown = cooldown
         self.procs: dict[str, subprocess.Popen] = {}
@@ -91,6 +99,8 @@ class Cluster:
             PYTHONPATH=str(ROOT),
             PYTHONUNBUFFERED="1",
         )
+        if self.redis_nodes is not None:
+            env["HOTCACHE_E2E_CLUSTER_URL"] = self.redis_nodes.url
         return env
 
     def _spawn(self, name: str, args: list[str], **kwargs: Any) -> subprocess.Popen:
@@ -134,9 +144,23 @@ class Cluster:
         proc.send_signal(signal.SIGTERM)  # Redis flushes its AOF and exits
         proc.wait(timeout=15)
 
-    def hotcache_connections(self) -> list[dict[str, Any]]:
-        """CLIENT LIST entries of connections hotcache opened (named 'hotcache')."""
-        return [c for c in self.raw_redis().client_list() if c.get("name") == "hotcache"]
+    def hotcache_connections(self, node: ClusterNode | None = None) -> list[dict[str, Any]]:
+        """CLIENT LIST entries of connections hotcache opened (named 'hotcache'), on the single Redis or on one
+        node of the cluster."""
+        client = node.client(timeout=1) if node is not None else self.raw_redis()
+        try:
+            return [c for c in client.client_list() if c.get("name") == "hotcache"]
+        finally:
+            client.close()
+
+    # --- Redis Cluster (redis_cluster=True) ------------------------------------------------------------
+    def start_redis_cluster(self) -> None:
+        self.redis_nodes = RedisClusterNodes().start()
+
+    def kill_master(self, slot: int) -> tuple[ClusterNode, list[ClusterNode]]:
+        """SIGKILL the master serving ``slot`` (no shutdown, no final replication)."""
+        assert self.redis_nodes is not None
+        return self.redis_nodes.kill_master(slot)
 
     # --- MongoDB -------------------------------------------------------------------------------------
     def start_mongo(self) -> None:
@@ -195,6 +219,8 @@ class Cluster:
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         self.start_redis()
+        if self.redis_cluster:
+            self.start_redis_cluster()
         self.start_mongo()
         result = self.manage("migrate", "-v0")
         if result.returncode != 0:
@@ -218,6 +244,9 @@ class Cluster:
         if self.mongo is not None:
             self.mongo.close()
             self.mongo = None
+        if self.redis_nodes is not None:
+            self.redis_nodes.close()
+            self.redis_nodes = None
 
     def __enter__(self) -> Cluster:
         try:

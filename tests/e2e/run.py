@@ -1,7 +1,7 @@
 """The end-to-end run: a real deployment under a mixed load, with Redis stopped and restarted, MongoDB
 writes failing for a while and a Celery worker killed mid-sync; then the checks, printed as a table.
 
-    python -m tests.e2e.run [--duration 45] [--json out.json]
+    python -m tests.e2e.run [--duration 45] [--json out.json] [--cluster]
 
 tests/test_e2e.py runs the same thing in the suite (and so in CI).
 """
@@ -105,11 +105,15 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def run_e2e(workdir: Path, *, duration: float = 45.0, threads: int = 8, log: Any = print) -> E2EResult:
+def run_e2e(
+    workdir: Path, *, duration: float = 45.0, threads: int = 8, log: Any = print, redis_cluster: bool = False
+) -> E2EResult:
+    """The run; with ``redis_cluster`` hotcache's Redis is a 6-node Redis Cluster and the Redis fault is a master
+    SIGKILLed under load (its replica promoted) instead of the one server stopped."""
     from tests.e2e import scenario
 
     result = E2EResult()
-    with Cluster(workdir, cooldown=2.0) as cluster:
+    with Cluster(workdir, cooldown=2.0, redis_cluster=redis_cluster) as cluster:
         fixtures_path = workdir / "fixtures.json"
         setup = subprocess.run([PY, "-m", "tests.e2e.fixtures", "--out", str(fixtures_path)], cwd=ROOT,
                                env=cluster.env(), capture_output=True, text=True, timeout=120, check=False)
@@ -129,7 +133,8 @@ def run_e2e(workdir: Path, *, duration: float = 45.0, threads: int = 8, log: Any
         )
         started = time.monotonic()
         try:
-            scenario.drive(cluster, phase_file, started, duration, result, log)
+            drive = scenario.drive_cluster if redis_cluster else scenario.drive
+            drive(cluster, phase_file, started, duration, result, log)
             loadgen.wait(timeout=duration + 120)
         finally:
             if loadgen.poll() is None:
@@ -173,10 +178,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=45.0)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--cluster", action="store_true", help="hotcache on a 6-node Redis Cluster; kill a master")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hotcache-e2e-") as d:
         result = run_e2e(Path(d), duration=args.duration, threads=args.threads,
-                         log=lambda m: print(m, file=sys.stderr))
+                         log=lambda m: print(m, file=sys.stderr), redis_cluster=args.cluster)
     print(result.table())
     if args.json:
         args.json.write_text(json.dumps({"ok": result.ok, "checks": [c.__dict__ for c in result.checks],

@@ -47,12 +47,50 @@ def drive(cluster: Cluster, phase_file: Path, started: float, duration: float, r
     phase_file.write_text("healthy")
 
 
-def _wait_back_on_redis(cluster: Cluster, timeout: float) -> float | None:
-    """When hotcache connections reappear on the restarted Redis (the gate probed and closed)."""
+def drive_cluster(cluster: Cluster, phase_file: Path, started: float, duration: float, result: Any, log: Any) -> None:
+    """hotcache on a Redis Cluster: healthy -> a master SIGKILLed (its replica promoted) -> recovering ->
+    MongoDB failing -> worker killed mid-sync -> healthy. The killed node is started again once its replica
+    has taken over (it rejoins as a replica), as an operator would."""
+    d = duration
+    _at(started, 0.18 * d)
+    log("e2e: SIGKILL a Redis Cluster master")
+    phase_file.write_text("redis_down")
+    killed_at = time.monotonic()
+    master, replicas = cluster.kill_master(slot=0)
+    assert cluster.redis_nodes is not None
+    promoted = cluster.redis_nodes.wait_for_promotion(master, replicas)
+    promoted_at = time.monotonic()
+    phase_file.write_text("recovering")
+    log(f"e2e: replica {promoted.address} promoted")
+    result.facts["killed_master"] = master.address
+    result.facts["failover_seconds"] = round(promoted_at - killed_at, 3)
+    back = _wait_back_on_redis(cluster, timeout=cluster.cooldown + 10, node=promoted)
+    result.facts["back_on_redis_seconds"] = None if back is None else round(back - promoted_at, 3)
+    result.facts["full_recovery_seconds"] = None if back is None else round(back - killed_at, 3)
+    cluster.redis_nodes.restart(master)
+    _at(started, 0.5 * d)
+    phase_file.write_text("healthy")
+    _at(started, 0.55 * d)
+    log("e2e: MongoDB writes failing")
+    phase_file.write_text("mongo_failing")
+    cluster.mongo_failing(True)
+    _at(started, 0.68 * d)
+    cluster.mongo_failing(False)
+    phase_file.write_text("healthy")
+    _at(started, 0.72 * d)
+    phase_file.write_text("worker_killed")
+    kill_worker_mid_sync(cluster, result, log)
+    _at(started, 0.8 * d)
+    phase_file.write_text("healthy")
+
+
+def _wait_back_on_redis(cluster: Cluster, timeout: float, node: Any = None) -> float | None:
+    """When hotcache connections are busy again on the restarted Redis (or the promoted cluster node): the
+    gate probed and closed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if any(int(c.get("idle", 99)) <= 1 for c in cluster.hotcache_connections()):
+            if any(int(c.get("idle", 99)) <= 1 for c in cluster.hotcache_connections(node)):
                 return time.monotonic()
         except Exception:
             pass
@@ -145,8 +183,14 @@ def check(cluster: Cluster, load: dict[str, Any], final: dict[str, Any], result:
               f"{w['users']['wrong_user']} wrong"))
 
     back = result.facts.get("back_on_redis_seconds")
-    add(Check("hotcache back on Redis within the gate's cool-down after Redis returns",
-              back is not None and back <= cluster.cooldown + 1.0, f"{back}s (cool-down {cluster.cooldown}s)"))
+    returned = "its replica is promoted" if cluster.redis_cluster else "Redis returns"
+    detail = f"{back}s (cool-down {cluster.cooldown}s)"
+    if cluster.redis_cluster:
+        facts = result.facts
+        detail += (f"; failover {facts.get('failover_seconds')}s, full recovery "
+                   f"{facts.get('full_recovery_seconds')}s after the SIGKILL of {facts.get('killed_master')}")
+    add(Check(f"hotcache back on Redis within the gate's cool-down after {returned}",
+              back is not None and back <= cluster.cooldown + 1.0, detail))
     healthy, down = result.latency.get("healthy", {}), result.latency.get("redis_down", {})
     added = down.get("p50", 0) - healthy.get("p50", 0)
     add(Check("added p50 latency during the Redis outage bounded by the Redis timeout (100 ms)",

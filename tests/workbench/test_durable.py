@@ -1,16 +1,18 @@
 """Durable saves (WORKBENCH_DURABLE_SAVES): a session saved on Redis stays loadable from MongoDB during a later
 Redis outage, and the newest version wins when Redis returns (real Redis + the MongoDB stand-in)."""
 
+import functools
 from collections import Counter
 
 import pytest
 
 from hotcache import workbench
 from hotcache.backends import mongo
+from hotcache.backends import redis as redis_backend
 from hotcache.checks import check_workbench
 from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis, mongo_down, new_process
-from hotcache.workbench import _durable, _envelope, _layout
+from hotcache.workbench import _durable, _envelope, _layout, _recover
 from tests.support.concurrency import increment_concurrently
 
 # MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
@@ -214,27 +216,50 @@ def test_with_durable_saves_off_nothing_is_written_to_mongodb(hotcache_config, r
 def test_ended_and_idle_sessions_reach_history_once_and_leave_workbench_active(clock):
     workbench.save("ended", {"n": 1})
     workbench.end("ended")
-    assert active("ended") is None  # end() removes the durable copy
+    mark = active("ended")  # end() turns the durable copy into its ended mark: no session, and no late copy
+    assert (mark["ended"], mark["version"], mark["state"]) == (True, 1, "{}")
     workbench.save("idle", {"n": 1})
     clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
     first = workbench.persist()
     assert (first.ended, first.idle) == (1, 1)
-    assert active("idle") is None  # removed in the persister's batch step
+    assert active("idle") is None and active("ended") is None  # removed in the persister's batch step
     again = workbench.persist()
     assert again.persisted == 0
     assert history_ids() == Counter({"ended": 1, "idle": 1})
 
 
-def test_a_leftover_durable_copy_of_an_ended_session_is_swept_without_a_second_record(clock):
+def test_a_durable_copy_whose_ended_mark_failed_is_never_loaded_and_leaves_with_the_persister(clock):
     workbench.save("s1", {"n": 1})
     with mongo_down():
-        workbench.end("s1")  # the copy's delete fails: it stays behind
-    assert active("s1") is not None
+        assert workbench.end("s1")  # the ended mark fails: the live copy stays behind
+    assert active("s1")["version"] == 1 and not active("s1").get("ended")
+    new_process()
+    assert workbench.load("s1") is None  # a Redis miss: Redis's ended record keeps the copy from coming back
+    assert active("s1")["ended"] is True  # and the check marked it ended
+    result = workbench.persist()
+    assert result.ended == 1 and active("s1") is None and history_ids() == Counter({"s1": 1})
+    clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
+    assert workbench.persist().persisted == 0 and history_ids() == Counter({"s1": 1})
+    # It never blocked the id either.
+    assert workbench.save("s1", {"new": True}) == 1 and active("s1")["version"] == 1
+
+
+@pytest.mark.parametrize("looked_up", [False, True], ids=["left-alone", "missed-in-redis-first"])
+def test_a_copy_written_after_the_persister_is_never_loaded_and_is_swept_without_a_second_record(clock, looked_up):
+    workbench.save("s1", {"n": 1})
+    late = _envelope._recall("s1")  # the save another process made before the end, and has not written yet
+    workbench.end("s1")
     workbench.persist()
+    assert active("s1") is None and history_ids() == Counter({"s1": 1})
+    _durable._durable_write("s1", late, '{"n":1}')  # its copy lands after all that
+    assert active("s1")["version"] == 1 and not active("s1").get("ended")
+    if looked_up:
+        new_process()
+        assert workbench.load("s1") is None  # Redis's ended record: not brought back (and marked ended)
+        assert active("s1")["ended"] is True
     clock.advance(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER + 1)
     result = workbench.persist()
-    assert result.already == 1 and result.from_fallback == 0
-    assert active("s1") is None and history_ids() == Counter({"s1": 1})
+    assert result.from_fallback == 0 and active("s1") is None and history_ids() == Counter({"s1": 1})
     # It never blocked the id either.
     assert workbench.save("s1", {"new": True}) == 1 and active("s1")["version"] == 1
 
@@ -274,3 +299,44 @@ def test_a_leftover_copy_of_an_ended_session_replaced_before_the_persister_ran_i
     workbench.persist()  # the ended record replaces the idle one (rank-guarded)
     [entry] = [e for e in workbench.history() if e.state == {"n": 1}]
     assert entry.reason == "ended" and history_ids() == Counter({"s1": 1})
+
+
+def test_a_put_back_is_refused_when_an_end_ran_after_the_check_read_the_ended_records(raw_redis, key_prefix):
+    """wb_reconcile re-checks what Python read: an end between the read and the put wins (atomically)."""
+    workbench.save("s1", {"n": 1})
+    doc = active("s1")
+    read_before, _ = _recover._ended_records("s1")
+    assert read_before == 0
+    workbench.end("s1")  # between the check's read and its put
+    keys_ = [_layout._data_key("s1"), _layout._index_key(), _layout._gone_key("s1")]
+
+    def put(gone):
+        args = _recover._reconcile_args("put", "", b"", doc, "s1", gone)
+        return redis_backend.call("workbench", functools.partial(_layout._RECONCILE, keys=keys_, args=args))
+
+    assert put(read_before) == 0 and not raw_redis.exists(_layout._data_key("s1"))
+    assert put(1) == 1  # the count is what refused it (the script would put it back on what it was told)
+
+
+def test_a_retyped_ended_record_breaks_neither_end_nor_the_recovery_check(raw_redis):
+    """Someone who can write to Redis retypes a session's ended records: end() still ends it in Redis (the
+    key is replaced), and a recovery check counts it tampered and trusts no record in it (as if deleted)."""
+    gone = _layout._gone_key("s1")
+    raw_redis.set(gone, "not a hash")
+    workbench.save("s1", {"n": 1})
+    with count_redis() as c:
+        assert workbench.end("s1")
+    assert c.events["workbench:fallback"] == 0 and raw_redis.type(gone) == b"hash"
+    assert active("s1")["ended"] is True
+
+    workbench.save("s2", {"n": 1})
+    late = _envelope._recall("s2")
+    workbench.end("s2")
+    mongo.collection(workbench.ACTIVE, feature="test").delete_one({"_id": "s2"})
+    _durable._durable_write("s2", late, '{"n":1}')  # a late copy, its mark not landed
+    raw_redis.set(_layout._gone_key("s2"), "not a hash")
+    new_process()
+    with count_redis() as c:
+        session = workbench.load("s2")  # no exception, no fallback: the record is absent, as if deleted
+    assert c.events["workbench:tampered"] == 1 and c.events["workbench:fallback"] == 0
+    assert session is not None and session.version == 1  # the documented limit of a Redis writer (deletion)

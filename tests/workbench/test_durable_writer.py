@@ -49,7 +49,7 @@ def test_saves_of_one_session_in_an_interval_are_one_mongodb_write_of_the_last_v
     assert workbench.flush_durable() == 0  # nothing left to write
 
 
-def test_creations_of_an_interval_cost_one_read_and_one_bulk():
+def test_creations_of_an_interval_cost_one_bulk():
     workbench.save("warm", {})
     workbench.flush_durable()
     with count_redis() as c:
@@ -59,8 +59,28 @@ def test_creations_of_an_interval_cost_one_read_and_one_bulk():
     assert c.mongo_ops == 0
     with count_redis() as c:
         assert workbench.flush_durable() == 3
-    assert c.mongo_ops == 2  # one read of the copies creations may replace, one bulk
+    assert c.mongo_ops == 1  # a creation's row inserts where the id holds nothing: no read first
     assert [active(sid)["version"] for sid in ("a", "b", "c")] == [2, 2, 2]
+
+
+def test_a_creation_over_a_lost_incarnations_copy_keeps_that_one_in_history(raw_redis, key_prefix):
+    workbench.save("lost", {"old": True}, owner="alice")
+    workbench.save("fresh", {})
+    workbench.flush_durable()
+    raw_redis.unlink(f"{key_prefix}:{{workbench:s}}:d:lost")  # lost from Redis (evicted, a restart)
+    new_process()
+    workbench.save("lost", {"new": True})  # a blind save: a new incarnation under the id
+    workbench.save("fresh", {"n": 1})
+    assert workbench.history() == []  # (history's indexes are created on first use)
+    with count_redis() as c:
+        assert workbench.flush_durable() == 2
+    # The bulk (the creation's row meets the lost copy: E11000), one read of it, its history record, and the
+    # creation written with the usual guard.
+    assert c.mongo_ops == 4
+    assert (active("lost")["state"], active("lost")["version"]) == ('{"new":true}', 1)
+    assert active("fresh")["version"] == 2
+    [entry] = workbench.history()
+    assert (entry.session_id, entry.state, entry.reason, entry.owner) == ("lost", {"old": True}, "idle", "alice")
 
 
 def test_later_saves_of_many_sessions_are_one_bulk_write():
@@ -95,10 +115,42 @@ def test_an_ended_session_is_not_brought_back_by_its_pending_copy():
     workbench.save("s1", {"n": 1})
     workbench.flush_durable()
     workbench.save("s1", {"n": 2})
-    assert workbench.end("s1")
-    assert active("s1") is None and len(writer) == 0  # the copy is dropped at once, the pending one with it
+    with count_redis() as c:
+        assert workbench.end("s1")
+    # The end costs MongoDB nothing on the request path; Redis: the script (billed 11 with its ended record).
+    assert c.mongo_ops == 0 and c.round_trips == 1 and c.billed == 11, c
+    assert len(writer) == 1 and active("s1")["version"] == 1  # the pending copy is replaced by the ended mark
+    with count_redis() as c:
+        assert workbench.load("s1") is None  # a miss before the mark landed: Redis's ended record says no
+    # The miss's one read of workbench_active (it finds the copy of v1, ended in Redis at v2: marked ended);
+    # the pending mark is not flushed first.
+    assert c.mongo_ops == 2 and len(writer) == 1 and active("s1")["ended"] is True
+    with count_redis() as c:
+        assert workbench.flush_durable() == 1
+    assert c.mongo_ops == 1
+    mark = active("s1")
+    assert (mark["ended"], mark["version"], mark["state"]) == (True, 2, "{}")
+    assert workbench.load("s1") is None
+    new_process()
+    assert workbench.load("s1") is None
+
+
+def test_ends_and_saves_of_an_interval_are_one_bulk():
+    for sid in ("a", "b", "c", "d"):
+        workbench.save(sid, {"v": 0})
     workbench.flush_durable()
-    assert active("s1") is None
+    with count_redis() as c:
+        for sid in ("a", "b"):
+            workbench.save(sid, {"v": 1})
+            workbench.end(sid)
+        workbench.end("c")
+        workbench.save("d", {"v": 1})
+    assert c.mongo_ops == 0
+    with count_redis() as c:
+        assert workbench.flush_durable() == 4
+    assert c.mongo_ops == 1
+    assert [bool(active(sid).get("ended")) for sid in ("a", "b", "c", "d")] == [True, True, True, False]
+    assert [active(sid)["version"] for sid in ("a", "b", "c", "d")] == [2, 2, 1, 2]
 
 
 def test_a_session_saved_just_before_redis_goes_down_is_loadable_in_the_same_process(redis_proxy):

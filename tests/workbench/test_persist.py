@@ -33,7 +33,20 @@ def history_ids():
 
 
 def workbench_keys(raw_redis, key_prefix):
+    """The workbench keys, but the ended records (kept WORKBENCH_ENDED_TTL: see ended_records)."""
+    return [k for k in all_workbench_keys(raw_redis, key_prefix) if ":g:" not in k]
+
+
+def all_workbench_keys(raw_redis, key_prefix):
     return sorted(k.decode() for k in raw_redis.scan_iter(match=f"{key_prefix}:{{workbench:*"))
+
+
+def ended_records(raw_redis, key_prefix):
+    """The sessions whose ended record (wb_end.lua) Redis keeps, each with a TTL of at most WORKBENCH_ENDED_TTL:
+    what keeps a durable copy written late from bringing an ended session back (docs/workbench.md)."""
+    found = [k for k in all_workbench_keys(raw_redis, key_prefix) if ":g:" in k]
+    assert all(0 < raw_redis.ttl(k) <= hotcache_settings.WORKBENCH_ENDED_TTL for k in found)
+    return sorted(k.rsplit(":g:", 1)[1] for k in found)
 
 
 def idle_after():
@@ -66,11 +79,13 @@ def test_ended_and_idle_sessions_reach_history_exactly_once(clock, raw_redis, ke
     assert entries["ended-0"].reason == "ended" and entries["abandoned-1"].reason == "idle"
     assert workbench.load("active").state == {"still": "editing"}
     assert workbench.load("abandoned-0") is None
-    # Nothing else left behind in Redis: only the active session and its index.
+    # Nothing else left behind in Redis: only the active session and its index, and the ended sessions'
+    # ended records (expiring).
     assert workbench_keys(raw_redis, key_prefix) == [
         f"{key_prefix}:{{workbench:s}}:d:active",
         f"{key_prefix}:{{workbench:s}}:idx",
     ]
+    assert ended_records(raw_redis, key_prefix) == sorted(ended)
 
 
 def test_history_is_newest_first_and_filters_by_owner(clock):
@@ -204,6 +219,7 @@ def test_persister_interrupted_at_each_step_then_rerun_leaves_exactly_one_record
     assert history_ids() == Counter({s: 1 for s in ended + abandoned})
     assert workbench.persist().batches == 0
     assert workbench_keys(raw_redis, key_prefix) == []
+    assert ended_records(raw_redis, key_prefix) == sorted(ended)
 
 
 def test_mongodb_outage_leaves_sessions_queued_for_the_next_run(clock):
@@ -290,9 +306,10 @@ def test_persisting_uses_one_bulk_write_per_batch(hotcache_config):
     # Per batch: claim, read pipeline, ack (+1 stale-claim count, +1 recovery-fence read per run, +1 empty
     # final claim).
     assert c.round_trips <= 3 * 3 + 3
-    # 3 bulk writes + index creation, the recovery read and the final empty sweep of workbench_active: not
-    # one per session (ended sessions' durable copies left with end()).
-    assert c.mongo_ops <= 3 + 5
+    # Per batch: the history bulk and one delete of the batch's durable copies (ended marks); per run: the
+    # bulk of the 120 ended marks this process still owed (written first), index creation, the recovery read,
+    # the final empty sweep of workbench_active and the delete of old ended marks. Not one per session.
+    assert c.mongo_ops <= 3 * 2 + 7
     assert len(history_ids()) == 120
 
 

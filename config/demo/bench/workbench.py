@@ -71,7 +71,7 @@ def persist_figures(n: int = 10_000) -> dict[str, Any]:
 
 def arms() -> dict[str, list[Arm]]:
     figures = persist_figures()
-    sys.stdout.write(
+    sys.stderr.write(  # not stdout: --json's output must stay one JSON document
         f"\n== workbench: persist {figures['sessions']:,} ended sessions (one run)\n"
         f"persisted {figures['persisted']:,} in {figures['seconds']} s; MongoDB operations {figures['mongo_ops']} "
         f"({figures['bulk_writes']} bulk writes of {figures['batch_size']}); Redis round trips "

@@ -2,10 +2,13 @@
 --
 -- KEYS: one per rule, in rule order: a 24-byte string, three big-endian signed 64-bit integers: the window
 -- id of the last write, then the count of the even window and the count of the odd window.
--- ARGV[1]: 1 = count this request if every rule allows it, 0 = peek only.
+-- ARGV[1]: 1 = count this request if every rule allows it, 0 = peek only, 2 = count as 1 and also return the
+-- window ids (one group of a request whose rules span several Redis Cluster slots: ratelimit/slots.py gives
+-- the counts back with sliding_window_giveback.lua when another group refuses).
 -- ARGV[2 + 3*(i-1) ..]: limit, window_ms, cost for rule i.
 -- Returns {allowed, remaining, reset_ms, count} per rule (flat), then one array: the 1-based indexes of
--- the rules whose counter was corrupt (see below; empty normally). allowed is 1/0; remaining is what is
+-- the rules whose counter was corrupt (see below; empty normally); with ARGV[1] = 2 one more array: per rule,
+-- the window id its cost was counted in (the stored one when it is ahead of TIME). allowed is 1/0; remaining is what is
 -- left after this request; reset_ms is, when denied, how long until this cost would fit, and when
 -- allowed, how long until the current window ends; count is the weighted estimate (including this
 -- request's cost when it is allowed or would be over).
@@ -37,7 +40,7 @@ local call, pcall, tonumber, floor, char = redis.call, redis.pcall, tonumber, ma
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local n = #KEYS
-local counting = ARGV[1] == '1'
+local counting = ARGV[1] ~= '0'
 local MAX = 1e15 -- bound of a sound window id or count (counts are at most 10**12 per window)
 local OFF = {[0] = '#1', [1] = '#2'} -- BITFIELD offsets (in i64 units) of the even / odd window count
 
@@ -168,4 +171,9 @@ if counting then
   end
 end
 out[o + 1] = bad
+if ARGV[1] == '2' then
+  local windows = {}
+  for i = 1, n do windows[i] = plan[i][4] end
+  out[o + 2] = windows
+end
 return out

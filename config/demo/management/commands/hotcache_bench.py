@@ -42,6 +42,23 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", type=int, default=5)
         parser.add_argument("--ops", type=int, default=200, help="operations per arm per round")
         parser.add_argument("--json", action="store_true")
+        parser.add_argument(
+            "--cluster",
+            nargs="?",
+            const="start",
+            metavar="URL",
+            help="run every selected group a second time with hotcache on a Redis Cluster (HOTCACHE REDIS_URL + "
+            "REDIS_CLUSTER): this URL, or without one a 6-node cluster started on loopback for the run from the "
+            "test requirements. The anchors (django-ratelimit, the floor, Django's cached_db) stay on the single"
+            " server",
+        )
+        parser.add_argument(
+            "--latency-ms",
+            type=float,
+            default=0.0,
+            help="put a TCP relay adding this many ms each way in front of Redis and of the database (when it is "
+            "a network server, e.g. PostgreSQL): what a deployment whose stores are not on loopback sees",
+        )
         conn = parser.add_argument_group("connections (the MongoDB connections benchmark, several processes)")
         conn.add_argument(
             "--mongo-url",
@@ -63,11 +80,45 @@ class Command(BaseCommand):
         unknown = [f for f in selected if f not in groups]
         if unknown:
             raise CommandError(f"unknown feature(s) {unknown}; choose from {list(groups)}")
+        with contextlib.ExitStack() as stack:
+            redis_url = options["redis_url"]
+            if options["latency_ms"]:
+                from config.demo.bench.latency import delayed
+
+                try:
+                    mode = stack.enter_context(
+                        delayed(redis_url or _configured_redis_url(), options["latency_ms"], say=self.stderr.write)
+                    )
+                except (ValueError, RuntimeError) as exc:
+                    raise CommandError(str(exc)) from exc
+                redis_url = mode.redis_url
+                if not options["json"]:
+                    self.stdout.write(mode.describe())
+            report = self._run_groups(selected, redis_url, options)
+            if options["cluster"]:
+                cluster_url = stack.enter_context(_cluster(options["cluster"], self.stderr.write))
+                if not options["json"]:
+                    self.stdout.write(f"\n== the same groups with hotcache on the Redis Cluster at {cluster_url}")
+                for title, arms in self._run_groups(selected, redis_url, options, cluster_url=cluster_url).items():
+                    report[f"{title} [cluster]"] = arms
+            if options["latency_ms"]:
+                report["latency_mode"] = {"delay_ms_each_way": options["latency_ms"], **mode.relays}
+        if options["json"]:
+            self.stdout.write(json.dumps(report, indent=2))
+
+    def _run_groups(
+        self, selected: list[str], redis_url: str | None, options: dict[str, Any], *, cluster_url: str | None = None
+    ) -> dict[str, Any]:
+        groups = all_groups()
         caches = dict(settings.CACHES)
-        if options["redis_url"]:
-            alias = hotcache_settings.REDIS_ALIAS
-            caches[alias] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": options["redis_url"]}
         hot = {**hotcache_settings.user_settings, "KEY_PREFIX": BENCH_PREFIX, "MONGO_DATABASE": "hotcache_bench"}
+        if redis_url:
+            alias = hotcache_settings.REDIS_ALIAS
+            caches[alias] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url}
+            if hot.get("REDIS_URL"):
+                hot["REDIS_URL"] = redis_url
+        if cluster_url:
+            hot.update(REDIS_URL=cluster_url, REDIS_CLUSTER=True)
         report: dict[str, Any] = {}
         with override_settings(CACHES=caches, HOTCACHE=hot):
             try:
@@ -86,8 +137,7 @@ class Command(BaseCommand):
                             self.stdout.write(_format(title, results))
             finally:
                 _cleanup()
-        if options["json"]:
-            self.stdout.write(json.dumps(report, indent=2))
+        return report
 
     def _connections(self, options: dict[str, Any]) -> None:
         from config.demo.bench.connections import format_table, run_connections
@@ -137,6 +187,36 @@ def _mongo_server(url: str | None, say: Any) -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def _cluster(url: str, say: Any) -> Iterator[str]:
+    """The Redis Cluster of --cluster: its URL, or a 6-node cluster started for the run
+    (tests/support/redis_cluster.py, Debian's redis-server) and stopped after it."""
+    if url != "start":
+        yield url
+        return
+    try:
+        from tests.support.redis_cluster import ClusterStartError, RedisClusterNodes
+    except ImportError as exc:
+        raise CommandError("--cluster without a URL needs the repository's tests/support: pass --cluster URL") from exc
+    try:
+        nodes = RedisClusterNodes().start()
+    except ClusterStartError as exc:
+        raise CommandError(f"no Redis Cluster for the benchmark: {exc}") from exc
+    say(f"started a 6-node Redis Cluster for this run at {nodes.url}")
+    try:
+        yield nodes.url
+    finally:
+        nodes.close()
+
+
+def _configured_redis_url() -> str:
+    """The Redis the arms use when no --redis-url is given: HOTCACHE['REDIS_URL'], else the alias's LOCATION."""
+    url = hotcache_settings.REDIS_URL or settings.CACHES.get(hotcache_settings.REDIS_ALIAS, {}).get("LOCATION")
+    if not isinstance(url, str):
+        raise CommandError("--latency-ms needs a Redis URL: pass --redis-url")
+    return url
 
 
 def _cleanup() -> None:
