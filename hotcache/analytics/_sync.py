@@ -403,7 +403,8 @@ def _sync_visitors(run: _Run, tally: Tally) -> None:
             pipe = r.pipeline(transaction=False)
             for b, d in closed:
                 events = listed.get((b, d), [])
-                pipe.delete(day_events_key(d, b), *[hll_key(d, e, b) for e in events])
+                for key in (day_events_key(d, b), *(hll_key(d, e, b) for e in events)):
+                    pipe.delete(key)  # one key per DEL: redis-py's cluster pipeline refuses a multi-key DEL
                 pipe.zrem(index_keys(b).days, d)
             return pipe.execute()
 
