@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": None,  # redis://, rediss:// (TLS), unix://: hotcache's own Redis, used instead of REDIS_ALIAS
     "REDIS_CLUSTER": False,  # True: REDIS_URL names a node of a Redis Cluster (hotcache builds a RedisCluster)
     "KEY_PREFIX": "hc",  # every hotcache key starts with "<KEY_PREFIX>:"
+    # Hash tags (buckets) that workbench sessions and API keys' touched index are spread over (1-1024). None: 64
+    # when REDIS_CLUSTER, else 1 (the single-tag layout). Changing it later: docs/operations/redis-cluster.md.
+    "KEY_BUCKETS": None,
     # Timeouts fit a TLS Redis in another region (round trip up to 125 ms: timeout >= 4 x round trip; rule in
     # docs/operations/resilience.md); a hanging Redis costs at most this per call until the gate opens.
     "REDIS_SOCKET_TIMEOUT": 0.5,  # seconds: a reply, and the TLS handshake

@@ -9,13 +9,26 @@ touches together carry the same hash tag (``{...}``) so the script also runs on 
 
 from __future__ import annotations
 
+import binascii
+import functools
 import hashlib
 import re
 
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
 
-__all__ = ["build", "part", "prefix", "tagged", "text", "validate_name"]
+__all__ = [
+    "bucket_count",
+    "bucket_of",
+    "bucket_tags",
+    "build",
+    "part",
+    "prefix",
+    "slot",
+    "tagged",
+    "text",
+    "validate_name",
+]
 
 _SAFE = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}")
 _FEATURE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -50,6 +63,59 @@ def tagged(feature: str, tag: object, *parts: object) -> str:
         raise ValueError(msg)
     head = f"{prefix()}:{{{feature}:{part(tag)}}}"
     return ":".join([head, *(part(p) for p in parts)])
+
+
+SLOTS = 16384  # Redis Cluster's hash slots
+MAX_BUCKETS = 1024
+
+
+def bucket_count() -> int:
+    """How many hash tags (buckets) a spread feature uses: KEY_BUCKETS, else 64 on a cluster and 1 (the
+    single-tag layout of earlier versions, no extra commands) on a single server."""
+    configured = hotcache_settings.KEY_BUCKETS
+    if configured is None:
+        return 64 if hotcache_settings.REDIS_CLUSTER is True else 1
+    return max(1, min(MAX_BUCKETS, int(configured)))
+
+
+def bucket_of(value: object, count: int) -> int:
+    """The bucket (0..count-1) of a session id, an event key or a key digest: a stable hash, the same in every
+    process and version (never Python's salted ``hash()``)."""
+    if count <= 1:
+        return 0
+    text_ = value if isinstance(value, str) else str(value)
+    digest = hashlib.blake2b(text_.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def slot(tag_text: str) -> int:
+    """Redis Cluster's hash slot of a hash tag's text (CRC16-XMODEM mod 16384, as the server computes it)."""
+    return binascii.crc_hqx(tag_text.encode("utf-8"), 0) % SLOTS
+
+
+def bucket_tags(feature: str, legacy: str, count: int) -> tuple[str, ...]:
+    """The ``count`` hash tags of a spread feature, bucket ``b`` first at index ``b``.
+
+    ``count`` 1 is the single tag ``legacy`` of earlier versions. Otherwise bucket ``b``'s tag is the first of
+    ``<legacy>.<b>.<k>`` (k = 0, 1, ...) whose slot falls in the b-th of ``count`` equal slot ranges: so the
+    buckets cover the slot space evenly, and any cluster whose masters hold contiguous, even slot ranges holds
+    an even share of them (not left to the luck of CRC16 over a few dozen tags).
+    """
+    return _bucket_tags(feature, legacy, max(1, min(MAX_BUCKETS, count)))
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_tags(feature: str, legacy: str, count: int) -> tuple[str, ...]:
+    if count == 1:
+        return (legacy,)
+    tags = []
+    for b in range(count):
+        low, high = b * SLOTS // count, (b + 1) * SLOTS // count
+        k = 0
+        while not low <= slot(f"{feature}:{legacy}.{b}.{k}") < high:
+            k += 1
+        tags.append(f"{legacy}.{b}.{k}")
+    return tuple(tags)
 
 
 def validate_name(value: object, *, what: str, pattern: str = r"[A-Za-z0-9_.:@+\-]{1,128}") -> str:

@@ -130,6 +130,14 @@ def hotcache_config(settings: Any) -> Callable[..., None]:
 
 
 @pytest.fixture
+def single_tag_layout(settings: Any) -> None:
+    """KEY_BUCKETS=1 for a test that reads or tampers with keys by their single-tag names ({workbench:s},
+    {analytics:a}, {apikeys:touched}), or counts the commands of that layout, on every Redis target. The spread
+    layouts run the same code per bucket: tests/contracts/test_bucket_walks.py, tests/cluster/test_spread.py."""
+    settings.HOTCACHE = {**settings.HOTCACHE, "KEY_BUCKETS": 1}
+
+
+@pytest.fixture
 def fake_redis(settings: Any) -> Iterator[None]:
     """Point hotcache at in-process fakeredis (fast unit tests only; never proof of Redis semantics)."""
     settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_ALIAS": "fake"}

@@ -35,6 +35,8 @@ HOTCACHE = {
     # timeouts set their own values.
     "REDIS_SOCKET_TIMEOUT": 2.0,
     "REDIS_CONNECT_TIMEOUT": 2.0,
+    # HOTCACHE_TEST_KEY_BUCKETS=8 runs a suite with the spread key layouts on the single server too.
+    **({"KEY_BUCKETS": int(_BUCKETS)} if (_BUCKETS := os.environ.get("HOTCACHE_TEST_KEY_BUCKETS")) else {}),
 }
 
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}

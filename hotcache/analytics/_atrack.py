@@ -24,6 +24,7 @@ from hotcache.analytics._batch import batch
 from hotcache.analytics._events import FEATURE, HOUR_FMT, Event, hour_start
 from hotcache.analytics._fallback import buffer
 from hotcache.analytics._hot import track_event
+from hotcache.analytics._keys import bucket, bucket_writer
 from hotcache.analytics._send import (
     Sent,
     doubts,
@@ -59,14 +60,17 @@ async def atrack_event(ev: Event) -> str:
             future.add_done_callback(_background.discard)
         return "batched"
     pool = _pools.setdefault(asyncio.get_running_loop(), [])
-    writer = pool.pop() if pool else f"{recovery.writer()}:a{next(_numbers)}"
+    base = pool.pop() if pool else f"{recovery.writer()}:a{next(_numbers)}"
+    tag = bucket(ev.event)
+    writer = bucket_writer(base, tag)  # as the sync path: one token key and one doubt per writer and bucket
     try:
         if not await _settle_own_doubt(writer):
             return await _to_buffer(hour, ev)
         visitors = {(hour, ev.event): [ev.visitor]} if ev.visitor else None
-        sent = await _send(writer, build(writer, {(hour, ev.event, ev.path): ev.count}, visitors, label=ev.event))
+        counters = {(hour, ev.event, ev.path): ev.count}
+        sent = await _send(writer, build(writer, counters, visitors, label=ev.event, tag=tag))
     finally:
-        pool.append(writer)
+        pool.append(base)
     if sent.outcome == "unavailable":
         return await _to_buffer(hour, ev)
     if sent.outcome == "redis" and buffer.has_data():

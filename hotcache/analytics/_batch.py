@@ -15,8 +15,9 @@ import threading
 from hotcache import clock, metering, recovery
 from hotcache.analytics._events import FEATURE, Event
 from hotcache.analytics._fallback import buffer
+from hotcache.analytics._keys import bucket_writer, walked
 from hotcache.analytics._send import send, settle_own_doubt
-from hotcache.analytics._write import CounterKey, VisitorKey, build
+from hotcache.analytics._write import CounterKey, VisitorKey, build_split
 from hotcache.conf import hotcache_settings
 
 __all__ = ["MAX_COUNTERS", "MAX_VISITORS", "Batch", "batch", "batch_writer"]
@@ -94,18 +95,24 @@ class Batch(recovery.ProcessLocal):
             with self._lock:
                 counters, visitors = self._counters, self._visitors
                 self._counters, self._visitors, self._n_visitors, self._started = {}, {}, 0, None
-            writer = batch_writer()
-            if not settle_own_doubt(writer):
-                return self._to_buffer(counters)  # Redis does not answer: the outage path (visitors are not kept)
             if not counters:
+                # Nothing to write: only settle the doubts of earlier batches (one per bucket written).
+                for tag in walked():
+                    settle_own_doubt(bucket_writer(batch_writer(), tag))
                 return 0
-            events = sum(counters.values())
-            sent = send(writer, build(writer, counters, visitors, label="batch"))
-            if sent.outcome == "unavailable":
-                return self._to_buffer(counters)
-            if sent.outcome == "redis" and buffer.has_data():
+            # One script call per bucket the batch's events fall in (one in the single-tag layout).
+            any_sent = False
+            for writer, w, part in build_split(batch_writer(), counters, visitors, label="batch"):
+                if not settle_own_doubt(writer):
+                    self._to_buffer(part)  # Redis does not answer: the outage path (visitors are not kept)
+                    continue
+                sent = send(writer, w)
+                if sent.outcome == "unavailable":
+                    self._to_buffer(part)
+                any_sent = any_sent or sent.outcome == "redis"
+            if any_sent and buffer.has_data():
                 buffer.flush_if_due()
-            return events
+            return sum(counters.values())
 
     def _to_buffer(self, counters: dict[CounterKey, int]) -> int:
         for key, n in counters.items():

@@ -24,6 +24,7 @@ from hotcache.analytics._events import (
     visitor_digest,
 )
 from hotcache.analytics._fallback import buffer
+from hotcache.analytics._keys import bucket, bucket_writer
 from hotcache.analytics._send import doubts, send, settle, settle_own_doubt
 from hotcache.analytics._write import TRACK, build
 from hotcache.conf import hotcache_settings
@@ -61,12 +62,13 @@ def track_event(ev: Event) -> str:
     hour = dt.datetime.fromtimestamp(hour_start(now), tz=dt.UTC).strftime(HOUR_FMT)
     if float(hotcache_settings.ANALYTICS_BATCH_SECONDS) > 0:
         return batch.add(hour, ev)
-    writer = recovery.writer()
+    tag = bucket(ev.event)
+    writer = bucket_writer(recovery.writer(), tag)
     if not settle_own_doubt(writer):
         # Redis still does not answer: this event takes the outage path; the doubt waits for the next call.
         return buffer.add((hour, ev.event, ev.path), ev.count)
     visitors = {(hour, ev.event): [ev.visitor]} if ev.visitor else None
-    sent = send(writer, build(writer, {(hour, ev.event, ev.path): ev.count}, visitors, label=ev.event))
+    sent = send(writer, build(writer, {(hour, ev.event, ev.path): ev.count}, visitors, label=ev.event, tag=tag))
     if sent.outcome == "unavailable":
         return buffer.add((hour, ev.event, ev.path), ev.count)
     if sent.outcome == "redis" and buffer.has_data():

@@ -189,41 +189,48 @@ def counters(key: str, raw: object, tally: Tally, *, batch: str | None = None) -
     return found
 
 
-def read_counters(hours: list[str], pending: list[str]) -> list[Any]:
-    """The live hour hashes, then the pending batch hashes, in one pipelined round trip (none if both are empty);
-    a key Redis refuses to read as a hash gives its error in place of the hash."""
+def read_counters(hours: list[tuple[str, str]], pending: list[tuple[str, str]]) -> list[Any]:
+    """The live hour hashes, then the pending batch hashes (each a (bucket, label or id) pair), in one pipelined
+    round trip (none if both are empty); a key Redis refuses to read as a hash gives its error in its place."""
     if not hours and not pending:
         return []
     return read_many(
-        lambda pipe: [pipe.hgetall(hour_key(h)) for h in hours] + [pipe.hgetall(pending_key(b)) for b in pending]
+        lambda pipe: [pipe.hgetall(hour_key(h, b)) for b, h in hours]
+        + [pipe.hgetall(pending_key(x, b)) for b, x in pending]
     )
 
 
-def day_counts(days: list[str], tally: Tally) -> dict[tuple[str, str], int]:
-    """{(day, event): PFCOUNT} for the given days, in two pipelined round trips.
+def day_counts(
+    days: list[tuple[str, str]], tally: Tally
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], list[str]]]:
+    """{(day, event): PFCOUNT} for the given (bucket, day) pairs, in two pipelined round trips, and the events
+    read per (bucket, day). An event counted in two buckets (the single-tag layout and its bucket, during an
+    upgrade; the overflow HLL of each bucket) gives the larger count.
 
     Event names that are not valid, a day's events past ANALYTICS_MAX_EVENTS_PER_DAY + 1, and sets or
     HyperLogLogs Redis refuses to read are left out and counted as tampered.
     """
     if not days:
-        return {}
-    per_day = read_many(lambda pipe: [pipe.smembers(day_events_key(d)) for d in days])
+        return {}, {}
+    per_day = read_many(lambda pipe: [pipe.smembers(day_events_key(d, b)) for b, d in days])
     limit = int(hotcache_settings.ANALYTICS_MAX_EVENTS_PER_DAY) + 1
-    pairs: list[tuple[str, str]] = []
-    for d, raw in zip(days, per_day, strict=True):
-        events = sorted(valid_members(day_events_key(d), raw, is_event, tally)[0])
+    pairs: list[tuple[str, str, str]] = []
+    listed: dict[tuple[str, str], list[str]] = {}
+    for (b, d), raw in zip(days, per_day, strict=True):
+        events = sorted(valid_members(day_events_key(d, b), raw, is_event, tally)[0])
         if len(events) > limit:
-            tally(day_events_key(d), f"holds {len(events)} event names; at most {limit} are read")
+            tally(day_events_key(d, b), f"holds {len(events)} event names; at most {limit} are read")
             events = [OVERFLOW, *(e for e in events if e != OVERFLOW)][:limit]
-        pairs += [(d, e) for e in events]
+        listed[(b, d)] = events
+        pairs += [(b, d, e) for e in events]
     if not pairs:
-        return {}
+        return {}, listed
     # execute_command: redis-py's cluster pipeline blocks its .pfcount() (a one-key PFCOUNT is routed like any key).
-    counts = read_many(lambda pipe: [pipe.execute_command("PFCOUNT", hll_key(d, e)) for d, e in pairs])
+    counts = read_many(lambda pipe: [pipe.execute_command("PFCOUNT", hll_key(d, e, b)) for b, d, e in pairs])
     out: dict[tuple[str, str], int] = {}
-    for (d, e), n in zip(pairs, counts, strict=True):
+    for (b, d, e), n in zip(pairs, counts, strict=True):
         if isinstance(n, Exception) or not isinstance(n, int):
-            tally(hll_key(d, e), "is not a HyperLogLog")
+            tally(hll_key(d, e, b), "is not a HyperLogLog")
         else:
-            out[(d, e)] = n
-    return out
+            out[(d, e)] = max(n, out.get((d, e), 0))
+    return out, listed

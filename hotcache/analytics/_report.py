@@ -11,7 +11,7 @@ from typing import Any
 
 from hotcache.analytics._documents import hourly_collection, visitors_collection
 from hotcache.analytics._events import DAY_FMT, label_to_day, label_to_hour, validate_event
-from hotcache.analytics._keys import hour_key, index_keys, pending_key
+from hotcache.analytics._keys import hour_key, index_keys, pending_key, walked
 from hotcache.analytics._records import (
     Tally,
     batch_hour,
@@ -122,26 +122,39 @@ def _add_mongo(coll: mongo.Collection, lo: dt.datetime, hi: dt.datetime, event: 
 
 def _add_redis(lo: dt.datetime, hi: dt.datetime, event: str | None, totals: _Totals) -> int:
     """The counters still only in Redis (live hours and pending batches) and the days' visitor estimates."""
-    idx = index_keys()
     tally = Tally()
-    raw_hours, raw_pending, raw_days = read_many(
-        lambda pipe: [
-            pipe.zrangebyscore(idx.hours, lo.timestamp(), f"({hi.timestamp()}"),
-            pipe.smembers(idx.pending),
-            pipe.zrangebyscore(idx.days, _as_utc(lo.date()).timestamp(), f"({hi.timestamp()}"),
+    walk = walked()
+
+    def fill(pipe: Any) -> list[Any]:
+        out = []
+        for b in walk:
+            idx = index_keys(b)
+            out.append(pipe.zrangebyscore(idx.hours, lo.timestamp(), f"({hi.timestamp()}"))
+            out.append(pipe.smembers(idx.pending))
+            out.append(pipe.zrangebyscore(idx.days, _as_utc(lo.date()).timestamp(), f"({hi.timestamp()}"))
+        return out
+
+    replies = read_many(fill)
+    hours: list[tuple[str, str]] = []
+    pending: list[tuple[str, str]] = []
+    days: list[tuple[str, str]] = []
+    for i, b in enumerate(walk):
+        idx = index_keys(b)
+        raw_hours, raw_pending, raw_days = replies[3 * i : 3 * i + 3]
+        hours += [(b, h) for h in valid_members(idx.hours, raw_hours, is_hour, tally)[0]]
+        pending += [
+            (b, x)
+            for x in valid_members(idx.pending, raw_pending, is_batch, tally)[0]
+            if lo <= label_to_hour(batch_hour(x)) < hi
         ]
-    )
-    hours = valid_members(idx.hours, raw_hours, is_hour, tally)[0]
-    pending = [
-        b
-        for b in valid_members(idx.pending, raw_pending, is_batch, tally)[0]
-        if lo <= label_to_hour(batch_hour(b)) < hi
-    ]
-    days = valid_members(idx.days, raw_days, is_day, tally)[0]
+        days += [(b, d) for d in valid_members(idx.days, raw_days, is_day, tally)[0]]
 
     rows = read_counters(hours, pending)
     unsynced = 0
-    sources = [*((h, hour_key(h), None) for h in hours), *((batch_hour(b), pending_key(b), b) for b in pending)]
+    sources = [
+        *((h, hour_key(h, b), None) for b, h in hours),
+        *((batch_hour(x), pending_key(x, b), x) for b, x in pending),
+    ]
     for (label, key, batch), raw in zip(sources, rows, strict=True):
         hour = label_to_hour(label)
         for (ev, path), n in (counters(key, raw, tally, batch=batch) or {}).items():
@@ -151,7 +164,7 @@ def _add_redis(lo: dt.datetime, hi: dt.datetime, event: str | None, totals: _Tot
             totals.hourly[hour] = totals.hourly.get(hour, 0) + n
             totals.by_event[ev] = totals.by_event.get(ev, 0) + n
             totals.by_path[path] = totals.by_path.get(path, 0) + n
-    for (d, e), n in day_counts(days, tally).items():
+    for (d, e), n in day_counts(days, tally)[0].items():
         if event is None or e == event:
             totals.visitors[(d, e)] = max(n, totals.visitors.get((d, e), 0))
     return unsynced

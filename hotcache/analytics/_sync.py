@@ -22,7 +22,7 @@ from hotcache.analytics._documents import (
 )
 from hotcache.analytics._events import FEATURE, label_to_day
 from hotcache.analytics._fallback import buffer
-from hotcache.analytics._keys import day_events_key, hll_key, hour_key, index_keys, pending_key
+from hotcache.analytics._keys import day_events_key, hll_key, hour_key, index_keys, pending_key, walked
 from hotcache.analytics._records import (
     MARKER,
     SIGNED_BATCH,
@@ -51,13 +51,15 @@ log = logging.getLogger("hotcache.analytics")
 CLAIM = redis_backend.Script("analytics_claim")
 _LOCK = redis_backend.Script("analytics_lock")
 _UNLOCK = redis_backend.Script("analytics_unlock")
+_RELEASE = redis_backend.Script("analytics_release")
+Located = tuple[str, str]  # (bucket, hour label / batch id / day label): every index member lives in one bucket
 _SIGNED_LOCK = "analytics.lock"  # hotcache.signing purpose of the sync lock's value
 
 
 @dataclass(frozen=True, slots=True)
 class AnalyticsSyncResult:
     dry_run: bool
-    hours_claimed: int  # live hour hashes claimed by this run
+    hours_claimed: int  # hours whose live counters this run claimed (one hash per bucket and hour)
     batches: int  # batches applied and released (claimed now or recovered)
     recovered: int  # of those, batches left pending by an earlier run
     counters: int  # (hour, event, path) counters written
@@ -190,46 +192,73 @@ def _unlock(token: str) -> None:
 
 
 def _pending_count() -> int | None:
-    """Batches in the pending set; None when Redis does not answer (then nobody can tell)."""
-    pending_set = index_keys().pending
+    """Batches in the pending sets of every bucket; None when Redis does not answer (then nobody can tell)."""
     try:
-        (n,) = read_many(lambda pipe: pipe.scard(pending_set))
+        counts = read_many(lambda pipe: [pipe.scard(index_keys(b).pending) for b in walked()])
     except RedisUnavailable:
         return None
-    return 0 if isinstance(n, Exception) else int(n)
+    return sum(0 if isinstance(n, Exception) else int(n) for n in counts)
 
 
-def _claimable_hours(include_current_hour: bool, tally: Tally) -> tuple[list[str], list[Any]]:
-    """Hour labels of the hour index due for a claim, and the members that are no hour label (tampered)."""
-    hours_key = index_keys().hours
+def _claimable_hours(include_current_hour: bool, tally: Tally) -> tuple[list[Located], list[tuple[str, Any]]]:
+    """(bucket, hour label) of every bucket's hour index due for a claim (one pipeline), and the members that
+    are no hour label (tampered)."""
     if include_current_hour:
         cutoff: float | str = "+inf"
     else:
         cutoff = clock.time() - 3600 - float(hotcache_settings.ANALYTICS_SYNC_GRACE)
-    (raw,) = read_many(lambda pipe: pipe.zrangebyscore(hours_key, "-inf", cutoff, start=0, num=10_000))
-    return valid_members(hours_key, raw, is_hour, tally)
+    walk = walked()
+    raws = read_many(
+        lambda pipe: [pipe.zrangebyscore(index_keys(b).hours, "-inf", cutoff, start=0, num=10_000) for b in walk]
+    )
+    hours: list[Located] = []
+    stray: list[tuple[str, Any]] = []
+    for b, raw in zip(walk, raws, strict=True):
+        good, bad = valid_members(index_keys(b).hours, raw, is_hour, tally)
+        hours += [(b, h) for h in good]
+        stray += [(b, m) for m in bad]
+    return hours, stray
 
 
-def _claim(include_current_hour: bool, tally: Tally) -> tuple[list[str], set[str]]:
-    """Claim every closed hour as a new pending batch; every pending batch id (sorted), and those pending before."""
-    idx = index_keys()
+def _claim(include_current_hour: bool, tally: Tally) -> tuple[list[Located], set[Located]]:
+    """Claim every closed hour of every bucket as a new pending batch (one pipeline of analytics_claim.lua, for the
+    buckets with closed hours); every pending (bucket, batch id) (sorted), and those pending before."""
     ttl = int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600
+    walk = walked()
     hours, stray_hours = _claimable_hours(include_current_hour, tally)
-    (raw_before,) = read_many(lambda pipe: pipe.smembers(idx.pending))
-    before = set(valid_members(idx.pending, raw_before, is_batch, Tally(silent=True))[0])  # the claim reports it
-    claim_keys = [idx.hours, idx.pending]
-    claim_args: list[Any] = [ttl, MARKER]
-    for hour in hours:
+    raws_before = read_many(lambda pipe: [pipe.smembers(index_keys(b).pending) for b in walk])
+    claims: dict[str, tuple[list[str], list[Any]]] = {}
+    for b, hour in hours:
+        idx = index_keys(b)
+        claim_keys, claim_args = claims.setdefault(b, ([idx.hours, idx.pending], [ttl, MARKER]))
         batch = f"{hour}-{uuid.uuid4().hex[:16]}"
-        claim_keys += [hour_key(hour), pending_key(batch)]
+        claim_keys += [hour_key(hour, b), pending_key(batch, b)]
         # The marker binds the batch id to its hour under SECRET_KEY: a hash swapped with another batch's, or
         # a pending id someone added, has no valid marker and is refused.
         claim_args += [hour, batch, signing.seal(SIGNED_BATCH, batch, hour)]
-    repaired, raw_pending = redis_backend.call(FEATURE, lambda r: CLAIM(r, claim_keys, claim_args))
-    for _ in range(int(repaired)):
-        tally(idx.pending, "claim found an analytics index or hour hash of the wrong type; deleted")
-    pending, stray_batches = valid_members(idx.pending, raw_pending, is_batch, tally)
-    pending.sort()
+    calls = [(CLAIM, k, a) for k, a in claims.values()]
+    replies = redis_backend.call(FEATURE, lambda r: redis_backend.run_scripts(r, calls)) if calls else []
+    claimed = dict(zip(claims, replies, strict=True))
+    before: set[Located] = set()
+    pending: list[Located] = []
+    stray_batches: list[tuple[str, Any]] = []
+    for b, raw_before in zip(walk, raws_before, strict=True):
+        pending_set = index_keys(b).pending
+        if b not in claimed:
+            # No claim in this bucket: its pending set as read is what is pending (reported here).
+            good, bad = valid_members(pending_set, raw_before, is_batch, tally)
+            before |= {(b, x) for x in good}
+            pending += [(b, x) for x in good]
+            stray_batches += [(b, m) for m in bad]
+            continue
+        before |= {(b, x) for x in valid_members(pending_set, raw_before, is_batch, Tally(silent=True))[0]}
+        repaired, raw_pending = claimed[b]
+        for _ in range(int(repaired)):
+            tally(pending_set, "claim found an analytics index or hour hash of the wrong type; deleted")
+        good, bad = valid_members(pending_set, raw_pending, is_batch, tally)
+        pending += [(b, x) for x in good]
+        stray_batches += [(b, m) for m in bad]
+    pending.sort(key=lambda p: (p[1], p[0]))
     if stray_hours or stray_batches:
         _remove_members(hours=stray_hours, batches=stray_batches)
     return pending, before
@@ -240,7 +269,7 @@ def _sync_counters(
 ) -> None:
     checkpoint("before_claim")
     pending, before = _claim(include_current_hour, tally)
-    run.hours_claimed = len(set(pending) - before)
+    run.hours_claimed = len({batch_hour(x) for _, x in set(pending) - before})  # hours, whatever the buckets
     checkpoint("after_claim")
 
     chunk = min(MAX_CHUNK, int(hotcache_settings.ANALYTICS_SYNC_CHUNK))
@@ -248,26 +277,27 @@ def _sync_counters(
     stats = WriteStats()
     # Read every pending batch in one pipelined round trip and write counters in chunks that may span
     # batches, so many small hours still cost one MongoDB round trip per chunk of counters.
-    raws = read_many(lambda pipe: [pipe.hgetall(pending_key(b)) for b in pending]) if pending else []
-    batches: dict[str, Counters] = {}
-    refused: list[str] = []
-    for batch, raw in zip(pending, raws, strict=True):
-        found = counters(pending_key(batch), raw, tally, batch=batch)
+    raws = read_many(lambda pipe: [pipe.hgetall(pending_key(x, b)) for b, x in pending]) if pending else []
+    batches: dict[Located, Counters] = {}
+    refused: list[Located] = []
+    for (b, batch), raw in zip(pending, raws, strict=True):
+        found = counters(pending_key(batch, b), raw, tally, batch=batch)
         if found is None:
-            refused.append(batch)  # not a batch hotcache claimed: released unapplied
+            refused.append((b, batch))  # not a batch hotcache claimed: released unapplied
         else:
-            batches[batch] = found
-    ops: list[tuple[str, mongo.Update]] = []
-    for batch, found in batches.items():
+            batches[(b, batch)] = found
+    ops: list[tuple[Located, mongo.Update]] = []
+    for located, found in batches.items():
+        batch = located[1]
         hour = batch_hour(batch)
         for (event, path), n in found.items():
-            ops.append((batch, counter_op(batch, hour, event, path, n)))
+            ops.append((located, counter_op(batch, hour, event, path, n)))
             run.events += n
     total = len(ops)
     checkpoint("before_apply")
-    last_op_of: dict[str, int] = {}
-    for i, (batch, _) in enumerate(ops):
-        last_op_of[batch] = i
+    last_op_of: dict[Located, int] = {}
+    for i, (located, _) in enumerate(ops):
+        last_op_of[located] = i
     empty = [b for b in batches if b not in last_op_of]  # expired or empty pending keys: nothing to apply
     released = _release(empty) if empty else 0
     if refused:
@@ -290,32 +320,36 @@ def _sync_counters(
     run.recovered = len(before & set(batches))
 
 
-def _release(batches: list[str]) -> int:
-    """DEL the pending keys and SREM them from the pending set, atomically (MULTI): only after MongoDB acked."""
-    pending_set = index_keys().pending
-
-    def release(r: Any) -> Any:
-        pipe = r.pipeline(transaction=True)
-        pipe.delete(*[pending_key(b) for b in batches])
-        pipe.srem(pending_set, *batches)
-        return pipe.execute()
-
-    redis_backend.call(FEATURE, release)
+def _release(batches: list[Located]) -> int:
+    """DEL the pending keys and SREM them from their bucket's pending set, atomically per bucket (one pipeline of
+    analytics_release.lua): only after MongoDB acked."""
+    by_bucket: dict[str, list[str]] = {}
+    for b, batch in batches:
+        by_bucket.setdefault(b, []).append(batch)
+    calls = [
+        (_RELEASE, [index_keys(b).pending, *(pending_key(x, b) for x in ids)], ids) for b, ids in by_bucket.items()
+    ]
+    redis_backend.call(FEATURE, lambda r: redis_backend.run_scripts(r, calls))
     return len(batches)
 
 
-def _remove_members(*, hours: Sequence[Any] = (), batches: Sequence[Any] = (), days: Sequence[Any] = ()) -> None:
-    """Take members that are no hour label, batch id or day label out of the indexes (as Redis returned them)."""
-    idx = index_keys()
+def _remove_members(
+    *,
+    hours: Sequence[tuple[str, Any]] = (),
+    batches: Sequence[tuple[str, Any]] = (),
+    days: Sequence[tuple[str, Any]] = (),
+) -> None:
+    """Take members that are no hour label, batch id or day label out of their bucket's indexes (as Redis
+    returned them; one pipeline)."""
 
     def remove(r: Any) -> Any:
         pipe = r.pipeline(transaction=False)
-        if hours:
-            pipe.zrem(idx.hours, *hours)
-        if batches:
-            pipe.srem(idx.pending, *batches)
-        if days:
-            pipe.zrem(idx.days, *days)
+        for b, m in hours:
+            pipe.zrem(index_keys(b).hours, m)
+        for b, m in batches:
+            pipe.srem(index_keys(b).pending, m)
+        for b, m in days:
+            pipe.zrem(index_keys(b).days, m)
         return pipe.execute(raise_on_error=False)
 
     redis_backend.call(FEATURE, remove)
@@ -324,13 +358,24 @@ def _remove_members(*, hours: Sequence[Any] = (), batches: Sequence[Any] = (), d
 # --- distinct visitors ---------------------------------------------------------------------------------
 
 
+def _days(tally: Tally) -> list[Located]:
+    """(bucket, day label) of every bucket's day index (one pipeline); members that are no day are removed."""
+    walk = walked()
+    raws = read_many(lambda pipe: [pipe.zrange(index_keys(b).days, 0, -1) for b in walk])
+    days: list[Located] = []
+    stray: list[tuple[str, Any]] = []
+    for b, raw in zip(walk, raws, strict=True):
+        good, bad = valid_members(index_keys(b).days, raw, is_day, tally)
+        days += [(b, d) for d in good]
+        stray += [(b, m) for m in bad]
+    if stray:
+        _remove_members(days=stray)
+    return days
+
+
 def _sync_visitors(run: _Run, tally: Tally) -> None:
-    days_key = index_keys().days
-    (raw_days,) = read_many(lambda pipe: pipe.zrange(days_key, 0, -1))
-    days, stray_days = valid_members(days_key, raw_days, is_day, tally)
-    if stray_days:
-        _remove_members(days=stray_days)
-    counts = day_counts(days, tally)
+    days = _days(tally)
+    counts, listed = day_counts(days, tally)
     if counts:
         ops = [
             mongo.Update(
@@ -349,15 +394,18 @@ def _sync_visitors(run: _Run, tally: Tally) -> None:
         run.visitor_counts = len(ops)
     # A day is over (no event can reach it) once its end plus the grace has passed: drop its HLLs.
     cutoff = clock.time() - 86400 - float(hotcache_settings.ANALYTICS_SYNC_GRACE)
-    closed = [d for d in days if label_to_day(d).timestamp() <= cutoff]
+    closed = [(b, d) for b, d in days if label_to_day(d).timestamp() <= cutoff]
     if closed:
 
         def drop(r: Any) -> Any:
-            pipe = r.pipeline(transaction=True)
-            for d in closed:
-                events = [e for (day, e) in counts if day == d]
-                pipe.delete(day_events_key(d), *[hll_key(d, e) for e in events])
-            pipe.zrem(days_key, *closed)
+            # Per bucket, not one MULTI (Redis Cluster cannot span buckets): a day left listed after its keys
+            # were deleted reads as no visitors and is dropped again by the next sync.
+            pipe = r.pipeline(transaction=False)
+            for b, d in closed:
+                events = listed.get((b, d), [])
+                for key in (day_events_key(d, b), *(hll_key(d, e, b) for e in events)):
+                    pipe.delete(key)  # one key per DEL: redis-py's cluster pipeline refuses a multi-key DEL
+                pipe.zrem(index_keys(b).days, d)
             return pipe.execute()
 
         redis_backend.call(FEATURE, drop)
@@ -368,22 +416,29 @@ def _sync_visitors(run: _Run, tally: Tally) -> None:
 
 
 def _dry_run(run: _Run, include_current_hour: bool, tally: Tally) -> None:
-    """What a sync would move now: closed live hours plus pending batches, read only."""
-    idx = index_keys()
+    """What a sync would move now: closed live hours plus pending batches of every bucket, read only."""
+    walk = walked()
     hours, _ = _claimable_hours(include_current_hour, tally)
-    (raw_pending,) = read_many(lambda pipe: pipe.smembers(idx.pending))
-    pending, _ = valid_members(idx.pending, raw_pending, is_batch, tally)
+    raws = read_many(lambda pipe: [pipe.smembers(index_keys(b).pending) for b in walk])
+    pending: list[Located] = []
+    for b, raw in zip(walk, raws, strict=True):
+        pending += [(b, x) for x in valid_members(index_keys(b).pending, raw, is_batch, tally)[0]]
 
     rows = read_counters(hours, pending)
-    record_keys = [*(hour_key(h) for h in hours), *(pending_key(b) for b in pending)]
-    batch_of = [*(None for _ in hours), *pending]
+    record_keys = [*(hour_key(h, b) for b, h in hours), *(pending_key(x, b) for b, x in pending)]
+    batch_of = [*(None for _ in hours), *(x for _, x in pending)]
     for key, batch, raw in zip(record_keys, batch_of, rows, strict=True):
         found = counters(key, raw, tally, batch=batch) or {}
         run.counters += len(found)
         run.events += sum(found.values())
-    run.hours_claimed = sum(1 for raw in rows[: len(hours)] if raw)
+    run.hours_claimed = len({h for (_, h), raw in zip(hours, rows, strict=False) if raw})
     run.batches = len(pending)
     run.recovered = len(pending)
-    (raw_days,) = read_many(lambda pipe: pipe.zrange(idx.days, 0, -1))
-    run.visitor_counts = len(day_counts(valid_members(idx.days, raw_days, is_day, tally)[0], tally))
+    days_raw = read_many(lambda pipe: [pipe.zrange(index_keys(b).days, 0, -1) for b in walk])
+    days = [
+        (b, d)
+        for b, raw in zip(walk, days_raw, strict=True)
+        for d in valid_members(index_keys(b).days, raw, is_day, tally)[0]
+    ]
+    run.visitor_counts = len(day_counts(days, tally)[0])
     run.pending_left = len(pending)

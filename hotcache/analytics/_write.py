@@ -13,7 +13,16 @@ from typing import Any
 from hotcache import signing
 from hotcache.analytics._events import DAY_FMT, FEATURE, OVERFLOW, OVERFLOW_SLACK, label_to_hour
 from hotcache.analytics._events import field as counter_field
-from hotcache.analytics._keys import day_events_key, hll_key, hour_key, index_keys, visitor_marks_key, writer_key
+from hotcache.analytics._keys import (
+    bucket,
+    bucket_writer,
+    day_events_key,
+    hll_key,
+    hour_key,
+    index_keys,
+    visitor_marks_key,
+    writer_key,
+)
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 
@@ -24,6 +33,7 @@ __all__ = [
     "ScriptWrite",
     "VisitorKey",
     "build",
+    "build_split",
     "forget_marks",
 ]
 
@@ -32,11 +42,12 @@ CounterKey = tuple[str, str, str]  # (hour label, event, normalised path): also 
 VisitorKey = tuple[str, str]  # (hour label, event)
 MAX_VISITORS_PER_ITEM = 1000  # digests per PFADD (Lua's unpack has a stack limit near 8,000)
 
-# The parity of the hour's visitor marks per (hour, event), learnt from the script's replies: 0 the event's
+# The parity of the hour's visitor marks per (hour, event, bucket), learnt from the script's replies: 0 the event's
 # visitors of that hour go to its own HyperLogLog, 1 to the overflow one. The hour's first visitor settles it and
 # later calls only add 2, so it never changes: a call for a known (hour, event) skips the marks' HINCRBY (1 billed
 # command less per event with visitors). A hint of this process only; bounded (cleared when full).
-_marks_known: dict[VisitorKey, int] = {}
+_MarksKey = tuple[str, str, str]  # (hour, event, bucket tag): the marks hash is per bucket
+_marks_known: dict[_MarksKey, int] = {}
 _MARKS_KNOWN_MAX = 4096
 
 
@@ -70,7 +81,7 @@ class ScriptWrite:
     events: int  # sum of the counts
     label: str  # what it counts, for logs: an event name or "batch"
     _index: dict[str, int] = field(default_factory=dict)
-    marks: list[VisitorKey] = field(default_factory=list)  # per visitor item, its (hour, event)
+    marks: list[_MarksKey] = field(default_factory=list)  # per visitor item, its (hour, event, bucket tag)
 
     def learn_marks(self, odd: Any) -> None:
         """Remember the marks' parity of each visitor item from an applied call's reply (see _marks_known)."""
@@ -114,9 +125,14 @@ def build(
     visitors: Mapping[VisitorKey, Iterable[str]] | None = None,
     *,
     label: str,
+    tag: str | None = None,
 ) -> ScriptWrite:
-    """One script call counting ``counters`` ({(hour, event, path): n}) and ``visitors`` ({(hour, event): digests})."""
-    idx = index_keys()
+    """One script call counting ``counters`` ({(hour, event, path): n}) and ``visitors`` ({(hour, event): digests}),
+    all of events of bucket ``tag`` (None: the bucket of the first event named)."""
+    if tag is None:
+        first = next(iter(counters), None)
+        tag = bucket(first[1]) if first is not None else bucket(next(iter(visitors or {(None, "")}))[1])
+    idx = index_keys(tag)
     ttl = int(hotcache_settings.ANALYTICS_RETENTION_HOURS) * 3600
     header = [
         ttl,
@@ -127,10 +143,10 @@ def build(
     w = ScriptWrite([], [], [], header, 0, 0, sum(counters.values()), label)
     w.key(idx.hours, "hours")
     w.key(idx.days, "days")
-    w.key(writer_key(writer), "writer")
+    w.key(writer_key(writer, tag), "writer")
     for (hour, event, path), n in counters.items():
         start = int(label_to_hour(hour).timestamp())
-        k = w.key(hour_key(hour), "hour")
+        k = w.key(hour_key(hour, tag), "hour")
         w.items += [k, hour, start, counter_field(event, path), counter_field(event, OVERFLOW)]
         w.items += [counter_field(OVERFLOW, OVERFLOW), n]
         w.counts += 1
@@ -140,12 +156,31 @@ def build(
         listed = sorted(set(digests))
         for i in range(0, len(listed), MAX_VISITORS_PER_ITEM):
             part = listed[i : i + MAX_VISITORS_PER_ITEM]
-            known = _marks_known.get((hour, event))
-            km = w.key(visitor_marks_key(hour), "marks") if known is None else -known
-            kh = w.key(hll_key(day, event), "hll")
-            ko = w.key(hll_key(day, OVERFLOW), "overflow_hll")
-            ke = w.key(day_events_key(day), "day_events")
+            known = _marks_known.get((hour, event, tag))
+            km = w.key(visitor_marks_key(hour, tag), "marks") if known is None else -known
+            kh = w.key(hll_key(day, event, tag), "hll")
+            ko = w.key(hll_key(day, OVERFLOW, tag), "overflow_hll")
+            ke = w.key(day_events_key(day, tag), "day_events")
             w.items += [km, kh, ko, ke, event, day, day_start, len(part), *part]
             w.visitor_items += 1
-            w.marks.append((hour, event))
+            w.marks.append((hour, event, tag))
     return w
+
+
+def build_split(
+    writer: str,
+    counters: Mapping[CounterKey, int],
+    visitors: Mapping[VisitorKey, Iterable[str]] | None = None,
+    *,
+    label: str,
+) -> list[tuple[str, ScriptWrite, dict[CounterKey, int]]]:
+    """One script call per bucket the events fall in: (the bucket's writer, the call, the counters it carries)."""
+    groups: dict[str, tuple[dict[CounterKey, int], dict[VisitorKey, Iterable[str]]]] = {}
+    for k, n in counters.items():
+        groups.setdefault(bucket(k[1]), ({}, {}))[0][k] = n
+    for v, digests in (visitors or {}).items():
+        groups.setdefault(bucket(v[1]), ({}, {}))[1][v] = digests
+    return [
+        (bucket_writer(writer, tag), build(bucket_writer(writer, tag), c, v, label=label, tag=tag), c)
+        for tag, (c, v) in groups.items()
+    ]

@@ -1,8 +1,10 @@
 """The touched index: per UTC day, the keys counted on Redis that day (what sync_usage() reads), and the
 revocation tombstones sent in the same round trips.
 
-The index has its own hash tag (it holds many keys), so the check script cannot write it on Redis Cluster:
-the first use of a key each day adds it in a second round trip. See docs/apikeys.md ("Sync cost").
+The index has its own hash tags (it holds many keys: spread over keys.bucket_count() buckets by the key's
+tag), so the check script cannot write it on Redis Cluster: the first use of a key each day adds it in a second
+round trip. The sync reads every bucket of a day in one pipeline, and the single-tag layout of earlier versions
+with it. See docs/apikeys.md ("Sync cost").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hotcache.apikeys._records import (
     text,
     tombstone,
     touched_key,
+    touched_keys,
     touched_member,
 )
 from hotcache.apikeys._results import FEATURE
@@ -32,6 +35,7 @@ from hotcache.exceptions import RedisUnavailable
 
 __all__ = ["Entry", "read_touched", "replies", "tombstone_ttl", "verified_members", "write_index"]
 
+_TAG_RE = re.compile(r".*:([0-9a-f]{32})", re.ASCII)  # the key's tag, at the end of a member's body
 _MEMBER_RE = re.compile(r"([A-Za-z0-9_\-]{1,64}):([0-9a-f]{32})", re.ASCII)  # touched index: <key_id>:<tag>
 _SSCAN_COUNT = 1000
 _UNSIGNED_MAX = 2000  # unsigned members confirmed on MongoDB per sync at most
@@ -53,6 +57,12 @@ def replies(pipe: Any) -> list[Any]:
     return out
 
 
+def _index_of(day: dt.date, body: str) -> str:
+    """The touched-index set a member with ``body`` (``<key_id>:<tag>``) goes to: its tag's bucket."""
+    tag = _TAG_RE.fullmatch(body)
+    return touched_key(day, tag[1] if tag else body)
+
+
 def write_index(r: Any, revoked: Iterable[str], touched: Iterable[tuple[dt.date, str]]) -> None:
     """Tombstones for ``revoked`` tags and (day, ``<key_id>:<tag>``) entries of the touched index, one round trip.
 
@@ -65,44 +75,46 @@ def write_index(r: Any, revoked: Iterable[str], touched: Iterable[tuple[dt.date,
     for tag in revoked:
         pipe.set(meta_key(tag), tombstone(tag), ex=ttl)
     for day, body in touched:
-        pipe.sadd(touched_key(day), touched_member(day, body))
-        pipe.expire(touched_key(day), counters_ttl)
+        pipe.sadd(_index_of(day, body), touched_member(day, body))
+        pipe.expire(_index_of(day, body), counters_ttl)
     added = replies(pipe)[len(revoked) :: 2]
-    broken = sorted({day for (day, _), reply in zip(touched, added, strict=True) if isinstance(reply, Exception)})
+    failed = zip(touched, added, strict=True)
+    broken = sorted({_index_of(d, b) for (d, b), reply in failed if isinstance(reply, Exception)})
     if not broken:
         return
     pipe = r.pipeline(transaction=False)
-    for day in broken:
-        signing.tampered(FEATURE, touched_key(day), "is not a set (replaced)")
-        pipe.delete(touched_key(day))
+    for key in broken:
+        signing.tampered(FEATURE, key, "is not a set (replaced)")
+        pipe.delete(key)
     for day, body in touched:
-        if day in broken:
-            pipe.sadd(touched_key(day), touched_member(day, body))
-            pipe.expire(touched_key(day), counters_ttl)
+        if _index_of(day, body) in broken:
+            pipe.sadd(_index_of(day, body), touched_member(day, body))
+            pipe.expire(_index_of(day, body), counters_ttl)
     pipe.execute()
 
 
 def read_touched(r: Any, revoked: list[str], day_list: list[dt.date]) -> dict[dt.date, set[bytes]]:
-    """Write the tombstones and read each day's touched index (one round trip unless a set is large)."""
+    """Write the tombstones and read each day's touched index, every bucket of it (one round trip unless a set
+    is large: one pipeline per node on Redis Cluster)."""
     pipe = r.pipeline(transaction=False)
     for tag in revoked:
         pipe.set(meta_key(tag), tombstone(tag), ex=tombstone_ttl())
-    for day in day_list:
-        pipe.sscan(touched_key(day), 0, count=_SSCAN_COUNT)
+    sets = [(day, key) for day in day_list for key in touched_keys(day)]
+    for _day, key in sets:
+        pipe.sscan(key, 0, count=_SSCAN_COUNT)
     found_replies = replies(pipe)[len(revoked) :]
-    out: dict[dt.date, set[bytes]] = {}
-    for day, reply in zip(day_list, found_replies, strict=True):
+    out: dict[dt.date, set[bytes]] = {day: set() for day in day_list}
+    for (day, key), reply in zip(sets, found_replies, strict=True):
         if isinstance(reply, Exception):  # not a set: someone replaced it, what it indexed is gone
-            signing.tampered(FEATURE, touched_key(day), "is not a set (dropped)")
-            r.delete(touched_key(day))
-            out[day] = set()
+            signing.tampered(FEATURE, key, "is not a set (dropped)")
+            r.delete(key)
             continue
         cursor, members = reply
-        found = set(members)
+        found = out[day]
+        found.update(members)
         while int(cursor):  # large sets only: SSCAN may return a member twice, the set absorbs it
-            cursor, members = r.sscan(touched_key(day), cursor, count=_SSCAN_COUNT)
+            cursor, members = r.sscan(key, cursor, count=_SSCAN_COUNT)
             found.update(members)
-        out[day] = found
     return out
 
 
@@ -145,9 +157,11 @@ def verified_members(touched: dict[dt.date, set[bytes]]) -> list[Entry]:
             signing.tampered(FEATURE, touched_key(day), "held a member hotcache did not sign (removed)")
 
         def remove(r: Any) -> None:
+            # Which bucket holds a member hotcache did not write is unknown: removed from each (rare).
             pipe = r.pipeline(transaction=False)
             for day, raw in bad:
-                pipe.srem(touched_key(day), raw)
+                for key in touched_keys(day):
+                    pipe.srem(key, raw)
             replies(pipe)
 
         try:

@@ -36,6 +36,7 @@ __all__ = [
     "token_key",
     "tombstone",
     "touched_key",
+    "touched_keys",
     "touched_member",
     "undo_key",
     "unknown",
@@ -113,9 +114,24 @@ def writer_key(tag: str, writer: str) -> str:
     return keys.tagged(FEATURE, tag, "w", writer)
 
 
-def touched_key(day: dt.date) -> str:
-    # One set per UTC day of the keys counted on Redis that day (members "<key_id>:<tag>"); its own slot.
-    return keys.tagged(FEATURE, "touched", day.strftime("%Y%m%d"))
+def touched_key(day: dt.date, tag: str | None = None) -> str:
+    """The set of the day's keys counted on Redis (members ``<key_id>:<tag>``) that holds the key of ``tag``.
+
+    Spread over keys.bucket_count() hash tags by the key's tag (``{apikeys:touched.<b>.<k>}``), so no master holds
+    the whole index on Redis Cluster; one bucket is the single-tag layout ``{apikeys:touched}`` (``tag`` None: it).
+    """
+    count = keys.bucket_count() if tag is not None else 1
+    bucket = keys.bucket_tags(FEATURE, "touched", count)[keys.bucket_of(tag, count)]
+    return keys.tagged(FEATURE, bucket, day.strftime("%Y%m%d"))
+
+
+def touched_keys(day: dt.date) -> list[str]:
+    """Every set of the day's touched index: each bucket's, then the single-tag layout's when it is not one of
+    them (written before the index was spread, or before KEY_BUCKETS changed: read for the retention period)."""
+    stamp = day.strftime("%Y%m%d")
+    out = [keys.tagged(FEATURE, t, stamp) for t in keys.bucket_tags(FEATURE, "touched", keys.bucket_count())]
+    legacy = touched_key(day)
+    return out if legacy in out else [*out, legacy]
 
 
 # --- signed values -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hotcache.apikeys._documents import keys_coll, usage_coll
 from hotcache.apikeys._index import read_touched, verified_members
 from hotcache.apikeys._inputs import days_window
 from hotcache.apikeys._reads import live_count, read_counters
-from hotcache.apikeys._records import day_name, tag_of, touched_key
+from hotcache.apikeys._records import day_name, tag_of, touched_keys
 from hotcache.apikeys._results import FEATURE, UsageSyncResult
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
@@ -116,7 +116,7 @@ def _sync(run: _Run) -> None:
     closed = [d for d in day_list[1:] if touched[d] and now >= _next_midnight_of(d) + grace]
     if closed:
         try:
-            redis_backend.call(FEATURE, lambda r: r.delete(*[touched_key(d) for d in closed]))
+            redis_backend.call(FEATURE, lambda r: r.delete(*[k for d in closed for k in touched_keys(d)]))
         except RedisUnavailable:
             pass  # read again by the next sync: idempotent
     # Uses counted on MongoDB today (while Redis was down) go back into Redis's base for the limit. Such a

@@ -51,6 +51,7 @@ __all__ = [
     "lean_call",
     "lean_connections",
     "reset",
+    "run_scripts",
     "server_info",
     "wrap_lua",
 ]
@@ -403,6 +404,40 @@ class Script:
 def eval_lua(client: redis.Redis, source: str, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
     """EVAL an inline script (a probe, not a hot path) through the counting prelude; returns its reply."""
     return Script.reply(client.eval(wrap_lua(source), len(keys), *keys, *args))
+
+
+def run_scripts(client: Any, calls: Sequence[tuple[Script, Sequence[str], Sequence[Any]]]) -> list[Any]:
+    """Run several scripts in one pipeline (on Redis Cluster: one round trip per node reached, each script sent
+    once: cluster.send_once), each call's keys in one slot.
+
+    The bucket walks of the jobs use it. A call that got NOSCRIPT (first use on that server, or after a
+    failover) is sent again with EVAL. Every reply goes through Script.reply(); the first error is raised
+    (call() translates it).
+    """
+    if not calls:
+        return []
+    out = _send_commands(client, [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls])
+    missing = [i for i, raw in enumerate(out) if isinstance(raw, NoScriptError)]
+    if missing:
+        again = _send_commands(
+            client, [("EVAL", calls[i][0].body, len(calls[i][1]), *calls[i][1], *calls[i][2]) for i in missing]
+        )
+        for i, raw in zip(missing, again, strict=True):
+            out[i] = raw
+    replies = [Script.reply(raw) for raw in out]
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _send_commands(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if isinstance(client, redis.cluster.RedisCluster):
+        return cluster.send_once(client, commands)
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute(raise_on_error=False))
 
 
 def server_info(section: str = "memory") -> dict[str, Any]:

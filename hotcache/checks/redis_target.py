@@ -1,4 +1,4 @@
-"""System checks for hotcache's Redis target (E120-E129, W120-W129): REDIS_URL, REDIS_CLUSTER.
+"""System checks for hotcache's Redis target (E120-E129, W120-W129): REDIS_URL, REDIS_CLUSTER, KEY_BUCKETS (E128).
 
 W120 connects to Redis, so it runs only with ``manage.py check --deploy`` (and ``hotcache_check`` reports the
 same): a single-server client pointed at one node of a Redis Cluster serves only that node's slots.
@@ -48,6 +48,16 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                     id="hotcache.E122",
                 )
             )
+    buckets = hotcache_settings.KEY_BUCKETS
+    if buckets is not None and (isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 1024):
+        errors.append(
+            Error(
+                f"{_setting('KEY_BUCKETS')}={buckets!r} is not None or a whole number from 1 to 1024.",
+                hint="Leave it out (64 buckets on a cluster, 1 on a single server) or set e.g. 16, 64 or 256; see "
+                "docs/operations/redis-cluster.md before changing it on a live deployment.",
+                id="hotcache.E128",
+            )
+        )
     return errors
 
 

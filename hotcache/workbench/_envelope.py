@@ -15,7 +15,7 @@ from typing import Any
 
 from hotcache import recovery, signing
 from hotcache.backends import redis as redis_backend
-from hotcache.workbench._layout import FEATURE, _data_key
+from hotcache.workbench._layout import FEATURE, _data_key, _identity
 from hotcache.workbench._results import Session
 from hotcache.workbench._state import _MAX_VERSION
 
@@ -80,7 +80,7 @@ def _seal_envelope(
     session_id: str, *, version: int, token: str, owner: str | None, created: float, updated: float, digest: str
 ) -> _Envelope:
     body = {"v": version, "g": token, "o": owner, "c": created, "u": updated, "h": digest}
-    raw = signing.seal_json(_SESSION_RECORD, _data_key(session_id), body).encode("utf-8")
+    raw = signing.seal_json(_SESSION_RECORD, _identity(session_id), body).encode("utf-8")
     return _Envelope(version, token, owner, created, updated, digest, raw)
 
 
@@ -88,7 +88,7 @@ def _open_envelope(session_id: str, raw: Any) -> _Envelope | None:
     """The envelope ``raw`` if hotcache sealed it for this session's key, else None (never raises)."""
     if not raw or raw == _FOREIGN:
         return None
-    value = signing.unseal_json(_SESSION_RECORD, _data_key(session_id), raw, required=_ENVELOPE_FIELDS)
+    value = signing.unseal_json(_SESSION_RECORD, _identity(session_id), raw, required=_ENVELOPE_FIELDS)
     if value is None or not 1 <= value["v"] <= _MAX_VERSION:
         return None
     raw = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")

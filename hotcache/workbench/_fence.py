@@ -1,12 +1,14 @@
 """The recovery fence: a process that wrote to workbench_active because Redis was unreachable owes Redis a
-sealed fence value (a hotcache.recovery.OutageNotice), sent with its next workbench call. While the fence is
-up, each session is compared with its MongoDB copy once before Redis serves or changes it. A write that a
+sealed fence value (a hotcache.recovery.OutageNotice), sent with its next workbench call (to that session's
+bucket in its script, then to every other bucket in one pipeline). While the fence is up, each session is
+compared with its MongoDB copy once before Redis serves or changes it. A write that a
 Redis which still answers refused (memory full) raises a fence on that one session instead, by a deletion.
 See docs/workbench.md#recovery-after-an-outage and #a-redis-that-refuses-writes.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,7 @@ from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 from hotcache.workbench._envelope import _FENCE_RECORD, _FOREIGN, _text
-from hotcache.workbench._layout import _UNFENCE, FEATURE, _data_key, _fence_key
+from hotcache.workbench._layout import _UNFENCE, FEATURE, _buckets, _data_key, _fence_key
 
 _notice = recovery.OutageNotice()
 
@@ -32,7 +34,8 @@ class _Fence:
 
 
 def _raise_fence_later() -> None:
-    # Sealed, so a process tells a fence hotcache raised from one written by someone else.
+    # Sealed, so a process tells a fence hotcache raised from one written by someone else. One value for every
+    # bucket, sealed under the single-tag layout's fence key.
     _notice.owe(signing.seal(_FENCE_RECORD, _fence_key(), secrets.token_hex(8)))
 
 
@@ -41,35 +44,64 @@ def _fence_args() -> _Fence:
     return _Fence(str(value) if owed and value else "", int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT), generation)
 
 
-def _fence_sent(fence: _Fence) -> None:
-    if fence.value:
-        _notice.sent(fence.generation)
+def _fence_sent(fence: _Fence, bucket: str) -> None:
+    """The script raised ``fence`` in ``bucket``: raise it in every other bucket (one pipeline), then it is paid.
+
+    If that pipeline fails the fence stays owed (the next call sends it again); the call itself stands.
+    """
+    if not fence.value:
+        return
+    others = [b for b in _buckets() if b != bucket]
+    if others:
+
+        def raise_all(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for b in others:
+                pipe.set(_fence_key(b), fence.value, ex=fence.ttl)
+            pipe.execute()
+
+        try:
+            redis_backend.call(FEATURE, raise_all)
+        except RedisUnavailable:
+            return
+    _notice.sent(fence.generation)
 
 
-def _current_fence() -> str:
-    """The recovery fence if it is up and hotcache raised it, else ''. Any other value is lowered (tampered)."""
-    key = _fence_key()
+def _current_fence(bucket: str | None = None) -> str:
+    """The recovery fence of ``bucket`` if it is up and hotcache raised it, else ''."""
+    return _current_fences([bucket])[bucket]
+
+
+def _current_fences(buckets: list[str | None]) -> dict[str | None, str]:
+    """Each bucket's recovery fence if it is up and hotcache raised it, else '' (one pipeline). Any other value
+    is lowered (tampered)."""
 
     def read(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
-        pipe.get(key)
+        for b in buckets:
+            pipe.get(_fence_key(b))
         replies: list[Any] = pipe.execute(raise_on_error=False)
         return replies
 
+    out: dict[str | None, str] = dict.fromkeys(buckets, "")
     try:
-        [raw] = redis_backend.call(FEATURE, read)
+        raws = redis_backend.call(FEATURE, read)
     except RedisUnavailable:
-        return ""
-    if raw is None:
-        return ""
-    if not isinstance(raw, Exception) and signing.unseal(_FENCE_RECORD, key, raw) is not None:
-        return _text(raw)
-    signing.tampered(FEATURE, key, "is not a fence hotcache raised")
-    try:
-        redis_backend.call(FEATURE, lambda r: _UNFENCE(r, [key], [raw if isinstance(raw, bytes) else _FOREIGN]))
-    except RedisUnavailable:
-        pass
-    return ""
+        return out
+    for b, raw in zip(buckets, raws, strict=True):
+        if raw is None:
+            continue
+        if not isinstance(raw, Exception) and signing.unseal(_FENCE_RECORD, _fence_key(), raw) is not None:
+            out[b] = _text(raw)
+            continue
+        key = _fence_key(b)
+        signing.tampered(FEATURE, key, "is not a fence hotcache raised")
+        foreign = raw if isinstance(raw, bytes) else _FOREIGN
+        try:
+            redis_backend.call(FEATURE, functools.partial(_UNFENCE, keys=[key], args=[foreign]))
+        except RedisUnavailable:
+            pass
+    return out
 
 
 def _fence_session(session_id: str) -> None:

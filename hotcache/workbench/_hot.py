@@ -40,6 +40,7 @@ from hotcache.workbench._layout import (
     _LOAD,
     _SAVE,
     FEATURE,
+    _bucket,
     _claims_key,
     _data_key,
     _ended_key,
@@ -49,8 +50,9 @@ from hotcache.workbench._layout import (
     _index_key,
     _key_ttl,
     _refresh_every,
+    _walked,
 )
-from hotcache.workbench._recover import _migrate, _reconcile
+from hotcache.workbench._recover import _adopt_legacy, _migrate, _reconcile
 from hotcache.workbench._results import Conflict, OwnerConflict, Session, SessionCounts
 from hotcache.workbench._state import (
     _ANY,
@@ -179,7 +181,8 @@ def _redis_save(
     now = clock.time()
     request = _SaveRequest(session_id, text, _digest(text), owner, expected, expected_owner, token, now)
     ttl, refresh = _key_ttl(), _refresh_every()
-    keys_ = [_data_key(session_id), _index_key(), _fence_key()]
+    bucket = _bucket(session_id)
+    keys_ = [_data_key(session_id), _index_key(bucket), _fence_key(bucket)]
     seen, fresh = _recall(session_id), False
     checked = migrated = False
     for _ in range(_SAVE_ATTEMPTS):
@@ -188,7 +191,7 @@ def _redis_save(
         args = [text, base, following.raw if following else _NONE, repr(now), ttl, session_id]
         args += [fence.value, fence.ttl, create.raw if create else _NONE, refresh]
         out = redis_backend.call(FEATURE, functools.partial(_SAVE, keys=keys_, args=args))
-        _fence_sent(fence)
+        _fence_sent(fence, bucket)
         status = int(out[0])
         written = following if status == 1 else create if status == 2 else None
         if written is not None:
@@ -234,7 +237,8 @@ def load(session_id: str) -> Session | None:
     """
     session_id = _check_id(session_id)
     now = clock.time()
-    keys_ = [_data_key(session_id), _index_key(), _fence_key()]
+    bucket = _bucket(session_id)
+    keys_ = [_data_key(session_id), _index_key(bucket), _fence_key(bucket)]
     fence = _fence_args()
     try:
         row = _read_session(keys_, now, session_id) if not fence.value else None
@@ -246,7 +250,7 @@ def load(session_id: str) -> Session | None:
         metering.event(FEATURE, "fallback")
         session = _mongo_load(session_id)
     else:
-        _fence_sent(fence)
+        _fence_sent(fence, bucket)
         hot = _hot_from_row(session_id, row)
         session = hot.session(session_id) if hot is not None else None
     if session is not None:
@@ -323,7 +327,9 @@ def end(session_id: str) -> bool:
     now = clock.time()
     token = _token()
     ended_key = _ended_key(session_id, token)
-    keys_ = [_data_key(session_id), _index_key(), _ended_queue(), ended_key, _fence_key(), _gone_key(session_id)]
+    bucket = _bucket(session_id)
+    keys_ = [_data_key(session_id), _index_key(bucket), _ended_queue(bucket), ended_key, _fence_key(bucket)]
+    keys_.append(_gone_key(session_id))
     record = signing.seal_json(_ENDED_RECORD, ended_key, {"e": now})
     args = [repr(now), int(hotcache_settings.WORKBENCH_ENDED_TTL), f"{session_id}:{token}", session_id]
     gone = "1" if hotcache_settings.WORKBENCH_DURABLE_SAVES else ""  # the ended record the recovery check reads
@@ -334,7 +340,7 @@ def end(session_id: str) -> bool:
             fence = _fence_args()
             end_args = [*args, fence.value, fence.ttl, record, gone]
             out = redis_backend.call(FEATURE, functools.partial(_END, keys=keys_, args=end_args))
-            _fence_sent(fence)
+            _fence_sent(fence, bucket)
             status = int(out[0])
             observed = _observed(out[1]) if len(out) > 1 else _NONE
             current = _open_envelope(session_id, observed)
@@ -348,6 +354,8 @@ def end(session_id: str) -> bool:
                 why = "holds a state its envelope does not name" if current is not None else None
                 _tampered(session_id, observed, why)
                 ended = _mongo_end(session_id, redis_gone=True)
+            elif status == 0 and attempt < 2 and _adopt_legacy(session_id):
+                continue  # it was in the single-tag layout: now in its bucket, end it there
             elif status in (-1, -2) and attempt < 2:
                 tampered = status == -1 or current is None
                 if tampered:
@@ -373,7 +381,8 @@ def end(session_id: str) -> bool:
 
 
 def counts() -> SessionCounts:
-    """How many sessions are where, from the Redis indexes: one round trip of 4 O(1)/O(log n) commands.
+    """How many sessions are where, from the Redis indexes of every bucket: one pipeline of 4 O(1)/O(log n) commands
+    per bucket (one round trip on a single server, one per master on a cluster).
 
     Raises RedisUnavailable (the figures live only in Redis).
     """
@@ -381,12 +390,14 @@ def counts() -> SessionCounts:
 
     def read(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
-        pipe.zcard(_index_key())
-        pipe.zcount(_index_key(), "-inf", stale)
-        pipe.zcard(_ended_queue())
-        pipe.zcard(_claims_key())
+        for b in _walked():
+            pipe.zcard(_index_key(b))
+            pipe.zcount(_index_key(b), "-inf", stale)
+            pipe.zcard(_ended_queue(b))
+            pipe.zcard(_claims_key(b))
         replies: list[Any] = pipe.execute()
         return replies
 
-    active, idle, ended, claimed = (int(n) for n in redis_backend.call(FEATURE, read))
+    replies = [int(n) for n in redis_backend.call(FEATURE, read)]
+    active, idle, ended, claimed = (sum(replies[i::4]) for i in range(4))
     return SessionCounts(active=active, idle=idle, ended=ended, claimed=claimed)

@@ -1,5 +1,6 @@
-"""Where workbench data lives: the Redis keys (one hash tag, ``{workbench:s}``), the Lua scripts, the MongoDB
-collections and the ``origin`` of a workbench_active document. See docs/workbench.md#layout.
+"""Where workbench data lives: the Redis keys (spread over keys.bucket_count() hash tags by session id; one bucket
+is the single tag ``{workbench:s}`` of earlier versions), the Lua scripts, the MongoDB collections and the
+``origin`` of a workbench_active document. See docs/workbench.md#layout.
 """
 
 from __future__ import annotations
@@ -50,45 +51,74 @@ def _key_ttl() -> int:
     return int(hotcache_settings.WORKBENCH_IDLE_TIMEOUT) + _refresh_every()
 
 
-def _data_key(session_id: str) -> str:
-    # Built several times per call (the key, the identity its envelope is sealed under, the remembered
-    # envelope): cached per key prefix, which is read on every call so override_settings still applies.
-    return _data_key_under(keys.prefix(), session_id)
+_LEGACY = "s"  # the single hash tag of the layout before the buckets (and of KEY_BUCKETS=1)
+
+
+def _buckets() -> tuple[str, ...]:
+    """The hash tags sessions are spread over (bucket b at index b)."""
+    return keys.bucket_tags(FEATURE, _LEGACY, keys.bucket_count())
+
+
+def _walked() -> tuple[str, ...]:
+    """The buckets the jobs walk: every bucket, then the single-tag layout when it is not one of them (sessions
+    written before the layout was spread, or before KEY_BUCKETS changed: still persisted, see _adopt_legacy)."""
+    tags = _buckets()
+    return tags if _LEGACY in tags else (*tags, _LEGACY)
+
+
+def _bucket(session_id: str) -> str:
+    """The bucket (hash tag) of a session: every key of it and of its bucket's indexes share this slot."""
+    tags = _buckets()
+    return tags[keys.bucket_of(session_id, len(tags))]
+
+
+def _data_key(session_id: str, bucket: str | None = None) -> str:
+    """The session's hash in its bucket (``bucket``: in that one, e.g. the single-tag layout's)."""
+    # Built several times per call: cached per key prefix and bucket count, which are read on every call so
+    # override_settings still applies.
+    return _data_key_under(keys.prefix(), keys.bucket_count(), bucket, session_id)
 
 
 @functools.lru_cache(maxsize=4096)
-def _data_key_under(prefix: str, session_id: str) -> str:
-    return keys.tagged(FEATURE, "s", "d", session_id)
+def _data_key_under(prefix: str, count: int, bucket: str | None, session_id: str) -> str:
+    return keys.tagged(FEATURE, bucket if bucket is not None else _bucket(session_id), "d", session_id)
 
 
-def _ended_key(session_id: str, token: str) -> str:
-    return keys.tagged(FEATURE, "s", "e", session_id, token)
+def _identity(session_id: str) -> str:
+    """What a session's envelope is sealed under: its key in the single-tag layout, whatever bucket holds it, so
+    an envelope stays valid when the session moves between layouts (a copy under another id still fails)."""
+    return _data_key(session_id, _LEGACY)
 
 
-def _gone_key(session_id: str) -> str:
+def _ended_key(session_id: str, token: str, bucket: str | None = None) -> str:
+    return keys.tagged(FEATURE, bucket if bucket is not None else _bucket(session_id), "e", session_id, token)
+
+
+def _gone_key(session_id: str, bucket: str | None = None) -> str:
     """The session's ended records (wb_end.lua: one field per end, the envelope it ended), kept
     WORKBENCH_ENDED_TTL: the recovery check never brings back a durable copy of an ended incarnation."""
-    return keys.tagged(FEATURE, "s", "g", session_id)
+    return keys.tagged(FEATURE, bucket if bucket is not None else _bucket(session_id), "g", session_id)
 
 
-def _index_key() -> str:
-    return keys.tagged(FEATURE, "s", "idx")
+# A bucket's indexes and queues. ``bucket`` None: the single-tag layout's (the only bucket when KEY_BUCKETS=1).
+def _index_key(bucket: str | None = None) -> str:
+    return keys.tagged(FEATURE, bucket or _LEGACY, "idx")
 
 
-def _ended_queue() -> str:
-    return keys.tagged(FEATURE, "s", "ended")
+def _ended_queue(bucket: str | None = None) -> str:
+    return keys.tagged(FEATURE, bucket or _LEGACY, "ended")
 
 
-def _claims_key() -> str:
-    return keys.tagged(FEATURE, "s", "claims")
+def _claims_key(bucket: str | None = None) -> str:
+    return keys.tagged(FEATURE, bucket or _LEGACY, "claims")
 
 
-def _owners_key() -> str:
-    return keys.tagged(FEATURE, "s", "owners")
+def _owners_key(bucket: str | None = None) -> str:
+    return keys.tagged(FEATURE, bucket or _LEGACY, "owners")
 
 
-def _fence_key() -> str:
-    return keys.tagged(FEATURE, "s", "fence")
+def _fence_key(bucket: str | None = None) -> str:
+    return keys.tagged(FEATURE, bucket or _LEGACY, "fence")
 
 
 def _history() -> mongo.Collection:

@@ -1,4 +1,5 @@
-"""The persister: claim -> write history -> ack, the sweep of idle outage copies, and the dry-run count.
+"""The persister: claim -> write history -> ack, the sweep of idle outage copies, and the dry-run count. Each step
+walks every bucket (hash tag) in one pipeline: one round trip on a single server, one per master on a cluster.
 Run by the beat task hotcache.tasks.persist_workbench_sessions and manage.py persist_workbench.
 See docs/workbench.md#persisting.
 """
@@ -50,6 +51,7 @@ from hotcache.workbench._layout import (
     _fence_key,
     _index_key,
     _owners_key,
+    _walked,
 )
 from hotcache.workbench._recover import _reconcile_active
 from hotcache.workbench._results import PersistResult
@@ -62,18 +64,34 @@ _MEMBER = re.compile(
 )
 
 
-def _claim(run_id: str, limit: int) -> list[bytes]:
+def _shares(limit: int, buckets: list[str]) -> dict[str, int]:
+    """``limit`` split over ``buckets`` as evenly as whole numbers go (some get 0 when there are more buckets)."""
+    base, extra = divmod(limit, len(buckets))
+    return {b: base + (1 if i < extra else 0) for i, b in enumerate(buckets)}
+
+
+def _claim(run_id: str, shares: dict[str, int]) -> dict[str, list[bytes]]:
+    """Claim up to its share in each bucket (one pipeline of wb_claim.lua); the members claimed per bucket."""
     now = clock.time()
     ttl = int(hotcache_settings.WORKBENCH_ENDED_TTL) * _QUEUE_TTL_FACTOR
     idle_cutoff = now - float(hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER)
     stale_cutoff = now - float(hotcache_settings.WORKBENCH_CLAIM_TIMEOUT)
-    keys_ = [_index_key(), _ended_queue(), _claims_key(), _owners_key()]
-    args = [repr(now), repr(idle_cutoff), repr(stale_cutoff), run_id, limit, ttl]
-    return list(redis_backend.call(FEATURE, lambda r: _CLAIM(r, keys_, args)))
+    buckets = [b for b, n in shares.items() if n > 0]
+    calls = [
+        (
+            _CLAIM,
+            [_index_key(b), _ended_queue(b), _claims_key(b), _owners_key(b)],
+            [repr(now), repr(idle_cutoff), repr(stale_cutoff), run_id, shares[b], ttl],
+        )
+        for b in buckets
+    ]
+    replies = redis_backend.call(FEATURE, lambda r: redis_backend.run_scripts(r, calls))
+    return {b: list(members) for b, members in zip(buckets, replies, strict=True)}
 
 
 @dataclass(slots=True)
 class _Claimed:
+    bucket: str  # the hash tag it was claimed in
     member: bytes  # as queued (handed back to the scripts byte for byte)
     kind: str  # "e" ended | "i" idle | "x" not a member hotcache queues (dropped from the claims only)
     session_id: str
@@ -84,14 +102,15 @@ class _Claimed:
     tampered: bool = False
 
 
-def _parse_member(member: bytes | str) -> _Claimed:
+def _parse_member(member: bytes | str, bucket: str | None = None) -> _Claimed:
+    b = bucket or _walked()[0]
     raw = member if isinstance(member, bytes) else member.encode("utf-8", "surrogatepass")
     match = _MEMBER.fullmatch(raw.decode("utf-8", "replace"))
     if match is None:
-        return _Claimed(raw, "x", "", _index_key(), tampered=True)
+        return _Claimed(b, raw, "x", "", _index_key(b), tampered=True)
     if match["ended"]:
-        return _Claimed(raw, "e", match["ended"], _ended_key(match["ended"], match["token"]))
-    return _Claimed(raw, "i", match["idle"], _data_key(match["idle"]))
+        return _Claimed(b, raw, "e", match["ended"], _ended_key(match["ended"], match["token"], b))
+    return _Claimed(b, raw, "i", match["idle"], _data_key(match["idle"], b))
 
 
 def _read(claimed: list[_Claimed]) -> None:
@@ -146,13 +165,25 @@ def _record_for(c: _Claimed) -> dict[str, Any]:
 
 
 def _ack(run_id: str, claimed: list[_Claimed]) -> tuple[int, int, list[int]]:
-    keys_ = [_index_key(), _claims_key(), _owners_key()]
-    args: list[Any] = [run_id]
-    for c in claimed:
-        keys_.append(c.key)
-        args += [c.member, c.kind, c.session_id, c.observed]
-    acked, kept, done = redis_backend.call(FEATURE, lambda r: _ACK(r, keys_, args))
-    return int(acked), int(kept), [int(i) - 1 for i in done]
+    """Ack the members in their buckets (one pipeline of wb_ack.lua); positions are indexes into ``claimed``."""
+    by_bucket: dict[str, list[int]] = {}
+    for i, c in enumerate(claimed):
+        by_bucket.setdefault(c.bucket, []).append(i)
+    calls = []
+    for b, positions in by_bucket.items():
+        keys_ = [_index_key(b), _claims_key(b), _owners_key(b)]
+        args: list[Any] = [run_id]
+        for i in positions:
+            keys_.append(claimed[i].key)
+            args += [claimed[i].member, claimed[i].kind, claimed[i].session_id, claimed[i].observed]
+        calls.append((_ACK, keys_, args))
+    replies = redis_backend.call(FEATURE, lambda r: redis_backend.run_scripts(r, calls))
+    acked = kept = 0
+    done: list[int] = []
+    for positions, (n_acked, n_kept, acked_at) in zip(by_bucket.values(), replies, strict=True):
+        acked, kept = acked + int(n_acked), kept + int(n_kept)
+        done += [positions[int(j) - 1] for j in acked_at]
+    return acked, kept, sorted(done)
 
 
 def _drop_durable_copies(claimed: list[_Claimed], positions: list[int]) -> None:
@@ -182,20 +213,25 @@ def _drop_durable_copies(claimed: list[_Claimed], positions: list[int]) -> None:
         log.warning("hotcache.workbench: durable copies of %d persisted sessions stay for the sweep", len(gone))
 
 
-def _release(run_id: str, members: list[bytes]) -> None:
+def _release(run_id: str, claimed: dict[str, list[bytes]]) -> None:
+    calls = [(_RELEASE, [_claims_key(b), _owners_key(b)], [run_id, *m]) for b, m in claimed.items() if m]
     try:
-        redis_backend.call(FEATURE, lambda r: _RELEASE(r, [_claims_key(), _owners_key()], [run_id, *members]))
+        redis_backend.call(FEATURE, lambda r: redis_backend.run_scripts(r, calls))
     except RedisUnavailable:
         pass  # the claims go stale after WORKBENCH_CLAIM_TIMEOUT instead
 
 
-def _persist_batch(run_id: str, result: PersistResult, limit: int) -> int:
-    """Claim, write and ack one batch; returns how many members were claimed (0 = nothing left)."""
-    members = _claim(run_id, limit)
+def _persist_batch(run_id: str, result: PersistResult, limit: int, active: list[str]) -> tuple[int, list[str]]:
+    """Claim, write and ack one batch over the ``active`` buckets; returns how many members were claimed and the
+    buckets that may hold more (a bucket that gave less than its share is empty for this run)."""
+    shares = _shares(limit, active)
+    by_bucket = _claim(run_id, shares)
+    still = [b for b in active if shares[b] == 0 or len(by_bucket.get(b, ())) >= shares[b]]
+    members = [(b, m) for b, ms in by_bucket.items() for m in ms]
     if not members:
-        return 0
+        return 0, still
     try:
-        claimed = [_parse_member(m) for m in members]
+        claimed = [_parse_member(m, b) for b, m in members]
         _read(claimed)
         present = [c for c in claimed if c.hot is not None]
         records = [_record_for(c) for c in present]
@@ -203,12 +239,12 @@ def _persist_batch(run_id: str, result: PersistResult, limit: int) -> int:
         result.batches += 1
         _acked, kept, done = _ack(run_id, claimed)
     except BaseException:
-        _release(run_id, members)
+        _release(run_id, by_bucket)
         raise
     _drop_durable_copies(claimed, done)
     for c in claimed:
         if c.kind == "x":
-            signing.tampered(FEATURE, _claims_key(), "held a member hotcache did not queue")
+            signing.tampered(FEATURE, _claims_key(c.bucket), "held a member hotcache did not queue")
     result.tampered += sum(1 for c in claimed if c.tampered)
     result.missing += sum(1 for c in claimed if c.hot is None and not c.tampered)
     result.kept += kept
@@ -219,7 +255,7 @@ def _persist_batch(run_id: str, result: PersistResult, limit: int) -> int:
             result.ended += 1
         else:
             result.idle += 1
-    return len(members)
+    return len(members), still
 
 
 def _sweep_active(result: PersistResult, limit: int, max_batches: int) -> None:
@@ -306,11 +342,10 @@ def persist(*, dry_run: bool = False, limit: int | None = None) -> PersistResult
     try:
         # Outage copies first: an idle Redis session must not be persisted over a newer outage version.
         _reconcile_active(result, batch, max_batches=max(1, (limit or 10**9) // batch + 1))
-        while remaining is None or remaining > 0:
+        active = list(_walked())
+        while active and (remaining is None or remaining > 0):
             size = batch if remaining is None else min(batch, remaining)
-            n = _persist_batch(run_id, result, size)
-            if n == 0:
-                break
+            n, active = _persist_batch(run_id, result, size, active)
             if remaining is not None:
                 remaining -= n
     except RedisUnavailable as exc:
@@ -336,8 +371,16 @@ def persist(*, dry_run: bool = False, limit: int | None = None) -> PersistResult
 
 def _stale_claims() -> int:
     cutoff = clock.time() - float(hotcache_settings.WORKBENCH_CLAIM_TIMEOUT)
+
+    def count(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for b in _walked():
+            pipe.zcount(_claims_key(b), "-inf", repr(cutoff))
+        replies: list[Any] = pipe.execute()
+        return replies
+
     try:
-        return int(redis_backend.call(FEATURE, lambda r: r.zcount(_claims_key(), "-inf", repr(cutoff))))
+        return sum(int(n) for n in redis_backend.call(FEATURE, count))
     except RedisUnavailable:
         return 0
 
@@ -346,13 +389,15 @@ def _repair_shared_keys() -> int:
     """Delete the keys every session shares if they hold another Redis type than hotcache writes there
     (tampered): each script touching one fails, sending every session to the fallback and failing every
     persister run. Run after a run failed on Redis; returns how many keys were deleted (each counted)."""
-    expected = {
-        _index_key(): b"zset",
-        _ended_queue(): b"zset",
-        _claims_key(): b"zset",
-        _owners_key(): b"hash",
-        _fence_key(): b"string",
-    }
+    expected: dict[str, bytes] = {}
+    for b in _walked():
+        expected |= {
+            _index_key(b): b"zset",
+            _ended_queue(b): b"zset",
+            _claims_key(b): b"zset",
+            _owners_key(b): b"hash",
+            _fence_key(b): b"string",
+        }
 
     def types(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
@@ -383,15 +428,16 @@ def _pending() -> dict[str, int]:
 
     def run(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
-        pipe.zcard(_ended_queue())
-        pipe.zcount(_index_key(), "-inf", repr(idle_cutoff))
-        pipe.zcount(_claims_key(), "-inf", repr(stale_cutoff))
+        for b in _walked():
+            pipe.zcard(_ended_queue(b))
+            pipe.zcount(_index_key(b), "-inf", repr(idle_cutoff))
+            pipe.zcount(_claims_key(b), "-inf", repr(stale_cutoff))
         replies: list[Any] = pipe.execute()
         return replies
 
     try:
-        ended, idle, stale = redis_backend.call(FEATURE, run)
-        out.update(ended=int(ended), idle=int(idle), stale_claims=int(stale))
+        replies = [int(n) for n in redis_backend.call(FEATURE, run)]
+        out.update(ended=sum(replies[0::3]), idle=sum(replies[1::3]), stale_claims=sum(replies[2::3]))
     except RedisUnavailable:
         out["redis_unavailable"] = 1
     try:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from hotcache import clock, signing
+from hotcache import clock, metering, signing
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
@@ -31,21 +31,24 @@ from hotcache.workbench._envelope import (
     _remember,
     _tampered,
 )
-from hotcache.workbench._fence import _current_fence
+from hotcache.workbench._fence import _current_fence, _current_fences
 from hotcache.workbench._layout import (
     _FALLBACK,
     _FORK,
+    _LEGACY,
     _LOAD,
     _RECONCILE,
     _REDIS,
     _UNFENCE,
     FEATURE,
     _active,
+    _bucket,
     _data_key,
     _fence_key,
     _gone_key,
     _index_key,
     _key_ttl,
+    _walked,
 )
 from hotcache.workbench._results import PersistResult
 
@@ -53,8 +56,66 @@ log = logging.getLogger("hotcache.workbench")
 
 
 def _migrate(session_id: str) -> _Hot | None:
-    """A Redis miss: bring a session kept on MongoDB (outage or durable copy) back into Redis; None if none."""
+    """A Redis miss: bring a session of the single-tag layout into its bucket, or one kept on MongoDB (outage or
+    durable copy) back into Redis; None if none."""
+    if _adopt_legacy(session_id):
+        [observed] = _read_envelopes([session_id])
+        current = _open_envelope(session_id, observed)
+        tampered = bool(observed) and current is None
+        return _reconcile(session_id, observed, current, tampered=tampered)
     return _reconcile(session_id, _NONE)
+
+
+def _adopt_legacy(session_id: str) -> bool:
+    """Move a live session from the single-tag layout ``{workbench:s}`` into its bucket; True if one was moved.
+
+    Only when the sessions are spread (KEY_BUCKETS > 1) and the session's bucket holds nothing: the upgrade path
+    of a deployment that changes KEY_BUCKETS (docs/operations/redis-cluster.md). Two round trips on a miss (DUMP,
+    then RESTORE without REPLACE, so a session already in its bucket is never overwritten), a third to remove the
+    old copy once the new one is in place. The envelope stays valid: it is sealed under the session id, not
+    the bucket (_identity). Redis unreachable: False (the caller's MongoDB path goes on).
+    """
+    new = _data_key(session_id)
+    old = _data_key(session_id, _LEGACY)
+    if new == old:
+        return False
+    bucket = _bucket(session_id)
+
+    def dump(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        pipe.dump(old)
+        pipe.pttl(old)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    def restore(r: Any, payload: bytes, ttl_ms: int) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        pipe.restore(new, ttl_ms, payload)
+        pipe.zadd(_index_key(bucket), {session_id: clock.time()})
+        pipe.expire(_index_key(bucket), _key_ttl() * 2)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    def forget(r: Any) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        pipe.delete(old)
+        pipe.zrem(_index_key(_LEGACY), session_id)
+        replies: list[Any] = pipe.execute()
+        return replies
+
+    try:
+        payload, pttl = redis_backend.call(FEATURE, dump)
+        if not isinstance(payload, bytes):
+            return False
+        ttl_ms = int(pttl) if isinstance(pttl, int) and pttl > 0 else _key_ttl() * 1000
+        restored = redis_backend.call(FEATURE, lambda r: restore(r, payload, ttl_ms))[0]
+        if isinstance(restored, Exception) and "BUSYKEY" not in str(restored):
+            return False  # not moved (the old copy stays, the persister's walk of the old layout still sees it)
+        redis_backend.call(FEATURE, forget)
+    except RedisUnavailable:
+        return False
+    metering.event(FEATURE, "adopted")
+    return True
 
 
 def _reconcile_args(
@@ -160,8 +221,9 @@ def _reconcile(
         return hot
     if current is None and not tampered and (doc is None or (doc.get("ended") and doc.get("origin") == _REDIS)):
         return None  # no session anywhere (an ended mark stays for the persister: it refuses late copies)
-    fence = _current_fence()
-    keys_ = [_data_key(session_id), _index_key()]
+    bucket = _bucket(session_id)
+    fence = _current_fence(bucket)
+    keys_ = [_data_key(session_id), _index_key(bucket)]
     plan = _plan(doc, current, observed, tampered)
     gone: int | None = None
     if doc is not None and doc.get("origin") == _REDIS and any(a == "put" for a, _, _ in plan):
@@ -196,7 +258,7 @@ def _reconcile(
         return hot
     now = clock.time()
     load_args = [repr(now), _key_ttl(), session_id, "", 1]
-    row = redis_backend.call(FEATURE, lambda r: _LOAD(r, [*keys_, _fence_key()], load_args))
+    row = redis_backend.call(FEATURE, lambda r: _LOAD(r, [*keys_, _fence_key(bucket)], load_args))
     result = _open_hot(session_id, row[0], _observed(row[1])) if row else None
     if row and result is None:
         _tampered(session_id, _observed(row[1]))  # written again since: absent, left for the next look
@@ -236,7 +298,8 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
     Redis, then lower the fence if nobody raised it again meanwhile. Per batch: one MongoDB read, one Redis
     pipeline, and the settle writes."""
     coll = _active()
-    fence = _current_fence()
+    walked: list[str | None] = list(_walked())
+    fences = _current_fences(walked)
     for _ in range(max_batches):
         docs = coll.find({"origin": _FALLBACK}, sort=[("last_seen", mongo.ASCENDING)], limit=limit)
         if not docs:
@@ -255,18 +318,21 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
             for d, actions in batch:
                 for action, seen, src in actions:
                     # EVAL (not EVALSHA) in a pipeline: no NOSCRIPT round trip to handle; a rare recovery path.
-                    ks = [_data_key(d["_id"]), _index_key(), _gone_key(d["_id"])]
-                    _RECONCILE.queue(pipe, ks, _reconcile_args(action, fence, seen, src, d["_id"]), load=True)
+                    b = _bucket(d["_id"])
+                    ks = [_data_key(d["_id"]), _index_key(b), _gone_key(d["_id"])]
+                    args = _reconcile_args(action, fences.get(b, ""), seen, src, d["_id"])
+                    _RECONCILE.queue(pipe, ks, args, load=True)
             return [_RECONCILE.reply(raw) for raw in pipe.execute()]
 
         redis_backend.call(FEATURE, apply)
         for d, _actions in plans:
             _remember(d["_id"], None)
-            _settle(d, [_data_key(d["_id"]), _index_key()])
+            _settle(d, [_data_key(d["_id"]), _index_key(_bucket(d["_id"]))])
         result.reconciled += len(docs)
         if len(docs) < limit:
             break
     else:
         return  # more left: keep the fence up for the next run
-    if fence:
-        redis_backend.call(FEATURE, lambda r: _UNFENCE(r, [_fence_key()], [fence]))
+    up = [(_UNFENCE, [_fence_key(b)], [f]) for b, f in fences.items() if f]
+    if up:
+        redis_backend.call(FEATURE, lambda r: redis_backend.run_scripts(r, up))

@@ -50,10 +50,13 @@ def address() -> str:
 
 
 def _hour_total(raw_redis: Any, key_prefix: str) -> int:
+    """The hour's counts in every bucket (KEY_BUCKETS may spread them: HOTCACHE_TEST_KEY_BUCKETS)."""
     from hotcache import clock as hc_clock
+    from hotcache.analytics._keys import buckets, hour_key
 
     hour = hc_clock.utcnow().strftime("%Y%m%d%H")
-    return sum(int(v) for v in raw_redis.hgetall(f"{key_prefix}:{{analytics:a}}:h:{hour}").values())
+    keys = {hour_key(hour)} | {hour_key(hour, tag) for tag in buckets()}
+    return sum(int(v) for k in keys for v in raw_redis.hgetall(k).values())
 
 
 def test_a_page_view_costs_what_the_sync_one_costs_with_no_hop() -> None:

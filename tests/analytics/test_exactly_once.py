@@ -19,8 +19,10 @@ pytestmark = pytest.mark.mongo_contract
 
 
 def _hour_total(raw_redis, key_prefix):
+    """The current hour's counts in Redis, in every bucket of the layout (one with KEY_BUCKETS=1)."""
     hour = hc_clock.utcnow().strftime("%Y%m%d%H")
-    return sum(int(v) for v in raw_redis.hgetall(f"{key_prefix}:{{analytics:a}}:h:{hour}").values())
+    keys = raw_redis.scan_iter(match=f"{key_prefix}:{{analytics:*}}:h:{hour}")
+    return sum(int(v) for k in keys for v in raw_redis.hgetall(k).values())
 
 
 def _reopen_gate(clock):
@@ -172,12 +174,13 @@ def test_a_sync_whose_claim_or_release_reply_was_lost_leaves_exact_totals_after_
 ):
     hotcache_config(ANALYTICS_SYNC_LOCK_TIMEOUT=0)  # the failed run cannot unlock (gate open); no lock needed
     raw_redis.script_load(_sync.CLAIM.body)
+    raw_redis.script_load(_sync._RELEASE.body)  # the release (DEL + SREM, atomically) is a script too
     total = 0
     for p in range(5):
         analytics.track("page_view", path=f"/p{p}", count=p + 1)
         total += p + 1
     close_hours(clock)
-    needle = _sync.CLAIM.sha.encode() if step == "claim" else b"SREM"
+    needle = (_sync.CLAIM if step == "claim" else _sync._RELEASE).sha.encode()
     lost_reply_proxy.arm(needle, mode)
     first = analytics.sync()
     assert first.error and lost_reply_proxy.lost == [mode]

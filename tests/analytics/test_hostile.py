@@ -13,6 +13,9 @@ from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
 from tests.analytics.fixtures import _empty_fallback_buffer, analytics_keys, hourly_docs, hourly_total  # noqa: F401
 
+# Tampering and upgrades are checked on the single-tag keys ({analytics:a}), on every Redis target; the
+# spread layouts run the same scripts per bucket (tests/contracts/test_bucket_walks.py).
+pytestmark = pytest.mark.usefixtures("single_tag_layout")
 
 def _slots():
     return mongo.collection(analytics.SLOTS, feature="test")

@@ -88,6 +88,7 @@ def test_a_crash_at_any_step_then_a_rerun_moves_every_event_once(
     assert not _pending(raw_redis, key_prefix)
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_a_crash_after_claim_leaves_the_batch_pending_for_the_next_run(clock, monkeypatch, raw_redis, key_prefix):
     n = _track_backlog(clock, hours=1)
     _crash_at(monkeypatch, "after_claim")
@@ -111,6 +112,7 @@ def test_a_bulk_write_whose_ack_is_lost_is_not_applied_twice(clock, small_chunks
     assert hourly_total() == n
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_mongodb_down_keeps_everything_pending_and_the_next_run_moves_it(clock, raw_redis, key_prefix):
     n = _track_backlog(clock)
     with mongo_down():
@@ -230,6 +232,7 @@ def test_distinct_visitors_reach_mongodb_and_closed_days_leave_redis(clock, raw_
     assert [(d["event"], d["count"]) for d in docs] == [("signup", 3)]
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_dry_run_changes_nothing(clock, raw_redis, key_prefix):
     n = _track_backlog(clock, hours=2)
     result = analytics.sync(dry_run=True)
@@ -240,6 +243,7 @@ def test_dry_run_changes_nothing(clock, raw_redis, key_prefix):
 # --- the command ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_command_prints_what_it_moved_and_progress(clock, small_chunks):
     n = _track_backlog(clock)
     out = StringIO()
@@ -261,6 +265,7 @@ def test_command_include_current_hour(clock):
     assert "Moved 1 counters (3 events)" in out.getvalue()
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_command_fails_naming_the_outage_and_what_stays_pending(clock):
     _track_backlog(clock, hours=1)
     out = StringIO()

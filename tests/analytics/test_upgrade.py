@@ -5,11 +5,17 @@ next call do the per-day work once more."""
 
 import datetime as dt
 
+import pytest
+
 from hotcache import analytics
 from hotcache import clock as hc_clock
 from hotcache.analytics import _documents
 from hotcache.backends import mongo
 from tests.analytics.fixtures import _empty_fallback_buffer, close_hours, hourly_total  # noqa: F401
+
+# Tampering and upgrades are checked on the single-tag keys ({analytics:a}), on every Redis target; the
+# spread layouts run the same scripts per bucket (tests/contracts/test_bucket_walks.py).
+pytestmark = pytest.mark.usefixtures("single_tag_layout")
 
 TTL = 168 * 3600
 

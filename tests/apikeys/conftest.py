@@ -8,6 +8,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _empty_touched_index(raw_redis, key_prefix):
-    """Each test starts with no touched-key index (``{apikeys:touched}:<day>``) left by an earlier test."""
-    for key in list(raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:touched}}:*")):
+    """Each test starts with no touched-key index (``{apikeys:touched}:<day>``, every bucket of it) left by an
+    earlier test."""
+    for key in list(raw_redis.scan_iter(match=f"{key_prefix}:{{apikeys:touched*}}:*")):
         raw_redis.delete(key)

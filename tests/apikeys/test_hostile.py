@@ -775,9 +775,9 @@ def test_members_of_an_index_written_before_signing_are_confirmed_on_mongodb(raw
 
 
 def test_touched_index_of_the_wrong_type_is_replaced_not_a_lasting_failure(raw_redis):
-    index = _records.touched_key(_today())
-    raw_redis.set(index, "not a set")
     new = apikeys.create("alice")
+    index = _records.touched_key(_today(), _tag(new.raw_key))  # the set (bucket) its first use goes to
+    raw_redis.set(index, "not a set")
     with count_redis() as c:
         assert apikeys.check(new.raw_key).used_today == 1  # first use: indexed, the bad key replaced
     assert c.mongo_ops == 1 and not _recovery.touched

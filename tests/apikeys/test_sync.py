@@ -35,6 +35,7 @@ def _warm_sync():
     apikeys.sync_usage()
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_sync_cost_follows_keys_used_not_keys_stored():
     _warm_sync()
     made = _make_keys(200, used=5)
@@ -68,6 +69,7 @@ def test_sync_is_idempotent_with_many_keys():
     assert first.written == second.written == 5 and _usage_docs() == docs
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_first_use_of_the_day_indexes_the_key_once_and_later_checks_stay_one_command(raw_redis):
     warm = apikeys.create("warm")
     apikeys.check(warm.raw_key)  # record cached: the next checks of other keys are warm except for the record
@@ -135,6 +137,7 @@ def test_outage_counts_of_a_key_never_counted_on_redis_today_are_pushed_back(red
     assert apikeys.usage(new.key_id, days=1)[0][1] == 4
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_tombstones_of_keys_revoked_in_the_window_are_resent_without_reading_other_keys(raw_redis):
     _warm_sync()
     made = _make_keys(100, used=2)
@@ -150,6 +153,7 @@ def test_tombstones_of_keys_revoked_in_the_window_are_resent_without_reading_oth
         apikeys.check(made[50].raw_key)
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_a_past_days_index_is_closed_after_the_grace_and_its_history_kept(raw_redis, clock):
     new = apikeys.create("alice")
     for _ in range(3):
@@ -164,6 +168,7 @@ def test_a_past_days_index_is_closed_after_the_grace_and_its_history_kept(raw_re
     assert apikeys.usage(new.key_id, days=2)[1] == (day, 3)
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_yesterdays_index_is_kept_within_the_grace(raw_redis, clock):
     new = apikeys.create("alice")
     apikeys.check(new.raw_key)

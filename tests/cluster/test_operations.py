@@ -157,3 +157,15 @@ def test_ratelimit_check_names_redis_url_when_the_cluster_is_unreachable(setting
     }
     with pytest.raises(CommandError, match=r"unreachable.*HOTCACHE\['REDIS_URL'\]"):
         call_command("ratelimit_check", "--rate", "3/m", stdout=io.StringIO())
+
+
+@pytest.mark.parametrize("value", [0, 1025, "64", 2.5, True])
+def test_a_bucket_count_out_of_range_is_an_error(hotcache_config, value):
+    hotcache_config(KEY_BUCKETS=value)
+    assert "hotcache.E128" in _ids(check_redis_target())
+
+
+@pytest.mark.parametrize("value", [None, 1, 64, 1024])
+def test_a_bucket_count_in_range_passes(hotcache_config, value):
+    hotcache_config(KEY_BUCKETS=value)
+    assert "hotcache.E128" not in _ids(check_redis_target())

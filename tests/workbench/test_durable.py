@@ -124,6 +124,7 @@ def test_a_process_that_never_saw_the_outage_is_fenced_by_the_process_that_did(r
     assert workbench.load("s1").version == 2
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_the_persister_reconciles_outage_copies_and_lowers_the_fence(redis_proxy, clock, raw_redis, key_prefix):
     workbench.save("s1", {"n": 1})
     redis_proxy.down()

@@ -16,6 +16,7 @@ from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.checks import check_workbench
 from hotcache.testing import count_redis, new_process
+from hotcache.workbench import _layout
 from hotcache.workbench._durable import writer
 
 pytestmark = pytest.mark.mongo_contract
@@ -67,7 +68,7 @@ def test_a_creation_over_a_lost_incarnations_copy_keeps_that_one_in_history(raw_
     workbench.save("lost", {"old": True}, owner="alice")
     workbench.save("fresh", {})
     workbench.flush_durable()
-    raw_redis.unlink(f"{key_prefix}:{{workbench:s}}:d:lost")  # lost from Redis (evicted, a restart)
+    raw_redis.unlink(_layout._data_key("lost"))  # lost from Redis (evicted, a restart)
     new_process()
     workbench.save("lost", {"new": True})  # a blind save: a new incarnation under the id
     workbench.save("fresh", {"n": 1})

@@ -64,6 +64,7 @@ def make_sessions(ended=3, abandoned=3, active=2):
     return [f"ended-{i}" for i in range(ended)], [f"abandoned-{i}" for i in range(abandoned)], active
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_ended_and_idle_sessions_reach_history_exactly_once(clock, raw_redis, key_prefix):
     ended, abandoned, _ = make_sessions()
     clock.advance(idle_after() + 1)
@@ -293,6 +294,7 @@ def test_a_stale_claim_taken_over_while_its_first_owner_still_runs_is_written_on
     assert history_ids() == Counter({s: 1 for s in ended})
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_persisting_uses_one_bulk_write_per_batch(hotcache_config):
     hotcache_config(WORKBENCH_PERSIST_BATCH=50)
     for i in range(120):

@@ -79,6 +79,7 @@ def test_expected_version_zero_creates_only():
         workbench.save("s1", {"n": 2}, expected_version=0)
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_load_and_save_renew_the_idle_lifetime_once_per_refresh_interval(clock, raw_redis, key_prefix):
     idle, every = hotcache_settings.WORKBENCH_IDLE_TIMEOUT, _layout._refresh_every()
     assert 0 < every < hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER
@@ -104,6 +105,7 @@ def test_load_and_save_renew_the_idle_lifetime_once_per_refresh_interval(clock, 
     assert workbench.load("s1").state == {"n": 2}
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # names or counts single-tag keys
 def test_a_session_saved_before_the_refresh_field_existed_loads_saves_and_gets_it(raw_redis, key_prefix):
     """A session written by the release before (no field t) is read the same and refreshed on first use."""
     workbench.save("s1", {"n": 1})
