@@ -155,8 +155,9 @@ def parse_cluster_nodes(text: str) -> list[NodeInfo]:
 class ClusterNode:
     """One cluster-enabled redis-server process."""
 
-    def __init__(self, port: int, home: Path) -> None:
+    def __init__(self, port: int, home: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.port = port
+        self.extra_args = extra_args
         self.dir = home / f"node-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -178,7 +179,7 @@ class ClusterNode:
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
-            "--logfile", "redis.log", "--daemonize", "no",
+            "--logfile", "redis.log", "--daemonize", "no", *self.extra_args,
         ]  # fmt: skip
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -222,7 +223,9 @@ class ClusterNode:
 class RedisClusterNodes:
     """A 3-master, 3-replica Redis Cluster on loopback (see the module docstring)."""
 
-    def __init__(self, masters: int = 3, replicas_per_master: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas_per_master: int = 1, *, extra_args: tuple[str, ...] = ()) -> None:
+        """``extra_args``: more redis-server options for every node (``("--cluster-require-full-coverage", "no")``)."""
+        self.extra_args = extra_args
         self.masters = masters
         self.replicas_per_master = replicas_per_master
         self.home = Path(tempfile.mkdtemp(prefix="hotcache-cluster-"))
@@ -248,7 +251,7 @@ class RedisClusterNodes:
     def start(self, timeout: float = START_TIMEOUT) -> RedisClusterNodes:
         total = self.masters * (1 + self.replicas_per_master)
         ports = free_cluster_ports(total)
-        self.nodes = [ClusterNode(port, self.home) for port in ports]
+        self.nodes = [ClusterNode(port, self.home, self.extra_args) for port in ports]
         try:
             for node in self.nodes:
                 node.start()

@@ -1,0 +1,267 @@
+"""Health per node on a real Redis Cluster (issue 18): a dead master sends only its slots' work to the fallbacks,
+the other masters keep serving, and once its replica is promoted its slots return to Redis by themselves;
+MOVED and ASK are followed; CLUSTERDOWN is retried within the call's budget, then counts as that node's state;
+NOSCRIPT on a promoted replica loads the script once."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from unittest import mock
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from hotcache.backends import cluster as cluster_backend
+from hotcache.backends import redis as redis_backend
+from hotcache.backends.health import CLOSED, OPEN, redis_gate
+from hotcache.exceptions import RedisUnavailable
+from tests.support.redis_cluster import RedisClusterNodes
+
+
+def _use(settings: Any, nodes: RedisClusterNodes, **extra: Any) -> None:
+    settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": nodes.url, "REDIS_CLUSTER": True, **extra}
+
+
+def _key_per_master(nodes: RedisClusterNodes, prefix: str) -> dict[int, str]:
+    """One key on each master: {master port: key}."""
+    out: dict[int, str] = {}
+    for i in range(10_000):
+        key = f"{prefix}:nh:{{{i}}}"
+        port = nodes.master_for_slot(key_slot(key.encode())).port
+        out.setdefault(port, key)
+        if len(out) == nodes.masters:
+            return out
+    raise AssertionError("no key found for every master")
+
+
+def _get(key: str) -> Any:
+    return redis_backend.call("status", lambda r: r.get(key))
+
+
+def _replicated(nodes: RedisClusterNodes) -> None:
+    """Every master's writes reached its replica (WAIT), so a promoted replica holds them."""
+    for info in nodes.masters_info():
+        with nodes.node(info.port).client() as c:
+            assert c.execute_command("WAIT", 1, 5000) >= 1
+
+
+def test_a_dead_master_sends_only_its_slots_to_the_fallback(settings, own_redis_cluster, key_prefix):
+    nodes = own_redis_cluster
+    _use(settings, nodes)
+    keys = _key_per_master(nodes, key_prefix)
+    for key in keys.values():
+        redis_backend.call("status", lambda r, k=key: r.set(k, "v", ex=600))
+    _replicated(nodes)
+    dead_port, dead_key = next(iter(keys.items()))
+    dead, replicas = nodes.kill_master(key_slot(dead_key.encode()))
+    assert dead.port == dead_port
+
+    with pytest.raises(RedisUnavailable) as first:
+        _get(dead_key)
+    assert not first.value.gate_open  # it met the dead node itself
+    dead_gate = redis_gate.node(dead.address).snapshot()
+    assert dead_gate.state == OPEN  # a refused connection opens the node's gate at once
+    assert redis_gate.state == CLOSED  # not the cluster's
+
+    served = {port: 0 for port in keys}
+    for _ in range(20):
+        for port, key in keys.items():
+            try:
+                assert _get(key) == b"v"
+                served[port] += 1
+            except RedisUnavailable as exc:
+                assert port == dead_port and exc.gate_open  # turned away by the node's gate: nothing sent
+    assert served == {port: 0 if port == dead_port else 20 for port in keys}
+    snap = redis_gate.snapshot()  # what the reports show: the dead node's gate, named after it
+    assert snap.state == OPEN
+    assert dead.address in snap.name
+    assert snap.reason().startswith(f"Redis node {dead.address} unavailable")
+
+    promoted = nodes.wait_for_promotion(dead, replicas)
+    # The next call turned away by the dead node's gate re-reads the slot table (at most once per second); from
+    # then on the slots go to the promoted replica, whose gate is closed, without waiting for the cool-down.
+    recovered_after = None
+    for attempt in range(1, 5001):
+        try:
+            assert _get(dead_key) == b"v"
+        except RedisUnavailable:
+            continue
+        recovered_after = attempt
+        break
+    assert recovered_after is not None, "the dead master's slots never returned to Redis"
+    client = redis_backend.get_client()
+    assert client.get_node_from_key(dead_key).name == promoted.address
+    assert redis_gate.snapshot().state == CLOSED  # the dead node left the routing table: nothing reported down
+    assert set(redis_gate.node_snapshots()) >= {promoted.address}
+
+
+def test_calls_that_only_reach_live_masters_never_ask_the_dead_ones_gate(settings, own_redis_cluster, key_prefix):
+    """A pipeline over two live masters succeeds while a third is dead; one over the dead one falls back whole."""
+    nodes = own_redis_cluster
+    _use(settings, nodes)
+    keys = _key_per_master(nodes, key_prefix)
+    (dead_port, dead_key), *live = list(keys.items())
+    nodes.kill_master(key_slot(dead_key.encode()))
+
+    def read(names: list[str]) -> Any:
+        def fn(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            for name in names:
+                pipe.get(name)
+            return pipe.execute()
+
+        return redis_backend.call("status", fn)
+
+    assert read([key for _, key in live]) == [None, None]
+    with pytest.raises(RedisUnavailable):
+        read([dead_key, live[0][1]])
+    assert redis_gate.node(f"127.0.0.1:{dead_port}").state == OPEN
+    assert read([key for _, key in live]) == [None, None]
+    assert all(redis_gate.node(f"127.0.0.1:{port}").state == CLOSED for port, _ in live)
+
+
+def test_noscript_on_a_promoted_replica_loads_the_script_once(settings, own_redis_cluster, key_prefix):
+    nodes = own_redis_cluster
+    _use(settings, nodes)
+    key = f"{key_prefix}:nh:{{script}}"
+    lua = _InlineScript("return redis.call('INCR', KEYS[1])")
+    assert redis_backend.call("status", lambda r: lua(r, [key])) == 1
+    _replicated(nodes)
+    dead, replicas = nodes.kill_master(key_slot(key.encode()))
+    nodes.wait_for_promotion(dead, replicas)
+    redis_backend.get_client().nodes_manager.initialize()  # as the first call turned away does (tested above)
+
+    with _sent() as sent:
+        assert redis_backend.call("status", lambda r: lua(r, [key])) == 2  # the replica had the count
+    # NOSCRIPT once, then the body, which the new master caches:
+    assert [n for n in sent if n.startswith("EVAL")] == ["EVALSHA", "EVAL"]
+    with _sent() as sent:
+        assert redis_backend.call("status", lambda r: lua(r, [key])) == 3
+    assert [n for n in sent if n.startswith("EVAL")] == ["EVALSHA"]
+
+
+class _InlineScript(redis_backend.Script):
+    """redis_backend.Script for an inline body (EVALSHA, EVAL once on NOSCRIPT), as the feature scripts run."""
+
+    def __init__(self, source: str) -> None:
+        self.name = "inline"
+        self.body = redis_backend.wrap_lua(source)
+        self.sha = hashlib.sha1(self.body.encode(), usedforsecurity=False).hexdigest()
+
+
+@contextmanager
+def _sent() -> Iterator[list[str]]:
+    """The name of every single command hotcache's connections send meanwhile (cluster nodes' included)."""
+    metered = redis_backend._metered_class(redis.Connection)
+    real = metered.send_command
+    names: list[str] = []
+
+    def send(conn: Any, *args: Any, **kwargs: Any) -> None:
+        names.append(str(args[0]).upper())
+        real(conn, *args, **kwargs)
+
+    with mock.patch.object(metered, "send_command", send):
+        yield names
+
+
+def test_moved_and_ask_are_followed(settings, own_redis_cluster, key_prefix):
+    """A slot migrated by hand: ASK while it moves (a key not yet on the source is served by the target), MOVED once
+    it has moved (the client's stale table is corrected). Every call is answered by Redis; no gate opens."""
+    nodes = own_redis_cluster
+    _use(settings, nodes)
+    key = f"{key_prefix}:nh:{{moving}}"
+    new_key = f"{key_prefix}:nh:{{moving}}:new"
+    slot = key_slot(key.encode())
+    redis_backend.call("status", lambda r: r.set(key, "old", ex=600))
+    view = nodes.topology()
+    source = nodes.master_for_slot(slot)
+    target_info = next(n for n in view if n.role == "master" and n.port != source.port and not n.failed)
+    source_id = next(n.node_id for n in view if n.port == source.port)
+    target = nodes.node(target_info.port)
+    with target.client() as t, source.client() as s:
+        t.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_info.node_id)
+        # ASK: a key the source does not hold, in a migrating slot, is for the target.
+        assert redis_backend.call("status", lambda r: r.set(new_key, "new", ex=600)) is True
+        assert t.execute_command("ASKING") and t.get(new_key) == b"new"
+        s.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", key)
+        assert redis_backend.call("status", lambda r: r.get(key)) == b"old"  # ASK again: the key moved
+        for info in nodes.masters_info():
+            with nodes.node(info.port).client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_info.node_id)
+    client = redis_backend.get_client()
+    assert client.get_node_from_key(key).port == source.port  # the client's table is stale
+    assert redis_backend.call("status", lambda r: r.get(key)) == b"old"  # MOVED, followed
+    assert client.get_node_from_key(key).port == target.port  # and the table corrected
+    assert redis_gate.snapshot().state == CLOSED
+    assert all(s.state == CLOSED and s.opens == 0 for s in redis_gate.node_snapshots().values())
+
+
+def test_clusterdown_is_retried_within_the_budget_then_counts_for_that_node_only(
+    settings, own_redis_cluster, key_prefix, monkeypatch, clock
+):
+    """A node that answers CLUSTERDOWN (here: it no longer serves the key's slot) is asked again every RETRY_PAUSE
+    while the call's budget (REDIS_SOCKET_TIMEOUT) lasts, not after redis-py's 0.25 s sleep and topology refresh;
+    once it answers, the call succeeds; past the budget it is that node's server state, not the cluster's."""
+    nodes = own_redis_cluster
+    _use(settings, nodes, REDIS_SOCKET_TIMEOUT=0.3)
+    key = f"{key_prefix}:nh:{{down}}"
+    slot = key_slot(key.encode())
+    redis_backend.call("status", lambda r: r.set(key, "v", ex=600))
+    owner = nodes.master_for_slot(slot)
+    pauses: list[float] = []
+    heal_after: list[int] = [2]
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        clock.advance(seconds)
+        if len(pauses) == heal_after[0]:
+            with owner.client() as c:
+                c.execute_command("CLUSTER", "ADDSLOTS", slot)
+
+    monkeypatch.setattr(cluster_backend.HotcacheCluster, "_pause", staticmethod(pause))
+    with owner.client() as c:
+        c.execute_command("CLUSTER", "DELSLOTS", slot)  # the owner answers CLUSTERDOWN for it
+    with _sent() as sent:
+        assert _get(key) == b"v"
+    assert pauses == [cluster_backend.RETRY_PAUSE] * 2  # healed during the second pause
+    assert sent == ["GET"] * 3  # asked three times: no topology refresh (CLUSTER SLOTS) between them
+    assert redis_gate.node(owner.address).snapshot().consecutive_failures == 0
+
+    pauses.clear()
+    heal_after[0] = 10_000  # never: the budget runs out
+    with owner.client() as c:
+        c.execute_command("CLUSTER", "DELSLOTS", slot)
+    with pytest.raises(RedisUnavailable) as refused:
+        _get(key)
+    assert refused.value.answered
+    assert len(pauses) in (5, 6)  # 0.3 s of budget, 0.05 s apart (float steps): never redis-py's 0.25 s sleep
+    node = redis_gate.node(owner.address).snapshot()
+    assert node.consecutive_failures == 1 and "CLUSTERDOWN" in node.last_error
+    assert redis_gate.state == CLOSED
+    with owner.client() as c:
+        c.execute_command("CLUSTER", "ADDSLOTS", slot)
+    assert _get(key) == b"v"
+
+
+def test_a_node_gate_lets_exactly_one_probe_through_after_its_cooldown(settings, own_redis_cluster, key_prefix, clock):
+    nodes = own_redis_cluster
+    _use(settings, nodes, HEALTH_COOLDOWN=5.0)
+    keys = _key_per_master(nodes, key_prefix)
+    dead_port, dead_key = next(iter(keys.items()))
+    nodes.node(dead_port).kill()  # no replica takes over in this test's time: the clock is frozen
+    with pytest.raises(RedisUnavailable):
+        _get(dead_key)
+    gate = redis_gate.node(f"127.0.0.1:{dead_port}")
+    with pytest.raises(RedisUnavailable) as turned_away:
+        _get(dead_key)
+    assert turned_away.value.gate_open
+    clock.advance(5.0)
+    with pytest.raises(RedisUnavailable) as probe:
+        _get(dead_key)
+    assert not probe.value.gate_open  # the probe went to the node (refused again)
+    assert gate.state == OPEN and gate.snapshot().opens == 1  # a failed probe re-opens, not a new opening
