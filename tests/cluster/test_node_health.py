@@ -13,11 +13,12 @@ from unittest import mock
 
 import pytest
 import redis
+import redis.cluster
 from redis.crc import key_slot
 
 from hotcache.backends import cluster as cluster_backend
 from hotcache.backends import redis as redis_backend
-from hotcache.backends.health import CLOSED, OPEN, redis_gate
+from hotcache.backends.health import CLOSED, OPEN, HealthGate, redis_gate
 from hotcache.exceptions import RedisUnavailable
 from tests.support.redis_cluster import RedisClusterNodes
 
@@ -265,3 +266,90 @@ def test_a_node_gate_lets_exactly_one_probe_through_after_its_cooldown(settings,
         _get(dead_key)
     assert not probe.value.gate_open  # the probe went to the node (refused again)
     assert gate.state == OPEN and gate.snapshot().opens == 1  # a failed probe re-opens, not a new opening
+
+
+@pytest.fixture(params=["full-coverage-yes", "full-coverage-no"])
+def stream_cluster(request: pytest.FixtureRequest) -> Iterator[RedisClusterNodes]:
+    """A cluster of the test's own, with redis-server's default ``cluster-require-full-coverage yes`` (every node
+    answers CLUSTERDOWN while a dead master's slots wait for its replica) or ``no`` (the others keep serving)."""
+    extra = ("--cluster-require-full-coverage", "no") if request.param.endswith("no") else ()
+    nodes = RedisClusterNodes(extra_args=extra)
+    nodes.start()
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def test_a_master_killed_under_a_stream_of_calls(settings, stream_cluster, key_prefix, request, monkeypatch):
+    """INCR on one key per master, round after round; one master is SIGKILLed after 50 rounds. The other masters'
+    calls stay on Redis (all of them with full coverage off; with it on, the nodes refuse every key with CLUSTERDOWN
+    for the moment between the dead master's FAIL and its replica's promotion); the dead master's calls fall back;
+    after the promotion its slots return to Redis by themselves. The figures are printed (run with -s)."""
+    import json
+    import time
+
+    nodes = stream_cluster
+    _use(settings, nodes)
+    retries: list[float] = []  # CLUSTERDOWN / TRYAGAIN refusals asked again within the call's budget
+    real_pause = cluster_backend.HotcacheCluster._pause
+    monkeypatch.setattr(
+        cluster_backend.HotcacheCluster, "_pause", staticmethod(lambda s: (retries.append(s), real_pause(s)))
+    )
+    keys = _key_per_master(nodes, key_prefix)
+    dead_port, dead_key = next(iter(keys.items()))
+    served = dict.fromkeys(keys, 0)
+    fell_back = dict.fromkeys(keys, 0)
+    turned_away = 0
+    killed_at = recovered_at = rerouted_at = None
+    in_a_row = rounds = 0
+    deadline = time.monotonic() + 120
+    while in_a_row < 50:
+        assert time.monotonic() < deadline, f"no recovery: served {served}, fell back {fell_back}"
+        rounds += 1
+        if rounds == 51:
+            killed_at = time.monotonic()
+            nodes.node(dead_port).kill()
+        for port, key in keys.items():
+            try:
+                redis_backend.call("status", lambda r, k=key: r.incr(k))
+            except RedisUnavailable as exc:
+                fell_back[port] += 1
+                turned_away += exc.gate_open
+                if port == dead_port:
+                    in_a_row = 0
+                continue
+            served[port] += 1
+            if rerouted_at is None and killed_at is not None:
+                if redis_backend.get_client().get_node_from_key(dead_key).port != dead_port:
+                    rerouted_at = time.monotonic()  # the client's slot table names the promoted replica
+            if port == dead_port and killed_at is not None:
+                recovered_at = recovered_at or time.monotonic()
+                in_a_row += 1
+    assert killed_at is not None and recovered_at is not None and rerouted_at is not None
+    live = [p for p in keys if p != dead_port]
+    raw = redis.cluster.RedisCluster.from_url(nodes.url)
+    try:
+        for port in live:  # every INCR Redis acknowledged on a live master is there: nothing lost, none twice
+            assert int(raw.get(keys[port])) == served[port]
+    finally:
+        raw.close()
+    figures = {
+        "config": request.node.callspec.params["stream_cluster"],
+        "rounds": rounds,
+        "live_masters_served": sum(served[p] for p in live),
+        "live_masters_fell_back": sum(fell_back[p] for p in live),
+        "dead_master_served": served[dead_port],
+        "dead_master_fell_back": fell_back[dead_port],
+        "turned_away_by_a_gate": turned_away,
+        "clusterdown_retries": len(retries),
+        "rerouted_after_seconds": round(rerouted_at - killed_at, 2),
+        "recovery_seconds": round(recovered_at - killed_at, 2),
+        "gate_opens": redis_gate.snapshot().opens,
+        "process_gate_opens": HealthGate.snapshot(redis_gate).opens,
+    }
+    print("stream figures:", json.dumps(figures))
+    assert fell_back[dead_port] > 0
+    if figures["config"] == "full-coverage-no":
+        assert figures["live_masters_fell_back"] == 0
+    assert redis_gate.state == CLOSED
