@@ -340,8 +340,12 @@ def build(
     connect_timeout: float,
     metered_class: Callable[[type], type],
     max_connections: int = 50,
+    address_remap: Callable[[tuple[str, int]], tuple[str, int]] | None = None,
 ) -> RedisCluster:
-    """hotcache's cluster client for ``url`` (any node of the cluster; the others are discovered)."""
+    """hotcache's cluster client for ``url`` (any node of the cluster; the others are discovered).
+
+    ``address_remap`` (redis-py's): where to connect for a node the cluster announces (host, port), e.g. behind a
+    NAT or a proxy per node; the tests' ClusterProxies use it to take nodes down for hotcache only."""
     client = HotcacheCluster(
         url=url,
         connection_pool_class=_metered_pool_class(metered_class),
@@ -356,6 +360,7 @@ def build(
         # A slot no node serves fails the calls for that slot only, not the client.
         require_full_coverage=False,
         policy_resolver=_ScriptsByTheirKeys(),
+        address_remap=address_remap,
     )
     redis_gate.watch_members(client.primary_addresses)
     return client

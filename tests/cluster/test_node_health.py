@@ -353,3 +353,37 @@ def test_a_master_killed_under_a_stream_of_calls(settings, stream_cluster, key_p
     if figures["config"] == "full-coverage-no":
         assert figures["live_masters_fell_back"] == 0
     assert redis_gate.state == CLOSED
+
+
+def test_cluster_proxies_take_one_node_or_the_whole_cluster_down_for_hotcache(
+    settings, redis_cluster, key_prefix, monkeypatch, clock
+):
+    """The feature suites' redis_proxy on the cluster target: down(port) is a dead master without a failover
+    (only its slots fall back), down() the whole cluster gone; up() and the cool-down bring Redis back."""
+    from tests.support.redis_cluster import ClusterProxies
+
+    proxies = ClusterProxies(redis_cluster)
+    proxies.install(monkeypatch)
+    settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": proxies.url, "REDIS_CLUSTER": True, "HEALTH_COOLDOWN": 5.0}
+    try:
+        keys = _key_per_master(redis_cluster, key_prefix)
+        for key in keys.values():
+            assert redis_backend.call("status", lambda r, k=key: r.set(k, "v", ex=600))
+        dead_port = next(iter(keys))
+        proxies.down(dead_port)
+        outcomes = {}
+        for port, key in keys.items():
+            try:
+                outcomes[port] = _get(key)
+            except RedisUnavailable:
+                outcomes[port] = "fallback"
+        assert outcomes == {p: "fallback" if p == dead_port else b"v" for p in keys}
+        proxies.down()
+        for key in keys.values():
+            with pytest.raises(RedisUnavailable):
+                _get(key)
+        proxies.up()
+        clock.advance(5.0)
+        assert [_get(key) for key in keys.values()] == [b"v"] * len(keys)
+    finally:
+        proxies.close()

@@ -36,6 +36,7 @@ import redis
 __all__ = [
     "CLUSTER_URL_ENV",
     "ClusterNode",
+    "ClusterProxies",
     "ClusterStartError",
     "NodeInfo",
     "RedisClusterNodes",
@@ -388,6 +389,54 @@ class RedisClusterNodes:
         node.start()
         _poll(lambda: node.answers() or not node.alive, f"redis-server on port {node.port}", timeout)
         self.wait_until_ok(timeout=timeout)
+
+
+class ClusterProxies:
+    """A loopback proxy (hotcache.testing.RedisProxy) in front of every node of a cluster, for hotcache's client only:
+    the nodes keep talking to each other, so no failover starts. ``down()`` drops every connection through the
+    proxies and refuses new ones (the whole cluster gone, as ``redis_proxy.down()`` for one server), ``down(port)``
+    one node only (a dead master without a failover); ``up()`` reopens. hotcache reaches the nodes through them by
+    ``remap`` (redis-py's ``address_remap``, given to hotcache.backends.cluster.build by ``install``)."""
+
+    def __init__(self, cluster: RedisClusterNodes) -> None:
+        from hotcache.testing import RedisProxy
+
+        self.cluster = cluster
+        self.proxies = {n.port: RedisProxy(f"redis://127.0.0.1:{n.port}/0") for n in cluster.live_nodes()}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{next(iter(self.proxies.values())).port}/0"
+
+    def remap(self, address: tuple[str, int]) -> tuple[str, int]:
+        proxy = self.proxies.get(int(address[1]))
+        return ("127.0.0.1", proxy.port) if proxy is not None else address
+
+    def install(self, monkeypatch: Any) -> None:
+        """Make hotcache's cluster client connect through the proxies (patches cluster.build for this test)."""
+        import functools
+
+        from hotcache.backends import cluster as cluster_backend
+
+        remapped = functools.partial(cluster_backend.build, address_remap=self.remap)
+        monkeypatch.setattr(cluster_backend, "build", remapped)
+
+    @property
+    def is_up(self) -> bool:
+        return all(p.is_up for p in self.proxies.values())
+
+    def down(self, port: int | None = None) -> None:
+        for node_port, proxy in self.proxies.items():
+            if port is None or node_port == port:
+                proxy.down()
+
+    def up(self, port: int | None = None) -> None:
+        for node_port, proxy in self.proxies.items():
+            if port is None or node_port == port:
+                proxy.up()
+
+    def close(self) -> None:
+        self.down()
 
 
 def main() -> None:
