@@ -70,6 +70,7 @@ __all__ = [
     "build",
     "describe",
     "end_calls",
+    "node_commands",
     "single_server_on_cluster",
     "url_problems",
 ]
@@ -80,6 +81,19 @@ RETRY_PAUSE = 0.05  # seconds between attempts of a command refused with CLUSTER
 REFRESH_INTERVAL = 1.0  # seconds: at most one slot-table refresh this often, asked by calls a node's gate turned away
 
 _ANSWERED = "answered"
+_sent_lock = threading.Lock()
+_sent_per_node: dict[str, int] = {}  # commands this process sent to each node (metered, per address)
+
+
+def node_commands() -> dict[str, int]:
+    """Commands this process sent to each cluster node since it started (the meter's count, split by node)."""
+    with _sent_lock:
+        return dict(_sent_per_node)
+
+
+def _count_sent(address: str, n: int) -> None:
+    with _sent_lock:
+        _sent_per_node[address] = _sent_per_node.get(address, 0) + n
 _calls = threading.local()  # .current: the NodeCalls of the call() running on this thread, if any
 
 
@@ -186,6 +200,15 @@ def _node_connection_class(base: type) -> type:
             except BaseException as exc:
                 _note(self._address(), exc)
                 raise
+
+        def send_command(self, *args: Any, **kwargs: Any) -> Any:
+            _count_sent(self._address(), 1)
+            return super().send_command(*args, **kwargs)
+
+        def pack_commands(self, commands: Any) -> Any:
+            commands = list(commands)
+            _count_sent(self._address(), len(commands))
+            return super().pack_commands(commands)
 
         def send_packed_command(self, *args: Any, **kwargs: Any) -> Any:
             try:

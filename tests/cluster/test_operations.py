@@ -157,3 +157,58 @@ def test_ratelimit_check_names_redis_url_when_the_cluster_is_unreachable(setting
     }
     with pytest.raises(CommandError, match=r"unreachable.*HOTCACHE\['REDIS_URL'\]"):
         call_command("ratelimit_check", "--rate", "3/m", stdout=io.StringIO())
+
+
+def test_a_celery_broker_on_the_cluster_is_a_warning_naming_the_fix(settings, hotcache_config):
+    from hotcache.checks.redis_target import check_celery_broker_on_cluster
+
+    hotcache_config(REDIS_URL="redis://10.0.0.5:7000/0", REDIS_CLUSTER=True)
+    settings.CELERY_BROKER_URL = "redis://:secret@10.0.0.5:7000/0"
+    [warning] = check_celery_broker_on_cluster()
+    assert warning.id == "hotcache.W121"
+    assert "MOVED" in warning.msg and "secret" not in warning.msg
+    assert "plain Redis" in warning.hint and "RabbitMQ" in warning.hint
+    settings.CELERY_BROKER_URL = "redis://10.0.0.9:6379/0"  # a Redis of its own
+    assert check_celery_broker_on_cluster() == []
+    settings.CELERY_BROKER_URL = "amqp://guest@rabbit//"
+    assert check_celery_broker_on_cluster() == []
+    hotcache_config(REDIS_URL="redis://10.0.0.5:7000/0", REDIS_CLUSTER=False)  # one server: W100's business
+    settings.CELERY_BROKER_URL = "redis://10.0.0.5:7000/0"
+    assert check_celery_broker_on_cluster() == []
+    hotcache_config(REDIS_URL="redis://10.0.0.5:7000/0", REDIS_CLUSTER=True)
+    assert "hotcache.W121" in _ids(django_checks.run_checks())  # registered with Django's checks
+
+
+def test_the_overview_shows_memory_and_commands_per_master_and_summed(settings, redis_cluster, monkeypatch, key_prefix):
+    """INFO is refused in a cluster pipeline and answers for one node: the overview asks every master (one round
+    trip each) and sums; a master that does not answer is named, its gate shown, the others still counted."""
+    from hotcache.backends import redis as redis_backend
+    from hotcache.reports import overview, status_report
+    from tests.support.redis_cluster import ClusterProxies
+
+    proxies = ClusterProxies(redis_cluster)
+    proxies.install(monkeypatch)
+    settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": proxies.url, "REDIS_CLUSTER": True}
+    try:
+        for i in range(30):
+            redis_backend.call("status", lambda r, i=i: r.set(f"{key_prefix}:ov:{i}", 1, ex=60))
+        ov = overview()
+        assert len(ov.redis_nodes) == 3
+        assert all(n.used_memory and n.server_billed and n.gate == "closed" for n in ov.redis_nodes)
+        assert ov.memory.value == sum(n.used_memory for n in ov.redis_nodes)
+        assert ov.server_commands.billed == sum(n.server_billed for n in ov.redis_nodes)
+        assert all(n.commands_sent > 0 for n in ov.redis_nodes)  # this process's SETs reached every master
+        text = "\n".join(status_report().lines)
+        assert "Redis Cluster masters" in text and all(n.address in text for n in ov.redis_nodes)
+        assert json.loads(status_report(as_json=True).lines[0])["redis_nodes"][0]["address"]
+
+        down = ov.redis_nodes[0].address
+        proxies.down(int(down.rsplit(":", 1)[1]))
+        ov = overview()
+        by_address = {n.address: n for n in ov.redis_nodes}
+        assert by_address[down].used_memory is None and by_address[down].gate == "open"
+        assert ov.memory.value == sum(n.used_memory or 0 for n in ov.redis_nodes)
+        assert down in ov.memory.note
+        assert ov.gate.state == "open" and down in ov.gate.name  # the summary names the node
+    finally:
+        proxies.close()

@@ -426,13 +426,14 @@ class ClusterProxies:
         return all(p.is_up for p in self.proxies.values())
 
     def down(self, port: int | None = None) -> None:
+        """Every node, or the one at ``port`` (the node's own port, or its proxy's: what hotcache sees)."""
         for node_port, proxy in self.proxies.items():
-            if port is None or node_port == port:
+            if port is None or port in (node_port, proxy.port):
                 proxy.down()
 
     def up(self, port: int | None = None) -> None:
         for node_port, proxy in self.proxies.items():
-            if port is None or node_port == port:
+            if port is None or port in (node_port, proxy.port):
                 proxy.up()
 
     def close(self) -> None:
