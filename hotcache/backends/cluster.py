@@ -71,6 +71,7 @@ __all__ = [
     "describe",
     "end_calls",
     "node_commands",
+    "per_master",
     "single_server_on_cluster",
     "url_problems",
 ]
@@ -389,6 +390,15 @@ def build(
     return client
 
 
+def per_master(client: RedisCluster, read: Callable[[redis.Redis], Any]) -> dict[str, Any]:
+    """``read(node_client)`` for every master the client routes to, by address: for what answers per node (INFO).
+    Run each through ``call()`` of its own when the node's gate should judge it (the overview does)."""
+    out: dict[str, Any] = {}
+    for node in client.get_primaries():
+        out[node.name] = read(client.get_redis_connection(node))
+    return out
+
+
 def close(client: Any) -> None:
     """Close every node's pool (RedisCluster) or the pool (Redis)."""
     if isinstance(client, RedisCluster):
@@ -509,7 +519,7 @@ def _probe(client: RedisCluster, node: NodeReport, samples: int) -> None:
             start = time.perf_counter()
             conn.ping()
             timings.append((time.perf_counter() - start) * 1000)
-    except (RedisError, RedisClusterException, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError, NodeGateOpen) as exc:
         node.ok, node.error = False, f"{type(exc).__name__}: {exc}"
         return
     finally:

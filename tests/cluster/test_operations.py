@@ -212,3 +212,18 @@ def test_the_overview_shows_memory_and_commands_per_master_and_summed(settings, 
         assert ov.gate.state == "open" and down in ov.gate.name  # the summary names the node
     finally:
         proxies.close()
+
+
+def test_hotcache_check_reads_the_eviction_policy_of_every_master(cluster_redis):
+    """Each master has its own maxmemory-policy: one that evicts is named, not hidden behind the others."""
+    master = cluster_redis.masters_info()[-1]
+    with cluster_redis.node(master.port).client() as c:
+        c.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            report = check_connections(samples=1)
+        finally:
+            c.config_set("maxmemory-policy", "noeviction")
+    eviction = report["redis"]["eviction"]
+    assert not eviction["ok"]
+    assert eviction["maxmemory_policy"] == f"allkeys-lru (on {master.address})"
+    assert check_connections(samples=1)["redis"]["eviction"]["ok"]
