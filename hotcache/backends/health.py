@@ -1,4 +1,4 @@
-"""The health gate (circuit breaker) in front of Redis, one per process.
+"""The health gate (circuit breaker) in front of Redis, one per process and one per node of a Redis Cluster.
 
 closed  -> every call goes to Redis. A refused/reset connection or a provider's quota error opens the
            gate at once; timeouts open it after HEALTH_FAILURE_THRESHOLD in a row; server-state errors
