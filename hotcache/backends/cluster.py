@@ -158,6 +158,7 @@ class NodeCalls:
             if isinstance(outcome, BaseException):
                 gate.judge(outcome, errors.classify(outcome), report=False)
                 blamed = True
+        self.allowed, self.past = {}, {}  # settled once: a second settle() judges nothing twice
         return blamed
 
     def abandon(self) -> None:

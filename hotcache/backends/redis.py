@@ -204,12 +204,12 @@ def _budget() -> float:
 
 def _node_rejected(feature: str, exc: errors.NodeGateOpen, nodes: Any, client: Any) -> RedisUnavailable:
     """A cluster node's gate turned the call away (nothing was sent to that node)."""
-    if nodes is not None:
-        nodes.settle(failed=True)  # the nodes reached before it
-    metering.event(feature, "gate_rejected")
     refresh = getattr(client, "refresh_slots", None)
     if refresh is not None:
         refresh()  # a replica may have taken over the node's slots: route them to it from now on
+    if nodes is not None:
+        nodes.settle(failed=True)  # the nodes reached before it and by the refresh (never a probe left hanging)
+    metering.event(feature, "gate_rejected")
     return RedisUnavailable(f"redis node {exc.address}: health gate is open", gate_open=True)
 
 
@@ -228,11 +228,13 @@ def _failed(feature: str, exc: BaseException, *, report: bool = True, nodes: Any
     to send and touches no gate: the slot table is refreshed instead.
     """
     verdict = errors.classify(exc)
-    node_failed = nodes.settle(failed=True) if nodes is not None else False
     if isinstance(exc, SlotNotCoveredError):
         refresh = getattr(get_client(), "refresh_slots", None)
         if refresh is not None:
-            refresh()
+            refresh()  # before settle(): the nodes it reaches get their verdicts too
+    node_failed = nodes.settle(failed=True) if nodes is not None else False
+    if isinstance(exc, SlotNotCoveredError):
+        pass
     elif node_failed and not isinstance(exc, RedisClusterException):
         pass  # the node's gate has it
     elif not report or verdict.kind != errors.CALL:

@@ -64,10 +64,12 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"unknown feature(s) {unknown}; choose from {list(groups)}")
         caches = dict(settings.CACHES)
-        if options["redis_url"]:
+        hot = {**hotcache_settings.user_settings, "KEY_PREFIX": BENCH_PREFIX, "MONGO_DATABASE": "hotcache_bench"}
+        if options["redis_url"] and hotcache_settings.REDIS_URL:
+            hot["REDIS_URL"] = options["redis_url"]  # hotcache's own Redis (a cluster node with REDIS_CLUSTER)
+        elif options["redis_url"]:
             alias = hotcache_settings.REDIS_ALIAS
             caches[alias] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": options["redis_url"]}
-        hot = {**hotcache_settings.user_settings, "KEY_PREFIX": BENCH_PREFIX, "MONGO_DATABASE": "hotcache_bench"}
         report: dict[str, Any] = {}
         with override_settings(CACHES=caches, HOTCACHE=hot):
             try:
