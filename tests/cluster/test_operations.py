@@ -188,7 +188,9 @@ def test_the_overview_shows_memory_and_commands_per_master_and_summed(settings, 
 
     proxies = ClusterProxies(redis_cluster)
     proxies.install(monkeypatch)
-    settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": proxies.url, "REDIS_CLUSTER": True}
+    # A generous timeout: the proxies are Python threads on a machine the other suites load too.
+    hot = {"REDIS_URL": proxies.url, "REDIS_CLUSTER": True, "REDIS_SOCKET_TIMEOUT": 5.0}
+    settings.HOTCACHE = {**settings.HOTCACHE, **hot}
     try:
         for i in range(30):
             redis_backend.call("status", lambda r, i=i: r.set(f"{key_prefix}:ov:{i}", 1, ex=60))
