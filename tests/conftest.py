@@ -163,10 +163,21 @@ def redis_proxy(settings: Any, request: pytest.FixtureRequest) -> Iterator[Redis
 
 
 @pytest.fixture
-def lost_reply_proxy(settings: Any, redis_url: str) -> Iterator[Any]:
+def lost_reply_proxy(settings: Any, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """hotcache talks to the real Redis through a LostReplyProxy: ``arm(needle, "apply" | "drop", ...)``
-    makes chosen commands lose their reply (see tests/support/lost_reply.py)."""
+    makes chosen commands lose their reply (see tests/support/lost_reply.py). On the cluster
+    (HOTCACHE_TEST_REDIS_TARGET=cluster): one in front of every node, armed together (ClusterLostReplyProxies)."""
     from tests.support.lost_reply import LostReplyProxy
+
+    if on_cluster():
+        from tests.support.redis_cluster import ClusterLostReplyProxies
+
+        proxies = ClusterLostReplyProxies(request.getfixturevalue("redis_cluster"))
+        proxies.install(request.getfixturevalue("monkeypatch"))
+        settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": proxies.url, "REDIS_CLUSTER": True}
+        yield proxies
+        proxies.close()
+        return
 
     proxy = LostReplyProxy(redis_url)
     settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": proxy.url}}

@@ -35,6 +35,7 @@ import redis
 
 __all__ = [
     "CLUSTER_URL_ENV",
+    "ClusterLostReplyProxies",
     "ClusterNode",
     "ClusterProxies",
     "ClusterStartError",
@@ -438,6 +439,60 @@ class ClusterProxies:
 
     def close(self) -> None:
         self.down()
+
+
+class ClusterLostReplyProxies:
+    """tests.support.lost_reply.LostReplyProxy for a cluster: one in front of every node, armed together (the next
+    commands containing ``needle`` lose their reply on whichever node receives them; ``lost`` and ``faults`` count
+    across nodes). hotcache reaches the nodes through them as with ClusterProxies (``install``)."""
+
+    def __init__(self, cluster: RedisClusterNodes) -> None:
+        from tests.support.lost_reply import LostReplyProxy
+
+        self._lock = threading.Lock()
+        self._needle = b""
+        self._modes: list[str] = []
+        self.lost: list[str] = []  # modes used so far, in order, on any node
+        self.proxies: dict[int, Any] = {}
+        for node in cluster.live_nodes():
+            proxy = LostReplyProxy(f"redis://127.0.0.1:{node.port}/0")
+            proxy._take = self._take  # every node's proxy takes from the one armed list
+            self.proxies[node.port] = proxy
+
+    @property
+    def url(self) -> str:
+        return str(next(iter(self.proxies.values())).url)
+
+    def remap(self, address: tuple[str, int]) -> tuple[str, int]:
+        proxy = self.proxies.get(int(address[1]))
+        if proxy is None:
+            return address
+        return ("127.0.0.1", int(proxy.url.rsplit(":", 1)[1].split("/", 1)[0]))
+
+    install = ClusterProxies.install
+
+    def arm(self, needle: bytes, *modes: str, together: int = 1) -> None:
+        barrier = threading.Barrier(together) if together > 1 else None
+        with self._lock:
+            self._needle, self._modes = needle, list(modes)
+            for proxy in self.proxies.values():
+                proxy._barrier = barrier
+
+    @property
+    def faults(self) -> int:
+        return len(self.lost)
+
+    def _take(self, data: bytes) -> str | None:
+        with self._lock:
+            if self._modes and self._needle and self._needle in data:
+                mode = self._modes.pop(0)
+                self.lost.append(mode)
+                return mode
+        return None
+
+    def close(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.close()
 
 
 def main() -> None:
