@@ -58,6 +58,7 @@ from hotcache import clock
 from hotcache.backends import errors
 from hotcache.backends.errors import ClusterStateRefusal, NodeGateOpen
 from hotcache.backends.health import HealthGate, redis_gate
+from hotcache.conf import hotcache_settings
 
 __all__ = [
     "REFRESH_INTERVAL",
@@ -167,11 +168,13 @@ class NodeCalls:
             gate.abandon()
 
 
-def begin_calls(client: Any, *, deletion: bool, budget: float) -> NodeCalls | None:
-    """Make a NodeCalls current for this thread when ``client`` is a cluster client (None otherwise)."""
+def begin_calls(client: Any, *, deletion: bool) -> NodeCalls | None:
+    """Make a NodeCalls current for this thread when ``client`` is a cluster client (None otherwise: a single
+    server costs one isinstance). Its budget for CLUSTERDOWN / TRYAGAIN retries is REDIS_SOCKET_TIMEOUT, what
+    the call would wait for a reply anyway."""
     if not isinstance(client, RedisCluster):
         return None
-    calls = NodeCalls(deletion=deletion, budget=budget)
+    calls = NodeCalls(deletion=deletion, budget=float(hotcache_settings.REDIS_SOCKET_TIMEOUT))
     calls.previous = getattr(_calls, "current", None)
     _calls.current = calls
     return calls

@@ -170,7 +170,7 @@ def call(feature: str, fn: Callable[[redis.Redis], T], *, deletion: bool = False
     try:
         with metering.feature(feature):
             client = get_client()
-            nodes = cluster.begin_calls(client, deletion=deletion, budget=_budget())
+            nodes = cluster.begin_calls(client, deletion=deletion)
             result = fn(client)
     except errors.NodeGateOpen as exc:
         raise _node_rejected(feature, exc, nodes, client) from None
@@ -194,12 +194,6 @@ def call(feature: str, fn: Callable[[redis.Redis], T], *, deletion: bool = False
     if hook is not None:
         hook()
     return result
-
-
-def _budget() -> float:
-    """How long a cluster call may keep retrying a CLUSTERDOWN / TRYAGAIN refusal: the socket timeout it would
-    wait for a reply anyway."""
-    return float(hotcache_settings.REDIS_SOCKET_TIMEOUT)
 
 
 def _node_rejected(feature: str, exc: errors.NodeGateOpen, nodes: Any, client: Any) -> RedisUnavailable:
