@@ -282,10 +282,11 @@ def _cluster_info(redis_ok: bool) -> tuple[dict[str, Any], list[RedisNode]]:
     """INFO memory, commandstats and server from every master of the cluster (one round trip each, through that
     node's gate: a cluster pipeline refuses INFO, and INFO answers for one node), summed, and each node's figures.
 
-    The sums count the nodes that answered; a node that did not is named in the memory gauge's note.
+    The sums count the nodes that answered; a node that did not is named in the memory gauge's note. Asked even
+    when the meter could not be read (``redis_ok`` False): its keys may live on the one master that is down.
     """
-    if not redis_ok:
-        return {"unavailable": True}, []
+    del redis_ok  # each master's own gate decides
+
     def masters(r: Any) -> list[str]:
         return sorted(n.name for n in r.get_primaries())
 
@@ -354,7 +355,7 @@ def _memory(warn: float, redis_ok: bool, info: dict[str, Any]) -> Gauge:
     used: int | None = None
     note = ""
     memory = info.get("memory")
-    if not redis_ok or info.get("unavailable"):
+    if info.get("unavailable") or (not redis_ok and memory is None):
         note = "Redis unavailable"
     elif memory is None:
         # A server without INFO (fakeredis, some proxies) still serves hotcache; memory is just unknown.
