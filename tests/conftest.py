@@ -148,8 +148,20 @@ def fake_redis(settings: Any) -> Iterator[None]:
 
 
 @pytest.fixture
-def redis_proxy(settings: Any) -> Iterator[RedisProxy]:
-    """hotcache talks to the real Redis through a proxy the test can take down (.down()) and bring back (.up())."""
+def redis_proxy(settings: Any, request: pytest.FixtureRequest) -> Iterator[RedisProxy]:
+    """hotcache talks to the real Redis through a proxy the test can take down (.down()) and bring back (.up()).
+
+    On the cluster (HOTCACHE_TEST_REDIS_TARGET=cluster): a proxy in front of every node of the session's cluster
+    (tests.support.redis_cluster.ClusterProxies), with the same down() / up()."""
+    if on_cluster():
+        from tests.support.redis_cluster import ClusterProxies
+
+        proxies = ClusterProxies(request.getfixturevalue("redis_cluster"))
+        proxies.install(request.getfixturevalue("monkeypatch"))
+        settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": proxies.url, "REDIS_CLUSTER": True}
+        yield proxies  # type: ignore[misc]
+        proxies.close()
+        return
     proxy = RedisProxy(_redis_url())
     caches = dict(settings.CACHES)
     caches["default"] = {**caches["default"], "LOCATION": proxy.url}
@@ -159,10 +171,21 @@ def redis_proxy(settings: Any) -> Iterator[RedisProxy]:
 
 
 @pytest.fixture
-def lost_reply_proxy(settings: Any, redis_url: str) -> Iterator[Any]:
+def lost_reply_proxy(settings: Any, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """hotcache talks to the real Redis through a LostReplyProxy: ``arm(needle, "apply" | "drop", ...)``
-    makes chosen commands lose their reply (see tests/support/lost_reply.py)."""
+    makes chosen commands lose their reply (see tests/support/lost_reply.py). On the cluster
+    (HOTCACHE_TEST_REDIS_TARGET=cluster): one in front of every node, armed together (ClusterLostReplyProxies)."""
     from tests.support.lost_reply import LostReplyProxy
+
+    if on_cluster():
+        from tests.support.redis_cluster import ClusterLostReplyProxies
+
+        proxies = ClusterLostReplyProxies(request.getfixturevalue("redis_cluster"))
+        proxies.install(request.getfixturevalue("monkeypatch"))
+        settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": proxies.url, "REDIS_CLUSTER": True}
+        yield proxies
+        proxies.close()
+        return
 
     proxy = LostReplyProxy(redis_url)
     settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": proxy.url}}
@@ -180,8 +203,11 @@ def _closed_port() -> int:
 
 @pytest.fixture
 def redis_down(settings: Any) -> int:
-    """hotcache's Redis alias points at a closed local port: every connection is refused."""
+    """hotcache's Redis alias points at a closed local port: every connection is refused. On the cluster
+    (HOTCACHE_TEST_REDIS_TARGET=cluster) HOTCACHE['REDIS_URL'] does: no node of the "cluster" answers."""
     port = _closed_port()
+    if on_cluster():
+        settings.HOTCACHE = {**settings.HOTCACHE, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_CLUSTER": True}
     caches = dict(settings.CACHES)
     caches["default"] = {**caches["default"], "LOCATION": f"redis://127.0.0.1:{port}/0"}
     settings.CACHES = caches

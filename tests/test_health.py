@@ -214,3 +214,41 @@ def test_a_deletion_does_not_pass_a_gate_opened_by_an_unreachable_redis(redis_do
     with pytest.raises(RedisUnavailable) as rejected:
         redis_backend.call("test", lambda r: r.delete("k"), deletion=True)
     assert rejected.value.gate_open and len(connect_attempts) == 1
+
+
+def test_node_gates_are_independent_and_the_snapshot_names_the_node_that_is_down(clock):
+    """On a cluster each node has a gate (backends.cluster asks it): one node's failure leaves the others and the
+    process gate closed; the reports' snapshot shows that node, and opens count every gate (MFA's marker)."""
+    from hotcache.backends.health import RedisGate
+
+    gates = RedisGate("redis")
+    a, b = gates.node("10.0.0.1:7000"), gates.node("10.0.0.2:7000")
+    assert gates.node("10.0.0.1:7000") is a
+    a.failure(ConnectionRefusedError("refused"), immediate=True)
+    assert (a.state, b.state, gates.state) == (OPEN, CLOSED, CLOSED)
+    assert gates.allow() and b.allow() and not a.allow()
+    snap = gates.snapshot()
+    assert (snap.state, snap.opens, snap.rejected) == (OPEN, 1, 1)
+    assert snap.reason().startswith("Redis node 10.0.0.1:7000 unavailable (ConnectionRefusedError: refused)")
+    assert snap.retry_at is not None
+    b.failure(ConnectionRefusedError("refused"), immediate=True)
+    assert gates.snapshot().name == "redis nodes 10.0.0.1:7000, 10.0.0.2:7000"
+    # A node that left the routing table (a dead master whose replica took over) is no longer reported down.
+    gates.watch_members(lambda: {"10.0.0.2:7000", "10.0.0.3:7000"})
+    assert set(gates.node_snapshots()) == {"10.0.0.2:7000"}
+    assert gates.snapshot().name == "redis node 10.0.0.2:7000"
+    clock.advance(60)
+    assert b.allow()  # the node's probe
+    b.success()
+    snap = gates.snapshot()
+    assert (snap.state, snap.opens, snap.recoveries) == (CLOSED, 2, 1)
+    gates.reset()
+    assert gates.node_snapshots() == {} and gates.snapshot().opens == 0
+
+
+def test_a_single_server_snapshot_is_the_gate_itself(redis_down, clock):
+    with pytest.raises(RedisUnavailable):
+        redis_backend.call("status", lambda r: r.ping())
+    assert redis_gate.node_snapshots() == {}
+    snap = redis_gate.snapshot()
+    assert (snap.name, snap.state, snap.opens) == ("redis", OPEN, 1)

@@ -368,6 +368,9 @@ def _failures(scenarios: list[Scenario], ctx: DemoContext) -> list[str]:
 
 
 def _describe_redis() -> str:
+    if hotcache_settings.REDIS_URL:  # hotcache's own Redis (a cluster: HOTCACHE['REDIS_CLUSTER'])
+        where = str(hotcache_settings.REDIS_URL).rsplit("@", 1)[-1]
+        return f"{where} (Redis Cluster)" if hotcache_settings.REDIS_CLUSTER else where
     alias = hotcache_settings.REDIS_ALIAS
     conf = settings.CACHES.get(alias, {})
     pool_kwargs = conf.get("OPTIONS", {}).get("CONNECTION_POOL_KWARGS", {})

@@ -6,6 +6,17 @@ URL) and its pools use the metered connection class, so the meter counts command
 commands per node as it does for one server. redis-py's ``rediss://`` parsing sets ``SSLConnection`` over any
 ``connection_class`` passed in, so the metered class is applied by the pool class instead.
 
+Health per node: every node has a health gate of its own (``redis_gate.node(address)``). Inside
+``hotcache.backends.redis.call`` a ``NodeCalls`` record is current for the thread: a node's pool asks that node's
+gate before it hands out a connection (``NodeGateOpen`` when it is open: nothing is sent, the call falls back),
+and the node's connections note whether it answered or failed; at the end of the call each node's gate gets its
+own verdict. So a dead master sends only its slots' work to the fallbacks. MOVED and ASK are followed by
+redis-py. CLUSTERDOWN and TRYAGAIN (an election, a slot migration) are raised as ``ClusterStateRefusal`` instead
+of redis-py's own handling (which sleeps inside the call) and retried by ``HotcacheCluster`` within the call's
+budget (REDIS_SOCKET_TIMEOUT); past it they count as that node's server state. A call turned away by a node's
+gate refreshes the slot table (at most once per REFRESH_INTERVAL), so once a replica has taken over the slots
+go to it without waiting for the dead node's cool-down.
+
 Some of the cluster client's errors are not ``RedisError`` subclasses (``RedisClusterException``: no node
 reachable, a slot no node serves, keys of one call on different slots, a command refused in a cluster
 pipeline): ``hotcache.backends.errors.classify`` sorts them for ``hotcache.backends.redis.call``, the one boundary.
@@ -13,9 +24,11 @@ pipeline): ``hotcache.backends.errors.classify`` sorts them for ``hotcache.backe
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,15 +43,36 @@ from redis.commands.policies import (  # type: ignore[attr-defined]  # redis-py 
     ResponsePolicy,
     StaticPolicyResolver,
 )
-from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
+from hotcache import clock
+from hotcache.backends import errors
+from hotcache.backends.errors import ClusterStateRefusal, NodeGateOpen
+from hotcache.backends.health import HealthGate, redis_gate
+from hotcache.conf import hotcache_settings
+
 __all__ = [
+    "REFRESH_INTERVAL",
+    "RETRY_PAUSE",
     "ClusterReport",
     "HotcacheCluster",
+    "NodeCalls",
     "NodeReport",
+    "begin_calls",
     "build",
     "describe",
+    "end_calls",
+    "node_commands",
+    "per_master",
     "send_once",
     "single_server_on_cluster",
     "url_problems",
@@ -46,6 +80,178 @@ __all__ = [
 
 SLOTS = 16384
 SCHEMES = ("redis", "rediss")
+RETRY_PAUSE = 0.05  # seconds between attempts of a command refused with CLUSTERDOWN / TRYAGAIN
+REFRESH_INTERVAL = 1.0  # seconds: at most one slot-table refresh this often, asked by calls a node's gate turned away
+
+_ANSWERED = "answered"
+_sent_lock = threading.Lock()
+_sent_per_node: dict[str, int] = {}  # commands this process sent to each node (metered, per address)
+
+
+def node_commands() -> dict[str, int]:
+    """Commands this process sent to each cluster node since it started (the meter's count, split by node)."""
+    with _sent_lock:
+        return dict(_sent_per_node)
+
+
+def _count_sent(address: str, n: int) -> None:
+    with _sent_lock:
+        _sent_per_node[address] = _sent_per_node.get(address, 0) + n
+_calls = threading.local()  # .current: the NodeCalls of the call() running on this thread, if any
+
+
+class NodeCalls:
+    """The cluster nodes one ``call()`` reached: whose gate let it through, and how each answered.
+
+    A node's gate is asked once per call (a probing gate lets exactly one caller through, and one call may take
+    several connections to a node). At the end, ``settle()`` gives each node's gate its own verdict: answered
+    (a reply, an error reply of the call itself, MOVED, ASK) is a success; the node's last failure is judged as
+    errors.classify says; a node let through but never reached is abandoned (a probe is never left hanging).
+    """
+
+    __slots__ = ("allowed", "deadline", "deletion", "outcomes", "past", "previous")
+
+    def __init__(self, *, deletion: bool, budget: float) -> None:
+        self.deletion = deletion
+        self.deadline = clock.monotonic() + budget
+        self.allowed: dict[str, HealthGate] = {}
+        self.past: dict[str, HealthGate] = {}  # a deletion sent past a gate opened by a server state
+        self.outcomes: dict[str, object] = {}  # address -> _ANSWERED | the node's last error
+        self.previous: NodeCalls | None = None
+
+    def enter(self, address: str) -> None:
+        """Before a connection to ``address`` is handed out: raise NodeGateOpen unless its gate lets us in."""
+        if address in self.allowed or address in self.past:
+            return
+        gate = redis_gate.node(address)
+        if self.deletion and gate.answering():
+            self.past[address] = gate
+            return
+        if not gate.allow():
+            raise NodeGateOpen(address)
+        self.allowed[address] = gate
+
+    def note(self, address: str, error: BaseException | None) -> None:
+        """A reply from ``address`` (``error`` None, or an error reply of the call itself, MOVED, ASK) or its
+        failure. A failure stays noted for the call even when a retry on the node answered later."""
+        if error is None or isinstance(error, MovedError | AskError) or errors.classify(error).kind == errors.CALL:
+            self.outcomes.setdefault(address, _ANSWERED)
+        else:
+            self.outcomes[address] = error
+
+    def settle(self, *, failed: bool) -> bool:
+        """Give each node's gate its verdict; True when a node failed (the call's failure is that node's).
+
+        When the call succeeded, a node that failed first and answered a retry later (CLUSTERDOWN retried within
+        the budget) gets a success, as the single server's gate does for a call that succeeded.
+        """
+        blamed = False
+        for address, gate in self.allowed.items():
+            outcome = self.outcomes.get(address)
+            if outcome is None:
+                gate.abandon()
+            elif isinstance(outcome, BaseException) and failed:
+                gate.judge(outcome, errors.classify(outcome))
+                blamed = True
+            else:
+                gate.success()
+        for address, gate in self.past.items():
+            outcome = self.outcomes.get(address)
+            if isinstance(outcome, BaseException):
+                gate.judge(outcome, errors.classify(outcome), report=False)
+                blamed = True
+        self.allowed, self.past = {}, {}  # settled once: a second settle() judges nothing twice
+        return blamed
+
+    def abandon(self) -> None:
+        """The caller's own code raised: no verdict on any node, and no probe left hanging."""
+        for gate in self.allowed.values():
+            gate.abandon()
+
+
+def begin_calls(client: Any, *, deletion: bool) -> NodeCalls | None:
+    """Make a NodeCalls current for this thread when ``client`` is a cluster client (None otherwise: a single
+    server costs one isinstance). Its budget for CLUSTERDOWN / TRYAGAIN retries is REDIS_SOCKET_TIMEOUT, what
+    the call would wait for a reply anyway."""
+    if not isinstance(client, RedisCluster):
+        return None
+    calls = NodeCalls(deletion=deletion, budget=float(hotcache_settings.REDIS_SOCKET_TIMEOUT))
+    calls.previous = getattr(_calls, "current", None)
+    _calls.current = calls
+    return calls
+
+
+def end_calls(calls: NodeCalls | None) -> None:
+    if calls is not None:
+        _calls.current = calls.previous
+
+
+def _current() -> NodeCalls | None:
+    current: NodeCalls | None = getattr(_calls, "current", None)
+    return current
+
+
+@cache
+def _node_connection_class(base: type) -> type:
+    """``base`` (the metered class) noting each reply or failure for the node's gate (NodeCalls.note), and raising
+    CLUSTERDOWN / TRYAGAIN as ClusterStateRefusal so that redis-py does not sleep on them inside the call."""
+
+    class NodeConnection(base):  # type: ignore[misc]  # a base class known at run time only
+        def _address(self) -> str:
+            return f"{self.host}:{self.port}"
+
+        def connect(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().connect(*args, **kwargs)
+            except BaseException as exc:
+                _note(self._address(), exc)
+                raise
+
+        def send_command(self, *args: Any, **kwargs: Any) -> Any:
+            _count_sent(self._address(), 1)
+            return super().send_command(*args, **kwargs)
+
+        def pack_commands(self, commands: Any) -> Any:
+            commands = list(commands)
+            _count_sent(self._address(), len(commands))
+            return super().pack_commands(commands)
+
+        def send_packed_command(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().send_packed_command(*args, **kwargs)
+            except BaseException as exc:
+                _note(self._address(), exc)
+                raise
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            calls = _current()
+            try:
+                response = super().read_response(*args, **kwargs)
+            except (ClusterDownError, TryAgainError) as exc:
+                if calls is None or isinstance(exc, MasterDownError):
+                    if calls is not None:
+                        calls.note(self._address(), exc)
+                    raise
+                code = errors.error_code(exc)
+                refusal = ClusterStateRefusal(f"{code} {exc}", status_code=code)
+                calls.note(self._address(), refusal)
+                raise refusal from exc
+            except BaseException as exc:
+                if calls is not None:
+                    calls.note(self._address(), exc)
+                raise
+            if calls is not None:
+                calls.note(self._address(), None)
+            return response
+
+    NodeConnection.__name__ = NodeConnection.__qualname__ = f"Node{base.__name__}"
+    return NodeConnection
+
+
+def _note(address: str, error: BaseException) -> None:
+    calls = _current()
+    if calls is not None:
+        calls.note(address, error)
 
 
 def url_problems(url: object, *, cluster: bool) -> list[str]:
@@ -71,10 +277,18 @@ def url_problems(url: object, *, cluster: bool) -> list[str]:
 
 def _metered_pool_class(metered_class: Callable[[type], type]) -> type[redis.ConnectionPool]:
     class MeteredPool(redis.ConnectionPool):
-        """A node's pool whose connections are the metered subclass of the class the URL asks for."""
+        """A node's pool whose connections are the metered subclass of the class the URL asks for; inside a
+        call() it asks the node's health gate before handing out a connection."""
 
         def __init__(self, connection_class: type = redis.Connection, **kwargs: Any) -> None:
-            super().__init__(connection_class=metered_class(connection_class), **kwargs)
+            super().__init__(connection_class=_node_connection_class(metered_class(connection_class)), **kwargs)
+            self.node_address = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            calls = _current()
+            if calls is not None:
+                calls.enter(self.node_address)
+            return super().get_connection(*args, **kwargs)
 
     return MeteredPool
 
@@ -100,10 +314,52 @@ class HotcacheCluster(RedisCluster):
     """RedisCluster whose pipelines route scripts as the client does (redis-py does not pass its policy resolver
     on to ClusterPipeline; tests/cluster/test_pipelines.py counts the round trips, so a change shows)."""
 
+    _refreshed_at = float("-inf")
+    _refresh_lock = threading.Lock()
+
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]  # unannotated in redis-py
         pipe._policy_resolver = self._policy_resolver
         return pipe
+
+    def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        """redis-py's, with CLUSTERDOWN / TRYAGAIN retried every RETRY_PAUSE while the call's budget lasts (a
+        refused command was not run, so a retry cannot apply it twice); past the budget the refusal is raised."""
+        while True:
+            try:
+                return super()._execute_command(target_node, *args, **kwargs)  # type: ignore[no-untyped-call]
+            except ClusterStateRefusal:
+                calls = _current()
+                if calls is None or clock.monotonic() + RETRY_PAUSE > calls.deadline:
+                    raise
+                self._pause(RETRY_PAUSE)
+
+    @staticmethod
+    def _pause(seconds: float) -> None:
+        time.sleep(seconds)
+
+    def refresh_slots(self) -> bool:
+        """Re-read the slot table from a live node (one CLUSTER SLOTS), at most once per REFRESH_INTERVAL across
+        threads; True when this caller did it. Asked when a node's gate turned a call away: once a replica took
+        over the dead node's slots, they go to it at once instead of after the dead node's cool-down."""
+        now = clock.monotonic()
+        if now - self._refreshed_at < REFRESH_INTERVAL or not self._refresh_lock.acquire(blocking=False):
+            return False
+        try:
+            if now - self._refreshed_at < REFRESH_INTERVAL:
+                return False
+            self._refreshed_at = now
+            try:
+                self.nodes_manager.initialize()
+            except (RedisError, RedisClusterException, OSError):
+                return False  # no node answered: the process gate hears of it from the next call
+            return True
+        finally:
+            self._refresh_lock.release()
+
+    def primary_addresses(self) -> set[str]:
+        """host:port of every master the client routes to now."""
+        return {node.name for node in self.get_primaries()}  # type: ignore[no-untyped-call]
 
 
 def build(
@@ -113,9 +369,13 @@ def build(
     connect_timeout: float,
     metered_class: Callable[[type], type],
     max_connections: int = 50,
+    address_remap: Callable[[tuple[str, int]], tuple[str, int]] | None = None,
 ) -> RedisCluster:
-    """hotcache's cluster client for ``url`` (any node of the cluster; the others are discovered)."""
-    return HotcacheCluster(
+    """hotcache's cluster client for ``url`` (any node of the cluster; the others are discovered).
+
+    ``address_remap`` (redis-py's): where to connect for a node the cluster announces (host, port), e.g. behind a
+    NAT or a proxy per node; the tests' ClusterProxies use it to take nodes down for hotcache only."""
+    client = HotcacheCluster(
         url=url,
         connection_pool_class=_metered_pool_class(metered_class),
         socket_timeout=socket_timeout,
@@ -129,7 +389,19 @@ def build(
         # A slot no node serves fails the calls for that slot only, not the client.
         require_full_coverage=False,
         policy_resolver=_ScriptsByTheirKeys(),
+        address_remap=address_remap,
     )
+    redis_gate.watch_members(client.primary_addresses)
+    return client
+
+
+def per_master(client: RedisCluster, read: Callable[[redis.Redis], Any]) -> dict[str, Any]:
+    """``read(node_client)`` for every master the client routes to, by address: for what answers per node (INFO).
+    Run each through ``call()`` of its own when the node's gate should judge it (the overview does)."""
+    out: dict[str, Any] = {}
+    for node in client.get_primaries():
+        out[node.name] = read(client.get_redis_connection(node))
+    return out
 
 
 def close(client: Any) -> None:
@@ -252,7 +524,7 @@ def _probe(client: RedisCluster, node: NodeReport, samples: int) -> None:
             start = time.perf_counter()
             conn.ping()
             timings.append((time.perf_counter() - start) * 1000)
-    except (RedisError, RedisClusterException, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError, NodeGateOpen) as exc:
         node.ok, node.error = False, f"{type(exc).__name__}: {exc}"
         return
     finally:

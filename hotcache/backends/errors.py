@@ -15,7 +15,18 @@ from dataclasses import dataclass
 
 from redis import exceptions as rx
 
-__all__ = ["CALL", "CONNECTION", "QUOTA", "SERVER_STATE", "SERVER_STATE_CODES", "TIMEOUT", "Verdict", "classify"]
+__all__ = [
+    "CALL",
+    "CONNECTION",
+    "QUOTA",
+    "SERVER_STATE",
+    "SERVER_STATE_CODES",
+    "TIMEOUT",
+    "ClusterStateRefusal",
+    "NodeGateOpen",
+    "Verdict",
+    "classify",
+]
 
 CONNECTION, TIMEOUT, SERVER_STATE, QUOTA, CALL = "connection", "timeout", "server_state", "quota", "call"
 
@@ -61,6 +72,26 @@ _PROVIDER_STATES: dict[str, str] = {"max concurrent connections exceeded": "the 
 _PROVIDER_CALL_LIMITS = ("max request size exceeded", "max single record size exceeded", "max key size exceeded")
 
 _PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
+
+
+class ClusterStateRefusal(rx.ResponseError):
+    """A cluster node's CLUSTERDOWN or TRYAGAIN (an election or a slot migration under way), as hotcache's cluster
+    connections raise it: redis-py's own handling sleeps inside the call (0.25 s and a topology refresh for
+    CLUSTERDOWN, up to 16 attempts for TRYAGAIN), while hotcache retries it within the call's time budget
+    (hotcache.backends.cluster). ``status_code`` keeps the code, so classify() sees the server state."""
+
+
+class NodeGateOpen(Exception):  # not an error of Redis: the gate turned the call away
+    """A call reached for a cluster node whose health gate is open: nothing was sent to it.
+
+    Not a RedisError, so redis-py's cluster client neither treats it as a node failure (no reconnect, no
+    topology refresh) nor lets a feature's ``except RedisError`` inside the call swallow it; ``call()`` turns it
+    into ``RedisUnavailable(gate_open=True)``.
+    """
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"the health gate of redis node {address} is open")
+        self.address = address
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The health gate (circuit breaker) in front of Redis, one per process.
+"""The health gate (circuit breaker) in front of Redis, one per process and one per node of a Redis Cluster.
 
 closed  -> every call goes to Redis. A refused/reset connection or a provider's quota error opens the
            gate at once; timeouts open it after HEALTH_FAILURE_THRESHOLD in a row; server-state errors
@@ -12,6 +12,11 @@ probing -> after the cool-down exactly one caller is let through; success closes
 So a dead Redis costs each process at most one failed attempt per cool-down. Transitions are logged
 once each (not per request) and counted; a condition Redis reports (memory full, read-only, a quota)
 is logged once per process and UTC day, however often the gate opens for it.
+
+On a Redis Cluster each node has a gate of its own (``redis_gate.node(address)``, asked by
+hotcache.backends.cluster before any byte goes to that node): a dead master sends only its slots' work to
+the fallbacks while the other masters keep serving. ``redis_gate`` itself then stands for the cluster as a
+whole (no node reachable at all), and its ``snapshot()`` summarises every node's gate for the reports.
 """
 
 from __future__ import annotations
@@ -19,12 +24,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from hotcache import clock
+from hotcache.backends import errors
 from hotcache.conf import hotcache_settings
 
-__all__ = ["CLOSED", "CONDITION_WINDOW", "OPEN", "PROBING", "GateState", "HealthGate", "redis_gate"]
+__all__ = [
+    "CLOSED",
+    "CONDITION_WINDOW",
+    "OPEN",
+    "PROBING",
+    "GateState",
+    "HealthGate",
+    "RedisGate",
+    "redis_gate",
+]
 
 log = logging.getLogger("hotcache.health")
 
@@ -177,6 +193,25 @@ class HealthGate:
             self._answering = False  # a request quota refuses every call
             self._open(condition, cooldown, quota=True)
 
+    def judge(self, error: BaseException, verdict: errors.Verdict, *, report: bool = True) -> None:
+        """Record a failed call by what it says about Redis (errors.classify): unreachable opens at once,
+        timeouts and server states count toward the threshold, a quota opens for long, an error reply of the call
+        itself is a success (Redis answered). ``report=False`` (a deletion sent past an open gate): only a
+        connection failure or a timeout is recorded."""
+        if not report:
+            if not verdict.server_answered:
+                self.failure(error, immediate=verdict.kind == errors.CONNECTION)
+        elif verdict.kind == errors.CONNECTION:
+            self.failure(error, immediate=True)
+        elif verdict.kind == errors.TIMEOUT:
+            self.failure(error)
+        elif verdict.kind == errors.SERVER_STATE:
+            self.server_state(error, verdict.condition)
+        elif verdict.kind == errors.QUOTA:
+            self.quota(error, verdict.condition, daily=verdict.daily)
+        else:
+            self.success()
+
     def _open(self, condition: str, cooldown: float | None, *, quota: bool = False) -> None:
         """Closed/probing -> open (lock held). Logs the opening, or the condition once per UTC day."""
         was_closed = self._state == CLOSED
@@ -245,6 +280,82 @@ class HealthGate:
             )
 
 
+class RedisGate(HealthGate):
+    """The process's gate in front of Redis, and on a Redis Cluster one gate per node besides.
+
+    ``allow()``, ``state`` and the other HealthGate methods are the process gate's own: the single server, or the
+    cluster as a whole (no node reachable). ``node(address)`` is a node's gate; ``snapshot()`` is what the reports
+    show: the process gate while it is not closed, else the first node gate that is not (named after its node),
+    with opens, recoveries and rejections summed over every gate, so a watcher of ``opens`` (MFA's outage
+    marker) sees a node's outage too.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._nodes: dict[str, HealthGate] = {}
+        self._members: Callable[[], set[str]] | None = None
+        super().__init__(name)
+
+    def reset(self) -> None:
+        super().reset()
+        with self._lock:
+            self._nodes = {}  # the members watcher belongs to the client and stays
+
+    def node(self, address: str) -> HealthGate:
+        """The gate of the cluster node at ``address`` ("host:port"), created closed on first use."""
+        gate = self._nodes.get(address)
+        if gate is None:
+            with self._lock:
+                gate = self._nodes.get(address)
+                if gate is None:
+                    gate = HealthGate(f"{self.name} node {address}")
+                    self._nodes[address] = gate
+        return gate
+
+    def watch_members(self, members: Callable[[], set[str]] | None) -> None:
+        """``members()`` names the nodes the client routes to now (its masters): a gate of a node that left
+        (a dead master whose replica took over) no longer counts as down in snapshot()."""
+        self._members = members
+
+    def node_snapshots(self) -> dict[str, GateState]:
+        """Each cluster node's gate ({} on a single server), by address, of the nodes the client routes to."""
+        with self._lock:
+            gates = dict(self._nodes)
+        members = self._current_members()
+        return {
+            address: gate.snapshot()
+            for address, gate in sorted(gates.items())
+            if members is None or address in members or gate.state == CLOSED
+        }
+
+    def _current_members(self) -> set[str] | None:
+        members = self._members
+        if members is None:
+            return None
+        try:
+            return members()
+        except Exception:  # a topology being rebuilt: judge every gate
+            return None
+
+    def snapshot(self) -> GateState:
+        own = super().snapshot()
+        with self._lock:
+            gates = dict(self._nodes)
+        if not gates:
+            return own
+        every = [gate.snapshot() for gate in gates.values()]
+        opens = own.opens + sum(s.opens for s in every)
+        recoveries = own.recoveries + sum(s.recoveries for s in every)
+        rejected = own.rejected + sum(s.rejected for s in every)
+        down = [s for s in self.node_snapshots().values() if s.state != CLOSED]
+        shown = own
+        if own.state == CLOSED and down:
+            shown = min(down, key=lambda s: (s.state != OPEN, s.retry_at or 0.0))
+            if len(down) > 1:
+                addresses = ", ".join(s.name.rsplit(" ", 1)[-1] for s in down)
+                shown = replace(shown, name=f"{self.name} nodes {addresses}")
+        return replace(shown, opens=opens, recoveries=recoveries, rejected=rejected)
+
+
 def _threshold() -> int:
     return max(1, int(hotcache_settings.HEALTH_FAILURE_THRESHOLD))
 
@@ -262,4 +373,4 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:300]
 
 
-redis_gate = HealthGate("redis")
+redis_gate = RedisGate("redis")

@@ -29,7 +29,7 @@ import redis
 from django.conf import settings as django_settings
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, SlotNotCoveredError
 from redis.retry import Retry
 
 from hotcache import metering
@@ -243,16 +243,27 @@ def _through_gate(feature: str, fn: Callable[[Any], T], client: Callable[[], Any
         metering.event(feature, "gate_rejected")
         raise RedisUnavailable("redis health gate is open", gate_open=True)
     _wire.sent = False
+    nodes = None  # on a cluster: the nodes this call reached, each with a gate of its own (backends.cluster)
     try:
         with metering.feature(feature):
-            result = fn(client())
+            target = client()
+            nodes = cluster.begin_calls(target, deletion=deletion)
+            result = fn(target)
+    except errors.NodeGateOpen as exc:
+        raise _node_rejected(feature, exc, nodes, get_client()) from None
     except (RedisError, RedisClusterException, OSError) as exc:
         # RedisClusterException: the cluster client's errors outside RedisError (errors.classify).
-        raise _failed(feature, exc, report=not past_gate) from exc
+        raise _failed(feature, exc, report=not past_gate, nodes=nodes) from exc
     except BaseException:
+        if nodes is not None:
+            nodes.abandon()
         if not past_gate:
             redis_gate.abandon()  # the caller's own code raised: no verdict on Redis, and never a stuck probe
         raise
+    finally:
+        cluster.end_calls(nodes)
+    if nodes is not None:
+        nodes.settle(failed=False)
     if past_gate:
         return result
     redis_gate.success()
@@ -262,7 +273,20 @@ def _through_gate(feature: str, fn: Callable[[Any], T], client: Callable[[], Any
     return result
 
 
-def _failed(feature: str, exc: BaseException, *, report: bool = True, sent: bool | None = None) -> RedisUnavailable:
+def _node_rejected(feature: str, exc: errors.NodeGateOpen, nodes: Any, client: Any) -> RedisUnavailable:
+    """A cluster node's gate turned the call away (nothing was sent to that node)."""
+    refresh = getattr(client, "refresh_slots", None)
+    if refresh is not None:
+        refresh()  # a replica may have taken over the node's slots: route them to it from now on
+    if nodes is not None:
+        nodes.settle(failed=True)  # the nodes reached before it and by the refresh (never a probe left hanging)
+    metering.event(feature, "gate_rejected")
+    return RedisUnavailable(f"redis node {exc.address}: health gate is open", gate_open=True)
+
+
+def _failed(
+    feature: str, exc: BaseException, *, report: bool = True, sent: bool | None = None, nodes: Any = None
+) -> RedisUnavailable:
     """Tell the gate what a failed call says about Redis (hotcache.backends.errors) and build the caller's error.
 
     Unreachable (refused, reset): the gate opens at once. Timeouts: after HEALTH_FAILURE_THRESHOLD in a row.
@@ -272,21 +296,27 @@ def _failed(feature: str, exc: BaseException, *, report: bool = True, sent: bool
     records a success and the error is logged. ``report=False`` (a deletion sent past an open gate): only a
     connection failure or a timeout is recorded. ``sent``: whether the call's last command reached the socket,
     when the caller tracks it (the async path, per task); else this thread's record.
+
+    On a cluster (``nodes``) each node the call reached gets its own verdict, and the process gate only what no
+    node accounts for: no node reachable at all (the gate opens at once). A slot no node serves costs nothing
+    to send and touches no gate: the slot table is refreshed instead.
     """
     verdict = errors.classify(exc)
-    if not report:
-        if not verdict.server_answered:
-            redis_gate.failure(exc, immediate=verdict.kind == errors.CONNECTION)
-    elif verdict.kind == errors.CONNECTION:
-        redis_gate.failure(exc, immediate=True)
-    elif verdict.kind == errors.TIMEOUT:
-        redis_gate.failure(exc)
-    elif verdict.kind == errors.SERVER_STATE:
-        redis_gate.server_state(exc, verdict.condition)
-    elif verdict.kind == errors.QUOTA:
-        redis_gate.quota(exc, verdict.condition, daily=verdict.daily)
+    if isinstance(exc, SlotNotCoveredError):
+        refresh = getattr(get_client(), "refresh_slots", None)
+        if refresh is not None:
+            refresh()  # before settle(): the nodes it reaches get their verdicts too
+    node_failed = nodes.settle(failed=True) if nodes is not None else False
+    if isinstance(exc, SlotNotCoveredError):
+        pass
+    elif node_failed and not isinstance(exc, RedisClusterException):
+        pass  # the node's gate has it
+    elif not report or verdict.kind != errors.CALL:
+        redis_gate.judge(exc, verdict, report=report)
     else:
         redis_gate.success()  # Redis answered: it is reachable, whatever this call's own error
+        log.error("hotcache: redis rejected a %s call: %s", feature, exc)
+    if node_failed and report and verdict.kind == errors.CALL:
         log.error("hotcache: redis rejected a %s call: %s", feature, exc)
     metering.event(feature, "redis_error")
     if verdict.server_answered:

@@ -20,7 +20,7 @@ from hotcache.checks.managed_redis import check_managed_redis
 from hotcache.checks.mfa import check_mfa
 from hotcache.checks.middleware_order import check_middleware_order
 from hotcache.checks.ratelimit import check_django_ratelimit_settings, check_ratelimit
-from hotcache.checks.redis_target import check_cluster_mode, check_redis_target
+from hotcache.checks.redis_target import check_celery_broker_on_cluster, check_cluster_mode, check_redis_target
 from hotcache.checks.reports import check_reports
 from hotcache.checks.schedule import check_schedule
 from hotcache.checks.sessions import check_sessions
@@ -30,6 +30,7 @@ from hotcache.checks.workbench import check_workbench
 __all__ = [
     "check_analytics",
     "check_apikeys",
+    "check_celery_broker_on_cluster",
     "check_cluster_mode",
     "check_django_ratelimit_settings",
     "check_foundation",

@@ -2,12 +2,15 @@
 
 W120 connects to Redis, so it runs only with ``manage.py check --deploy`` (and ``hotcache_check`` reports the
 same): a single-server client pointed at one node of a Redis Cluster serves only that node's slots.
+W121 reads settings only: CELERY_BROKER_URL names a node of hotcache's Redis Cluster (Celery's Redis transport
+cannot use a cluster: MOVED on LLEN, SELECT refused).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from hotcache.checks._common import setting as _setting
@@ -59,6 +62,31 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             )
         )
     return errors
+
+
+@register(Tags.compatibility, Tags.caches)
+def check_celery_broker_on_cluster(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W121: CELERY_BROKER_URL points at a node of the cluster hotcache uses (HOTCACHE['REDIS_URL'] with
+    REDIS_CLUSTER). Compared by host and port, with the URL's own node; other nodes are known only by connecting."""
+    from hotcache.checks.managed_redis import _servers, _urls
+
+    url = hotcache_settings.REDIS_URL
+    broker = getattr(settings, "CELERY_BROKER_URL", None)
+    if hotcache_settings.REDIS_CLUSTER is not True or not isinstance(url, str) or not isinstance(broker, str):
+        return []
+    if not _servers(_urls(broker)) & _servers(_urls(url)):
+        return []
+    return [
+        Warning(
+            f"CELERY_BROKER_URL ({broker.split('@')[-1][:80]}) is a node of the Redis Cluster hotcache uses "
+            f"({_setting('REDIS_URL')} with {_setting('REDIS_CLUSTER')}). Celery's Redis transport cannot use a "
+            "cluster: its queues' keys live on other nodes (MOVED on LLEN) and it selects a database (SELECT is "
+            "refused), so tasks are not delivered.",
+            hint="Use a plain Redis (not a cluster node) or RabbitMQ for CELERY_BROKER_URL; see README.md, section "
+            "Settings (REDIS_CLUSTER).",
+            id="hotcache.W121",
+        )
+    ]
 
 
 @register(Tags.caches, deploy=True)

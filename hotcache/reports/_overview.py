@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hotcache import clock, metering
+from hotcache.backends import cluster as cluster_backend
 from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import CLOSED, GateState, redis_gate
@@ -21,7 +22,7 @@ from hotcache.reports import _budget, _meter
 from hotcache.reports._budget import MonthProjection, ServerCommands
 from hotcache.reports._figures import FEATURE_TITLES, Gauge
 
-__all__ = ["DayRow", "FeatureUsage", "MongoConnections", "Overview", "overview"]
+__all__ = ["DayRow", "FeatureUsage", "MongoConnections", "Overview", "RedisNode", "overview"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,21 @@ class MongoConnections:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisNode:
+    """One master of a Redis Cluster: its memory, the server's billed commands, this process's commands to it."""
+
+    address: str
+    used_memory: int | None  # None: the node did not answer (its gate is open, or INFO refused)
+    server_billed: int | None  # INFO commandstats on that node (every client), None where not answered
+    commands_sent: int  # commands this process sent to it since it started (the meter's count, by node)
+    gate: str  # its health gate: closed | open | probing
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     generated_at: dt.datetime
     redis_available: bool
@@ -81,6 +97,8 @@ class Overview:
     commands_month: Gauge  # the month's projected billed commands against REDIS_MONTHLY_COMMAND_BUDGET
     month: MonthProjection
     server_commands: ServerCommands  # the server's own count (every client), where INFO commandstats is allowed
+    # On a Redis Cluster, each master (memory and the server's count above are their sums); [] on one server.
+    redis_nodes: list[RedisNode] = field(default_factory=list)
 
     @property
     def limits(self) -> list[Gauge]:
@@ -118,6 +136,7 @@ class Overview:
             "commands_month": self.commands_month.as_dict(),
             "month": self.month.as_dict(),
             "server_commands": self.server_commands.as_dict(),
+            "redis_nodes": [n.as_dict() for n in self.redis_nodes],
             "meter_scope": _budget.METER_SCOPE,
             "memory": self.memory.as_dict(),
             "mongo": {
@@ -209,7 +228,11 @@ def overview(days: int | None = None) -> Overview:
     ]
 
     local_only = "" if view.redis_ok else "Redis unavailable: this process's unflushed counts only"
-    info = _server_info(view.redis_ok)
+    redis_nodes: list[RedisNode] = []
+    if hotcache_settings.REDIS_CLUSTER:
+        info, redis_nodes = _cluster_info(view.redis_ok)
+    else:
+        info = _server_info(view.redis_ok)
     return Overview(
         generated_at=clock.utcnow(),
         redis_available=view.redis_ok,
@@ -225,6 +248,7 @@ def overview(days: int | None = None) -> Overview:
         commands_month=_budget.monthly_gauge(month, warn, local_only),
         month=month,
         server_commands=_budget.server_commands(info.get("commandstats"), info.get("server")),
+        redis_nodes=redis_nodes,
     )
 
 
@@ -254,12 +278,84 @@ def _server_info(redis_ok: bool) -> dict[str, Any]:
     return {s: r for s, r in zip(_INFO_SECTIONS, replies, strict=True) if isinstance(r, dict) and r}
 
 
+def _cluster_info(redis_ok: bool) -> tuple[dict[str, Any], list[RedisNode]]:
+    """INFO memory, commandstats and server from every master of the cluster (one round trip each, through that
+    node's gate: a cluster pipeline refuses INFO, and INFO answers for one node), summed, and each node's figures.
+
+    The sums count the nodes that answered; a node that did not is named in the memory gauge's note. Asked even
+    when the meter could not be read (``redis_ok`` False): its keys may live on the one master that is down.
+    """
+    del redis_ok  # each master's own gate decides
+
+    def masters(r: Any) -> list[str]:
+        return sorted(n.name for n in r.get_primaries())
+
+    try:
+        primaries = redis_backend.call("status", masters)
+    except RedisUnavailable:
+        return {"unavailable": redis_gate.state != CLOSED}, []
+    sent = cluster_backend.node_commands()
+    gates = redis_gate.node_snapshots()
+    nodes: list[RedisNode] = []
+    memory = 0
+    stats: Counter[str] = Counter()
+    uptimes: list[int] = []
+    answered = 0
+    for address in primaries:
+
+        def read(r: Any, address: str = address) -> list[Any]:
+            host, port = address.rsplit(":", 1)
+            pipe = r.get_redis_connection(r.get_node(host=host, port=int(port))).pipeline(transaction=False)
+            for section in _INFO_SECTIONS:
+                pipe.info(section)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            return replies
+
+        try:
+            replies = redis_backend.call("status", read)
+        except RedisUnavailable as exc:
+            gate = redis_gate.node(address).state
+            nodes.append(RedisNode(address, None, None, sent.get(address, 0), gate, note=str(exc)[:200]))
+            continue
+        sections = {s: r for s, r in zip(_INFO_SECTIONS, replies, strict=True) if isinstance(r, dict) and r}
+        used = sections.get("memory", {}).get("used_memory")
+        commandstats = sections.get("commandstats")
+        billed = metering.server_billed(commandstats) if commandstats else None
+        if used is not None:
+            memory += int(used)
+            answered += 1
+        for name, value in (commandstats or {}).items():
+            if isinstance(value, dict):
+                stats[f"{name}:calls"] += int(value.get("calls", 0))
+                stats[f"{name}:rejected_calls"] += int(value.get("rejected_calls", 0))
+        uptime = sections.get("server", {}).get("uptime_in_seconds")
+        if uptime is not None:
+            uptimes.append(int(uptime))
+        state = gates[address].state if address in gates else CLOSED
+        nodes.append(RedisNode(address, None if used is None else int(used), billed, sent.get(address, 0), state))
+    info: dict[str, Any] = {}
+    if answered:
+        info["memory"] = {"used_memory": memory}
+    if stats:
+        merged: dict[str, dict[str, int]] = {}
+        for key, n in stats.items():
+            name, field_name = key.rsplit(":", 1)
+            merged.setdefault(name, {})[field_name] = n
+        info["commandstats"] = merged
+    if uptimes:
+        info["server"] = {"uptime_in_seconds": min(uptimes)}
+    missing = [n.address for n in nodes if n.used_memory is None]
+    if missing:
+        info["missing_nodes"] = missing
+    return info, nodes
+
+
 def _memory(warn: float, redis_ok: bool, info: dict[str, Any]) -> Gauge:
     limit = int(hotcache_settings.REDIS_MEMORY_LIMIT)
     used: int | None = None
     note = ""
     memory = info.get("memory")
-    if not redis_ok or info.get("unavailable"):
+    if info.get("unavailable") or (not redis_ok and memory is None):
         note = "Redis unavailable"
     elif memory is None:
         # A server without INFO (fakeredis, some proxies) still serves hotcache; memory is just unknown.
@@ -267,6 +363,8 @@ def _memory(warn: float, redis_ok: bool, info: dict[str, Any]) -> Gauge:
     else:
         used = int(memory["used_memory"]) if "used_memory" in memory else None
         note = "" if used is not None else "INFO memory has no used_memory"
+    if info.get("missing_nodes"):
+        note = (note + "; " if note else "") + "without " + ", ".join(info["missing_nodes"]) + " (not answering)"
     return Gauge("Redis memory", used, limit, "REDIS_MEMORY_LIMIT", warn, note=note)
 
 

@@ -45,6 +45,18 @@ def _text(ov: Overview) -> list[str]:
         w(f"{lim.name:<{width}} {value:>14} of {lim.limit:,}{pct}{flag}  (HOTCACHE[{lim.setting!r}])")
         if lim.note:
             w(f"{'':<{width}} {lim.note}")
+    if ov.redis_nodes:
+        w(f"{'Redis Cluster masters':<{width}} memory and server's billed commands are their sums:")
+        for node in ov.redis_nodes:
+            mem = "unknown" if node.used_memory is None else f"{node.used_memory:,}"
+            billed = "unknown" if node.server_billed is None else f"{node.server_billed:,}"
+            w(
+                f"  {node.address:<{width - 2}} memory {mem:>14}  server billed {billed:>12}  "
+                f"sent by this process {node.commands_sent:>9,}  gate {node.gate}"
+            )
+        total_sent = sum(n.commands_sent for n in ov.redis_nodes)
+        w(f"  {'sum':<{width - 2}} memory {ov.memory.value if ov.memory.value is not None else 'unknown':>14}  "
+          f"sent by this process {total_sent:>9,}")
     server = ov.server_commands
     server_value = "unknown" if server.billed is None else f"{server.billed:,}"
     w(f"{'Redis server, billed commands':<{width}} {server_value:>14}  {server.note}")

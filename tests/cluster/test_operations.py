@@ -169,3 +169,83 @@ def test_a_bucket_count_out_of_range_is_an_error(hotcache_config, value):
 def test_a_bucket_count_in_range_passes(hotcache_config, value):
     hotcache_config(KEY_BUCKETS=value)
     assert "hotcache.E128" not in _ids(check_redis_target())
+
+
+def test_a_celery_broker_on_the_cluster_is_a_warning_naming_the_fix(settings, hotcache_config):
+    from hotcache.checks.redis_target import check_celery_broker_on_cluster
+
+    hotcache_config(REDIS_URL="redis://10.0.0.5:7000/0", REDIS_CLUSTER=True)
+    settings.CELERY_BROKER_URL = "redis://:secret@10.0.0.5:7000/0"
+    [warning] = check_celery_broker_on_cluster()
+    assert warning.id == "hotcache.W121"
+    assert "MOVED" in warning.msg and "secret" not in warning.msg
+    assert "plain Redis" in warning.hint and "RabbitMQ" in warning.hint
+    settings.CELERY_BROKER_URL = "redis://10.0.0.9:6379/0"  # a Redis of its own
+    assert check_celery_broker_on_cluster() == []
+    settings.CELERY_BROKER_URL = "amqp://guest@rabbit//"
+    assert check_celery_broker_on_cluster() == []
+    hotcache_config(REDIS_URL="redis://10.0.0.5:7000/0", REDIS_CLUSTER=False)  # one server: W100's business
+    settings.CELERY_BROKER_URL = "redis://10.0.0.5:7000/0"
+    assert check_celery_broker_on_cluster() == []
+    hotcache_config(REDIS_URL="redis://10.0.0.5:7000/0", REDIS_CLUSTER=True)
+    assert "hotcache.W121" in _ids(django_checks.run_checks())  # registered with Django's checks
+
+
+def test_the_overview_shows_memory_and_commands_per_master_and_summed(settings, redis_cluster, monkeypatch, key_prefix):
+    """INFO is refused in a cluster pipeline and answers for one node: the overview asks every master (one round
+    trip each) and sums; a master that does not answer is named, its gate shown, the others still counted."""
+    from hotcache.backends import redis as redis_backend
+    from hotcache.backends.health import redis_gate
+    from hotcache.reports import overview, status_report
+    from tests.support.redis_cluster import ClusterProxies
+
+    proxies = ClusterProxies(redis_cluster)
+    proxies.install(monkeypatch)
+    # A generous timeout: the proxies are Python threads on a machine the other suites load too.
+    hot = {"REDIS_URL": proxies.url, "REDIS_CLUSTER": True, "REDIS_SOCKET_TIMEOUT": 5.0}
+    settings.HOTCACHE = {**settings.HOTCACHE, **hot}
+    try:
+        for i in range(30):
+            redis_backend.call("status", lambda r, i=i: r.set(f"{key_prefix}:ov:{i}", 1, ex=60))
+        ov = overview()
+        assert len(ov.redis_nodes) == 3
+        assert all(n.used_memory and n.server_billed and n.gate == "closed" for n in ov.redis_nodes)
+        assert ov.memory.value == sum(n.used_memory for n in ov.redis_nodes)
+        assert ov.server_commands.billed == sum(n.server_billed for n in ov.redis_nodes)
+        assert all(n.commands_sent > 0 for n in ov.redis_nodes)  # this process's SETs reached every master
+        text = "\n".join(status_report().lines)
+        assert "Redis Cluster masters" in text and all(n.address in text for n in ov.redis_nodes)
+        assert json.loads(status_report(as_json=True).lines[0])["redis_nodes"][0]["address"]
+
+        for down in [n.address for n in ov.redis_nodes]:  # the meter's keys live on one of them
+            proxies.up()
+            redis_gate.reset()  # the client stays: a new one would start from the URL's node, maybe the one down
+            proxies.down(int(down.rsplit(":", 1)[1]))
+            _one_master_down(overview(), down)
+    finally:
+        proxies.close()
+
+
+def _one_master_down(ov, down):
+    """Every master listed, the one down without figures and with its gate open; the others still summed."""
+    by_address = {n.address: n for n in ov.redis_nodes}
+    assert len(by_address) == 3
+    assert by_address[down].used_memory is None and by_address[down].gate == "open"
+    assert ov.memory.value == sum(n.used_memory or 0 for n in ov.redis_nodes)
+    assert down in ov.memory.note
+    assert ov.gate.state == "open" and down in ov.gate.name  # the summary names the node
+
+
+def test_hotcache_check_reads_the_eviction_policy_of_every_master(cluster_redis):
+    """Each master has its own maxmemory-policy: one that evicts is named, not hidden behind the others."""
+    master = cluster_redis.masters_info()[-1]
+    with cluster_redis.node(master.port).client() as c:
+        c.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            report = check_connections(samples=1)
+        finally:
+            c.config_set("maxmemory-policy", "noeviction")
+    eviction = report["redis"]["eviction"]
+    assert not eviction["ok"]
+    assert eviction["maxmemory_policy"] == f"allkeys-lru (on {master.address})"
+    assert check_connections(samples=1)["redis"]["eviction"]["ok"]

@@ -35,7 +35,9 @@ import redis
 
 __all__ = [
     "CLUSTER_URL_ENV",
+    "ClusterLostReplyProxies",
     "ClusterNode",
+    "ClusterProxies",
     "ClusterStartError",
     "NodeInfo",
     "RedisClusterNodes",
@@ -155,8 +157,9 @@ def parse_cluster_nodes(text: str) -> list[NodeInfo]:
 class ClusterNode:
     """One cluster-enabled redis-server process."""
 
-    def __init__(self, port: int, home: Path) -> None:
+    def __init__(self, port: int, home: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.port = port
+        self.extra_args = extra_args
         self.dir = home / f"node-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -178,7 +181,7 @@ class ClusterNode:
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
-            "--logfile", "redis.log", "--daemonize", "no",
+            "--logfile", "redis.log", "--daemonize", "no", *self.extra_args,
         ]  # fmt: skip
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -222,7 +225,9 @@ class ClusterNode:
 class RedisClusterNodes:
     """A 3-master, 3-replica Redis Cluster on loopback (see the module docstring)."""
 
-    def __init__(self, masters: int = 3, replicas_per_master: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas_per_master: int = 1, *, extra_args: tuple[str, ...] = ()) -> None:
+        """``extra_args``: more redis-server options for every node (``("--cluster-require-full-coverage", "no")``)."""
+        self.extra_args = extra_args
         self.masters = masters
         self.replicas_per_master = replicas_per_master
         self.home = Path(tempfile.mkdtemp(prefix="hotcache-cluster-"))
@@ -248,7 +253,7 @@ class RedisClusterNodes:
     def start(self, timeout: float = START_TIMEOUT) -> RedisClusterNodes:
         total = self.masters * (1 + self.replicas_per_master)
         ports = free_cluster_ports(total)
-        self.nodes = [ClusterNode(port, self.home) for port in ports]
+        self.nodes = [ClusterNode(port, self.home, self.extra_args) for port in ports]
         try:
             for node in self.nodes:
                 node.start()
@@ -385,6 +390,109 @@ class RedisClusterNodes:
         node.start()
         _poll(lambda: node.answers() or not node.alive, f"redis-server on port {node.port}", timeout)
         self.wait_until_ok(timeout=timeout)
+
+
+class ClusterProxies:
+    """A loopback proxy (hotcache.testing.RedisProxy) in front of every node of a cluster, for hotcache's client only:
+    the nodes keep talking to each other, so no failover starts. ``down()`` drops every connection through the
+    proxies and refuses new ones (the whole cluster gone, as ``redis_proxy.down()`` for one server), ``down(port)``
+    one node only (a dead master without a failover); ``up()`` reopens. hotcache reaches the nodes through them by
+    ``remap`` (redis-py's ``address_remap``, given to hotcache.backends.cluster.build by ``install``)."""
+
+    def __init__(self, cluster: RedisClusterNodes) -> None:
+        from hotcache.testing import RedisProxy
+
+        self.cluster = cluster
+        self.proxies = {n.port: RedisProxy(f"redis://127.0.0.1:{n.port}/0") for n in cluster.live_nodes()}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{next(iter(self.proxies.values())).port}/0"
+
+    def remap(self, address: tuple[str, int]) -> tuple[str, int]:
+        proxy = self.proxies.get(int(address[1]))
+        return ("127.0.0.1", proxy.port) if proxy is not None else address
+
+    def install(self, monkeypatch: Any) -> None:
+        """Make hotcache's cluster client connect through the proxies (patches cluster.build for this test)."""
+        import functools
+
+        from hotcache.backends import cluster as cluster_backend
+
+        remapped = functools.partial(cluster_backend.build, address_remap=self.remap)
+        monkeypatch.setattr(cluster_backend, "build", remapped)
+
+    @property
+    def is_up(self) -> bool:
+        return all(p.is_up for p in self.proxies.values())
+
+    def down(self, port: int | None = None) -> None:
+        """Every node, or the one at ``port`` (the node's own port, or its proxy's: what hotcache sees)."""
+        for node_port, proxy in self.proxies.items():
+            if port is None or port in (node_port, proxy.port):
+                proxy.down()
+
+    def up(self, port: int | None = None) -> None:
+        for node_port, proxy in self.proxies.items():
+            if port is None or port in (node_port, proxy.port):
+                proxy.up()
+
+    def close(self) -> None:
+        self.down()
+
+
+class ClusterLostReplyProxies:
+    """tests.support.lost_reply.LostReplyProxy for a cluster: one in front of every node, armed together (the next
+    commands containing ``needle`` lose their reply on whichever node receives them; ``lost`` and ``faults`` count
+    across nodes). hotcache reaches the nodes through them as with ClusterProxies (``install``)."""
+
+    def __init__(self, cluster: RedisClusterNodes) -> None:
+        from tests.support.lost_reply import LostReplyProxy
+
+        self._lock = threading.Lock()
+        self._needle = b""
+        self._modes: list[str] = []
+        self.lost: list[str] = []  # modes used so far, in order, on any node
+        self.proxies: dict[int, Any] = {}
+        for node in cluster.live_nodes():
+            proxy = LostReplyProxy(f"redis://127.0.0.1:{node.port}/0")
+            proxy._take = self._take  # every node's proxy takes from the one armed list
+            self.proxies[node.port] = proxy
+
+    @property
+    def url(self) -> str:
+        return str(next(iter(self.proxies.values())).url)
+
+    def remap(self, address: tuple[str, int]) -> tuple[str, int]:
+        proxy = self.proxies.get(int(address[1]))
+        if proxy is None:
+            return address
+        return ("127.0.0.1", int(proxy.url.rsplit(":", 1)[1].split("/", 1)[0]))
+
+    install = ClusterProxies.install
+
+    def arm(self, needle: bytes, *modes: str, together: int = 1) -> None:
+        barrier = threading.Barrier(together) if together > 1 else None
+        with self._lock:
+            self._needle, self._modes = needle, list(modes)
+            for proxy in self.proxies.values():
+                proxy._barrier = barrier
+
+    @property
+    def faults(self) -> int:
+        return len(self.lost)
+
+    def _take(self, data: bytes) -> str | None:
+        with self._lock:
+            if self._modes and self._needle and self._needle in data:
+                mode = self._modes.pop(0)
+                self.lost.append(mode)
+                return mode
+        return None
+
+    def close(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.close()
 
 
 def main() -> None:

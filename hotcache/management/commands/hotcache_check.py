@@ -113,12 +113,30 @@ def _profile() -> dict[str, Any]:
     else:
         out["timing"] = timings.as_dict() if timings is not None else None
     try:
-        policy = str(_first_node(redis_backend.server_info("memory")).get("maxmemory_policy", "?"))
+        policy = _eviction_policy()
     except BackendUnavailable:
         policy = "?"
     eviction = redis_profile.eviction_advice(policy)
     out["eviction"] = {"maxmemory_policy": eviction.policy, "ok": eviction.ok, "advice": eviction.advice}
     return out
+
+
+def _eviction_policy() -> str:
+    """maxmemory-policy of the server, or on a cluster of every master (each has its own): the first that is not
+    noeviction, with the masters that have it, so one misconfigured node is not hidden behind the others."""
+    if not hotcache_settings.REDIS_CLUSTER:
+        return str(_first_node(redis_backend.server_info("memory")).get("maxmemory_policy", "?"))
+    policies = redis_backend.call(
+        "status",
+        lambda r: cluster.per_master(r, lambda n: n.info("memory").get("maxmemory_policy", "?")),  # type: ignore[arg-type]
+    )
+    worst = sorted({str(p) for p in policies.values()}, key=lambda p: p == "noeviction")
+    if not worst:
+        return "?"
+    if len(worst) == 1:
+        return worst[0]
+    nodes = ", ".join(a for a, p in sorted(policies.items()) if p == worst[0])
+    return f"{worst[0]} (on {nodes})"
 
 
 def _redact(url: str) -> str:
