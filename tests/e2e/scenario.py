@@ -31,20 +31,7 @@ def drive(cluster: Cluster, phase_file: Path, started: float, duration: float, r
     log("e2e: Redis restarted")
     back = _wait_back_on_redis(cluster, timeout=cluster.cooldown + 10)
     result.facts["back_on_redis_seconds"] = None if back is None else round(back - restarted, 3)
-    _at(started, 0.5 * d)
-    phase_file.write_text("healthy")
-    _at(started, 0.55 * d)
-    log("e2e: MongoDB writes failing")
-    phase_file.write_text("mongo_failing")
-    cluster.mongo_failing(True)
-    _at(started, 0.68 * d)
-    cluster.mongo_failing(False)
-    phase_file.write_text("healthy")
-    _at(started, 0.72 * d)
-    phase_file.write_text("worker_killed")
-    kill_worker_mid_sync(cluster, result, log)
-    _at(started, 0.8 * d)
-    phase_file.write_text("healthy")
+    _after_redis(cluster, phase_file, started, d, result, log)
 
 
 def drive_cluster(cluster: Cluster, phase_file: Path, started: float, duration: float, result: Any, log: Any) -> None:
@@ -68,6 +55,11 @@ def drive_cluster(cluster: Cluster, phase_file: Path, started: float, duration: 
     result.facts["back_on_redis_seconds"] = None if back is None else round(back - promoted_at, 3)
     result.facts["full_recovery_seconds"] = None if back is None else round(back - killed_at, 3)
     cluster.redis_nodes.restart(master)
+    _after_redis(cluster, phase_file, started, d, result, log)
+
+
+def _after_redis(cluster: Cluster, phase_file: Path, started: float, d: float, result: Any, log: Any) -> None:
+    """The second half of either timeline: healthy -> MongoDB failing -> worker killed mid-sync -> healthy."""
     _at(started, 0.5 * d)
     phase_file.write_text("healthy")
     _at(started, 0.55 * d)
