@@ -40,6 +40,7 @@ __all__ = [
     "billable",
     "current_feature",
     "event",
+    "events",
     "feature",
     "flush",
     "meter",
@@ -124,6 +125,22 @@ def _fields(name: str) -> tuple[str, str, str]:
     return f"cmd:{name}", f"rt:{name}", f"billed:{name}"
 
 
+_keys_cache: dict[str, tuple[str, tuple[str, str, str, tuple[str, str], tuple[str, str], tuple[str, str]]]] = {}
+
+
+def _keys(name: str, day: str) -> tuple[str, str, str, tuple[str, str], tuple[str, str], tuple[str, str]]:
+    # A feature's counter names and their (day, name) buffer keys, built once per feature and UTC day.
+    cached = _keys_cache.get(name)
+    if cached is not None and cached[0] is day:  # _day() hands out one string object per day
+        return cached[1]
+    cmd, rt, billed = _fields(name)
+    keys = (cmd, rt, billed, (day, cmd), (day, rt), (day, billed))
+    if len(_keys_cache) >= 256:
+        _keys_cache.clear()
+    _keys_cache[name] = (day, keys)
+    return keys
+
+
 _day_cache: tuple[int, str] = (-1, "")
 
 
@@ -150,19 +167,19 @@ class Meter:
     # -- recording (hot path: a dict update under a lock) --
     def commands(self, n: int, round_trips: int = 1, billed: int | None = None) -> None:
         """``n`` commands sent in ``round_trips``, ``billed`` of them billed (default: all)."""
-        cmd, rt, billed_field = _fields(_feature.get())
-        day = _day()
+        cmd, rt, billed_field, pcmd, prt, pbilled = _keys(_feature.get(), _day())
         billed = n if billed is None else billed
         aside = _self_counted.get()
+        totals = self._totals
         with self._lock:
             pending = self._pending if aside is None else aside
-            pending[(day, cmd)] += n
-            pending[(day, rt)] += round_trips
-            self._totals[cmd] += n
-            self._totals[rt] += round_trips
+            pending[pcmd] += n
+            pending[prt] += round_trips
+            totals[cmd] += n
+            totals[rt] += round_trips
             if billed:
-                pending[(day, billed_field)] += billed
-                self._totals[billed_field] += billed
+                pending[pbilled] += billed
+                totals[billed_field] += billed
             if aside is None:
                 self._pending_commands += n
 
@@ -170,18 +187,26 @@ class Meter:
         """``n`` more billed commands the server ran for one sent (a script's redis.call/pcall count)."""
         if n <= 0:
             return
-        billed_field = _fields(_feature.get())[2]
-        day = _day()
+        keys = _keys(_feature.get(), _day())
         aside = _self_counted.get()
         with self._lock:
-            (self._pending if aside is None else aside)[(day, billed_field)] += n
-            self._totals[billed_field] += n
+            (self._pending if aside is None else aside)[keys[5]] += n
+            self._totals[keys[2]] += n
 
     def add(self, fld: str, n: int = 1) -> None:
         day = _day()
         with self._lock:
             self._pending[(day, fld)] += n
             self._totals[fld] += n
+
+    def add_each(self, fields: tuple[str, ...]) -> None:
+        """One more of each of ``fields`` (a request's events), in one locked update."""
+        day = _day()
+        pending, totals = self._pending, self._totals
+        with self._lock:
+            for fld in fields:
+                pending[(day, fld)] += 1
+                totals[fld] += 1
 
     def snapshot(self) -> Counter[str]:
         """Totals recorded by this process since start (or reset); for demos, benchmarks and tests."""
@@ -242,7 +267,17 @@ def self_counted() -> Iterator[Counter[tuple[str, str]]]:
 
 def event(feature_name: str, name: str, n: int = 1) -> None:
     """Count a feature event (a cache hit, a denial, a fallback) for the reports."""
-    meter.add(f"ev:{feature_name}:{name}", n)
+    meter.add(_event_field(feature_name, name), n)
+
+
+def events(feature_name: str, names: tuple[str, ...]) -> None:
+    """Count one of each of several events of a feature (a request's verdict and its rules') in one update."""
+    meter.add_each(tuple([_event_field(feature_name, name) for name in names]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _event_field(feature_name: str, name: str) -> str:
+    return f"ev:{feature_name}:{name}"
 
 
 def mongo_op(feature_name: str, n: int = 1) -> None:

@@ -9,6 +9,7 @@ import threading
 import uuid
 
 import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hotcache.backends import lean
 from hotcache.backends import redis as redis_backend
@@ -192,3 +193,35 @@ def test_the_embedded_fakeredis_default_runs_the_per_request_calls_too(fake_redi
         assert not evaluate(limits).allowed
     assert (c.round_trips, c.commands) == (2, 2)
     assert redis_backend.lean_connections() == 1
+
+
+def test_the_socket_timeout_is_the_kernels_and_a_stalled_redis_still_times_out_and_opens_the_gate(
+    settings, redis_url, hotcache_config
+):
+    """The lean connection waits in the kernel (SO_RCVTIMEO/SO_SNDTIMEO on a blocking socket, no poll() per
+    send and receive): a Redis that stops answering still ends the call at REDIS_SOCKET_TIMEOUT, as a timeout
+    (maybe_applied: the command was sent), and the gate opens after HEALTH_FAILURE_THRESHOLD of them."""
+    import socket
+    import struct
+
+    proxy = LostReplyProxy(redis_url)
+    try:
+        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": proxy.url}}
+        hotcache_config(REDIS_SOCKET_TIMEOUT=0.2, HEALTH_FAILURE_THRESHOLD=2)
+        client = redis_backend.lean_call("t", lambda r: r)
+        _client_id()
+        sock = client._conn._sock
+        assert sock.gettimeout() is None  # blocking: no CPython timeout, so no poll() before each call
+        seconds, micros = struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+        assert (seconds, micros) == (0, 200_000)
+        proxy.arm(b"GET", "stall", "stall")
+        for attempt in (1, 2):
+            with count_redis() as c, pytest.raises(RedisUnavailable) as info:
+                redis_backend.lean_call("t", lambda r: r.get("x"))
+            assert info.value.maybe_applied is True and not info.value.gate_open
+            assert isinstance(info.value.__cause__, RedisTimeoutError)  # a timeout, not a lost connection
+            assert c.events.get("t:gate_rejected", 0) == 0  # sent, not turned away
+            assert redis_gate.state == ("closed" if attempt == 1 else "open")
+        assert proxy.lost == ["stall", "stall"]
+    finally:
+        proxy.close()

@@ -384,13 +384,18 @@ def _maybe_flush_meter() -> None:
     """The meter store's flush check, as the sync path runs after each call; a due flush (a sync Redis call) runs
     in a worker thread, never on the loop: one hop per METER_FLUSH_EVERY commands, not per call."""
     hook = redis_backend.after_call_hook()
-    if hook is None or not metering.meter.due(int(hotcache_settings.METER_FLUSH_EVERY)):
+    # The setting read once per HOTCACHE dict (the sync store's own derived value), not through Django per call.
+    if hook is None or not metering.meter.due(hotcache_settings.derived("meter_flush_every", _flush_every)):
         return
     if _flushes:
         return  # one already on its way
     future = asyncio.get_running_loop().run_in_executor(None, hook)
     _flushes.add(future)
     future.add_done_callback(_flushes.discard)
+
+
+def _flush_every() -> int:
+    return int(hotcache_settings.METER_FLUSH_EVERY)
 
 
 async def run_script(

@@ -250,14 +250,14 @@ def _degraded(outage: Outage, limits: Sequence[Limit], increment: bool, reason: 
 
 
 def _count(results: Sequence[RuleResult], *, allowed: bool) -> None:
-    metering.event(_FEATURE, "allowed" if allowed else "denied")
-    for r in results:
-        if not r.evaluated:
-            continue
-        if allowed:
-            metering.event(_FEATURE, _event("allowed:", r.name))
-        elif not r.allowed:
-            metering.event(_FEATURE, _event("denied:", r.name))
+    """The decision's events (``allowed``/``denied`` and one per evaluated rule), in one locked meter update."""
+    if allowed:
+        names = ["allowed"]
+        names += [_event("allowed:", r.name) for r in results if r.evaluated]
+    else:
+        names = ["denied"]
+        names += [_event("denied:", r.name) for r in results if r.evaluated and not r.allowed]
+    metering.events(_FEATURE, tuple(names))
 
 
 @functools.lru_cache(maxsize=4096)

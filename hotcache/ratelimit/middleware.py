@@ -9,6 +9,7 @@ else becomes the rules' 429. See docs/ratelimit.md ("Global rules", "Per view").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
-from hotcache.conf import hotcache_settings
 from hotcache.ratelimit.acore import aevaluate_in
 from hotcache.ratelimit.core import Companion, evaluate_in, refuse_missing
 from hotcache.ratelimit.exceptions import Ratelimited
@@ -40,7 +40,7 @@ def _check(request: HttpRequest, state: LocalState) -> Decision:
     if refused:
         decision = refuse_missing(limits, refused)
     else:
-        decision = evaluate_in(state, limits, companion=_companion(request) if limits else None)
+        decision = evaluate_in(state, limits, companion=_companion(request, state) if limits else None)
     request.ratelimit = decision  # type: ignore[attr-defined]
     return decision
 
@@ -51,7 +51,7 @@ async def _acheck(request: HttpRequest, state: LocalState) -> Decision:
     if refused:
         decision = refuse_missing(limits, refused)
     else:
-        decision = await aevaluate_in(state, limits, companion=_companion(request) if limits else None)
+        decision = await aevaluate_in(state, limits, companion=_companion(request, state) if limits else None)
     request.ratelimit = decision  # type: ignore[attr-defined]
     return decision
 
@@ -73,15 +73,25 @@ def _limits(request: HttpRequest) -> tuple[list[Limit], list[Limit]]:
     return limits_for(request, url_names)
 
 
-def _companion(request: HttpRequest) -> Companion | None:
-    """The request's session-and-user read to send in the decision's round trip (hotcache.sessions.combined)."""
-    if not hotcache_settings.enabled("sessions"):
+def _companion(request: HttpRequest, state: LocalState) -> Companion | None:
+    """The request's session-and-user read to send in the decision's round trip (hotcache.sessions.combined).
+
+    A request without a session (no SessionMiddleware before this one) or with sessions disabled (read from the
+    settings snapshot, not from Django's settings per request) has none, without importing anything."""
+    if getattr(request, "session", None) is None or not state.settings.sessions:
         return None
+    companion_for = _companion_for()
+    return None if companion_for is None else companion_for(request)
+
+
+@functools.cache
+def _companion_for() -> Callable[[HttpRequest], Companion | None] | None:
+    """hotcache.sessions.combined.companion_for, imported once; None when django.contrib.sessions is absent."""
     try:
         from hotcache.sessions.combined import companion_for
     except ImportError:  # django.contrib.sessions absent: no session to read
         return None
-    return companion_for(request)
+    return companion_for
 
 
 def _denied_response(decision: Decision, snapshot: Snapshot) -> HttpResponse:

@@ -46,6 +46,7 @@ class Snapshot:
     legacy_headers: bool
     status_code: int
     cluster: bool = False  # HOTCACHE['REDIS_CLUSTER']: rules on several slots are evaluated per slot (slots.py)
+    sessions: bool = False  # HOTCACHE['FEATURES'] enables sessions: the decision may carry the session read
 
     @classmethod
     def build(cls) -> Snapshot:
@@ -57,6 +58,7 @@ class Snapshot:
             legacy_headers=bool(hotcache_settings.RATELIMIT_LEGACY_HEADERS),
             status_code=status if isinstance(status, int) and 400 <= status <= 599 else 429,
             cluster=bool(hotcache_settings.REDIS_CLUSTER),
+            sessions=hotcache_settings.enabled("sessions"),
         )
 
 

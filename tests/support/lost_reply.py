@@ -14,7 +14,8 @@ class LostReplyProxy:
 
     ``arm("apply", "drop", ...)``: each of the next commands containing ``needle`` (one per mode, in order of
     arrival) is either forwarded so Redis applies it ("apply") or never forwarded ("drop"); either way the
-    client's connection is then closed without a reply. With ``together=k`` the k armed commands wait for
+    client's connection is then closed without a reply; or held open without a reply ("stall": a stalled Redis,
+    which only the client's timeout ends). With ``together=k`` the k armed commands wait for
     each other (a barrier), so k calls from different threads are in flight at once. Everything else is relayed.
     """
 
@@ -85,6 +86,8 @@ class LostReplyProxy:
                         continue
                     if self._barrier is not None:
                         self._barrier.wait(timeout=10)
+                    if mode == "stall":
+                        continue  # read, never forwarded, never answered, the connection left open
                     if mode == "apply":
                         muted.set()
                         upstream.sendall(data)
