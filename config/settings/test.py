@@ -38,6 +38,12 @@ HOTCACHE = {
     # HOTCACHE_TEST_KEY_BUCKETS=8 runs a suite with the spread key layouts on the single server too.
     **({"KEY_BUCKETS": int(_BUCKETS)} if (_BUCKETS := os.environ.get("HOTCACHE_TEST_KEY_BUCKETS")) else {}),
 }
+# A child process of a HOTCACHE_TEST_REDIS_TARGET=cluster run (tests/analytics/batch_child.py) follows the switch:
+# the session's cluster (tests/support/redis_cluster.py sets HOTCACHE_TEST_CLUSTER_URL once it is up), as the
+# parent's cluster_redis fixture does. The parent itself reads these settings before the cluster starts.
+_CLUSTER = os.environ.get("HOTCACHE_TEST_CLUSTER_URL")
+if os.environ.get("HOTCACHE_TEST_REDIS_TARGET") == "cluster" and _CLUSTER:
+    HOTCACHE = {**HOTCACHE, "REDIS_URL": _CLUSTER, "REDIS_CLUSTER": True}
 
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; not what production uses

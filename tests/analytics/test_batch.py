@@ -186,6 +186,7 @@ def test_a_killed_process_loses_at_most_its_unwritten_interval(raw_redis, key_pr
     assert unwritten < tracked
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # caps apply per bucket; names {analytics:a} keys
 def test_a_known_hours_marks_are_not_sent_again_and_an_overflowed_event_stays_in_overflow(
     raw_redis, hotcache_config, clock
 ):
@@ -211,6 +212,7 @@ def test_a_known_hours_marks_are_not_sent_again_and_an_overflowed_event_stays_in
     assert raw_redis.pfcount(hll_key(day, OVERFLOW)) == 2 and raw_redis.pfcount(hll_key(day, "first")) == 2
 
 
+@pytest.mark.usefixtures("single_tag_layout")  # caps apply per bucket; names {analytics:a} keys
 def test_a_batch_of_many_new_fields_fills_an_hour_exactly_as_one_call_per_event(
     raw_redis, key_prefix, hotcache_config, clock
 ):

@@ -23,6 +23,7 @@ from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 from hotcache.ratelimit import Limit, evaluate
 from hotcache.testing import RedisCount, count_redis, redis_server
+from tests.support.redis_cluster import on_cluster
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,61 @@ def own_server() -> Iterator[str]:
         yield url
 
 
+# A replica's acknowledgements to its master (every second): replication traffic, not a client's commands.
+_REPLICATION = {"cmdstat_replconf", "cmdstat_psync", "cmdstat_sync"}
+
+
+class _ClusterServer:
+    """The session's Redis Cluster as one server for these contracts: INFO commandstats summed over the masters
+    (a replica's replayed commands are not billed twice); other commands go through a cluster client. Under
+    HOTCACHE_TEST_REDIS_TARGET=cluster the run has the cluster to itself, as the single server's tests have
+    their own redis-server."""
+
+    def __init__(self, url: str) -> None:
+        from redis.cluster import RedisCluster
+
+        self.client = RedisCluster.from_url(url)
+
+    def info(self, section: str) -> dict[str, Any]:
+        summed: dict[str, dict[str, int]] = {}
+        for node in self.client.get_primaries():
+            stats = self.client.get_redis_connection(node).info(section)
+            for name, figures in stats.items():
+                if isinstance(figures, dict) and name not in _REPLICATION:
+                    into = summed.setdefault(name, {})
+                    for field in ("calls", "rejected_calls"):
+                        into[field] = into.get(field, 0) + int(figures.get(field, 0))
+        return summed
+
+    def load_scripts(self) -> None:
+        """Every script hotcache has loaded so far, on every master (outside any measurement)."""
+        for node in self.client.get_primaries():
+            connection = self.client.get_redis_connection(node)
+            for body, _ in list(redis_backend.Script._cache.values()):
+                connection.script_load(body)
+
+    def script_flush(self) -> None:
+        for node in self.client.get_primaries():
+            self.client.get_redis_connection(node).script_flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 @pytest.fixture
-def server(own_server: str, settings: Any) -> Iterator[redis_py.Redis]:
-    """hotcache on the module's own redis-server; yields a plain client for INFO commandstats (free commands)."""
+def server(own_server: str, settings: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """hotcache on the module's own redis-server; yields a plain client for INFO commandstats (free commands).
+    Under HOTCACHE_TEST_REDIS_TARGET=cluster: hotcache stays on the session's cluster, measured on its masters."""
+    if on_cluster():
+        cluster = _ClusterServer(request.getfixturevalue("cluster_redis").url)
+        redis_backend.reset()
+        cluster.info("commandstats")
+        yield cluster
+        cluster.close()
+        return
     settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": own_server}}
     redis_backend.reset()
     client = redis_py.Redis.from_url(own_server)
@@ -48,8 +101,13 @@ def _billed_by_command(server: redis_py.Redis) -> Counter[str]:
 
 
 @contextlib.contextmanager
-def measured(server: redis_py.Redis) -> Iterator[tuple[RedisCount, list[Any]]]:
-    """The meter's counts inside the block and, after it, the server's billed commands in it (and by command)."""
+def measured(server: Any, *, warm_nodes: bool = True) -> Iterator[tuple[RedisCount, list[Any]]]:
+    """The meter's counts inside the block and, after it, the server's billed commands in it (and by command).
+    On the cluster, warm means every script loaded on every master (``warm_nodes``): a warm-up on one key loads
+    it on that key's node only, and an operation on a new id may land on another (NOSCRIPT, EVAL: one round trip
+    and its billed EVALSHA more, once per node and script)."""
+    if warm_nodes and isinstance(server, _ClusterServer):
+        server.load_scripts()
     executed: list[Any] = []
     before = _billed_by_command(server)
     with count_redis() as c:
@@ -61,7 +119,7 @@ def measured(server: redis_py.Redis) -> Iterator[tuple[RedisCount, list[Any]]]:
 
 def figures(name: str, c: RedisCount, executed: list[Any]) -> None:
     """Meter == server, exactly; the figures printed for the docs' table (with what the server ran)."""
-    assert c.billed == executed[0], f"{name}: meter {c.billed} billed, server executed {executed[0]}"
+    assert c.billed == executed[0], f"{name}: meter {c.billed} billed, server executed {executed[0]}: {executed[1]}"
     ran = ", ".join(f"{n} {cmd.upper()}" for cmd, n in sorted(executed[1].items()))
     print(f"billed: {name}: {c.billed} billed, {c.commands} sent, {c.round_trips} round trips: {ran}")
 
@@ -183,20 +241,23 @@ def test_session_read_with_its_user(server, settings):
     """The session and its cached user in one round trip: session_user_read.lua (3) from a process that has not
     seen the session, then one MGET of the four keys (1) once it knows which user the entry names."""
     from hotcache.sessions import cache as sessions
+    from hotcache.sessions import combined
 
     settings.HOTCACHE = {**settings.HOTCACHE, "KEY_PREFIX": f"b{_id()}"}
     key = _id() + "abcdefgh"
     assert sessions.fill(key, None, "data", 4_102_444_800_000, "42", 3600)
     sessions.forget_users_seen()
-    sessions.read_with_user(key)  # loads the script on this server
+    combined.read_with_user(key)  # loads the script on this server
     sessions.forget_users_seen()
 
     def unseen() -> None:
         sessions.forget_users_seen()
-        sessions.read_with_user(key)
+        combined.read_with_user(key)
 
-    assert check(server, "session + user, not seen", unseen) == 3
-    assert check(server, "session + user, seen", lambda: sessions.read_with_user(key)) == 1
+    # On a cluster the script cannot run (its user keys are undeclared): the session's MGET (not seen), the
+    # session's and the user's MGETs on their nodes (seen), one round trip per node.
+    assert check(server, "session + user, not seen", unseen) == (1 if on_cluster() else 3)
+    assert check(server, "session + user, seen", lambda: combined.read_with_user(key)) == (2 if on_cluster() else 1)
 
 
 def test_workbench_lifetime_refresh_and_its_average(server, clock):
@@ -346,7 +407,7 @@ def test_a_noscript_retry_bills_the_refused_evalsha_and_the_eval(server):
     who = _id()
     evaluate([Limit("one", who, 1000, 60)])
     server.script_flush()
-    with measured(server) as (c, executed):
+    with measured(server, warm_nodes=False) as (c, executed):
         evaluate([Limit("one", who, 1000, 60)])
     figures("rate limit, 1 rule, NOSCRIPT retry", c, executed)
     with measured(server) as (warm, _):
@@ -358,7 +419,8 @@ def test_pipelines_and_transactions_bill_every_command_and_free_commands_none(se
     def both(r: redis_py.Redis) -> None:
         p = r.pipeline(transaction=False)
         p.set("a", 1)
-        p.ping()
+        if not on_cluster():  # redis-py's cluster pipeline refuses PING (no key to route by) before sending
+            p.ping()
         p.get("a")
         p.execute()
         t = r.pipeline(transaction=True)
@@ -372,7 +434,7 @@ def test_pipelines_and_transactions_bill_every_command_and_free_commands_none(se
         redis_backend.call("t", both)
     # SET, GET; MULTI, INCR, EXPIRE, EXEC. PING and INFO are free.
     assert c.billed == executed[0] == 6
-    assert c.commands == 8 and c.round_trips == 3
+    assert c.commands == (7 if on_cluster() else 8) and c.round_trips == 3  # the cluster: no PING
 
 
 def test_a_failing_script_and_a_refused_command_are_billed_as_the_server_counts_them(server, tmp_path, monkeypatch):
@@ -398,5 +460,7 @@ def test_a_failing_script_and_a_refused_command_are_billed_as_the_server_counts_
         with pytest.raises(RedisUnavailable):
             redis_backend.call("t", lambda r: r.execute_command("GET"))  # wrong argument count: refused
     figures("failing scripts and a refused command", c, executed)
-    assert c.billed == 3 + 2 + 1
+    # The GET without a key: the server refuses it (billed); a cluster client refuses it before sending (it has
+    # no key to route by), so no server sees it.
+    assert c.billed == 3 + 2 + (0 if on_cluster() else 1)
     assert server.get("counter") == b"3"  # what ran before the errors stays done, as Redis never rolls back

@@ -14,6 +14,7 @@ from hotcache.conf import hotcache_settings
 from hotcache.testing import count_redis, mongo_down, new_process
 from hotcache.workbench import _durable, _envelope, _layout, _recover
 from tests.support.concurrency import increment_concurrently
+from tests.support.redis_cluster import warm_every_node
 
 # MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
 pytestmark = pytest.mark.mongo_contract
@@ -49,6 +50,7 @@ def back(redis_proxy, clock):
 
 def test_a_redis_save_is_copied_to_workbench_active_in_one_operation():
     workbench.save("warm", {})
+    warm_every_node()  # on a cluster "s1" may live on another master than "warm"
     with count_redis() as c:
         workbench.save("s1", {"n": 1}, owner="alice")
         workbench.save("s1", {"n": 2})
@@ -308,7 +310,7 @@ def test_a_put_back_is_refused_when_an_end_ran_after_the_check_read_the_ended_re
     read_before, _ = _recover._ended_records("s1")
     assert read_before == 0
     workbench.end("s1")  # between the check's read and its put
-    keys_ = [_layout._data_key("s1"), _layout._index_key(), _layout._gone_key("s1")]
+    keys_ = [_layout._data_key("s1"), _layout._index_key(_layout._bucket("s1")), _layout._gone_key("s1")]
 
     def put(gone):
         args = _recover._reconcile_args("put", "", b"", doc, "s1", gone)

@@ -15,6 +15,7 @@ from hotcache.conf import hotcache_settings
 from hotcache.exceptions import MongoUnavailable, MongoWriteError
 from hotcache.testing import count_redis, mongo_down, new_process
 from hotcache.workbench import _persist
+from tests.support.redis_cluster import warm_every_node
 
 # MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
 pytestmark = pytest.mark.mongo_contract
@@ -300,6 +301,7 @@ def test_persisting_uses_one_bulk_write_per_batch(hotcache_config):
     for i in range(120):
         workbench.save(f"s{i}", {"i": i})
         workbench.end(f"s{i}")
+    warm_every_node()  # on a cluster: the persist scripts loaded, and the meter's keys' masters connected
     with count_redis() as c:
         result = workbench.persist()
     assert result.ended == 120 and result.batches == 3
