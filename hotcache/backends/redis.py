@@ -97,10 +97,10 @@ def _metered_class(base: type) -> type:
 
 def connection_source() -> tuple[type, dict[str, Any], int]:
     """(connection class, connection kwargs, pool size) of hotcache's Redis as configured, before hotcache's own
-    timeouts: HOTCACHE['REDIS_URL'] (for a cluster, the node it names), else the REDIS_ALIAS cache's pool."""
+    timeouts: HOTCACHE['REDIS_URL'] (for a cluster, the first node it names), else the REDIS_ALIAS cache's pool."""
     url = hotcache_settings.REDIS_URL
     if url:
-        kwargs = parse_url(str(url))
+        kwargs = parse_url(cluster.startup_urls(str(url))[0])  # several nodes listed: the first
         return kwargs.pop("connection_class", redis.Connection), kwargs, 50
     from django_redis import get_redis_connection
 
