@@ -47,7 +47,7 @@ def direct(redis_cluster: RedisClusterNodes) -> Iterator[RedisCluster]:
 @pytest.fixture
 def incr_script(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis_backend.Script]:
     lua = tmp_path / "once_incr.lua"
-    lua.write_text("return redis.call('INCR', KEYS[1])")
+    lua.write_text("-- test_send_once_callers\nreturn redis.call('INCR', KEYS[1])")
     monkeypatch.setattr(redis_backend, "_LUA_DIR", tmp_path)
     redis_backend.Script._cache.pop("once_incr", None)
     yield redis_backend.Script("once_incr")
