@@ -82,15 +82,19 @@ def write_index(r: Any, revoked: Iterable[str], touched: Iterable[tuple[dt.date,
     broken = sorted({_index_of(d, b) for (d, b), reply in failed if isinstance(reply, Exception)})
     if not broken:
         return
-    pipe = r.pipeline(transaction=False)
+    # Sent once (send_commands): a DEL re-sent by redis-py's cluster pipeline after a lost reply would drop
+    # members other processes added in between.
+    commands: list[tuple[Any, ...]] = []
     for key in broken:
         signing.tampered(FEATURE, key, "is not a set (replaced)")
-        pipe.delete(key)
+        commands.append(("DEL", key))
     for day, body in touched:
         if _index_of(day, body) in broken:
-            pipe.sadd(_index_of(day, body), touched_member(day, body))
-            pipe.expire(_index_of(day, body), counters_ttl)
-    pipe.execute()
+            commands.append(("SADD", _index_of(day, body), touched_member(day, body)))
+            commands.append(("EXPIRE", _index_of(day, body), counters_ttl))
+    for reply in redis_backend.send_commands(r, commands):
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def read_touched(r: Any, revoked: list[str], day_list: list[dt.date]) -> dict[dt.date, set[bytes]]:

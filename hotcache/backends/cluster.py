@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.policies import (  # type: ignore[attr-defined]  # redis-py re-exports them without __all__
     BasePolicyResolver,
     CommandPolicies,
@@ -254,10 +254,41 @@ def _note(address: str, error: BaseException) -> None:
         calls.note(address, error)
 
 
+def startup_urls(url: str) -> list[str]:
+    """One URL per node named by ``url``: ``redis://[user:pass@]a:7000,b:7001/0?opts`` names nodes a:7000 and
+    b:7001, each with the URL's scheme, credentials, database and options (the form Lettuce and StackExchange
+    take). A URL naming one node is returned as it is. A cluster client starts while any listed node answers."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return [url]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    auth, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    return [f"{scheme}://{auth}{at}{host.strip()}{tail}" for host in hosts.split(",")]
+
+
+def _host_problems(url: str) -> list[str]:
+    """A listed node that is not host[:port] (an empty entry, a port that is not a number)."""
+    problems = []
+    for one in startup_urls(url):
+        parts = urlsplit(one)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1:
+            problems.append(f"{parts.netloc.rpartition('@')[2]!r} is not a node (host:port).")
+    return problems
+
+
 def url_problems(url: object, *, cluster: bool) -> list[str]:
     """What is wrong with ``url`` as hotcache's Redis URL ([] when nothing is), each naming the fix."""
     if not isinstance(url, str) or "://" not in url:
         return [f"{str(url)[:60]!r} is not a Redis URL: use redis://host:port/0 or rediss://host:port/0 (TLS)."]
+    if len(startup_urls(url)) > 1 and not cluster:
+        return []  # several nodes without REDIS_CLUSTER: E123 (checks/redis_target.py)
     scheme = url.split("://", 1)[0].lower()
     if scheme not in (*SCHEMES, "unix"):
         return [f"the scheme {scheme!r} is not a Redis scheme: use redis://, rediss:// (TLS) or unix://."]
@@ -265,7 +296,9 @@ def url_problems(url: object, *, cluster: bool) -> list[str]:
         return []
     if scheme == "unix":
         return ["a cluster is reached over TCP: use redis:// or rediss://, not unix://."]
-    parts = urlsplit(url)
+    if len(startup_urls(url)) > 1 and (bad := _host_problems(url)):
+        return bad
+    parts = urlsplit(startup_urls(url)[0])
     path_db = parts.path.strip("/")
     query_db = parse_qs(parts.query).get("db", [""])[0]
     problems = []
@@ -371,12 +404,16 @@ def build(
     max_connections: int = 50,
     address_remap: Callable[[tuple[str, int]], tuple[str, int]] | None = None,
 ) -> RedisCluster:
-    """hotcache's cluster client for ``url`` (any node of the cluster; the others are discovered).
+    """hotcache's cluster client for ``url``: any node of the cluster, or several separated by commas
+    (``redis://a:7000,b:7001/0``, startup_urls): the client starts while any listed node answers, the others
+    are discovered.
 
     ``address_remap`` (redis-py's): where to connect for a node the cluster announces (host, port), e.g. behind a
     NAT or a proxy per node; the tests' ClusterProxies use it to take nodes down for hotcache only."""
+    first, *others = startup_urls(url)
     client = HotcacheCluster(
-        url=url,
+        url=first,  # scheme, credentials, TLS and options for every node; its node is tried first
+        startup_nodes=[ClusterNode(p.hostname, p.port or 6379) for p in map(urlsplit, others)],
         connection_pool_class=_metered_pool_class(metered_class),
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,

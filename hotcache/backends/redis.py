@@ -52,6 +52,7 @@ __all__ = [
     "lean_connections",
     "reset",
     "run_scripts",
+    "send_commands",
     "server_info",
     "wrap_lua",
 ]
@@ -96,10 +97,10 @@ def _metered_class(base: type) -> type:
 
 def connection_source() -> tuple[type, dict[str, Any], int]:
     """(connection class, connection kwargs, pool size) of hotcache's Redis as configured, before hotcache's own
-    timeouts: HOTCACHE['REDIS_URL'] (for a cluster, the node it names), else the REDIS_ALIAS cache's pool."""
+    timeouts: HOTCACHE['REDIS_URL'] (for a cluster, the first node it names), else the REDIS_ALIAS cache's pool."""
     url = hotcache_settings.REDIS_URL
     if url:
-        kwargs = parse_url(str(url))
+        kwargs = parse_url(cluster.startup_urls(str(url))[0])  # several nodes listed: the first
         return kwargs.pop("connection_class", redis.Connection), kwargs, 50
     from django_redis import get_redis_connection
 
@@ -461,13 +462,23 @@ def run_scripts(client: Any, calls: Sequence[tuple[Script, Sequence[str], Sequen
     return replies
 
 
-def _send_commands(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def send_commands(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """``commands`` in one pipeline, each sent once, replies (or a command's error) in order.
+
+    On Redis Cluster: cluster.send_once (one round trip per node reached; a command is re-sent only when its
+    node answered that it did not run it). redis-py's cluster pipeline would re-send every command of a node
+    whose reply timed out, so a script or counter that had run would run twice. On a single server a plain
+    pipeline, which never re-sends. Non-idempotent batches (scripts, INCR/HINCRBY) go through here.
+    """
     if isinstance(client, redis.cluster.RedisCluster):
         return cluster.send_once(client, commands)
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
     return list(pipe.execute(raise_on_error=False))
+
+
+_send_commands = send_commands  # the name run_scripts used first
 
 
 def server_info(section: str = "memory") -> dict[str, Any]:

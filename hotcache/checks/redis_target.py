@@ -1,4 +1,5 @@
-"""System checks for hotcache's Redis target (E120-E129, W120-W129): REDIS_URL, REDIS_CLUSTER, KEY_BUCKETS (E128).
+"""System checks for hotcache's Redis target (E120-E129, W120-W129): REDIS_URL, REDIS_CLUSTER, KEY_BUCKETS (E128);
+E123: several nodes in REDIS_URL without REDIS_CLUSTER.
 
 W120 connects to Redis, so it runs only with ``manage.py check --deploy`` (and ``hotcache_check`` reports the
 same): a single-server client pointed at one node of a Redis Cluster serves only that node's slots.
@@ -19,7 +20,7 @@ from hotcache.conf import hotcache_settings
 
 @register(Tags.compatibility, Tags.caches)
 def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from hotcache.backends.cluster import url_problems
+    from hotcache.backends.cluster import startup_urls, url_problems
 
     errors: list[CheckMessage] = []
     url = hotcache_settings.REDIS_URL
@@ -40,6 +41,16 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 hint="Set HOTCACHE['REDIS_URL'] to any node of the cluster (redis://host:port/0 or rediss://...): "
                 "django-redis has no cluster client, so the REDIS_ALIAS cache cannot be used for a cluster.",
                 id="hotcache.E121",
+            )
+        )
+    elif url and isinstance(url, str) and len(startup_urls(url)) > 1 and not is_cluster:
+        errors.append(
+            Error(
+                f"{_setting('REDIS_URL')} names {len(startup_urls(url))} nodes but {_setting('REDIS_CLUSTER')} is "
+                "not True.",
+                hint="Several nodes (redis://a:7000,b:7001/0) are startup nodes of a Redis Cluster: set "
+                "HOTCACHE['REDIS_CLUSTER'] = True, or name one server.",
+                id="hotcache.E123",
             )
         )
     elif url:
@@ -67,14 +78,16 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
 @register(Tags.compatibility, Tags.caches)
 def check_celery_broker_on_cluster(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W121: CELERY_BROKER_URL points at a node of the cluster hotcache uses (HOTCACHE['REDIS_URL'] with
-    REDIS_CLUSTER). Compared by host and port, with the URL's own node; other nodes are known only by connecting."""
+    REDIS_CLUSTER). Compared by host and port, with every node the URL lists; other nodes are known only by
+    connecting."""
+    from hotcache.backends.cluster import startup_urls
     from hotcache.checks.managed_redis import _servers, _urls
 
     url = hotcache_settings.REDIS_URL
     broker = getattr(settings, "CELERY_BROKER_URL", None)
     if hotcache_settings.REDIS_CLUSTER is not True or not isinstance(url, str) or not isinstance(broker, str):
         return []
-    if not _servers(_urls(broker)) & _servers(_urls(url)):
+    if not _servers(_urls(broker)) & _servers(startup_urls(url)):
         return []
     return [
         Warning(

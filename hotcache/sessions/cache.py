@@ -332,11 +332,10 @@ def _invalidate_all(r: Any, session_keys: list[str]) -> None:
     _check_reset(first, _RESERVE(r, [entry_key(first), version_key(first)], [_VERSION_SLACK]))
     for start in range(1, len(session_keys), _REPLAY_BATCH):
         batch = session_keys[start : start + _REPLAY_BATCH]
-        pipe = r.pipeline(transaction=False)
-        for key in batch:
-            _RESERVE.queue(pipe, [entry_key(key), version_key(key)], [_VERSION_SLACK])
-        for key, raw in zip(batch, pipe.execute(), strict=True):
-            _check_reset(key, _RESERVE.reply(raw))
+        # Each script sent once (on Redis Cluster redis-py's pipeline would re-send a batch whose reply timed out).
+        calls = [(_RESERVE, [entry_key(key), version_key(key)], [_VERSION_SLACK]) for key in batch]
+        for key, reply in zip(batch, redis_backend.run_scripts(r, calls), strict=True):
+            _check_reset(key, reply)
 
 
 def _check_reset(session_key: str, reply: Any) -> None:

@@ -141,10 +141,12 @@ def _invalidate(r: Any, ids: list[str]) -> list[str]:
         return []
     resets = [int(_INVALIDATE(r, [entry_key(ids[0]), version_key(ids[0])], [_VERSION_TTL]))]
     for start in range(1, len(ids), _REPLAY_BATCH):
-        pipe = r.pipeline(transaction=False)
-        for uid in ids[start : start + _REPLAY_BATCH]:
-            _INVALIDATE.queue(pipe, [entry_key(uid), version_key(uid)], [_VERSION_TTL])
-        resets += [int(_INVALIDATE.reply(n)) for n in pipe.execute()]
+        # Each script sent once (on Redis Cluster redis-py's pipeline would re-send a batch whose reply timed out).
+        calls = [
+            (_INVALIDATE, [entry_key(uid), version_key(uid)], [_VERSION_TTL])
+            for uid in ids[start : start + _REPLAY_BATCH]
+        ]
+        resets += [int(n) for n in redis_backend.run_scripts(r, calls)]
     return [uid for uid, reset in zip(ids, resets, strict=True) if reset]
 
 

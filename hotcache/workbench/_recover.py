@@ -314,15 +314,20 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
             plans.append((d, _plan(d, current, observed, tampered)))
 
         def apply(r: Any, batch: list[Any] = plans) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
+            commands: list[tuple[Any, ...]] = []
             for d, actions in batch:
                 for action, seen, src in actions:
-                    # EVAL (not EVALSHA) in a pipeline: no NOSCRIPT round trip to handle; a rare recovery path.
+                    # EVAL (not EVALSHA): no NOSCRIPT round trip to handle; a rare recovery path. Each sent once
+                    # (send_commands: redis-py's cluster pipeline would re-send a batch whose reply timed out).
                     b = _bucket(d["_id"])
                     ks = [_data_key(d["_id"]), _index_key(b), _gone_key(d["_id"])]
                     args = _reconcile_args(action, fences.get(b, ""), seen, src, d["_id"])
-                    _RECONCILE.queue(pipe, ks, args, load=True)
-            return [_RECONCILE.reply(raw) for raw in pipe.execute()]
+                    commands.append(("EVAL", _RECONCILE.body, len(ks), *ks, *args))
+            replies = [_RECONCILE.reply(raw) for raw in redis_backend.send_commands(r, commands)]
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
 
         redis_backend.call(FEATURE, apply)
         for d, _actions in plans:
