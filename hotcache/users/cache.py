@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from django.db import models
+from redis.exceptions import NoScriptError
 
 from hotcache import metering, recovery, signing
 from hotcache.backends import redis as redis_backend
@@ -135,17 +136,34 @@ def _invalidate(r: Any, ids: list[str]) -> list[str]:
     """Invalidate each user; returns the users whose version counter was not one (reset by the script).
 
     One script per user, so each touches one hash slot (Redis Cluster); several users go in pipelines of
-    _REPLAY_BATCH, after the first one's script made sure the server knows the script (EVAL on NOSCRIPT).
+    _REPLAY_BATCH, after the first one's script made sure the server knows the script (EVAL on NOSCRIPT). On a
+    cluster that is one master of several: a batch's NOSCRIPT replies (not run) load the script on every master
+    and are sent again, once (a promoted replica, or a master no script of this feature reached yet).
     """
     if not ids:
         return []
     resets = [int(_INVALIDATE(r, [entry_key(ids[0]), version_key(ids[0])], [_VERSION_TTL]))]
     for start in range(1, len(ids), _REPLAY_BATCH):
-        pipe = r.pipeline(transaction=False)
-        for uid in ids[start : start + _REPLAY_BATCH]:
-            _INVALIDATE.queue(pipe, [entry_key(uid), version_key(uid)], [_VERSION_TTL])
-        resets += [int(_INVALIDATE.reply(n)) for n in pipe.execute()]
+        batch = ids[start : start + _REPLAY_BATCH]
+        replies = _invalidate_batch(r, batch)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            r.script_load(_INVALIDATE.body)  # on a cluster: every master
+            for i, reply in zip(missing, _invalidate_batch(r, [batch[i] for i in missing]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        resets += [int(_INVALIDATE.reply(n)) for n in replies]
     return [uid for uid, reset in zip(ids, resets, strict=True) if reset]
+
+
+def _invalidate_batch(r: Any, ids: list[str]) -> list[Any]:
+    """One pipeline of invalidation scripts; each reply or error in its place."""
+    pipe = r.pipeline(transaction=False)
+    for uid in ids:
+        _INVALIDATE.queue(pipe, [entry_key(uid), version_key(uid)], [_VERSION_TTL])
+    return list(pipe.execute(raise_on_error=False))
 
 
 def _defer(ids: list[str]) -> None:
