@@ -38,3 +38,9 @@ def warm_every_master(*scripts: redis_backend.Script) -> None:
             r.script_load(script.body)
 
     redis_backend.call("test", warm)
+
+
+def pipelined(n: int) -> range:
+    """The round trips ``n`` pipelines may take: exactly ``n`` on one server; on a cluster each reaches the masters
+    holding its keys (1 to all), in parallel. Assert ``measured in pipelined(n)``."""
+    return range(n, n * masters() + 1)
