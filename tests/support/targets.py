@@ -44,3 +44,18 @@ def pipelined(n: int) -> range:
     """The round trips ``n`` pipelines may take: exactly ``n`` on one server; on a cluster each reaches the masters
     holding its keys (1 to all), in parallel. Assert ``measured in pipelined(n)``."""
     return range(n, n * masters() + 1)
+
+
+def on_a_cluster() -> bool:
+    """Whether hotcache's client is a Redis Cluster client (the survey target, or a test's own cluster)."""
+    return bool(redis_backend.call("test", lambda r: isinstance(r, RedisCluster)))
+
+
+def nodes_holding(*keys: str) -> int:
+    """How many servers hold ``keys``: 1 on one server; on a cluster the distinct masters (the round trips of one
+    send of commands on those keys, in parallel)."""
+
+    def count(r: Any) -> int:
+        return len({r.get_node_from_key(k).name for k in keys}) if isinstance(r, RedisCluster) else 1
+
+    return int(redis_backend.call("test", count))
