@@ -223,6 +223,15 @@ def _run_with_marker(
             commands.append(("EVALSHA", MARK.sha, 1, copy, *mark_args))
             steps.append((MARK, [copy], mark_args))
     out = _pipelined(r, commands)
+    missing = [i for i in range(len(steps)) if isinstance(out[i], NoScriptError)]
+    if len(missing) > 1 and isinstance(r, RedisCluster):
+        # Nodes that know no script (a fresh or failed-over master) answer NOSCRIPT for each of the marker's copies:
+        # load each missing script on every master and send those commands (not run) again, one round trip per
+        # node, instead of one EVAL per copy (up to COPIES round trips).
+        for script in {steps[i][0].name: steps[i][0] for i in missing}.values():
+            r.script_load(script.body)
+        for i, reply in zip(missing, _pipelined(r, [commands[i] for i in missing]), strict=True):
+            out[i] = reply
     for i, (s, k, a) in enumerate(steps):
         if isinstance(out[i], NoScriptError):  # first use on this server: EVAL also caches it
             out[i] = r.eval(s.body, len(k), *k, *a)

@@ -135,7 +135,9 @@ def _invalidate(r: Any, ids: list[str]) -> list[str]:
     """Invalidate each user; returns the users whose version counter was not one (reset by the script).
 
     One script per user, so each touches one hash slot (Redis Cluster); several users go in pipelines of
-    _REPLAY_BATCH, after the first one's script made sure the server knows the script (EVAL on NOSCRIPT).
+    _REPLAY_BATCH, after the first one's script made sure the server knows the script (EVAL on NOSCRIPT). On a
+    cluster that is one master of several: a batch's NOSCRIPT replies (not run) load the script on every master
+    and are sent again, once (a promoted replica, or a master no script of this feature reached yet).
     """
     if not ids:
         return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,6 @@ from hotcache.backends import mongo
 from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import MongoUnavailable
 from hotcache.testing import count_redis, mongo_down
-from tests.support.lost_reply import LostReplyProxy
 
 # MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
 pytestmark = pytest.mark.mongo_contract
@@ -30,22 +30,25 @@ CHECK_SCRIPT = redis_backend.Script("apikey_check")
 RESOLVE_SCRIPT = redis_backend.Script("apikey_resolve")
 
 
-class LosingProxy(LostReplyProxy):
+class Losing:
     """``arm(mode, times)``: the next ``times`` check scripts lose their reply ("apply": Redis runs them;
-    "drop": they never reach Redis)."""
+    "drop": they never reach Redis). Wraps the conftest's ``lost_reply_proxy``: one proxy for the single
+    server, one in front of every node on the cluster (HOTCACHE_TEST_REDIS_TARGET=cluster)."""
 
-    def arm(self, mode: str, times: int = 1) -> None:  # type: ignore[override]
-        super().arm(CHECK_SCRIPT.sha.encode(), *([mode] * times if mode else []))
+    def __init__(self, proxy: Any) -> None:
+        self._proxy = proxy
+
+    def arm(self, mode: str, times: int = 1) -> None:
+        self._proxy.arm(CHECK_SCRIPT.sha.encode(), *([mode] * times if mode else []))
+
+    @property
+    def faults(self) -> int:
+        return int(self._proxy.faults)
 
 
 @pytest.fixture
-def losing(settings, redis_url):
-    proxy = LosingProxy(redis_url)
-    caches = dict(settings.CACHES)
-    caches["default"] = {**caches["default"], "LOCATION": proxy.url}
-    settings.CACHES = caches
-    yield proxy
-    proxy.close()
+def losing(lost_reply_proxy: Any) -> Losing:
+    return Losing(lost_reply_proxy)
 
 
 def _usage_doc(key_id):

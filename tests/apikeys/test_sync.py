@@ -12,6 +12,7 @@ from hotcache.backends import redis as redis_backend
 from hotcache.exceptions import RedisUnavailable
 from hotcache.reports.features import apikeys as apikeys_page
 from hotcache.testing import count_redis, new_process
+from tests.support.targets import pipelined
 
 # MongoDB-facing contracts: each test runs on the stand-in and on a real server ([standin] / [real]).
 pytestmark = pytest.mark.mongo_contract
@@ -42,8 +43,8 @@ def test_sync_cost_follows_keys_used_not_keys_stored():
     with count_redis() as c:
         result = apikeys.sync_usage()
     assert (result.keys, result.written, result.bases_pushed) == (5, 5, 0)
-    # Redis: SSCAN today + yesterday (1 round trip), one GET per used key (1 round trip).
-    assert (c.commands, c.round_trips) == (2 + 5, 2)
+    # Redis: SSCAN today + yesterday (1 round trip), one GET per used key (1 round trip; per master on a cluster).
+    assert c.commands == 2 + 5 and c.round_trips in pipelined(2)
     # MongoDB: revoked-in-window query, one bulk write, today's MongoDB-counted uses.
     assert c.mongo_ops == 3
     assert {(k, r) for k, _, r, _ in _usage_docs()} == {(m.key_id, 3) for m in made[:5]}
@@ -148,7 +149,7 @@ def test_tombstones_of_keys_revoked_in_the_window_are_resent_without_reading_oth
         apikeys.sync_usage()
     tag = _records.tag_of(_records.digest_of(made[50].raw_key))
     assert raw_redis.get(meta) == _records.tombstone(tag).encode()  # the signed tombstone
-    assert (c.commands, c.round_trips, c.mongo_ops) == (1 + 2 + 2, 2, 3)  # SET + 2 SSCAN; 2 GETs
+    assert (c.commands, c.mongo_ops) == (1 + 2 + 2, 3) and c.round_trips in pipelined(2)  # SET + 2 SSCAN; 2 GETs
     with pytest.raises(apikeys.InvalidKey):
         apikeys.check(made[50].raw_key)
 
@@ -183,7 +184,7 @@ def test_list_keys_limit_bounds_the_redis_reads():
     apikeys.list_keys()  # warm
     with count_redis() as c:
         listed = apikeys.list_keys(limit=10)
-    assert len(listed) == 10 and (c.commands, c.round_trips, c.mongo_ops) == (10, 1, 2)
+    assert len(listed) == 10 and (c.commands, c.mongo_ops) == (10, 2) and c.round_trips in pipelined(1)
     assert {k.key_id for k in apikeys.list_keys("owner0", limit=100)} == {m.key_id for m in made[::7]}
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError):

@@ -5,6 +5,7 @@ the cluster before (issue 18 survey) and falls back no more."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 
 import pytest
@@ -14,6 +15,7 @@ from hotcache import clock as hc_clock
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import redis_gate
 from hotcache.testing import count_redis
+from tests.support.targets import warm_every_master
 
 
 @pytest.fixture(autouse=True)
@@ -66,4 +68,29 @@ def test_analytics_visitors_are_counted_on_the_cluster(clock):
     now = hc_clock.utcnow()
     rep = analytics.report(now - dt.timedelta(hours=1), now + dt.timedelta(hours=1))
     assert [v for v in rep.visitors if v[0] == event] == [(event, now.date(), 1)]
+    assert redis_gate.allow()
+
+
+def test_users_replay_loads_the_script_on_masters_that_do_not_know_it(monkeypatch):
+    """The replay's first script loads it on one master; the batches reach all three. Before: the other masters'
+    NOSCRIPT failed the whole replay (and the read with it) until some other call loaded the script there, as
+    after a failover (a promoted replica knows no script). Now those replies load it everywhere, sent again once."""
+    from hotcache.users import cache
+    from hotcache.users.entries import version_key
+
+    fresh = redis_backend.Script("user_invalidate")  # the same script under a SHA no node has cached
+    fresh.body = f"{fresh.body}\n-- {uuid.uuid4().hex}\n"
+    fresh.sha = hashlib.sha1(fresh.body.encode()).hexdigest()
+    monkeypatch.setattr(cache, "_INVALIDATE", fresh)
+    ids = [f"noscript-{uuid.uuid4().hex[:8]}-{i}" for i in range(60)]
+    cache.pending_invalidations.update(ids)
+    warm_every_master()  # connections open (their handshakes are not the replay's)
+    with count_redis() as counted:
+        assert cache.read("424242") == (None, None)  # replays first, then reads: no fallback
+    assert not cache.pending_invalidations
+    client = redis_backend.get_client()
+    assert all(client.exists(version_key(uid)) for uid in ids)
+    # The first script (NOSCRIPT, then EVAL), the batch (one per master), SCRIPT LOAD (one per master), the
+    # NOSCRIPT ones again (the masters the first script did not reach), the read; a meter flush at most.
+    assert counted.round_trips <= 2 + 3 + 3 + 3 + 1 + 3  # measured 11, and a meter flush (one per master) at most
     assert redis_gate.allow()

@@ -16,9 +16,10 @@ from hotcache import keys, metering, mfa, signing
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import InvalidName
-from hotcache.mfa import Reason, _fallback, _marker
+from hotcache.mfa import Reason, _fallback, _hot, _marker
 from hotcache.testing import count_redis, new_process
 from tests.mfa.support import wrong
+from tests.support.targets import warm_every_master
 
 
 @pytest.fixture(params=["redis", "mongodb"])
@@ -485,7 +486,6 @@ def forged_marker(clock, *, days=365):
     ["forged-future", "plain-int", "garbage", "not-utf8", "hash", "empty"],
 )
 def test_a_tampered_marker_sends_no_miss_to_mongodb(value, raw_redis, clock):
-    marker = _marker.marker_key()
     raw = {
         "forged-future": forged_marker(clock),
         "plain-int": str(int((clock.time() + 86400) * 1000)),  # the format before records were signed
@@ -493,12 +493,14 @@ def test_a_tampered_marker_sends_no_miss_to_mongodb(value, raw_redis, clock):
         "not-utf8": b"\xff\xfe",
         "empty": "",
     }
-    if value == "hash":
-        raw_redis.hset(marker, "t", 1)
-    else:
-        raw_redis.set(marker, raw[value])
+    for marker in _marker.marker_keys():  # the one key; on a cluster every copy (a verify reads the one near it)
+        if value == "hash":
+            raw_redis.hset(marker, "t", 1)
+        else:
+            raw_redis.set(marker, raw[value])
     code = mfa.issue("alice")
     _fallback.collection()
+    warm_every_master(_hot.VERIFY)  # cached, as on a long-running server
     with count_redis() as counted:
         result = mfa.verify("alice", wrong(code))
     assert result.reason is Reason.INVALID and result.attempts_left == 4
@@ -512,12 +514,14 @@ def test_publishing_after_an_outage_overwrites_a_forged_marker(raw_redis, redis_
     code = mfa.issue("alice")  # issued on MongoDB: this process owes the marker
     redis_proxy.up()
     clock.advance(hotcache_settings.HEALTH_COOLDOWN)
-    raw_redis.set(_marker.marker_key(), forged_marker(clock))  # larger than any genuine T: MARK keeps it...
+    copies = _marker.marker_keys()  # the one key; on a cluster its copies, each published to
+    for copy in copies:
+        raw_redis.set(copy, forged_marker(clock))  # larger than any genuine T: MARK keeps it...
     mfa.issue("bob")  # ...and Python, which cannot trust it, overwrites it with its own
-    stored = raw_redis.get(_marker.marker_key())
     expected = int(clock.time() * 1000) + hotcache_settings.MFA_CODE_TTL * 1000
-    assert int(signing.unseal("mfa.marker", "mongo_live_until", stored)) == expected
-    assert tampered() == 1
+    for copy in copies:
+        assert int(signing.unseal("mfa.marker", "mongo_live_until", raw_redis.get(copy))) == expected
+    assert tampered() == len(copies)  # each forged copy seen
     new_process()  # another process, which knows only the marker
     assert mfa.verify("alice", code).store == "mongodb"
 

@@ -10,6 +10,7 @@ from hotcache.conf import hotcache_settings
 from hotcache.mfa import Reason, _codes, _conf, _fallback, _hot, _marker
 from hotcache.testing import count_redis, mongo_down, new_process
 from tests.mfa.support import wrong
+from tests.support.targets import per_master, warm_every_master
 
 
 def warm():
@@ -62,7 +63,7 @@ def test_a_replay_costs_one_round_trip_and_no_mongodb():
 
 
 def test_guesses_for_users_without_a_code_cost_no_mongodb():
-    warm()
+    warm_every_master(_hot.VERIFY)  # the users' codes live on every master of a cluster
     _fallback.collection()
     with count_redis() as counted:
         for i in range(20):  # the amplification attempt: wrong codes for many users
@@ -249,7 +250,9 @@ def test_a_replayed_mongodb_code_fails_after_a_newer_redis_code_was_used(redis_p
 
 def marker(raw_redis):
     """The marker's T (its value is a signed record)."""
-    value = raw_redis.get(_marker.marker_key())
+    values = {raw_redis.get(copy) for copy in _marker.marker_keys()}  # on a cluster every copy holds the same T
+    assert len(values) == 1
+    value = values.pop()
     return int(signing.unseal("mfa.marker", "mongo_live_until", value)) if value else 0
 
 
@@ -261,12 +264,14 @@ def test_the_first_call_after_an_outage_publishes_the_marker_in_its_round_trip(r
     redis_proxy.down()
     mfa.issue("alice")
     recover(redis_proxy, clock)
-    warm()
+    warm_every_master(_hot.ISSUE, _hot.MARK)
+    copies = _marker.marker_keys()  # the one key; on a cluster a copy per sixteenth of the slots
     with count_redis() as first:
         mfa.issue("bob")
-    assert (first.round_trips, first.commands) == (1, 2)  # the issue script and the marker script, pipelined
+    # the issue script and the marker script, pipelined (on a cluster: every copy, one round trip per master)
+    assert (first.round_trips, first.commands) == (per_master(1), 1 + len(copies))
     assert marker(raw_redis) == now_ms(clock) + hotcache_settings.MFA_CODE_TTL * 1000
-    assert raw_redis.pttl(_marker.marker_key()) > 0
+    assert all(raw_redis.pttl(copy) > 0 for copy in copies)
     with count_redis() as second:
         mfa.issue("carol")
     assert (second.round_trips, second.commands) == (1, 1)  # published once
@@ -275,7 +280,7 @@ def test_the_first_call_after_an_outage_publishes_the_marker_in_its_round_trip(r
 def test_the_marker_only_moves_forward(raw_redis):
     from hotcache.backends import redis as redis_backend
 
-    key = _marker.marker_key()
+    key = _marker.marker_keys()[0]  # the one key; on a cluster its first copy
 
     def mark(until):
         sealed = signing.seal("mfa.marker", "mongo_live_until", str(until))
@@ -316,7 +321,7 @@ def test_the_issuing_process_knows_without_the_marker(redis_proxy, clock, raw_re
     code = mfa.issue("alice")
     recover(redis_proxy, clock)
     mfa.issue("bob")
-    raw_redis.delete(_marker.marker_key())  # evicted, say
+    raw_redis.delete(*_marker.marker_keys())  # evicted, say
     assert mfa.verify("alice", code).store == "mongodb"
 
 

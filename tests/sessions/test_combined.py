@@ -15,6 +15,8 @@ from django.test.utils import CaptureQueriesContext
 
 from hotcache import analytics
 from hotcache.testing import count_redis
+from tests.sessions.figures import request_keys, request_nodes
+from tests.support.targets import nodes_holding, on_a_cluster
 
 User = get_user_model()
 PROFILE = "/users/me/"
@@ -68,16 +70,18 @@ def test_warm_authenticated_rate_limited_tracked_request_is_one_round_trip(alice
     assert response.has_header("RateLimit-Policy") or "ratelimit" not in response  # the decision was made
     assert queries.captured_queries == []
     # One pipeline: the rate-limit script and one MGET of the session's entry + version and the user's (this
-    # process saw the session name alice when it filled it).
-    assert redis.round_trips == 1 and redis.commands == 2
+    # process saw the session name alice when it filled it). On a cluster the session's and the user's MGETs
+    # (different slots) ride with the script, each to its node: one round trip per node holding the keys.
+    mgets = 2 if on_a_cluster() else 1
+    assert redis.round_trips == request_nodes(client, alice, ip=ip) and redis.commands == 1 + mgets
     assert redis.events["ratelimit:allowed"] == 1
     assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
     assert redis.events["analytics:batched"] >= 0  # tracked in-process, nothing sent
-    # Billed exactly: the rate-limit script for one rule 3 (as alone, docs/ratelimit.md), the MGET 1. The
+    # Billed exactly: the rate-limit script for one rule 3 (as alone, docs/ratelimit.md), each MGET 1. The
     # pipeline's sent commands are metered under the feature that sends it (ratelimit).
-    assert redis.billed == 4
-    assert redis.by_feature == {"ratelimit": 2}
-    assert redis.billed_by_feature == {"ratelimit": 4}
+    assert redis.billed == 3 + mgets
+    assert redis.by_feature == {"ratelimit": 1 + mgets}
+    assert redis.billed_by_feature == {"ratelimit": 3 + mgets}
 
 
 def test_a_process_that_has_not_seen_the_session_reads_it_with_the_script(alice):
@@ -91,12 +95,17 @@ def test_a_process_that_has_not_seen_the_session_reads_it_with_the_script(alice)
     with CaptureQueriesContext(connection) as queries, count_redis() as redis:
         response = client.get(PROFILE, REMOTE_ADDR=ip)
     assert response.json()["username"] == "alice" and queries.captured_queries == []
-    assert redis.round_trips == 1 and redis.commands == 2
     assert redis.events["sessions:hit"] == 1 and redis.events["users:hit"] == 1
-    assert redis.billed == 6 and redis.billed_by_feature == {"ratelimit": 4, "sessions": 2}
+    if on_a_cluster():  # no script can read both slots: the session's MGET rides with the decision, then the user's
+        session, _user, limit = request_keys(client, alice, ip=ip)
+        assert redis.round_trips == nodes_holding(session, limit) + 1 and redis.commands == 3
+        assert redis.billed == 5 and redis.billed_by_feature == {"ratelimit": 4, "users": 1}
+    else:
+        assert redis.round_trips == 1 and redis.commands == 2
+        assert redis.billed == 6 and redis.billed_by_feature == {"ratelimit": 4, "sessions": 2}
     with count_redis() as redis:  # the script's read taught this process the user: back to the MGET
         assert client.get(PROFILE, REMOTE_ADDR=ip).json()["username"] == "alice"
-    assert redis.billed == 4
+    assert redis.billed == (5 if on_a_cluster() else 4)  # a cluster: the session's and the user's MGETs
 
 
 def test_denial_is_a_429_in_the_same_single_round_trip(alice):
@@ -105,7 +114,7 @@ def test_denial_is_a_429_in_the_same_single_round_trip(alice):
     with count_redis() as redis:
         response = client.get(PROFILE, REMOTE_ADDR=ip)
     assert response.status_code == 429 and int(response["Retry-After"]) >= 1
-    assert redis.round_trips == 1 and redis.events["ratelimit:denied"] == 1
+    assert redis.round_trips == request_nodes(client, alice, ip=ip) and redis.events["ratelimit:denied"] == 1
     # Known denials are answered by the deny cache: no round trip for the rate limit; the view is not run.
     with count_redis() as redis:
         assert client.get(PROFILE, REMOTE_ADDR=ip).status_code == 429
@@ -139,7 +148,7 @@ def test_a_lost_reply_on_the_combined_round_trip(alice, lost_reply_proxy, clock,
     assert client.get(PROFILE, REMOTE_ADDR=ip).json()["username"] == "alice"  # back (the limiter settles its debts)
     with count_redis() as redis:
         assert client.get(PROFILE, REMOTE_ADDR=ip).json()["username"] == "alice"
-    assert redis.round_trips == 1  # and on the combined path again
+    assert redis.round_trips == request_nodes(client, alice, ip=ip)  # and on the combined path again
 
 
 def test_an_owed_user_invalidation_is_replayed_before_the_user_is_served(alice):
@@ -161,13 +170,15 @@ def test_asgi_request_is_one_round_trip_too(alice):
     from asgiref.sync import async_to_sync
     from django.test import AsyncClient
 
-    client = AsyncClient(REMOTE_ADDR=address())
+    ip = address()
+    client = AsyncClient(REMOTE_ADDR=ip)
     async_to_sync(client.aforce_login)(alice, backend="django.contrib.auth.backends.ModelBackend")
     async_to_sync(client.get)("/users/me/async/")
     with count_redis() as redis:
         response = async_to_sync(client.get)("/users/me/async/")
     assert response.json() == {"authenticated": True, "username": "alice"}
-    assert redis.round_trips == 1 and redis.events["ratelimit:allowed"] == 1
+    # 1; on a cluster one per node holding the session's, the user's and the decision's keys
+    assert redis.round_trips == request_nodes(client, alice, ip=ip) and redis.events["ratelimit:allowed"] == 1
 
 
 def test_without_the_user_middleware_the_session_is_read_alone(alice, settings):
