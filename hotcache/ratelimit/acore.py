@@ -64,12 +64,7 @@ async def aevaluate_in(
         if raise_unavailable:
             raise
         return core._degraded(state.outage, limits, increment, str(exc))
-    try:
-        results, allowed = core._results(limits, raw, redis_keys)
-    except (TypeError, ValueError, LookupError):
-        core.log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
-        return core._degraded(state.outage, limits, increment, "unexpected script reply")
-    return core._decided(state, limits, results, allowed, increment, now)
+    return core._from_reply(state, limits, raw, redis_keys, increment, now)
 
 
 async def _with_companion(r: Any, redis_keys: list[str], args: list[int], companion: core.Companion) -> Any:

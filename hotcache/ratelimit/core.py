@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -101,13 +101,30 @@ def evaluate_in(
         if raise_unavailable:
             raise
         return _degraded(state.outage, limits, increment, str(exc))
+    return _from_reply(state, limits, raw, redis_keys, increment, now)
+
+
+def _from_reply(
+    state: LocalState,
+    limits: Sequence[Limit],
+    raw: Any,
+    redis_keys: list[str],
+    increment: bool,
+    now: float,
+    *,
+    refused: Callable[[], object] | None = None,
+) -> Decision:
+    """The decision the script's reply gives. A reply not of the script's shape (our SHA names our script; a
+    proxy or a patched server could still answer anything) is never trusted, never a 500: the outage policies
+    decide. ``refused`` runs when a counting call was refused, before the deny cache learns it (the cluster
+    path's give-back)."""
     try:
         results, allowed = _results(limits, raw, redis_keys)
     except (TypeError, ValueError, LookupError):
-        # Not the script's reply shape (our SHA names our script; a proxy or a patched server could
-        # still answer anything): never trusted, never a 500; the outage policies decide.
         log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
         return _degraded(state.outage, limits, increment, "unexpected script reply")
+    if refused is not None and not allowed and increment:
+        refused()
     return _decided(state, limits, results, allowed, increment, now)
 
 
@@ -156,14 +173,10 @@ def _on_slots(
         if raise_unavailable:
             raise
         return _degraded(state.outage, limits, increment, str(exc))
-    try:
-        results, allowed = _results(limits, raw, redis_keys)
-    except (TypeError, ValueError, LookupError):
-        log.error("hotcache: rate limit script reply has an unexpected shape; applying outage policies")
-        return _degraded(state.outage, limits, increment, "unexpected script reply")
-    if not allowed and increment and len(parts) > 1 and raw is not None:
-        slots.give_back(limits, redis_keys, parts, raw)
-    return _decided(state, limits, results, allowed, increment, now)
+    give_back = None  # on a refusal, the counts the groups that allowed took are given back (slots.py)
+    if len(parts) > 1 and raw is not None:
+        give_back = functools.partial(slots.give_back, limits, redis_keys, parts, raw)
+    return _from_reply(state, limits, raw, redis_keys, increment, now, refused=give_back)
 
 
 def _with_companion(r: Any, redis_keys: list[str], args: list[int], companion: Companion) -> Any:
