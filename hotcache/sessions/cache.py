@@ -95,7 +95,7 @@ def read(session_key: str) -> Lookup | None:
     entry = decode(session_key, raw) if raw is not None else None
     metering.event(FEATURE, "hit" if entry is not None else "miss")
     if entry is not None:
-        _remember(session_key, entry.user)
+        remember_user(session_key, entry.user)
     return Lookup(entry, version)
 
 
@@ -130,8 +130,9 @@ def _plan(session_key: str) -> ReadPlan:
     return ReadPlan(hinted=True, uid=uid)
 
 
-def _remember(session_key: str, uid: str | None) -> None:
-    """Note the user ``session_key``'s entry names (a hint only: every value read is verified as before)."""
+def remember_user(session_key: str, uid: str | None) -> None:
+    """Note the user ``session_key``'s entry names (None: anonymous): only ever a hint of which keys to read, every
+    value read is verified as before."""
     with _users_seen_lock:
         _users_seen[session_key] = uid
         _users_seen.move_to_end(session_key)
@@ -148,11 +149,6 @@ def remembered_user(session_key: str) -> str | None:
     """The user key part ``session_key``'s entry named when this process last saw it; None: unknown or anonymous."""
     with _users_seen_lock:
         return _users_seen.get(session_key)
-
-
-def remember_user(session_key: str, uid: str | None) -> None:
-    """Record that ``session_key`` names ``uid`` (None: anonymous); only ever a hint of which keys to read."""
-    _remember(session_key, uid)
 
 
 def forget_users_seen() -> None:
@@ -182,8 +178,8 @@ def read_with_user(session_key: str) -> tuple[Lookup, UserRead | None] | None:
 
     A plain MGET of the session's and the user's keys (1 billed) when this process knows the session's user
     (``_users_seen``); else session_user_read.lua (3 billed), which derives the user's keys from the entry. Only
-    for a single server (the keys span hash tags); callers check ``combined_read_possible()`` first, and use
-    read() while invalidations are owed."""
+    for a single server (the keys span hash tags): callers go through hotcache.sessions.combined.read_with_user,
+    which takes the cluster's path there, and use read() while invalidations are owed."""
     plan = _plan(session_key)
 
     def op(r: Any) -> Any:
@@ -247,7 +243,7 @@ def _settle(session_key: str, raw: Any) -> tuple[Lookup, UserRead | None]:
     entry = decode(session_key, entry_raw) if entry_raw is not None else None
     metering.event(FEATURE, "hit" if entry is not None else "miss")
     if entry is not None:
-        _remember(session_key, entry.user)
+        remember_user(session_key, entry.user)
     user = None
     if entry is not None and uid is not None and entry.user is not None and _text(uid) == entry.user:
         user = UserRead(entry.user, user_entry, user_version)  # the verified entry names the user that was read
@@ -273,7 +269,7 @@ def fill(session_key: str, version: bytes | None, data: str, expiry_ms: int, use
             _owe(session_key)
         return False
     if stored:
-        _remember(session_key, user)
+        remember_user(session_key, user)
     return bool(stored)
 
 
@@ -308,7 +304,7 @@ def publish(session_key: str, version: int, data: str, expiry_ms: int, user: str
         return False
     if stored:
         metering.event(FEATURE, "saved")
-        _remember(session_key, user)
+        remember_user(session_key, user)
     return bool(stored)
 
 

@@ -93,7 +93,7 @@ def test_a_wrong_remembered_user_is_never_served(alice):
     assert client.get(PROFILE).json()["username"] == "alice"
     logged_in(bob).get(PROFILE)  # bob's cached entry exists
     key = client.cookies[settings_cookie()].value
-    cache._remember(key, str(bob.pk))
+    cache.remember_user(key, str(bob.pk))
     with CaptureQueriesContext(connection) as queries, count_redis() as redis:
         assert client.get(PROFILE).json()["username"] == "alice"
     assert queries.captured_queries == []
