@@ -15,6 +15,7 @@ command hotcache's processes send (their client's appName), while the harness's 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -196,6 +198,19 @@ class Cluster:
                 return r.status == 200
         except OSError:
             return False
+
+    def track_event(self, event: str) -> int:
+        """POST one analytics beacon through the web tier; its HTTP status (204 when accepted)."""
+        body = json.dumps({"event": event, "path": "/harness"}).encode()
+        request = urllib.request.Request(self.base_url + "/hotcache/analytics/track", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+        except OSError:
+            return 0
 
     def start_worker(self, name: str = "worker") -> None:
         self._spawn(name, [
