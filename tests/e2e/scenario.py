@@ -116,7 +116,9 @@ def kill_worker_mid_sync(cluster: Cluster, result: Any, log: Any) -> None:
             break
         except TimeoutError:
             if time.monotonic() > deadline:
-                msg = "timed out after 60s waiting for the worker to reach the sync's release step"
+                log_tail = (cluster.workdir / "worker.log").read_text(errors="replace")[-3000:]
+                msg = (f"timed out after 60s waiting for the worker to reach the sync's release step (harness beacons:"
+                       f" {cues}); the worker's log ends:\n{log_tail}")
                 raise TimeoutError(msg) from None
     log("e2e: worker holds a written, unreleased batch; killing it")
     cluster.kill_worker("worker")
