@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["race"]
+__all__ = ["race", "serve_until_signalled"]
 
 _FORK = multiprocessing.get_context("fork")
 
@@ -66,3 +68,13 @@ def race(n: int, fn: Callable[..., Any], *args: Any, timeout: float = 180.0) -> 
             proc.join()
     assert not errors, "\n".join(errors)
     return results
+
+
+def serve_until_signalled(close: Callable[[], None]) -> None:
+    """The ``main()`` of a server started from the command line (``python -m tests.support.secantus``, the
+    cluster): block until SIGTERM or SIGINT, then ``close()`` it."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: done.set())
+    signal.signal(signal.SIGINT, lambda *a: done.set())
+    done.wait()
+    close()

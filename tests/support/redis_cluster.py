@@ -469,17 +469,12 @@ class ClusterLostReplyProxies:
     across nodes). hotcache reaches the nodes through them as with ClusterProxies (``install``)."""
 
     def __init__(self, cluster: RedisClusterNodes) -> None:
-        from tests.support.lost_reply import LostReplyProxy
+        from tests.support.lost_reply import FaultPlan, LostReplyProxy
 
-        self._lock = threading.Lock()
-        self._needle = b""
-        self._modes: list[str] = []
-        self.lost: list[str] = []  # modes used so far, in order, on any node
-        self.proxies: dict[int, Any] = {}
-        for node in cluster.live_nodes():
-            proxy = LostReplyProxy(f"redis://127.0.0.1:{node.port}/0")
-            proxy._take = self._take  # every node's proxy takes from the one armed list
-            self.proxies[node.port] = proxy
+        self.plan = FaultPlan()  # every node's proxy takes from the one armed list
+        self.proxies: dict[int, Any] = {
+            node.port: LostReplyProxy(f"redis://127.0.0.1:{node.port}/0", self.plan) for node in cluster.live_nodes()
+        }
 
     @property
     def url(self) -> str:
@@ -494,23 +489,16 @@ class ClusterLostReplyProxies:
     install = ClusterProxies.install
 
     def arm(self, needle: bytes, *modes: str, together: int = 1) -> None:
-        barrier = threading.Barrier(together) if together > 1 else None
-        with self._lock:
-            self._needle, self._modes = needle, list(modes)
-            for proxy in self.proxies.values():
-                proxy._barrier = barrier
+        self.plan.arm(needle, *modes, together=together)
+
+    @property
+    def lost(self) -> list[str]:
+        """The modes used so far, in order, on any node."""
+        return self.plan.lost
 
     @property
     def faults(self) -> int:
-        return len(self.lost)
-
-    def _take(self, data: bytes) -> str | None:
-        with self._lock:
-            if self._modes and self._needle and self._needle in data:
-                mode = self._modes.pop(0)
-                self.lost.append(mode)
-                return mode
-        return None
+        return len(self.plan.lost)
 
     def close(self) -> None:
         for proxy in self.proxies.values():
@@ -518,13 +506,11 @@ class ClusterLostReplyProxies:
 
 
 def main() -> None:
+    from tests.support.processes import serve_until_signalled
+
     cluster = RedisClusterNodes().start()
     print(cluster.url, " ".join(n.address for n in cluster.nodes), flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: done.set())
-    signal.signal(signal.SIGINT, lambda *a: done.set())
-    done.wait()
-    cluster.close()
+    serve_until_signalled(cluster.close)
 
 
 if __name__ == "__main__":

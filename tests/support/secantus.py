@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -330,6 +329,8 @@ def new_database_name() -> str:
 def main() -> None:
     import argparse
 
+    from tests.support.processes import serve_until_signalled
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--port", type=int)
@@ -337,11 +338,7 @@ def main() -> None:
     server = SecantusServer(data_dir=args.data_dir, port=args.port)
     server.start()
     print(server.url, flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: done.set())
-    signal.signal(signal.SIGINT, lambda *a: done.set())
-    done.wait()
-    server.close()
+    serve_until_signalled(server.close)
 
 
 if __name__ == "__main__":
