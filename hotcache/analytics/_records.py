@@ -41,6 +41,7 @@ __all__ = [
     "is_hour",
     "read_counters",
     "read_many",
+    "read_unsynced",
     "text",
     "valid_members",
 ]
@@ -198,6 +199,23 @@ def read_counters(hours: list[tuple[str, str]], pending: list[tuple[str, str]]) 
         lambda pipe: [pipe.hgetall(hour_key(h, b)) for b, h in hours]
         + [pipe.hgetall(pending_key(x, b)) for b, x in pending]
     )
+
+
+def read_unsynced(
+    hours: list[tuple[str, str]], pending: list[tuple[str, str]], tally: Tally
+) -> list[tuple[str, Any, Counters]]:
+    """What read_counters() read, checked: (hour label, the reply, its counters) for each live hour, then each
+    pending batch; a refused record's counters are empty (counted as tampered). The report and a dry run
+    count what is still only in Redis with it."""
+    sources = [
+        *((h, hour_key(h, b), None) for b, h in hours),
+        *((batch_hour(x), pending_key(x, b), x) for b, x in pending),
+    ]
+    rows = read_counters(hours, pending)
+    return [
+        (label, raw, counters(key, raw, tally, batch=batch) or {})
+        for (label, key, batch), raw in zip(sources, rows, strict=True)
+    ]
 
 
 def day_counts(

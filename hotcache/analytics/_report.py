@@ -11,17 +11,16 @@ from typing import Any
 
 from hotcache.analytics._documents import hourly_collection, visitors_collection
 from hotcache.analytics._events import DAY_FMT, label_to_day, label_to_hour, validate_event
-from hotcache.analytics._keys import hour_key, index_keys, pending_key, walked
+from hotcache.analytics._keys import index_keys, walked
 from hotcache.analytics._records import (
     Tally,
     batch_hour,
-    counters,
     day_counts,
     is_batch,
     is_day,
     is_hour,
-    read_counters,
     read_many,
+    read_unsynced,
     valid_members,
 )
 from hotcache.backends import mongo
@@ -149,15 +148,10 @@ def _add_redis(lo: dt.datetime, hi: dt.datetime, event: str | None, totals: _Tot
         ]
         days += [(b, d) for d in valid_members(idx.days, raw_days, is_day, tally)[0]]
 
-    rows = read_counters(hours, pending)
     unsynced = 0
-    sources = [
-        *((h, hour_key(h, b), None) for b, h in hours),
-        *((batch_hour(x), pending_key(x, b), x) for b, x in pending),
-    ]
-    for (label, key, batch), raw in zip(sources, rows, strict=True):
+    for label, _, found in read_unsynced(hours, pending, tally):
         hour = label_to_hour(label)
-        for (ev, path), n in (counters(key, raw, tally, batch=batch) or {}).items():
+        for (ev, path), n in found.items():
             if event is not None and ev != event:
                 continue
             unsynced += n

@@ -34,8 +34,8 @@ from hotcache.analytics._records import (
     is_batch,
     is_day,
     is_hour,
-    read_counters,
     read_many,
+    read_unsynced,
     text,
     valid_members,
 )
@@ -424,14 +424,11 @@ def _dry_run(run: _Run, include_current_hour: bool, tally: Tally) -> None:
     for b, raw in zip(walk, raws, strict=True):
         pending += [(b, x) for x in valid_members(index_keys(b).pending, raw, is_batch, tally)[0]]
 
-    rows = read_counters(hours, pending)
-    record_keys = [*(hour_key(h, b) for b, h in hours), *(pending_key(x, b) for b, x in pending)]
-    batch_of = [*(None for _ in hours), *(x for _, x in pending)]
-    for key, batch, raw in zip(record_keys, batch_of, rows, strict=True):
-        found = counters(key, raw, tally, batch=batch) or {}
+    records = read_unsynced(hours, pending, tally)
+    for _, _, found in records:
         run.counters += len(found)
         run.events += sum(found.values())
-    run.hours_claimed = len({h for (_, h), raw in zip(hours, rows, strict=False) if raw})
+    run.hours_claimed = len({h for (_, h), (_, raw, _) in zip(hours, records, strict=False) if raw})
     run.batches = len(pending)
     run.recovered = len(pending)
     days_raw = read_many(lambda pipe: [pipe.zrange(index_keys(b).days, 0, -1) for b in walk])

@@ -6,14 +6,14 @@ See docs/analytics.md ("Public API").
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 from django.utils.encoding import escape_uri_path
 
 from hotcache import metering
+from hotcache._hybrid import HybridMiddleware
 from hotcache.analytics._atrack import atrack_event
 from hotcache.analytics._events import (
     FEATURE,
@@ -84,20 +84,11 @@ def _tracked(request: HttpRequest, response: HttpResponse) -> bool:
     )
 
 
-class AnalyticsMiddleware:
+class AnalyticsMiddleware(HybridMiddleware):
     """Tracks ``page_view`` for successful GET responses on paths in ANALYTICS_MIDDLEWARE_INCLUDE and not in
     ANALYTICS_MIDDLEWARE_EXCLUDE (prefixes). Visitor: the user, else the session, else a digest of the client's
     address and User-Agent (never stored raw). One Redis round trip per tracked page view; nothing for the rest.
     """
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:

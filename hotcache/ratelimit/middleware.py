@@ -13,11 +13,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
+from hotcache._hybrid import HybridMiddleware
 from hotcache.ratelimit.acore import aevaluate_in
 from hotcache.ratelimit.core import Companion, evaluate_in, refuse_missing
 from hotcache.ratelimit.exceptions import Ratelimited
@@ -107,22 +107,13 @@ def _too_many(retry: int, rule: str | None, snapshot: Snapshot) -> HttpResponse:
     return response
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(HybridMiddleware):
     """Apply HOTCACHE['RATELIMIT_RULES'] to every request; 429 + Retry-After when any matching rule denies.
 
     Also turns a ``Ratelimited`` raised by a view (``@ratelimit(block=True)``) into django-ratelimit's
     ``RATELIMIT_VIEW(request, exception)`` when that is set, else into the rules' answer (RATELIMIT_STATUS_CODE
     with Retry-After); either way with the RateLimit headers, instead of Django's 403 and a logged traceback.
     """
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:

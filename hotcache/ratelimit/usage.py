@@ -78,11 +78,8 @@ def get_usage(
     asked = _ask(request, group, fn, key, rate, method, increment)
     if asked is None:
         return None
-    lim, count, choice, fail_open = asked
-    if choice == "deny":
-        decision = refuse_missing([lim], [lim], increment=increment)
-    else:
-        decision = evaluate([lim], increment=increment)
+    lim, count, fail_open, refused = asked
+    decision = refused if refused is not None else evaluate([lim], increment=increment)
     return _usage(decision, count, fail_open)
 
 
@@ -102,19 +99,17 @@ async def aget_usage(
     asked = _ask(request, group, fn, key, rate, method, increment)
     if asked is None:
         return None
-    lim, count, choice, fail_open = asked
-    if choice == "deny":
-        decision = refuse_missing([lim], [lim], increment=increment)
-    else:
-        decision = await aevaluate([lim], increment=increment)
+    lim, count, fail_open, refused = asked
+    decision = refused if refused is not None else await aevaluate([lim], increment=increment)
     return _usage(decision, count, fail_open)
 
 
 def _ask(
     request: Any, group: str | None, fn: Any, key: Any, rate: Any, method: Any, increment: bool
-) -> tuple[Limit, int, str, bool | None] | None:
-    """get_usage's question as one Limit: (limit, count, missing-key choice, RATELIMIT_FAIL_OPEN); None when
-    nothing is to be checked (disabled, another method, no rate, a missing key to skip)."""
+) -> tuple[Limit, int, bool | None, Decision | None] | None:
+    """get_usage's question as one Limit: (limit, count, RATELIMIT_FAIL_OPEN, the refusal of a missing key to
+    deny, else None: Redis decides); None when nothing is to be checked (disabled, another method, no rate, a
+    missing key to skip). One home for what get_usage and aget_usage ask; only their round trip differs."""
     if group is None and fn is None:
         raise ImproperlyConfigured("get_usage must be called with either `group` or `fn` arguments")
     compat = compat_settings()
@@ -157,7 +152,8 @@ def _ask(
         metering.event("ratelimit", f"missing_key:{lim.name}")
     if choice == "skip":
         return None  # not limited, as when the rate is None
-    return lim, count, choice, fail_open
+    refused = refuse_missing([lim], [lim], increment=increment) if choice == "deny" else None
+    return lim, count, fail_open, refused
 
 
 def _usage(decision: Decision, count: int, fail_open: bool | None) -> dict[str, Any] | None:

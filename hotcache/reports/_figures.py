@@ -3,10 +3,11 @@ figure types (a gauge against its limit, a headline figure, a chart, a titled ta
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FEATURE_EVENTS", "FEATURE_TITLES", "Chart", "Figure", "Gauge", "Section", "ratio"]
+__all__ = ["FEATURE_EVENTS", "FEATURE_TITLES", "Chart", "Figure", "Gauge", "Section", "cache_figures", "ratio"]
 
 FEATURE_TITLES: dict[str, str] = {
     "ratelimit": "Rate limiting",
@@ -116,3 +117,15 @@ class Figure:
 def ratio(part: int, whole: int) -> str:
     """``part`` as a percentage of ``whole`` with one decimal, "n/a" when ``whole`` is 0."""
     return "n/a" if whole <= 0 else f"{100.0 * part / whole:.1f}%"
+
+
+def cache_figures(totals: Counter[str], served: str) -> list[Figure]:
+    """The headline figures of a cache in front of the database (the user cache, sessions), from its meter's
+    hit/miss/fallback counts; ``served`` names what a hit is (e.g. "a user lookup")."""
+    hit, miss = totals["hit"], totals["miss"]
+    return [
+        Figure("Cache hit ratio", ratio(hit, hit + miss), "hits / (hits + misses)"),
+        Figure("Database queries avoided", hit, f"each hit is {served} the database did not serve"),
+        Figure("Misses (loaded from the database)", miss),
+        Figure("Fallbacks (Redis unavailable)", totals["fallback"]),
+    ]

@@ -59,18 +59,29 @@ class SessionStore(DBStore):
     def _lookup(self, session_key: str) -> cache.Lookup | None:
         """The Redis read: a combined read already made for this request (``prefetch``), else the session alone,
         or the session and its cached user in one round trip when hotcache.users' middleware will want the user."""
-        prefetched = self.__dict__.pop("_hotcache_prefetched", None)
-        if prefetched is not None and prefetched[0] == session_key:
-            lookup: cache.Lookup | None
-            lookup, self.hotcache_user = prefetched[1]
-            return lookup
-        if combined.wanted(self) and not cache.pending_invalidations:
-            found = combined.read_with_user(session_key)
-            if found is None:
-                return None
-            lookup, self.hotcache_user = found
-            return lookup
+        prefetched = self._take_prefetched(session_key)
+        if prefetched is not None:
+            return self._kept(prefetched)
+        if self._with_user():
+            return self._kept(combined.read_with_user(session_key))
         return cache.read(session_key)
+
+    def _take_prefetched(self, session_key: str) -> tuple[cache.Lookup, cache.UserRead | None] | None:
+        """The combined read handed over by prefetched() for this session, taken (used once); None: none."""
+        prefetched = self.__dict__.pop("_hotcache_prefetched", None)
+        return prefetched[1] if prefetched is not None and prefetched[0] == session_key else None
+
+    def _with_user(self) -> bool:
+        """Read the cached user with the session: hotcache.users' middleware wants it, and no invalidation is owed
+        (the plain read replays those first)."""
+        return combined.wanted(self) and not cache.pending_invalidations
+
+    def _kept(self, found: tuple[cache.Lookup, cache.UserRead | None] | None) -> cache.Lookup | None:
+        """A combined read's session lookup; its user's part is kept for get_user(). None: Redis unavailable."""
+        if found is None:
+            return None
+        lookup, self.hotcache_user = found
+        return lookup
 
     def prefetched(self, session_key: str, found: tuple[cache.Lookup, cache.UserRead | None]) -> None:
         """Hand this store a combined read made in another feature's round trip (hotcache.combined)."""
@@ -97,17 +108,11 @@ class SessionStore(DBStore):
 
     async def _alookup(self, session_key: str) -> cache.Lookup | None:
         """_lookup() awaited: the prefetched combined read, else the session with its user, else the session."""
-        prefetched = self.__dict__.pop("_hotcache_prefetched", None)
-        if prefetched is not None and prefetched[0] == session_key:
-            lookup: cache.Lookup | None
-            lookup, self.hotcache_user = prefetched[1]
-            return lookup
-        if combined.wanted(self) and not cache.pending_invalidations:
-            found = await aio.aread_with_user(session_key)
-            if found is None:
-                return None
-            lookup, self.hotcache_user = found
-            return lookup
+        prefetched = self._take_prefetched(session_key)
+        if prefetched is not None:
+            return self._kept(prefetched)
+        if self._with_user():
+            return self._kept(await aio.aread_with_user(session_key))
         return await aio.aread(session_key)
 
     # --- writes: the database first (it is the session), then Redis ---

@@ -11,17 +11,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
 
 from hotcache import metering, signing
 from hotcache.backends import aredis
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import InvalidName, RedisUnavailable
+from hotcache.exceptions import RedisUnavailable
 from hotcache.users import cache, entries
-from hotcache.users.loaders import get_loader
-from hotcache.users.session import _MISS, _SURROGATE, _same
+from hotcache.users.session import _MISS, _resolve, _take_prefetched, _unmatchable, _verdict
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -34,27 +32,17 @@ async def aget_user(request: HttpRequest) -> Any:
     session = request.session
     session_id = await session.aget(auth.SESSION_KEY, _MISS)
     backend_path = await session.aget(auth.BACKEND_SESSION_KEY, _MISS)
-    if session_id is _MISS or backend_path is _MISS:
+    resolved = _resolve(session_id, backend_path)
+    if resolved is None:
         return AnonymousUser()
-    if not isinstance(backend_path, str) or backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return AnonymousUser()
-    loader = get_loader()
-    try:
-        user_id = entries.user_id(session_id, loader.model)
-    except InvalidName:
-        return AnonymousUser()
-    backend = auth.load_backend(backend_path)
+    user_id, loader, backend = resolved
     if not loader.handles(backend):
-        session_hash = session.get(auth.HASH_SESSION_KEY)  # loaded above: no I/O
-        if isinstance(session_hash, str) and _SURROGATE.search(session_hash):
+        if _unmatchable(session):
             await session.aflush()
             return AnonymousUser()
         return await auth.aget_user(request)
     can_authenticate = getattr(backend, "user_can_authenticate", lambda u: True)
-
-    prefetched = getattr(session, "hotcache_user", None)
-    if prefetched is not None:
-        session.hotcache_user = None  # type: ignore[attr-defined]  # hotcache.sessions' store has it
+    prefetched = _take_prefetched(session)
     cached, fill = await alookup(user_id, loader, prefetched)
     if cached is not None:
         if not can_authenticate(cached.user):
@@ -76,19 +64,14 @@ async def aget_user(request: HttpRequest) -> Any:
 
 async def _averify(request: HttpRequest, user: Any, auth_hash: str | None, *, authoritative: bool) -> Any | None:
     """session._verify() awaited (the session's cycle and flush are its async twins)."""
-    if auth_hash is None and not hasattr(user, "get_session_auth_hash"):
-        return user
-    session_hash = request.session.get(auth.HASH_SESSION_KEY)
-    if auth_hash and _same(session_hash, auth_hash):
-        return user
-    if not authoritative:
-        return _MISS
-    if any(_same(session_hash, fallback) for fallback in user.get_session_auth_fallback_hash()):
+    verdict = _verdict(request, user, auth_hash, authoritative=authoritative)
+    if verdict == "fallback":
         await request.session.acycle_key()
         request.session[auth.HASH_SESSION_KEY] = auth_hash
-        return user
-    await request.session.aflush()
-    return None
+    elif verdict == "flush":
+        await request.session.aflush()
+        return None
+    return _MISS if verdict == "ask" else user
 
 
 async def alookup(

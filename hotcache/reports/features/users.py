@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from hotcache.reports._figures import Figure, ratio
+from hotcache.reports._figures import Figure, cache_figures
 from hotcache.reports._registry import register_figures
 
 if TYPE_CHECKING:
@@ -17,11 +17,4 @@ __all__: list[str] = []
 
 @register_figures("users")
 def _figures(s: FeatureSummary, totals: Counter[str]) -> None:
-    hit, miss = totals["hit"], totals["miss"]
-    s.figures += [
-        Figure("Cache hit ratio", ratio(hit, hit + miss), "hits / (hits + misses)"),
-        Figure("Database queries avoided", hit, "each hit is a user lookup the database did not serve"),
-        Figure("Misses (loaded from the database)", miss),
-        Figure("Fallbacks (Redis unavailable)", totals["fallback"]),
-        Figure("Invalidations", totals["invalidated"]),
-    ]
+    s.figures += [*cache_figures(totals, "a user lookup"), Figure("Invalidations", totals["invalidated"])]
