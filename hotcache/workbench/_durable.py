@@ -27,7 +27,7 @@ from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import BackendUnavailable, DuplicateKey
 from hotcache.periodic import PeriodicBuffer
-from hotcache.workbench._archive import _history_record, _write_history
+from hotcache.workbench._archive import _copy_record, _write_history
 from hotcache.workbench._envelope import _Envelope, _ts
 from hotcache.workbench._layout import _REDIS, FEATURE, _active
 
@@ -187,17 +187,7 @@ def _keep_replaced(session_id: str, doc: Mapping[str, Any]) -> None:
     persisted, its history record is there or on its way (this write is then a no-op or replaced: history is
     rank-guarded); lost from Redis (deleted, evicted, a restart without persistence), this copy is its last
     trace: it goes to history as abandoned. Only on this path: one bulk write (two if already there)."""
-    record = _history_record(
-        session_id=session_id,
-        token=doc["token"],
-        text=doc["state"],
-        version=int(doc["version"]),
-        owner=doc.get("owner"),
-        created=_ts(doc["created_at"]),
-        updated=_ts(doc["updated_at"]),
-        closed=_ts(doc.get("last_seen") or doc["updated_at"]),
-        reason="idle",
-    )
+    record = _copy_record(doc, closed=_ts(doc.get("last_seen") or doc["updated_at"]), reason="idle")
     try:
         _write_history([record])
     except BackendUnavailable:
