@@ -10,15 +10,15 @@ daemon thread once the interval is over with no further events. See docs/analyti
 from __future__ import annotations
 
 import logging
-import threading
 
-from hotcache import clock, metering, recovery
+from hotcache import metering, recovery
 from hotcache.analytics._events import FEATURE, Event
 from hotcache.analytics._fallback import buffer
 from hotcache.analytics._keys import bucket_writer, walked
 from hotcache.analytics._send import send, settle_own_doubt
 from hotcache.analytics._write import CounterKey, VisitorKey, build_split
 from hotcache.conf import hotcache_settings
+from hotcache.periodic import PeriodicBuffer
 
 __all__ = ["MAX_COUNTERS", "MAX_VISITORS", "Batch", "batch", "batch_writer"]
 
@@ -33,26 +33,26 @@ def batch_writer() -> str:
     return f"{recovery.process_nonce()}:batch"
 
 
-class Batch(recovery.ProcessLocal):
+class Batch(PeriodicBuffer[tuple[dict[CounterKey, int], dict[VisitorKey, set[str]]]]):
     """This process's events of the current interval, summed: {(hour, event, path): n} and {(hour, event):
     visitor digests}. A forked child starts empty (its parent writes what it summed)."""
 
-    def __init__(self) -> None:
-        self._write_lock = threading.Lock()  # one write (and its doubt's settling) at a time
-        super().__init__()
-        self._forget()
+    thread_name = "hotcache-analytics-batch"
+    log = log
+    failure_message = "hotcache analytics: batch write failed"
 
-    def _renew_locks(self) -> None:
-        super()._renew_locks()
-        self._write_lock = threading.Lock()
+    def interval(self) -> float:
+        return float(hotcache_settings.ANALYTICS_BATCH_SECONDS)
 
-    def _forget(self) -> None:
+    def _empty(self) -> None:
         self._counters: dict[CounterKey, int] = {}
         self._visitors: dict[VisitorKey, set[str]] = {}
         self._n_visitors = 0
-        self._started: float | None = None  # clock.time() of the batch's first event
-        self._timer: threading.Thread | None = None
-        self._wake = threading.Event()
+
+    def _take(self) -> tuple[dict[CounterKey, int], dict[VisitorKey, set[str]]]:
+        taken = self._counters, self._visitors
+        self._empty()
+        return taken
 
     def __len__(self) -> int:
         """Events summed and not written yet."""
@@ -69,8 +69,6 @@ class Batch(recovery.ProcessLocal):
         """Sum ``ev`` into the batch without writing it; True when a write is due (the caller flushes: async code
         does it off the event loop)."""
         with self._lock:
-            if self._started is None:
-                self._started = clock.time()
             key = (hour, ev.event, ev.path)
             self._counters[key] = self._counters.get(key, 0) + ev.count
             if ev.visitor:
@@ -79,66 +77,37 @@ class Batch(recovery.ProcessLocal):
                     seen.add(ev.visitor)
                     self._n_visitors += 1
             full = len(self._counters) >= MAX_COUNTERS or self._n_visitors >= MAX_VISITORS
-            self._ensure_timer()
+            self._buffered()
         metering.event(FEATURE, "batched", ev.count)
         return full or self.due()
 
-    def due(self) -> bool:
-        """Whether the batch's interval (ANALYTICS_BATCH_SECONDS from its first event) is over."""
-        started = self._started
-        return started is not None and clock.time() - started >= float(hotcache_settings.ANALYTICS_BATCH_SECONDS)
-
-    def flush(self) -> int:
-        """Write the batch now (one script call, after settling a previous batch whose reply was lost); the
-        events written to Redis or, Redis down, to the outage buffer. Safe from any thread."""
-        with self._write_lock:
-            with self._lock:
-                counters, visitors = self._counters, self._visitors
-                self._counters, self._visitors, self._n_visitors, self._started = {}, {}, 0, None
-            if not counters:
-                # Nothing to write: only settle the doubts of earlier batches (one per bucket written).
-                for tag in walked():
-                    settle_own_doubt(bucket_writer(batch_writer(), tag))
-                return 0
-            # One script call per bucket the batch's events fall in (one in the single-tag layout).
-            any_sent = False
-            for writer, w, part in build_split(batch_writer(), counters, visitors, label="batch"):
-                if not settle_own_doubt(writer):
-                    self._to_buffer(part)  # Redis does not answer: the outage path (visitors are not kept)
-                    continue
-                sent = send(writer, w)
-                if sent.outcome == "unavailable":
-                    self._to_buffer(part)
-                any_sent = any_sent or sent.outcome == "redis"
-            if any_sent and buffer.has_data():
-                buffer.flush_if_due()
-            return sum(counters.values())
+    def _write(self, taken: tuple[dict[CounterKey, int], dict[VisitorKey, set[str]]]) -> int:
+        """One script call per bucket the events fall in, after settling a previous batch whose reply was lost;
+        the events written to Redis or, Redis down, to the outage buffer."""
+        counters, visitors = taken
+        if not counters:
+            # Nothing to write: only settle the doubts of earlier batches (one per bucket written).
+            for tag in walked():
+                settle_own_doubt(bucket_writer(batch_writer(), tag))
+            return 0
+        # One script call per bucket the batch's events fall in (one in the single-tag layout).
+        any_sent = False
+        for writer, w, part in build_split(batch_writer(), counters, visitors, label="batch"):
+            if not settle_own_doubt(writer):
+                self._to_buffer(part)  # Redis does not answer: the outage path (visitors are not kept)
+                continue
+            sent = send(writer, w)
+            if sent.outcome == "unavailable":
+                self._to_buffer(part)
+            any_sent = any_sent or sent.outcome == "redis"
+        if any_sent and buffer.has_data():
+            buffer.flush_if_due()
+        return sum(counters.values())
 
     def _to_buffer(self, counters: dict[CounterKey, int]) -> int:
         for key, n in counters.items():
             buffer.add(key, n)
         return sum(counters.values())
-
-    # --- the daemon that writes a batch whose interval ended with no later event ------------------------
-
-    def _ensure_timer(self) -> None:
-        if self._timer is None or not self._timer.is_alive():
-            self._wake = threading.Event()
-            self._timer = threading.Thread(target=self._run, args=(self._wake,), name="hotcache-analytics-batch")
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _run(self, wake: threading.Event) -> None:
-        while not wake.wait(max(0.05, float(hotcache_settings.ANALYTICS_BATCH_SECONDS))):
-            try:
-                if self.due():
-                    self.flush()
-            except Exception:
-                log.warning("hotcache analytics: batch write failed", exc_info=True)
-
-    def stop(self) -> None:
-        """Stop the daemon (tests); the next event starts it again."""
-        self._wake.set()
 
 
 batch = Batch()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from hotcache import clock, recovery
@@ -45,6 +46,21 @@ def _history_record(
         "reason": reason,
         "persisted_at": clock.utcnow(),
     }
+
+
+def _copy_record(doc: Mapping[str, Any], *, closed: dt.datetime, reason: str) -> dict[str, Any]:
+    """The history record of a workbench_active document (a durable or an outage copy), closed at ``closed``."""
+    return _history_record(
+        session_id=doc["_id"],
+        token=doc["token"],
+        text=doc["state"],
+        version=int(doc["version"]),
+        owner=doc.get("owner"),
+        created=_ts(doc["created_at"]),
+        updated=_ts(doc["updated_at"]),
+        closed=closed,
+        reason=reason,
+    )
 
 
 def _write_history(records: list[dict[str, Any]]) -> set[int]:

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import atexit
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hotcache import clock, metering, recovery
+from hotcache import clock, metering
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import BackendUnavailable, DuplicateKey
-from hotcache.workbench._archive import _history_record, _write_history
+from hotcache.periodic import PeriodicBuffer
+from hotcache.workbench._archive import _copy_record, _write_history
 from hotcache.workbench._envelope import _Envelope, _ts
 from hotcache.workbench._layout import _REDIS, FEATURE, _active
 
@@ -187,44 +187,30 @@ def _keep_replaced(session_id: str, doc: Mapping[str, Any]) -> None:
     persisted, its history record is there or on its way (this write is then a no-op or replaced: history is
     rank-guarded); lost from Redis (deleted, evicted, a restart without persistence), this copy is its last
     trace: it goes to history as abandoned. Only on this path: one bulk write (two if already there)."""
-    record = _history_record(
-        session_id=session_id,
-        token=doc["token"],
-        text=doc["state"],
-        version=int(doc["version"]),
-        owner=doc.get("owner"),
-        created=_ts(doc["created_at"]),
-        updated=_ts(doc["updated_at"]),
-        closed=_ts(doc.get("last_seen") or doc["updated_at"]),
-        reason="idle",
-    )
+    record = _copy_record(doc, closed=_ts(doc.get("last_seen") or doc["updated_at"]), reason="idle")
     try:
         _write_history([record])
     except BackendUnavailable:
         log.warning("hotcache.workbench: the replaced copy of %s:%s stays out of history", session_id, doc["token"])
 
 
-class DurableWriter(recovery.ProcessLocal):
+class DurableWriter(PeriodicBuffer[dict[str, _Copy]]):
     """This process's pending durable copies, newest version per session, and the daemon that writes them.
     A forked child starts empty with no thread (its parent writes what it holds); its first save starts one."""
 
-    def __init__(self) -> None:
-        self._write_lock = threading.Lock()  # one write at a time: a flush waits for the one under way
-        super().__init__()
-        self._forget()
+    thread_name = "hotcache-workbench-durable"
+    log = log
+    failure_message = "hotcache.workbench: durable copy write failed"
 
-    def _renew_locks(self) -> None:
-        super()._renew_locks()
-        self._write_lock = threading.Lock()
+    def interval(self) -> float:
+        return _interval()
 
-    def _forget(self) -> None:
-        old = getattr(self, "_wake", None)
-        if old is not None:
-            old.set()  # the daemon of what is forgotten stops (in a forked child there is none)
+    def _empty(self) -> None:
         self._pending: dict[str, _Copy] = {}
-        self._started: float | None = None  # clock.time() of the oldest pending copy
-        self._timer: threading.Thread | None = None
-        self._wake = threading.Event()
+
+    def _take(self) -> dict[str, _Copy]:
+        pending, self._pending = self._pending, {}
+        return pending
 
     def __len__(self) -> int:
         """Sessions whose copy is pending."""
@@ -243,9 +229,7 @@ class DurableWriter(recovery.ProcessLocal):
                     return  # a newer save of this incarnation (or its ended mark) is already pending
                 created = created or old.created  # the creation's replaced copy is still owed to history
             self._pending[session_id] = _Copy(envelope, text, created)
-            if self._started is None:
-                self._started = clock.time()
-            self._ensure_timer()
+            self._buffered()
 
     def drop(self, session_id: str, envelope: _Envelope) -> None:
         """end() ended this incarnation in Redis at ``envelope``: its pending copy is not written (it would bring
@@ -262,45 +246,13 @@ class DurableWriter(recovery.ProcessLocal):
             if old is not None and old.envelope.token == envelope.token and old.envelope.version > envelope.version:
                 return  # not reached: an incarnation takes no save after its end
             self._pending[session_id] = _Copy(envelope, "", created=False, ended=True)
-            if self._started is None:
-                self._started = clock.time()
-            self._ensure_timer()
+            self._buffered()
 
-    def due(self) -> bool:
-        started = self._started
-        return started is not None and clock.time() - started >= _interval()
-
-    def flush(self) -> int:
-        """Write every pending copy now (one bulk); how many sessions were written. Safe from any thread."""
-        with self._write_lock:
-            with self._lock:
-                pending, self._pending, self._started = self._pending, {}, None
-            if pending:
-                _write_copies(pending)
-            return len(pending)
-
-    def _ensure_timer(self) -> None:
-        if self._timer is None or not self._timer.is_alive():
-            self._wake = threading.Event()
-            self._timer = threading.Thread(target=self._run, args=(self._wake,), name="hotcache-workbench-durable")
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _run(self, wake: threading.Event) -> None:
-        while True:
-            started, interval = self._started, max(0.05, _interval())
-            wait = interval if started is None else max(0.05, started + interval - clock.time())
-            if wake.wait(min(wait, interval)):
-                return
-            try:
-                if self.due():
-                    self.flush()
-            except Exception:
-                log.warning("hotcache.workbench: durable copy write failed", exc_info=True)
-
-    def stop(self) -> None:
-        """Stop the daemon (tests); the next save starts it again."""
-        self._wake.set()
+    def _write(self, taken: dict[str, _Copy]) -> int:
+        """Every pending copy in one bulk; how many sessions were written."""
+        if taken:
+            _write_copies(taken)
+        return len(taken)
 
 
 writer = DurableWriter()
@@ -320,17 +272,7 @@ def _flush_before_fallback(session_id: str | None = None) -> None:
     pending = writer._pending
     mine = pending.get(session_id) if session_id is not None else None
     if pending and (session_id is None or (mine is not None and not mine.ended)):
-        try:
-            writer.flush()
-        except Exception:
-            log.warning("hotcache.workbench: durable copies not written before the fallback", exc_info=True)
+        writer.flush_or_log("hotcache.workbench: durable copies not written before the fallback")
 
 
-def _at_exit() -> None:
-    try:
-        writer.flush()
-    except Exception:
-        log.warning("hotcache.workbench: durable copies not written at exit", exc_info=True)
-
-
-atexit.register(_at_exit)
+atexit.register(writer.flush_or_log, "hotcache.workbench: durable copies not written at exit")

@@ -16,7 +16,7 @@ from hotcache.exceptions import (
     DuplicateKey,
     MongoUnavailable,
 )
-from hotcache.workbench._archive import _history_record, _write_history
+from hotcache.workbench._archive import _copy_record, _write_history
 from hotcache.workbench._durable import _flush_before_fallback
 from hotcache.workbench._envelope import _ts
 from hotcache.workbench._fence import _raise_fence_later
@@ -82,6 +82,20 @@ def _replace_tombstone(
     return 1 if matched else None
 
 
+def _create(
+    coll: mongo.Collection, session_id: str, text: str, owner: str | None, now: dt.datetime, token: str, in_redis: bool
+) -> bool:
+    """Create the session at version 1 on workbench_active: a new document, or a new incarnation over a tombstone
+    (the fence goes up either way); False when the id holds a live session (the caller decides what that means)."""
+    try:
+        coll.insert_one(_fresh_doc(session_id, text, owner, now, None, token, in_redis))
+    except DuplicateKey:
+        if not _replace_tombstone(coll, session_id, text, owner, token, in_redis):
+            return False
+    _raise_fence_later()
+    return True
+
+
 def _mongo_save(
     session_id: str,
     text: str,
@@ -104,17 +118,11 @@ def _mongo_save(
     # Written while Redis is unreachable: Redis may hold an older copy when it returns (see "recovery").
     fields: dict[str, Any] = {"state": text, "updated_at": now, "last_seen": now, "origin": _FALLBACK}
     if expected == 0:
-        try:
-            coll.insert_one(_fresh_doc(session_id, text, owner, now, None, token, in_redis))
-        except DuplicateKey:
-            if _replace_tombstone(coll, session_id, text, owner, token, in_redis):
-                _raise_fence_later()
-                return 1
-            current = coll.find_one({"_id": session_id, **_LIVE}, {"version": 1})
-            metering.event(FEATURE, "conflict")
-            raise Conflict(session_id, 0, int(current["version"]) if current else 0) from None
-        _raise_fence_later()
-        return 1
+        if _create(coll, session_id, text, owner, now, token, in_redis):
+            return 1
+        current = coll.find_one({"_id": session_id, **_LIVE}, {"version": 1})
+        metering.event(FEATURE, "conflict")
+        raise Conflict(session_id, 0, int(current["version"]) if current else 0)
     if owner is not None:
         fields["owner"] = owner
     update: dict[str, Any] = {"$set": fields, "$inc": {"version": 1}}
@@ -138,22 +146,13 @@ def _mongo_save(
         if doc is not None:
             _raise_fence_later()
             return int(doc["version"])
-        try:
-            coll.insert_one(_fresh_doc(session_id, text, owner, now, None, token, in_redis))
-        except DuplicateKey:
-            # The id holds a tombstone (start a new incarnation over it), a session of another owner, or a
-            # session created since the update above (the next attempt updates it).
-            if _replace_tombstone(coll, session_id, text, owner, token, in_redis):
-                _raise_fence_later()
-                return 1
-            current = coll.find_one({"_id": session_id, **_LIVE}, {"owner": 1})
-            if current is not None and _owner_refused(current.get("owner"), owner, expected_owner):
-                raise OwnerConflict(
-                    session_id, owner, current.get("owner"), expected=expected_owner is not _ANY
-                ) from None
-            continue
-        _raise_fence_later()
-        return 1
+        if _create(coll, session_id, text, owner, now, token, in_redis):
+            return 1
+        # The id holds a session of another owner, or a session created since the update above (the next
+        # attempt updates it).
+        current = coll.find_one({"_id": session_id, **_LIVE}, {"owner": 1})
+        if current is not None and _owner_refused(current.get("owner"), owner, expected_owner):
+            raise OwnerConflict(session_id, owner, current.get("owner"), expected=expected_owner is not _ANY)
     msg = f"workbench session {session_id!r}: concurrent creation did not settle"
     raise MongoUnavailable(msg)
 
@@ -173,18 +172,7 @@ def _mongo_end(session_id: str, *, redis_gone: bool = False) -> bool:
     if doc is None:
         return False
     now = clock.utcnow()
-    record = _history_record(
-        session_id=session_id,
-        token=doc["token"],
-        text=doc["state"],
-        version=int(doc["version"]),
-        owner=doc.get("owner"),
-        created=_ts(doc["created_at"]),
-        updated=_ts(doc["updated_at"]),
-        closed=now,
-        reason="ended",
-    )
-    _write_history([record])
+    _write_history([_copy_record(doc, closed=now, reason="ended")])
     # Only the version written to history leaves; a save in between keeps the session active.
     current = {"_id": session_id, "version": doc["version"], "token": doc["token"]}
     if not redis_gone and (doc.get("from_redis") or doc.get("gone_token")):

@@ -22,7 +22,7 @@ from hotcache.exceptions import (
     MongoWriteError,
     RedisUnavailable,
 )
-from hotcache.workbench._archive import _history_record, _write_history
+from hotcache.workbench._archive import _copy_record, _history_record, _write_history
 from hotcache.workbench._durable import _flush_before_fallback
 from hotcache.workbench._envelope import (
     _ENDED_RECORD,
@@ -280,20 +280,7 @@ def _sweep_active(result: PersistResult, limit: int, max_batches: int) -> None:
             if len(found) < limit:
                 return
             continue
-        records = [
-            _history_record(
-                session_id=d["_id"],
-                token=d["token"],
-                text=d["state"],
-                version=int(d["version"]),
-                owner=d.get("owner"),
-                created=_ts(d["created_at"]),
-                updated=_ts(d["updated_at"]),
-                closed=_ts(d["last_seen"]),
-                reason="idle",
-            )
-            for d in docs
-        ]
+        records = [_copy_record(d, closed=_ts(d["last_seen"]), reason="idle") for d in docs]
         duplicates = _write_history(records)
         result.batches += 1
         result.from_fallback += len(records) - len(duplicates)
