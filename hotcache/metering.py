@@ -272,7 +272,13 @@ def event(feature_name: str, name: str, n: int = 1) -> None:
 
 def events(feature_name: str, names: tuple[str, ...]) -> None:
     """Count one of each of several events of a feature (a request's verdict and its rules') in one update."""
-    meter.add_each(tuple([_event_field(feature_name, name) for name in names]))
+    meter.add_each(_event_fields(feature_name, names))
+
+
+@functools.lru_cache(maxsize=4096)
+def _event_fields(feature_name: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    # A request's events are one of a few tuples (its verdict and its rules'): their fields formatted once.
+    return tuple([_event_field(feature_name, name) for name in names])
 
 
 @functools.lru_cache(maxsize=4096)
