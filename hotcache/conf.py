@@ -38,7 +38,7 @@ def hotcache_source() -> object:
     """``getattr(settings, "HOTCACHE", None)``, from LazySettings' own record of it when it has one.
 
     The per-request paths compare it with what their derived values were built for on every call: a dict lookup
-    instead of LazyObject's Python-level attribute hooks (about 1 µs each). The same object getattr gives."""
+    instead of LazyObject's Python-level attribute hooks (0.04 against 0.25 µs here). The same object getattr gives."""
     value = _READ_SETTINGS.get("HOTCACHE", _UNREAD)
     return getattr(django_settings, "HOTCACHE", None) if value is _UNREAD else value
 
@@ -181,7 +181,9 @@ class HotcacheSettings:
 
     def derived(self, name: str, build: Callable[[], T]) -> T:
         """``build()``'s value for the current HOTCACHE dict, built once per dict (one identity check per call)."""
-        source = hotcache_source()
+        source = _READ_SETTINGS.get("HOTCACHE", _UNREAD)  # hotcache_source(), inlined: once per derived value
+        if source is _UNREAD:
+            source = getattr(django_settings, "HOTCACHE", None)
         if self._derived_source is source:
             try:
                 return cast(T, self._derived[name])  # stored by build() for this name

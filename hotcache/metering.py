@@ -42,6 +42,7 @@ __all__ = [
     "event",
     "events",
     "feature",
+    "feature_var",
     "flush",
     "meter",
     "mongo_op",
@@ -56,6 +57,9 @@ __all__ = [
 log = logging.getLogger("hotcache.metering")
 
 _feature: contextvars.ContextVar[str] = contextvars.ContextVar("hotcache_feature", default="other")
+# The variable ``feature()`` sets, for the one caller on every Redis call (backends.redis) that sets and resets
+# it directly: the same scope without the context manager's three Python calls.
+feature_var = _feature
 # Inside self_counted(): counts go to the totals and to this Counter instead of the store's buffer.
 _self_counted: contextvars.ContextVar[Counter[tuple[str, str]] | None] = contextvars.ContextVar(
     "hotcache_meter_self_counted", default=None

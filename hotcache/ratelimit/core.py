@@ -80,7 +80,7 @@ def evaluate_in(
     denials = state.deny_cache
     if denials:
         cached = [denials.get(lim, now) for lim in limits]
-        if any(c is not None for c in cached):
+        if cached.count(None) != len(cached):  # any known denial
             return _denied_locally(limits, cached, increment)
 
     prefix = state.settings.key_prefix
