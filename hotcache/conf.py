@@ -25,9 +25,22 @@ from typing import Any, TypeVar, cast
 
 from django.conf import settings as django_settings
 
-__all__ = ["DEFAULTS", "FEATURES", "HotcacheSettings", "hotcache_settings"]
+__all__ = ["DEFAULTS", "FEATURES", "HotcacheSettings", "hotcache_settings", "hotcache_source"]
 
 T = TypeVar("T")
+# LazySettings keeps each setting it has read in its own instance dict, and empties that same dict object whenever
+# the settings change (a setting assigned or deleted, override_settings swapping the wrapped settings).
+_READ_SETTINGS: dict[str, Any] = object.__getattribute__(django_settings, "__dict__")
+_UNREAD = object()
+
+
+def hotcache_source() -> object:
+    """``getattr(settings, "HOTCACHE", None)``, from LazySettings' own record of it when it has one.
+
+    The per-request paths compare it with what their derived values were built for on every call: a dict lookup
+    instead of LazyObject's Python-level attribute hooks (0.04 against 0.25 µs here). The same object getattr gives."""
+    value = _READ_SETTINGS.get("HOTCACHE", _UNREAD)
+    return getattr(django_settings, "HOTCACHE", None) if value is _UNREAD else value
 
 # The features hotcache ships; HOTCACHE["FEATURES"] may name a subset.
 FEATURES = ("ratelimit", "users", "sessions", "mfa", "apikeys", "workbench", "analytics")
@@ -163,12 +176,14 @@ class HotcacheSettings:
 
     @property
     def user_settings(self) -> dict[str, Any]:
-        value = getattr(django_settings, "HOTCACHE", None) or {}
+        value = hotcache_source() or {}
         return value if isinstance(value, dict) else {}
 
     def derived(self, name: str, build: Callable[[], T]) -> T:
         """``build()``'s value for the current HOTCACHE dict, built once per dict (one identity check per call)."""
-        source = getattr(django_settings, "HOTCACHE", None)
+        source = _READ_SETTINGS.get("HOTCACHE", _UNREAD)  # hotcache_source(), inlined: once per derived value
+        if source is _UNREAD:
+            source = getattr(django_settings, "HOTCACHE", None)
         if self._derived_source is source:
             try:
                 return cast(T, self._derived[name])  # stored by build() for this name

@@ -42,6 +42,7 @@ __all__ = [
     "event",
     "events",
     "feature",
+    "feature_var",
     "flush",
     "meter",
     "mongo_op",
@@ -56,6 +57,9 @@ __all__ = [
 log = logging.getLogger("hotcache.metering")
 
 _feature: contextvars.ContextVar[str] = contextvars.ContextVar("hotcache_feature", default="other")
+# The variable ``feature()`` sets, for the one caller on every Redis call (backends.redis) that sets and resets
+# it directly: the same scope without the context manager's three Python calls.
+feature_var = _feature
 # Inside self_counted(): counts go to the totals and to this Counter instead of the store's buffer.
 _self_counted: contextvars.ContextVar[Counter[tuple[str, str]] | None] = contextvars.ContextVar(
     "hotcache_meter_self_counted", default=None
@@ -272,7 +276,13 @@ def event(feature_name: str, name: str, n: int = 1) -> None:
 
 def events(feature_name: str, names: tuple[str, ...]) -> None:
     """Count one of each of several events of a feature (a request's verdict and its rules') in one update."""
-    meter.add_each(tuple([_event_field(feature_name, name) for name in names]))
+    meter.add_each(_event_fields(feature_name, names))
+
+
+@functools.lru_cache(maxsize=4096)
+def _event_fields(feature_name: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    # A request's events are one of a few tuples (its verdict and its rules'): their fields formatted once.
+    return tuple([_event_field(feature_name, name) for name in names])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -173,12 +173,28 @@ def begin_calls(client: Any, *, deletion: bool) -> NodeCalls | None:
     """Make a NodeCalls current for this thread when ``client`` is a cluster client (None otherwise: a single
     server costs one isinstance). Its budget for CLUSTERDOWN / TRYAGAIN retries is REDIS_SOCKET_TIMEOUT, what
     the call would wait for a reply anyway."""
-    if not isinstance(client, RedisCluster):
+    if not _is_cluster(client):
         return None
     calls = NodeCalls(deletion=deletion, budget=float(hotcache_settings.REDIS_SOCKET_TIMEOUT))
     calls.previous = getattr(_calls, "current", None)
     _calls.current = calls
     return calls
+
+
+_CLIENT_KINDS: dict[type, bool] = {}  # client class -> a RedisCluster?
+
+
+def _is_cluster(client: Any) -> bool:
+    """``isinstance(client, RedisCluster)``, remembered per class: RedisCluster's metaclass (typing's Protocol
+    meta, from redis-py's command mixins) makes every isinstance against it two Python-level hooks, about 1 µs on
+    each call. An object posing as another class (a mock with a spec) is checked every time."""
+    kind = type(client)
+    known = _CLIENT_KINDS.get(kind)
+    if known is None:
+        known = isinstance(client, RedisCluster)
+        if client.__class__ is kind and len(_CLIENT_KINDS) < 64:
+            _CLIENT_KINDS[kind] = known
+    return known
 
 
 def end_calls(calls: NodeCalls | None) -> None:

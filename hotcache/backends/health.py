@@ -112,6 +112,10 @@ class HealthGate:
 
     def allow(self) -> bool:
         """True if the caller may talk to Redis now."""
+        if self._state == CLOSED:
+            # Read without the lock (one attribute read is atomic): a gate opening at this instant lets this
+            # call through as if it had come a moment earlier, which the lock would also have allowed.
+            return True
         with self._lock:
             if self._state == CLOSED:
                 return True
@@ -131,6 +135,10 @@ class HealthGate:
             return self._state != CLOSED and self._answering
 
     def success(self) -> None:
+        if self._state == CLOSED and not self._failures:
+            # Nothing to reset (every call's case): read without the lock, as if this success came just before
+            # a failure another thread records at this instant.
+            return
         with self._lock:
             self._failures = 0
             if self._state != CLOSED:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from django.conf import settings as django_settings
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, SlotNotCoveredError
@@ -35,7 +34,7 @@ from redis.retry import Retry
 from hotcache import metering
 from hotcache.backends import cluster, errors, lean
 from hotcache.backends.health import redis_gate
-from hotcache.conf import hotcache_settings
+from hotcache.conf import hotcache_settings, hotcache_source
 from hotcache.exceptions import RedisUnavailable
 
 __all__ = [
@@ -195,7 +194,7 @@ def lean_call(feature: str, fn: Callable[[Any], T], *, deletion: bool = False) -
 def _lean_client() -> Any:
     """This thread's LeanClient, or the pooled client where the lean path does not apply."""
     state = _lean_state
-    if state is None or state[0] != os.getpid() or getattr(django_settings, "HOTCACHE", None) is not state[1]:
+    if state is None or state[0] != os.getpid() or hotcache_source() is not state[1]:
         state = _build_lean_state()
     per_thread = state[3]
     if per_thread is None:
@@ -206,7 +205,7 @@ def _lean_client() -> Any:
 
 def _build_lean_state() -> tuple[int, object, redis.Redis, lean.Lean | None]:
     global _lean_state
-    source = getattr(django_settings, "HOTCACHE", None)
+    source = hotcache_source()
     client = get_client()
     with _lock:
         state = _lean_state
@@ -246,10 +245,13 @@ def _through_gate(feature: str, fn: Callable[[Any], T], client: Callable[[], Any
     _wire.sent = False
     nodes = None  # on a cluster: the nodes this call reached, each with a gate of its own (backends.cluster)
     try:
-        with metering.feature(feature):
+        scope = metering.feature_var.set(feature)  # metering.feature()'s work, without its three calls per call
+        try:
             target = client()
             nodes = cluster.begin_calls(target, deletion=deletion)
             result = fn(target)
+        finally:
+            metering.feature_var.reset(scope)
     except errors.NodeGateOpen as exc:
         raise _node_rejected(feature, exc, nodes, get_client()) from None
     except (RedisError, RedisClusterException, OSError) as exc:

@@ -80,7 +80,7 @@ def evaluate_in(
     denials = state.deny_cache
     if denials:
         cached = [denials.get(lim, now) for lim in limits]
-        if any(c is not None for c in cached):
+        if cached.count(None) != len(cached):  # any known denial
             return _denied_locally(limits, cached, increment)
 
     prefix = state.settings.key_prefix
@@ -138,7 +138,9 @@ def _decided(
 ) -> Decision:
     """Redis decided: the deny cache learns the refusing rules, the events are counted."""
     denials = state.deny_cache
-    state.outage.recovered()
+    outage = state.outage
+    if outage.degraded:
+        outage.recovered()
     if not allowed:
         for lim, res in zip(limits, results, strict=True):
             if not res.allowed and lim.cost <= lim.limit:
@@ -265,15 +267,14 @@ def _degraded(outage: Outage, limits: Sequence[Limit], increment: bool, reason: 
 def _count(results: Sequence[RuleResult], *, allowed: bool) -> None:
     """The decision's events (``allowed``/``denied`` and one per evaluated rule), in one locked meter update."""
     if allowed:
-        names = ["allowed"]
-        names += [_event("allowed:", r.name) for r in results if r.evaluated]
+        rules = tuple([r.name for r in results if r.source != "skipped"])  # r.evaluated, without the property
     else:
-        names = ["denied"]
-        names += [_event("denied:", r.name) for r in results if r.evaluated and not r.allowed]
-    metering.events(_FEATURE, tuple(names))
+        rules = tuple([r.name for r in results if not r.allowed and r.source != "skipped"])
+    metering.events(_FEATURE, _events(allowed, rules))
 
 
 @functools.lru_cache(maxsize=4096)
-def _event(kind: str, name: str) -> str:
-    # The per-rule event name, formatted once per rule rather than on every request.
-    return kind + name
+def _events(allowed: bool, rules: tuple[str, ...]) -> tuple[str, ...]:
+    # A request's event names, formatted once per verdict and set of rules rather than on every request.
+    kind = "allowed" if allowed else "denied"
+    return (kind, *[f"{kind}:{name}" for name in rules])

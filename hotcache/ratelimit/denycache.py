@@ -24,6 +24,10 @@ class DenyCache:
 
     def get(self, limit: Limit, now: float) -> float | None:
         """Seconds this limit is still known to refuse ``limit.cost``, or None."""
+        if limit.identity not in self._items:
+            # Most lookups miss: answered without the lock, as __bool__ is (a denial stored at this instant may
+            # be missed and Redis then decides; the cache only ever refuses, so a miss never wrongly admits).
+            return None
         with self._lock:
             item = self._items.get(limit.identity)
             if item is None:

@@ -25,7 +25,7 @@ def add_headers(response: Any, decision: Decision) -> None:
 
 def set_headers(response: Any, decision: Decision, snapshot: Snapshot) -> None:
     """``add_headers`` with the settings snapshot the caller already holds (one settings read per request)."""
-    shown = [r for r in decision.results if r.headers and r.evaluated]
+    shown = [r for r in decision.results if r.headers and r.source != "skipped"]  # r.evaluated, inlined
     if not shown:
         return
     if len(shown) == 1:  # the common case, without the joins

@@ -68,6 +68,12 @@ class CompiledRule:
     # This rule's Limit per identifier, built and validated once per identifier instead of once per request.
     # Bounded (cleared when full); losing it only costs rebuilding. Dict reads and writes are atomic.
     _limits: dict[str, Limit] = field(default_factory=dict, compare=False, repr=False)
+    # No method, path or URL name to match: every request matches (limits_for skips matches_path).
+    matches_all: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        plain = self.methods is None and self.regex is None and self.path is None and self.url_names is None
+        object.__setattr__(self, "matches_all", plain)  # frozen: set once here
 
     @property
     def needs_user(self) -> bool:
@@ -325,14 +331,13 @@ def limits_for(request: Any, url_names: Callable[[], set[str]]) -> tuple[list[Li
     refused: list[Limit] = []  # rules with no identifier for this request and on_missing_key="deny"
     seen: dict[str, str | None] = {}  # a built-in key (ip, user...) is resolved once per request
     for rule in compiled_rules():
-        if not rule.matches_path(request, url_names):
+        if not (rule.matches_all or rule.matches_path(request, url_names)):
             continue
-        if isinstance(rule.key, str):
-            if rule.key not in seen:
-                seen[rule.key] = key_value(rule.key, request, rule.name)
-            ident = seen[rule.key]
+        key = rule.key
+        if isinstance(key, str):
+            ident = seen[key] if key in seen else seen.setdefault(key, key_value(key, request, rule.name))
         else:
-            ident = key_value(rule.key, request, rule.name)
+            ident = key_value(key, request, rule.name)
         if ident is not None:
             limits.append(rule.limit_for(ident))
             continue
