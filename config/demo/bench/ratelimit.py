@@ -1,8 +1,8 @@
 """Rate limiting arms: a bare Django view, the same view under django-ratelimit (key="ip", django-redis on
 the same Redis) and under hotcache's RateLimitMiddleware with 1 and 3 rules (and a deny-cache hit), beside the
-wire's floor: the same rate-limit script's EVALSHA, packed once by redis-py's own packer, written on one open
-``redis.Connection`` and its reply read with hiredis (no pool checkout, no client, no Django), so the limiter
-arms read as "x the floor" (issue 19).
+wire's floors: the same rate-limit script's EVALSHA for 1 rule and for 3, packed once by redis-py's own packer,
+written on one open ``redis.Connection`` and its reply read with hiredis (no pool checkout, no client, no
+Django), so the limiter arms read as "x the floor" of the same work (issue 19).
 
 Requests are built with RequestFactory and passed to the view / decorator / middleware directly (no
 URL resolution, no other middleware), so the difference to the bare arm is what each limiter adds.
@@ -50,18 +50,20 @@ class CountingConnection(redis.Connection):
 
 class Floor:
     """The raw round trip of one rate-limit decision: EVALSHA of ``sliding_window`` (the script hotcache sends,
-    with the same keys and arguments as the 1-rule arm) pre-packed with ``Connection.pack_command`` once per
+    with the same keys and arguments as the 1-rule or the 3-rule arm: ``keys[i]`` holds client i's key per rule,
+    ``rules`` each rule's (limit, window in seconds)) pre-packed with ``Connection.pack_command`` once per
     client, written with ``send_packed_command`` on one open connection and read with ``read_response``
     (hiredis when installed). It is what any client must pay per decision; not metered (no hotcache code runs).
     """
 
-    def __init__(self, url: str, keys: list[str], limit: int, window: int) -> None:
+    def __init__(self, url: str, keys: list[list[str]], rules: list[tuple[int, int]]) -> None:
         from hotcache.backends.redis import Script
 
         self.script = Script("sliding_window")
         self.conn = redis.ConnectionPool.from_url(url).make_connection()
+        args = [a for limit, window in rules for a in (limit, window * 1000, 1)]
         self.packed = [
-            self.conn.pack_command("EVALSHA", self.script.sha, 1, key, 1, limit, window * 1000, 1) for key in keys
+            self.conn.pack_command("EVALSHA", self.script.sha, len(client), *client, 1, *args) for client in keys
         ]
         self.parser = type(self.conn._parser).__name__
 
@@ -134,13 +136,19 @@ def arms() -> dict[str, list[Arm]]:
     from hotcache.ratelimit.core import limit_keys
     from hotcache.ratelimit.limits import Limit
 
-    floor: Floor | None = Floor(
-        location, [limit_keys(Limit("floor", ip, 1_000_000, 60))[0] for ip in ips], 1_000_000, 60
-    )
-    try:
-        floor.setup()
-    except (redis.ConnectionError, OSError):
-        floor = None  # not a real server (the embedded fakeredis default): a raw socket has nothing to reach
+    # The floors send what the 1-rule and the 3-rule arms send: the same rates, one key per rule and client.
+    one_rule = [(1_000_000, 60)]
+    three_rules = [(1_000_000, 60), (1_000_000, 10), (100_000_000, 86400)]
+    floors: list[tuple[str, Floor]] = []
+    for label, rules in (("", one_rule), (", 3 rules", three_rules)):
+        keys = [[limit_keys(Limit(f"floor{n}", ip, limit, window))[0] for n, (limit, window) in enumerate(rules)]
+                for ip in ips]
+        floor = Floor(location, keys, rules)
+        try:
+            floor.setup()
+        except (redis.ConnectionError, OSError):
+            break  # not a real server (the embedded fakeredis default): a raw socket has nothing to reach
+        floors.append((label, floor))
 
     group = [
         Arm("bare Django view", lambda i: _view(req("/one/", i)), counts=counts),
@@ -149,10 +157,10 @@ def arms() -> dict[str, list[Arm]]:
         Arm("hotcache middleware, 3 rules", lambda i: mw(req("/three/", i)), counts=counts),
         Arm("hotcache, known-denied client (deny cache)", deny_op, counts=counts, teardown=teardown),
     ]
-    if floor is not None:
+    for label, floor in floors:
         group.append(
             Arm(
-                "floor: raw EVALSHA pre-packed on one connection",
+                f"floor{label}: raw EVALSHA pre-packed on one connection",
                 floor.op,
                 teardown=floor.teardown,
                 note=f"parser {floor.parser}; not metered",
