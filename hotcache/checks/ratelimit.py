@@ -10,6 +10,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from hotcache.checks._common import (
+    is_number,
     number_setting_errors,
 )
 from hotcache.checks._common import (
@@ -107,7 +108,7 @@ def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
             )
         )
     status = hotcache_settings.RATELIMIT_STATUS_CODE
-    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+    if not (is_number(status, integer=True) and 400 <= status <= 599):
         errors.append(
             Error(
                 f"{_setting('RATELIMIT_STATUS_CODE')}={status!r} is not a 4xx/5xx status.",
@@ -117,7 +118,7 @@ def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
         )
     for name, top in (("IPV6_PREFIX", 128), ("IPV4_PREFIX", 32)):
         value = getattr(hotcache_settings, name)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+        if not (is_number(value, integer=True) and 1 <= value <= top):
             errors.append(
                 Error(
                     f"{_setting(name)}={value!r} is not a prefix length.",
@@ -171,7 +172,7 @@ def check_django_ratelimit_settings(app_configs: Any = None, **kwargs: Any) -> l
             error(name, "is not a string", f"Set {name} to a string (hotcache does not use it; see W013).")
     for name, top in (("RATELIMIT_IPV4_MASK", 32), ("RATELIMIT_IPV6_MASK", 128)):
         value = getattr(settings, name, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        if not (is_number(value, integer=True) and 0 <= value <= top):
             error(name, "is not a prefix length", f"Use a whole number from 0 to {top}.")
     if hasattr(settings, "RATELIMIT_VIEW"):
         view = getattr(settings, "RATELIMIT_VIEW", None)  # the project's settings, unknown to the stubs' plugin

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
+from hotcache.checks._common import is_number
 from hotcache.checks._common import setting as _setting
 from hotcache.conf import hotcache_settings
 
@@ -63,7 +64,7 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 )
             )
     buckets = hotcache_settings.KEY_BUCKETS
-    if buckets is not None and (isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 1024):
+    if buckets is not None and not (is_number(buckets, integer=True) and 1 <= buckets <= 1024):
         errors.append(
             Error(
                 f"{_setting('KEY_BUCKETS')}={buckets!r} is not None or a whole number from 1 to 1024.",

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, register
 
+from hotcache.checks._common import is_number
 from hotcache.checks._common import (
     setting as _setting,
 )
@@ -19,7 +20,7 @@ from hotcache.conf import hotcache_settings
 def check_reports(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     days = hotcache_settings.REPORTS_DAYS
-    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 40:
+    if not (is_number(days, integer=True) and 1 <= days <= 40):
         errors.append(
             Error(
                 f"{_setting('REPORTS_DAYS')}={days!r} is not a whole number of days from 1 to 40.",
@@ -28,7 +29,7 @@ def check_reports(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     pct = hotcache_settings.REPORTS_WARNING_PERCENT
-    if not isinstance(pct, int | float) or isinstance(pct, bool) or not 0 < pct <= 100:
+    if not (is_number(pct) and 0 < pct <= 100):
         errors.append(
             Error(
                 f"{_setting('REPORTS_WARNING_PERCENT')}={pct!r} is not a percentage above 0 and at most 100.",

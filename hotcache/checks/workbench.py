@@ -8,6 +8,7 @@ from django.core.checks import CheckMessage, Error, Tags, register
 
 from hotcache.checks._common import (
     beat_entries,
+    is_number,
     number_setting_errors,
 )
 from hotcache.checks._common import (
@@ -39,7 +40,7 @@ _WORKBENCH_DEPTH_CEILING = 512
 
 def _workbench_depth_errors() -> list[CheckMessage]:
     depth = hotcache_settings.WORKBENCH_MAX_DEPTH
-    if isinstance(depth, int) and not isinstance(depth, bool) and 0 < depth <= _WORKBENCH_DEPTH_CEILING:
+    if is_number(depth, integer=True) and 0 < depth <= _WORKBENCH_DEPTH_CEILING:
         return []
     return [
         Error(
@@ -57,9 +58,8 @@ _DURABLE_INTERVAL_CEILING = 60
 
 def _durable_interval_errors() -> list[CheckMessage]:
     interval = hotcache_settings.WORKBENCH_DURABLE_INTERVAL
-    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
-        if 0 <= interval <= _DURABLE_INTERVAL_CEILING:
-            return []
+    if is_number(interval) and 0 <= interval <= _DURABLE_INTERVAL_CEILING:
+        return []
     return [
         Error(
             f"{_setting('WORKBENCH_DURABLE_INTERVAL')}={interval!r} is not a number of seconds from 0 to "
