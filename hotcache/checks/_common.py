@@ -23,6 +23,7 @@ __all__ = [
     "database_scheduler",
     "is_number",
     "number_setting_errors",
+    "range_errors",
     "schedule_seconds",
     "setting",
     "settings_module",
@@ -62,6 +63,17 @@ def number_setting_errors(
                 )
             )
     return errors
+
+
+def range_errors(
+    name: str, low: float, high: float, problem: str, *, hint: str, check_id: str, integer: bool = True
+) -> list[CheckMessage]:
+    """``check_id`` naming the setting and its value ("HOTCACHE['NAME']=value <problem>") when it is not a number
+    (a whole one unless ``integer`` is False) from ``low`` to ``high``."""
+    value = getattr(hotcache_settings, name)
+    if is_number(value, integer=integer) and low <= value <= high:
+        return []
+    return [Error(f"{setting(name)}={value!r} {problem}", hint=hint, id=check_id)]
 
 
 def settings_module() -> str:

@@ -12,6 +12,7 @@ from django.utils.module_loading import import_string
 from hotcache.checks._common import (
     is_number,
     number_setting_errors,
+    range_errors,
 )
 from hotcache.checks._common import (
     setting as _setting,
@@ -107,25 +108,17 @@ def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                 id="hotcache.E016",
             )
         )
-    status = hotcache_settings.RATELIMIT_STATUS_CODE
-    if not (is_number(status, integer=True) and 400 <= status <= 599):
-        errors.append(
-            Error(
-                f"{_setting('RATELIMIT_STATUS_CODE')}={status!r} is not a 4xx/5xx status.",
-                hint="Use 429 (default) or 403.",
-                id="hotcache.E018",
-            )
-        )
+    errors += range_errors(
+        "RATELIMIT_STATUS_CODE",
+        400,
+        599,
+        "is not a 4xx/5xx status.",
+        hint="Use 429 (default) or 403.",
+        check_id="hotcache.E018",
+    )
     for name, top in (("IPV6_PREFIX", 128), ("IPV4_PREFIX", 32)):
-        value = getattr(hotcache_settings, name)
-        if not (is_number(value, integer=True) and 1 <= value <= top):
-            errors.append(
-                Error(
-                    f"{_setting(name)}={value!r} is not a prefix length.",
-                    hint=f"Use a whole number from 1 to {top} (default {DEFAULTS[name]}).",
-                    id="hotcache.E019",
-                )
-            )
+        hint = f"Use a whole number from 1 to {top} (default {DEFAULTS[name]})."
+        errors += range_errors(name, 1, top, "is not a prefix length.", hint=hint, check_id="hotcache.E019")
     errors += number_setting_errors(("RATELIMIT_DENY_CACHE_SIZE",), integer=True, allow_zero=True)
     return errors
 
