@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario, one_op_per_request
 from hotcache import apikeys
 
 __all__ = ["scenario"]
@@ -133,11 +133,6 @@ def _verify(ctx: DemoContext) -> list[str]:
     return problems
 
 
-def _without_hotcache(ctx: DemoContext) -> int:
-    # The "before" path: a MongoDB query on every API call (to find the key and count its use).
-    return ctx.requests_by_scenario[NAME]
-
-
 def scenario() -> Scenario:
     return Scenario(
         name=NAME,
@@ -149,5 +144,6 @@ def scenario() -> Scenario:
         finish=_finish,
         report=_report,
         verify=_verify,
-        mongo_ops_without_hotcache=_without_hotcache,
+        # The "before" path: a MongoDB query on every API call (to find the key and count its use).
+        mongo_ops_without_hotcache=one_op_per_request(NAME),
     )

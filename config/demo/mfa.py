@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario, one_op_per_request
 
 __all__ = ["mfa_logins"]
 
@@ -163,11 +163,6 @@ def _verify(ctx: DemoContext) -> list[str]:
     return problems
 
 
-def _without_hotcache(ctx: DemoContext) -> int:
-    # The "before" path kept codes in MongoDB: at least one operation per issue or verification.
-    return ctx.requests_by_scenario["mfa"]
-
-
 def mfa_logins() -> Scenario:
     return Scenario(
         name="mfa",
@@ -178,5 +173,6 @@ def mfa_logins() -> Scenario:
         on_response=_on_response,
         report=_report,
         verify=_verify,
-        mongo_ops_without_hotcache=_without_hotcache,
+        # The "before" path kept codes in MongoDB: at least one operation per issue or verification.
+        mongo_ops_without_hotcache=one_op_per_request("mfa"),
     )

@@ -49,6 +49,8 @@ __all__ = [
     "DemoResult",
     "Figure",
     "Scenario",
+    "one_op_per_request",
+    "prepared_context",
     "run_demo",
 ]
 
@@ -112,6 +114,11 @@ class Scenario:
     report: Callable[[DemoContext], list[Figure]] | None = None
     verify: Callable[[DemoContext], list[str]] | None = None
     mongo_ops_without_hotcache: Callable[[DemoContext], int] | None = None
+
+
+def one_op_per_request(name: str) -> Callable[[DemoContext], int]:
+    """``mongo_ops_without_hotcache`` of a scenario whose "before" path cost one MongoDB operation per request."""
+    return lambda ctx: ctx.requests_by_scenario[name]
 
 
 @dataclass(slots=True)
@@ -246,6 +253,17 @@ def run_demo(
         return _run(scenarios, requests=requests, seed=seed, progress=progress, settings_module=settings_module)
 
 
+def prepared_context(scenarios: list[Scenario], *, requests: int, seed: int) -> DemoContext:
+    """A fresh context for a run of ``requests`` requests, after each scenario's setup (the demo and the
+    connections benchmark start their runs alike)."""
+    ctx = DemoContext(rng=random.Random(seed), total_requests=requests)
+    for sc in scenarios:
+        ctx.data.setdefault(sc.name, {})
+        if sc.setup:
+            sc.setup(ctx)
+    return ctx
+
+
 def _run(
     scenarios: list[Scenario],
     *,
@@ -256,11 +274,7 @@ def _run(
 ) -> DemoResult:
     logs.reset()  # before the clearing: a Redis found down there logs the gate opening
     _clear_demo_data()
-    ctx = DemoContext(rng=random.Random(seed), total_requests=requests)
-    for sc in scenarios:
-        ctx.data.setdefault(sc.name, {})
-        if sc.setup:
-            sc.setup(ctx)
+    ctx = prepared_context(scenarios, requests=requests, seed=seed)
 
     handler = WSGIHandler()
     factory = RequestFactory()

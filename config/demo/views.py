@@ -29,11 +29,22 @@ def whoami(request: HttpRequest) -> JsonResponse:
 
 
 # --- Cached users ---
+def _signed_in(view: Callable[[HttpRequest], JsonResponse]) -> Callable[[HttpRequest], JsonResponse]:
+    """The view for a signed-in request.user; 401 {"authenticated": false} for an anonymous one."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest) -> JsonResponse:
+        if not request.user.is_authenticated:
+            return JsonResponse({"authenticated": False}, status=401)
+        return view(request)
+
+    return wrapped
+
+
+@_signed_in
 def user_profile(request: HttpRequest) -> JsonResponse:
     """What a page typically reads from request.user (no permission lookups: those are per-request queries)."""
     user = request.user
-    if not user.is_authenticated:
-        return JsonResponse({"authenticated": False}, status=401)
     return JsonResponse(
         {
             "authenticated": True,
@@ -52,11 +63,10 @@ async def user_profile_async(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
+@_signed_in
 def user_rename(request: HttpRequest) -> JsonResponse:
     """A user edits their profile (a save() mid-run: the cached entry must not outlive it)."""
     user = request.user
-    if not user.is_authenticated:
-        return JsonResponse({"authenticated": False}, status=401)
     head, _, _ = user.first_name.partition("-")
     user.first_name = f"v{int(head[1:] or 0) + 1}-{user.pk}"
     user.save(update_fields=["first_name"])
@@ -65,11 +75,10 @@ def user_rename(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
+@_signed_in
 def user_deactivate(request: HttpRequest) -> JsonResponse:
     """An account is closed: its sessions must be rejected from the next request on."""
     user = request.user
-    if not user.is_authenticated:
-        return JsonResponse({"authenticated": False}, status=401)
     user.is_active = False
     user.save()
     return JsonResponse({"is_active": False})
@@ -248,79 +257,82 @@ def _invalid(exc: workbench.InvalidInput, *, field: str | None = None) -> JsonRe
 _UNAVAILABLE = {"error": "Redis and MongoDB are both unavailable", "field": None}
 
 
+def _answered(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+    """A workbench view whose refusals are answered as JSON: a _Refused body or field as raised, InvalidInput a
+    400 naming its field, Redis and MongoDB both down a 503 (a view catches anything more specific itself)."""
+
+    @functools.wraps(view)
+    def inner(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except _Refused as exc:
+            return exc.response
+        except workbench.InvalidInput as exc:
+            return _invalid(exc)
+        except BackendUnavailable:
+            return JsonResponse(_UNAVAILABLE, status=503)
+
+    return inner
+
+
 @csrf_exempt
 @_allow("POST")
+@_answered
 def workbench_save(request: HttpRequest, session_id: str) -> JsonResponse:
+    body = _json_body(request)
+    options = {"expected_owner": body["expected_owner"]} if "expected_owner" in body else {}
     try:
-        body = _json_body(request)
-        options = {"expected_owner": body["expected_owner"]} if "expected_owner" in body else {}
         version = workbench.save(
             session_id, body.get("state"), owner=body.get("owner"), expected_version=body.get("expected_version"),
             **options,
         )
-    except _Refused as exc:
-        return exc.response
     except workbench.Conflict as exc:
         return JsonResponse({"error": "conflict", "current": exc.current, "field": "expected_version"}, status=409)
     except workbench.OwnerConflict as exc:
         return JsonResponse({"error": str(exc), "field": "owner"}, status=409)
-    except workbench.InvalidInput as exc:
-        return _invalid(exc)
-    except BackendUnavailable:
-        return JsonResponse(_UNAVAILABLE, status=503)
     return JsonResponse({"version": version})
 
 
 @csrf_exempt
 @_allow("POST")
+@_answered
 def workbench_edit(request: HttpRequest, session_id: str) -> JsonResponse:
     """Apply one edit to the session's state: load, change, save with expected_version, retry on conflict."""
-    try:
-        cell = _json_body(request).get("cell", "")
-        if not isinstance(cell, str):
-            raise _Refused("cell", f"cell must be a string, not {type(cell).__name__}")
-        if not cell.isascii():
-            try:
-                cell.encode("utf-8")
-            except UnicodeEncodeError:
-                raise _Refused("cell", "cell holds a lone surrogate (not UTF-8 text)") from None
-        for _ in range(5):
-            session = workbench.load(session_id)
-            if session is None:
-                return JsonResponse({"error": "no such session", "field": "session_id"}, status=404)
-            state = dict(session.state)
-            # The stored state is whatever its owner saved: take "edits" and "cells" only when they have the shape
-            # this view gives them.
-            edits, cells = state.get("edits"), state.get("cells")
-            edits = edits if isinstance(edits, int) and not isinstance(edits, bool) else 0
-            cells = cells if isinstance(cells, list) else []
-            state["edits"] = edits + 1
-            state["cells"] = [*cells[-49:], cell]
-            try:
-                version = workbench.save(session_id, state, expected_version=session.version)
-            except workbench.Conflict:
-                continue
-            except workbench.InvalidInput as exc:
-                # The cell is the only client input in the new state: a state refused now is the cell's doing.
-                return _invalid(exc, field="cell" if exc.field == "state" else None)
-            return JsonResponse({"version": version, "edits": state["edits"]})
-    except _Refused as exc:
-        return exc.response
-    except workbench.InvalidInput as exc:
-        return _invalid(exc)
-    except BackendUnavailable:
-        return JsonResponse(_UNAVAILABLE, status=503)
+    cell = _json_body(request).get("cell", "")
+    if not isinstance(cell, str):
+        raise _Refused("cell", f"cell must be a string, not {type(cell).__name__}")
+    if not cell.isascii():
+        try:
+            cell.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refused("cell", "cell holds a lone surrogate (not UTF-8 text)") from None
+    for _ in range(5):
+        session = workbench.load(session_id)
+        if session is None:
+            return JsonResponse({"error": "no such session", "field": "session_id"}, status=404)
+        state = dict(session.state)
+        # The stored state is whatever its owner saved: take "edits" and "cells" only when they have the shape
+        # this view gives them.
+        edits, cells = state.get("edits"), state.get("cells")
+        edits = edits if isinstance(edits, int) and not isinstance(edits, bool) else 0
+        cells = cells if isinstance(cells, list) else []
+        state["edits"] = edits + 1
+        state["cells"] = [*cells[-49:], cell]
+        try:
+            version = workbench.save(session_id, state, expected_version=session.version)
+        except workbench.Conflict:
+            continue
+        except workbench.InvalidInput as exc:
+            # The cell is the only client input in the new state: a state refused now is the cell's doing.
+            return _invalid(exc, field="cell" if exc.field == "state" else None)
+        return JsonResponse({"version": version, "edits": state["edits"]})
     return JsonResponse({"error": "conflict", "field": "expected_version"}, status=409)
 
 
 @_allow("GET", "HEAD")
+@_answered
 def workbench_load(request: HttpRequest, session_id: str) -> JsonResponse:
-    try:
-        session = workbench.load(session_id)
-    except workbench.InvalidInput as exc:
-        return _invalid(exc)
-    except BackendUnavailable:
-        return JsonResponse(_UNAVAILABLE, status=503)
+    session = workbench.load(session_id)
     if session is None:
         return JsonResponse({"error": "no such session", "field": "session_id"}, status=404)
     return JsonResponse({"version": session.version, "state": session.state})
@@ -328,11 +340,7 @@ def workbench_load(request: HttpRequest, session_id: str) -> JsonResponse:
 
 @csrf_exempt
 @_allow("POST")
+@_answered
 def workbench_end(request: HttpRequest, session_id: str) -> JsonResponse:
-    try:
-        ended = workbench.end(session_id)
-    except workbench.InvalidInput as exc:
-        return _invalid(exc)
-    except BackendUnavailable:
-        return JsonResponse(_UNAVAILABLE, status=503)
+    ended = workbench.end(session_id)
     return JsonResponse({"ended": ended}, status=200 if ended else 404)

@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario
+from config.demo.runner import DemoContext, DemoRequest, DemoResponse, Figure, Scenario, one_op_per_request
 from hotcache import workbench
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
@@ -205,11 +205,6 @@ def _verify(ctx: DemoContext) -> list[str]:
     return problems
 
 
-def _without_hotcache(ctx: DemoContext) -> int:
-    # The "before" path kept active sessions in MongoDB: one operation per save, load, edit or end.
-    return ctx.requests_by_scenario[NAME]
-
-
 def scenario() -> Scenario:
     return Scenario(
         name=NAME,
@@ -220,5 +215,6 @@ def scenario() -> Scenario:
         finish=_finish,
         report=_report,
         verify=_verify,
-        mongo_ops_without_hotcache=_without_hotcache,
+        # The "before" path kept active sessions in MongoDB: one operation per save, load, edit or end.
+        mongo_ops_without_hotcache=one_op_per_request(NAME),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from hotcache import signing
 from hotcache.analytics._events import (
@@ -23,7 +23,7 @@ from hotcache.analytics._events import (
     label_to_day,
     label_to_hour,
 )
-from hotcache.analytics._keys import day_events_key, hll_key, hour_key, pending_key
+from hotcache.analytics._keys import day_events_key, hll_key, hour_key, index_keys, pending_key, walked
 from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 
@@ -31,10 +31,13 @@ __all__ = [
     "MARKER",
     "SIGNED_BATCH",
     "Counters",
+    "Located",
+    "Members",
     "Tally",
     "batch_hour",
     "counters",
     "day_counts",
+    "index_members",
     "is_batch",
     "is_day",
     "is_event",
@@ -56,6 +59,7 @@ _STORED_PATH = re.compile(r"/[A-Za-z0-9_.~!$&'()*+,;=:@%/\-]{0,1023}")  # what n
 _MAX_STORED_COUNT = 2**53  # far above any hour's real total; HINCRBY would be near overflow
 
 Counters = dict[tuple[str, str], int]  # (event, path) -> count
+Located = tuple[str, str]  # (bucket, hour label / batch id / day label): every index member lives in one bucket
 
 
 @dataclass(slots=True)
@@ -137,6 +141,33 @@ def valid_members(key: str, raw: object, valid: Callable[[str], bool], tally: Ta
             bad.append(member)
             tally(key, "holds a member hotcache never wrote")
     return good, bad
+
+
+class Members(NamedTuple):
+    """One index's members across the buckets."""
+
+    good: list[Located]
+    stray: list[tuple[str, Any]]  # (bucket, member as Redis returned it): no valid member of that index
+
+
+_VALID: dict[str, Callable[[str], bool]] = {"hours": is_hour, "pending": is_batch, "days": is_day}
+
+
+def index_members(tally: Tally, **reads: Callable[[Any, str], Any]) -> dict[str, Members]:
+    """Every bucket's members of the indexes named ("hours", "pending", "days": Indexes fields), read in one
+    pipelined round trip (``reads[name](pipe, key)`` queues the read of one bucket's index) and checked with
+    valid_members(): the report, the claim, the visitors' sync and a dry run all walk the buckets this way."""
+    walk = walked()
+    names = list(reads)
+    replies = read_many(lambda pipe: [reads[n](pipe, getattr(index_keys(b), n)) for b in walk for n in names])
+    out = {n: Members([], []) for n in names}
+    for i, b in enumerate(walk):
+        idx = index_keys(b)
+        for n, raw in zip(names, replies[i * len(names) : (i + 1) * len(names)], strict=True):
+            good, bad = valid_members(getattr(idx, n), raw, _VALID[n], tally)
+            out[n].good.extend((b, m) for m in good)
+            out[n].stray.extend((b, m) for m in bad)
+    return out
 
 
 def _counter(name_raw: object, value: object) -> tuple[tuple[str, str], int] | None:

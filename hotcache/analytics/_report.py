@@ -11,18 +11,7 @@ from typing import Any
 
 from hotcache.analytics._documents import hourly_collection, visitors_collection
 from hotcache.analytics._events import DAY_FMT, label_to_day, label_to_hour, validate_event
-from hotcache.analytics._keys import index_keys, walked
-from hotcache.analytics._records import (
-    Tally,
-    batch_hour,
-    day_counts,
-    is_batch,
-    is_day,
-    is_hour,
-    read_many,
-    read_unsynced,
-    valid_members,
-)
+from hotcache.analytics._records import Tally, batch_hour, day_counts, index_members, read_unsynced
 from hotcache.backends import mongo
 from hotcache.exceptions import BackendUnavailable, RedisUnavailable
 
@@ -122,32 +111,16 @@ def _add_mongo(coll: mongo.Collection, lo: dt.datetime, hi: dt.datetime, event: 
 def _add_redis(lo: dt.datetime, hi: dt.datetime, event: str | None, totals: _Totals) -> int:
     """The counters still only in Redis (live hours and pending batches) and the days' visitor estimates."""
     tally = Tally()
-    walk = walked()
-
-    def fill(pipe: Any) -> list[Any]:
-        out = []
-        for b in walk:
-            idx = index_keys(b)
-            out.append(pipe.zrangebyscore(idx.hours, lo.timestamp(), f"({hi.timestamp()}"))
-            out.append(pipe.smembers(idx.pending))
-            out.append(pipe.zrangebyscore(idx.days, _as_utc(lo.date()).timestamp(), f"({hi.timestamp()}"))
-        return out
-
-    replies = read_many(fill)
-    hours: list[tuple[str, str]] = []
-    pending: list[tuple[str, str]] = []
-    days: list[tuple[str, str]] = []
-    for i, b in enumerate(walk):
-        idx = index_keys(b)
-        raw_hours, raw_pending, raw_days = replies[3 * i : 3 * i + 3]
-        hours += [(b, h) for h in valid_members(idx.hours, raw_hours, is_hour, tally)[0]]
-        pending += [
-            (b, x)
-            for x in valid_members(idx.pending, raw_pending, is_batch, tally)[0]
-            if lo <= label_to_hour(batch_hour(x)) < hi
-        ]
-        days += [(b, d) for d in valid_members(idx.days, raw_days, is_day, tally)[0]]
-
+    until = f"({hi.timestamp()}"
+    indexes = index_members(
+        tally,
+        hours=lambda pipe, key: pipe.zrangebyscore(key, lo.timestamp(), until),
+        pending=lambda pipe, key: pipe.smembers(key),
+        days=lambda pipe, key: pipe.zrangebyscore(key, _as_utc(lo.date()).timestamp(), until),
+    )
+    hours = indexes["hours"].good
+    pending = [(b, x) for b, x in indexes["pending"].good if lo <= label_to_hour(batch_hour(x)) < hi]
+    days = indexes["days"].good
     unsynced = 0
     for label, _, found in read_unsynced(hours, pending, tally):
         hour = label_to_hour(label)

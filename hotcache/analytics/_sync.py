@@ -27,13 +27,14 @@ from hotcache.analytics._records import (
     MARKER,
     SIGNED_BATCH,
     Counters,
+    Located,
+    Members,
     Tally,
     batch_hour,
     counters,
     day_counts,
+    index_members,
     is_batch,
-    is_day,
-    is_hour,
     read_many,
     read_unsynced,
     text,
@@ -52,7 +53,6 @@ CLAIM = redis_backend.Script("analytics_claim")
 _LOCK = redis_backend.Script("analytics_lock")
 _UNLOCK = redis_backend.Script("analytics_unlock")
 _RELEASE = redis_backend.Script("analytics_release")
-Located = tuple[str, str]  # (bucket, hour label / batch id / day label): every index member lives in one bucket
 _SIGNED_LOCK = "analytics.lock"  # hotcache.signing purpose of the sync lock's value
 
 
@@ -200,24 +200,18 @@ def _pending_count() -> int | None:
     return sum(0 if isinstance(n, Exception) else int(n) for n in counts)
 
 
-def _claimable_hours(include_current_hour: bool, tally: Tally) -> tuple[list[Located], list[tuple[str, Any]]]:
+def _claimable_hours(include_current_hour: bool, tally: Tally) -> Members:
     """(bucket, hour label) of every bucket's hour index due for a claim (one pipeline), and the members that
     are no hour label (tampered)."""
     if include_current_hour:
         cutoff: float | str = "+inf"
     else:
         cutoff = clock.time() - 3600 - float(hotcache_settings.ANALYTICS_SYNC_GRACE)
-    walk = walked()
-    raws = read_many(
-        lambda pipe: [pipe.zrangebyscore(index_keys(b).hours, "-inf", cutoff, start=0, num=10_000) for b in walk]
-    )
-    hours: list[Located] = []
-    stray: list[tuple[str, Any]] = []
-    for b, raw in zip(walk, raws, strict=True):
-        good, bad = valid_members(index_keys(b).hours, raw, is_hour, tally)
-        hours += [(b, h) for h in good]
-        stray += [(b, m) for m in bad]
-    return hours, stray
+
+    def due(pipe: Any, key: str) -> Any:
+        return pipe.zrangebyscore(key, "-inf", cutoff, start=0, num=10_000)
+
+    return index_members(tally, hours=due)["hours"]
 
 
 def _claim(include_current_hour: bool, tally: Tally) -> tuple[list[Located], set[Located]]:
@@ -358,16 +352,13 @@ def _remove_members(
 # --- distinct visitors ---------------------------------------------------------------------------------
 
 
+def _whole_zset(pipe: Any, key: str) -> Any:
+    return pipe.zrange(key, 0, -1)
+
+
 def _days(tally: Tally) -> list[Located]:
     """(bucket, day label) of every bucket's day index (one pipeline); members that are no day are removed."""
-    walk = walked()
-    raws = read_many(lambda pipe: [pipe.zrange(index_keys(b).days, 0, -1) for b in walk])
-    days: list[Located] = []
-    stray: list[tuple[str, Any]] = []
-    for b, raw in zip(walk, raws, strict=True):
-        good, bad = valid_members(index_keys(b).days, raw, is_day, tally)
-        days += [(b, d) for d in good]
-        stray += [(b, m) for m in bad]
+    days, stray = index_members(tally, days=_whole_zset)["days"]
     if stray:
         _remove_members(days=stray)
     return days
@@ -417,13 +408,8 @@ def _sync_visitors(run: _Run, tally: Tally) -> None:
 
 def _dry_run(run: _Run, include_current_hour: bool, tally: Tally) -> None:
     """What a sync would move now: closed live hours plus pending batches of every bucket, read only."""
-    walk = walked()
-    hours, _ = _claimable_hours(include_current_hour, tally)
-    raws = read_many(lambda pipe: [pipe.smembers(index_keys(b).pending) for b in walk])
-    pending: list[Located] = []
-    for b, raw in zip(walk, raws, strict=True):
-        pending += [(b, x) for x in valid_members(index_keys(b).pending, raw, is_batch, tally)[0]]
-
+    hours = _claimable_hours(include_current_hour, tally).good
+    pending = index_members(tally, pending=lambda pipe, key: pipe.smembers(key))["pending"].good
     records = read_unsynced(hours, pending, tally)
     for _, _, found in records:
         run.counters += len(found)
@@ -431,11 +417,6 @@ def _dry_run(run: _Run, include_current_hour: bool, tally: Tally) -> None:
     run.hours_claimed = len({h for (_, h), (_, raw, _) in zip(hours, records, strict=False) if raw})
     run.batches = len(pending)
     run.recovered = len(pending)
-    days_raw = read_many(lambda pipe: [pipe.zrange(index_keys(b).days, 0, -1) for b in walk])
-    days = [
-        (b, d)
-        for b, raw in zip(walk, days_raw, strict=True)
-        for d in valid_members(index_keys(b).days, raw, is_day, tally)[0]
-    ]
+    days = index_members(tally, days=_whole_zset)["days"].good
     run.visitor_counts = len(day_counts(days, tally)[0])
     run.pending_left = len(pending)

@@ -21,7 +21,9 @@ __all__ = [
     "BeatEntry",
     "beat_entries",
     "database_scheduler",
+    "is_number",
     "number_setting_errors",
+    "range_errors",
     "schedule_seconds",
     "setting",
     "settings_module",
@@ -35,6 +37,12 @@ def setting(name: str) -> str:
     return f"HOTCACHE[{name!r}]"
 
 
+def is_number(value: object, *, integer: bool = False) -> bool:
+    """A number (a whole one with ``integer``) as a setting may hold it: True and False are ints to Python, never
+    a number of seconds, days or items here."""
+    return isinstance(value, int if integer else int | float) and not isinstance(value, bool)
+
+
 def number_setting_errors(
     names: tuple[str, ...], *, minimum: float = 0, integer: bool = False, allow_zero: bool = False
 ) -> list[CheckMessage]:
@@ -42,8 +50,7 @@ def number_setting_errors(
     errors: list[CheckMessage] = []
     for name in names:
         value = getattr(hotcache_settings, name)
-        kind = int if integer else (int, float)
-        ok = isinstance(value, kind) and not isinstance(value, bool)
+        ok = is_number(value, integer=integer)
         if ok:
             ok = value >= minimum if allow_zero else value > minimum
         if not ok:
@@ -58,13 +65,24 @@ def number_setting_errors(
     return errors
 
 
+def range_errors(
+    name: str, low: float, high: float, problem: str, *, hint: str, check_id: str, integer: bool = True
+) -> list[CheckMessage]:
+    """``check_id`` naming the setting and its value ("HOTCACHE['NAME']=value <problem>") when it is not a number
+    (a whole one unless ``integer`` is False) from ``low`` to ``high``."""
+    value = getattr(hotcache_settings, name)
+    if is_number(value, integer=integer) and low <= value <= high:
+        return []
+    return [Error(f"{setting(name)}={value!r} {problem}", hint=hint, id=check_id)]
+
+
 def settings_module() -> str:
     return os.environ.get("DJANGO_SETTINGS_MODULE", "")
 
 
 def schedule_seconds(schedule: Any) -> float | None:
     """The longest wait between two runs of a beat schedule, in seconds; None when it cannot be told (solar)."""
-    if isinstance(schedule, int | float) and not isinstance(schedule, bool):
+    if is_number(schedule):
         return float(schedule)
     if hasattr(schedule, "total_seconds"):
         return float(schedule.total_seconds())

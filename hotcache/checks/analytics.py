@@ -7,6 +7,7 @@ from typing import Any
 from django.core.checks import CheckMessage, Error, Tags, register
 
 from hotcache.checks._common import (
+    is_number,
     number_setting_errors,
 )
 from hotcache.checks._common import (
@@ -55,7 +56,7 @@ def check_analytics(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                 )
             )
     retention = hotcache_settings.ANALYTICS_RETENTION_HOURS
-    if isinstance(retention, int) and not isinstance(retention, bool) and 0 < retention < 48:
+    if is_number(retention, integer=True) and 0 < retention < 48:
         errors.append(
             Error(
                 f"{_setting('ANALYTICS_RETENTION_HOURS')}={retention!r}: counters not synced within this many hours "
@@ -65,7 +66,7 @@ def check_analytics(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
             )
         )
     length = hotcache_settings.ANALYTICS_MAX_PATH_LENGTH
-    if isinstance(length, int) and not isinstance(length, bool) and not 16 <= length <= 1024:
+    if is_number(length, integer=True) and not 16 <= length <= 1024:
         errors.append(
             Error(
                 f"{_setting('ANALYTICS_MAX_PATH_LENGTH')}={length!r} is outside 16-1024.",
@@ -74,7 +75,7 @@ def check_analytics(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
             )
         )
     grace = hotcache_settings.ANALYTICS_SYNC_GRACE
-    if isinstance(grace, int | float) and not isinstance(grace, bool) and grace >= 3600:
+    if is_number(grace) and grace >= 3600:
         errors.append(
             Error(
                 f"{_setting('ANALYTICS_SYNC_GRACE')}={grace!r} seconds is an hour or more.",

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.checks import CheckMessage, Error, Tags, register
 
 from hotcache.checks._common import (
+    is_number,
     number_setting_errors,
 )
 from hotcache.checks._common import (
@@ -26,7 +27,7 @@ def check_apikeys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         ("APIKEY_USAGE_RETENTION_DAYS", "APIKEY_CACHE_TTL", "APIKEY_INVALID_CACHE_TTL"), integer=True
     )
     days = hotcache_settings.APIKEY_USAGE_RETENTION_DAYS
-    if isinstance(days, int) and not isinstance(days, bool) and days == 1:
+    if is_number(days, integer=True) and days == 1:
         errors.append(
             Error(
                 f"{_setting('APIKEY_USAGE_RETENTION_DAYS')}=1: yesterday's counters would expire before the "

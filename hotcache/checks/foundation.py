@@ -16,6 +16,7 @@ from hotcache.checks._common import (
     PREFIX as _PREFIX,
 )
 from hotcache.checks._common import (
+    is_number,
     number_setting_errors,
 )
 from hotcache.checks._common import (
@@ -119,7 +120,7 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         )
     for name in ("REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT"):
         value = getattr(hotcache_settings, name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 5:
+        if is_number(value) and value > 5:
             errors.append(
                 Warning(
                     f"{_setting(name)}={value!r} seconds: every request may wait this long on a sick Redis.",
@@ -185,9 +186,7 @@ def _healthy_pool_errors() -> list[CheckMessage]:
     """hotcache.E150: MONGO_HEALTHY_POOL_SIZE is a whole number from 0 to MONGO_MAX_POOL_SIZE."""
     value = hotcache_settings.MONGO_HEALTHY_POOL_SIZE
     top = hotcache_settings.MONGO_MAX_POOL_SIZE
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value and (
-        not isinstance(top, int) or value <= top
-    ):
+    if is_number(value, integer=True) and 0 <= value and (not isinstance(top, int) or value <= top):
         return []
     return [
         Error(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Tags, Warning, register
 
 from hotcache.checks._common import (
     number_setting_errors,
+    range_errors,
 )
 from hotcache.checks._common import (
     setting as _setting,
@@ -36,33 +37,32 @@ def check_mfa(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     errors += number_setting_errors(("MFA_RESEND_COOLDOWN",), integer=True, allow_zero=True)
     if errors:
         return errors
-    digits = hotcache_settings.MFA_DIGITS
-    if not 6 <= digits <= 10:
-        errors.append(
-            Error(
-                f"{_setting('MFA_DIGITS')}={digits!r} is outside 6-10.",
-                hint="Use 6 to 10 digits (default 6): fewer make a code guessable, more do not fit an SMS line.",
-                id="hotcache.E030",
-            )
-        )
+    # The numbers are valid whole numbers above 0 from here on: each range below is its upper bound.
+    errors += range_errors(
+        "MFA_DIGITS",
+        6,
+        10,
+        "is outside 6-10.",
+        hint="Use 6 to 10 digits (default 6): fewer make a code guessable, more do not fit an SMS line.",
+        check_id="hotcache.E030",
+    )
+    errors += range_errors(
+        "MFA_MAX_ATTEMPTS",
+        1,
+        10,
+        "allows too many guesses per code.",
+        hint="Use at most 10 wrong guesses per code (default 5; RFC 4226 section 7.3).",
+        check_id="hotcache.E031",
+    )
+    errors += range_errors(
+        "MFA_CODE_TTL",
+        1,
+        3600,
+        "seconds keeps codes alive for more than an hour.",
+        hint="Use at most 3600 seconds (default 300): a one-time code should be short-lived.",
+        check_id="hotcache.E032",
+    )
     attempts = hotcache_settings.MFA_MAX_ATTEMPTS
-    if attempts > 10:
-        errors.append(
-            Error(
-                f"{_setting('MFA_MAX_ATTEMPTS')}={attempts!r} allows too many guesses per code.",
-                hint="Use at most 10 wrong guesses per code (default 5; RFC 4226 section 7.3).",
-                id="hotcache.E031",
-            )
-        )
-    ttl = hotcache_settings.MFA_CODE_TTL
-    if ttl > 3600:
-        errors.append(
-            Error(
-                f"{_setting('MFA_CODE_TTL')}={ttl!r} seconds keeps codes alive for more than an hour.",
-                hint="Use at most 3600 seconds (default 300): a one-time code should be short-lived.",
-                id="hotcache.E032",
-            )
-        )
     limit = hotcache_settings.MFA_USER_FAILURE_LIMIT
     if limit < attempts:
         errors.append(

@@ -10,7 +10,9 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from hotcache.checks._common import (
+    is_number,
     number_setting_errors,
+    range_errors,
 )
 from hotcache.checks._common import (
     setting as _setting,
@@ -106,25 +108,17 @@ def check_ratelimit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                 id="hotcache.E016",
             )
         )
-    status = hotcache_settings.RATELIMIT_STATUS_CODE
-    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
-        errors.append(
-            Error(
-                f"{_setting('RATELIMIT_STATUS_CODE')}={status!r} is not a 4xx/5xx status.",
-                hint="Use 429 (default) or 403.",
-                id="hotcache.E018",
-            )
-        )
+    errors += range_errors(
+        "RATELIMIT_STATUS_CODE",
+        400,
+        599,
+        "is not a 4xx/5xx status.",
+        hint="Use 429 (default) or 403.",
+        check_id="hotcache.E018",
+    )
     for name, top in (("IPV6_PREFIX", 128), ("IPV4_PREFIX", 32)):
-        value = getattr(hotcache_settings, name)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-            errors.append(
-                Error(
-                    f"{_setting(name)}={value!r} is not a prefix length.",
-                    hint=f"Use a whole number from 1 to {top} (default {DEFAULTS[name]}).",
-                    id="hotcache.E019",
-                )
-            )
+        hint = f"Use a whole number from 1 to {top} (default {DEFAULTS[name]})."
+        errors += range_errors(name, 1, top, "is not a prefix length.", hint=hint, check_id="hotcache.E019")
     errors += number_setting_errors(("RATELIMIT_DENY_CACHE_SIZE",), integer=True, allow_zero=True)
     return errors
 
@@ -171,7 +165,7 @@ def check_django_ratelimit_settings(app_configs: Any = None, **kwargs: Any) -> l
             error(name, "is not a string", f"Set {name} to a string (hotcache does not use it; see W013).")
     for name, top in (("RATELIMIT_IPV4_MASK", 32), ("RATELIMIT_IPV6_MASK", 128)):
         value = getattr(settings, name, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        if not (is_number(value, integer=True) and 0 <= value <= top):
             error(name, "is not a prefix length", f"Use a whole number from 0 to {top}.")
     if hasattr(settings, "RATELIMIT_VIEW"):
         view = getattr(settings, "RATELIMIT_VIEW", None)  # the project's settings, unknown to the stubs' plugin

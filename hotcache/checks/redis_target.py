@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
+from hotcache.checks._common import range_errors
 from hotcache.checks._common import setting as _setting
 from hotcache.conf import hotcache_settings
 
@@ -62,15 +63,15 @@ def check_redis_target(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                     id="hotcache.E122",
                 )
             )
-    buckets = hotcache_settings.KEY_BUCKETS
-    if buckets is not None and (isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 1024):
-        errors.append(
-            Error(
-                f"{_setting('KEY_BUCKETS')}={buckets!r} is not None or a whole number from 1 to 1024.",
-                hint="Leave it out (64 buckets on a cluster, 1 on a single server) or set e.g. 16, 64 or 256; see "
-                "docs/operations/redis-cluster.md before changing it on a live deployment.",
-                id="hotcache.E128",
-            )
+    if hotcache_settings.KEY_BUCKETS is not None:
+        errors += range_errors(
+            "KEY_BUCKETS",
+            1,
+            1024,
+            "is not None or a whole number from 1 to 1024.",
+            hint="Leave it out (64 buckets on a cluster, 1 on a single server) or set e.g. 16, 64 or 256; see "
+            "docs/operations/redis-cluster.md before changing it on a live deployment.",
+            check_id="hotcache.E128",
         )
     return errors
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, register
 
+from hotcache.checks._common import is_number, range_errors
 from hotcache.checks._common import (
     setting as _setting,
 )
@@ -17,18 +18,16 @@ from hotcache.conf import hotcache_settings
 
 @register(Tags.compatibility)
 def check_reports(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    errors: list[CheckMessage] = []
-    days = hotcache_settings.REPORTS_DAYS
-    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 40:
-        errors.append(
-            Error(
-                f"{_setting('REPORTS_DAYS')}={days!r} is not a whole number of days from 1 to 40.",
-                hint="The meter keeps 40 days; use a whole number from 1 to 40 (default 30).",
-                id="hotcache.E070",
-            )
-        )
+    errors = range_errors(
+        "REPORTS_DAYS",
+        1,
+        40,
+        "is not a whole number of days from 1 to 40.",
+        hint="The meter keeps 40 days; use a whole number from 1 to 40 (default 30).",
+        check_id="hotcache.E070",
+    )
     pct = hotcache_settings.REPORTS_WARNING_PERCENT
-    if not isinstance(pct, int | float) or isinstance(pct, bool) or not 0 < pct <= 100:
+    if not (is_number(pct) and 0 < pct <= 100):
         errors.append(
             Error(
                 f"{_setting('REPORTS_WARNING_PERCENT')}={pct!r} is not a percentage above 0 and at most 100.",

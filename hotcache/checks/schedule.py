@@ -21,6 +21,7 @@ from hotcache.checks._common import (
     beat_entries,
     celery_state,
     database_scheduler,
+    is_number,
     schedule_seconds,
 )
 from hotcache.checks._common import (
@@ -36,7 +37,7 @@ SCHEDULERS = ("celery", "cron")
 def _number(name: str, default: float) -> float:
     """A numeric setting for a message; its own check reports a bad value, so fall back to the default here."""
     value = getattr(hotcache_settings, name)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else default
+    return float(value) if is_number(value) and value >= 0 else default
 
 
 def _analytics_minute() -> int:
@@ -100,7 +101,7 @@ def _usage_lost() -> str:
 
 def _usage_gap(entry: BeatEntry) -> tuple[float, str] | None:
     days = entry.kwargs.get("days", entry.args[0] if entry.args else 2)
-    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+    if not is_number(days, integer=True) or days < 1:
         return None  # the task refuses it with ValueError: a failure the worker reports
     if days == 1:
         return 0.0, "with days=1 it copies only the current UTC day, so each day's last uses are never copied"

@@ -9,6 +9,7 @@ from django.core.checks import CheckMessage, Error, Tags, register
 from hotcache.checks._common import (
     beat_entries,
     number_setting_errors,
+    range_errors,
 )
 from hotcache.checks._common import (
     schedule_seconds as _schedule_seconds,
@@ -37,49 +38,37 @@ _WORKBENCH_TASK = "hotcache.tasks.persist_workbench_sessions"
 _WORKBENCH_DEPTH_CEILING = 512
 
 
-def _workbench_depth_errors() -> list[CheckMessage]:
-    depth = hotcache_settings.WORKBENCH_MAX_DEPTH
-    if isinstance(depth, int) and not isinstance(depth, bool) and 0 < depth <= _WORKBENCH_DEPTH_CEILING:
-        return []
-    return [
-        Error(
-            f"{_setting('WORKBENCH_MAX_DEPTH')}={depth!r} is not a whole number from 1 to {_WORKBENCH_DEPTH_CEILING}.",
-            hint="It bounds how deeply objects and arrays may nest in a workbench state (default 64); save() "
-            "refuses deeper states with ValueError before encoding them.",
-            id="hotcache.E056",
-        )
-    ]
-
-
 # A process killed outright loses at most one interval of durable copies: keep that window short.
 _DURABLE_INTERVAL_CEILING = 60
-
-
-def _durable_interval_errors() -> list[CheckMessage]:
-    interval = hotcache_settings.WORKBENCH_DURABLE_INTERVAL
-    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
-        if 0 <= interval <= _DURABLE_INTERVAL_CEILING:
-            return []
-    return [
-        Error(
-            f"{_setting('WORKBENCH_DURABLE_INTERVAL')}={interval!r} is not a number of seconds from 0 to "
-            f"{_DURABLE_INTERVAL_CEILING}.",
-            hint="It is how often each process writes its pending durable copies of workbench saves to MongoDB "
-            "in one bulk (default 1.0); 0 writes each copy on the request path. A process killed outright "
-            "loses at most one interval of copies (the sessions stay in Redis).",
-            id="hotcache.E057",
-        )
-    ]
 
 
 @register(Tags.compatibility)
 def check_workbench(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not hotcache_settings.enabled("workbench"):
         return []
-    errors = number_setting_errors(_WORKBENCH_NUMBERS, integer=True)
-    if errors:
-        return errors + _workbench_depth_errors() + _durable_interval_errors()
-    errors = _workbench_depth_errors() + _durable_interval_errors()
+    numbers = number_setting_errors(_WORKBENCH_NUMBERS, integer=True)
+    errors = numbers + range_errors(
+        "WORKBENCH_MAX_DEPTH",
+        1,
+        _WORKBENCH_DEPTH_CEILING,
+        f"is not a whole number from 1 to {_WORKBENCH_DEPTH_CEILING}.",
+        hint="It bounds how deeply objects and arrays may nest in a workbench state (default 64); save() "
+        "refuses deeper states with ValueError before encoding them.",
+        check_id="hotcache.E056",
+    )
+    errors += range_errors(
+        "WORKBENCH_DURABLE_INTERVAL",
+        0,
+        _DURABLE_INTERVAL_CEILING,
+        f"is not a number of seconds from 0 to {_DURABLE_INTERVAL_CEILING}.",
+        hint="It is how often each process writes its pending durable copies of workbench saves to MongoDB "
+        "in one bulk (default 1.0); 0 writes each copy on the request path. A process killed outright "
+        "loses at most one interval of copies (the sessions stay in Redis).",
+        check_id="hotcache.E057",
+        integer=False,
+    )
+    if numbers:
+        return errors  # the relations below need valid numbers
     idle = hotcache_settings.WORKBENCH_IDLE_TIMEOUT
     after = hotcache_settings.WORKBENCH_PERSIST_IDLE_AFTER
     every = hotcache_settings.WORKBENCH_PERSIST_INTERVAL

@@ -49,6 +49,20 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")  # an HTTP toke
 _FIELD_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,128}")  # printable, as keys.text
 _LIMIT_CACHE = 4096  # identifiers per rule whose Limit is kept
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+# Optional rule fields that take one of a few words (hotcache.E014): field -> (its name in the message, the
+# words, the hint).
+_CHOICE_FIELDS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "policy": (
+        "outage policy",
+        POLICIES,
+        "Use 'open', 'closed' or 'local' (or leave it out for RATELIMIT_DEFAULT_POLICY).",
+    ),
+    "on_missing_key": (
+        "on_missing_key",
+        MISSING_KEY_CHOICES,
+        "Use 'skip', 'shared' or 'deny' (or leave it out: 'shared' for ip and user_or_ip keys, 'skip' for the others).",
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,25 +173,10 @@ def rule_errors(index: int, rule: Any, seen: set[str]) -> list[tuple[str, str, s
                 "or the dotted path of one.",
             )
         )
-    policy = rule.get("policy")
-    if policy is not None and policy not in POLICIES:
-        errors.append(
-            (
-                "hotcache.E014",
-                f"{label} has an unknown outage policy {policy!r:.80}.",
-                "Use 'open', 'closed' or 'local' (or leave it out for RATELIMIT_DEFAULT_POLICY).",
-            )
-        )
-    missing = rule.get("on_missing_key")
-    if missing is not None and missing not in MISSING_KEY_CHOICES:
-        errors.append(
-            (
-                "hotcache.E014",
-                f"{label} has an unknown on_missing_key {missing!r:.80}.",
-                "Use 'skip', 'shared' or 'deny' (or leave it out: 'shared' for ip and user_or_ip keys, "
-                "'skip' for the others).",
-            )
-        )
+    for choice_field, (what, choices, hint) in _CHOICE_FIELDS.items():
+        value = rule.get(choice_field)
+        if value is not None and value not in choices:
+            errors.append(("hotcache.E014", f"{label} has an unknown {what} {value!r:.80}.", hint))
     path = rule.get("path")
     if path is not None:
         if not isinstance(path, str) or not path:

@@ -255,6 +255,16 @@ def overview(days: int | None = None) -> Overview:
 _INFO_SECTIONS = ("memory", "commandstats", "server")
 
 
+def _info_sections(client: Any) -> dict[str, Any]:
+    """INFO memory, commandstats and server from ``client`` (one server) in one round trip: the sections it
+    answered, non-empty (a section refused by fakeredis or a provider's proxy is left out quietly)."""
+    pipe = client.pipeline(transaction=False)
+    for section in _INFO_SECTIONS:
+        pipe.info(section)
+    replies = pipe.execute(raise_on_error=False)
+    return {s: r for s, r in zip(_INFO_SECTIONS, replies, strict=True) if isinstance(r, dict) and r}
+
+
 def _server_info(redis_ok: bool) -> dict[str, Any]:
     """INFO memory, commandstats and server in one round trip (free commands), as far as the server allows.
 
@@ -263,19 +273,11 @@ def _server_info(redis_ok: bool) -> dict[str, Any]:
     """
     if not redis_ok:
         return {"unavailable": True}
-
-    def read(r: Any) -> list[Any]:
-        pipe = r.pipeline(transaction=False)
-        for section in _INFO_SECTIONS:
-            pipe.info(section)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        return replies
-
     try:
-        replies = redis_backend.call("status", read)
+        sections: dict[str, Any] = redis_backend.call("status", _info_sections)
     except RedisUnavailable:
         return {"unavailable": redis_gate.state != CLOSED}
-    return {s: r for s, r in zip(_INFO_SECTIONS, replies, strict=True) if isinstance(r, dict) and r}
+    return sections
 
 
 def _cluster_info(redis_ok: bool) -> tuple[dict[str, Any], list[RedisNode]]:
@@ -303,21 +305,16 @@ def _cluster_info(redis_ok: bool) -> tuple[dict[str, Any], list[RedisNode]]:
     answered = 0
     for address in primaries:
 
-        def read(r: Any, address: str = address) -> list[Any]:
+        def read(r: Any, address: str = address) -> dict[str, Any]:
             host, port = address.rsplit(":", 1)
-            pipe = r.get_redis_connection(r.get_node(host=host, port=int(port))).pipeline(transaction=False)
-            for section in _INFO_SECTIONS:
-                pipe.info(section)
-            replies: list[Any] = pipe.execute(raise_on_error=False)
-            return replies
+            return _info_sections(r.get_redis_connection(r.get_node(host=host, port=int(port))))
 
         try:
-            replies = redis_backend.call("status", read)
+            sections: dict[str, Any] = redis_backend.call("status", read)
         except RedisUnavailable as exc:
             gate = redis_gate.node(address).state
             nodes.append(RedisNode(address, None, None, sent.get(address, 0), gate, note=str(exc)[:200]))
             continue
-        sections = {s: r for s, r in zip(_INFO_SECTIONS, replies, strict=True) if isinstance(r, dict) and r}
         used = sections.get("memory", {}).get("used_memory")
         commandstats = sections.get("commandstats")
         billed = metering.server_billed(commandstats) if commandstats else None

@@ -25,7 +25,6 @@ from unittest import mock
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncRequestFactory, RequestFactory
@@ -124,6 +123,7 @@ class _HopRateLimit:
 def arms() -> dict[str, list[Arm]]:
     from django.core.management import call_command
 
+    from config.demo.bench.users import signed_in
     from hotcache import users
     from hotcache.ratelimit import reset_local_state
     from hotcache.ratelimit.middleware import RateLimitMiddleware
@@ -167,15 +167,7 @@ def arms() -> dict[str, list[Arm]]:
     rate_async = RateLimitMiddleware(_aview)
     rate_before = _HopRateLimit(_aview)
 
-    model = get_user_model()
-    user, _ = model._default_manager.get_or_create(**{model.USERNAME_FIELD: "hotcache-bench-async"})
-    user.set_password("bench-pw")
-    user.save()
-    session = SessionStore()
-    session[SESSION_KEY] = user._meta.pk.value_to_string(user)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.save()
+    user, session = signed_in("hotcache-bench-async", SessionStore)
     key = session.session_key
     auth_sync = users.CachedAuthenticationMiddleware(_user_view)
     auth_async = users.CachedAuthenticationMiddleware(_auser_view)

@@ -39,7 +39,7 @@ from django.db import connections as db_connections
 from django.test import RequestFactory
 from django.test.utils import override_settings
 
-from config.demo.runner import DemoContext, Scenario, _middleware, _send
+from config.demo.runner import DemoContext, Scenario, _middleware, _send, prepared_context
 from config.demo.scenarios import all_scenarios
 from hotcache import metering
 from hotcache.backends import mongo
@@ -245,11 +245,7 @@ def _run_arm(
                            ROOT_URLCONF="config.demo.urls"):
         reset()
         mongo.drop_demo_database(DATABASE)
-        ctx = DemoContext(rng=random.Random(seed), total_requests=requests)
-        for sc in scenarios:
-            ctx.data.setdefault(sc.name, {})
-            if sc.setup:
-                sc.setup(ctx)
+        ctx = prepared_context(scenarios, requests=requests, seed=seed)
         sampler = _Sampler()
         baseline = _settled(sampler)  # this process's own client (and its monitors) are open from here on
         db_connections.close_all()  # no SQLite connection crosses the fork

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.db import connection
@@ -18,7 +19,7 @@ from django.test import RequestFactory
 from config.demo.bench.runner import Arm
 from hotcache import users
 
-__all__ = ["arms"]
+__all__ = ["arms", "signed_in"]
 
 
 class _QueryCounter:
@@ -37,6 +38,21 @@ class _QueryCounter:
         return {"db_queries": self.total, "user_queries": self.user}
 
 
+def signed_in(username: str, store: Callable[[], SessionBase]) -> tuple[Any, SessionBase]:
+    """The bench user ``username`` (created on first use) and a saved ``store()`` session signed in as it, as
+    django.contrib.auth.login leaves one: the users group and the async group's cached-user arms start alike."""
+    model = get_user_model()
+    user, _ = model._default_manager.get_or_create(**{model.USERNAME_FIELD: username})
+    user.set_password("bench-pw")
+    user.save()
+    session = store()
+    session[SESSION_KEY] = user._meta.pk.value_to_string(user)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return user, session
+
+
 def _view(request: HttpRequest) -> HttpResponse:
     user = request.user
     assert user.is_authenticated, "bench session lost its user"
@@ -47,15 +63,7 @@ def arms() -> dict[str, list[Arm]]:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    model = get_user_model()
-    user, _ = model._default_manager.get_or_create(**{model.USERNAME_FIELD: "hotcache-bench"})
-    user.set_password("bench-pw")
-    user.save()
-    session = SessionStore()
-    session[SESSION_KEY] = user._meta.pk.value_to_string(user)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.save()
+    user, session = signed_in("hotcache-bench", SessionStore)
     factory = RequestFactory()
     counter = _QueryCounter()
     connection.execute_wrappers.append(counter)

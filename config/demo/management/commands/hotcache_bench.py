@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -172,6 +172,21 @@ class Command(BaseCommand):
 
 
 @contextlib.contextmanager
+def _started(start: Callable[[], Any], failure: type[Exception], what: str, label: str, say: Any) -> Iterator[str]:
+    """A server from the repository's tests/support started for this run (``start()``, which raises ``failure``
+    when it cannot): its URL, said on stderr, and the server closed after the run."""
+    try:
+        server = start()
+    except failure as exc:
+        raise CommandError(f"no {what} for the benchmark: {exc}") from exc
+    say(f"started {label} for this run at {server.url}")
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
 def _mongo_server(url: str | None, say: Any) -> Iterator[str]:
     """The MongoDB server to measure: --mongo-url, else MONGO_URL if it is a server, else a SecantusDB
     started for this run (tests/support/secantus.py; it comes with requirements/test.txt)."""
@@ -183,15 +198,10 @@ def _mongo_server(url: str | None, say: Any) -> Iterator[str]:
         from tests.support.secantus import SecantusServer, SecantusStartError
     except ImportError as exc:
         raise CommandError("the connections benchmark needs a real MongoDB server: pass --mongo-url") from exc
-    try:
-        server = SecantusServer(test_commands=False).start()
-    except SecantusStartError as exc:
-        raise CommandError(f"no MongoDB server for the benchmark: {exc}") from exc
-    say(f"started SecantusDB for this run at {server.url}")
-    try:
-        yield server.url
-    finally:
-        server.close()
+    with _started(
+        lambda: SecantusServer(test_commands=False).start(), SecantusStartError, "MongoDB server", "SecantusDB", say
+    ) as started:
+        yield started
 
 
 @contextlib.contextmanager
@@ -205,15 +215,10 @@ def _cluster(url: str, say: Any) -> Iterator[str]:
         from tests.support.redis_cluster import ClusterStartError, RedisClusterNodes
     except ImportError as exc:
         raise CommandError("--cluster without a URL needs the repository's tests/support: pass --cluster URL") from exc
-    try:
-        nodes = RedisClusterNodes().start()
-    except ClusterStartError as exc:
-        raise CommandError(f"no Redis Cluster for the benchmark: {exc}") from exc
-    say(f"started a 6-node Redis Cluster for this run at {nodes.url}")
-    try:
-        yield nodes.url
-    finally:
-        nodes.close()
+    with _started(
+        lambda: RedisClusterNodes().start(), ClusterStartError, "Redis Cluster", "a 6-node Redis Cluster", say
+    ) as started:
+        yield started
 
 
 def _configured_redis_url() -> str:
