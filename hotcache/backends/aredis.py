@@ -103,7 +103,7 @@ def _metered_class(base: type) -> type:
             # Once bytes are on the wire, a failure to read the reply leaves the outcome unknown.
             _sent.set(False)
             timeout: float | None = getattr(self, "socket_timeout", None)
-            if timeout is None:  # a round trip of Lean's: bounded by its own timer (_exchange)
+            if timeout is None:  # a round trip of Lean._run's: bounded by the loop's _Watch
                 await super().send_packed_command(command, check_health)
                 _sent.set(True)
                 return
@@ -159,12 +159,8 @@ def _accepted(klass: type) -> frozenset[str]:
     return frozenset(names)
 
 
-def _settings_key() -> tuple[int, int]:
-    """What a loop's client was built for: the settings generation (reset() bumps it; Django's setting_changed for
-    HOTCACHE or CACHES calls reset()), and this process (a forked child bumps it too: no getpid() per call)."""
-    return _key
-
-
+# What a loop's client was built for: the settings generation (reset() bumps it; Django's setting_changed for
+# HOTCACHE or CACHES calls reset()) and this process (a forked child resets too: no getpid() per call).
 _key = (0, os.getpid())
 
 
