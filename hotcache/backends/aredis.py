@@ -8,8 +8,9 @@ connection source, mapped to redis.asyncio's classes), one attempt per call, EVA
 lost-reply answer (``maybe_applied`` once the bytes were on the wire).
 
 A redis.asyncio connection is bound to the event loop that opened it, so each loop has its own connections
-(``Lean``: redis-py's async connection class used directly, hiredis packing and parsing, no pool lock or client
-layers per call), made on first use and dropped with the loop. Where this path cannot serve, ``client()``
+(``Lean``: redis-py's async connection class used directly, hiredis packing and parsing, commands packed once, no
+pool lock, semaphore, client layers or timeout scope per call; one coroutine per call), made on first use and
+dropped with the loop. Where this path cannot serve, ``client()``
 returns None and callers take the sync path in a worker thread (``sync_to_async``), as before: a Redis Cluster
 (``HOTCACHE['REDIS_CLUSTER']``; redis.asyncio.cluster is not wired yet), connection classes redis.asyncio
 has no twin of (fakeredis, custom classes), and the throwaway loops asgiref makes for one ``async_to_sync`` call
@@ -19,12 +20,13 @@ has no twin of (fakeredis, custom classes), and the throwaway loops asgiref make
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import inspect
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from asgiref.sync import AsyncToSync, sync_to_async
@@ -100,9 +102,13 @@ def _metered_class(base: type) -> type:
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             # Once bytes are on the wire, a failure to read the reply leaves the outcome unknown.
             _sent.set(False)
+            timeout: float | None = getattr(self, "socket_timeout", None)
+            if timeout is None:  # a round trip of Lean._run's: bounded by the loop's _Watch
+                await super().send_packed_command(command, check_health)
+                _sent.set(True)
+                return
             # redis.asyncio bounds a send with asyncio.wait_for, a task (and a loop iteration) per command; the
             # same bound as a timeout scope costs neither. The connection serves one task at a time.
-            timeout: float | None = getattr(self, "socket_timeout", None)
             self.socket_timeout = None
             try:
                 async with asyncio.timeout(timeout):
@@ -153,13 +159,17 @@ def _accepted(klass: type) -> frozenset[str]:
     return frozenset(names)
 
 
-def _settings_key() -> tuple[int, int]:
-    """What a loop's client was built for: this process, and the settings generation (reset() bumps it; Django's
-    setting_changed for HOTCACHE or CACHES calls reset())."""
-    return (_generation, os.getpid())
+# What a loop's client was built for: the settings generation (reset() bumps it; Django's setting_changed for
+# HOTCACHE or CACHES calls reset()) and this process (a forked child resets too: no getpid() per call).
+_key = (0, os.getpid())
 
 
-_generation = 0
+def _forked() -> None:
+    reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class _Unsupported(Exception):
@@ -167,10 +177,17 @@ class _Unsupported(Exception):
 
 
 class Lean:
-    """One event loop's connections to hotcache's Redis, used directly: redis-py's async connection class packs
-    each command (its packer) and reads each reply (its parser: hiredis when installed); no pool lock, no retry
-    wrapper, no client layers per call. At most ``max_connections`` are in use at once (the sync pool's size);
-    a caller beyond waits for one. A connection that failed mid-call is dropped (never reused half-read).
+    """One event loop's connections to hotcache's Redis, used directly: redis-py's async connection class sends each
+    command (``send_packed_command``) and reads each reply (``read_response``, hiredis when installed); no pool lock,
+    retry wrapper or client layers per call. At most ``max_connections`` are open at once (the sync pool's size);
+    a caller beyond waits for one to come back. A connection that failed mid-call is dropped (never reused
+    half-read).
+
+    Per call, what the sync lean path (hotcache.backends.lean) saves too: a free connection is taken without a lock
+    or a semaphore (each open connection holds a slot of ``_slots`` for its life, so only opening one takes a
+    slot), a command is packed once by the connection's packer and kept (a rate-limit decision for a known client
+    is not packed again), and the round trip (send and read) is bounded by one timer of the loop for every call in
+    flight (``_Watch``), not a timeout scope (or a ``wait_for`` task) per step.
 
     The methods hotcache's async paths call: ``execute`` (one command), ``mget``, ``evalsha``/``eval`` and
     ``pipeline`` (commands queued with ``execute_command``, as Script.queue does, sent in one round trip).
@@ -179,63 +196,164 @@ class Lean:
     def __init__(self, pool: aconnection.ConnectionPool, max_connections: int) -> None:
         self.connection_pool = pool  # the connection factory (its class and kwargs); never checked out from
         self._free: list[aconnection.AbstractConnection] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = asyncio.Semaphore(max_connections)  # one per open connection
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()  # callers past the limit
+        self._packed: dict[tuple[Any, ...], tuple[list[bytes], int]] = {}
+        timeout = pool.connection_kwargs.get("socket_timeout")
+        self._watch = _Watch(asyncio.get_running_loop(), timeout) if timeout else None
 
-    async def _run(self, send: Callable[[Any], Awaitable[None]], replies: int) -> Any:
-        async with self._slots:
-            conn = self._free.pop() if self._free else None
-            if conn is not None and await _stale(conn):
-                await conn.disconnect(nowait=True)
-                conn = None
-            if conn is None:
-                conn = self.connection_pool.make_connection()
-                try:
-                    await conn.connect()
-                except BaseException:
-                    # The handshake (AUTH, CLIENT SETNAME, SELECT) failed: the call's own command was never sent.
-                    _sent.set(False)
-                    await conn.disconnect(nowait=True)
-                    raise
+    async def _run(
+        self,
+        command: tuple[Any, ...] | None,
+        pipeline: list[tuple[Any, ...]] | None,
+        script: redis_backend.Script | None = None,
+    ) -> Any:
+        """``command`` (one reply, an error reply raised) or ``pipeline`` (a reply each, an error reply in its place)
+        in one round trip, bounded by the socket timeout. With ``script`` (``command`` is its EVALSHA): EVAL once on
+        NOSCRIPT, and the reply through Script.reply.
+
+        One coroutine for the whole call (checkout, send, read, give back): each level of coroutines is crossed
+        again when the reply wakes the call. The connection's own timeout is lifted for the round trip
+        (redis-py would bound the send with a ``wait_for`` task and the read with a timeout scope); the loop's
+        ``_Watch`` bounds it instead."""
+        conn = self._free.pop() if self._free else None
+        if conn is None or await _stale(conn):
+            conn = await self._checkout(conn)
+        watch = self._watch
+        task = asyncio.current_task() if watch is not None else None
+        cancelling = 0
+        try:
+            if pipeline is None:
+                packed, billed = self._pack(conn, command)
+                metering.meter.commands(1, 1, billed)
+            else:
+                packed = conn.pack_commands(pipeline)  # the metered class counts them: n commands, 1 round trip
+            if task is not None:
+                cancelling = task.cancelling()
+                watch.start(task)  # type: ignore[union-attr]  # a task is looked up only with a watch
+                conn.socket_timeout = None
             try:
-                await send(conn)
-                if replies < 0:
+                await conn.send_packed_command(packed, check_health=False)
+                if pipeline is None:
                     out: Any = await conn.read_response()
                 else:
                     out = []
-                    for _ in range(replies):
+                    for _ in pipeline:
                         try:
                             out.append(await conn.read_response())
                         except ResponseError as exc:  # read whole: the connection stays in step
                             out.append(exc)
-            except ResponseError:
-                self._free.append(conn)  # an error reply, read whole
+            finally:
+                if task is not None:
+                    watch.end(task)  # type: ignore[union-attr]
+                    conn.socket_timeout = watch.timeout  # type: ignore[union-attr]
+        except ResponseError as exc:
+            self._pass_on(conn)  # an error reply, read whole: the connection is in step
+            if script is None or not isinstance(exc, NoScriptError):
                 raise
-            except BaseException:
-                await conn.disconnect(nowait=True)
-                raise
+            # First use on this server (or after SCRIPT FLUSH / failover): EVAL also caches it server-side.
+            return await self._run(("EVAL", script.body, *command[2:]), None, script)  # type: ignore[index]
+        except asyncio.CancelledError:
+            self._dropped()
+            await conn.disconnect(nowait=True)  # a reply may be left unread: never reuse this socket
+            if task is not None and watch.expired(task, cancelling):  # type: ignore[union-attr]
+                where = "reading from socket" if _sent.get() else "writing to socket"
+                raise RedisTimeoutError(f"Timeout {where}") from None
+            raise
+        except BaseException:
+            if task is not None:
+                watch.forget(task)  # type: ignore[union-attr]
+            self._dropped()
+            await conn.disconnect(nowait=True)
+            raise
+        if self._waiting:
+            self._pass_on(conn)
+        else:
             self._free.append(conn)
-            return out
+        return out if script is None else script.reply(out)
 
-    async def execute(self, *args: Any) -> Any:
+    async def _checkout(self, stale: Any) -> Any:
+        """A connection for a caller that found none free (or only ``stale``, which is replaced in its slot)."""
+        if stale is not None:
+            await stale.disconnect(nowait=True)
+            return await self._open(taken=True)
+        while True:
+            if self._free:
+                conn = self._free.pop()
+                if not await _stale(conn):
+                    return conn
+                await conn.disconnect(nowait=True)
+                return await self._open(taken=True)
+            if not self._slots.locked():
+                return await self._open(taken=False)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_on(waiter.result())  # handed over just as the caller went away
+                raise
+            if handed is not None:
+                return handed  # given back by a call that just used it
+            # None: a connection was dropped, its slot is free: open one (or take one given back meanwhile)
+
+    async def _open(self, *, taken: bool) -> Any:
+        """A new connection, its handshake done, in a slot already ``taken`` (a stale one's) or in a new one."""
+        if not taken:
+            await self._slots.acquire()  # never waits: the caller saw a free slot
+        try:
+            return await _opened(self.connection_pool)
+        except BaseException:
+            self._dropped()
+            raise
+
+    def _dropped(self) -> None:
+        """A connection was closed: its slot is free, and a waiting caller may open one."""
+        self._slots.release()
+        self._pass_on(None)
+
+    def _pass_on(self, handed: Any) -> None:
+        """A connection free again (``handed``), or a slot (None): to the longest waiting caller; a connection no
+        one waits for goes to the free list."""
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(handed)
+                return
+        if handed is not None:
+            self._free.append(handed)
+
+    def _pack(self, conn: Any, command: Any) -> tuple[list[bytes], int]:
+        """``command`` packed by the connection's packer, and whether it is billed; kept when short and plain."""
+        found = self._packed.get(command)
+        if found is not None:
+            return found
+        made = ([b"".join(conn.pack_command(*command))], 1 if metering.billable(command[0]) else 0)
+        if len(made[0][0]) <= _KEEP_BYTES and all(type(part) in _KEEP_TYPES for part in command):
+            if len(self._packed) >= _KEEP_COMMANDS:
+                self._packed.clear()
+            self._packed[command] = made
+        return made
+
+    # Plain functions handing back _run's coroutine: awaited as before, without a coroutine of their own (each level
+    # of coroutines is crossed again when the reply wakes the call).
+    def execute(self, *args: Any) -> Coroutine[Any, Any, Any]:
         """One command, one round trip; an error reply is raised (redis-py's exception class)."""
+        return self._run(args, None)
 
-        async def send(conn: Any) -> None:
-            await conn.send_command(*args, check_health=False)
+    def mget(self, keys: Sequence[str]) -> Coroutine[Any, Any, list[Any]]:
+        return self._run(("MGET", *keys), None)
 
-        return await self._run(send, -1)
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Coroutine[Any, Any, Any]:
+        return self._run(("EVALSHA", sha, numkeys, *keys_and_args), None)
 
-    async def mget(self, keys: Sequence[str]) -> list[Any]:
-        reply: list[Any] = await self.execute("MGET", *keys)
-        return reply
+    def eval(self, body: str, numkeys: int, *keys_and_args: Any) -> Coroutine[Any, Any, Any]:
+        return self._run(("EVAL", body, numkeys, *keys_and_args), None)
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)
-
-    async def eval(self, body: str, numkeys: int, *keys_and_args: Any) -> Any:
-        return await self.execute("EVAL", body, numkeys, *keys_and_args)
-
-    async def ping(self) -> Any:
-        return await self.execute("PING")
+    def ping(self) -> Coroutine[Any, Any, Any]:
+        return self._run(("PING",), None)
 
     def pipeline(self, transaction: bool = False) -> LeanPipeline:
         if transaction:
@@ -246,6 +364,80 @@ class Lean:
         free, self._free = self._free, []
         for conn in free:
             await conn.disconnect()
+
+
+# Commands kept packed per loop (then the store starts again), the longest kept, and the argument types kept (never
+# a bool or a float equal to a kept int: they pack differently).
+_KEEP_COMMANDS = 4096
+_KEEP_BYTES = 1024
+_KEEP_TYPES = frozenset({str, bytes, int})
+
+
+async def _opened(pool: aconnection.ConnectionPool) -> Any:
+    """A new connection, its handshake done."""
+    conn = pool.make_connection()
+    try:
+        await conn.connect()
+    except BaseException:
+        # The handshake (AUTH, CLIENT SETNAME, SELECT) failed: the call's own command was never sent.
+        _sent.set(False)
+        await conn.disconnect(nowait=True)
+        raise
+    return conn
+
+
+class _Watch:
+    """The bound on every round trip in flight on one loop's connections: each gets the socket timeout (redis-py's
+    bound on a read), and one timer of the loop runs at the earliest deadline instead of a timer being made and
+    cancelled per call. An expired call's task is cancelled and the call raises redis-py's TimeoutError, as
+    asyncio.timeout turns its cancel into TimeoutError (a cancel requested by anyone else stays a cancel)."""
+
+    __slots__ = ("_calls", "_expired", "_handle", "_loop", "timeout")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self._calls: dict[asyncio.Task[Any], float] = {}  # task -> its call's deadline (a task awaits one at a time)
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self, task: asyncio.Task[Any]) -> None:
+        deadline = self._loop.time() + self.timeout
+        self._calls[task] = deadline
+        if self._handle is None:
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def end(self, task: asyncio.Task[Any]) -> None:
+        self._calls.pop(task, None)  # gone already when it expired
+
+    def _fire(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        nearest: float | None = None
+        for task, deadline in list(self._calls.items()):
+            if deadline <= now:
+                del self._calls[task]
+                self._expired.add(task)
+                task.cancel()
+            elif nearest is None or deadline < nearest:
+                nearest = deadline
+        if nearest is not None:
+            self._handle = self._loop.call_at(nearest, self._fire)
+
+    def expired(self, task: asyncio.Task[Any], cancelling: int) -> bool:
+        """Whether the CancelledError ``task`` is handling is this watch's alone (then it is taken back).
+        ``cancelling``: the task's cancel requests when its call started."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        return task.uncancel() <= cancelling
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        """``task``'s call failed otherwise as it expired: its cancel request is taken back (as asyncio.timeout
+        does), and the expiry is not carried to its next call."""
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
 
 
 async def _stale(conn: Any) -> bool:
@@ -271,11 +463,7 @@ class LeanPipeline:
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         commands, self._commands = self._commands, []
-
-        async def send(conn: Any) -> None:
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-
-        replies: list[Any] = await self._lean._run(send, len(commands))
+        replies: list[Any] = await self._lean._run(None, commands)
         if raise_on_error:
             for reply in replies:
                 if isinstance(reply, Exception):
@@ -315,9 +503,13 @@ def client() -> Lean | None:
     the loop is one asgiref made for a single ``async_to_sync`` call (async code under WSGI): a connection opened
     per call would cost its handshake every time, more than the thread hop it saves."""
     loop = asyncio.get_running_loop()
-    key = _settings_key()
+    key = _key
+    last = _last
+    if last[1] is key and last[0]() is loop:  # the per-request case: the loop asked last time
+        return last[2]
     held = _clients.get(loop)
     if held is not None and held[0] == key:
+        _remember(loop, held[1])
         return held[1]
     if loop in AsyncToSync.loop_thread_executors:
         return None
@@ -329,7 +521,26 @@ def client() -> Lean | None:
             _unsupported_logged.add(str(why))
             log.info("hotcache: no async Redis path for %s; async code uses the sync path in a worker thread", why)
     _clients[loop] = (key, built)
+    _remember(loop, built)
     return built
+
+
+def _nothing() -> None:
+    return None
+
+
+# The loop client() answered for last (weakly: a client never outlives its loop), the key it was built for and the
+# client: the per-request calls skip the dictionary and the weak reference it makes per lookup.
+_last: tuple[Callable[[], asyncio.AbstractEventLoop | None], tuple[int, int] | None, Lean | None] = (
+    _nothing,
+    None,
+    None,
+)
+
+
+def _remember(loop: asyncio.AbstractEventLoop, built: Lean | None) -> None:
+    global _last
+    _last = (weakref.ref(loop), _key, built)
 
 
 def in_thread(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
@@ -398,16 +609,13 @@ def _flush_every() -> int:
     return int(hotcache_settings.METER_FLUSH_EVERY)
 
 
-async def run_script(
+def run_script(
     script: redis_backend.Script, connection: Lean, keys: Sequence[str], args: Sequence[Any] = ()
-) -> Any:
-    """``script`` with EVALSHA (EVAL once on NOSCRIPT), its reply through Script.reply (billed commands metered)."""
-    try:
-        raw = await connection.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        # First use on this server (or after SCRIPT FLUSH / failover): EVAL also caches it server-side.
-        raw = await connection.eval(script.body, len(keys), *keys, *args)
-    return script.reply(raw)
+) -> Coroutine[Any, Any, Any]:
+    """``script`` with EVALSHA (EVAL once on NOSCRIPT), its reply through Script.reply (billed commands metered).
+
+    Awaited as before; a plain function handing back the connection's coroutine (one level fewer per call)."""
+    return connection._run(("EVALSHA", script.sha, len(keys), *keys, *args), None, script)
 
 
 async def aclose() -> None:
@@ -419,7 +627,8 @@ async def aclose() -> None:
 
 def reset() -> None:
     """Forget every loop's client (settings changed; test isolation); their connections close with them."""
-    global _generation
-    _generation += 1
+    global _key, _last
+    _key = (_key[0] + 1, os.getpid())
+    _last = (_nothing, None, None)
     _clients.clear()
     _unsupported_logged.clear()

@@ -43,12 +43,11 @@ async def aread_with_user(session_key: str) -> tuple[cache.Lookup, cache.UserRea
 
         return await aredis.in_thread(combined.read_with_user)(session_key)
     plan = cache._plan(session_key)
-    keys, args = cache._read_with_user_args(session_key)
 
     async def op(r: aredis.Lean) -> Any:
         if plan.hinted:  # this process knows the session's user: one MGET of the four keys (1 billed)
             return cache._as_script_reply(plan, await r.mget(cache._mget_keys(session_key, plan)))
-        return await aredis.run_script(cache._READ_WITH_USER, r, keys, args)
+        return await aredis.run_script(cache._READ_WITH_USER, r, *cache._read_with_user_args(session_key))
 
     try:
         raw = await aredis.acall(FEATURE, op)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -101,30 +102,84 @@ def test_tls_and_a_password_are_carried_to_the_async_connections(tmp_path: Any, 
         server.stop()
 
 
-def test_timeouts_open_the_gate_after_the_threshold(hotcache_config: Any, redis_url: str) -> None:
-    """A Redis slower than REDIS_SOCKET_TIMEOUT: each async call times out, and the gate opens at the threshold."""
+@pytest.fixture
+def delayed(hotcache_config: Any, redis_url: str) -> Iterator[Callable[..., DelayProxy]]:
+    """``delayed(delay, **settings)``: hotcache's Redis behind a DelayProxy (its ``delay`` can change mid-test), with
+    a 50 ms socket timeout and a 1 s connect timeout unless ``settings`` say otherwise."""
     port = int(redis_url.rsplit(":", 1)[1].split("/", 1)[0])
-    proxy = DelayProxy(port, delay=0.3)
-    try:
-        hotcache_config(
-            REDIS_URL=f"redis://127.0.0.1:{proxy.port}/9",
-            REDIS_SOCKET_TIMEOUT=0.05,
-            REDIS_CONNECT_TIMEOUT=1.0,
-            HEALTH_FAILURE_THRESHOLD=3,
-        )
+    proxies: list[DelayProxy] = []
 
-        async def run() -> list[str]:
-            states = []
-            for _ in range(4):
-                with pytest.raises(RedisUnavailable):
-                    await aredis.acall("t", lambda r: r.ping())
-                states.append(redis_gate.snapshot().state)
-            return states
+    def through(delay: float, **settings: Any) -> DelayProxy:
+        proxy = DelayProxy(port, delay=delay)
+        proxies.append(proxy)
+        url = f"redis://127.0.0.1:{proxy.port}/9"
+        hotcache_config(**{"REDIS_URL": url, "REDIS_SOCKET_TIMEOUT": 0.05, "REDIS_CONNECT_TIMEOUT": 1.0, **settings})
+        return proxy
 
-        assert serve(run()) == ["closed", "closed", "open", "open"]
-        assert redis_gate.snapshot().rejected == 1
-    finally:
+    yield through
+    for proxy in proxies:
         proxy.close()
+
+
+def test_timeouts_open_the_gate_after_the_threshold(delayed: Callable[..., DelayProxy]) -> None:
+    """A Redis slower than REDIS_SOCKET_TIMEOUT: each async call times out, and the gate opens at the threshold."""
+    delayed(0.3, HEALTH_FAILURE_THRESHOLD=3)
+
+    async def run() -> list[str]:
+        states = []
+        for _ in range(4):
+            with pytest.raises(RedisUnavailable):
+                await aredis.acall("t", lambda r: r.ping())
+            states.append(redis_gate.snapshot().state)
+        return states
+
+    assert serve(run()) == ["closed", "closed", "open", "open"]
+    assert redis_gate.snapshot().rejected == 1
+
+
+def test_a_reply_later_than_the_socket_timeout_on_an_open_connection_times_out(
+    delayed: Callable[..., DelayProxy],
+) -> None:
+    """The round trip on a connection already open is bounded by REDIS_SOCKET_TIMEOUT (one timer of the loop for
+    every call in flight): redis-py's TimeoutError, judged by the gate as a timeout, ``maybe_applied`` since the
+    command was sent; the connection is dropped, so the next call never reads the late reply."""
+    proxy = delayed(0.0, HEALTH_FAILURE_THRESHOLD=3)
+
+    async def run() -> tuple[RedisUnavailable, Any, Any, Any]:
+        await aredis.acall("t", lambda r: r.ping())  # connected, the handshake answered in time
+        proxy.delay = 0.3
+        with pytest.raises(RedisUnavailable) as caught:
+            await aredis.acall("t", lambda r: r.execute("ECHO", "late"))
+        failures = redis_gate.snapshot()
+        proxy.delay = 0.0
+        again = await aredis.acall("t", lambda r: r.execute("ECHO", "next"))
+        return caught.value, failures, again, redis_gate.snapshot()
+
+    late, failures, again, gate = serve(run())
+    assert late.maybe_applied and not late.answered
+    assert "Timeout reading from socket" in str(late)
+    assert failures.state == "closed" and failures.consecutive_failures == 1  # a timeout: toward the threshold
+    assert again == b"next" and gate.state == "closed"
+
+
+def test_a_caller_waiting_for_a_connection_gets_the_slot_of_one_that_failed(
+    delayed: Callable[..., DelayProxy],
+) -> None:
+    """At max_connections a caller waits for a connection to come back; when the one in use fails instead (it is
+    dropped, never reused half-read), the waiting caller opens its own in the freed slot rather than waiting on."""
+    delayed(0.3, HEALTH_FAILURE_THRESHOLD=10)
+
+    async def run() -> tuple[list[Any], bool, int]:
+        lean = aredis.client()
+        assert lean is not None
+        lean._slots = asyncio.Semaphore(1)
+        calls = asyncio.gather(*(aredis.acall("t", lambda r: r.ping()) for _ in range(2)), return_exceptions=True)
+        results = await asyncio.wait_for(calls, 10)  # a guard against a caller left waiting, not a timing
+        return results, lean._slots.locked(), len(lean._free)
+
+    results, locked, free = serve(run())
+    assert [type(r) for r in results] == [RedisUnavailable, RedisUnavailable]  # both tried: each timed out
+    assert not locked and free == 0  # both connections dropped, their slots given back
 
 
 def test_a_quota_refusal_opens_the_gate_at_once(hotcache_config: Any, redis_url: str) -> None:
@@ -194,25 +249,20 @@ def test_a_redis_cluster_takes_the_sync_path_in_a_worker_thread(cluster_redis: A
     assert hops == ["hotcache.ratelimit.core.evaluate_in"] * 3  # the fourth: the deny cache, on the loop
 
 
-def test_a_cancelled_call_never_leaves_its_reply_for_the_next(hotcache_config: Any, redis_url: str) -> None:
+def test_a_cancelled_call_never_leaves_its_reply_for_the_next(delayed: Callable[..., DelayProxy]) -> None:
     """The request went away mid-call (its task cancelled after the command was sent): the connection is dropped,
     so the next call never reads the cancelled call's reply, and the gate is left as it was (no stuck probe)."""
-    port = int(redis_url.rsplit(":", 1)[1].split("/", 1)[0])
-    proxy = DelayProxy(port, delay=0.2)
-    try:
-        hotcache_config(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/9", REDIS_SOCKET_TIMEOUT=5.0)
+    delayed(0.2, REDIS_SOCKET_TIMEOUT=5.0)
 
-        async def run() -> tuple[Any, str]:
-            await aredis.acall("t", lambda r: r.ping())  # connected (the handshake outside the cancelled call)
-            with pytest.raises(TimeoutError):
-                # Cancelled long before the reply can come back (0.4 s round trip through the proxy).
-                await asyncio.wait_for(aredis.acall("t", lambda r: r.execute("ECHO", "first")), 0.05)
-            second = await aredis.acall("t", lambda r: r.execute("ECHO", "second"))
-            return second, redis_gate.snapshot().state
+    async def run() -> tuple[Any, str]:
+        await aredis.acall("t", lambda r: r.ping())  # connected (the handshake outside the cancelled call)
+        with pytest.raises(TimeoutError):
+            # Cancelled long before the reply can come back (0.4 s round trip through the proxy).
+            await asyncio.wait_for(aredis.acall("t", lambda r: r.execute("ECHO", "first")), 0.05)
+        second = await aredis.acall("t", lambda r: r.execute("ECHO", "second"))
+        return second, redis_gate.snapshot().state
 
-        assert serve(run()) == (b"second", "closed")
-    finally:
-        proxy.close()
+    assert serve(run()) == (b"second", "closed")
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_not_a_failure(raw_redis: Any) -> None:
