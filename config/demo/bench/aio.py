@@ -1,7 +1,9 @@
 """Async (ASGI) arms beside the sync ones (issue 19): the rate limit with one rule and the warm cached user
 (hotcache.sessions + CachedAuthenticationMiddleware), each as a sync stack and as an async stack awaited on one
 long-lived event loop (as uvicorn or daphne runs it), with the bare view of each kind as its baseline. Also the
-rate limit as it was before the native path (the sync check in a worker thread through ``sync_to_async``).
+rate limit as it was before the native path (the sync check in a worker thread through ``sync_to_async``), and,
+when uvloop is installed (it comes with the test requirements, as with ``uvicorn[standard]``), the async arms again
+on a uvloop event loop: what uvicorn runs when it can.
 
 Requests are built with a request factory and handed to the middleware directly, as in the ratelimit and users
 groups; the session is attached as SessionMiddleware's process_request would (Django's SessionMiddleware hops to a
@@ -45,9 +47,13 @@ _PAIRS = {
          "sync: bare view"),
         ("async, before: 1 rule, sync check via sync_to_async", "async: bare view", "sync: hotcache middleware, 1 rule",
          "sync: bare view"),
+        ("async on uvloop: hotcache middleware, 1 rule (redis.asyncio)", "async on uvloop: bare view",
+         "sync: hotcache middleware, 1 rule", "sync: bare view"),
     ],
     USER_TITLE: [
         ("async: CachedAuthenticationMiddleware + auser() (redis.asyncio)", "async: bare view",
+         "sync: CachedAuthenticationMiddleware + request.user", "sync: bare view"),
+        ("async on uvloop: CachedAuthenticationMiddleware + auser() (redis.asyncio)", "async on uvloop: bare view",
          "sync: CachedAuthenticationMiddleware + request.user", "sync: bare view"),
     ],
 }
@@ -138,10 +144,16 @@ def arms() -> dict[str, list[Arm]]:
     override.enable()
     reset_local_state()
     loop = asyncio.new_event_loop()
+    loops = [loop]
+    fast_loop = _uvloop()  # uvicorn's loop when uvloop is installed; its arms are left out without it
+    if fast_loop is not None:
+        loops.append(fast_loop)
     hops = _Hops()
     hops.install()
 
-    def on_loop(make: Callable[[int], Coroutine[Any, Any, Any]]) -> Callable[[int], Any]:
+    def on_loop(
+        make: Callable[[int], Coroutine[Any, Any, Any]], on: asyncio.AbstractEventLoop = loop
+    ) -> Callable[[int], Any]:
         """One request on the loop, timed inside it (µs): what the loop spends on the request, as under a server."""
 
         async def timed(i: int) -> float:
@@ -150,7 +162,7 @@ def arms() -> dict[str, list[Arm]]:
             await coro
             return (time.perf_counter() - t0) * 1e6
 
-        return lambda i: loop.run_until_complete(timed(i))
+        return lambda i: on.run_until_complete(timed(i))
 
     rf, arf = RequestFactory(), AsyncRequestFactory()
     ips = [f"10.1.{i}.7" for i in range(50)]
@@ -183,8 +195,9 @@ def arms() -> dict[str, list[Arm]]:
         hops.remove()
         session.delete()
         users.invalidate_user(user.pk)
-        loop.run_until_complete(_close_async_client())
-        loop.close()
+        for each in loops:
+            each.run_until_complete(_close_async_client())
+            each.close()
         override.disable()
 
     def in_sync(handler: Callable[[HttpRequest], Any], make: Callable[[int], HttpRequest]) -> Callable[[int], float]:
@@ -211,6 +224,12 @@ def arms() -> dict[str, list[Arm]]:
         arm("async: hotcache middleware, 1 rule (redis.asyncio)", on_loop(lambda i: rate_async(areq(i)))),
         arm("async, before: 1 rule, sync check via sync_to_async", on_loop(lambda i: rate_before(areq(i)))),
     ]
+    if fast_loop is not None:
+        rate += [
+            arm("async on uvloop: bare view", on_loop(lambda i: _aview(areq(i)), fast_loop)),
+            arm("async on uvloop: hotcache middleware, 1 rule (redis.asyncio)",
+                on_loop(lambda i: rate_async(areq(i)), fast_loop)),
+        ]
     cached_user = [
         arm("sync: bare view", in_sync(_view, session_request)),
         arm("sync: CachedAuthenticationMiddleware + request.user", in_sync(auth_sync, session_request)),
@@ -218,6 +237,17 @@ def arms() -> dict[str, list[Arm]]:
         arm(
             "async: CachedAuthenticationMiddleware + auser() (redis.asyncio)",
             on_loop(lambda i: auth_async(with_session(arf.get("/")))),
+        ),
+        *(
+            [
+                arm("async on uvloop: bare view", on_loop(lambda i: _aview(with_session(arf.get("/"))), fast_loop)),
+                arm(
+                    "async on uvloop: CachedAuthenticationMiddleware + auser() (redis.asyncio)",
+                    on_loop(lambda i: auth_async(with_session(arf.get("/"))), fast_loop),
+                ),
+            ]
+            if fast_loop is not None
+            else []
         ),
         arm(
             "async: the same under Django's SessionMiddleware",
@@ -227,6 +257,15 @@ def arms() -> dict[str, list[Arm]]:
         ),
     ]
     return {RATE_TITLE: rate, USER_TITLE: cached_user}
+
+
+def _uvloop() -> asyncio.AbstractEventLoop | None:
+    """A uvloop event loop (what uvicorn runs when uvloop is installed: ``uvicorn[standard]``), or None without it."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop()
 
 
 async def _close_async_client() -> None:
