@@ -9,8 +9,8 @@ node's), on top of TCP and TLS. hotcache keeps what it needs and drops the rest:
   which takes ``SETNAME`` since Redis 6.0, as HELLO itself does;
 - CLIENT SETINFO is not sent (``driver_info=None``): it only labels the connection in CLIENT LIST;
 - maintenance notifications are off (``MaintNotificationsConfig(enabled=False)``): they let Redis Enterprise
-  move a connection during its maintenance, and are refused by Upstash and open-source Redis (one round trip
-  spent on an error); hotcache's short timeouts and health gate handle a node going away.
+  move a connection during its maintenance; a server without them (redis-server 7.0 here) answers with an
+  error, a round trip spent for nothing. hotcache's short timeouts and health gate handle a node going away.
 
 Credentials, TLS, the database (SELECT, only when it is not 0) and the RESP version are as configured. On RESP2
 (no HELLO) redis-py's CLIENT SETNAME is sent as before. docs/operations/managed-redis.md has the figures.
