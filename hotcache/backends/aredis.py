@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
 from hotcache import metering
+from hotcache.backends import handshake
 from hotcache.backends import redis as redis_backend
 from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings
@@ -98,7 +99,7 @@ def _metered_class(base: type) -> type:
     if made is not None:
         return made
 
-    class AsyncMetered(base):  # type: ignore[misc]  # a base class known at run time only
+    class AsyncMetered(handshake.AsyncNameWithHello, base):  # type: ignore[misc]  # a base class known at run time only
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             # Once bytes are on the wire, a failure to read the reply leaves the outcome unknown.
             _sent.set(False)
@@ -379,7 +380,7 @@ async def _opened(pool: aconnection.ConnectionPool) -> Any:
     try:
         await conn.connect()
     except BaseException:
-        # The handshake (AUTH, CLIENT SETNAME, SELECT) failed: the call's own command was never sent.
+        # The set-up (HELLO with AUTH and the name, SELECT) failed: the call's own command was never sent.
         _sent.set(False)
         await conn.disconnect(nowait=True)
         raise
@@ -491,6 +492,7 @@ def _build() -> Lean:
     kwargs["retry"] = Retry(NoBackoff(), 0)
     kwargs["retry_on_timeout"] = False
     kwargs.setdefault("client_name", "hotcache")
+    kwargs = handshake.options(kwargs)  # set up as the sync connections are: HELLO with the name, nothing else
     pool = aconnection.ConnectionPool(connection_class=_metered_class(twin), max_connections=max_connections, **kwargs)
     return Lean(pool, max_connections)
 

@@ -55,7 +55,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from hotcache import clock
-from hotcache.backends import errors
+from hotcache.backends import errors, handshake
 from hotcache.backends.errors import ClusterStateRefusal, NodeGateOpen
 from hotcache.backends.health import HealthGate, redis_gate
 from hotcache.conf import hotcache_settings
@@ -435,6 +435,7 @@ def build(
         socket_connect_timeout=connect_timeout,
         retry_on_timeout=False,
         client_name="hotcache",
+        **handshake.options({}),  # each node's connections set up in one round trip: HELLO with the name
         max_connections=max_connections,
         # One attempt per call: the health gate decides about retries (a retried INCR would count twice).
         # MOVED and ASK redirections are still followed: they are routing, not failures.
@@ -567,7 +568,7 @@ def _probe(client: RedisCluster, node: NodeReport, samples: int) -> None:
             node.ok, node.error = False, "the client has no connection settings to probe it with"
             return
         pool = primary.connection_pool
-        kwargs = {**pool.connection_kwargs, "host": host, "port": int(port)}
+        kwargs = handshake.options({**pool.connection_kwargs, "host": host, "port": int(port)})
         owned = conn = redis.Redis(
             connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
         )

@@ -32,7 +32,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, S
 from redis.retry import Retry
 
 from hotcache import metering
-from hotcache.backends import cluster, errors, lean
+from hotcache.backends import cluster, errors, handshake, lean
 from hotcache.backends.health import redis_gate
 from hotcache.conf import hotcache_settings, hotcache_source
 from hotcache.exceptions import RedisUnavailable
@@ -70,9 +70,10 @@ _lean_state: tuple[int, object, redis.Redis, lean.Lean | None] | None = None
 
 @cache
 def _metered_class(base: type) -> type:
-    """A subclass of the alias's connection class that counts commands and round trips as they are sent."""
+    """A subclass of the alias's connection class that counts commands and round trips as they are sent, and sends
+    its name with HELLO (hotcache.backends.handshake)."""
 
-    class Metered(base):  # type: ignore[misc]  # a base class known at run time only
+    class Metered(handshake.NameWithHello, base):  # type: ignore[misc]  # a base class known at run time only
         def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
             # Once bytes are on the wire, a failure to read the reply leaves the outcome unknown.
             _wire.sent = False
@@ -125,6 +126,7 @@ def _build_client() -> redis.Redis:
     kwargs["retry_on_timeout"] = False
     # Named connections: CLIENT LIST shows which connections (and commands) are hotcache's.
     kwargs.setdefault("client_name", "hotcache")
+    kwargs = handshake.options(kwargs)  # set up in one round trip: HELLO with the name, nothing else
     pool = redis.ConnectionPool(
         connection_class=_metered_class(connection_class), max_connections=max_connections, **kwargs
     )

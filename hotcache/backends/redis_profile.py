@@ -20,6 +20,7 @@ from unittest import mock
 
 import redis
 
+from hotcache.backends import handshake
 from hotcache.conf import hotcache_settings
 
 __all__ = ["TIMEOUT_MULTIPLE", "Eviction", "Timings", "eviction_advice", "measure"]
@@ -33,7 +34,7 @@ class Timings:
     connect_ms: float | None  # TCP connect (None: a unix socket)
     tls_handshake_ms: float | None  # the TLS handshake's network time (under the socket timeout); None: no TLS
     tls_client_setup_ms: float | None  # CPU: redis-py builds an SSLContext (loads the CA store) per new connection
-    setup_ms: float  # a whole new connection: TCP, TLS, then HELLO/AUTH/CLIENT SETNAME round trips
+    setup_ms: float  # a whole new connection as hotcache opens it: TCP, TLS, then HELLO (AUTH, SETNAME) [+ SELECT]
     rtt_ms_median: float
     rtt_ms_max: float
     samples: int
@@ -63,6 +64,7 @@ def measure(samples: int = 20) -> Timings | None:
         return None
     kwargs.update(socket_timeout=_MEASURE_TIMEOUT, socket_connect_timeout=_MEASURE_TIMEOUT)
     kwargs.setdefault("client_name", "hotcache-check")
+    kwargs = handshake.options(kwargs)  # set up as hotcache's own connections are (one round trip)
     connect_ms = tls_ms = tls_client_ms = None
     if "path" not in kwargs:  # TCP (a unix socket has neither a TCP connect nor TLS to time)
         start = time.perf_counter()
@@ -74,7 +76,7 @@ def measure(samples: int = 20) -> Timings | None:
                 tls_ms, tls_client_ms = _tls_handshake_ms(cls(**kwargs), sock, connect_ms)
         finally:
             sock.close()
-    conn = cls(**kwargs)
+    conn = handshake.connection_class(cls)(**kwargs)
     start = time.perf_counter()
     conn.connect()
     setup_ms = _ms(start)

@@ -223,3 +223,20 @@ def test_on_a_cluster_the_per_request_calls_keep_the_cluster_clients_path(cluste
         assert ratelimit.evaluate([lim]).allowed
     assert (counted.round_trips, counted.commands, counted.billed) == (1, 1, 3)
     assert redis_backend.lean_connections() == 0
+
+
+def test_a_new_connection_to_a_node_is_set_up_in_one_round_trip(cluster_redis):
+    """HELLO with the name (hotcache.backends.handshake); no CLIENT SETINFO or MAINT_NOTIFICATIONS; no SELECT on a
+    cluster (database 0). Was 5 round trips per node connection."""
+    client = redis_backend.get_client()
+    node = client.get_primaries()[0]
+    pool = client.get_redis_connection(node).connection_pool
+    conn = pool.make_connection()
+    try:
+        with count_redis() as c:
+            conn.connect()
+        assert (c.commands, c.round_trips, c.billed) == (1, 1, 0)
+        conn.send_command("CLIENT", "GETNAME")
+        assert conn.read_response() in ("hotcache", b"hotcache")
+    finally:
+        conn.disconnect()

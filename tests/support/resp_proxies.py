@@ -2,9 +2,10 @@
 
 ``QuotaProxy`` speaks RESP: it reads each command and, while ``quota_on``, answers it with the provider's quota
 error (``-ERR max daily request limit exceeded...``, as Upstash does past the plan's limit) instead of
-forwarding it; otherwise it forwards the command and relays the one reply. ``DelayProxy`` relays bytes
-unchanged (TLS passes through) and delivers each chunk ``delay`` seconds after it arrived, in each
-direction: a Redis in another region, seen from a loopback address.
+forwarding it; otherwise it forwards the command and relays the one reply. It keeps the commands each
+connection sent (``connections``), so a test sees a new connection's handshake as the server got it.
+``DelayProxy`` relays bytes unchanged (TLS passes through) and delivers each chunk ``delay`` seconds after it
+arrived, in each direction: a Redis in another region, seen from a loopback address.
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ async def _read_command(reader: asyncio.StreamReader) -> bytes:
     return b"".join(parts)
 
 
+def _arguments(command: bytes) -> tuple[str, ...]:
+    """A command's arguments as text (a command as ``_read_command`` returns it)."""
+    if not command.startswith(b"*"):
+        return tuple(command.decode("utf-8", "replace").split())
+    out = []
+    at = command.index(b"\r\n") + 2
+    while at < len(command):
+        end = command.index(b"\r\n", at)
+        size = int(command[at + 1 : end])
+        out.append(command[end + 2 : end + 2 + size].decode("utf-8", "replace"))
+        at = end + 2 + size + 2
+    return tuple(out)
+
+
 async def _read_reply(reader: asyncio.StreamReader) -> bytes:
     """One complete reply (RESP2, and the RESP3 types), as received."""
     line = await reader.readline()
@@ -111,14 +126,18 @@ class QuotaProxy(_LoopThread):
         self.error = error  # the reply's text (without "-"), changeable at any time
         self.quota_on = False
         self.refused = 0  # commands answered with the quota error
+        self.connections: list[list[tuple[str, ...]]] = []  # per connection accepted, the commands it sent
         self.url = ""
         super().__init__()
         self.url = f"redis://127.0.0.1:{self.port}/{db}"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        sent: list[tuple[str, ...]] = []
+        self.connections.append(sent)
         try:
             while command := await _read_command(reader):
+                sent.append(_arguments(command))
                 if self.quota_on:
                     self.refused += 1
                     writer.write(b"-" + self.error + b"\r\n")
