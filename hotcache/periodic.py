@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import ClassVar, Generic, TypeVar
 
 from hotcache import clock, recovery
@@ -63,6 +64,7 @@ class PeriodicBuffer(recovery.ProcessLocal, Generic[T]):
         if old is not None:
             old.set()  # the daemon of what is forgotten stops (in a forked child there is none)
         self._started: float | None = None  # clock.time() of the oldest buffered item
+        self._started_real: float | None = None  # time.monotonic() of the same: what the daemon sleeps by
         self._timer: threading.Thread | None = None
         self._wake = threading.Event()
         self._empty()
@@ -71,7 +73,7 @@ class PeriodicBuffer(recovery.ProcessLocal, Generic[T]):
         """An item was added (the caller holds ``self._lock``): the interval starts with the first one, and
         the daemon runs."""
         if self._started is None:
-            self._started = clock.time()
+            self._started, self._started_real = clock.time(), time.monotonic()
         if self._timer is None or not self._timer.is_alive():
             self._wake = threading.Event()
             self._timer = threading.Thread(target=self._run, args=(self._wake,), name=self.thread_name)
@@ -87,7 +89,7 @@ class PeriodicBuffer(recovery.ProcessLocal, Generic[T]):
         """Write what is buffered now; what ``_write`` counts. Safe from any thread."""
         with self._write_lock:
             with self._lock:
-                taken, self._started = self._take(), None
+                taken, self._started, self._started_real = self._take(), None, None
             return self._write(taken)
 
     def flush_or_log(self, message: str) -> int:
@@ -100,10 +102,13 @@ class PeriodicBuffer(recovery.ProcessLocal, Generic[T]):
             return 0
 
     def _run(self, wake: threading.Event) -> None:
-        """The daemon: writes the buffer once its interval is over, until ``wake`` is set."""
+        """The daemon: writes the buffer once its interval is over, until ``wake`` is set.
+
+        It sleeps by the monotonic clock and writes when ``due()`` says so by hotcache's clock (the same in
+        production): a test that moves hotcache's clock never wakes the daemon early to race its own flush."""
         while True:
-            started, interval = self._started, max(_MIN_WAIT, self.interval())
-            wait = interval if started is None else max(_MIN_WAIT, started + interval - clock.time())
+            started, interval = self._started_real, max(_MIN_WAIT, self.interval())
+            wait = interval if started is None else max(_MIN_WAIT, started + interval - time.monotonic())
             if wake.wait(min(wait, interval)):
                 return
             if self.due():
