@@ -50,10 +50,12 @@ class _Copy:
     ended: bool = False  # end() ended this incarnation at envelope.version: the ended mark, not a copy
 
 
-def _filter_and_doc(session_id: str, envelope: _Envelope, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _filter_and_update(session_id: str, envelope: _Envelope, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The upsert of one copy. The filter matches the session's document only if it holds an older version
     (or a copy of another incarnation, which has left Redis); otherwise the upsert tries to insert on the
-    existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do."""
+    existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do.
+    A copy that replaces another incarnation's ended mark is not ended itself (``ended`` unset), or the new
+    session would be invisible during an outage (as the outage path does over a tombstone, _fallback.py)."""
     updated = _ts(envelope.updated)
     doc = {
         "state": text,
@@ -68,7 +70,7 @@ def _filter_and_doc(session_id: str, envelope: _Envelope, text: str) -> tuple[di
     }
     version, token = envelope.version, envelope.token
     flt = {"_id": session_id, "$or": [{"version": {"$lt": version}}, {"token": {"$ne": token}, "origin": _REDIS}]}
-    return flt, doc
+    return flt, {"$set": doc, "$unset": {"ended": ""}}
 
 
 def _ended_mark(session_id: str, envelope: _Envelope) -> mongo.Update:
@@ -100,17 +102,17 @@ def _durable_write(
     A save that ``created`` the session gets a replaced copy of another incarnation back (same single
     operation) and keeps it in history.
     """
-    flt, doc = _filter_and_doc(session_id, envelope, text)
+    flt, update = _filter_and_update(session_id, envelope, text)
     try:
         if ended:
             before = None
             mark = _ended_mark(session_id, envelope)
             _active().update_one(mark.filter, mark.update, upsert=True)
         elif created:
-            before = _active().find_one_and_update(flt, {"$set": doc}, upsert=True, return_new=False)
+            before = _active().find_one_and_update(flt, update, upsert=True, return_new=False)
         else:
             before = None
-            _active().update_one(flt, {"$set": doc}, upsert=True)
+            _active().update_one(flt, update, upsert=True)
     except DuplicateKey:
         return  # a newer version is already there
     except BackendUnavailable:
@@ -137,12 +139,12 @@ def _write_copies(copies: Mapping[str, _Copy]) -> None:
             if c.ended:
                 ops.append(_ended_mark(sid, c.envelope))
             elif c.created:
-                _, doc = _filter_and_doc(sid, c.envelope, c.text)
+                _, update = _filter_and_update(sid, c.envelope, c.text)
                 only_new = {"_id": sid, "token": c.envelope.token, "version": {"$lt": c.envelope.version}}
-                ops.append(mongo.Update(only_new, {"$set": doc}, upsert=True))
+                ops.append(mongo.Update(only_new, update, upsert=True))
             else:
-                flt, doc = _filter_and_doc(sid, c.envelope, c.text)
-                ops.append(mongo.Update(flt, {"$set": doc}, upsert=True))
+                flt, update = _filter_and_update(sid, c.envelope, c.text)
+                ops.append(mongo.Update(flt, update, upsert=True))
         done = _active().bulk(ops)
         reused = {items[i][0]: items[i][1] for i in done.duplicates if items[i][1].created and not items[i][1].ended}
         if reused:
@@ -161,8 +163,8 @@ def _replace_incarnations(copies: Mapping[str, _Copy]) -> None:
             _keep_replaced(doc["_id"], doc)
     ops = []
     for sid, c in copies.items():
-        flt, doc = _filter_and_doc(sid, c.envelope, c.text)
-        ops.append(mongo.Update(flt, {"$set": doc}, upsert=True))
+        flt, update = _filter_and_update(sid, c.envelope, c.text)
+        ops.append(mongo.Update(flt, update, upsert=True))
     _active().bulk(ops)
 
 

@@ -130,22 +130,31 @@ def _reconcile_args(
 
 
 def _ended_records(session_id: str) -> tuple[int, list[_Envelope]]:
-    """The session's ended records in Redis (wb_end.lua): how many, and the envelopes ended, verified (one
-    round trip). A record that fails verification counts (so the script's check holds) but ends nothing."""
-    key = _gone_key(session_id)
+    """The session's ended records in Redis (wb_end.lua): how many, and the envelopes ended (one round trip)."""
+    [records] = _ended_records_of([session_id])
+    return records
+
+
+def _ended_records_of(session_ids: list[str]) -> list[tuple[int, list[_Envelope]]]:
+    """Each session's ended records in Redis (wb_end.lua): how many, and the envelopes ended, verified (one
+    pipeline). A record that fails verification counts (so the script's check holds) but ends nothing."""
+    keys_ = [_gone_key(session_id) for session_id in session_ids]
 
     def read(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
-        pipe.hvals(key)
+        for key in keys_:
+            pipe.hvals(key)
         replies: list[Any] = pipe.execute(raise_on_error=False)
         return replies
 
-    [raw] = redis_backend.call(FEATURE, read)
-    if isinstance(raw, Exception):
-        signing.tampered(FEATURE, key, "is not a hash (ended records): none are trusted")
-        return 0, []
-    ended = [e for e in (_open_envelope(session_id, v) for v in raw) if e is not None]
-    return len(raw), ended
+    records: list[tuple[int, list[_Envelope]]] = []
+    for session_id, key, raw in zip(session_ids, keys_, redis_backend.call(FEATURE, read), strict=True):
+        if isinstance(raw, Exception):
+            signing.tampered(FEATURE, key, "is not a hash (ended records): none are trusted")
+            records.append((0, []))
+            continue
+        records.append((len(raw), [e for e in (_open_envelope(session_id, v) for v in raw) if e is not None]))
+    return records
 
 
 def _ended_copy(session_id: str, doc: Mapping[str, Any], ended: list[_Envelope]) -> _Envelope | None:
@@ -159,11 +168,13 @@ def _ended_copy(session_id: str, doc: Mapping[str, Any], ended: list[_Envelope])
 
 
 def _mark_ended(session_id: str, doc: Mapping[str, Any], ended: _Envelope) -> None:
-    """Turn a stale durable copy into its ended mark (as the ending process's writer does), so no later look
-    reads it again; the persister removes it with the session's other copies."""
+    """Turn a stale copy (durable, or an outage copy of the incarnation Redis ended since) into its ended mark
+    (as the ending process's writer does for a durable copy), so no later look reads it again; the persister
+    removes it with the session's other copies."""
     mark = _ended_mark(session_id, ended)
+    flt = {**mark.filter, "origin": doc.get("origin")}
     try:
-        _active().update_one(mark.filter, mark.update)
+        _active().update_one(flt, {"$set": {**mark.update["$set"], "origin": _REDIS}})
     except BackendUnavailable:
         log.warning("hotcache.workbench: the durable copy of ended %s stays until the persister removes it", doc["_id"])
 
@@ -226,9 +237,10 @@ def _reconcile(
     keys_ = [_data_key(session_id), _index_key(bucket)]
     plan = _plan(doc, current, observed, tampered)
     gone: int | None = None
-    if doc is not None and doc.get("origin") == _REDIS and any(a == "put" for a, _, _ in plan):
-        # A durable copy about to be put back: not if Redis ended its incarnation (a copy written late by a
-        # process that saved before the end, or the end's mark still on its way). wb_reconcile re-checks.
+    if doc is not None and any(a == "put" for a, _, _ in plan):
+        # A copy about to be put back: not if Redis ended its incarnation since (a durable copy written late by
+        # a process that saved before the end, or the end's mark still on its way; an outage copy of a version
+        # another process then ended in Redis, see _ended_outage_copies). wb_reconcile re-checks.
         try:
             gone, ended = _ended_records(session_id)
         except RedisUnavailable:
@@ -293,10 +305,43 @@ def _settle(doc: Mapping[str, Any], keys_: list[str]) -> None:
         log.warning("hotcache.workbench: could not settle the outage copy of %s; the persister will", doc["_id"])
 
 
+# An outage copy, the actions planned for it, and Redis's copy as read: observed, verified, tampered.
+_Planned = tuple[Mapping[str, Any], list[tuple[str, bytes, Mapping[str, Any]]], bytes, _Envelope | None, bool]
+
+
+def _ended_outage_copies(plans: list[_Planned]) -> tuple[dict[str, int], set[str]]:
+    """The persister's form of _reconcile's ended check, for a batch of outage copies to be put back: one
+    pipeline of their ended records, only when the batch puts any back (never on a run without outage copies).
+
+    An outage copy no newer than a version Redis ended since (another process ended the session in Redis
+    before the one that wrote the copy raised its fence: a save whose reply was lost, a partial outage) is
+    stale: it becomes the incarnation's ended mark, and Redis's copy is treated as if there were no document
+    (``plans`` is updated in place), as _reconcile does on the request path. Returns the record counts read
+    for the puts that stay (wb_reconcile refuses a put if an end ran since) and the ids whose copy was ended.
+    """
+    puts = [i for i, (_d, actions, _o, _c, _t) in enumerate(plans) if any(a == "put" for a, _, _ in actions)]
+    if not puts:
+        return {}, set()
+    gone: dict[str, int] = {}
+    ended: set[str] = set()
+    records = _ended_records_of([plans[i][0]["_id"] for i in puts])
+    for i, (count, ends) in zip(puts, records, strict=True):
+        d, _actions, observed, current, tampered = plans[i]
+        end = _ended_copy(d["_id"], d, ends)
+        if end is None:
+            gone[d["_id"]] = count
+            continue
+        _mark_ended(d["_id"], d, end)
+        ended.add(d["_id"])
+        rest = _plan(None, current, observed, tampered) if current is not None or tampered else []
+        plans[i] = (d, rest, observed, current, tampered)
+    return gone, ended
+
+
 def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> None:
     """Recovery after a Redis outage: bring every outage copy (and tombstone) in workbench_active in line with
     Redis, then lower the fence if nobody raised it again meanwhile. Per batch: one MongoDB read, one Redis
-    pipeline, and the settle writes."""
+    pipeline (two when it puts copies back: their ended records first), and the settle writes."""
     coll = _active()
     walked: list[str | None] = list(_walked())
     fences = _current_fences(walked)
@@ -305,23 +350,24 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
         if not docs:
             break
 
-        plans = []
+        plans: list[_Planned] = []
         for d, observed in zip(docs, _read_envelopes([d["_id"] for d in docs]), strict=True):
             current = _open_envelope(d["_id"], observed)
             tampered = bool(observed) and current is None
             if tampered:
                 _tampered(d["_id"], observed)
-            plans.append((d, _plan(d, current, observed, tampered)))
+            plans.append((d, _plan(d, current, observed, tampered), observed, current, tampered))
+        gone, ended = _ended_outage_copies(plans)
 
-        def apply(r: Any, batch: list[Any] = plans) -> list[Any]:
+        def apply(r: Any, batch: list[_Planned] = plans, counts: dict[str, int] = gone) -> list[Any]:
             commands: list[tuple[Any, ...]] = []
-            for d, actions in batch:
+            for d, actions, *_read in batch:
                 for action, seen, src in actions:
                     # EVAL (not EVALSHA): no NOSCRIPT round trip to handle; a rare recovery path. Each sent once
                     # (send_commands: redis-py's cluster pipeline would re-send a batch whose reply timed out).
                     b = _bucket(d["_id"])
                     ks = [_data_key(d["_id"]), _index_key(b), _gone_key(d["_id"])]
-                    args = _reconcile_args(action, fences.get(b, ""), seen, src, d["_id"])
+                    args = _reconcile_args(action, fences.get(b, ""), seen, src, d["_id"], counts.get(d["_id"]))
                     commands.append(("EVAL", _RECONCILE.body, len(ks), *ks, *args))
             replies = [_RECONCILE.reply(raw) for raw in redis_backend.send_commands(r, commands)]
             for reply in replies:
@@ -330,9 +376,10 @@ def _reconcile_active(result: PersistResult, limit: int, max_batches: int) -> No
             return replies
 
         redis_backend.call(FEATURE, apply)
-        for d, _actions in plans:
+        for d in docs:
             _remember(d["_id"], None)
-            _settle(d, [_data_key(d["_id"]), _index_key(_bucket(d["_id"]))])
+            if d["_id"] not in ended:
+                _settle(d, [_data_key(d["_id"]), _index_key(_bucket(d["_id"]))])
         result.reconciled += len(docs)
         if len(docs) < limit:
             break

@@ -75,6 +75,28 @@ def test_redis_taken_away_between_a_save_and_a_load_returns_the_saved_state(redi
     assert session.state == {"draft": "v2"} and session.version == 2 and session.owner == "alice"
 
 
+@pytest.mark.parametrize("interval", [0, 60])
+def test_a_session_created_under_the_id_of_an_ended_one_is_served_from_its_copy_during_an_outage(
+    redis_proxy, hotcache_config, interval
+):
+    """The new incarnation's copy replaces the ended one's mark and is not ended itself (request path and bulk)."""
+    hotcache_config(WORKBENCH_DURABLE_INTERVAL=interval)
+    workbench.save("s1", {"old": 1}, owner="alice")
+    workbench.end("s1")
+    workbench.flush_durable()
+    assert active("s1")["ended"] is True  # the ended mark
+    workbench.save("s1", {"new": 1}, owner="bob")
+    workbench.flush_durable()
+    workbench.save("s1", {"new": 2}, expected_version=1)
+    workbench.flush_durable()
+    assert "ended" not in active("s1")
+    new_process()
+    redis_proxy.down()
+    session = workbench.load("s1")
+    assert (session.state, session.version, session.owner) == ({"new": 2}, 2, "bob")
+    assert workbench.save("s1", {"new": 3}, expected_version=2) == 3
+
+
 def test_during_the_outage_a_versioned_save_continues_from_the_durable_copy(redis_proxy):
     workbench.save("s1", {"n": 1})
     redis_proxy.down()
