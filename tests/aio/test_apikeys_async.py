@@ -81,8 +81,7 @@ def async_calls(
     whose connection is opened first (``redis_up``); ``between(i)`` runs before call ``i``."""
 
     async def run() -> tuple[list[Seen], list[tuple[Any, ...]], list[Hops]]:
-        assert aredis.client() is not None  # the native path serves this loop
-        if redis_up:
+        if redis_up and aredis.client() is not None:
             await _open_connection()
         seen, counts, hops = [], [], []
         for i, raw in enumerate(raws):
@@ -246,3 +245,16 @@ def test_lost_reply_on_the_async_path_is_counted_exactly_once(lost_reply_proxy: 
     assert hops == [[], [AFTER_FAILURE], [CHECK_PARSED], []]  # settled before the next check, then warm again
     apikeys.sync_usage()
     assert apikeys.usage(key_id, days=1)[0][1] == 5  # 5 allowed calls, none twice, none lost
+
+
+def test_on_a_redis_cluster_the_whole_check_is_the_sync_one_in_one_hop(cluster_redis: Any) -> None:
+    """redis.asyncio.cluster is not wired: on a cluster each async check is check()'s, whole, in one worker thread,
+    with the sync path's answers and counts."""
+    warm_sync_path()
+    a, b = twins(limit=2)
+    sync_seen, sync_counts = sync_calls([a] * 3)
+    seen, counts, hops = async_calls([b] * 3)
+    assert [s for s, _, _ in seen] == [200, 200, 429]
+    assert seen == sync_seen
+    assert counts[1:] == sync_counts[1:]  # the first also opens the worker thread's connection to the key's node
+    assert hops == [[CHECK_PARSED]] * 3
