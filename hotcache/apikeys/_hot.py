@@ -39,7 +39,18 @@ from hotcache.backends import redis as redis_backend
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import RedisUnavailable
 
-__all__ = ["check", "run_check"]
+__all__ = [
+    "Call",
+    "Reply",
+    "after_failure",
+    "check",
+    "check_parsed",
+    "decided",
+    "reply_of",
+    "resume",
+    "run_check",
+    "script_call",
+]
 
 log = logging.getLogger("hotcache.apikeys")
 
@@ -54,27 +65,42 @@ def check(raw_key: str) -> Usage:
     Raises InvalidKey (malformed, unknown, revoked or expired) and, with both stores down, MongoUnavailable.
     """
     digest, prefix = parse(raw_key)
-    tag = tag_of(digest)
-    now = clock.utcnow()
+    return check_parsed(digest, prefix, clock.utcnow())
+
+
+def check_parsed(digest: str, prefix: str, now: dt.datetime) -> Usage:
+    """check() of a parsed key: what this process owes Redis first, then the check script (and what it needs)."""
     try:
         if _recovery.owed():
             _recovery.settle_and_replay()  # settles this writer's check in doubt (if any) before this check writes
     except RedisUnavailable:  # nothing of this check was sent
         metering.event(FEATURE, "fallback")
         return check_on_mongo(digest, prefix, now)
-    call = _Call(recovery.writer(), _recovery.next_seq())
+    return resume(digest, prefix, now, Call(recovery.writer(), _recovery.next_seq()))
+
+
+def resume(digest: str, prefix: str, now: dt.datetime, call: Call, reply: Reply | None = None) -> Usage:
+    """The check from the script call of ``call`` on, falling back to MongoDB when Redis fails. ``reply``: that
+    call's answer when it was already sent (the async path's first call, whose answer needs more than a reply)."""
     try:
-        return _check_on_redis(digest, prefix, tag, now, call)
+        return _check_on_redis(digest, prefix, tag_of(digest), now, call, reply)
     except RedisUnavailable as exc:
-        metering.event(FEATURE, "fallback")
-        if exc.maybe_applied:
-            # The script reached Redis, the reply did not come back: decide on MongoDB, count nowhere yet.
-            return check_in_doubt(digest, prefix, now, _recovery.Doubt(call.writer, call.seq, tag, now.date()))
-        return check_on_mongo(digest, prefix, now)
+        return after_failure(exc, digest, prefix, now, call)
+
+
+def after_failure(exc: RedisUnavailable, digest: str, prefix: str, now: dt.datetime, call: Call) -> Usage:
+    """The answer when the script call of ``call`` (or one after it) met an outage: on MongoDB, and when the script
+    may have run (a lost reply), in doubt: decided on MongoDB, counted nowhere yet, settled by the next check."""
+    metering.event(FEATURE, "fallback")
+    if exc.maybe_applied:
+        # The script reached Redis, the reply did not come back: decide on MongoDB, count nowhere yet.
+        doubt = _recovery.Doubt(call.writer, call.seq, tag_of(digest), now.date())
+        return check_in_doubt(digest, prefix, now, doubt)
+    return check_on_mongo(digest, prefix, now)
 
 
 @dataclasses.dataclass(slots=True)
-class _Call:
+class Call:
     """The writer and sequence number of the check script call in flight (a new one after a give-back)."""
 
     writer: str
@@ -92,13 +118,18 @@ class Reply(NamedTuple):
     time: int  # Redis's clock (seconds) when the script read it, else 0: the base of the "u" of a record cached next
 
 
-def _check_on_redis(digest: str, prefix: str, tag: str, now: dt.datetime, call: _Call) -> Usage:
-    """The check script, then what its answer needs: the record loaded on a miss, or a repair when Redis held
-    a value hotcache did not sign. Warm: one script call, nothing else."""
+def _check_on_redis(digest: str, prefix: str, tag: str, now: dt.datetime, call: Call, reply: Reply | None) -> Usage:
+    """The check script (``reply``: the first call's answer when it was sent already), then what its answer needs:
+    the record loaded on a miss, or a repair when Redis held a value hotcache did not sign. Warm: one script call,
+    nothing else."""
     today = now.date()
-    fill, expect = "", b""
+    fill, expect, sent = "", b"", reply
     for _ in range(_ATTEMPTS):
-        reply = run_check(tag, today, now, fill=fill, writer=call.writer, seq=call.seq, expect=expect or None)
+        reply = sent or run_check(tag, today, now, fill=fill, writer=call.writer, seq=call.seq, expect=expect or None)
+        sent = None
+        usage = decided(reply, digest, prefix, tag, now)
+        if usage is not None:
+            return usage
         if "tok" in reply.note:
             signing.tampered(FEATURE, writer_key(tag, call.writer), "held a malformed writer record (dropped)")
         if reply.status in ("miss", "old"):
@@ -130,6 +161,20 @@ def _check_on_redis(digest: str, prefix: str, tag: str, now: dt.datetime, call: 
     return check_on_mongo(digest, prefix, now)
 
 
+_DECIDED = frozenset({"ok", "over", "revoked", "unknown", "expired"})  # statuses a verified reply answers alone
+
+
+def decided(reply: Reply, digest: str, prefix: str, tag: str, now: dt.datetime) -> Usage | None:
+    """What a check script's reply answers by itself (InvalidKey raised for a refused key): the warm path's whole
+    work, the same for check() and the async path. None when it needs more than the reply (a record to load,
+    counters to repair, a value hotcache did not sign, a malformed writer record, today's first use to index):
+    check() goes on with it (resume())."""
+    if reply.status not in _DECIDED or reply.note or reply.first:
+        return None
+    cached = open_meta(tag, reply.meta)
+    return None if cached is None else _decide(reply, cached, digest, prefix, tag, now)
+
+
 def _decide(reply: Reply, cached: Cached, digest: str, prefix: str, tag: str, now: dt.datetime) -> Usage:
     """The Usage of a script answer whose cached value verified."""
     if cached.kind != "key":
@@ -143,7 +188,7 @@ def _decide(reply: Reply, cached: Cached, digest: str, prefix: str, tag: str, no
     return usage_result(reply.status == "ok", cached.key_id, cached.owner, reply.used, cached.limit, now)
 
 
-def _give_back(call: _Call, tag: str, day: dt.date) -> bool:
+def _give_back(call: Call, tag: str, day: dt.date) -> bool:
     """Take back the use a check script counted under a forged record: settled like a refused lost check.
 
     Registered as a doubt first, so a failure here leaves it to be settled before this process's next check;
@@ -172,6 +217,14 @@ def run_check(
     """One call of the check script (``fill``: a value to cache first, '' on the warm path)."""
     writer = writer or recovery.writer()
     seq = seq if seq is not None else _recovery.next_seq()
+    keys, args = script_call(tag, today, now, fill, writer, seq, expect)
+    return reply_of(redis_backend.call(FEATURE, lambda r: _CHECK(r, keys, args)))
+
+
+def script_call(
+    tag: str, today: dt.date, now: dt.datetime, fill: str, writer: str, seq: int, expect: bytes | None
+) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of one check script call (run_check's; the async path's warm call)."""
     ttl = int(hotcache_settings.APIKEY_CACHE_TTL)
     if fill.endswith(".unknown"):
         ttl = int(hotcache_settings.APIKEY_INVALID_CACHE_TTL)
@@ -179,7 +232,12 @@ def run_check(
     if expect is not None:
         args.append(expect)
     keys = [meta_key(tag), count_key(tag, today), writer_key(tag, writer), base_key(tag, today), use_key(tag, today)]
-    status, used, meta, first, note, redis_now = redis_backend.call(FEATURE, lambda r: _CHECK(r, keys, args))
+    return keys, args
+
+
+def reply_of(raw: Any) -> Reply:
+    """The check script's raw reply, typed."""
+    status, used, meta, first, note, redis_now = raw
     return Reply(
         text(status),
         int(used),

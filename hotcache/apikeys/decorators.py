@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from hotcache import clock, metering
+from hotcache.apikeys._acheck import acheck
 from hotcache.apikeys._hot import check
-from hotcache.apikeys._results import FEATURE, InvalidKey
+from hotcache.apikeys._results import FEATURE, InvalidKey, Usage
 from hotcache.apikeys.headers import key_from_request
 from hotcache.conf import hotcache_settings
 from hotcache.exceptions import BackendUnavailable
@@ -36,16 +37,40 @@ def _authorize(request: Any) -> Any:
     """None when the request may proceed (request.api_key set), else the 401/429/503 response."""
     raw = key_from_request(request)
     if raw is None or raw == "":
-        metering.event(FEATURE, "invalid")
-        return _json(401, {"error": "api_key_required"}, {"WWW-Authenticate": "Api-Key"})
+        return _no_key()
     try:
-        result = check(raw)
-    except InvalidKey:
+        return _answer(request, check(raw))
+    except (InvalidKey, BackendUnavailable) as exc:
+        return _refused(exc)
+
+
+async def _aauthorize(request: Any) -> Any:
+    """_authorize() awaited: the warm check on the event loop (acheck), the same answers."""
+    raw = key_from_request(request)
+    if raw is None or raw == "":
+        return _no_key()
+    try:
+        return _answer(request, await acheck(raw))
+    except (InvalidKey, BackendUnavailable) as exc:
+        return _refused(exc)
+
+
+def _no_key() -> Any:
+    metering.event(FEATURE, "invalid")
+    return _json(401, {"error": "api_key_required"}, {"WWW-Authenticate": "Api-Key"})
+
+
+def _refused(exc: InvalidKey | BackendUnavailable) -> Any:
+    """The 401 of an invalid key, or the 503 when both stores are down (fail closed)."""
+    if isinstance(exc, InvalidKey):
         return _json(401, {"error": "invalid_api_key"}, {"WWW-Authenticate": "Api-Key"})
-    except BackendUnavailable:
-        retry = max(1, math.ceil(float(hotcache_settings.HEALTH_COOLDOWN)))
-        log.error("hotcache apikeys: redis and mongodb unavailable; request refused (fail closed)")
-        return _json(503, {"error": "api_keys_unavailable"}, {"Retry-After": str(retry)})
+    retry = max(1, math.ceil(float(hotcache_settings.HEALTH_COOLDOWN)))
+    log.error("hotcache apikeys: redis and mongodb unavailable; request refused (fail closed)")
+    return _json(503, {"error": "api_keys_unavailable"}, {"Retry-After": str(retry)})
+
+
+def _answer(request: Any, result: Usage) -> Any:
+    """None when the checked key may proceed (request.api_key set either way), else the 429 response."""
     request.api_key = result
     if not result.allowed:
         retry = max(1, math.ceil((result.reset_at - clock.utcnow()).total_seconds()))
@@ -58,16 +83,16 @@ def _authorize(request: Any) -> Any:
 
 
 def require_api_key(view: Callable[..., Any]) -> Callable[..., Any]:
-    """View decorator (sync and async): 401 without a valid key, 429 over the daily limit; sets request.api_key."""
+    """View decorator (sync and async): 401 without a valid key, 429 over the daily limit; sets request.api_key.
+
+    On an async view under ASGI the warm check runs on the event loop, no thread hop (see _acheck)."""
     from asgiref.sync import iscoroutinefunction
 
     if iscoroutinefunction(view):
 
         @functools.wraps(view)
         async def async_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
-            from asgiref.sync import sync_to_async
-
-            denied = await sync_to_async(_authorize, thread_sensitive=False)(request)
+            denied = await _aauthorize(request)
             if denied is not None:
                 return denied
             return await view(request, *args, **kwargs)
