@@ -88,6 +88,11 @@ DEFAULTS: dict[str, Any] = {
     # the limit saves connections, it never turns a slow MongoDB into failures. As long as a call may wait for
     # a pooled connection (MONGO_WAIT_QUEUE_TIMEOUT_MS's default): shorter opens connections on every stall.
     "MONGO_HEALTHY_WAIT_MS": 2000,
+    # Of those, at most this many at once (per process): a call past MONGO_HEALTHY_WAIT_MS that finds
+    # MONGO_HEALTHY_POOL_SIZE + MONGO_HEALTHY_MAX_OVERFLOW calls in flight waits MONGO_WAIT_QUEUE_TIMEOUT_MS
+    # more, as for a pooled connection, then fails (MongoUnavailable): a stalled MongoDB with Redis healthy
+    # costs each process at most this many extra connections. No cap of its own while the gate is open.
+    "MONGO_HEALTHY_MAX_OVERFLOW": 2,
     # pymongo maxIdleTimeMS: a pooled connection idle this long is closed, so an outage's extra connections
     # are shed after Redis recovers. 0 = never (pymongo's default). A maxIdleTimeMS in MONGO_URL wins.
     "MONGO_MAX_IDLE_TIME_MS": 60_000,

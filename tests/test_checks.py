@@ -70,17 +70,23 @@ def test_unknown_server_monitoring_mode_is_e009_naming_the_setting(hotcache_conf
     assert e009 and "MONGO_SERVER_MONITORING_MODE" in e009[0].msg and "'poll'" in e009[0].hint
 
 
+_HEALTHY_POOL_CHECKS = [("MONGO_HEALTHY_POOL_SIZE", "hotcache.E150"), ("MONGO_HEALTHY_MAX_OVERFLOW", "hotcache.E151")]
+
+
+@pytest.mark.parametrize(("name", "check_id"), _HEALTHY_POOL_CHECKS)
 @pytest.mark.parametrize("size", [-1, 11, 1.5, True, "1", None])
-def test_healthy_pool_size_outside_0_to_the_max_pool_size_is_e150(hotcache_config, size):
-    hotcache_config(MONGO_HEALTHY_POOL_SIZE=size)
-    e150 = [m for m in check_foundation() if m.id == "hotcache.E150"]
-    assert e150 and "MONGO_HEALTHY_POOL_SIZE" in e150[0].msg and "(10)" in e150[0].msg
+def test_healthy_pool_size_or_overflow_outside_0_to_the_max_pool_size_is_e150_e151(hotcache_config, name, check_id,
+                                                                                    size):
+    hotcache_config(**{name: size})
+    errors = [m for m in check_foundation() if m.id == check_id]
+    assert errors and name in errors[0].msg and "(10)" in errors[0].msg
 
 
+@pytest.mark.parametrize(("name", "check_id"), _HEALTHY_POOL_CHECKS)
 @pytest.mark.parametrize("size", [0, 1, 10])
-def test_healthy_pool_size_from_0_to_the_max_pool_size_is_accepted(hotcache_config, size):
-    hotcache_config(MONGO_HEALTHY_POOL_SIZE=size)
-    assert "hotcache.E150" not in ids()
+def test_healthy_pool_size_or_overflow_from_0_to_the_max_pool_size_is_accepted(hotcache_config, name, check_id, size):
+    hotcache_config(**{name: size})
+    assert check_id not in ids()
 
 
 @pytest.mark.parametrize("name", ["MONGO_HEALTHY_WAIT_MS", "MONGO_MAX_IDLE_TIME_MS"])

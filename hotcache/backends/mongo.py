@@ -8,8 +8,9 @@
   connections are shed after it, and a ConnectionPoolListener counting open, checked-out, peak and
   failed check-outs, and which call site opened each connection (connection_origins()).
   While Redis is healthy (its health gate closed) at most MONGO_HEALTHY_POOL_SIZE calls of the process
-  run at once (the healthy lane), so the pool stays at that size; while the gate is open the fallbacks
-  get the whole pool (docs/operations/mongodb.md, "The pool while Redis is healthy").
+  run at once (the healthy lane), so the pool stays at that size (MONGO_HEALTHY_MAX_OVERFLOW more when
+  MongoDB is slow); while the gate is open the fallbacks get the whole pool (docs/operations/mongodb.md,
+  "The pool while Redis is healthy").
 * ``mongomock://<database>``: mongomock in this process (tests, the embedded default). It keeps
   no data across processes, ignores pool options and fires no pool events; calls to it are
   serialised because it is not thread-safe.
@@ -55,6 +56,7 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
+    WaitQueueTimeoutError,
     WriteConcernError,
     WriteError,
 )
@@ -103,6 +105,7 @@ class PoolStats:
     max_pool_size: int = 0
     lane_waits: int = 0  # calls that waited for the healthy lane (MONGO_HEALTHY_POOL_SIZE) while Redis was healthy
     lane_overflows: int = 0  # of those, calls that waited MONGO_HEALTHY_WAIT_MS and went ahead on the full pool
+    lane_refusals: int = 0  # of those, calls failed with MONGO_HEALTHY_POOL_SIZE + MONGO_HEALTHY_MAX_OVERFLOW in flight
     lane_wait_ms: int = 0  # time those calls spent waiting, in all (milliseconds)
     monitored: bool = True  # False for the stand-in, which has no pool
 
@@ -369,8 +372,11 @@ class _Lane:
     pymongo's pool opens a connection only when a call finds none idle and reuses the most recently used one,
     so with at most N calls in flight the pool holds at most N connections. Waiting calls go first come,
     first served (a new call never overtakes one already waiting); a waiting call re-reads the gate every
-    50 ms (an outage starting lets the waiters go at once) and goes ahead after MONGO_HEALTHY_WAIT_MS (an
-    overflow, counted): the healthy limit saves connections, it is not a brake."""
+    50 ms (an outage starting lets the waiters go at once). After MONGO_HEALTHY_WAIT_MS a call may go ahead
+    (an overflow, counted) while fewer than MONGO_HEALTHY_POOL_SIZE + MONGO_HEALTHY_MAX_OVERFLOW calls are in
+    flight; past that cap it waits like a call for a pooled connection, MONGO_WAIT_QUEUE_TIMEOUT_MS more, and
+    then fails as pymongo's wait queue does (counted as a refusal): a stalled MongoDB must not make every
+    process open connections while Redis is healthy. A thread already holding the lane is not queued again."""
 
     _RECHECK = 0.05
 
@@ -382,6 +388,7 @@ class _Lane:
         self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[object] = collections.deque()
         self.in_flight = 0
+        _calling.in_lane = False
 
     @staticmethod
     def limit() -> int:
@@ -391,33 +398,53 @@ class _Lane:
         return max(0, int(hotcache_settings.MONGO_HEALTHY_POOL_SIZE))
 
     def enter(self, stats: PoolStats) -> bool:
-        """Admit one call, waiting while the limit is reached; False if no limit applies (nothing to leave)."""
+        """Admit one call, waiting while the limit is reached; False if no limit applies (nothing to leave).
+        Raises pymongo's WaitQueueTimeoutError (MongoUnavailable to the caller) if the overflow cap stayed full."""
+        if getattr(_calling, "in_lane", False):
+            return False  # a call made while this thread holds the lane must not queue behind itself
         limit = self.limit()
         if limit <= 0:
             return False
         with self._cond:
             if self.in_flight >= limit or self._queue:
-                stats.lane_waits += 1
-                started = time.monotonic()
-                deadline = started + int(hotcache_settings.MONGO_HEALTHY_WAIT_MS) / 1000
-                ticket = object()
-                self._queue.append(ticket)
-                try:
-                    while limit > 0 and (self._queue[0] is not ticket or self.in_flight >= limit):
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            stats.lane_overflows += 1
-                            break
-                        self._cond.wait(min(remaining, self._RECHECK))
-                        limit = self.limit()
-                finally:
-                    self._queue.remove(ticket)
-                    self._cond.notify_all()  # the next in line may go now
-                stats.lane_wait_ms += round((time.monotonic() - started) * 1000)
+                self._wait(limit, stats)
             self.in_flight += 1
+        _calling.in_lane = True
         return True
 
+    def _wait(self, limit: int, stats: PoolStats) -> None:
+        """Wait in line (the condition held) until this call may go ahead; see the class docstring."""
+        stats.lane_waits += 1
+        started = time.monotonic()
+        overflow_at = started + int(hotcache_settings.MONGO_HEALTHY_WAIT_MS) / 1000
+        give_up_at = overflow_at + int(hotcache_settings.MONGO_WAIT_QUEUE_TIMEOUT_MS) / 1000
+        ticket = object()
+        self._queue.append(ticket)
+        try:
+            while limit > 0:
+                now = time.monotonic()
+                late = now >= overflow_at
+                room = limit + (max(0, int(hotcache_settings.MONGO_HEALTHY_MAX_OVERFLOW)) if late else 0)
+                if self._queue[0] is ticket and self.in_flight < room:
+                    stats.lane_overflows += 1 if late else 0  # went ahead after its healthy wait
+                    break
+                if now >= give_up_at:
+                    stats.lane_refusals += 1
+                    msg = (
+                        f"waited {round((now - started) * 1000)} ms for the healthy limit: "
+                        f"MONGO_HEALTHY_POOL_SIZE + MONGO_HEALTHY_MAX_OVERFLOW ({room}) calls of this process "
+                        "in flight while Redis is healthy (MongoDB slow or stalled)"
+                    )
+                    raise WaitQueueTimeoutError(msg)
+                self._cond.wait(min((give_up_at if late else overflow_at) - now, self._RECHECK))
+                limit = self.limit()
+        finally:
+            self._queue.remove(ticket)
+            self._cond.notify_all()  # the next in line may go now
+            stats.lane_wait_ms += round((time.monotonic() - started) * 1000)
+
     def leave(self) -> None:
+        _calling.in_lane = False
         with self._cond:
             self.in_flight -= 1
             self._cond.notify_all()

@@ -18,6 +18,7 @@ from hotcache.checks._common import (
 from hotcache.checks._common import (
     is_number,
     number_setting_errors,
+    range_errors,
 )
 from hotcache.checks._common import (
     setting as _setting,
@@ -108,6 +109,7 @@ def check_foundation(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     )
     errors += number_setting_errors(("MONGO_HEALTHY_WAIT_MS", "MONGO_MAX_IDLE_TIME_MS"), integer=True, allow_zero=True)
     errors += _healthy_pool_errors()
+    errors += _overflow_cap_errors()
     monitoring = hotcache_settings.MONGO_SERVER_MONITORING_MODE
     if monitoring not in MONGO_MONITORING_MODES:
         errors.append(
@@ -197,6 +199,20 @@ def _healthy_pool_errors() -> list[CheckMessage]:
             id="hotcache.E150",
         )
     ]
+
+
+def _overflow_cap_errors() -> list[CheckMessage]:
+    """hotcache.E151: MONGO_HEALTHY_MAX_OVERFLOW is a whole number from 0 to MONGO_MAX_POOL_SIZE."""
+    top = hotcache_settings.MONGO_MAX_POOL_SIZE
+    return range_errors(
+        "MONGO_HEALTHY_MAX_OVERFLOW", 0, top if is_number(top, integer=True) else float("inf"),
+        f"is not a whole number from 0 to MONGO_MAX_POOL_SIZE ({top!r}).",
+        hint="It is how many more MongoDB calls a process may run at once while Redis is healthy once calls have "
+        "waited MONGO_HEALTHY_WAIT_MS (default 2: a stalled MongoDB costs each process at most 2 more connections); "
+        "calls beyond it wait MONGO_WAIT_QUEUE_TIMEOUT_MS more and then fail as MongoDB unavailable. 0: never more "
+        "than MONGO_HEALTHY_POOL_SIZE.",
+        check_id="hotcache.E151",
+    )
 
 
 # Names users reach for by habit (other libraries, environment variables) and the setting they mean.

@@ -387,7 +387,8 @@ def _mongo(warn: float, published_pools: dict[str, dict[str, Any]]) -> MongoConn
         f"peak {pool.peak_open} open, {pool.checked_out} checked out (peak {pool.peak_checked_out}), "
         f"{pool.failed_checkouts} failed check-outs"
         + (f"; {pool.lane_waits} calls waited for the healthy limit (MONGO_HEALTHY_POOL_SIZE), "
-           f"{pool.lane_wait_ms} ms in all, {pool.lane_overflows} went ahead" if pool.lane_waits else "")
+           f"{pool.lane_wait_ms} ms in all, {pool.lane_overflows} went ahead, {pool.lane_refusals} failed with "
+           "MONGO_HEALTHY_MAX_OVERFLOW reached" if pool.lane_waits else "")
         if pool.monitored
         else "not monitored (the in-process stand-in has no pool)"
     )

@@ -83,6 +83,7 @@ class ArmResult:
     origins: dict[str, int] = field(default_factory=dict)  # call site -> pooled connections opened (all workers)
     lane_waits: int = 0  # MongoDB calls that waited for the healthy lane (MONGO_HEALTHY_POOL_SIZE)
     lane_overflows: int = 0  # of those, calls that went ahead on the full pool after MONGO_HEALTHY_WAIT_MS
+    lane_refusals: int = 0  # of those, calls failed with MONGO_HEALTHY_MAX_OVERFLOW overflows in flight
     lane_wait_ms: int = 0  # time those calls waited, in all (noisy: a latency)
     statuses: dict[int, int] = field(default_factory=dict)
 
@@ -218,7 +219,8 @@ def _worker(
         conn.send(("ok", {"statuses": dict(statuses), "meters": {k: v for k, v in delta.items() if v},
                           "pool_peak": pool.peak_open if pool else 0, "errors": errors[:5],
                           "origins": mongo.connection_origins(),
-                          "lane": [pool.lane_waits, pool.lane_overflows, pool.lane_wait_ms] if pool else [0, 0, 0]}))
+                          "lane": [pool.lane_waits, pool.lane_overflows, pool.lane_wait_ms, pool.lane_refusals]
+                                   if pool else [0, 0, 0, 0]}))
     except BaseException as exc:  # reported to the parent, which fails the run
         conn.send(("error", f"worker {index}: {type(exc).__name__}: {exc}"))
     finally:
@@ -298,6 +300,7 @@ def _run_arm(
         lane_waits=sum(r["lane"][0] for r in results),
         lane_overflows=sum(r["lane"][1] for r in results),
         lane_wait_ms=sum(r["lane"][2] for r in results),
+        lane_refusals=sum(r["lane"][3] for r in results),
         statuses=dict(sorted(statuses.items())),
     )
 
@@ -338,7 +341,7 @@ def format_table(results: list[ArmResult]) -> str:
     base = results[0] if results and results[0].name == BEFORE else None
     buf = io.StringIO()
     buf.write("| arm | requests | fallbacks | peak connections open | connections opened | pool peaks per worker | "
-              "lane waits / overflows (ms waited) | MongoDB ops / request | "
+              "lane waits / overflows / refusals (ms waited) | MongoDB ops / request | "
               "largest MongoDB shares (ops per 1,000 requests) | peak vs all on MongoDB |\n")
     buf.write("|---|---|---|---|---|---|---|---|---|---|\n")
     for r in results:
@@ -347,7 +350,7 @@ def format_table(results: list[ArmResult]) -> str:
         ratio = f"{100 * r.peak_connections / base.peak_connections:.0f}%" if base and base.peak_connections else "-"
         pools = "/".join(str(n) for n in r.pool_peaks)
         buf.write(f"| {r.name} | {r.requests} | {r.fallbacks} | {r.peak_connections} | {r.opened_connections} | "
-                  f"{pools} | {r.lane_waits} / {r.lane_overflows} ({r.lane_wait_ms}) | "
+                  f"{pools} | {r.lane_waits} / {r.lane_overflows} / {r.lane_refusals} ({r.lane_wait_ms}) | "
                   f"{r.mongo_ops_per_request:.3f} | {top} | {ratio} |\n")
     buf.write("\nWhere the connections opened came from (pooled: pymongo's connection_created, per call site, all "
               "workers; monitoring: the rest, one per process with poll):\n\n")

@@ -61,6 +61,7 @@ def check_connections(samples: int = 5) -> dict[str, Any]:
         "database": mongo.database_name(),
         "max_pool_size": hotcache_settings.MONGO_MAX_POOL_SIZE,
         "healthy_pool_size": hotcache_settings.MONGO_HEALTHY_POOL_SIZE,  # while Redis is healthy
+        "healthy_max_overflow": hotcache_settings.MONGO_HEALTHY_MAX_OVERFLOW,  # more once calls waited, then fail
         "wait_queue_timeout_ms": hotcache_settings.MONGO_WAIT_QUEUE_TIMEOUT_MS,
         "server_selection_timeout_ms": hotcache_settings.MONGO_SERVER_SELECTION_TIMEOUT_MS,
     }
