@@ -622,6 +622,8 @@ def run_script(
 
 async def aclose() -> None:
     """Close this event loop's connections (an ASGI server's shutdown; tests). The next call opens new ones."""
+    global _last
+    _last = (_nothing, None, None)  # client()'s shortcut would hand back the closed client, its slots still held
     held = _clients.pop(asyncio.get_running_loop(), None)
     if held is not None and held[1] is not None:
         await held[1].aclose()
