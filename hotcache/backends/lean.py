@@ -226,15 +226,16 @@ class LeanClient:
 
     def _pack(self, args: tuple[Any, ...]) -> Any:
         packed = self._packed
-        try:
-            found = packed.get(args)
-        except TypeError:  # an unhashable argument: packed for this call only
+        # Looked up only when plain: 1.0 and True equal 1 and hash alike, so they would find 1's packing (and an
+        # unhashable argument is never looked up).
+        if not all(type(a) in _PLAIN for a in args):
             return self._conn.pack_command(*args)
+        found = packed.get(args)
         if found is not None:
             return [found]
         chunks = self._conn.pack_command(*args)
         whole = b"".join(chunks)
-        if len(whole) <= _PACKED_BYTES_MAX and all(type(a) in _PLAIN for a in args):
+        if len(whole) <= _PACKED_BYTES_MAX:
             if len(packed) >= _PACKED_MAX:
                 packed.clear()
             packed[args] = whole
