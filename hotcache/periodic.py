@@ -58,6 +58,9 @@ class PeriodicBuffer(recovery.ProcessLocal, Generic[T]):
     def _renew_locks(self) -> None:
         super()._renew_locks()
         self._write_lock = threading.Lock()
+        # The parent's daemon may have held its wake event's lock at the fork: a forked child has no daemon to
+        # stop, so _forget() sets a new event instead of waiting on that one.
+        self._wake = threading.Event()
 
     def _forget(self) -> None:
         old = getattr(self, "_wake", None)

@@ -225,3 +225,13 @@ def test_the_socket_timeout_is_the_kernels_and_a_stalled_redis_still_times_out_a
         assert proxy.lost == ["stall", "stall"]
     finally:
         proxy.close()
+
+
+def test_a_float_argument_is_never_sent_as_the_equal_int_of_a_command_packed_before(key_prefix, raw_redis):
+    """Commands are kept packed per pool; 1.0 equals 1 (and hashes alike) but packs differently, so a command with it
+    is packed for itself, as the pooled path packs it."""
+    key = f"{key_prefix}:lean:packed-float"
+    redis_backend.lean_call("t", lambda r: r.execute_command("SET", key, 1))
+    redis_backend.lean_call("t", lambda r: r.execute_command("SET", key, 1.0))
+    assert raw_redis.get(key) == b"1.0"
+    raw_redis.delete(key)

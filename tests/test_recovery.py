@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -281,3 +282,47 @@ def test_recent_keeps_the_last_stored_values_up_to_its_bound_and_a_new_process_f
     assert recent.get("a") is None and len(recent) == 1
     recovery.forget_all()
     assert recent.get("c") is None and len(recent) == 0
+
+
+def test_a_forked_child_never_waits_on_the_parents_daemon_wake_event() -> None:
+    """A periodic buffer's daemon takes its wake event's lock as it sleeps and wakes: a fork at that instant copies
+    the lock held, and the child (which has no daemon to stop) must not wait on it while forgetting the buffer."""
+    import select
+    import signal
+
+    from hotcache.periodic import PeriodicBuffer
+
+    class Buffer(PeriodicBuffer[list[str]]):
+        thread_name = "test-periodic"
+        log = logging.getLogger("test")
+        failure_message = "test"
+
+        def interval(self) -> float:
+            return 60.0
+
+        def _empty(self) -> None:
+            self.items: list[str] = []
+
+        def _take(self) -> list[str]:
+            items, self.items = self.items, []
+            return items
+
+        def _write(self, taken: list[str]) -> int:
+            return len(taken)
+
+    buffer = Buffer()
+    read, write = os.pipe()
+    with buffer._wake._cond:  # type: ignore[attr-defined]  # held at the fork, as the daemon holds it in Event.wait
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            os.write(write, b"forgotten")  # reached only once the at-fork hooks returned
+            os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 10)  # a guard against a child stuck in its at-fork hook
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    child = os.read(read, 20) if ready else b""
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child == b"forgotten"

@@ -19,7 +19,8 @@ before the writer goes back to the pool. A later check that takes the writer fin
 runs check_parsed, which settles every doubt (apikey_resolve.lua: counted once, or taken back) before any
 script of its own is sent. So the writer never sends while its doubt is open, the script's sequence rules hold
 as on the sync path, and a lost check is counted exactly once. A task cancelled mid-call (the client went
-away) registers nothing: its script ran once or not at all, and Redis's count is the truth.
+away) registers nothing: its script ran once or not at all, and Redis's count is the truth; its writer is not
+given back (a cancelled hop's worker thread may still be sending under it).
 """
 
 from __future__ import annotations
@@ -55,10 +56,18 @@ async def acheck(raw_key: str) -> Usage:
     writer = pool.pop() if pool else f"{recovery.writer()}:k{next(_numbers)}"
     try:
         if _recovery.owed():  # a doubt (perhaps this writer's) or a replay first: check()'s own order
-            return await aredis.in_thread(check_parsed)(digest, prefix, now)
-        return await _warm(digest, prefix, now, Call(writer, _recovery.next_seq()))
-    finally:
+            usage = await aredis.in_thread(check_parsed)(digest, prefix, now)
+        else:
+            usage = await _warm(digest, prefix, now, Call(writer, _recovery.next_seq()))
+    except asyncio.CancelledError:
+        # Cancelled in a hop, the worker thread goes on sending under this writer: never lent again (a check
+        # under it meanwhile would be a second in flight, its script refused as stale).
+        raise
+    except BaseException:
         pool.append(writer)
+        raise
+    pool.append(writer)
+    return usage
 
 
 async def _warm(digest: str, prefix: str, now: dt.datetime, call: Call) -> Usage:

@@ -328,11 +328,13 @@ class Lean:
 
     def _pack(self, conn: Any, command: Any) -> tuple[list[bytes], int]:
         """``command`` packed by the connection's packer, and whether it is billed; kept when short and plain."""
-        found = self._packed.get(command)
+        # Looked up only when plain: 1.0 and True equal 1 and hash alike, so they would find 1's packing.
+        plain = _KEEP_TYPES.issuperset(map(type, command))  # in C: no generator per call
+        found = self._packed.get(command) if plain else None
         if found is not None:
             return found
         made = ([b"".join(conn.pack_command(*command))], 1 if metering.billable(command[0]) else 0)
-        if len(made[0][0]) <= _KEEP_BYTES and all(type(part) in _KEEP_TYPES for part in command):
+        if plain and len(made[0][0]) <= _KEEP_BYTES:
             if len(self._packed) >= _KEEP_COMMANDS:
                 self._packed.clear()
             self._packed[command] = made
@@ -622,6 +624,8 @@ def run_script(
 
 async def aclose() -> None:
     """Close this event loop's connections (an ASGI server's shutdown; tests). The next call opens new ones."""
+    global _last
+    _last = (_nothing, None, None)  # client()'s shortcut would hand back the closed client, its slots still held
     held = _clients.pop(asyncio.get_running_loop(), None)
     if held is not None and held[1] is not None:
         await held[1].aclose()

@@ -41,7 +41,7 @@ __all__ = ["IDLE_CHECK_SECONDS", "Lean", "LeanClient", "LeanPipeline"]
 IDLE_CHECK_SECONDS = 1.0  # a connection unused this long is checked before use, as the pool checks a checkout
 _PACKED_MAX = 4096  # packed commands kept per client (then the store starts again)
 _PACKED_BYTES_MAX = 1024  # longer commands (payloads) are packed per call and not kept
-_PLAIN = (str, bytes, int)  # argument types kept packed (never a bool or float equal to a kept int)
+_PLAIN = frozenset({str, bytes, int})  # argument types kept packed (never a bool or float equal to a kept int)
 _TIMED_OUT = "Timeout reading from socket"  # redis-py's own message for a read past socket_timeout
 
 
@@ -226,15 +226,16 @@ class LeanClient:
 
     def _pack(self, args: tuple[Any, ...]) -> Any:
         packed = self._packed
-        try:
-            found = packed.get(args)
-        except TypeError:  # an unhashable argument: packed for this call only
+        # Looked up only when plain: 1.0 and True equal 1 and hash alike, so they would find 1's packing (and an
+        # unhashable argument is never looked up).
+        if not _PLAIN.issuperset(map(type, args)):
             return self._conn.pack_command(*args)
+        found = packed.get(args)
         if found is not None:
             return [found]
         chunks = self._conn.pack_command(*args)
         whole = b"".join(chunks)
-        if len(whole) <= _PACKED_BYTES_MAX and all(type(a) in _PLAIN for a in args):
+        if len(whole) <= _PACKED_BYTES_MAX:
             if len(packed) >= _PACKED_MAX:
                 packed.clear()
             packed[args] = whole

@@ -9,6 +9,7 @@ calls in the same order, on a frozen clock, and compares them."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -258,3 +259,59 @@ def test_on_a_redis_cluster_the_whole_check_is_the_sync_one_in_one_hop(cluster_r
     assert seen == sync_seen
     assert counts[1:] == sync_counts[1:]  # the first also opens the worker thread's connection to the key's node
     assert hops == [[CHECK_PARSED]] * 3
+
+
+def test_a_check_cancelled_during_its_hop_never_lends_its_writer_to_the_next(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client went away while a cold check was in its hop: the task is cancelled, the worker thread is not, and
+    goes on sending under the check's writer. That writer is not lent to another check meanwhile (two checks in
+    flight per writer: the thread's script refused as stale and counted on MongoDB)."""
+    from hotcache.apikeys import _acheck
+
+    raw = apikeys.create("alice", daily_limit=10).raw_key
+    entered, release = threading.Event(), threading.Event()
+    outcome: list[Any] = []
+    finished = threading.Semaphore(0)  # released once per check's hop (the second check's first)
+    first = [True]
+    load_record = _hot.load_record
+
+    def held_load(*args: Any) -> Any:
+        if first[0]:
+            first[0] = False
+            entered.set()
+            release.wait()
+        return load_record(*args)
+
+    def recorded_resume(*args: Any) -> Any:
+        try:
+            usage = _hot.resume(*args)
+        except BaseException as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            finished.release()
+        outcome.append(usage)
+        return usage
+
+    monkeypatch.setattr(_hot, "load_record", held_load)
+    monkeypatch.setattr(_acheck, "resume", recorded_resume)
+
+    async def run() -> tuple[Any, Any]:
+        await _open_connection()
+        with count_redis() as count:
+            cancelled = asyncio.ensure_future(_acheck.acheck(raw))
+            await asyncio.to_thread(entered.wait)  # the first check is in its hop, holding its record load
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            second = await _acheck.acheck(raw)
+            release.set()
+            await asyncio.to_thread(lambda: [finished.acquire() for _ in range(2)])  # both hops ran to their end
+        return second, count
+
+    with caplog.at_level("ERROR", logger="hotcache.apikeys"):
+        second, count = serve(run())
+    assert second.allowed and len(outcome) == 2 and getattr(outcome[1], "allowed", False)
+    assert "stale" not in caplog.text
+    assert "apikeys:fallback" not in count.events

@@ -289,3 +289,34 @@ def _kill_named(raw_redis: Any, name: str) -> None:
     for client in raw_redis.client_list():
         if client.get("name") == name:
             raw_redis.execute_command("CLIENT", "KILL", "ID", client["id"])
+
+
+def test_after_aclose_the_next_call_opens_a_new_connection() -> None:
+    """aclose() (an ASGI server's shutdown; tests) closes the loop's connections; the next call on the same loop opens
+    a new one instead of waiting on the closed client for a connection that never comes back."""
+
+    async def run() -> tuple[Any, bool]:
+        first = aredis.client()
+        assert first is not None
+        first._slots = asyncio.Semaphore(1)
+        await aredis.acall("t", lambda r: r.ping())
+        await aredis.aclose()
+        # A guard against a caller left waiting for a connection, not a timing.
+        pong = await asyncio.wait_for(aredis.acall("t", lambda r: r.ping()), 10)
+        return pong, aredis.client() is first
+
+    pong, same = serve(run())
+    assert pong in (True, b"PONG") and not same
+
+
+def test_a_float_or_bool_argument_is_never_sent_as_the_equal_int_of_a_command_packed_before(key_prefix: str) -> None:
+    """Commands are kept packed per loop; 1.0 and True equal 1 (and hash alike) but pack differently, so a command
+    with them is packed for itself, as the sync path packs it."""
+    key = f"{key_prefix}:aio-packed-float"
+
+    async def run() -> Any:
+        await aredis.acall("t", lambda r: r.execute("SET", key, 1))
+        await aredis.acall("t", lambda r: r.execute("SET", key, 1.0))
+        return await aredis.acall("t", lambda r: r.execute("GET", key))
+
+    assert serve(run()) == redis_backend.call("t", lambda r: (r.set(key, 1.0), r.get(key))[1])
