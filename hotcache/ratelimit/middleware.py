@@ -24,7 +24,7 @@ from hotcache.ratelimit.exceptions import Ratelimited
 from hotcache.ratelimit.headers import set_headers
 from hotcache.ratelimit.limits import Decision, Limit
 from hotcache.ratelimit.options import Snapshot, compat_settings
-from hotcache.ratelimit.rules import compiled_rules, limits_for
+from hotcache.ratelimit.rules import limits_for, rules_need_user
 from hotcache.ratelimit.state import LocalState, local_state
 
 __all__ = ["RateLimitMiddleware", "RatelimitMiddleware", "check_request"]
@@ -145,7 +145,7 @@ class RateLimitMiddleware(HybridMiddleware):
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        if hasattr(request, "auser") and any(r.needs_user for r in compiled_rules()):
+        if hasattr(request, "auser") and rules_need_user():
             request.user = await request.auser()  # resolve the user on the event loop, not in the worker
         state = local_state()
         decision = await _acheck(request, state)

@@ -37,6 +37,7 @@ __all__ = [
     "limits_for",
     "rule_errors",
     "rule_warnings",
+    "rules_need_user",
 ]
 
 log = logging.getLogger("hotcache.ratelimit")
@@ -318,6 +319,12 @@ def _compile() -> tuple[CompiledRule, ...]:
 def compiled_rules() -> tuple[CompiledRule, ...]:
     """RATELIMIT_RULES compiled once per HOTCACHE dict; invalid rules are skipped (and logged; see checks)."""
     return hotcache_settings.derived("ratelimit.rules", _compile)
+
+
+def rules_need_user() -> bool:
+    """Whether any rule keys on the user (the async middleware resolves ``request.auser()`` first then); answered
+    once per HOTCACHE dict, not per request."""
+    return hotcache_settings.derived("ratelimit.rules_need_user", lambda: any(r.needs_user for r in compiled_rules()))
 
 
 def limits_for(request: Any, url_names: Callable[[], set[str]]) -> tuple[list[Limit], list[Limit]]:

@@ -161,3 +161,32 @@ def test_lost_reply_is_maybe_applied(rules: Any) -> None:
 
     exc = serve(run())
     assert exc.maybe_applied and not exc.answered
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rule_keyed_on_the_user_counts_each_signed_in_user_apart_under_asgi(rules: Any, settings: Any) -> None:
+    """The async middleware resolves ``request.auser()`` on the loop when a rule keys on the user (answered once
+    per settings, not per request): two users behind one address have a budget each."""
+    from django.contrib.auth import get_user_model
+
+    settings.MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "hotcache.middleware.CachedAuthenticationMiddleware",
+        "hotcache.middleware.RateLimitMiddleware",
+    ]
+    rules({"name": f"per-user-{uuid.uuid4().hex[:6]}", "rate": "2/m", "key": "user"})
+    addr, users = ip(), get_user_model().objects
+    alice = users.create_user(username=f"a{uuid.uuid4().hex[:6]}", password="pw")
+    bob = users.create_user(username=f"b{uuid.uuid4().hex[:6]}", password="pw")
+    clients = []
+    for user in (alice, bob):
+        client = async_client(addr)
+        client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+        clients.append(client)
+
+    async def run() -> tuple[list[int], list[int]]:
+        first = [(await clients[0].get("/async/")).status_code for _ in range(3)]
+        second = [(await clients[1].get("/async/")).status_code for _ in range(2)]
+        return first, second
+
+    assert serve(run()) == ([200, 200, 429], [200, 200])
