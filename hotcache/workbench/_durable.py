@@ -49,7 +49,6 @@ class _Copy:
 
     envelope: _Envelope
     text: str
-    created: bool  # the save created this incarnation: it may replace another one's copy (kept in history)
     ended: bool = False  # end() ended this incarnation at envelope.version: the ended mark, not a copy
 
 
@@ -96,9 +95,7 @@ def _ended_mark(session_id: str, envelope: _Envelope) -> mongo.Update:
     return mongo.Update(flt, {"$set": mark}, upsert=True)
 
 
-def _durable_write(
-    session_id: str, envelope: _Envelope, text: str, *, created: bool = False, ended: bool = False
-) -> None:
+def _durable_write(session_id: str, envelope: _Envelope, text: str, *, ended: bool = False) -> None:
     """Copy one Redis save to workbench_active now: ONE conditional upsert that never replaces a newer version
     (``ended``: the ended mark instead). An id that holds another incarnation's copy takes the path of
     _replace_incarnations (one read, one Redis round trip, one write)."""
@@ -111,7 +108,7 @@ def _durable_write(
             try:
                 _active().update_one(flt, update, upsert=True)
             except DuplicateKey:
-                _replace_incarnations({session_id: _Copy(envelope, text, created)})
+                _replace_incarnations({session_id: _Copy(envelope, text)})
     except DuplicateKey:
         return  # the ended mark is refused: a newer version (or another incarnation) is there
     except BackendUnavailable:
@@ -244,18 +241,16 @@ class DurableWriter(PeriodicBuffer[dict[str, _Copy]]):
         with self._lock:
             return len(self._pending)
 
-    def add(self, session_id: str, envelope: _Envelope, text: str, *, created: bool) -> None:
+    def add(self, session_id: str, envelope: _Envelope, text: str) -> None:
         """Copy this save: now (interval 0), else with the next write (replacing an older pending version)."""
         if _interval() <= 0:
-            _durable_write(session_id, envelope, text, created=created)
+            _durable_write(session_id, envelope, text)
             return
         with self._lock:
             old = self._pending.get(session_id)
-            if old is not None and old.envelope.token == envelope.token:
-                if old.envelope.version >= envelope.version:
-                    return  # a newer save of this incarnation (or its ended mark) is already pending
-                created = created or old.created  # the creation's replaced copy is still owed to history
-            self._pending[session_id] = _Copy(envelope, text, created)
+            if old is not None and old.envelope.token == envelope.token and old.envelope.version >= envelope.version:
+                return  # a newer save of this incarnation (or its ended mark) is already pending
+            self._pending[session_id] = _Copy(envelope, text)
             self._buffered()
 
     def drop(self, session_id: str, envelope: _Envelope) -> None:
@@ -272,7 +267,7 @@ class DurableWriter(PeriodicBuffer[dict[str, _Copy]]):
             old = self._pending.get(session_id)
             if old is not None and old.envelope.token == envelope.token and old.envelope.version > envelope.version:
                 return  # not reached: an incarnation takes no save after its end
-            self._pending[session_id] = _Copy(envelope, "", created=False, ended=True)
+            self._pending[session_id] = _Copy(envelope, "", ended=True)
             self._buffered()
 
     def _write(self, taken: dict[str, _Copy]) -> int:

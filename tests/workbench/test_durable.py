@@ -379,14 +379,38 @@ def _late_copy_of_an_ended_incarnation_over_a_new_one():
     return late, new
 
 
-@pytest.mark.parametrize("created", [False, True], ids=["save", "creation"])
 @pytest.mark.parametrize("path", ["request", "bulk"])
-def test_a_late_copy_of_an_older_incarnation_never_replaces_the_newer_incarnations_copy(path, created):
+def test_a_late_copy_of_an_older_incarnation_never_replaces_the_newer_incarnations_copy(path):
     late, new = _late_copy_of_an_ended_incarnation_over_a_new_one()
-    if path == "request":
-        _durable._durable_write("s1", late, '{"old":2}', created=created)
-    else:
-        _durable._write_copies({"s1": _durable._Copy(late, '{"old":2}', created)})
+    with count_redis() as c:
+        if path == "request":
+            _durable._durable_write("s1", late, '{"old":2}')
+        else:
+            _durable._write_copies({"s1": _durable._Copy(late, '{"old":2}')})
     doc = active("s1")
     assert (doc["token"], doc["version"], doc["state"], doc["owner"]) == (new["token"], 1, '{"new":1}', "bob")
     assert history_ids() == Counter()  # nor is the new session put in history as a replaced copy
+    assert c.round_trips == 1  # Redis is asked which incarnation it holds, off the request path (E11000 only)
+
+
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis-up", "redis-down"])
+def test_a_copy_of_the_incarnation_redis_holds_replaces_another_incarnations_copy(
+    raw_redis, hotcache_config, redis_proxy, redis_up
+):
+    hotcache_config(WORKBENCH_DURABLE_INTERVAL=60)  # copies wait for the writer, flushed explicitly here
+    workbench.save("s1", {"n": 1}, owner="alice")
+    assert _durable.writer.flush() == 1 and active("s1")["owner"] == "alice"
+    raw_redis.delete(_layout._data_key("s1"))  # lost from Redis: its copy stays, live
+    assert workbench.save("s1", {"other": 1}, owner="bob") == 1
+    assert workbench.save("s1", {"other": 2}, expected_version=1) == 2
+    if not redis_up:
+        redis_proxy.down()
+    with count_redis() as c:
+        assert _durable.writer.flush() == 1
+    doc = active("s1")
+    if redis_up:  # Redis holds bob's incarnation: its copy replaces alice's, which goes to history
+        assert (doc["owner"], doc["version"], doc["state"]) == ("bob", 2, '{"other":2}')
+        assert history_ids() == Counter({"s1": 1})
+    else:  # which incarnation is current is unknown: nothing is replaced, the failed copy is counted
+        assert (doc["owner"], doc["version"]) == ("alice", 1)
+        assert c.events["workbench:durable_save_failed"] == 1
