@@ -3,7 +3,10 @@ per session in this process (only the newest version is written) and written in 
 WORKBENCH_DURABLE_INTERVAL by a daemon thread; 0 writes each copy on the request path. An end() in Redis
 queues its session's *ended mark* in the same bulk (0 MongoDB operations on the request path).
 
-Every copy is a version-guarded upsert, so a late, duplicate or out-of-order write never replaces a newer one.
+Every copy is a version-guarded upsert of its own incarnation, so a late, duplicate or out-of-order write never
+replaces a newer one. A copy replaces another incarnation's copy only once Redis confirms that its incarnation is
+the one Redis holds (off the request path, only when the id was reused): a late copy of an ended incarnation never
+replaces the copy of the session created again under its id.
 The ended mark is a version-guarded upsert too: it turns the incarnation's copy into a tombstone at the ended
 version, so a copy another process writes late (saved before the end, written after it) is refused by
 MongoDB whichever lands first. Until the mark lands, the recovery check reads Redis's ended records
@@ -25,10 +28,10 @@ from typing import Any
 from hotcache import clock, metering
 from hotcache.backends import mongo
 from hotcache.conf import hotcache_settings
-from hotcache.exceptions import BackendUnavailable, DuplicateKey
+from hotcache.exceptions import BackendUnavailable, DuplicateKey, RedisUnavailable
 from hotcache.periodic import PeriodicBuffer
 from hotcache.workbench._archive import _copy_record, _write_history
-from hotcache.workbench._envelope import _Envelope, _ts
+from hotcache.workbench._envelope import _Envelope, _open_envelope, _read_envelopes, _ts
 from hotcache.workbench._layout import _REDIS, FEATURE, _active
 
 log = logging.getLogger("hotcache.workbench")
@@ -46,16 +49,16 @@ class _Copy:
 
     envelope: _Envelope
     text: str
-    created: bool  # the save created this incarnation: it may replace another one's copy (kept in history)
     ended: bool = False  # end() ended this incarnation at envelope.version: the ended mark, not a copy
 
 
 def _filter_and_update(session_id: str, envelope: _Envelope, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The upsert of one copy. The filter matches the session's document only if it holds an older version
-    (or a copy of another incarnation, which has left Redis); otherwise the upsert tries to insert on the
-    existing _id and gets E11000: a newer version (or an outage copy) is already there, nothing to do.
-    A copy that replaces another incarnation's ended mark is not ended itself (``ended`` unset), or the new
-    session would be invisible during an outage (as the outage path does over a tombstone, _fallback.py)."""
+    """The upsert of one copy. The filter matches the session's document only if it holds an older version of
+    the same incarnation; otherwise the upsert tries to insert on the existing _id and gets E11000: a newer
+    version, an outage copy or another incarnation's copy is there (the last is replaced only by
+    _replace_incarnations, once Redis confirms this incarnation is the current one). A copy that replaces
+    another incarnation's ended mark is not ended itself (``ended`` unset), or the new session would be
+    invisible during an outage (as the outage path does over a tombstone, _fallback.py)."""
     updated = _ts(envelope.updated)
     doc = {
         "state": text,
@@ -68,8 +71,7 @@ def _filter_and_update(session_id: str, envelope: _Envelope, text: str) -> tuple
         "origin": _REDIS,
         "from_redis": True,
     }
-    version, token = envelope.version, envelope.token
-    flt = {"_id": session_id, "$or": [{"version": {"$lt": version}}, {"token": {"$ne": token}, "origin": _REDIS}]}
+    flt = {"_id": session_id, "token": envelope.token, "version": {"$lt": envelope.version}}
     return flt, {"$set": doc, "$unset": {"ended": ""}}
 
 
@@ -93,44 +95,36 @@ def _ended_mark(session_id: str, envelope: _Envelope) -> mongo.Update:
     return mongo.Update(flt, {"$set": mark}, upsert=True)
 
 
-def _durable_write(
-    session_id: str, envelope: _Envelope, text: str, *, created: bool = False, ended: bool = False
-) -> None:
+def _durable_write(session_id: str, envelope: _Envelope, text: str, *, ended: bool = False) -> None:
     """Copy one Redis save to workbench_active now: ONE conditional upsert that never replaces a newer version
-    (``ended``: the ended mark instead).
-
-    A save that ``created`` the session gets a replaced copy of another incarnation back (same single
-    operation) and keeps it in history.
-    """
+    (``ended``: the ended mark instead). An id that holds another incarnation's copy takes the path of
+    _replace_incarnations (one read, one Redis round trip, one write)."""
     flt, update = _filter_and_update(session_id, envelope, text)
     try:
         if ended:
-            before = None
             mark = _ended_mark(session_id, envelope)
             _active().update_one(mark.filter, mark.update, upsert=True)
-        elif created:
-            before = _active().find_one_and_update(flt, update, upsert=True, return_new=False)
         else:
-            before = None
-            _active().update_one(flt, update, upsert=True)
+            try:
+                _active().update_one(flt, update, upsert=True)
+            except DuplicateKey:
+                _replace_incarnations({session_id: _Copy(envelope, text)})
     except DuplicateKey:
-        return  # a newer version is already there
+        return  # the ended mark is refused: a newer version (or another incarnation) is there
     except BackendUnavailable:
         _failed(1)
         return
     _succeeded()
-    if before is not None and before.get("token") != envelope.token and not before.get("ended"):
-        _keep_replaced(session_id, before)
 
 
 def _write_copies(copies: Mapping[str, _Copy]) -> None:
-    """Write pending copies and ended marks in ONE unordered bulk (E11000 rows: a newer version, or the ended
-    mark, is already there).
+    """Write pending copies and ended marks in ONE unordered bulk (E11000 rows: a newer version, the ended
+    mark, or another incarnation's copy is already there).
 
-    A creation's row inserts only where the id holds no document; an id that holds one (E11000 on that row:
-    another incarnation's copy, which left Redis, or a newer copy of this one) takes one read and one more
-    bulk for those rows only: a replaced incarnation's copy is kept in history as abandoned, as a lone
-    creation's upsert does. So a flush is ONE MongoDB operation unless an id is reused.
+    Each copy's row writes only its own incarnation (an older version of it, or an id with no document); a copy
+    row that meets E11000 (a newer version of it, or another incarnation's copy) takes the path of
+    _replace_incarnations for those rows only. So a flush is ONE MongoDB operation unless an id is reused (or
+    two processes' copies of one session cross).
     """
     items = list(copies.items())
     try:
@@ -138,17 +132,13 @@ def _write_copies(copies: Mapping[str, _Copy]) -> None:
         for sid, c in items:
             if c.ended:
                 ops.append(_ended_mark(sid, c.envelope))
-            elif c.created:
-                _, update = _filter_and_update(sid, c.envelope, c.text)
-                only_new = {"_id": sid, "token": c.envelope.token, "version": {"$lt": c.envelope.version}}
-                ops.append(mongo.Update(only_new, update, upsert=True))
             else:
                 flt, update = _filter_and_update(sid, c.envelope, c.text)
                 ops.append(mongo.Update(flt, update, upsert=True))
         done = _active().bulk(ops)
-        reused = {items[i][0]: items[i][1] for i in done.duplicates if items[i][1].created and not items[i][1].ended}
-        if reused:
-            _replace_incarnations(reused)
+        refused = {items[i][0]: items[i][1] for i in done.duplicates if not items[i][1].ended}
+        if refused:
+            _replace_incarnations(refused)
     except BackendUnavailable:
         _failed(len(copies))
         return
@@ -156,16 +146,48 @@ def _write_copies(copies: Mapping[str, _Copy]) -> None:
 
 
 def _replace_incarnations(copies: Mapping[str, _Copy]) -> None:
-    """Creations whose id holds a document: the copies they replace (another incarnation's, which left Redis)
-    go to history as abandoned, then the creations are written with the usual guard (one read, one bulk)."""
-    for doc in _active().find({"_id": {"$in": list(copies)}, "origin": _REDIS}):
-        if doc.get("token") != copies[doc["_id"]].envelope.token and not doc.get("ended"):
-            _keep_replaced(doc["_id"], doc)
+    """Copies whose id holds a document they may not replace by version: one read of those documents. Another
+    incarnation's copy is replaced only if Redis holds this copy's incarnation (one round trip): that one is
+    then the newest, the other left Redis (ended, lost or replaced). A late copy of an incarnation that left
+    Redis (a save written after its end, with the session created again since) is refused, whatever the
+    versions, so it never replaces the newer incarnation's copy. The write is conditional on the document read
+    (token and version), so an incarnation created and copied in between is never replaced either. The
+    replaced copy, if not an ended mark, goes to history as abandoned (it left Redis). Redis unreachable: not
+    written (counted as a failed durable save; the session is still in Redis)."""
+    docs = {d["_id"]: d for d in _active().find({"_id": {"$in": list(copies)}})}
+    others = {
+        sid: doc
+        for sid, doc in docs.items()
+        if doc.get("token") != copies[sid].envelope.token and doc.get("origin") == _REDIS
+    }
+    current = _redis_tokens(list(others)) if others else {}
     ops = []
     for sid, c in copies.items():
         flt, update = _filter_and_update(sid, c.envelope, c.text)
-        ops.append(mongo.Update(flt, update, upsert=True))
+        if sid not in docs:  # removed since (the persister): this incarnation's row again
+            ops.append(mongo.Update(flt, update, upsert=True))
+            continue
+        doc = others.get(sid)
+        if doc is None or current.get(sid) != c.envelope.token:
+            continue  # a newer version of it, an outage copy, or a late copy of an incarnation that left Redis
+        if not doc.get("ended"):
+            _keep_replaced(sid, doc)
+        token = doc.get("token")
+        read = {"_id": sid, "token": token if token is not None else {"$exists": False}, "version": doc["version"]}
+        ops.append(mongo.Update(read, update, upsert=True))
     _active().bulk(ops)
+
+
+def _redis_tokens(session_ids: list[str]) -> dict[str, str]:
+    """The incarnation token Redis holds for each session that has a verified envelope there (one round trip).
+    Redis unreachable: none, and those copies are counted as failed."""
+    try:
+        observed = _read_envelopes(session_ids)
+    except RedisUnavailable:
+        _failed(len(session_ids))
+        return {}
+    envelopes = (_open_envelope(sid, raw) for sid, raw in zip(session_ids, observed, strict=True))
+    return {sid: e.token for sid, e in zip(session_ids, envelopes, strict=True) if e is not None}
 
 
 def _failed(n: int) -> None:
@@ -219,18 +241,16 @@ class DurableWriter(PeriodicBuffer[dict[str, _Copy]]):
         with self._lock:
             return len(self._pending)
 
-    def add(self, session_id: str, envelope: _Envelope, text: str, *, created: bool) -> None:
+    def add(self, session_id: str, envelope: _Envelope, text: str) -> None:
         """Copy this save: now (interval 0), else with the next write (replacing an older pending version)."""
         if _interval() <= 0:
-            _durable_write(session_id, envelope, text, created=created)
+            _durable_write(session_id, envelope, text)
             return
         with self._lock:
             old = self._pending.get(session_id)
-            if old is not None and old.envelope.token == envelope.token:
-                if old.envelope.version >= envelope.version:
-                    return  # a newer save of this incarnation (or its ended mark) is already pending
-                created = created or old.created  # the creation's replaced copy is still owed to history
-            self._pending[session_id] = _Copy(envelope, text, created)
+            if old is not None and old.envelope.token == envelope.token and old.envelope.version >= envelope.version:
+                return  # a newer save of this incarnation (or its ended mark) is already pending
+            self._pending[session_id] = _Copy(envelope, text)
             self._buffered()
 
     def drop(self, session_id: str, envelope: _Envelope) -> None:
@@ -247,7 +267,7 @@ class DurableWriter(PeriodicBuffer[dict[str, _Copy]]):
             old = self._pending.get(session_id)
             if old is not None and old.envelope.token == envelope.token and old.envelope.version > envelope.version:
                 return  # not reached: an incarnation takes no save after its end
-            self._pending[session_id] = _Copy(envelope, "", created=False, ended=True)
+            self._pending[session_id] = _Copy(envelope, "", ended=True)
             self._buffered()
 
     def _write(self, taken: dict[str, _Copy]) -> int:

@@ -197,7 +197,7 @@ def _redis_save(
         if written is not None:
             _remember(session_id, written)
             if hotcache_settings.WORKBENCH_DURABLE_SAVES:
-                writer.add(session_id, written, text, created=status == 2)
+                writer.add(session_id, written, text)
             return written.version
         observed = _observed(out[1])
         current = _open_envelope(session_id, observed)

@@ -364,3 +364,53 @@ def test_a_retyped_ended_record_breaks_neither_end_nor_the_recovery_check(raw_re
         session = workbench.load("s2")  # no exception, no fallback: the record is absent, as if deleted
     assert c.events["workbench:tampered"] == 1 and c.events["workbench:fallback"] == 0
     assert session is not None and session.version == 1  # the documented limit of a Redis writer (deletion)
+
+
+def _late_copy_of_an_ended_incarnation_over_a_new_one():
+    """The session ended and was created again under the same id; a copy of the OLD incarnation (a save another
+    process made before the end, and had not written yet) is still to land, and the new session's copy is in."""
+    workbench.save("s1", {"old": 1}, owner="alice")
+    workbench.save("s1", {"old": 2})
+    late = _envelope._recall("s1")  # v2 of the old incarnation, higher than the new session's v1
+    assert workbench.end("s1")
+    assert workbench.save("s1", {"new": 1}, owner="bob") == 1
+    new = active("s1")
+    assert (new["token"], new["version"]) != (late.token, late.version) and not new.get("ended")
+    return late, new
+
+
+@pytest.mark.parametrize("path", ["request", "bulk"])
+def test_a_late_copy_of_an_older_incarnation_never_replaces_the_newer_incarnations_copy(path):
+    late, new = _late_copy_of_an_ended_incarnation_over_a_new_one()
+    with count_redis() as c:
+        if path == "request":
+            _durable._durable_write("s1", late, '{"old":2}')
+        else:
+            _durable._write_copies({"s1": _durable._Copy(late, '{"old":2}')})
+    doc = active("s1")
+    assert (doc["token"], doc["version"], doc["state"], doc["owner"]) == (new["token"], 1, '{"new":1}', "bob")
+    assert history_ids() == Counter()  # nor is the new session put in history as a replaced copy
+    assert c.round_trips == 1  # Redis is asked which incarnation it holds, off the request path (E11000 only)
+
+
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis-up", "redis-down"])
+def test_a_copy_of_the_incarnation_redis_holds_replaces_another_incarnations_copy(
+    raw_redis, hotcache_config, redis_proxy, redis_up
+):
+    hotcache_config(WORKBENCH_DURABLE_INTERVAL=60)  # copies wait for the writer, flushed explicitly here
+    workbench.save("s1", {"n": 1}, owner="alice")
+    assert _durable.writer.flush() == 1 and active("s1")["owner"] == "alice"
+    raw_redis.delete(_layout._data_key("s1"))  # lost from Redis: its copy stays, live
+    assert workbench.save("s1", {"other": 1}, owner="bob") == 1
+    assert workbench.save("s1", {"other": 2}, expected_version=1) == 2
+    if not redis_up:
+        redis_proxy.down()
+    with count_redis() as c:
+        assert _durable.writer.flush() == 1
+    doc = active("s1")
+    if redis_up:  # Redis holds bob's incarnation: its copy replaces alice's, which goes to history
+        assert (doc["owner"], doc["version"], doc["state"]) == ("bob", 2, '{"other":2}')
+        assert history_ids() == Counter({"s1": 1})
+    else:  # which incarnation is current is unknown: nothing is replaced, the failed copy is counted
+        assert (doc["owner"], doc["version"]) == ("alice", 1)
+        assert c.events["workbench:durable_save_failed"] == 1

@@ -107,7 +107,7 @@ def test_a_late_write_of_an_older_version_changes_nothing():
     stale = _envelope._recall("s1")
     workbench.save("s1", {"n": 3})
     workbench.flush_durable()
-    writer.add("s1", stale, '{"n":2}', created=False)
+    writer.add("s1", stale, '{"n":2}')
     workbench.flush_durable()
     assert older.version == 2 and (active("s1")["version"], active("s1")["state"]) == (3, '{"n":3}')
 

@@ -105,3 +105,56 @@ def test_a_save_and_an_end_in_two_processes_within_one_interval_never_resurrect_
     assert active.find_one({"_id": SID}) is None
     assert workbench.load(SID) is None and workbench.persist().persisted == 0
     assert Counter(h["session_id"] for h in real_mongo.db()[workbench.HISTORY].find({})) == Counter({SID: 1})
+
+
+CREATOR = 2
+
+
+def _reuse_steps(index, barrier, order):
+    """A saved the session and has not written its copy; B ends it; C creates a new session under the same id
+    and writes its copy; only then does A's copy of the OLD session land (and B's mark, if B flushes late)."""
+    # 1. A saves v2 of the old session (its copy pending in A).
+    if index == SAVER:
+        assert workbench.save(SID, {"old": 2}, expected_version=1) == 2 and len(writer) == 1
+    barrier.wait()
+    # 2. B ends it in Redis; its ended mark lands now or after everything else.
+    if index == ENDER:
+        assert workbench.end(SID) is True
+        if order == "mark-first":
+            workbench.flush_durable()
+    barrier.wait()
+    # 3. C creates a new session under the id, and its copy lands.
+    if index == CREATOR:
+        assert workbench.save(SID, {"new": 1}, owner="carol") == 1
+        assert workbench.flush_durable() == 1
+    barrier.wait()
+    # 4. A's late copy of the old session's v2 (a higher version than the new session's v1).
+    if index == SAVER:
+        assert workbench.flush_durable() == 1
+    barrier.wait()
+    # 5. B's mark, if it was late.
+    if index == ENDER and order == "mark-late":
+        assert workbench.flush_durable() == 1
+    barrier.wait()
+    return workbench.load(SID)
+
+
+@pytest.mark.parametrize("order", ["mark-first", "mark-late"])
+def test_a_late_copy_of_the_ended_session_never_replaces_the_copy_of_the_one_created_again(
+    real_mongo, raw_redis, redis_proxy, order
+):
+    assert workbench.save(SID, {"n": 1}, owner="team") == 1
+    workbench.flush_durable()
+    active = real_mongo.db()[workbench.ACTIVE]
+
+    loaded = race(3, _reuse_steps, order)
+
+    assert [(s.state, s.owner) for s in loaded] == [({"new": 1}, "carol")] * 3
+    doc = active.find_one({"_id": SID})
+    assert (doc["state"], doc["owner"], doc["version"], doc.get("ended")) == ('{"new":1}', "carol", 1, None)
+    # During a Redis outage the copy serves the new session, not the ended one.
+    new_process()
+    redis_proxy.down()
+    during = workbench.load(SID)
+    assert (during.state, during.owner) == ({"new": 1}, "carol")
+    redis_proxy.up()
