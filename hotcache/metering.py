@@ -26,7 +26,7 @@ import functools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +38,7 @@ __all__ = [
     "MeterRead",
     "Store",
     "billable",
+    "command_sent",
     "current_feature",
     "event",
     "events",
@@ -46,6 +47,7 @@ __all__ = [
     "flush",
     "meter",
     "mongo_op",
+    "pipeline_sent",
     "read",
     "self_counted",
     "server_billed",
@@ -267,6 +269,18 @@ def self_counted() -> Iterator[Counter[tuple[str, str]]]:
         yield aside
     finally:
         _self_counted.reset(token)
+
+
+def command_sent(args: Sequence[Any]) -> None:
+    """Meter one command sent on its own (``args``: its name first): one round trip, billed unless free. The one
+    rule of every connection path hotcache sends on (the pooled client, the lean path, redis.asyncio)."""
+    meter.commands(1, 1, 1 if args and billable(args[0]) else 0)
+
+
+def pipeline_sent(commands: Sequence[Sequence[Any]]) -> None:
+    """Meter a pipeline, or a MULTI ... EXEC transaction (redis-py packs MULTI and EXEC with the commands): its
+    commands in one round trip, each billed unless free."""
+    meter.commands(len(commands), 1, sum(1 for c in commands if c and billable(c[0])))
 
 
 def event(feature_name: str, name: str, n: int = 1) -> None:

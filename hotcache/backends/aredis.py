@@ -122,7 +122,7 @@ def _metered_class(base: type) -> type:
             _sent.set(True)
 
         async def send_command(self, *args: Any, **kwargs: Any) -> None:
-            metering.meter.commands(1, 1, 1 if args and metering.billable(args[0]) else 0)
+            metering.command_sent(args)
             await super().send_command(*args, **kwargs)
 
         if _HIREDIS_PACKER is not None:
@@ -133,8 +133,7 @@ def _metered_class(base: type) -> type:
 
         def pack_commands(self, commands: Any) -> Any:
             commands = list(commands)
-            billed = sum(1 for c in commands if c and metering.billable(c[0]))
-            metering.meter.commands(len(commands), 1, billed)
+            metering.pipeline_sent(commands)
             return super().pack_commands(commands)
 
     AsyncMetered.__name__ = AsyncMetered.__qualname__ = f"AsyncMetered{base.__name__}"

@@ -81,14 +81,12 @@ def _metered_class(base: type) -> type:
             _wire.sent = True
 
         def send_command(self, *args: Any, **kwargs: Any) -> None:
-            metering.meter.commands(1, 1, 1 if args and metering.billable(args[0]) else 0)
+            metering.command_sent(args)
             super().send_command(*args, **kwargs)
 
         def pack_commands(self, commands: Any) -> Any:
-            # A pipeline, or a MULTI ... EXEC transaction (redis-py packs MULTI and EXEC with the commands).
             commands = list(commands)
-            billed = sum(1 for c in commands if c and metering.billable(c[0]))
-            metering.meter.commands(len(commands), 1, billed)
+            metering.pipeline_sent(commands)
             return super().pack_commands(commands)
 
     Metered.__name__ = Metered.__qualname__ = f"Metered{base.__name__}"
