@@ -150,7 +150,27 @@ class _Slot:
         self.client = client
 
 
-class LeanClient:
+class _Commands:
+    """The commands the per-request calls send, as redis-py's client and pipeline spell them: each is one
+    ``execute_command`` (sent at once by LeanClient, queued by LeanPipeline)."""
+
+    __slots__ = ()
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        raise NotImplementedError
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    def get(self, name: str) -> Any:
+        return self.execute_command("GET", name)
+
+    def mget(self, keys: Any, *args: Any) -> Any:
+        names = [keys] if isinstance(keys, str | bytes) else list(keys)
+        return self.execute_command("MGET", *names, *args)
+
+
+class LeanClient(_Commands):
     """The client methods the per-request calls use, on one thread's connection (see the module docstring).
 
     Replies are the server's, as redis-py's client returns them for these commands (no response callbacks
@@ -166,18 +186,8 @@ class LeanClient:
         self._used = 0.0
         self._tuned: Any = None  # the socket whose timeouts are the kernel's (_kernel_timeouts)
 
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
-
     def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
         return self.execute_command("EVAL", script, numkeys, *keys_and_args)
-
-    def get(self, name: str) -> Any:
-        return self.execute_command("GET", name)
-
-    def mget(self, keys: Any, *args: Any) -> Any:
-        names = [keys] if isinstance(keys, str | bytes) else list(keys)
-        return self.execute_command("MGET", *names, *args)
 
     def pipeline(self, transaction: bool = False) -> LeanPipeline:
         """A pipeline on this connection (no MULTI/EXEC: the per-request calls pipeline independent commands)."""
@@ -189,7 +199,7 @@ class LeanClient:
         """Send one command and read its reply: one round trip, metered as the pooled connection meters it."""
         conn = self._ready()
         packed = self._pack(args)
-        metering.meter.commands(1, 1, 1 if metering.billable(args[0]) else 0)
+        metering.command_sent(args)
         try:
             conn.send_packed_command(packed)
             return conn.read_response()
@@ -242,7 +252,7 @@ class LeanClient:
         return [whole]
 
 
-class LeanPipeline:
+class LeanPipeline(_Commands):
     """Commands queued on a LeanClient's connection and sent in one round trip (redis-py's non-transactional
     pipeline on the same terms: packed together by ``pack_commands``, which meters them, every reply read
     before any error is raised)."""
@@ -256,16 +266,6 @@ class LeanPipeline:
     def execute_command(self, *args: Any, **options: Any) -> LeanPipeline:
         self._commands.append(args)
         return self
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> LeanPipeline:
-        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
-
-    def get(self, name: str) -> LeanPipeline:
-        return self.execute_command("GET", name)
-
-    def mget(self, keys: Any, *args: Any) -> LeanPipeline:
-        names = [keys] if isinstance(keys, str | bytes) else list(keys)
-        return self.execute_command("MGET", *names, *args)
 
     def __len__(self) -> int:
         return len(self._commands)
