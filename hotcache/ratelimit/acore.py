@@ -40,11 +40,9 @@ async def aevaluate_in(
     if not limits:
         return Decision(True)
     now = clock.monotonic()
-    denials = state.deny_cache
-    if denials:
-        cached = [denials.get(lim, now) for lim in limits]
-        if any(c is not None for c in cached):
-            return core._denied_locally(limits, cached, increment)
+    known = core._known_denial(state, limits, increment, now)
+    if known is not None:
+        return known
     if aredis.client() is None:
         return await aredis.in_thread(core.evaluate_in)(
             state, limits, increment=increment, raise_unavailable=raise_unavailable, companion=companion
@@ -52,9 +50,7 @@ async def aevaluate_in(
 
     prefix = state.settings.key_prefix
     redis_keys = [core._key_for(prefix, lim.identifier, lim.name, lim.window) for lim in limits]
-    args: list[int] = [1 if increment else 0]
-    for lim in limits:
-        args += lim.wire
+    args = core._script_args(limits, increment)
     try:
         if companion is None:
             raw = await aredis.acall(core._FEATURE, lambda r: aredis.run_script(core._SCRIPT, r, redis_keys, args))

@@ -77,11 +77,9 @@ def evaluate_in(
     if not limits:
         return Decision(True)
     now = clock.monotonic()
-    denials = state.deny_cache
-    if denials:
-        cached = [denials.get(lim, now) for lim in limits]
-        if cached.count(None) != len(cached):  # any known denial
-            return _denied_locally(limits, cached, increment)
+    known = _known_denial(state, limits, increment, now)
+    if known is not None:
+        return known
 
     prefix = state.settings.key_prefix
     redis_keys = [_key_for(prefix, lim.identifier, lim.name, lim.window) for lim in limits]
@@ -89,9 +87,7 @@ def evaluate_in(
         groups = slots.groups_of(redis_keys) if len(limits) > 1 else None
         if groups is not None or companion is not None:
             return _on_slots(state, limits, redis_keys, groups, increment, raise_unavailable, companion, now)
-    args: list[int] = [1 if increment else 0]
-    for lim in limits:
-        args += lim.wire
+    args = _script_args(limits, increment)
     try:
         if companion is None:
             raw = redis_backend.lean_call(_FEATURE, lambda r: _SCRIPT(r, redis_keys, args))
@@ -102,6 +98,24 @@ def evaluate_in(
             raise
         return _degraded(state.outage, limits, increment, str(exc))
     return _from_reply(state, limits, raw, redis_keys, increment, now)
+
+
+def _known_denial(state: LocalState, limits: Sequence[Limit], increment: bool, now: float) -> Decision | None:
+    """The decision when the deny cache already knows a limit refuses (no Redis call), else None."""
+    denials = state.deny_cache
+    if denials:
+        cached = [denials.get(lim, now) for lim in limits]
+        if cached.count(None) != len(cached):  # any known denial
+            return _denied_locally(limits, cached, increment)
+    return None
+
+
+def _script_args(limits: Sequence[Limit], increment: bool) -> list[int]:
+    """sliding_window.lua's ARGV for ``limits`` (the mode, then each rule's limit, window and cost)."""
+    args: list[int] = [1 if increment else 0]
+    for lim in limits:
+        args += lim.wire
+    return args
 
 
 def _from_reply(
