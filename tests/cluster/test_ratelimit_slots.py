@@ -6,7 +6,6 @@ on the single server, where every request stays one EVALSHA in one round trip.""
 from __future__ import annotations
 
 import struct
-import threading
 import uuid
 
 import pytest
@@ -16,6 +15,7 @@ from hotcache.backends import redis as redis_backend
 from hotcache.ratelimit import Limit, evaluate, limit_keys
 from hotcache.testing import count_redis, reset
 from tests.ratelimit.fixtures import ratelimit_middleware  # noqa: F401 - fixture
+from tests.support.concurrency import run_threads
 
 
 @pytest.fixture(autouse=True)
@@ -146,26 +146,15 @@ def test_concurrent_requests_on_ip_and_user_rules_admit_exactly_one_winner_set(r
     ips = [identifiers_on_two_masters()[0] for _ in range(2)]
     by_user = Limit("per-user", user, 5, 3600)
     by_ip = [Limit("per-ip", ip, 4, 3600) for ip in ips]
-    barrier = threading.Barrier(20)
     winners: list[int] = []
-    errors: list[BaseException] = []
 
     def request(n: int) -> None:
-        try:
-            barrier.wait()
-            decision = evaluate([by_ip[n % 2], by_user])
-            assert decision.degraded is None
-            if decision.allowed:
-                winners.append(n)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        decision = evaluate([by_ip[n % 2], by_user])
+        assert decision.degraded is None
+        if decision.allowed:
+            winners.append(n)
 
-    threads = [threading.Thread(target=request, args=(n,)) for n in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_threads(20, request)
     assert len(winners) <= 5  # (even 0 is possible: each refused only by costs about to be given back)
     assert counted(by_user) == len(winners)
     assert [counted(lim) for lim in by_ip] == [sum(1 for n in winners if n % 2 == i) for i in range(2)]

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -18,6 +17,7 @@ from hotcache.checks import check_workbench
 from hotcache.testing import count_redis, new_process
 from hotcache.workbench import _layout
 from hotcache.workbench._durable import writer
+from tests.support.concurrency import run_threads
 
 pytestmark = pytest.mark.mongo_contract
 
@@ -165,33 +165,21 @@ def test_a_session_saved_just_before_redis_goes_down_is_loadable_in_the_same_pro
 
 
 def test_several_threads_saving_leave_each_session_at_its_last_version():
-    barrier = threading.Barrier(8)
-    errors = []
-
     def work(i):
-        try:
-            barrier.wait()
-            for n in range(10):
-                workbench.save(f"own-{i}", {"n": n})
-                while True:
-                    current = workbench.load("shared")
-                    base = current.version if current else 0
-                    try:
-                        workbench.save("shared", {"by": i, "n": n}, expected_version=base)
-                        break
-                    except workbench.Conflict:
-                        continue
-                if n == 4:
-                    workbench.flush_durable()  # a flush under way while the others keep saving
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for n in range(10):
+            workbench.save(f"own-{i}", {"n": n})
+            while True:
+                current = workbench.load("shared")
+                base = current.version if current else 0
+                try:
+                    workbench.save("shared", {"by": i, "n": n}, expected_version=base)
+                    break
+                except workbench.Conflict:
+                    continue
+            if n == 4:
+                workbench.flush_durable()  # a flush under way while the others keep saving
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_threads(8, work)
     workbench.flush_durable()
     assert [active(f"own-{i}")["version"] for i in range(8)] == [10] * 8
     assert active("shared")["version"] == workbench.load("shared").version == 80
